@@ -1,0 +1,92 @@
+# fedex: `make` builds ./fedex, `make test` runs every test, `make debug` runs them under ASan+UBSan,
+# `make fuzz` runs the fuzz targets, `make bench` the benchmarks. Sources are found by wildcard: every
+# top-level .c but fedex.c goes into the library; tests/test_*.c are tests; fuzz/fuzz_*.c fuzz targets.
+
+CC      ?= cc
+BUILD   ?= release
+WARN    := -Wall -Wextra -Werror
+CSTD    := -std=c11 -D_GNU_SOURCE
+ifeq ($(BUILD),debug)
+  OPT   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+else
+  OPT   := -O2 -g
+endif
+CFLAGS  := $(CSTD) $(WARN) $(OPT) -fopenmp $(EXTRA_CFLAGS)
+LDLIBS  := -lm -lpthread -lrt
+B       := build/$(BUILD)
+
+LIB_SRC := $(filter-out fedex.c,$(wildcard *.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/test_*.c))
+FEDEX   := $(if $(filter release,$(BUILD)),fedex,$(B)/fedex)
+
+# ---------------------------------------------------------------- CUDA (optional)
+NVCC    ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
+ifneq ($(and $(NVCC),$(wildcard gpu.cu)),)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  GPU_OBJ   := $(B)/gpu.o
+  GPU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+  GPU_DEF   := -DFEDEX_CUDA
+  NVFLAGS   := -O2 -std=c++17 -DFEDEX_CUDA -gencode arch=compute_90,code=sm_90 \
+               -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra,-Werror
+  BUILD_MSG := fedex: built with CUDA ($(NVCC), sm_90 + PTX); --device cuda available
+else
+  BUILD_MSG := fedex: built for CPU only ($(if $(NVCC),gpu.cu absent,nvcc not found)); --device cuda will be refused
+endif
+
+.PHONY: all test debug fuzz bench clean
+all: $(FEDEX)
+	@echo "$(BUILD_MSG)"
+
+$(B)/%.o: %.c fedex.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(GPU_DEF) -c $< -o $@
+
+$(B)/gpu.o: gpu.cu fedex.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(B)/libfedex.a: $(LIB_OBJ)
+	rm -f $@; ar rcs $@ $^
+
+$(FEDEX): $(B)/fedex.o $(B)/libfedex.a $(GPU_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(GPU_LIBS) $(LDLIBS)
+
+$(B)/tests/%: tests/%.c tests/check.h $(B)/libfedex.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I. $< $(B)/libfedex.a -o $@ $(LDLIBS)
+
+test: all $(TESTS)
+	@FEDEX=./$(FEDEX) sh tests/run.sh $(TESTS)
+
+debug:
+	@$(MAKE) --no-print-directory BUILD=debug test
+
+# ---------------------------------------------------------------- fuzzing (clang libFuzzer)
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_BIN := $(patsubst fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+FUZZ_CFLAGS := $(CSTD) $(WARN) -Wno-unknown-pragmas -O1 -g -fsanitize=fuzzer-no-link,address,undefined
+build/fuzz/%.o: %.c fedex.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -c $< -o $@
+build/fuzz/fuzz_%: fuzz/fuzz_%.c $(LIB_SRC:%.c=build/fuzz/%.o)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -I. $^ -o $@ $(LDLIBS)
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  echo "== $$n for $(FUZZ_SECONDS) s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n fuzz/seeds/$${n#fuzz_} \
+	    2>build/fuzz/$$n.log || { tail -40 build/fuzz/$$n.log; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' build/fuzz/$$n.log; done
+
+# ---------------------------------------------------------------- benchmarks
+BENCH_SRC := $(wildcard bench/bench_*.c)
+BENCH_BIN := $(patsubst bench/%.c,$(B)/bench/%,$(BENCH_SRC))
+$(B)/bench/%: bench/%.c $(B)/libfedex.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I. $< $(B)/libfedex.a -o $@ -lopenblas $(LDLIBS)
+bench: all $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+clean:
+	rm -rf build fedex

@@ -1,0 +1,212 @@
+/* util.c: the small services every other file leans on: error messages, checked allocation, whole-file
+ * reads and atomic writes, a monotonic clock and a seeded random number generator.
+ * It knows nothing about models, data or formats. */
+#include "fedex.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- errors */
+
+static _Thread_local char err_buf[1024];
+
+void fx_seterr(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+}
+
+const char *fx_err(void) { return err_buf[0] ? err_buf : "unknown error"; }
+
+_Noreturn void fx_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("fedex: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+void *fx_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) fx_die("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *fx_calloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) fx_die("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *fx_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) fx_die("out of memory reallocating to %zu bytes", n);
+    return q;
+}
+
+char *fx_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    return memcpy(fx_malloc(n), s, n);
+}
+
+int fx_mul_size(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return -1;
+    *out = a * b;
+    return 0;
+}
+
+int fx_add_size(size_t a, size_t b, size_t *out) {
+    if (b > SIZE_MAX - a) return -1;
+    *out = a + b;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- files */
+
+int fx_read_file(const char *path, char **data, size_t *len) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { fx_seterr("%s: cannot open: %s", path, strerror(errno)); return -1; }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fx_seterr("%s: not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    size_t n = (size_t)st.st_size, got = 0;
+    char *buf = fx_malloc(n + 1);
+    while (got < n) {
+        ssize_t k = read(fd, buf + got, n - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            fx_seterr("%s: read failed after %zu of %zu bytes: %s", path, got, n,
+                      k < 0 ? strerror(errno) : "file shrank");
+            free(buf);
+            close(fd);
+            return -1;
+        }
+        got += (size_t)k;
+    }
+    close(fd);
+    buf[n] = 0;
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+int fx_write_file_atomic(const char *path, const void *data, size_t len) {
+    size_t plen = strlen(path) + 32;
+    char *tmp = fx_malloc(plen);
+    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        fx_seterr("%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    const char *p = data;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t k = write(fd, p + done, len - done);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            fx_seterr("%s: write failed: %s", tmp, strerror(errno));
+            close(fd); unlink(tmp); free(tmp);
+            return -1;
+        }
+        done += (size_t)k;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        fx_seterr("%s: cannot flush to disk: %s", tmp, strerror(errno));
+        unlink(tmp); free(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        fx_seterr("%s: cannot rename into place: %s", path, strerror(errno));
+        unlink(tmp); free(tmp);
+        return -1;
+    }
+    free(tmp);
+    return 0;
+}
+
+int fx_mkdir_p(const char *dir) {
+    char *p = fx_strdup(dir);
+    for (char *s = p + 1; ; s++) {
+        if (*s == '/' || *s == 0) {
+            char c = *s;
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+                fx_seterr("%s: cannot create directory: %s", p, strerror(errno));
+                free(p);
+                return -1;
+            }
+            *s = c;
+            if (!c) break;
+        }
+    }
+    free(p);
+    return 0;
+}
+
+double fx_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- random numbers */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void fx_rng_seed(fx_rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t fx_rng_u64(fx_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t; s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double fx_rng_uniform(fx_rng *r) { return (double)(fx_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+double fx_rng_normal(fx_rng *r) {
+    double u1 = fx_rng_uniform(r), u2 = fx_rng_uniform(r);
+    return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
+}
+
+double fx_rng_gamma(fx_rng *r, double shape) {
+    if (shape < 1.0) { /* boost: Gamma(a) = Gamma(a+1) * U^(1/a) */
+        double u = fx_rng_uniform(r);
+        return fx_rng_gamma(r, shape + 1.0) * pow(1.0 - u, 1.0 / shape);
+    }
+    double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double x = fx_rng_normal(r), v = 1.0 + c * x;
+        if (v <= 0) continue;
+        v = v * v * v;
+        double u = fx_rng_uniform(r);
+        if (log(1.0 - u) < 0.5 * x * x + d - d * v + d * log(v)) return d * v;
+    }
+}
