@@ -70,19 +70,139 @@ const fx_json *fx_json_get(const fx_json *obj, const char *key); /* NULL if abse
  * safetensors.c: read (mmap, validated) and write (atomic) the safetensors format
  * ============================================================================================ */
 
-/* (filled in by safetensors.c's author) */
+typedef enum { FX_F64, FX_F32, FX_F16, FX_BF16, FX_I64, FX_I32, FX_I16, FX_I8, FX_U8, FX_BOOL } fx_dtype;
+#define FX_ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    fx_dtype dtype;
+    int ndim;
+    int64_t shape[FX_ST_MAX_DIMS];
+    size_t begin, end;           /* byte range within the data area */
+} fx_st_tensor;
+
+typedef struct {
+    char *path;
+    void *map; size_t map_len;   /* the whole file, mmap'ed read-only (NULL when parsed from memory) */
+    const uint8_t *data; size_t data_len; /* the data area after the header */
+    int n; fx_st_tensor *t;      /* tensors in header order */
+    int nmeta; char **meta_keys, **meta_vals; /* __metadata__ (string to string) */
+} fx_st_file;
+
+int fx_st_open(const char *path, fx_st_file *f);                 /* mmap + validate everything */
+int fx_st_parse(const uint8_t *buf, size_t len, const char *label, fx_st_file *f); /* validate in memory */
+void fx_st_close(fx_st_file *f);
+const fx_st_tensor *fx_st_find(const fx_st_file *f, const char *name);
+const char *fx_st_meta(const fx_st_file *f, const char *key);    /* NULL if absent */
+const char *fx_dtype_name(fx_dtype d);                            /* "F32", ... */
+size_t fx_dtype_size(fx_dtype d);
+size_t fx_st_numel(const fx_st_tensor *t);
+/* The tensor as fp32: a pointer into the mapping when it is F32 and 4-byte aligned (*owned = NULL),
+ * otherwise a converted copy (F16/BF16 exactly, integers and F64 rounded) returned in *owned. */
+const float *fx_st_f32(const fx_st_file *f, const fx_st_tensor *t, float **owned);
+
+typedef struct {
+    const char *name;
+    fx_dtype dtype;
+    int ndim;
+    int64_t shape[FX_ST_MAX_DIMS];
+    const void *data;            /* numel x dtype size bytes */
+} fx_st_entry;
+/* Writes N tensors (in the given order) and optional metadata (key, value, ..., NULL) atomically. */
+int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
 /* ============================================================================================
  * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa tokenizers
  * ============================================================================================ */
 
-/* (filled in by tokenizer.c's author) */
+typedef struct fx_tokenizer fx_tokenizer;
+
+/* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
+ * GPT-2's <|endoftext|> serves as all three. */
+fx_tokenizer *fx_tok_load(const char *dir);
+void fx_tok_free(fx_tokenizer *t);
+int fx_tok_bos(const fx_tokenizer *t);
+int fx_tok_eos(const fx_tokenizer *t);
+int fx_tok_pad(const fx_tokenizer *t);
+int fx_tok_vocab_size(const fx_tokenizer *t);
+/* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
+ * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
+int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
+/* RoBERTa-style sequence: <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated longest_first
+ * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
+int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
+/* Text of IDS (specials dropped when skip_special); malloc'd. */
+char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_special);
 
 /* ============================================================================================
  * glue.c: GLUE tasks, tokenised datasets, batches, client splits, metrics
  * ============================================================================================ */
 
-/* (filled in by glue.c's author) */
+typedef struct {
+    const char *name;            /* canonical: "CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "MNLI-MM",
+                                    "QNLI", "RTE", "WNLI" */
+    const char *dir;             /* folder under the data dir ("MNLI" for both MNLI entries) */
+    const char *dev_split;       /* "dev", or "dev_matched" / "dev_mismatched" */
+    int header;                  /* first line is a header (not CoLA) */
+    int ncols;                   /* expected column count of train/dev rows */
+    int col_a, col_b;            /* 0-based text columns; col_b = -1 for single sentences */
+    int col_label;
+    int num_labels;              /* 1 = regression */
+    const char *labels[3];       /* label strings in id order; NULL entries for numeric 0/1 labels */
+    const char *metric;          /* the paper's headline: "mcc", "pearson" or "accuracy" */
+} fx_task;
+
+const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */
+
+/* Raw rows of one TSV split, validated (column count, label, UTF-8) with path:line errors. */
+typedef struct { int n; char **a, **b; float *label; int *line; } fx_rows;
+int fx_glue_read(const fx_task *t, const char *path, fx_rows *rows);
+void fx_rows_free(fx_rows *r);
+/* DATA_DIR/<task dir>/<split>.tsv, where split "train" or "dev" (dev maps to the task's dev_split). */
+int fx_glue_path(const fx_task *t, const char *data_dir, const char *split, char *out, size_t outsz);
+
+/* A tokenised split, compact: row i's ids are ids[off[i] .. off[i+1]). */
+typedef struct {
+    const fx_task *task;
+    int n;
+    int32_t *ids;
+    size_t *off;                 /* n + 1 offsets */
+    float *labels;               /* class id as float, or the regression target */
+} fx_dataset;
+int fx_dataset_build(const fx_task *t, const char *data_dir, const char *split, fx_tokenizer *tok,
+                     int max_len, fx_dataset *d);
+void fx_dataset_free(fx_dataset *d);
+
+/* A padded batch: pad to the longest row in it (dynamic padding), mask 1 on real tokens. */
+typedef struct {
+    int n, T;
+    int32_t *ids;                /* (n, T) */
+    uint8_t *mask;               /* (n, T) */
+    float *labels;               /* (n) */
+    int cap_rows, cap_tok;       /* allocation, managed by fx_batch_fill */
+} fx_batch;
+void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_batch *b);
+void fx_batch_free(fx_batch *b);
+
+/* Client splits, deterministic for a seed. spec: "iid" (each example to a uniformly random client) or
+ * "dirichlet:ALPHA" (per class, proportions drawn from Dirichlet(ALPHA)). rows[c] is malloc'd. */
+int fx_split_clients(const fx_dataset *d, int nclients, const char *spec, uint64_t seed,
+                     int **rows, int *counts);
+
+/* Metrics, as the paper's code computes them (sklearn / scipy definitions). */
+double fx_accuracy(const int *pred, const int *gold, int n);
+double fx_f1(const int *pred, const int *gold, int n);         /* positive class 1 */
+double fx_mcc(const int *pred, const int *gold, int n);
+double fx_pearson(const double *x, const double *y, int n);
+double fx_spearman(const double *x, const double *y, int n);   /* ties get average ranks */
+typedef struct { double accuracy, f1, mcc, pearson, spearman, main; const char *main_name; } fx_metrics;
+/* LOGITS (n, num_labels): argmax for classification, the value itself for regression. Fields a task does
+ * not report are NAN. */
+void fx_task_metrics(const fx_task *t, const float *logits, const float *labels, int n, fx_metrics *m);
+
+/* The built-in synthetic task that `fedex demo` and model-less `fedex train` use: n rows of random
+ * tokens from [4, vocab) with a learnable 2-class rule, lengths in [8, max_len]. */
+int fx_dataset_synthetic(int n, int vocab, int max_len, uint64_t seed, fx_dataset *d);
 
 /* ============================================================================================
  * matmul.c: the one matrix product of the CPU backend
@@ -100,6 +220,78 @@ void fx_set_threads(int n);
  * model.c: the CPU reference model (RoBERTa + LoRA / VeRA / residual), forward, backward, AdamW
  * ============================================================================================ */
 
-/* (filled in by model.c's author) */
+typedef struct {
+    int vocab_size, hidden, layers, heads, intermediate, max_positions, type_vocab_size, pad_id;
+    int num_labels;              /* 1 = regression (MSE loss) */
+    float layer_norm_eps, hidden_dropout, attention_dropout, initializer_range;
+} fx_config;
+int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
+
+/* The linear layers of one encoder layer that may carry an adapter. */
+enum { FX_T_QUERY = 1, FX_T_KEY = 2, FX_T_VALUE = 4, FX_T_ATTN_OUT = 8, FX_T_INTER = 16, FX_T_OUTPUT = 32 };
+int fx_targets_parse(const char *list, unsigned *mask); /* "query,value,key,attention.output.dense,..." */
+
+typedef enum { FX_LORA, FX_VERA } fx_adapter_kind;
+typedef struct {
+    fx_adapter_kind kind;
+    unsigned targets;            /* FX_T_* bits */
+    int r;                       /* LoRA or VeRA rank */
+    float alpha;                 /* LoRA scale s = alpha / r (alpha / sqrt(r) with rslora); VeRA: unused */
+    int rslora;
+    float dropout;               /* on the adapter's input */
+    int freeze_a;                /* FFA-LoRA: A stays at its initial value */
+    int freeze_d;                /* FFA-VeRA: lambda_d stays at its initial value */
+    float d_initial;             /* VeRA lambda_d initial value */
+    uint64_t seed;               /* adapter initialisation and VeRA's shared projections */
+} fx_adapter_cfg;
+
+/* A named tensor inside one flat buffer. */
+typedef struct { char name[112]; int ndim; int shape[2]; size_t off, n; } fx_tensor;
+typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
+const fx_tensor *fx_params_find(const fx_params *p, const char *name);
+
+/* One adapted linear layer y = x W^T + b with W (out, in). */
+typedef struct {
+    char name[96];               /* "encoder.layer.3.attention.self.query" */
+    int layer, target;           /* encoder layer, FX_T_* bit */
+    int in, out;
+    size_t w_off;                /* W0 in base.data (out, in): FedEx's residual is added here */
+    size_t a_off, b_off;         /* in train.data. LoRA: A (r, in), B (out, r).
+                                    VeRA: lambda_d (r), lambda_b (out) */
+} fx_adapted;
+
+typedef struct fx_model {
+    fx_config c;
+    fx_adapter_cfg a;
+    float scale;                 /* LoRA's s; 1 for VeRA */
+    fx_params base;              /* frozen weights, HF names without the "roberta." prefix; may live in
+                                    shared memory owned by someone else */
+    int base_owned;
+    fx_params train;             /* trainable: every adapter tensor, then the classifier head */
+    size_t head_off, head_n;     /* the head's range in train.data */
+    float *grad;                 /* same layout as train.data */
+    float *adam_m, *adam_v;      /* AdamW moments, same layout */
+    int adam_t;
+    int nadapted;
+    fx_adapted *ad;
+    float *vera_A, *vera_B;      /* VeRA's frozen shared projections (r, in_max), (out_max, r) */
+    fx_rng drop;                 /* dropout stream */
+    void *ws;                    /* activations and scratch, private to model.c */
+} fx_model;
+
+size_t fx_base_numel(const fx_config *c);
+/* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
+int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
+void fx_model_free(fx_model *m);
+void fx_model_init_base(fx_model *m, uint64_t seed);     /* random weights as HF's _init_weights */
+void fx_model_init_adapters(fx_model *m, uint64_t seed); /* LoRA: A ~ U(+-1/sqrt(in)), B = 0; VeRA... */
+int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
+/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
+ * LOGITS (n, num_labels) may be NULL. */
+float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
+void fx_adamw_reset(fx_model *m);
+void fx_adamw_update(fx_model *m, float lr, float weight_decay); /* PyTorch AdamW, decoupled decay */
+float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
 
 #endif
