@@ -22,7 +22,7 @@ FEDEX   := $(if $(filter release,$(BUILD)),fedex,$(B)/fedex)
 
 # ---------------------------------------------------------------- CUDA (optional)
 NVCC    ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
-ifneq ($(and $(NVCC),$(wildcard gpu.cu)),)
+ifneq ($(and $(NVCC),$(wildcard gpu.cu),$(filter release,$(BUILD))),)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   GPU_OBJ   := $(B)/gpu.o
   GPU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
@@ -31,7 +31,7 @@ ifneq ($(and $(NVCC),$(wildcard gpu.cu)),)
                -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra,-Werror
   BUILD_MSG := fedex: built with CUDA ($(NVCC), sm_90 + PTX); --device cuda available
 else
-  BUILD_MSG := fedex: built for CPU only ($(if $(NVCC),gpu.cu absent,nvcc not found)); --device cuda will be refused
+  BUILD_MSG := fedex: built for CPU only ($(if $(filter release,$(BUILD)),$(if $(NVCC),gpu.cu absent,nvcc not found),sanitizer build)); --device cuda will be refused
 endif
 
 .PHONY: all test debug fuzz bench clean
@@ -54,7 +54,9 @@ $(FEDEX): $(B)/fedex.o $(B)/libfedex.a $(GPU_OBJ)
 
 $(B)/tests/%: tests/%.c tests/check.h $(B)/libfedex.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -I. $< $(B)/libfedex.a -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(GPU_DEF) -I. $< $(B)/libfedex.a $(GPU_OBJ) -o $@ $(GPU_LIBS) $(LDLIBS)
+
+$(TESTS): $(GPU_OBJ)
 
 test: all $(TESTS)
 	@FEDEX=./$(FEDEX) sh tests/run.sh $(TESTS)

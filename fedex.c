@@ -3,39 +3,1602 @@
  * arguments, wires modules together and reports. */
 #include "fedex.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* ============================================================================================
  * inspect
  * ============================================================================================ */
 
+static const char inspect_usage[] =
+    "usage: fedex inspect FILE\n"
+    "Lists the tensors of the safetensors file FILE, after checking its header against the file: one line\n"
+    "per tensor (name, dtype, shape, bytes), then the totals and the file's metadata.\n";
+
 static int cmd_inspect(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fx_die("inspect: not implemented yet");
+    if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+        fputs(inspect_usage, stdout);
+        return 0;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        fputs(inspect_usage, stderr);
+        return 2;
+    }
+    fx_st_file f;
+    if (fx_st_open(argv[1], &f) != 0) fx_die("%s", fx_err());
+
+    /* Column widths from the widest entry, so that the listing reads as a table. */
+    char shape[160];
+    int wname = 6, wshape = 5, wbytes = 5;
+    size_t params = 0;
+    for (int i = 0; i < f.n; i++) {
+        const fx_st_tensor *t = &f.t[i];
+        int l = (int)strlen(t->name), s = (int)strlen(fx_shape_str(t->shape, t->ndim, shape, sizeof shape));
+        int b = snprintf(NULL, 0, "%zu", t->end - t->begin);
+        if (l > wname) wname = l;
+        if (s > wshape) wshape = s;
+        if (b > wbytes) wbytes = b;
+        params += fx_st_numel(t); /* cannot overflow: the reader checked every tensor fits the file */
+    }
+    printf("%-*s  %-5s  %-*s  %*s\n", wname, "tensor", "dtype", wshape, "shape", wbytes, "bytes");
+    for (int i = 0; i < f.n; i++) {
+        const fx_st_tensor *t = &f.t[i];
+        printf("%-*s  %-5s  %-*s  %*zu\n", wname, t->name, fx_dtype_name(t->dtype), wshape,
+               fx_shape_str(t->shape, t->ndim, shape, sizeof shape), wbytes, t->end - t->begin);
+    }
+    printf("%d tensors, %zu parameters, %zu bytes\n", f.n, params, f.data_len);
+    for (int i = 0; i < f.nmeta; i++) printf("metadata %s = %s\n", f.meta_keys[i], f.meta_vals[i]);
+    fx_st_close(&f);
+    return 0;
 }
 
 /* ============================================================================================
  * tokenize
  * ============================================================================================ */
 
+static const char tokenize_usage[] =
+    "usage: fedex tokenize --model DIR [--max-length N] TEXT [TEXT2]\n"
+    "       fedex tokenize --model DIR --task TASK --file F.tsv [--max-length N]\n"
+    "Prints the token ids of <s> TEXT </s> (or <s> TEXT </s></s> TEXT2 </s>) on one line, space\n"
+    "separated; with --file, one such line per row of a GLUE file, in file order. DIR holds vocab.json and\n"
+    "merges.txt. --max-length truncates longest_first to N ids (default 128; 0 = no truncation).\n";
+
+/* Appends " ID" (no space before the first) for each id, then a newline, to stdout. */
+static void print_ids(const int32_t *ids, int n) {
+    char buf[16];
+    for (int i = 0; i < n; i++) {
+        int k = sizeof buf;
+        uint32_t v = (uint32_t)ids[i]; /* ids are never negative */
+        do { buf[--k] = (char)('0' + v % 10); v /= 10; } while (v);
+        if (i) buf[--k] = ' ';
+        fwrite(buf + k, 1, sizeof buf - (size_t)k, stdout);
+    }
+    putchar('\n');
+}
+
 static int cmd_tokenize(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fx_die("tokenize: not implemented yet");
+    const char *model = NULL, *task = NULL, *file = NULL, *text[2] = {NULL, NULL};
+    int ntext = 0;
+    long max_len = 128;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(tokenize_usage, stdout); return 0; }
+        int has_val = !strcmp(a, "--model") || !strcmp(a, "--task") || !strcmp(a, "--file") ||
+                      !strcmp(a, "--max-length");
+        if (has_val && i + 1 >= argc) fx_die("tokenize: %s needs a value", a);
+        if (!strcmp(a, "--model")) model = argv[++i];
+        else if (!strcmp(a, "--task")) task = argv[++i];
+        else if (!strcmp(a, "--file")) file = argv[++i];
+        else if (!strcmp(a, "--max-length")) {
+            char *end;
+            const char *v = argv[++i];
+            max_len = strtol(v, &end, 10);
+            if (end == v || *end || max_len < 0 || max_len > 1000000)
+                fx_die("tokenize: --max-length '%s' must be an integer in [0, 1000000]", v);
+        } else if (a[0] == '-' && a[1] == '-') fx_die("tokenize: unknown option '%s' (see --help)", a);
+        else if (ntext < 2) text[ntext++] = a;
+        else fx_die("tokenize: at most two texts, got a third: '%s'", a);
+    }
+    if (!model) fx_die("tokenize: --model DIR is required (see --help)");
+    if (file ? (!task || ntext) : (task || !ntext))
+        fx_die("tokenize: give either TEXT [TEXT2], or --task and --file (see --help)");
+    int room = (file ? 0 : ntext == 2) ? 4 : 2;
+    if (max_len > 0 && max_len < room) fx_die("tokenize: --max-length %ld leaves no room for %d special tokens",
+                                              max_len, room);
+
+    fx_tokenizer *tok = fx_tok_load(model);
+    if (!tok) fx_die("%s", fx_err());
+    int32_t *ids = NULL;
+    int n = 0, cap = 0;
+    if (!file) {
+        if (fx_tok_encode_seq(tok, text[0], text[1], (int)max_len, &ids, &n, &cap) != 0)
+            fx_die("tokenize: text: %s", fx_err());
+        print_ids(ids, n);
+    } else {
+        const fx_task *t = fx_task_find(task);
+        if (!t) fx_die("tokenize: unknown task '%s'", task);
+        fx_rows rows;
+        if (fx_glue_read(t, file, &rows) != 0) fx_die("%s", fx_err());
+        if (t->col_b >= 0 && max_len > 0 && max_len < 4)
+            fx_die("tokenize: --max-length %ld leaves no room for a pair's 4 special tokens", max_len);
+        for (int r = 0; r < rows.n; r++) {
+            n = 0;
+            if (fx_tok_encode_seq(tok, rows.a[r], rows.b ? rows.b[r] : NULL, (int)max_len, &ids, &n, &cap) != 0)
+                fx_die("%s:%d: %s", file, rows.line[r], fx_err());
+            print_ids(ids, n);
+        }
+        fx_rows_free(&rows);
+    }
+    free(ids);
+    fx_tok_free(tok);
+    if (fflush(stdout) != 0 || ferror(stdout)) fx_die("tokenize: cannot write the ids to stdout");
+    return 0;
 }
 
 /* ============================================================================================
  * init, eval
  * ============================================================================================ */
 
-static int cmd_init(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fx_die("init: not implemented yet");
+/* An integer option's value in [lo, hi], or exit with a message naming the command and the option. */
+static long option_long(const char *cmd, const char *opt, const char *v, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi)
+        fx_die("%s: %s '%s' must be an integer in [%ld, %ld]", cmd, opt, v, lo, hi);
+    return x;
 }
 
+/* FILE's folder (FILE itself names a file in it), into BUF. */
+static void dir_of(const char *file, char *buf, size_t cap) {
+    const char *slash = strrchr(file, '/');
+    if (!slash) snprintf(buf, cap, ".");
+    else snprintf(buf, cap, "%.*s", slash == file ? 1 : (int)(slash - file), file);
+}
+
+static const char init_usage[] =
+    "usage: fedex init --config FILE --out DIR [--seed S] [--labels N]\n"
+    "Writes a randomly initialised RoBERTa of FILE's shapes as a Hugging Face folder: DIR/model.safetensors\n"
+    "(weights drawn as Hugging Face initialises them: normal(0, initializer_range), LayerNorm 1 and 0, zero\n"
+    "biases), DIR/config.json, and vocab.json and merges.txt copied from beside FILE when they are there.\n"
+    "  --seed S     the random stream (default 0): the same seed gives the same weights\n"
+    "  --labels N   the classifier's labels (default: the config's id2label, else 2; 1 = regression)\n";
+
+static int cmd_init(int argc, char **argv) {
+    const char *config = NULL, *out = NULL;
+    long seed = 0, labels = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(init_usage, stdout); return 0; }
+        if (!strcmp(a, "--config") || !strcmp(a, "--out") || !strcmp(a, "--seed") || !strcmp(a, "--labels")) {
+            if (i + 1 >= argc) fx_die("init: %s needs a value", a);
+            const char *v = argv[++i];
+            if (!strcmp(a, "--config")) config = v;
+            else if (!strcmp(a, "--out")) out = v;
+            else if (!strcmp(a, "--seed")) seed = option_long("init", a, v, 0, LONG_MAX);
+            else labels = option_long("init", a, v, 1, 1000);
+        } else fx_die("init: unknown argument '%s' (see --help)", a);
+    }
+    if (!config || !out) fx_die("init: --config FILE and --out DIR are required (see --help)");
+    fx_config c;
+    if (fx_config_load(config, &c) != 0) fx_die("%s", fx_err());
+    if (labels) c.num_labels = (int)labels;
+    /* No adapter: the folder is a base model; adapters are drawn when training starts. */
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
+    fx_model m;
+    if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", config, fx_err());
+    fx_model_init_base(&m, (uint64_t)seed);
+    if (fx_model_save(&m, out, 0) != 0) fx_die("%s", fx_err());
+    fx_model_free(&m);
+
+    char src[4096], dst[4096], dir[4096];
+    dir_of(config, dir, sizeof dir);
+    const char *copy[2] = {"vocab.json", "merges.txt"};
+    int copied = 0;
+    for (int k = 0; k < 2; k++) {
+        char *data;
+        size_t len;
+        if ((size_t)snprintf(src, sizeof src, "%s/%s", dir, copy[k]) >= sizeof src ||
+            (size_t)snprintf(dst, sizeof dst, "%s/%s", out, copy[k]) >= sizeof dst)
+            fx_die("init: path too long: %s", out);
+        if (access(src, F_OK) != 0) continue; /* absent: nothing to copy; unreadable: an error below */
+        if (fx_read_file(src, &data, &len) != 0 || fx_write_file_atomic(dst, data, len) != 0) fx_die("%s", fx_err());
+        free(data);
+        copied++;
+    }
+    printf("init: %s: %d layers, hidden %d, %d labels, %zu base weights%s\n", out, c.layers, c.hidden,
+           c.num_labels, fx_base_numel(&c), copied == 2 ? ", tokenizer copied" :
+           " (no vocab.json/merges.txt beside the config: add them to use the folder)");
+    return 0;
+}
+
+static const char eval_usage[] =
+    "usage: fedex eval --model DIR --task T --data DIR [--adapter PATH] [--residual FILE]\n"
+    "                  [--max-length 128] [--batch-size 32] [--logits OUT.safetensors] [--threads N]\n"
+    "Evaluates a Hugging Face folder (config.json, model.safetensors, vocab.json, merges.txt) on the task's\n"
+    "dev split (DATA/<task>/dev.tsv) and prints its metrics on one line.\n"
+    "  --adapter PATH   a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file\n"
+    "  --residual FILE  tensors added into the base weights of the same names (a FedEx residual)\n"
+    "  --logits OUT     also writes the logits (n, num_labels) as tensor 'logits' of a safetensors file\n"
+    "  --threads N      CPU threads (default: OpenMP's)\n";
+
 static int cmd_eval(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fx_die("eval: not implemented yet");
+    const char *model = NULL, *adapter = NULL, *residual = NULL, *task_name = NULL, *data = NULL,
+               *logits_path = NULL;
+    long max_len = 128, batch = 32, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(eval_usage, stdout); return 0; }
+        static const char *const opts[] = {"--model", "--adapter", "--residual", "--task", "--data",
+                                           "--max-length", "--batch-size", "--logits", "--threads"};
+        int o = 0;
+        while (o < 9 && strcmp(a, opts[o])) o++;
+        if (o == 9) fx_die("eval: unknown argument '%s' (see --help)", a);
+        if (i + 1 >= argc) fx_die("eval: %s needs a value", a);
+        const char *v = argv[++i];
+        switch (o) {
+        case 0: model = v; break;
+        case 1: adapter = v; break;
+        case 2: residual = v; break;
+        case 3: task_name = v; break;
+        case 4: data = v; break;
+        case 5: max_len = option_long("eval", a, v, 4, 1000000); break;
+        case 6: batch = option_long("eval", a, v, 1, 1000000); break;
+        case 7: logits_path = v; break;
+        default: threads = option_long("eval", a, v, 1, 4096); break;
+        }
+    }
+    if (!model || !task_name || !data) fx_die("eval: --model, --task and --data are required (see --help)");
+    if (threads) fx_set_threads((int)threads);
+    const fx_task *task = fx_task_find(task_name);
+    if (!task) fx_die("eval: unknown task '%s'", task_name);
+
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", model) >= sizeof path) fx_die("eval: path too long");
+    fx_config c;
+    if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    if (c.num_labels != task->num_labels)
+        fx_die("eval: %s has %d label%s, %s's config.json says %d (make one with fedex init --labels %d)",
+               task->name, task->num_labels, task->num_labels == 1 ? " (regression)" : "s", model,
+               c.num_labels, task->num_labels);
+    /* RoBERTa's positions start after pad_id, so a row of T tokens needs pad_id + T < max_positions. */
+    if (max_len > c.max_positions - c.pad_id - 1)
+        fx_die("eval: --max-length %ld exceeds the model's %d positions (at most %d tokens)", max_len,
+               c.max_positions, c.max_positions - c.pad_id - 1);
+
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
+    if (adapter && fx_adapter_config_load(adapter, &a) != 0) fx_die("%s", fx_err());
+    fx_model m;
+    if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", path, fx_err());
+    fx_model_init_base(&m, 0);
+    int head = fx_model_load(&m, model);
+    if (head < 0) fx_die("%s", fx_err());
+    if (adapter && fx_adapter_load(&m, adapter) != 0) fx_die("%s", fx_err());
+    if (residual && fx_residual_load(&m, residual) != 0) fx_die("%s", fx_err());
+    if (!head && !adapter)
+        fprintf(stderr, "fedex: eval: %s has no classifier head of %d labels: the head is random\n", model,
+                c.num_labels);
+
+    fx_tokenizer *tok = fx_tok_load(model);
+    if (!tok) fx_die("%s", fx_err());
+    fx_dataset d;
+    if (fx_dataset_build(task, data, "dev", tok, (int)max_len, &d) != 0) fx_die("%s", fx_err());
+    int L = c.num_labels;
+    float *logits = fx_malloc((size_t)d.n * (size_t)L * sizeof(float));
+    int *rows = fx_malloc((size_t)(d.n ? d.n : 1) * sizeof(int));
+    for (int i = 0; i < d.n; i++) rows[i] = i;
+    fx_batch b = {0};
+    double loss = 0, t0 = fx_now();
+    for (int i = 0; i < d.n; i += (int)batch) {
+        int nb = d.n - i < batch ? d.n - i : (int)batch;
+        fx_batch_fill(&d, rows + i, nb, fx_tok_pad(tok), &b);
+        float l = fx_model_step(&m, &b, 0, logits + (size_t)i * L);
+        if (isnan(l)) fx_die("eval: rows %d to %d: %s", i, i + nb - 1, fx_err());
+        loss += (double)l * nb;
+    }
+    fx_metrics mt;
+    fx_task_metrics(task, logits, d.labels, d.n, &mt);
+    printf("%s dev: n %d, loss %.4f", task->name, d.n, d.n ? loss / d.n : 0.0);
+    const char *names[5] = {"accuracy", "f1", "mcc", "pearson", "spearman"};
+    double vals[5] = {mt.accuracy, mt.f1, mt.mcc, mt.pearson, mt.spearman};
+    for (int k = 0; k < 5; k++)
+        if (!isnan(vals[k])) printf(", %s %.4f", names[k], vals[k]);
+    printf(" (%.1f s)\n", fx_now() - t0);
+    if (logits_path) {
+        fx_st_entry e = {.name = "logits", .dtype = FX_F32, .ndim = 2, .shape = {d.n, L}, .data = logits};
+        const char *meta[] = {"task", task->name, NULL};
+        if (fx_st_write(logits_path, &e, 1, meta) != 0) fx_die("%s", fx_err());
+    }
+    free(rows);
+    free(logits);
+    fx_batch_free(&b);
+    fx_dataset_free(&d);
+    fx_tok_free(tok);
+    fx_model_free(&m);
+    return 0;
+}
+
+/* ============================================================================================
+ * Options of a federated run (train, demo, export)
+ * ============================================================================================
+ * One table describes every option: its spellings (ours, then the reference code's), its type, its
+ * default and its help line. Parsing, `fedex help train` and the run's config.json all read it. */
+
+typedef struct {
+    const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
+    const char *device, *precision, *client_gpus;
+    int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
+    int micro_batch, eval_batch, server_gpu;
+    double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay;
+    long long seed;
+    int rslora, weighted, strict, save_clients;
+    fx_agg_method agg;
+} run_cfg;
+
+typedef enum { OPT_INT, OPT_REAL, OPT_STR, OPT_FLAG, OPT_SEED } opt_kind;
+typedef struct {
+    const char *name, *alias;
+    opt_kind kind;
+    size_t off;
+    const char *def;
+    const char *help;
+} opt_def;
+
+#define RC(f) offsetof(run_cfg, f)
+static const opt_def train_opts[] = {
+    {"--model", NULL, OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model"},
+    {"--task", NULL, OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI); none: the built-in synthetic task"},
+    {"--data", NULL, OPT_STR, RC(data), NULL, "folder holding the GLUE task folders"},
+    {"--agg", "--agg_type", OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera)"},
+    {"--num-clients", "--num_clients", OPT_INT, RC(num_clients), "3", "number of clients"},
+    {"--rounds", NULL, OPT_INT, RC(rounds), "50", "federated rounds"},
+    {"--local-epochs", "--local_epochs", OPT_INT, RC(local_epochs), "3", "epochs over its shard each client trains per round"},
+    {"--lr", NULL, OPT_REAL, RC(lr), "1e-3", "peak learning rate (AdamW)"},
+    {"--weight-decay", "--weight_decay", OPT_REAL, RC(weight_decay), "0.01", "AdamW decoupled weight decay"},
+    {"--batch-size", "--batch_size", OPT_INT, RC(batch_size), "128", "local batch size"},
+    {"--micro-batch", NULL, OPT_INT, RC(micro_batch), "32", "rows per forward/backward (gradients accumulate to --batch-size; 0: whole batch)"},
+    {"--eval-batch", NULL, OPT_INT, RC(eval_batch), "64", "rows per evaluation batch"},
+    {"--max-seq-length", "--max_seq_length", OPT_INT, RC(max_len), "128", "truncate token sequences to this length"},
+    {"--lora-r", "--lora_r", OPT_INT, RC(lora_r), "4", "LoRA rank"},
+    {"--lora-alpha", "--lora_alpha", OPT_REAL, RC(lora_alpha), "8", "LoRA alpha (scale alpha/r)"},
+    {"--lora-dropout", "--lora_dropout", OPT_REAL, RC(lora_dropout), "0.1", "dropout on the adapter input"},
+    {"--rslora", NULL, OPT_FLAG, RC(rslora), NULL, "rank-stabilised scale alpha/sqrt(r)"},
+    {"--vera-r", "--vera_r", OPT_INT, RC(vera_r), "256", "VeRA rank"},
+    {"--d-initial", "--d_initial", OPT_REAL, RC(d_initial), "0.1", "VeRA lambda_d initial value"},
+    {"--warmup-ratio", "--warmup_ratio", OPT_REAL, RC(warmup_ratio), "0.06", "linear warmup share of each round's steps (restarted every round)"},
+    {"--seed", NULL, OPT_SEED, RC(seed), "42", "seed of splits, initialisation, shuffling and dropout"},
+    {"--split", NULL, OPT_STR, RC(split), "iid", "iid | dirichlet:ALPHA (label-skewed)"},
+    {"--weighted", NULL, OPT_FLAG, RC(weighted), NULL, "weight clients by sample count (the paper uses a plain mean)"},
+    {"--targets", NULL, OPT_STR, RC(targets), "query,value", "adapted layers: query,key,value,attention.output.dense,intermediate.dense,output.dense"},
+    {"--residual", NULL, OPT_STR, RC(residual), "factored", "how the FedEx residual travels: factored | dense"},
+    {"--out", "--output_dir", OPT_STR, RC(out), NULL, "write metrics.jsonl, config.json, adapter, residual and checkpoints here"},
+    {"--resume", NULL, OPT_STR, RC(resume), NULL, "continue the run saved in this folder"},
+    {"--threads", NULL, OPT_INT, RC(threads), "0", "CPU threads in all, divided among parallel clients (0: all cores)"},
+    {"--strict", NULL, OPT_FLAG, RC(strict), NULL, "stop when a client dies (default: finish the round over the survivors)"},
+    {"--save-clients", NULL, OPT_FLAG, RC(save_clients), NULL, "also write each client's adapter and head every round"},
+    {"--device", NULL, OPT_STR, RC(device), "cpu", "cpu | cuda"},
+    {"--precision", NULL, OPT_STR, RC(precision), "bf16", "GPU matrix products: fp32 | tf32 | bf16"},
+    {"--client-gpus", NULL, OPT_STR, RC(client_gpus), NULL, "GPU of each client, e.g. 0,0,1 (default: all on GPU 0)"},
+    {"--server-gpu", NULL, OPT_INT, RC(server_gpu), "-1", "GPU for the server's evaluation (-1: CPU)"},
+};
+#define NOPTS ((int)(sizeof train_opts / sizeof train_opts[0]))
+
+static int set_opt(run_cfg *c, const opt_def *o, const char *v) {
+    char *end;
+    void *p = (char *)c + o->off;
+    switch (o->kind) {
+    case OPT_INT: {
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (errno || *end || end == v || x < INT32_MIN || x > INT32_MAX) {
+            fx_seterr("%s: '%s' is not a whole number", o->name, v);
+            return -1;
+        }
+        *(int *)p = (int)x;
+        return 0;
+    }
+    case OPT_SEED: {
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || *end || end == v || x < 0) { fx_seterr("%s: '%s' is not a seed (0 or more)", o->name, v); return -1; }
+        *(long long *)p = x;
+        return 0;
+    }
+    case OPT_REAL: {
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || *end || end == v || !isfinite(x)) { fx_seterr("%s: '%s' is not a number", o->name, v); return -1; }
+        *(double *)p = x;
+        return 0;
+    }
+    case OPT_STR: *(const char **)p = v; return 0;
+    case OPT_FLAG: *(int *)p = 1; return 0;
+    }
+    return -1;
+}
+
+static void opts_help(const char *cmd, const char *synopsis) {
+    printf("usage: fedex %s %s\n\noptions (the reference code's spelling in brackets):\n", cmd, synopsis);
+    for (int i = 0; i < NOPTS; i++) {
+        const opt_def *o = &train_opts[i];
+        char name[64];
+        snprintf(name, sizeof name, "%s%s", o->name,
+                 o->kind == OPT_FLAG ? "" : o->kind == OPT_STR ? " S" : o->kind == OPT_REAL ? " X" : " N");
+        printf("  %-20s %s", name, o->help);
+        if (o->def) printf(" [default %s]", o->def);
+        if (o->alias) printf(" (%s)", o->alias);
+        printf("\n");
+    }
+}
+
+/* Parses argv into C. SET[i] records which options were given, for the contradiction checks. */
+static int parse_opts(int argc, char **argv, run_cfg *c, int *set) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < NOPTS; i++)
+        if (train_opts[i].def && set_opt(c, &train_opts[i], train_opts[i].def) != 0) return -1;
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a], *val = NULL;
+        char name[64];
+        const char *eq = strchr(arg, '=');
+        if (eq && (size_t)(eq - arg) < sizeof name) {
+            memcpy(name, arg, (size_t)(eq - arg));
+            name[eq - arg] = 0;
+            val = eq + 1;
+            arg = name;
+        }
+        int k = -1;
+        for (int i = 0; i < NOPTS; i++)
+            if (!strcmp(arg, train_opts[i].name) || (train_opts[i].alias && !strcmp(arg, train_opts[i].alias))) k = i;
+        if (k < 0) {
+            fx_seterr("unknown option '%s' (see `fedex help train`)", argv[a]);
+            return -1;
+        }
+        if (set[k]) { fx_seterr("option %s given twice", train_opts[k].name); return -1; }
+        set[k] = 1;
+        if (train_opts[k].kind == OPT_FLAG) {
+            if (val) { fx_seterr("%s takes no value", train_opts[k].name); return -1; }
+        } else if (!val) {
+            if (a + 1 >= argc) { fx_seterr("%s needs a value", train_opts[k].name); return -1; }
+            val = argv[++a];
+        }
+        if (set_opt(c, &train_opts[k], val) != 0) return -1;
+    }
+    return 0;
+}
+
+static int opt_index(const char *name) {
+    for (int i = 0; i < NOPTS; i++) if (!strcmp(train_opts[i].name, name)) return i;
+    return -1;
+}
+#define WAS_SET(set, name) ((set)[opt_index(name)])
+
+/* Ranges and contradictions: refuse what cannot be meant, with the reason. */
+static int check_cfg(run_cfg *c, const int *set) {
+    if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
+    int vera = fx_agg_is_vera(c->agg);
+    struct { int bad; const char *msg; } rules[] = {
+        {c->num_clients < 1 || c->num_clients > 256, "--num-clients must be between 1 and 256"},
+        {c->rounds < 1, "--rounds must be at least 1"},
+        {c->local_epochs < 1, "--local-epochs must be at least 1"},
+        {c->batch_size < 1, "--batch-size must be at least 1"},
+        {c->micro_batch < 0, "--micro-batch must be 0 (whole batch) or more"},
+        {c->eval_batch < 1, "--eval-batch must be at least 1"},
+        {c->max_len < 4 || c->max_len > 4096, "--max-seq-length must be between 4 and 4096"},
+        {!(c->lr > 0), "--lr must be positive"},
+        {c->weight_decay < 0, "--weight-decay must be 0 or more"},
+        {c->lora_r < 1 || c->lora_r > 4096, "--lora-r must be between 1 and 4096"},
+        {c->vera_r < 1 || c->vera_r > 65536, "--vera-r must be between 1 and 65536"},
+        {!(c->lora_alpha > 0), "--lora-alpha must be positive"},
+        {c->lora_dropout < 0 || c->lora_dropout >= 1, "--lora-dropout must be in [0, 1)"},
+        {c->warmup_ratio < 0 || c->warmup_ratio > 1, "--warmup-ratio must be in [0, 1]"},
+        {c->threads < 0, "--threads must be 0 (all cores) or more"},
+        {strcmp(c->residual, "factored") && strcmp(c->residual, "dense"), "--residual must be factored or dense"},
+        {strcmp(c->device, "cpu") && strcmp(c->device, "cuda"), "--device must be cpu or cuda"},
+        {strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"),
+         "--precision must be fp32, tf32 or bf16"},
+        {vera && (WAS_SET(set, "--lora-r") || WAS_SET(set, "--lora-alpha") || WAS_SET(set, "--rslora")),
+         "--lora-r, --lora-alpha and --rslora apply to LoRA; VeRA methods take --vera-r and --d-initial"},
+        {!vera && (WAS_SET(set, "--vera-r") || WAS_SET(set, "--d-initial")),
+         "--vera-r and --d-initial apply to VeRA methods (fedex-vera, fedit-vera, ffa-vera)"},
+        {c->agg == FX_AGG_CENTRAL && WAS_SET(set, "--num-clients") && c->num_clients != 1,
+         "--agg centralized trains one client on all the data; it takes no --num-clients"},
+        {c->agg == FX_AGG_CENTRAL && WAS_SET(set, "--split"), "--agg centralized does not split the data"},
+        {!c->model && c->task && strcasecmp(c->task, "synthetic"),
+         "--task needs --model: the embedded model trains only on the built-in synthetic task"},
+        {c->model && !c->task, "--model needs --task"},
+        {c->task && strcasecmp(c->task, "synthetic") && !c->data, "--task needs --data (the folder of GLUE task folders)"},
+        {(c->precision && WAS_SET(set, "--precision") && !strcmp(c->device, "cpu")),
+         "--precision applies to --device cuda (the CPU path is fp32)"},
+        {(WAS_SET(set, "--client-gpus") || WAS_SET(set, "--server-gpu")) && !strcmp(c->device, "cpu"),
+         "--client-gpus and --server-gpu apply to --device cuda"},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+        if (rules[i].bad) { fx_seterr("%s", rules[i].msg); return -1; }
+    if (strcmp(c->split, "iid") && strncmp(c->split, "dirichlet:", 10)) {
+        fx_seterr("--split must be iid or dirichlet:ALPHA, not '%s'", c->split);
+        return -1;
+    }
+    if (!strncmp(c->split, "dirichlet:", 10)) {
+        char *end;
+        double a = strtod(c->split + 10, &end);
+        if (*end || end == c->split + 10 || !(a > 0)) {
+            fx_seterr("--split dirichlet:ALPHA needs a positive ALPHA, not '%s'", c->split + 10);
+            return -1;
+        }
+    }
+    unsigned mask;
+    if (fx_targets_parse(c->targets, &mask) != 0) return -1;
+    if (c->agg == FX_AGG_CENTRAL) c->num_clients = 1;
+    return 0;
+}
+
+/* ============================================================================================
+ * Federated run: shared memory, forked clients, rounds
+ * ============================================================================================
+ * One POSIX shared-memory segment holds everything that moves between processes:
+ *
+ *   [ header | client slots (N) | base weights | global trainable | client trainable (N) | residual ]
+ *
+ * The frozen base weights live there once, so N clients cost one model plus N x (adapters, optimiser
+ * state, activations). The segment is unlinked right after it is mapped: forked clients inherit the
+ * mapping, and nothing is left in /dev/shm whatever happens to the processes.
+ *
+ * Each client is a forked process with two pipes: the server writes a round number into one, the
+ * client answers one byte on the other when its adapters are in its slot. A client that dies closes
+ * its pipe, so the server sees end-of-file at once (never a timeout). The server must not start an
+ * OpenMP team (nor, on the GPU path, a CUDA context) before forking: neither survives fork(). */
+
+typedef struct {
+    int64_t samples;                 /* size of the client's shard */
+    int64_t steps_done, steps_total; /* progress of the current round */
+    double loss_sum;                 /* sum of batch losses so far this round */
+    double train_loss, seconds;      /* of the finished round */
+    char err[256];                   /* why the client failed, when it answers 'e' */
+} client_slot;
+
+typedef struct {
+    /* configuration */
+    run_cfg cfg;
+    fx_config mc;
+    fx_adapter_cfg ac;
+    const fx_task *task;
+    int n;                           /* clients */
+    /* data */
+    fx_tokenizer *tok;
+    fx_dataset train, dev;
+    int **rows, *counts;
+    int pad_id;
+    /* shared memory */
+    void *shm; size_t shm_len;
+    client_slot *slot;               /* (n) */
+    float *base;                     /* (fx_base_numel) frozen weights, W0 with residuals added */
+    float *global;                   /* (P) global trainable state */
+    float **client;                  /* n x (P) each client's trained state */
+    float *msg;                      /* residual message (factors or dense) */
+    size_t P;
+    /* server */
+    fx_model srv;                    /* base = shared base, evaluates the global model */
+    float *prev_global, *w0_orig, *w0_old; /* w0_*: adapted layers' W0, concatenated */
+    double *err_work;
+    pid_t *pid; int *cmd_fd, *res_fd, *alive;
+    /* results */
+    int round0;                      /* rounds already done (resume) */
+    double best; int best_round;
+    char **lines; int nlines;        /* metrics.jsonl */
+    double *hist_metric, *hist_err;  /* per round, for `fedex demo` */
+} fed_run;
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
+static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+/* The embedded model: a small RoBERTa with random weights for the built-in synthetic task, so a fresh
+ * clone shows a real run without downloads. */
+static void embedded_config(fx_config *c, int max_len) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = 24; c->hidden = 32; c->layers = 2; c->heads = 4; c->intermediate = 64;
+    c->max_positions = max_len + 2; c->type_vocab_size = 1; c->pad_id = 1; c->num_labels = 2;
+    c->layer_norm_eps = 1e-5f; c->hidden_dropout = 0.1f; c->attention_dropout = 0.1f;
+    c->initializer_range = 0.02f;
+}
+#define SYNTH_TRAIN 1200
+#define SYNTH_DEV 400
+#define SYNTH_LEN 32
+
+static uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+    fx_rng r;
+    fx_rng_seed(&r, seed ^ (a * 0x9e3779b97f4a7c15ULL) ^ (b * 0xc2b2ae3d27d4eb4fULL) ^ (c * 0x165667b19e3779f9ULL));
+    return fx_rng_u64(&r);
+}
+
+/* Bytes that would cross a network each round for one client: the trained tensors up (FFA's frozen A or
+ * lambda_d stays home), the global ones down, plus FedEx's residual as factors or as dense matrices. */
+static void comm_bytes(const fed_run *R, int nclients, int64_t *up, int64_t *down) {
+    const fx_model *m = &R->srv;
+    int64_t trained = (int64_t)m->head_n;
+    int64_t resid = 0;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        int64_t a = m->a.kind == FX_LORA ? (int64_t)m->a.r * ad->in : m->a.r;
+        int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : ad->out;
+        trained += b + (m->a.freeze_a || m->a.freeze_d ? 0 : a);
+        if (fx_agg_is_exact(R->cfg.agg)) {
+            if (!strcmp(R->cfg.residual, "dense")) resid += (int64_t)ad->out * ad->in;
+            else if (m->a.kind == FX_LORA) resid += (int64_t)(nclients + 1) * m->a.r * (ad->out + ad->in);
+            else resid += (int64_t)ad->out * m->a.r;
+        }
+    }
+    *up = 4 * trained + 8;
+    *down = 4 * (trained + resid);
+}
+
+/* ---------------------------------------------------------------- client process */
+
+static _Noreturn void client_exit_error(fed_run *R, int c, const char *msg) {
+    snprintf(R->slot[c].err, sizeof R->slot[c].err, "%s", msg);
+    char e = 'e';
+    if (write(R->res_fd[c], &e, 1) != 1) { /* the server is gone; nothing to tell */ }
+    _exit(1);
+}
+
+static void parse_fault(int c, int *kill_round) {
+    /* Fault injection for the tests: FEDEX_FAULT=kill:C:R makes client C kill itself in round R. */
+    const char *f = getenv("FEDEX_FAULT");
+    int fc, fr;
+    *kill_round = -1;
+    if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == c) *kill_round = fr;
+}
+
+static _Noreturn void client_main(fed_run *R, int c, int threads) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    fx_set_threads(threads);
+    int kill_round;
+    parse_fault(c, &kill_round);
+    const run_cfg *cfg = &R->cfg;
+    fx_model m;
+    if (fx_model_create(&m, &R->mc, &R->ac, R->base) != 0) client_exit_error(R, c, fx_err());
+    fx_model_init_adapters(&m, (uint64_t)cfg->seed); /* VeRA's shared projections, as the server's */
+    int nrows = R->counts[c];
+    int *order = fx_malloc(sizeof(int) * (size_t)(nrows ? nrows : 1));
+    float *acc = fx_malloc(sizeof(float) * R->P);
+    int mb = cfg->micro_batch > 0 && cfg->micro_batch < cfg->batch_size ? cfg->micro_batch : cfg->batch_size;
+    fx_batch batch = {0};
+    for (;;) {
+        int32_t round;
+        ssize_t k = read(R->cmd_fd[c], &round, sizeof round);
+        if (k != (ssize_t)sizeof round || round < 0) _exit(0);
+        double t0 = fx_now();
+        client_slot *s = &R->slot[c];
+        memcpy(m.train.data, R->global, sizeof(float) * R->P);
+        fx_adamw_reset(&m);
+        fx_rng_seed(&m.drop, mix_seed((uint64_t)cfg->seed, (uint64_t)round, (uint64_t)c, 1));
+        int per_epoch = (nrows + cfg->batch_size - 1) / cfg->batch_size;
+        int total = per_epoch * cfg->local_epochs;
+        int warmup = (int)ceil(cfg->warmup_ratio * total);
+        s->samples = nrows; s->steps_done = 0; s->steps_total = total; s->loss_sum = 0;
+        int step = 0;
+        for (int e = 0; e < cfg->local_epochs; e++) {
+            /* a fresh shuffle of the shard every epoch, seeded by (seed, round, client, epoch) */
+            fx_rng sh;
+            fx_rng_seed(&sh, mix_seed((uint64_t)cfg->seed, (uint64_t)round, (uint64_t)c, 100 + (uint64_t)e));
+            memcpy(order, R->rows[c], sizeof(int) * (size_t)nrows);
+            for (int i = nrows - 1; i > 0; i--) {
+                int j = (int)(fx_rng_u64(&sh) % (uint64_t)(i + 1));
+                int t = order[i]; order[i] = order[j]; order[j] = t;
+            }
+            for (int b0 = 0; b0 < nrows; b0 += cfg->batch_size) {
+                int bn = nrows - b0 < cfg->batch_size ? nrows - b0 : cfg->batch_size;
+                /* gradient of the mean loss over the batch = sum over micro-batches of (rows/bn) x theirs */
+                double loss = 0;
+                for (int u = 0; u < bn; u += mb) {
+                    int un = bn - u < mb ? bn - u : mb;
+                    fx_batch_fill(&R->train, order + b0 + u, un, R->pad_id, &batch);
+                    loss += (double)un / bn * fx_model_step(&m, &batch, 1, NULL);
+                    if (un == bn) break;
+                    float f = (float)un / (float)bn;
+                    if (u == 0) for (size_t j = 0; j < R->P; j++) acc[j] = f * m.grad[j];
+                    else for (size_t j = 0; j < R->P; j++) acc[j] += f * m.grad[j];
+                    if (u + un >= bn) memcpy(m.grad, acc, sizeof(float) * R->P);
+                }
+                if (!isfinite(loss)) client_exit_error(R, c, "training loss is not finite (lower --lr?)");
+                fx_adamw_update(&m, fx_linear_schedule(step, warmup, total, (float)cfg->lr), (float)cfg->weight_decay);
+                step++;
+                s->loss_sum += loss;
+                s->steps_done = step;
+                if (round == kill_round) raise(SIGKILL);
+            }
+        }
+        memcpy(R->client[c], m.train.data, sizeof(float) * R->P);
+        s->train_loss = step ? s->loss_sum / step : NAN;
+        s->seconds = fx_now() - t0;
+        char ok = 'o';
+        if (write(R->res_fd[c], &ok, 1) != 1) _exit(1);
+    }
+}
+
+static int fork_clients(fed_run *R, int threads_total) {
+    int par = R->n;
+    int per = threads_total / par > 0 ? threads_total / par : 1;
+    for (int c = 0; c < R->n; c++) {
+        int cmd[2], res[2];
+        if (pipe(cmd) != 0 || pipe(res) != 0) { fx_seterr("pipe: %s", strerror(errno)); return -1; }
+        fflush(stdout); fflush(stderr);
+        pid_t p = fork();
+        if (p < 0) { fx_seterr("fork: %s (client %d)", strerror(errno), c); return -1; }
+        if (p == 0) {
+            /* keep only this client's ends, so that every other pipe sees EOF when its owner dies */
+            for (int o = 0; o < c; o++) { close(R->cmd_fd[o]); close(R->res_fd[o]); }
+            close(cmd[1]); close(res[0]);
+            R->cmd_fd[c] = cmd[0]; R->res_fd[c] = res[1];
+            client_main(R, c, per);
+        }
+        close(cmd[0]); close(res[1]);
+        R->pid[c] = p; R->cmd_fd[c] = cmd[1]; R->res_fd[c] = res[0]; R->alive[c] = 1;
+    }
+    return 0;
+}
+
+static void stop_clients(fed_run *R, int sig) {
+    for (int c = 0; c < R->n; c++) {
+        if (!R->alive[c]) continue;
+        if (sig) kill(R->pid[c], sig);
+        else { int32_t q = -1; if (write(R->cmd_fd[c], &q, sizeof q) < 0) kill(R->pid[c], SIGTERM); }
+    }
+    for (int c = 0; c < R->n; c++)
+        if (R->alive[c]) { waitpid(R->pid[c], NULL, 0); R->alive[c] = 0; close(R->cmd_fd[c]); close(R->res_fd[c]); }
+}
+
+static void describe_death(pid_t pid, char *buf, size_t n) {
+    int st = 0;
+    if (waitpid(pid, &st, 0) < 0) snprintf(buf, n, "vanished");
+    else if (WIFSIGNALED(st)) snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    else snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));
+}
+
+/* ---------------------------------------------------------------- progress display */
+
+static void show_progress(fed_run *R, int round, const int *pending, int tty, int *drawn) {
+    if (!tty) return;
+    if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
+    *drawn = 0;
+    for (int c = 0; c < R->n; c++) {
+        if (!R->alive[c] && !pending[c]) continue;
+        client_slot *s = &R->slot[c];
+        int64_t done = s->steps_done, tot = s->steps_total > 0 ? s->steps_total : 1;
+        char bar[21];
+        int fill = (int)(20 * done / tot);
+        for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
+        bar[20] = 0;
+        fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% loss %.4f\n", round, c, bar,
+                (int)(100 * done / tot), done ? s->loss_sum / (double)done : 0.0);
+        (*drawn)++;
+    }
+    fflush(stderr);
+}
+
+/* ---------------------------------------------------------------- server: one round */
+
+/* Waits for every pending client: 'o' = its state is in its slot, 'e' = it failed (message in the
+ * slot), end-of-file = it died. Returns -1 on interrupt, a client error, or a death under --strict. */
+static int wait_clients(fed_run *R, int round, int *pending, int *done) {
+    int tty = isatty(2), drawn = 0;
+    for (;;) {
+        struct pollfd pf[256];
+        int map[256], np = 0;
+        for (int c = 0; c < R->n; c++)
+            if (pending[c]) { pf[np].fd = R->res_fd[c]; pf[np].events = POLLIN; map[np++] = c; }
+        if (np == 0) break;
+        show_progress(R, round, pending, tty, &drawn);
+        int r = poll(pf, (nfds_t)np, tty ? 250 : -1);
+        if (interrupted) return -1;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            fx_seterr("poll: %s", strerror(errno));
+            return -1;
+        }
+        for (int i = 0; i < np; i++) {
+            if (!pf[i].revents) continue;
+            int c = map[i];
+            char ch = 0;
+            ssize_t k = read(R->res_fd[c], &ch, 1);
+            pending[c] = 0;
+            if (k == 1 && ch == 'o') {
+                done[c] = 1;
+                if (!tty) {
+                    client_slot *s = &R->slot[c];
+                    printf("round %d client %d: %lld samples x %d epochs in %.2f s (%.0f samples/s), loss %.4f\n",
+                           round, c, (long long)s->samples, R->cfg.local_epochs, s->seconds,
+                           (double)s->samples * R->cfg.local_epochs / s->seconds, s->train_loss);
+                }
+                continue;
+            }
+            if (k == 1 && ch == 'e') {
+                fx_seterr("client %d failed in round %d: %s", c, round, R->slot[c].err);
+                waitpid(R->pid[c], NULL, 0);
+                R->alive[c] = 0;
+                return -1;
+            }
+            char why[128];
+            describe_death(R->pid[c], why, sizeof why);
+            R->alive[c] = 0;
+            close(R->cmd_fd[c]); close(R->res_fd[c]);
+            fprintf(stderr, "fedex: client %d (pid %d) died in round %d: %s\n", c, (int)R->pid[c], round, why);
+            if (R->cfg.strict) {
+                fx_seterr("client %d died in round %d (--strict): stopping; the last complete round is saved", c, round);
+                return -1;
+            }
+        }
+    }
+    show_progress(R, round, pending, tty, &drawn);
+    return 0;
+}
+
+/* Evaluates the global model (server's model with the global state) on the dev split. */
+static void evaluate(fed_run *R, fx_metrics *mt) {
+    fx_model *m = &R->srv;
+    memcpy(m->train.data, R->global, sizeof(float) * R->P);
+    int L = R->mc.num_labels, bs = R->cfg.eval_batch;
+    float *logits = fx_malloc(sizeof(float) * (size_t)R->dev.n * L);
+    int *rows = fx_malloc(sizeof(int) * (size_t)bs);
+    fx_batch b = {0};
+    for (int i = 0; i < R->dev.n; i += bs) {
+        int n = R->dev.n - i < bs ? R->dev.n - i : bs;
+        for (int j = 0; j < n; j++) rows[j] = i + j;
+        fx_batch_fill(&R->dev, rows, n, R->pad_id, &b);
+        fx_model_step(m, &b, 0, logits + (size_t)i * L);
+    }
+    fx_task_metrics(R->task, logits, R->dev.labels, R->dev.n, mt);
+    fx_batch_free(&b);
+    free(rows);
+    free(logits);
+}
+
+/* FedIT mean, then (FedEx) the residual into W0, then the aggregation error of every adapted layer. */
+static void aggregate(fed_run *R, const int *done, double *err, double *agg_seconds) {
+    double t0 = fx_now();
+    fx_model *m = &R->srv;
+    const float *cl[256];
+    double w[256], wsum = 0;
+    int n = 0;
+    for (int c = 0; c < R->n; c++)
+        if (done[c]) { cl[n] = R->client[c]; w[n] = R->cfg.weighted ? (double)R->slot[c].samples : 1.0; wsum += w[n]; n++; }
+    for (int i = 0; i < n; i++) w[i] /= wsum;
+    memcpy(R->prev_global, R->global, sizeof(float) * R->P);
+    fx_agg_mean(R->global, cl, w, n, R->P);
+    size_t woff = 0;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        size_t len = (size_t)ad->out * ad->in;
+        float *W0 = R->base + ad->w_off;
+        memcpy(R->w0_old + woff, W0, sizeof(float) * len);
+        if (fx_agg_is_exact(R->cfg.agg)) {
+            if (!strcmp(R->cfg.residual, "dense")) {
+                float *Rd = R->msg, *tmp = R->msg + len;
+                fx_agg_residual_dense(m, k, cl, w, n, R->global, Rd, tmp);
+                for (size_t j = 0; j < len; j++) W0[j] += Rd[j];
+            } else {
+                /* R = U V rebuilt with one GEMM, accumulated straight into W0 */
+                float *U = R->msg;
+                float *V = U + (size_t)ad->out * (size_t)(n + 1) * m->a.r;
+                int q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
+                fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 1.0f, W0, ad->in);
+            }
+        }
+        woff += len;
+    }
+    *agg_seconds = fx_now() - t0;
+    woff = 0;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        err[k] = fx_agg_error(m, k, R->w0_old + woff, R->base + ad->w_off, cl, w, n, R->global,
+                              R->prev_global, R->err_work);
+        woff += (size_t)ad->out * ad->in;
+    }
+}
+
+/* ---------------------------------------------------------------- outputs */
+
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void json_num(FILE *f, double x) {
+    if (isfinite(x)) fprintf(f, "%.9g", x);
+    else fputs("null", f);
+}
+
+static int write_text_atomic(const char *path, char *text, size_t len) {
+    int rc = fx_write_file_atomic(path, text, len);
+    free(text);
+    return rc;
+}
+
+static int write_run_config(const fed_run *R) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
+    fprintf(f, "{\n  \"fedex_run\": 1");
+    for (int i = 0; i < NOPTS; i++) {
+        const opt_def *o = &train_opts[i];
+        if (!strcmp(o->name, "--resume") || !strcmp(o->name, "--threads") || !strcmp(o->name, "--out")) continue;
+        const void *p = (const char *)&R->cfg + o->off;
+        fprintf(f, ",\n  \"%s\": ", o->name + 2);
+        switch (o->kind) {
+        case OPT_INT: fprintf(f, "%d", *(const int *)p); break;
+        case OPT_FLAG: fprintf(f, "%s", *(const int *)p ? "true" : "false"); break;
+        case OPT_SEED: fprintf(f, "%lld", *(const long long *)p); break;
+        case OPT_REAL: json_num(f, *(const double *)p); break;
+        case OPT_STR: if (*(const char *const *)p) json_str(f, *(const char *const *)p); else fputs("null", f); break;
+        }
+    }
+    fprintf(f, "\n}\n");
+    fclose(f);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", R->cfg.out);
+    return write_text_atomic(path, buf, len);
+}
+
+/* Reads a run's config.json back into C (for --resume and export). Strings point into J. */
+static int read_run_config(const char *dir, run_cfg *c, fx_json *j) {
+    char path[4096], *text; size_t len;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (fx_read_file(path, &text, &len) != 0) return -1;
+    int rc = fx_json_parse(text, len, j);
+    free(text);
+    if (rc != 0) { fx_seterr("%s: %s", path, fx_err()); return -1; }
+    if (!fx_json_get(j, "fedex_run")) { fx_seterr("%s: not the config.json of a fedex run", path); return -1; }
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < NOPTS; i++)
+        if (train_opts[i].def && set_opt(c, &train_opts[i], train_opts[i].def) != 0) return -1;
+    for (int i = 0; i < NOPTS; i++) {
+        const opt_def *o = &train_opts[i];
+        const fx_json *v = fx_json_get(j, o->name + 2);
+        if (!v) continue;
+        void *p = (char *)c + o->off;
+        int ok = 1;
+        switch (o->kind) {
+        case OPT_INT: ok = v->type == FX_JNUM && v->is_int; if (ok) *(int *)p = (int)v->inum; break;
+        case OPT_SEED: ok = v->type == FX_JNUM && v->is_int; if (ok) *(long long *)p = v->inum; break;
+        case OPT_FLAG: ok = v->type == FX_JBOOL; if (ok) *(int *)p = v->boolean; break;
+        case OPT_REAL: ok = v->type == FX_JNUM; if (ok) *(double *)p = v->num; break;
+        case OPT_STR:
+            ok = v->type == FX_JSTR || v->type == FX_JNULL;
+            if (ok) *(const char **)p = v->type == FX_JSTR ? v->str : NULL;
+            break;
+        }
+        if (!ok) { fx_seterr("%s: \"%s\" has the wrong type", path, o->name + 2); return -1; }
+    }
+    return fx_agg_parse(c->agg_name, &c->agg);
+}
+
+/* The adapted layers' current W0 minus their original W0: add it to the base checkpoint's weight of the
+ * same name to get FedEx's merged frozen weight. */
+static int write_residual(const fed_run *R, const char *path) {
+    const fx_model *m = &R->srv;
+    fx_st_entry *e = fx_calloc((size_t)m->nadapted, sizeof *e);
+    char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
+    size_t total = 0, woff = 0;
+    for (int k = 0; k < m->nadapted; k++) total += (size_t)m->ad[k].out * m->ad[k].in;
+    float *diff = fx_malloc(sizeof(float) * (total ? total : 1));
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        size_t len = (size_t)ad->out * ad->in;
+        for (size_t j = 0; j < len; j++) diff[woff + j] = R->base[ad->w_off + j] - R->w0_orig[woff + j];
+        snprintf(names[k], sizeof names[k], "roberta.%s.weight", ad->name);
+        e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
+        e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = diff + woff;
+        woff += len;
+    }
+    const char *meta[] = {"format", "fedex-residual", "note", "merged weight = base weight + this tensor", NULL};
+    int rc = fx_st_write(path, e, m->nadapted, meta);
+    free(diff); free(names); free(e);
+    return rc;
+}
+
+/* The checkpoint that --resume reads: the global state, the adapted layers' fp32 W0 (bit-exact), and the
+ * round. It is written last, so a run stopped at any point resumes from a complete round. */
+static int write_state(const fed_run *R, int round) {
+    const fx_model *m = &R->srv;
+    fx_st_entry *e = fx_calloc((size_t)m->nadapted + 1, sizeof *e);
+    char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
+    e[0].name = "global"; e[0].dtype = FX_F32; e[0].ndim = 1; e[0].shape[0] = (int64_t)R->P; e[0].data = R->global;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        snprintf(names[k], sizeof names[k], "w0.%s", ad->name);
+        e[k + 1].name = names[k]; e[k + 1].dtype = FX_F32; e[k + 1].ndim = 2;
+        e[k + 1].shape[0] = ad->out; e[k + 1].shape[1] = ad->in; e[k + 1].data = R->base + ad->w_off;
+    }
+    char rs[32], bs[64], br[32], path[4096];
+    snprintf(rs, sizeof rs, "%d", round);
+    snprintf(bs, sizeof bs, "%.17g", R->best);
+    snprintf(br, sizeof br, "%d", R->best_round);
+    const char *meta[] = {"round", rs, "best", bs, "best_round", br, NULL};
+    snprintf(path, sizeof path, "%s/state.safetensors", R->cfg.out);
+    int rc = fx_st_write(path, e, m->nadapted + 1, meta);
+    free(names); free(e);
+    return rc;
+}
+
+static int save_adapter_from(fed_run *R, const float *state, const char *dir) {
+    /* the server's model carries the layout; borrow it with STATE as its trainable buffer */
+    float *keep = R->srv.train.data;
+    R->srv.train.data = (float *)state;
+    int rc = fx_mkdir_p(dir) == 0 ? fx_adapter_save(&R->srv, dir) : -1;
+    R->srv.train.data = keep;
+    return rc;
+}
+
+static int write_outputs(fed_run *R, int round, const int *done) {
+    char path[4096];
+    if (R->cfg.save_clients) {
+        for (int c = 0; c < R->n; c++) {
+            if (!done[c]) continue;
+            snprintf(path, sizeof path, "%s/rounds/%d/client_%d", R->cfg.out, round, c);
+            if (save_adapter_from(R, R->client[c], path) != 0) return -1;
+        }
+        snprintf(path, sizeof path, "%s/rounds/%d/global", R->cfg.out, round);
+        if (save_adapter_from(R, R->global, path) != 0) return -1;
+        snprintf(path, sizeof path, "%s/rounds/%d/global/residual.safetensors", R->cfg.out, round);
+        if (write_residual(R, path) != 0) return -1;
+    }
+    if (save_adapter_from(R, R->global, R->cfg.out) != 0) return -1;
+    snprintf(path, sizeof path, "%s/residual.safetensors", R->cfg.out);
+    if (write_residual(R, path) != 0) return -1;
+    size_t len = 0;
+    for (int i = 0; i < R->nlines; i++) len += strlen(R->lines[i]) + 1;
+    char *text = fx_malloc(len + 1), *p = text;
+    for (int i = 0; i < R->nlines; i++) p += sprintf(p, "%s\n", R->lines[i]);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", R->cfg.out);
+    if (write_text_atomic(path, text, len) != 0) return -1;
+    return write_state(R, round);
+}
+
+/* Memory of the whole run (server + clients), proportional set size so the shared base counts once. */
+static double run_pss_mb(const fed_run *R) {
+    double kb = 0;
+    for (int c = -1; c < R->n; c++) {
+        if (c >= 0 && !R->alive[c]) continue;
+        char path[64], line[256];
+        snprintf(path, sizeof path, "/proc/%d/smaps_rollup", c < 0 ? (int)getpid() : (int)R->pid[c]);
+        FILE *f = fopen(path, "r");
+        if (!f) return NAN;
+        while (fgets(line, sizeof line, f)) {
+            long v;
+            if (sscanf(line, "Pss: %ld kB", &v) == 1) kb += v;
+        }
+        fclose(f);
+    }
+    return kb / 1024.0;
+}
+
+static char *metrics_line(fed_run *R, int round, const int *done, const fx_metrics *mt, const double *err,
+                          double secs, double agg_s, double eval_s, double clients_s) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) fx_die("open_memstream: %s", strerror(errno));
+    int n = 0;
+    for (int c = 0; c < R->n; c++) n += done[c];
+    int64_t up, down;
+    comm_bytes(R, n, &up, &down);
+    fprintf(f, "{\"round\": %d, \"agg\": \"%s\", \"clients\": [", round, fx_agg_name(R->cfg.agg));
+    int first = 1;
+    for (int c = 0; c < R->n; c++) {
+        if (!done[c]) continue;
+        fprintf(f, "%s{\"id\": %d, \"samples\": %lld, \"train_loss\": ", first ? "" : ", ", c, (long long)R->slot[c].samples);
+        json_num(f, R->slot[c].train_loss);
+        fprintf(f, ", \"seconds\": %.3f}", R->slot[c].seconds);
+        first = 0;
+    }
+    fprintf(f, "], \"dead_clients\": [");
+    first = 1;
+    for (int c = 0; c < R->n; c++) if (!done[c]) { fprintf(f, "%s%d", first ? "" : ", ", c); first = 0; }
+    fprintf(f, "], \"dev\": {");
+    const char *names[] = {"accuracy", "f1", "mcc", "pearson", "spearman"};
+    double vals[] = {mt->accuracy, mt->f1, mt->mcc, mt->pearson, mt->spearman};
+    first = 1;
+    for (int i = 0; i < 5; i++) {
+        if (isnan(vals[i])) continue;
+        fprintf(f, "%s\"%s\": ", first ? "" : ", ", names[i]);
+        json_num(f, vals[i]);
+        first = 0;
+    }
+    fprintf(f, "}, \"metric\": \"%s\", \"value\": ", mt->main_name);
+    json_num(f, mt->main);
+    fprintf(f, ", \"best\": ");
+    json_num(f, R->best);
+    fprintf(f, ", \"best_round\": %d, \"agg_error\": {\"max\": ", R->best_round);
+    double mx = 0, mean = 0;
+    for (int k = 0; k < R->srv.nadapted; k++) { if (err[k] > mx || isnan(err[k])) mx = err[k]; mean += err[k]; }
+    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
+    json_num(f, mx);
+    fprintf(f, ", \"mean\": ");
+    json_num(f, mean);
+    fprintf(f, ", \"layers\": [");
+    for (int k = 0; k < R->srv.nadapted; k++) { fprintf(f, k ? ", " : ""); json_num(f, err[k]); }
+    fprintf(f, "]}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
+            (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
+    fprintf(f, "\"memory_mb\": ");
+    json_num(f, run_pss_mb(R));
+    fprintf(f, ", \"seconds\": %.3f, \"seconds_clients\": %.3f, \"seconds_aggregate\": %.3f, \"seconds_eval\": %.3f}",
+            secs, clients_s, agg_s, eval_s);
+    fclose(f);
+    return buf;
+}
+
+/* ---------------------------------------------------------------- setting a run up */
+
+static void adapter_cfg_of(const run_cfg *c, fx_adapter_cfg *a) {
+    memset(a, 0, sizeof *a);
+    int vera = fx_agg_is_vera(c->agg);
+    a->kind = vera ? FX_VERA : FX_LORA;
+    fx_targets_parse(c->targets, &a->targets);
+    a->r = vera ? c->vera_r : c->lora_r;
+    a->alpha = (float)c->lora_alpha;
+    a->rslora = c->rslora;
+    a->dropout = (float)c->lora_dropout;
+    a->freeze_a = c->agg == FX_AGG_FFA;
+    a->freeze_d = c->agg == FX_AGG_FFA_VERA;
+    a->d_initial = (float)c->d_initial;
+    a->seed = (uint64_t)c->seed;
+}
+
+/* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
+static int model_config_of(const run_cfg *c, fx_config *mc, const fx_task **task) {
+    if (!c->model) {
+        embedded_config(mc, SYNTH_LEN);
+        *task = fx_task_find("synthetic");
+        return 0;
+    }
+    *task = fx_task_find(c->task);
+    if (!*task) { fx_seterr("unknown task '%s'", c->task); return -1; }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", c->model);
+    if (fx_config_load(path, mc) != 0) return -1;
+    mc->num_labels = (*task)->num_labels;
+    return 0;
+}
+
+/* Base weights as the run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
+static int init_weights(const run_cfg *c, fx_model *m) {
+    fx_model_init_base(m, (uint64_t)c->seed);
+    if (c->model && fx_model_load(m, c->model) != 0) return -1;
+    fx_model_init_adapters(m, (uint64_t)c->seed);
+    return 0;
+}
+
+/* Restores the global state and the adapted layers' W0 from DIR/state.safetensors; returns the round. */
+static int load_state(const char *dir, fx_model *m, float *global, double *best, int *best_round) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    fx_st_file f;
+    if (fx_st_open(path, &f) != 0) return -1;
+    int rc = -1;
+    const fx_st_tensor *g = fx_st_find(&f, "global");
+    const char *rs = fx_st_meta(&f, "round");
+    if (!g || g->dtype != FX_F32 || fx_st_numel(g) != m->train.n || !rs) {
+        fx_seterr("%s: not a checkpoint of this run (global state missing or of another size)", path);
+        goto out;
+    }
+    float *owned;
+    const float *p = fx_st_f32(&f, g, &owned);
+    memcpy(global, p, sizeof(float) * m->train.n);
+    free(owned);
+    for (int k = 0; k < m->nadapted; k++) {
+        char name[128];
+        snprintf(name, sizeof name, "w0.%s", m->ad[k].name);
+        const fx_st_tensor *t = fx_st_find(&f, name);
+        if (!t || t->dtype != FX_F32 || fx_st_numel(t) != (size_t)m->ad[k].out * m->ad[k].in) {
+            fx_seterr("%s: tensor '%s' missing or of the wrong size", path, name);
+            goto out;
+        }
+        p = fx_st_f32(&f, t, &owned);
+        memcpy(m->base.data + m->ad[k].w_off, p, sizeof(float) * fx_st_numel(t));
+        free(owned);
+    }
+    rc = atoi(rs);
+    const char *b = fx_st_meta(&f, "best"), *br = fx_st_meta(&f, "best_round");
+    *best = b ? strtod(b, NULL) : -INFINITY;
+    *best_round = br ? atoi(br) : 0;
+out:
+    fx_st_close(&f);
+    return rc;
+}
+
+/* Keeps the metrics.jsonl lines of rounds up to ROUND (a resumed run rewrites what came after). */
+static void load_lines(fed_run *R, int round) {
+    char path[4096], *text; size_t len;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", R->cfg.out);
+    if (fx_read_file(path, &text, &len) != 0) return;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        fx_json j;
+        if (fx_json_parse(line, strlen(line), &j) != 0) continue;
+        const fx_json *r = fx_json_get(&j, "round");
+        if (r && r->type == FX_JNUM && r->inum <= round) {
+            R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
+            R->lines[R->nlines++] = fx_strdup(line);
+        }
+        fx_json_free(&j);
+    }
+    free(text);
+}
+
+static int setup_run(fed_run *R) {
+    run_cfg *c = &R->cfg;
+    R->n = c->num_clients;
+    if (model_config_of(c, &R->mc, &R->task) != 0) return -1;
+    if (c->model) {
+        R->tok = fx_tok_load(c->model);
+        if (!R->tok) return -1;
+        R->pad_id = fx_tok_pad(R->tok);
+        printf("tokenising %s train and dev (max length %d)...\n", R->task->name, c->max_len);
+        fflush(stdout);
+        if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
+        if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+    } else {
+        R->pad_id = R->mc.pad_id;
+        if (fx_dataset_synthetic(SYNTH_TRAIN, R->mc.vocab_size, SYNTH_LEN, (uint64_t)c->seed, &R->train) != 0 ||
+            fx_dataset_synthetic(SYNTH_DEV, R->mc.vocab_size, SYNTH_LEN, (uint64_t)c->seed + 1, &R->dev) != 0)
+            return -1;
+    }
+    if (R->train.n < R->n) { fx_seterr("%d training rows cannot feed %d clients", R->train.n, R->n); return -1; }
+    adapter_cfg_of(c, &R->ac);
+
+    /* Sizes first, from a model whose base is never touched (calloc'ed pages cost nothing). */
+    fx_model probe;
+    if (fx_model_create(&probe, &R->mc, &R->ac, NULL) != 0) return -1;
+    R->P = probe.train.n;
+    size_t msg = 0, wtot = 0, wmax = 0;
+    for (int k = 0; k < probe.nadapted; k++) {
+        size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in, q = (size_t)(R->n + 1) * R->ac.r;
+        size_t fac = (out + in) * q, dense = out * in + out * (size_t)R->ac.r;
+        if (fac > msg) msg = fac;
+        if (dense > msg) msg = dense;
+        wtot += out * in;
+        if (out * in > wmax) wmax = out * in;
+    }
+    fx_model_free(&probe);
+
+    size_t base_n = fx_base_numel(&R->mc);
+    size_t off_slot = 64, off_base = align64(off_slot + sizeof(client_slot) * (size_t)R->n);
+    size_t off_glob = align64(off_base + sizeof(float) * base_n);
+    size_t off_cl = align64(off_glob + sizeof(float) * R->P);
+    size_t cl_stride = align64(sizeof(float) * R->P);
+    size_t off_msg = off_cl + cl_stride * (size_t)R->n;
+    R->shm_len = align64(off_msg + sizeof(float) * (msg ? msg : 1));
+    char name[64];
+    static int counter;
+    snprintf(name, sizeof name, "/fedex-%d-%d", (int)getpid(), counter++);
+    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) { fx_seterr("shm_open %s: %s", name, strerror(errno)); return -1; }
+    int trunc = ftruncate(fd, (off_t)R->shm_len);
+    R->shm = trunc == 0 ? mmap(NULL, R->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    int saved = errno;
+    shm_unlink(name); /* mapped here and, through fork, in every client: the name is no longer needed */
+    close(fd);
+    if (R->shm == MAP_FAILED) {
+        fx_seterr("shared memory of %.1f MB: %s (is /dev/shm large enough?)", R->shm_len / 1e6, strerror(saved));
+        return -1;
+    }
+    char *s = R->shm;
+    R->slot = (client_slot *)(s + off_slot);
+    R->base = (float *)(s + off_base);
+    R->global = (float *)(s + off_glob);
+    R->client = fx_malloc(sizeof(float *) * (size_t)R->n);
+    for (int i = 0; i < R->n; i++) R->client[i] = (float *)(s + off_cl + cl_stride * (size_t)i);
+    R->msg = (float *)(s + off_msg);
+
+    if (fx_model_create(&R->srv, &R->mc, &R->ac, R->base) != 0) return -1;
+    if (init_weights(c, &R->srv) != 0) return -1;
+    memcpy(R->global, R->srv.train.data, sizeof(float) * R->P);
+    R->w0_orig = fx_malloc(sizeof(float) * (wtot ? wtot : 1));
+    R->w0_old = fx_malloc(sizeof(float) * (wtot ? wtot : 1));
+    R->err_work = fx_malloc(sizeof(double) * 2 * (wmax ? wmax : 1));
+    R->prev_global = fx_malloc(sizeof(float) * R->P);
+    for (size_t k = 0, woff = 0; k < (size_t)R->srv.nadapted; k++) {
+        size_t len = (size_t)R->srv.ad[k].out * R->srv.ad[k].in;
+        memcpy(R->w0_orig + woff, R->base + R->srv.ad[k].w_off, sizeof(float) * len);
+        woff += len;
+    }
+    R->best = -INFINITY;
+    if (c->resume) {
+        R->round0 = load_state(c->out, &R->srv, R->global, &R->best, &R->best_round);
+        if (R->round0 < 0) return -1;
+        load_lines(R, R->round0);
+        printf("resuming %s after round %d\n", c->out, R->round0);
+    }
+
+    R->rows = fx_calloc((size_t)R->n, sizeof(int *));
+    R->counts = fx_calloc((size_t)R->n, sizeof(int));
+    if (R->n == 1) {
+        R->rows[0] = fx_malloc(sizeof(int) * (size_t)R->train.n);
+        for (int i = 0; i < R->train.n; i++) R->rows[0][i] = i;
+        R->counts[0] = R->train.n;
+    } else if (fx_split_clients(&R->train, R->n, c->split, (uint64_t)c->seed, R->rows, R->counts) != 0) {
+        return -1;
+    }
+    for (int i = 0; i < R->n; i++)
+        if (R->counts[i] == 0) { fx_seterr("client %d got no training rows (split %s): use fewer clients or a larger alpha", i, c->split); return -1; }
+    fx_split_report(stdout, &R->train, R->n, R->rows, R->counts);
+    R->pid = fx_calloc((size_t)R->n, sizeof(pid_t));
+    R->cmd_fd = fx_calloc((size_t)R->n, sizeof(int));
+    R->res_fd = fx_calloc((size_t)R->n, sizeof(int));
+    R->alive = fx_calloc((size_t)R->n, sizeof(int));
+    return 0;
+}
+
+static void teardown_run(fed_run *R) {
+    fx_model_free(&R->srv);
+    if (R->shm && R->shm != MAP_FAILED) munmap(R->shm, R->shm_len);
+    for (int i = 0; R->rows && i < R->n; i++) free(R->rows[i]);
+    free(R->rows); free(R->counts); free(R->client); free(R->w0_orig); free(R->w0_old);
+    free(R->err_work); free(R->prev_global); free(R->pid); free(R->cmd_fd); free(R->res_fd); free(R->alive);
+    for (int i = 0; i < R->nlines; i++) free(R->lines[i]);
+    free(R->lines);
+    fx_dataset_free(&R->train); fx_dataset_free(&R->dev);
+    if (R->tok) fx_tok_free(R->tok);
+}
+
+/* ---------------------------------------------------------------- the rounds */
+
+/* Returns the process exit status: 0, 1 (error), 130 (interrupted). */
+static int run_federated(fed_run *R, int quiet) {
+    run_cfg *c = &R->cfg;
+    if (setup_run(R) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); teardown_run(R); return 1; }
+    if (c->out && (fx_mkdir_p(c->out) != 0 || write_run_config(R) != 0)) {
+        fprintf(stderr, "fedex: %s\n", fx_err());
+        teardown_run(R);
+        return 1;
+    }
+    int threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: poll() returns EINTR and the loop notices */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    /* No OpenMP team or CUDA context exists yet in this process: fork now. */
+    if (fork_clients(R, threads) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); stop_clients(R, SIGTERM); teardown_run(R); return 1; }
+    fx_set_threads(threads);
+    if (!quiet)
+        printf("%s: %d client%s, %d rounds x %d local epochs, %d trainable parameters, %d threads\n",
+               fx_agg_name(c->agg), R->n, R->n > 1 ? "s" : "", c->rounds, c->local_epochs, (int)R->P, threads);
+    int status = 0;
+    int *pending = fx_calloc((size_t)R->n, sizeof(int)), *done = fx_calloc((size_t)R->n, sizeof(int));
+    double *err = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
+    fx_metrics last = {0};
+    int last_round = R->round0;
+    for (int round = R->round0 + 1; round <= c->rounds; round++) {
+        double t0 = fx_now();
+        int32_t r32 = round;
+        for (int i = 0; i < R->n; i++) {
+            pending[i] = done[i] = 0;
+            if (R->alive[i] && write(R->cmd_fd[i], &r32, sizeof r32) == (ssize_t)sizeof r32) pending[i] = 1;
+        }
+        if (wait_clients(R, round, pending, done) != 0) {
+            if (interrupted) {
+                fprintf(stderr, "\nfedex: interrupted in round %d; %s\n", round,
+                        c->out && round > 1 ? "the last complete round is saved" : "nothing of this round was saved");
+                status = 130;
+            } else {
+                fprintf(stderr, "fedex: %s\n", fx_err());
+                status = 1;
+            }
+            break;
+        }
+        int ndone = 0;
+        for (int i = 0; i < R->n; i++) ndone += done[i];
+        if (ndone == 0) { fprintf(stderr, "fedex: no client finished round %d\n", round); status = 1; break; }
+        double tc = fx_now() - t0, agg_s, te = fx_now();
+        aggregate(R, done, err, &agg_s);
+        te = fx_now();
+        fx_metrics mt;
+        evaluate(R, &mt);
+        double eval_s = fx_now() - te;
+        if (mt.main > R->best || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
+        double mx = 0;
+        for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
+        if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
+        char *line = metrics_line(R, round, done, &mt, err, fx_now() - t0, agg_s, eval_s, tc);
+        R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
+        R->lines[R->nlines++] = line;
+        if (!quiet)
+            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s\n", round,
+                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0);
+        fflush(stdout);
+        if (c->out && write_outputs(R, round, done) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); status = 1; break; }
+        last = mt;
+        last_round = round;
+    }
+    stop_clients(R, status ? SIGTERM : 0);
+    if (status == 0 && !quiet && last_round > 0 && last.main_name)
+        printf("best dev %s %.4f at round %d; last %.4f (round %d)%s%s\n", last.main_name, R->best,
+               R->best_round, last.main, last_round, c->out ? "; results in " : "", c->out ? c->out : "");
+    free(pending); free(done); free(err);
+    teardown_run(R);
+    return status;
+}
+
+/* ============================================================================================
+ * train, demo, export
+ * ============================================================================================ */
+
+static int cmd_train(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            opts_help("train", "[--model DIR --task T --data DIR] [options]\n\n"
+                      "Federated fine-tuning: forked clients train adapters on their shards, the server aggregates\n"
+                      "(FedEx: exactly, with the residual folded into the frozen weights) and evaluates on dev.\n"
+                      "Without --model it runs the embedded demo model on the built-in synthetic task.");
+            return 0;
+        }
+    static fed_run R;
+    memset(&R, 0, sizeof R);
+    int set[NOPTS] = {0};
+    if (parse_opts(argc, argv, &R.cfg, set) != 0) { fprintf(stderr, "fedex train: %s\n", fx_err()); return 2; }
+    fx_json saved = {0};
+    if (R.cfg.resume) {
+        /* the run's own config.json decides everything but the thread count and how many rounds */
+        for (int i = 0; i < NOPTS; i++)
+            if (set[i] && strcmp(train_opts[i].name, "--resume") && strcmp(train_opts[i].name, "--threads") &&
+                strcmp(train_opts[i].name, "--rounds") && !(strcmp(train_opts[i].name, "--out") == 0 &&
+                                                            !strcmp(R.cfg.out, R.cfg.resume))) {
+                fprintf(stderr, "fedex train: --resume takes the run's own settings; %s cannot be changed "
+                        "(only --threads and --rounds)\n", train_opts[i].name);
+                return 2;
+            }
+        run_cfg given = R.cfg;
+        if (read_run_config(given.resume, &R.cfg, &saved) != 0) { fprintf(stderr, "fedex train: %s\n", fx_err()); return 2; }
+        R.cfg.resume = given.resume;
+        R.cfg.out = given.resume;
+        R.cfg.threads = given.threads;
+        if (set[opt_index("--rounds")]) R.cfg.rounds = given.rounds;
+    }
+    if (check_cfg(&R.cfg, set) != 0) { fprintf(stderr, "fedex train: %s\n", fx_err()); return 2; }
+    if (!strcmp(R.cfg.device, "cuda")) {
+#ifndef FEDEX_CUDA
+        fprintf(stderr, "fedex train: --device cuda: this fedex was built without CUDA (nvcc was not found "
+                "when it was built)\n");
+        return 2;
+#else
+        fprintf(stderr, "fedex train: --device cuda is not wired into federated training yet\n");
+        return 2;
+#endif
+    }
+    int rc = run_federated(&R, 0);
+    fx_json_free(&saved);
+    return rc;
+}
+
+/* fedit, ffa and fedex side by side on the embedded model: each run in a process of its own (a server
+ * must fork its clients before it starts any thread), results gathered through shared memory. */
+static int cmd_demo(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: fedex demo [--rounds N] [--num-clients N] [--seed S] [--threads N] [train options]\n\n"
+                   "Runs fedit, ffa and fedex on the embedded model and the built-in synthetic task and prints,\n"
+                   "per round, each method's dev accuracy and its aggregation error against the exact mean of\n"
+                   "the clients' models: fedex stays at float rounding, fedit does not.\n");
+            return 0;
+        }
+    static const fx_agg_method ms[] = {FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX};
+    enum { NM = 3 };
+    run_cfg base;
+    int set[NOPTS] = {0};
+    if (parse_opts(argc, argv, &base, set) != 0) { fprintf(stderr, "fedex demo: %s\n", fx_err()); return 2; }
+    if (set[opt_index("--agg")] || set[opt_index("--model")] || set[opt_index("--task")] || set[opt_index("--resume")]) {
+        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model; use `fedex train` for --agg, "
+                "--model, --task or --resume\n");
+        return 2;
+    }
+    /* the demo's own defaults: a short run that learns the synthetic task in about a minute */
+    if (!set[opt_index("--rounds")]) base.rounds = 8;
+    if (!set[opt_index("--local-epochs")]) base.local_epochs = 2;
+    if (!set[opt_index("--batch-size")]) base.batch_size = 32;
+    if (!set[opt_index("--lr")]) base.lr = 5e-3;
+    if (check_cfg(&base, set) != 0) { fprintf(stderr, "fedex demo: %s\n", fx_err()); return 2; }
+    size_t len = sizeof(double) * 2 * NM * (size_t)base.rounds;
+    double *res = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (res == MAP_FAILED) { fprintf(stderr, "fedex demo: mmap: %s\n", strerror(errno)); return 1; }
+    for (size_t i = 0; i < 2 * NM * (size_t)base.rounds; i++) res[i] = NAN;
+    printf("fedex demo: %d clients, %d rounds x %d local epochs, LoRA r=%d on %s, synthetic task "
+           "(%d train / %d dev rows)\n", base.num_clients, base.rounds, base.local_epochs, base.lora_r,
+           base.targets, SYNTH_TRAIN, SYNTH_DEV);
+    for (int k = 0; k < NM; k++) {
+        printf("running %s...\n", fx_agg_name(ms[k]));
+        fflush(stdout);
+        pid_t p = fork();
+        if (p < 0) { fprintf(stderr, "fedex demo: fork: %s\n", strerror(errno)); return 1; }
+        if (p == 0) {
+            static fed_run R;
+            memset(&R, 0, sizeof R);
+            R.cfg = base;
+            R.cfg.agg = ms[k];
+            R.cfg.agg_name = fx_agg_name(ms[k]);
+            R.hist_metric = res + (size_t)(2 * k) * base.rounds;
+            R.hist_err = res + (size_t)(2 * k + 1) * base.rounds;
+            _exit(run_federated(&R, 1));
+        }
+        int st;
+        if (waitpid(p, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "fedex demo: the %s run failed\n", fx_agg_name(ms[k]));
+            return 1;
+        }
+    }
+    printf("\n        dev accuracy (aggregation error: ||W_global - mean_i W_i|| / ||mean_i W_i - W_prev||)\n");
+    printf("round   ");
+    for (int k = 0; k < NM; k++) printf("%-24s", fx_agg_name(ms[k]));
+    printf("\n");
+    for (int r = 0; r < base.rounds; r++) {
+        printf("%5d   ", r + 1);
+        for (int k = 0; k < NM; k++)
+            printf("%.4f  (%8.2e)      ", res[(size_t)(2 * k) * base.rounds + r], res[(size_t)(2 * k + 1) * base.rounds + r]);
+        printf("\n");
+    }
+    munmap(res, len);
+    return 0;
+}
+
+static int cmd_export(int argc, char **argv) {
+    const char *run = NULL, *out = NULL;
+    int merged = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: fedex export --run DIR --out DIR [--merged]\n\n"
+                   "Writes the run's final global model as a Hugging Face checkpoint (model.safetensors +\n"
+                   "config.json): the FedEx residual folded into the frozen weights and, with --merged, the\n"
+                   "adapters too; without --merged the PEFT adapter is written beside it.\n");
+            return 0;
+        }
+        if (!strcmp(argv[i], "--run") && i + 1 < argc) run = argv[++i];
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--merged")) merged = 1;
+        else { fprintf(stderr, "fedex export: unexpected argument '%s' (see `fedex help export`)\n", argv[i]); return 2; }
+    }
+    if (!run || !out) { fprintf(stderr, "fedex export: needs --run DIR and --out DIR\n"); return 2; }
+    run_cfg c;
+    fx_json j = {0};
+    fx_config mc;
+    fx_adapter_cfg ac;
+    const fx_task *task;
+    fx_model m;
+    int rc = 1;
+    double best; int best_round;
+    if (read_run_config(run, &c, &j) != 0 || model_config_of(&c, &mc, &task) != 0) goto out;
+    adapter_cfg_of(&c, &ac);
+    if (fx_model_create(&m, &mc, &ac, NULL) != 0) goto out;
+    if (init_weights(&c, &m) != 0 || load_state(run, &m, m.train.data, &best, &best_round) < 0 ||
+        fx_mkdir_p(out) != 0 || fx_model_save(&m, out, merged) != 0 || (!merged && fx_adapter_save(&m, out) != 0)) {
+        fx_model_free(&m);
+        goto out;
+    }
+    printf("wrote %s/model.safetensors (%s)\n", out, merged ? "residual and adapters merged" : "residual merged; adapter beside it");
+    fx_model_free(&m);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "fedex export: %s\n", fx_err());
+    fx_json_free(&j);
+    return rc;
 }
 
 /* ============================================================================================
@@ -49,6 +1612,9 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "print token ids of a text pair or of every row of a GLUE file"},
     {"init", cmd_init, "write a randomly initialised model of a config's shapes"},
     {"eval", cmd_eval, "evaluate a model (and adapter) on a GLUE dev split"},
+    {"train", cmd_train, "federated fine-tuning with forked clients and exact aggregation"},
+    {"demo", cmd_demo, "fedit, ffa and fedex side by side on the embedded model"},
+    {"export", cmd_export, "write a run's global model as a Hugging Face checkpoint"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,677 @@
+/* checkpoint.c: reads and writes Hugging Face checkpoints (config.json + model.safetensors, as
+ * RobertaForSequenceClassification loads them) and PEFT adapters (adapter_config.json +
+ * adapter_model.safetensors, LoRA and VeRA, with PEFT's key names). It moves tensors between files and the
+ * model's named buffers; it computes nothing but the merge W0 + dW, which agg.c's fx_delta_w defines. */
+#include "fedex.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* ============================================================================================
+ * names and small text helpers
+ * ============================================================================================
+ * A full checkpoint prefixes the encoder's tensors with "roberta." (masked-LM checkpoints may carry them
+ * without it); a PEFT adapter prefixes every module path with "base_model.model.", drops its adapter name
+ * ("default") from the keys, and saves modules_to_save (our classifier head) under the module's own path. */
+
+#define HF_PREFIX "roberta."
+#define PEFT_PREFIX "base_model.model."
+#define PATH_MAX_LEN 4096
+
+static const char *const head_names[4] = {"classifier.dense.weight", "classifier.dense.bias",
+                                          "classifier.out_proj.weight", "classifier.out_proj.bias"};
+
+/* The adaptable linear layers: FX_T_* bit, the name PEFT's target_modules uses, the path in a layer. */
+static const struct { unsigned bit; const char *peft, *path; } targets_tab[] = {
+    {FX_T_QUERY, "query", "attention.self.query"},
+    {FX_T_KEY, "key", "attention.self.key"},
+    {FX_T_VALUE, "value", "attention.self.value"},
+    {FX_T_ATTN_OUT, "attention.output.dense", "attention.output.dense"},
+    {FX_T_INTER, "intermediate.dense", "intermediate.dense"},
+    {FX_T_OUTPUT, "output.dense", "output.dense"},
+};
+#define NTARGETS ((int)(sizeof targets_tab / sizeof targets_tab[0]))
+
+/* snprintf into a fixed buffer; -1 (with an error naming WHAT) if it did not fit. */
+static int fmt(char *buf, size_t cap, const char *what, const char *f, ...) __attribute__((format(printf, 4, 5)));
+static int fmt(char *buf, size_t cap, const char *what, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    int k = vsnprintf(buf, cap, f, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= cap) { fx_seterr("%s: name too long (%d characters)", what, k); return -1; }
+    return 0;
+}
+
+static void shape_text(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, cap - k, "[");
+    for (int d = 0; d < ndim && k < cap; d++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+/* The shortest decimal that reads back as the same float, so config files say 1e-05, not 1.00000001e-05. */
+static void put_float(FILE *f, float x) {
+    char buf[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, (double)x);
+        if (strtof(buf, NULL) == x) break;
+    }
+    fputs(buf, f);
+}
+
+/* A JSON string literal: quotes, backslashes and control characters escaped; other bytes as they are. */
+static void put_json_text(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* Writes the text a memstream collected to PATH atomically. BUF and LEN are the stream's, read only after
+ * fclose has settled them; the buffer is freed. */
+static int finish_text_file(FILE *f, char **buf, size_t *len, const char *path) {
+    int bad = fclose(f) != 0;
+    int rc = bad ? -1 : fx_write_file_atomic(path, *buf, *len);
+    if (bad) fx_seterr("%s: cannot format the file", path);
+    free(*buf);
+    return rc;
+}
+
+/* ============================================================================================
+ * reading one tensor into a buffer
+ * ============================================================================================ */
+
+/* Checks that T is a float tensor of exactly SHAPE (ndim 1 or 2, ints) and converts it into DST. WHO
+ * says where the expected shape comes from, for the message ("config.json says", "the model has"). */
+static int check_shape(const char *path, const fx_st_tensor *t, int ndim, const int *shape, const char *who) {
+    if (t->dtype != FX_F32 && t->dtype != FX_F16 && t->dtype != FX_BF16) {
+        fx_seterr("%s: tensor '%s' is %s; expected F32, F16 or BF16", path, t->name, fx_dtype_name(t->dtype));
+        return -1;
+    }
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+    if (!same) {
+        char got[128], want[128];
+        int64_t w[2] = {shape[0], ndim > 1 ? shape[1] : 0};
+        shape_text(got, sizeof got, t->ndim, t->shape);
+        shape_text(want, sizeof want, ndim, w);
+        fx_seterr("%s: tensor '%s' has shape %s, %s %s", path, t->name, got, who, want);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_into(const fx_st_file *f, const fx_st_tensor *t, float *dst) {
+    float *owned = NULL;
+    const float *src = fx_st_f32(f, t, &owned);
+    if (!src) return -1;
+    size_t n = fx_st_numel(t);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(src[i])) {
+            fx_seterr("%s: tensor '%s' holds %g at element %zu: a non-finite weight would poison every "
+                      "output", f->path, t->name, (double)src[i], i);
+            rc = -1;
+            break;
+        }
+    if (rc == 0) memcpy(dst, src, n * sizeof(float));
+    free(owned);
+    return rc;
+}
+
+/* ============================================================================================
+ * config.json
+ * ============================================================================================ */
+
+static int write_config(const fx_config *c, const char *dir) {
+    char path[PATH_MAX_LEN];
+    if (fmt(path, sizeof path, dir, "%s/config.json", dir) != 0) return -1;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("%s: cannot format the file: %s", path, strerror(errno)); return -1; }
+    fprintf(f, "{\n  \"architectures\": [\"RobertaForSequenceClassification\"],\n");
+    fprintf(f, "  \"model_type\": \"roberta\",\n");
+    fprintf(f, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+            c->vocab_size, c->hidden, c->layers);
+    fprintf(f, "  \"num_attention_heads\": %d,\n  \"intermediate_size\": %d,\n", c->heads, c->intermediate);
+    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"type_vocab_size\": %d,\n",
+            c->max_positions, c->type_vocab_size);
+    /* RoBERTa's specials: <s> 0, <pad> 1, </s> 2 */
+    fprintf(f, "  \"pad_token_id\": %d,\n  \"bos_token_id\": 0,\n  \"eos_token_id\": 2,\n", c->pad_id);
+    fprintf(f, "  \"hidden_act\": \"gelu\",\n  \"position_embedding_type\": \"absolute\",\n");
+    fprintf(f, "  \"layer_norm_eps\": "); put_float(f, c->layer_norm_eps);
+    fprintf(f, ",\n  \"hidden_dropout_prob\": "); put_float(f, c->hidden_dropout);
+    fprintf(f, ",\n  \"attention_probs_dropout_prob\": "); put_float(f, c->attention_dropout);
+    fprintf(f, ",\n  \"initializer_range\": "); put_float(f, c->initializer_range);
+    /* HF counts labels by id2label; one label means regression (MSE). */
+    fprintf(f, ",\n  \"problem_type\": \"%s\",\n",
+            c->num_labels == 1 ? "regression" : "single_label_classification");
+    fprintf(f, "  \"id2label\": {");
+    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"%d\": \"LABEL_%d\"", i ? ", " : "", i, i);
+    fprintf(f, "},\n  \"label2id\": {");
+    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"LABEL_%d\": %d", i ? ", " : "", i, i);
+    fprintf(f, "}\n}\n");
+    return finish_text_file(f, &buf, &len, path);
+}
+
+/* ============================================================================================
+ * full checkpoints: model.safetensors
+ * ============================================================================================ */
+
+int fx_model_load(fx_model *m, const char *dir) {
+    char path[PATH_MAX_LEN], name[160];
+    if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
+    fx_st_file f;
+    if (fx_st_open(path, &f) != 0) return -1;
+    int rc = -1;
+    for (int i = 0; i < m->base.nt; i++) {
+        const fx_tensor *bt = &m->base.t[i];
+        if (fmt(name, sizeof name, path, HF_PREFIX "%s", bt->name) != 0) goto done;
+        const fx_st_tensor *t = fx_st_find(&f, name);
+        if (!t) t = fx_st_find(&f, bt->name);
+        if (!t) {
+            fx_seterr("%s: no tensor '%s' (nor '%s'): not a RoBERTa checkpoint of config.json's shape",
+                      path, name, bt->name);
+            goto done;
+        }
+        if (check_shape(path, t, bt->ndim, bt->shape, "config.json says") != 0) goto done;
+        if (read_into(&f, t, m->base.data + bt->off) != 0) goto done;
+    }
+    /* The head, when the checkpoint has one of this model's shape (a fine-tuned classifier); a masked-LM
+     * checkpoint (lm_head.*) or one fine-tuned for another label count keeps the fresh head. */
+    const fx_st_tensor *ht[4];
+    const fx_tensor *mt[4];
+    int head = 1;
+    for (int j = 0; j < 4; j++) {
+        ht[j] = fx_st_find(&f, head_names[j]);
+        mt[j] = fx_params_find(&m->train, head_names[j]);
+        if (!ht[j] || !mt[j] || check_shape(path, ht[j], mt[j]->ndim, mt[j]->shape, "the model has") != 0)
+            head = 0;
+    }
+    if (head)
+        for (int j = 0; j < 4; j++)
+            if (read_into(&f, ht[j], m->train.data + mt[j]->off) != 0) goto done;
+    rc = head;
+done:
+    fx_st_close(&f);
+    return rc;
+}
+
+int fx_model_save(const fx_model *m, const char *dir, int merged) {
+    char path[PATH_MAX_LEN];
+    if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
+    if (fx_mkdir_p(dir) != 0) return -1;
+    int n = m->base.nt + 4, rc = -1;
+    fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
+    char **names = fx_calloc((size_t)n, sizeof *names);
+    float **merged_w = fx_calloc((size_t)m->base.nt, sizeof *merged_w);
+    double *dW = NULL;
+    for (int i = 0; i < m->base.nt; i++) {
+        const fx_tensor *bt = &m->base.t[i];
+        names[i] = fx_malloc(strlen(bt->name) + sizeof HF_PREFIX);
+        strcpy(names[i], HF_PREFIX);
+        strcat(names[i], bt->name);
+        e[i].name = names[i];
+        e[i].dtype = FX_F32;
+        e[i].ndim = bt->ndim;
+        for (int d = 0; d < bt->ndim; d++) e[i].shape[d] = bt->shape[d];
+        e[i].data = m->base.data + bt->off;
+    }
+    /* Merged: W = W0 + dW for each adapted layer (W0 already holds any FedEx residual), so the folder is a
+     * plain fine-tuned model that needs no adapter code to run. */
+    for (int k = 0; merged && k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        int i = 0;
+        while (i < m->base.nt && m->base.t[i].off != ad->w_off) i++;
+        if (i == m->base.nt) { fx_seterr("%s: no base tensor at the offset of %s's weight", path, ad->name); goto done; }
+        size_t nw = (size_t)ad->out * (size_t)ad->in;
+        dW = fx_realloc(dW, nw * sizeof *dW);
+        fx_delta_w(m, k, m->train.data, dW);
+        merged_w[i] = fx_malloc(nw * sizeof(float));
+        const float *W0 = m->base.data + ad->w_off;
+        for (size_t j = 0; j < nw; j++) merged_w[i][j] = (float)((double)W0[j] + dW[j]);
+        e[i].data = merged_w[i];
+    }
+    for (int j = 0; j < 4; j++) {
+        const fx_tensor *t = fx_params_find(&m->train, head_names[j]);
+        if (!t) { fx_seterr("%s: the model has no tensor '%s'", path, head_names[j]); goto done; }
+        fx_st_entry *x = &e[m->base.nt + j];
+        x->name = head_names[j];
+        x->dtype = FX_F32;
+        x->ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) x->shape[d] = t->shape[d];
+        x->data = m->train.data + t->off;
+    }
+    const char *meta[] = {"format", "pt", NULL}; /* transformers refuses safetensors of other formats */
+    if (fx_st_write(path, e, n, meta) != 0) goto done;
+    rc = write_config(&m->c, dir);
+done:
+    for (int i = 0; i < m->base.nt; i++) { free(names[i]); free(merged_w[i]); }
+    free(names); free(merged_w); free(e); free(dW);
+    return rc;
+}
+
+/* ============================================================================================
+ * PEFT adapters: adapter_config.json
+ * ============================================================================================
+ * target_modules is PEFT's list of module-name suffixes. "output.dense" is a suffix of both
+ * "attention.output.dense" and the layer's "output.dense", so a set holding the second without the first
+ * cannot be a list: it is written as the regular expression PEFT full-matches against module names. */
+
+static void targets_regex(unsigned mask, char *buf, size_t cap) {
+    size_t k = (size_t)snprintf(buf, cap, "roberta\\.encoder\\.layer\\.\\d+\\.(");
+    int first = 1;
+    for (int t = 0; t < NTARGETS && k < cap; t++) {
+        if (!(mask & targets_tab[t].bit)) continue;
+        k += (size_t)snprintf(buf + k, cap - k, "%s", first ? "" : "|");
+        first = 0;
+        for (const char *p = targets_tab[t].path; *p && k + 3 < cap; p++) {
+            if (*p == '.') buf[k++] = '\\';
+            buf[k++] = *p;
+        }
+        buf[k] = 0;
+    }
+    if (k < cap) snprintf(buf + k, cap - k, ")");
+}
+
+static void put_targets(FILE *f, unsigned mask) {
+    if ((mask & FX_T_OUTPUT) && !(mask & FX_T_ATTN_OUT)) {
+        char re[512];
+        targets_regex(mask, re, sizeof re);
+        put_json_text(f, re);
+        return;
+    }
+    fputc('[', f);
+    int first = 1;
+    for (int t = 0; t < NTARGETS; t++) {
+        if (!(mask & targets_tab[t].bit)) continue;
+        fprintf(f, "%s\"%s\"", first ? "" : ", ", targets_tab[t].peft);
+        first = 0;
+    }
+    fputc(']', f);
+}
+
+static int write_adapter_config(const fx_model *m, const char *dir) {
+    char path[PATH_MAX_LEN];
+    if (fmt(path, sizeof path, dir, "%s/adapter_config.json", dir) != 0) return -1;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("%s: cannot format the file: %s", path, strerror(errno)); return -1; }
+    const fx_adapter_cfg *a = &m->a;
+    int lora = a->kind == FX_LORA;
+    fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"SEQ_CLS\",\n", lora ? "LORA" : "VERA");
+    fprintf(f, "  \"base_model_name_or_path\": null,\n  \"revision\": null,\n  \"inference_mode\": true,\n");
+    fprintf(f, "  \"r\": %d,\n  \"target_modules\": ", a->r);
+    put_targets(f, a->targets);
+    fprintf(f, ",\n  \"modules_to_save\": [\"classifier\"],\n  \"bias\": \"none\",\n");
+    fprintf(f, "  \"fan_in_fan_out\": false,\n  \"layers_to_transform\": null,\n  \"layers_pattern\": null,\n");
+    if (lora) {
+        fprintf(f, "  \"lora_alpha\": "); put_float(f, a->alpha);
+        fprintf(f, ",\n  \"lora_dropout\": "); put_float(f, a->dropout);
+        fprintf(f, ",\n  \"use_rslora\": %s,\n  \"use_dora\": false,\n", a->rslora ? "true" : "false");
+        fprintf(f, "  \"init_lora_weights\": true,\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {}\n}\n");
+    } else {
+        /* save_projection: vera_A and vera_B travel in the file, as fedex's own projections are not the ones
+         * PEFT would draw from projection_prng_key. */
+        fprintf(f, "  \"vera_dropout\": "); put_float(f, a->dropout);
+        fprintf(f, ",\n  \"d_initial\": "); put_float(f, a->d_initial);
+        fprintf(f, ",\n  \"projection_prng_key\": %llu,\n  \"save_projection\": true,\n",
+                (unsigned long long)(a->seed & 0x7fffffffULL));
+        fprintf(f, "  \"init_weights\": true\n}\n");
+    }
+    return finish_text_file(f, &buf, &len, path);
+}
+
+/* PATH names an adapter folder, its .safetensors file or its adapter_config.json: both files' paths. */
+static int adapter_paths(const char *path, char file[PATH_MAX_LEN], char cfg[PATH_MAX_LEN]) {
+    struct stat st;
+    if (stat(path, &st) != 0) { fx_seterr("%s: cannot open: %s", path, strerror(errno)); return -1; }
+    if (S_ISDIR(st.st_mode))
+        return fmt(file, PATH_MAX_LEN, path, "%s/adapter_model.safetensors", path) |
+               fmt(cfg, PATH_MAX_LEN, path, "%s/adapter_config.json", path);
+    const char *slash = strrchr(path, '/');
+    int dl = slash ? (int)(slash - path) : 1;
+    size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".json"))
+        return fmt(cfg, PATH_MAX_LEN, path, "%s", path) |
+               fmt(file, PATH_MAX_LEN, path, "%.*s/adapter_model.safetensors", dl, slash ? path : ".");
+    return fmt(file, PATH_MAX_LEN, path, "%s", path) |
+           fmt(cfg, PATH_MAX_LEN, path, "%.*s/adapter_config.json", dl, slash ? path : ".");
+}
+
+static int json_flag(const fx_json *j, const char *key, int *out, const char *path) {
+    const fx_json *v = fx_json_get(j, key);
+    if (!v || v->type == FX_JNULL) return 0;
+    if (v->type != FX_JBOOL) { fx_seterr("%s: \"%s\" must be true or false", path, key); return -1; }
+    *out = v->boolean;
+    return 0;
+}
+
+static int parse_targets(const fx_json *v, unsigned *mask, const char *path) {
+    *mask = 0;
+    if (v && v->type == FX_JSTR) { /* only the expressions put_targets writes */
+        for (unsigned m = 1; m < 64; m++) {
+            char re[512];
+            targets_regex(m, re, sizeof re);
+            if (!strcmp(re, v->str)) { *mask = m; return 0; }
+        }
+        fx_seterr("%s: target_modules \"%s\" is a regular expression fedex does not know; list the modules "
+                  "(query, key, value, attention.output.dense, intermediate.dense, output.dense)", path, v->str);
+        return -1;
+    }
+    if (!v || v->type != FX_JARR || v->n == 0) {
+        fx_seterr("%s: target_modules must be a non-empty list of module names", path);
+        return -1;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const fx_json *s = &v->kids[i];
+        int t = 0;
+        while (t < NTARGETS && !(s->type == FX_JSTR && !strcmp(s->str, targets_tab[t].peft))) t++;
+        if (t == NTARGETS) {
+            fx_seterr("%s: target_modules entry %zu is not one of query, key, value, attention.output.dense, "
+                      "intermediate.dense, output.dense", path, i);
+            return -1;
+        }
+        *mask |= targets_tab[t].bit;
+        /* PEFT matches suffixes: "output.dense" adapts attention.output.dense as well */
+        if (targets_tab[t].bit == FX_T_OUTPUT) *mask |= FX_T_ATTN_OUT;
+    }
+    return 0;
+}
+
+int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) {
+    char *text, file[PATH_MAX_LEN], path[PATH_MAX_LEN];
+    size_t len;
+    if (adapter_paths(where, file, path) != 0 || fx_read_file(path, &text, &len) != 0) return -1;
+    fx_json j;
+    int rc = -1;
+    if (fx_json_parse(text, len, &j) != 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", fx_err());
+        fx_seterr("%s: %s", path, msg);
+        free(text);
+        return -1;
+    }
+    free(text);
+    memset(a, 0, sizeof *a);
+    const fx_json *pt = fx_json_get(&j, "peft_type"), *r = fx_json_get(&j, "r");
+    if (!pt || pt->type != FX_JSTR || (strcmp(pt->str, "LORA") && strcmp(pt->str, "VERA"))) {
+        fx_seterr("%s: peft_type must be \"LORA\" or \"VERA\"", path);
+        goto done;
+    }
+    a->kind = strcmp(pt->str, "LORA") ? FX_VERA : FX_LORA;
+    if (!r || r->type != FX_JNUM || !r->is_int || r->inum < 1 || r->inum > 65536) {
+        fx_seterr("%s: r must be an integer from 1 to 65536", path);
+        goto done;
+    }
+    a->r = (int)r->inum;
+    if (parse_targets(fx_json_get(&j, "target_modules"), &a->targets, path) != 0) goto done;
+    const fx_json *bias = fx_json_get(&j, "bias"), *ltt = fx_json_get(&j, "layers_to_transform");
+    if (bias && !(bias->type == FX_JSTR && !strcmp(bias->str, "none"))) {
+        fx_seterr("%s: bias must be \"none\": trained biases are not supported", path);
+        goto done;
+    }
+    if (ltt && ltt->type != FX_JNULL) {
+        fx_seterr("%s: layers_to_transform must be null: fedex adapts every layer", path);
+        goto done;
+    }
+    int fifo = 0, dora = 0;
+    if (json_flag(&j, "fan_in_fan_out", &fifo, path) != 0 || json_flag(&j, "use_dora", &dora, path) != 0 ||
+        json_flag(&j, "use_rslora", &a->rslora, path) != 0)
+        goto done;
+    if (fifo || dora) { fx_seterr("%s: %s is not supported", path, fifo ? "fan_in_fan_out" : "use_dora"); goto done; }
+    const char *numkeys[3] = {a->kind == FX_LORA ? "lora_alpha" : "d_initial",
+                              a->kind == FX_LORA ? "lora_dropout" : "vera_dropout", NULL};
+    float *dst[2] = {a->kind == FX_LORA ? &a->alpha : &a->d_initial, &a->dropout};
+    for (int k = 0; numkeys[k]; k++) {
+        const fx_json *v = fx_json_get(&j, numkeys[k]);
+        if (!v || v->type == FX_JNULL) continue;
+        if (v->type != FX_JNUM || !isfinite(v->num) || v->num < 0 || v->num > 1e6 ||
+            (k == 1 && v->num >= 1)) {
+            fx_seterr("%s: %s must be a number in [0, %s)", path, numkeys[k], k == 1 ? "1" : "1e6");
+            goto done;
+        }
+        *dst[k] = (float)v->num;
+    }
+    if (a->kind == FX_LORA && !fx_json_get(&j, "lora_alpha")) a->alpha = 8; /* PEFT's default */
+    if (a->kind == FX_VERA && !fx_json_get(&j, "d_initial")) a->d_initial = 0.1f;
+    rc = 0;
+done:
+    fx_json_free(&j);
+    return rc;
+}
+
+/* ============================================================================================
+ * PEFT adapters: adapter_model.safetensors
+ * ============================================================================================
+ * LoRA:  base_model.model.roberta.<layer>.lora_A.weight (r, in), ...lora_B.weight (out, r)
+ * VeRA:  base_model.model.roberta.<layer>.vera_lambda_d (r), ...vera_lambda_b (out),
+ *        base_model.vera_A (r, in_max), base_model.vera_B (out_max, r)
+ * head:  base_model.model.classifier.{dense,out_proj}.{weight,bias}                              */
+
+static int adapter_key(const fx_model *m, int k, int second, char *buf, size_t cap) {
+    const char *suffix = m->a.kind == FX_LORA ? (second ? "lora_B.weight" : "lora_A.weight")
+                                              : (second ? "vera_lambda_b" : "vera_lambda_d");
+    return fmt(buf, cap, m->ad[k].name, PEFT_PREFIX HF_PREFIX "%s.%s", m->ad[k].name, suffix);
+}
+
+/* The shape of adapted layer K's first (A or lambda_d) or second (B or lambda_b) tensor. */
+static int adapter_shape(const fx_model *m, int k, int second, int *shape) {
+    int r = m->a.r, in = m->ad[k].in, out = m->ad[k].out;
+    if (m->a.kind == FX_VERA) { shape[0] = second ? out : r; shape[1] = 0; return 1; }
+    shape[0] = second ? out : r;
+    shape[1] = second ? r : in;
+    return 2;
+}
+
+int fx_adapter_save(const fx_model *m, const char *dir) {
+    char path[PATH_MAX_LEN];
+    if (fmt(path, sizeof path, dir, "%s/adapter_model.safetensors", dir) != 0) return -1;
+    if (fx_mkdir_p(dir) != 0) return -1;
+    int vera = m->a.kind == FX_VERA, n = 2 * m->nadapted + 4 + 2 * vera, rc = -1, i = 0;
+    fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
+    char (*names)[192] = fx_calloc((size_t)n, sizeof *names);
+    for (int k = 0; k < m->nadapted; k++)
+        for (int s = 0; s < 2; s++, i++) {
+            int shape[2];
+            if (adapter_key(m, k, s, names[i], sizeof names[i]) != 0) goto done;
+            e[i].name = names[i];
+            e[i].dtype = FX_F32;
+            e[i].ndim = adapter_shape(m, k, s, shape);
+            for (int d = 0; d < e[i].ndim; d++) e[i].shape[d] = shape[d];
+            e[i].data = m->train.data + (s ? m->ad[k].b_off : m->ad[k].a_off);
+        }
+    for (int j = 0; j < 4; j++, i++) {
+        const fx_tensor *t = fx_params_find(&m->train, head_names[j]);
+        if (!t) { fx_seterr("%s: the model has no tensor '%s'", path, head_names[j]); goto done; }
+        snprintf(names[i], sizeof names[i], PEFT_PREFIX "%s", head_names[j]);
+        e[i].name = names[i];
+        e[i].dtype = FX_F32;
+        e[i].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) e[i].shape[d] = t->shape[d];
+        e[i].data = m->train.data + t->off;
+    }
+    if (vera) {
+        int in_max = m->vera_in, out_max = m->vera_out;
+        e[i] = (fx_st_entry){.name = "base_model.vera_A", .dtype = FX_F32, .ndim = 2,
+                             .shape = {m->a.r, in_max}, .data = m->vera_A};
+        e[i + 1] = (fx_st_entry){.name = "base_model.vera_B", .dtype = FX_F32, .ndim = 2,
+                                 .shape = {out_max, m->a.r}, .data = m->vera_B};
+    }
+    const char *meta[] = {"format", "pt", NULL};
+    if (fx_st_write(path, e, n, meta) != 0) goto done;
+    rc = write_adapter_config(m, dir);
+done:
+    free(e);
+    free(names);
+    return rc;
+}
+
+static const char *kind_name(fx_adapter_kind k) { return k == FX_LORA ? "LoRA" : "VeRA"; }
+
+/* adapter_config.json beside the tensors must describe the adapter the model was built for: the kind, the
+ * rank, the adapted layers and (LoRA) the scale s, which the tensors alone do not reveal. */
+static int check_adapter_config(const fx_model *m, const char *cfg_path) {
+    fx_adapter_cfg a;
+    if (fx_adapter_config_load(cfg_path, &a) != 0) return -1;
+    if (a.kind != m->a.kind) {
+        fx_seterr("%s: the adapter is %s, the model was built for %s", cfg_path, kind_name(a.kind), kind_name(m->a.kind));
+        return -1;
+    }
+    if (a.r != m->a.r) { fx_seterr("%s: r is %d, the model was built with r %d", cfg_path, a.r, m->a.r); return -1; }
+    if (a.targets != m->a.targets) {
+        fx_seterr("%s: target_modules name other layers than the model adapts (mask 0x%x, model 0x%x)",
+                  cfg_path, a.targets, m->a.targets);
+        return -1;
+    }
+    if (a.kind == FX_LORA) {
+        float s = a.rslora ? a.alpha / sqrtf((float)a.r) : a.alpha / (float)a.r;
+        if (fabsf(s - m->scale) > 1e-6f * fabsf(m->scale)) {
+            fx_seterr("%s: lora_alpha %g%s gives scale %g, the model uses %g", cfg_path, (double)a.alpha,
+                      a.rslora ? " (rslora)" : "", (double)s, (double)m->scale);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int fx_adapter_load(fx_model *m, const char *path) {
+    char file[PATH_MAX_LEN], cfg[PATH_MAX_LEN], key[192];
+    struct stat st;
+    if (adapter_paths(path, file, cfg) != 0) return -1;
+    if (stat(cfg, &st) == 0 && check_adapter_config(m, cfg) != 0) return -1;
+
+    fx_st_file f;
+    if (fx_st_open(file, &f) != 0) return -1;
+    int rc = -1, njobs = 0;
+    /* Validate everything first, then copy: a refused file leaves the model as it was. */
+    int maxjobs = 2 * m->nadapted + 6;
+    const fx_st_tensor **src = fx_calloc((size_t)maxjobs, sizeof *src);
+    float **dst = fx_calloc((size_t)maxjobs, sizeof *dst);
+    char *used = fx_calloc((size_t)f.n + 1, 1);
+    char what[96];
+    snprintf(what, sizeof what, "the model's %s r %d has", kind_name(m->a.kind), m->a.r);
+    for (int k = 0; k < m->nadapted; k++)
+        for (int s = 0; s < 2; s++) {
+            int shape[2], nd = adapter_shape(m, k, s, shape);
+            if (adapter_key(m, k, s, key, sizeof key) != 0) goto done;
+            const fx_st_tensor *t = fx_st_find(&f, key);
+            if (!t) {
+                fx_seterr("%s: no tensor '%s': the adapter does not cover %s, which the model adapts", file, key,
+                          m->ad[k].name);
+                goto done;
+            }
+            if (check_shape(file, t, nd, shape, what) != 0) goto done;
+            used[t - f.t] = 1;
+            src[njobs] = t;
+            dst[njobs++] = m->train.data + (s ? m->ad[k].b_off : m->ad[k].a_off);
+        }
+    if (m->a.kind == FX_VERA) {
+        int in_max = m->vera_in, out_max = m->vera_out;
+        const char *vn[2] = {"base_model.vera_A", "base_model.vera_B"};
+        int vs[2][2] = {{m->a.r, in_max}, {out_max, m->a.r}};
+        for (int s = 0; s < 2; s++) {
+            const fx_st_tensor *t = fx_st_find(&f, vn[s]);
+            if (!t) {
+                fx_seterr("%s: no tensor '%s': VeRA adapters must be saved with save_projection=True", file, vn[s]);
+                goto done;
+            }
+            if (check_shape(file, t, 2, vs[s], what) != 0) goto done;
+            used[t - f.t] = 1;
+            src[njobs] = t;
+            dst[njobs++] = s ? m->vera_B : m->vera_A;
+        }
+    }
+    /* The head travels as PEFT's modules_to_save; an adapter without one keeps the model's head. */
+    int nhead = 0;
+    for (int j = 0; j < 4; j++) {
+        snprintf(key, sizeof key, PEFT_PREFIX "%s", head_names[j]);
+        const fx_st_tensor *t = fx_st_find(&f, key);
+        const fx_tensor *mt = fx_params_find(&m->train, head_names[j]);
+        if (!t || !mt) continue;
+        if (check_shape(file, t, mt->ndim, mt->shape, "the model's head has") != 0) goto done;
+        used[t - f.t] = 1;
+        src[njobs] = t;
+        dst[njobs++] = m->train.data + mt->off;
+        nhead++;
+    }
+    if (nhead != 0 && nhead != 4) {
+        fx_seterr("%s: the classifier head is incomplete (%d of its 4 tensors)", file, nhead);
+        goto done;
+    }
+    for (int i = 0; i < f.n; i++)
+        if (!used[i]) {
+            fx_seterr("%s: tensor '%s' is not part of the model's adapter (%s, r %d): was it trained for other "
+                      "target modules?", file, f.t[i].name, kind_name(m->a.kind), m->a.r);
+            goto done;
+        }
+    /* All checked; non-finite values are the last refusal, found while converting into scratch copies. */
+    size_t total = 0;
+    for (int i = 0; i < njobs; i++) total += fx_st_numel(src[i]);
+    float *scratch = fx_malloc(total * sizeof(float)), *p = scratch;
+    for (int i = 0; i < njobs; i++) {
+        if (read_into(&f, src[i], p) != 0) { free(scratch); goto done; }
+        p += fx_st_numel(src[i]);
+    }
+    p = scratch;
+    for (int i = 0; i < njobs; i++) {
+        size_t n = fx_st_numel(src[i]);
+        memcpy(dst[i], p, n * sizeof(float));
+        p += n;
+    }
+    free(scratch);
+    rc = 0;
+done:
+    free(src); free(dst); free(used);
+    fx_st_close(&f);
+    return rc;
+}
+
+/* ============================================================================================
+ * residual files
+ * ============================================================================================ */
+
+int fx_residual_load(fx_model *m, const char *path) {
+    fx_st_file f;
+    if (fx_st_open(path, &f) != 0) return -1;
+    int rc = -1;
+    const fx_tensor **dst = fx_calloc((size_t)f.n + 1, sizeof *dst);
+    float *R = NULL;
+    for (int i = 0; i < f.n; i++) { /* check all before adding any */
+        const char *nm = f.t[i].name;
+        if (!strncmp(nm, HF_PREFIX, strlen(HF_PREFIX))) nm += strlen(HF_PREFIX);
+        dst[i] = fx_params_find(&m->base, nm);
+        if (!dst[i]) { fx_seterr("%s: tensor '%s' names no base weight of the model", path, f.t[i].name); goto done; }
+        if (check_shape(path, &f.t[i], dst[i]->ndim, dst[i]->shape, "the model's weight has") != 0) goto done;
+    }
+    size_t total = 0;
+    for (int i = 0; i < f.n; i++) total += dst[i]->n;
+    R = fx_malloc(total * sizeof(float));
+    float *p = R;
+    for (int i = 0; i < f.n; i++) {
+        if (read_into(&f, &f.t[i], p) != 0) goto done;
+        p += dst[i]->n;
+    }
+    p = R;
+    for (int i = 0; i < f.n; i++) {
+        float *W = m->base.data + dst[i]->off;
+        for (size_t j = 0; j < dst[i]->n; j++) W[j] += *p++;
+    }
+    rc = 0;
+done:
+    free(R);
+    free(dst);
+    fx_st_close(&f);
+    return rc;
+}
