@@ -598,6 +598,7 @@ typedef struct {
     double best; int best_round;
     char **lines; int nlines;        /* metrics.jsonl */
     double *hist_metric, *hist_err;  /* per round, for `fedex demo` */
+    int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
 } fed_run;
 
 static volatile sig_atomic_t interrupted;
@@ -818,7 +819,7 @@ static int wait_clients(fed_run *R, int round, int *pending, int *done) {
             pending[c] = 0;
             if (k == 1 && ch == 'o') {
                 done[c] = 1;
-                if (!tty) {
+                if (!tty && !R->quiet) {
                     client_slot *s = &R->slot[c];
                     printf("round %d client %d: %lld samples x %d epochs in %.2f s (%.0f samples/s), loss %.4f\n",
                            round, c, (long long)s->samples, R->cfg.local_epochs, s->seconds,
@@ -1339,7 +1340,7 @@ static int setup_run(fed_run *R) {
     }
     for (int i = 0; i < R->n; i++)
         if (R->counts[i] == 0) { fx_seterr("client %d got no training rows (split %s): use fewer clients or a larger alpha", i, c->split); return -1; }
-    fx_split_report(stdout, &R->train, R->n, R->rows, R->counts);
+    if (!R->quiet) fx_split_report(stdout, &R->train, R->n, R->rows, R->counts);
     R->pid = fx_calloc((size_t)R->n, sizeof(pid_t));
     R->cmd_fd = fx_calloc((size_t)R->n, sizeof(int));
     R->res_fd = fx_calloc((size_t)R->n, sizeof(int));
@@ -1362,8 +1363,9 @@ static void teardown_run(fed_run *R) {
 /* ---------------------------------------------------------------- the rounds */
 
 /* Returns the process exit status: 0, 1 (error), 130 (interrupted). */
-static int run_federated(fed_run *R, int quiet) {
+static int run_federated(fed_run *R) {
     run_cfg *c = &R->cfg;
+    int quiet = R->quiet;
     if (setup_run(R) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); teardown_run(R); return 1; }
     if (c->out && (fx_mkdir_p(c->out) != 0 || write_run_config(R) != 0)) {
         fprintf(stderr, "fedex: %s\n", fx_err());
@@ -1425,6 +1427,9 @@ static int run_federated(fed_run *R, int quiet) {
         if (!quiet)
             printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s\n", round,
                    mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0);
+        else
+            printf("  %-6s round %d/%d: dev %s %.4f, aggregation error %.2e\n", fx_agg_name(c->agg), round,
+                   c->rounds, mt.main_name, mt.main, mx);
         fflush(stdout);
         if (c->out && write_outputs(R, round, done) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); status = 1; break; }
         last = mt;
@@ -1485,7 +1490,7 @@ static int cmd_train(int argc, char **argv) {
         return 2;
 #endif
     }
-    int rc = run_federated(&R, 0);
+    int rc = run_federated(&R);
     fx_json_free(&saved);
     return rc;
 }
@@ -1525,7 +1530,6 @@ static int cmd_demo(int argc, char **argv) {
            "(%d train / %d dev rows)\n", base.num_clients, base.rounds, base.local_epochs, base.lora_r,
            base.targets, SYNTH_TRAIN, SYNTH_DEV);
     for (int k = 0; k < NM; k++) {
-        printf("running %s...\n", fx_agg_name(ms[k]));
         fflush(stdout);
         pid_t p = fork();
         if (p < 0) { fprintf(stderr, "fedex demo: fork: %s\n", strerror(errno)); return 1; }
@@ -1537,7 +1541,8 @@ static int cmd_demo(int argc, char **argv) {
             R.cfg.agg_name = fx_agg_name(ms[k]);
             R.hist_metric = res + (size_t)(2 * k) * base.rounds;
             R.hist_err = res + (size_t)(2 * k + 1) * base.rounds;
-            _exit(run_federated(&R, 1));
+            R.quiet = 1;
+            _exit(run_federated(&R));
         }
         int st;
         if (waitpid(p, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -1625,6 +1630,14 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* The server and its clients are separate processes that each run OpenMP threads on the same cores.
+     * Threads that spin while they wait would take the cores from each other (a run is several times
+     * slower), so fedex asks for passive waiting. libgomp reads this once, at start: set it and start
+     * again. If the restart fails, fedex goes on as it is. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        execv("/proc/self/exe", argv);
+    }
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         if (argc > 2) {
