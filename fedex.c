@@ -563,6 +563,8 @@ static int check_cfg(run_cfg *c, const int *set) {
 typedef struct {
     int64_t samples;                 /* size of the client's shard */
     int64_t steps_done, steps_total; /* progress of the current round */
+    int64_t samples_done;            /* rows trained on so far this round */
+    double t_start;                  /* fx_now() when the round began (CLOCK_MONOTONIC: one clock for all) */
     double loss_sum;                 /* sum of batch losses so far this round */
     double train_loss, seconds;      /* of the finished round */
     char err[256];                   /* why the client failed, when it answers 'e' */
@@ -586,7 +588,12 @@ typedef struct {
     float *base;                     /* (fx_base_numel) frozen weights, W0 with residuals added */
     float *global;                   /* (P) global trainable state */
     float **client;                  /* n x (P) each client's trained state */
-    float *msg;                      /* residual message (factors or dense) */
+    float *msg;                      /* the last round's residual of every adapted layer, as factors
+                                        (U, V) or dense R, at msg_off[k]: what a GPU client rebuilds */
+    size_t *msg_off;                 /* (nadapted) */
+    int *resid_info;                 /* shared: [0] round of the residual in msg, [1] its q */
+    float *tmp;                      /* (out_max, r) server scratch */
+    int *gpu_of;                     /* (n) device of each client (--client-gpus) */
     size_t P;
     /* server */
     fx_model srv;                    /* base = shared base, evaluates the global model */
@@ -599,6 +606,10 @@ typedef struct {
     char **lines; int nlines;        /* metrics.jsonl */
     double *hist_metric, *hist_err;  /* per round, for `fedex demo` */
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
+    int round_now;
+#ifdef FEDEX_CUDA
+    fx_gpu *srv_gpu;                 /* --server-gpu: the server's device copy, for evaluation */
+#endif
 } fed_run;
 
 static volatile sig_atomic_t interrupted;
@@ -663,6 +674,29 @@ static void parse_fault(int c, int *kill_round) {
     if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == c) *kill_round = fr;
 }
 
+#ifdef FEDEX_CUDA
+/* A GPU client keeps its own device copy of W0: each round it adds the residual the server published
+ * in shared memory (FedEx), rebuilt on the device from the factors (or taken dense). */
+static void gpu_apply_residual(fed_run *R, fx_gpu *g, const fx_model *m, int c) {
+    int q = R->resid_info[1];
+    for (int k = 0; k < m->nadapted; k++) {
+        const float *msg = R->msg + R->msg_off[k];
+        int rc = q ? fx_gpu_add_residual_factored(g, k, msg, msg + (size_t)m->ad[k].out * q, q, 1.0f)
+                   : fx_gpu_add_residual(g, k, msg, 1.0f);
+        if (rc != 0) client_exit_error(R, c, fx_err());
+    }
+}
+
+static fx_gpu *gpu_open(const fx_model *m, int device, const char *precision, char *why, size_t n) {
+    int prec;
+    if (fx_gpu_probe(why, n) <= 0) return NULL;
+    if (fx_gpu_precision_parse(precision, &prec) != 0) { snprintf(why, n, "%s", fx_err()); return NULL; }
+    fx_gpu *g = fx_gpu_create(m, device, prec);
+    if (!g) snprintf(why, n, "%s", fx_err());
+    return g;
+}
+#endif
+
 static _Noreturn void client_main(fed_run *R, int c, int threads) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
@@ -678,19 +712,43 @@ static _Noreturn void client_main(fed_run *R, int c, int threads) {
     float *acc = fx_malloc(sizeof(float) * R->P);
     int mb = cfg->micro_batch > 0 && cfg->micro_batch < cfg->batch_size ? cfg->micro_batch : cfg->batch_size;
     fx_batch batch = {0};
+#ifdef FEDEX_CUDA
+    /* this client's own CUDA context, created after the fork */
+    fx_gpu *g = NULL;
+    int applied = R->round0; /* the device copy of W0 starts from the shared base, residuals included */
+    if (!strcmp(cfg->device, "cuda")) {
+        char why[512];
+        g = gpu_open(&m, R->gpu_of[c], cfg->precision, why, sizeof why);
+        if (!g) client_exit_error(R, c, why);
+        mb = cfg->batch_size; /* the whole batch fits on a GPU */
+    }
+#else
+    void *g = NULL;
+#endif
     for (;;) {
         int32_t round;
         ssize_t k = read(R->cmd_fd[c], &round, sizeof round);
         if (k != (ssize_t)sizeof round || round < 0) _exit(0);
         double t0 = fx_now();
         client_slot *s = &R->slot[c];
-        memcpy(m.train.data, R->global, sizeof(float) * R->P);
-        fx_adamw_reset(&m);
-        fx_rng_seed(&m.drop, mix_seed((uint64_t)cfg->seed, (uint64_t)round, (uint64_t)c, 1));
+        if (g) {
+#ifdef FEDEX_CUDA
+            if (R->resid_info[0] > applied) gpu_apply_residual(R, g, &m, c);
+            applied = round - 1;
+            fx_gpu_set_train(g, R->global);
+            fx_gpu_adamw_reset(g);
+            fx_gpu_seed(g, mix_seed((uint64_t)cfg->seed, (uint64_t)round, (uint64_t)c, 1));
+#endif
+        } else {
+            memcpy(m.train.data, R->global, sizeof(float) * R->P);
+            fx_adamw_reset(&m);
+            fx_rng_seed(&m.drop, mix_seed((uint64_t)cfg->seed, (uint64_t)round, (uint64_t)c, 1));
+        }
         int per_epoch = (nrows + cfg->batch_size - 1) / cfg->batch_size;
         int total = per_epoch * cfg->local_epochs;
         int warmup = (int)ceil(cfg->warmup_ratio * total);
         s->samples = nrows; s->steps_done = 0; s->steps_total = total; s->loss_sum = 0;
+        s->samples_done = 0; s->t_start = t0;
         int step = 0;
         for (int e = 0; e < cfg->local_epochs; e++) {
             /* a fresh shuffle of the shard every epoch, seeded by (seed, round, client, epoch) */
@@ -703,11 +761,15 @@ static _Noreturn void client_main(fed_run *R, int c, int threads) {
             }
             for (int b0 = 0; b0 < nrows; b0 += cfg->batch_size) {
                 int bn = nrows - b0 < cfg->batch_size ? nrows - b0 : cfg->batch_size;
+                float lr = fx_linear_schedule(step, warmup, total, (float)cfg->lr);
                 /* gradient of the mean loss over the batch = sum over micro-batches of (rows/bn) x theirs */
                 double loss = 0;
                 for (int u = 0; u < bn; u += mb) {
                     int un = bn - u < mb ? bn - u : mb;
                     fx_batch_fill(&R->train, order + b0 + u, un, R->pad_id, &batch);
+#ifdef FEDEX_CUDA
+                    if (g) { loss = fx_gpu_step(g, &batch, 1, NULL); break; }
+#endif
                     loss += (double)un / bn * fx_model_step(&m, &batch, 1, NULL);
                     if (un == bn) break;
                     float f = (float)un / (float)bn;
@@ -716,13 +778,22 @@ static _Noreturn void client_main(fed_run *R, int c, int threads) {
                     if (u + un >= bn) memcpy(m.grad, acc, sizeof(float) * R->P);
                 }
                 if (!isfinite(loss)) client_exit_error(R, c, "training loss is not finite (lower --lr?)");
-                fx_adamw_update(&m, fx_linear_schedule(step, warmup, total, (float)cfg->lr), (float)cfg->weight_decay);
+#ifdef FEDEX_CUDA
+                if (g) fx_gpu_adamw(g, lr, (float)cfg->weight_decay);
+                else
+#endif
+                fx_adamw_update(&m, lr, (float)cfg->weight_decay);
                 step++;
                 s->loss_sum += loss;
                 s->steps_done = step;
+                s->samples_done += bn;
                 if (round == kill_round) raise(SIGKILL);
             }
         }
+#ifdef FEDEX_CUDA
+        if (g) fx_gpu_get_train(g, R->client[c]);
+        else
+#endif
         memcpy(R->client[c], m.train.data, sizeof(float) * R->P);
         s->train_loss = step ? s->loss_sum / step : NAN;
         s->seconds = fx_now() - t0;
@@ -784,8 +855,10 @@ static void show_progress(fed_run *R, int round, const int *pending, int tty, in
         int fill = (int)(20 * done / tot);
         for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
         bar[20] = 0;
-        fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% loss %.4f\n", round, c, bar,
-                (int)(100 * done / tot), done ? s->loss_sum / (double)done : 0.0);
+        double dt = fx_now() - s->t_start;
+        fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% %6.0f samples/s loss %.4f\n", round, c, bar,
+                (int)(100 * done / tot), done && dt > 0 ? (double)s->samples_done / dt : 0.0,
+                done ? s->loss_sum / (double)done : 0.0);
         (*drawn)++;
     }
     fflush(stderr);
@@ -848,10 +921,24 @@ static int wait_clients(fed_run *R, int round, int *pending, int *done) {
     return 0;
 }
 
-/* Evaluates the global model (server's model with the global state) on the dev split. */
+/* Evaluates the global model (server's model with the global state) on the dev split, on the CPU or,
+ * with --server-gpu, on a device copy that receives the residual as the clients' copies do. */
 static void evaluate(fed_run *R, fx_metrics *mt) {
     fx_model *m = &R->srv;
     memcpy(m->train.data, R->global, sizeof(float) * R->P);
+#ifdef FEDEX_CUDA
+    if (R->srv_gpu) {
+        if (fx_agg_is_exact(R->cfg.agg) && R->resid_info[0] == R->round_now) {
+            int q = R->resid_info[1];
+            for (int k = 0; k < m->nadapted; k++) {
+                const float *msg = R->msg + R->msg_off[k];
+                if (q) fx_gpu_add_residual_factored(R->srv_gpu, k, msg, msg + (size_t)m->ad[k].out * q, q, 1.0f);
+                else fx_gpu_add_residual(R->srv_gpu, k, msg, 1.0f);
+            }
+        }
+        fx_gpu_set_train(R->srv_gpu, R->global);
+    }
+#endif
     int L = R->mc.num_labels, bs = R->cfg.eval_batch;
     float *logits = fx_malloc(sizeof(float) * (size_t)R->dev.n * L);
     int *rows = fx_malloc(sizeof(int) * (size_t)bs);
@@ -860,6 +947,9 @@ static void evaluate(fed_run *R, fx_metrics *mt) {
         int n = R->dev.n - i < bs ? R->dev.n - i : bs;
         for (int j = 0; j < n; j++) rows[j] = i + j;
         fx_batch_fill(&R->dev, rows, n, R->pad_id, &b);
+#ifdef FEDEX_CUDA
+        if (R->srv_gpu) { fx_gpu_step(R->srv_gpu, &b, 0, logits + (size_t)i * L); continue; }
+#endif
         fx_model_step(m, &b, 0, logits + (size_t)i * L);
     }
     fx_task_metrics(R->task, logits, R->dev.labels, R->dev.n, mt);
@@ -887,20 +977,24 @@ static void aggregate(fed_run *R, const int *done, double *err, double *agg_seco
         float *W0 = R->base + ad->w_off;
         memcpy(R->w0_old + woff, W0, sizeof(float) * len);
         if (fx_agg_is_exact(R->cfg.agg)) {
+            float *msg = R->msg + R->msg_off[k];
             if (!strcmp(R->cfg.residual, "dense")) {
-                float *Rd = R->msg, *tmp = R->msg + len;
-                fx_agg_residual_dense(m, k, cl, w, n, R->global, Rd, tmp);
-                for (size_t j = 0; j < len; j++) W0[j] += Rd[j];
+                fx_agg_residual_dense(m, k, cl, w, n, R->global, msg, R->tmp);
+                for (size_t j = 0; j < len; j++) W0[j] += msg[j];
+                R->resid_info[1] = 0;
             } else {
                 /* R = U V rebuilt with one GEMM, accumulated straight into W0 */
-                float *U = R->msg;
-                float *V = U + (size_t)ad->out * (size_t)(n + 1) * m->a.r;
-                int q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
+                float *U = msg;
+                int q = m->a.kind == FX_LORA ? (n + 1) * m->a.r : m->a.r;
+                float *V = U + (size_t)ad->out * q;
+                q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
                 fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 1.0f, W0, ad->in);
+                R->resid_info[1] = q;
             }
         }
         woff += len;
     }
+    if (fx_agg_is_exact(R->cfg.agg)) R->resid_info[0] = R->round_now;
     *agg_seconds = fx_now() - t0;
     woff = 0;
     for (int k = 0; k < m->nadapted; k++) {
@@ -1269,15 +1363,18 @@ static int setup_run(fed_run *R) {
     fx_model probe;
     if (fx_model_create(&probe, &R->mc, &R->ac, NULL) != 0) return -1;
     R->P = probe.train.n;
-    size_t msg = 0, wtot = 0, wmax = 0;
+    size_t msg = 0, wtot = 0, wmax = 0, omax = 0;
+    R->msg_off = fx_calloc((size_t)probe.nadapted + 1, sizeof(size_t));
     for (int k = 0; k < probe.nadapted; k++) {
         size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in, q = (size_t)(R->n + 1) * R->ac.r;
-        size_t fac = (out + in) * q, dense = out * in + out * (size_t)R->ac.r;
-        if (fac > msg) msg = fac;
-        if (dense > msg) msg = dense;
+        size_t fac = (out + in) * q, dense = out * in;
+        R->msg_off[k] = msg;
+        msg += fac > dense ? fac : dense;
         wtot += out * in;
         if (out * in > wmax) wmax = out * in;
+        if (out > omax) omax = out;
     }
+    R->tmp = fx_malloc(sizeof(float) * (omax ? omax : 1) * (size_t)R->ac.r);
     fx_model_free(&probe);
 
     size_t base_n = fx_base_numel(&R->mc);
@@ -1302,6 +1399,7 @@ static int setup_run(fed_run *R) {
         return -1;
     }
     char *s = R->shm;
+    R->resid_info = (int *)s;
     R->slot = (client_slot *)(s + off_slot);
     R->base = (float *)(s + off_base);
     R->global = (float *)(s + off_glob);
@@ -1341,6 +1439,28 @@ static int setup_run(fed_run *R) {
     for (int i = 0; i < R->n; i++)
         if (R->counts[i] == 0) { fx_seterr("client %d got no training rows (split %s): use fewer clients or a larger alpha", i, c->split); return -1; }
     if (!R->quiet) fx_split_report(stdout, &R->train, R->n, R->rows, R->counts);
+    /* --client-gpus: one device for all, or one per client */
+    R->gpu_of = fx_calloc((size_t)R->n, sizeof(int));
+    if (c->client_gpus) {
+        const char *p = c->client_gpus;
+        int k = 0;
+        while (*p) {
+            char *end;
+            long d = strtol(p, &end, 10);
+            if (end == p || d < 0 || d > 255 || k >= R->n || (*end && *end != ',')) {
+                fx_seterr("--client-gpus '%s': expected %d device numbers separated by commas (or one for all)",
+                          c->client_gpus, R->n);
+                return -1;
+            }
+            R->gpu_of[k++] = (int)d;
+            p = *end ? end + 1 : end;
+        }
+        if (k == 1) for (int i = 1; i < R->n; i++) R->gpu_of[i] = R->gpu_of[0];
+        else if (k != R->n) {
+            fx_seterr("--client-gpus '%s' names %d devices for %d clients", c->client_gpus, k, R->n);
+            return -1;
+        }
+    }
     R->pid = fx_calloc((size_t)R->n, sizeof(pid_t));
     R->cmd_fd = fx_calloc((size_t)R->n, sizeof(int));
     R->res_fd = fx_calloc((size_t)R->n, sizeof(int));
@@ -1349,11 +1469,14 @@ static int setup_run(fed_run *R) {
 }
 
 static void teardown_run(fed_run *R) {
+#ifdef FEDEX_CUDA
+    if (R->srv_gpu) fx_gpu_free(R->srv_gpu);
+#endif
     fx_model_free(&R->srv);
     if (R->shm && R->shm != MAP_FAILED) munmap(R->shm, R->shm_len);
     for (int i = 0; R->rows && i < R->n; i++) free(R->rows[i]);
     free(R->rows); free(R->counts); free(R->client); free(R->w0_orig); free(R->w0_old);
-    free(R->err_work); free(R->prev_global); free(R->pid); free(R->cmd_fd); free(R->res_fd); free(R->alive);
+    free(R->err_work); free(R->prev_global); free(R->pid); free(R->msg_off); free(R->tmp); free(R->gpu_of); free(R->cmd_fd); free(R->res_fd); free(R->alive);
     for (int i = 0; i < R->nlines; i++) free(R->lines[i]);
     free(R->lines);
     fx_dataset_free(&R->train); fx_dataset_free(&R->dev);
@@ -1382,6 +1505,18 @@ static int run_federated(fed_run *R) {
     /* No OpenMP team or CUDA context exists yet in this process: fork now. */
     if (fork_clients(R, threads) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); stop_clients(R, SIGTERM); teardown_run(R); return 1; }
     fx_set_threads(threads);
+#ifdef FEDEX_CUDA
+    if (!strcmp(c->device, "cuda") && c->server_gpu >= 0) {
+        char why[512];
+        R->srv_gpu = gpu_open(&R->srv, c->server_gpu, c->precision, why, sizeof why);
+        if (!R->srv_gpu) {
+            fprintf(stderr, "fedex: --server-gpu %d: %s\n", c->server_gpu, why);
+            stop_clients(R, SIGTERM);
+            teardown_run(R);
+            return 1;
+        }
+    }
+#endif
     if (!quiet)
         printf("%s: %d client%s, %d rounds x %d local epochs, %d trainable parameters, %d threads\n",
                fx_agg_name(c->agg), R->n, R->n > 1 ? "s" : "", c->rounds, c->local_epochs, (int)R->P, threads);
@@ -1412,6 +1547,7 @@ static int run_federated(fed_run *R) {
         for (int i = 0; i < R->n; i++) ndone += done[i];
         if (ndone == 0) { fprintf(stderr, "fedex: no client finished round %d\n", round); status = 1; break; }
         double tc = fx_now() - t0, agg_s, te = fx_now();
+        R->round_now = round;
         aggregate(R, done, err, &agg_s);
         te = fx_now();
         fx_metrics mt;
@@ -1484,9 +1620,6 @@ static int cmd_train(int argc, char **argv) {
 #ifndef FEDEX_CUDA
         fprintf(stderr, "fedex train: --device cuda: this fedex was built without CUDA (nvcc was not found "
                 "when it was built)\n");
-        return 2;
-#else
-        fprintf(stderr, "fedex train: --device cuda is not wired into federated training yet\n");
         return 2;
 #endif
     }

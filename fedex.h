@@ -72,6 +72,9 @@ const fx_json *fx_json_get(const fx_json *obj, const char *key); /* NULL if abse
  * len itself when all of S is. */
 int fx_utf8_next(const char *s, size_t len, uint32_t *cp);
 size_t fx_utf8_valid_prefix(const char *s, size_t len);
+/* Writes code point CP (a valid one: below U+110000, not a surrogate) as UTF-8 to OUT (room for 4);
+ * returns the bytes written. */
+int fx_utf8_put(char *out, uint32_t cp);
 
 /* ============================================================================================
  * safetensors.c: read (mmap, validated) and write (atomic) the safetensors format
@@ -127,7 +130,8 @@ int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const
 typedef struct fx_tokenizer fx_tokenizer;
 
 /* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
- * GPT-2's <|endoftext|> serves as all three. */
+ * GPT-2's <|endoftext|> serves as all three. Encoding writes to a cache of words inside the tokenizer:
+ * one tokenizer per thread. */
 fx_tokenizer *fx_tok_load(const char *dir);
 void fx_tok_free(fx_tokenizer *t);
 int fx_tok_bos(const fx_tokenizer *t);
@@ -138,7 +142,8 @@ int fx_tok_vocab_size(const fx_tokenizer *t);
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
 /* RoBERTa-style sequence: <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated longest_first
- * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
+ * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error.
+ * As Hugging Face's tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. */
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
 /* The same sequence appended to *ids as fx_tok_encode_text does; max_len 0 means no truncation. */
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
@@ -423,6 +428,8 @@ void fx_gpu_free(fx_gpu *g);
 float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits);
 void fx_gpu_adamw(fx_gpu *g, float lr, float weight_decay); /* fx_adamw_update on the device */
 void fx_gpu_adamw_reset(fx_gpu *g);
+/* The dropout stream: training steps after this draw the same masks for the same SEED. */
+void fx_gpu_seed(fx_gpu *g, uint64_t seed);
 size_t fx_gpu_train_n(const fx_gpu *g);                     /* == fx_model.train.n */
 void fx_gpu_get_train(fx_gpu *g, float *dst);               /* (train.n) */
 void fx_gpu_set_train(fx_gpu *g, const float *src);

@@ -460,10 +460,13 @@ __global__ void adamw_kernel(float *p, float *m, float *v, const float *grad, co
                              adamw_t a) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || !upd[i]) return;
+    /* Separately rounded products and sums (no fused multiply-add), as the C compiler evaluates
+     * fx_adamw_update, so that equal gradients give equal parameters bit for bit. */
     float g = grad[i];
-    float mi = m[i] * a.b1 + g * a.c1;
-    float vi = v[i] * a.b2 + a.c2 * g * g;
-    p[i] = p[i] * a.decay + -a.step * (mi / (sqrtf(vi) / a.bc2s + a.eps));
+    float mi = __fadd_rn(__fmul_rn(m[i], a.b1), __fmul_rn(g, a.c1));
+    float vi = __fadd_rn(__fmul_rn(v[i], a.b2), __fmul_rn(__fmul_rn(a.c2, g), g));
+    float q = __fdiv_rn(mi, __fadd_rn(__fdiv_rn(sqrtf(vi), a.bc2s), a.eps));
+    p[i] = __fadd_rn(__fmul_rn(p[i], a.decay), __fmul_rn(-a.step, q));
     m[i] = mi;
     v[i] = vi;
 }
@@ -1254,6 +1257,8 @@ void fx_gpu_adamw(fx_gpu *g, float lr, float weight_decay) {
 }
 
 size_t fx_gpu_train_n(const fx_gpu *g) { return g->train_n; }
+
+void fx_gpu_seed(fx_gpu *g, uint64_t seed) { fx_rng_seed(&g->rng, seed); }
 
 void fx_gpu_get_train(fx_gpu *g, float *dst) {
     CUDA_CHECK(cudaSetDevice(g->dev));

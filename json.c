@@ -56,8 +56,7 @@ size_t fx_utf8_valid_prefix(const char *s, size_t len) {
     return i;
 }
 
-/* Appends code point CP (already known valid) as UTF-8; returns the bytes written. */
-static int utf8_put(char *o, uint32_t cp) {
+int fx_utf8_put(char *o, uint32_t cp) {
     if (cp < 0x80) { o[0] = (char)cp; return 1; }
     if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
     if (cp < 0x10000) {
@@ -186,7 +185,7 @@ static int parse_string(parser *p, char **out, size_t *outlen) {
                     u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
                     next += 6;
                 }
-                o += utf8_put(o, u);
+                o += fx_utf8_put(o, u);
                 i = next;
                 continue;
             }

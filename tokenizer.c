@@ -1,7 +1,7 @@
 /* tokenizer.c: byte-level BPE exactly as Hugging Face's GPT-2 / RoBERTa tokenizers: vocab.json and
  * merges.txt, the GPT-2 pre-tokenisation pattern (written out by hand), merges lowest rank first, RoBERTa's
- * special tokens and longest_first truncation, and decoding. It does not look for special-token strings
- * inside text ("<s>" typed in a sentence is three characters), and adds no prefix space. */
+ * special tokens and longest_first truncation, and decoding. It adds no prefix space and does no Unicode
+ * normalisation (neither does the reference). */
 #include "fedex.h"
 
 #include <stdlib.h>
@@ -17,9 +17,11 @@
 /* Words longer than this are not cached: they are rare, and an adversarial text of one huge word must not
  * grow the cache without bound. Their BPE is O(n log n) anyway. */
 #define CACHE_MAX_WORD 256
-/* The cache stops growing at this many distinct words (about 100 MB at the worst); encoding stays exact,
- * only slower, past it. */
-#define CACHE_MAX_WORDS (1 << 21)
+/* The cache stops growing at this many distinct words, or this many bytes of words and ids: about 120 MB
+ * at the worst with its hash table (GLUE's largest task has under 100k distinct words). Encoding stays
+ * exact past it, only slower. */
+#define CACHE_MAX_WORDS (1 << 20)
+#define CACHE_MAX_BYTES ((size_t)64 << 20)
 
 /* ============================================================================================
  * GPT-2's byte-to-unicode table
@@ -28,37 +30,17 @@
  * '!'..'~', 0xA1..0xAC and 0xAE..0xFF stand for themselves (as U+0021.. etc.), and the other 68 bytes, in
  * increasing order, take U+0100, U+0101, ... (so a space, byte 0x20, reads as U+0120 'Ġ'). */
 
-static uint32_t byte_to_cp(int b) {
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) return (uint32_t)b;
-    int k = 0; /* rank of b among the bytes that do not stand for themselves */
-    for (int x = 0; x < b; x++)
-        if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF))) k++;
-    return 0x100u + (uint32_t)k;
-}
+#define BYTE_CP_END (0x100 + 68) /* every byte's character lies below this */
 
-/* The inverse: the byte a code point stands for, or -1 if it stands for none. */
-static int cp_to_byte(uint32_t cp) {
-    if (cp < 0x100) {
-        int b = (int)cp;
-        return byte_to_cp(b) == cp ? b : -1;
+/* cp_of[b]: the character of byte b; byte_of[cp]: the byte of character cp < BYTE_CP_END, or -1. */
+static void byte_tables(uint32_t cp_of[256], int byte_of[BYTE_CP_END]) {
+    uint32_t next = 0x100;
+    for (int c = 0; c < BYTE_CP_END; c++) byte_of[c] = -1;
+    for (int b = 0; b < 256; b++) {
+        int self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        cp_of[b] = self ? (uint32_t)b : next++;
+        byte_of[cp_of[b]] = b;
     }
-    for (int b = 0; b < 256; b++)
-        if (byte_to_cp(b) == cp) return b;
-    return -1;
-}
-
-/* UTF-8 of one code point (valid, below U+110000); returns the byte count. */
-static int put_utf8(char *o, uint32_t cp) {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
 }
 
 /* ============================================================================================
@@ -177,6 +159,11 @@ struct fx_tokenizer {
     uint8_t *present;        /* (vocab_size) 1 for ids vocab.json defines */
     uint8_t *special;        /* (vocab_size) 1 for <s>, </s>, <pad>, <unk>, <mask>, <|endoftext|> */
     int bos, eos, pad;
+    /* The special tokens Hugging Face splits text on before BPE ("<s>" typed in a sentence becomes id 0):
+     * RoBERTa's <s> </s> <unk> <pad> <mask>, or GPT-2's <|endoftext|>. Only <mask> is lstrip: the white
+     * space before it goes with it. */
+    int nsplit;
+    struct { char text[16]; int len, id, lstrip; } split[5];
     int32_t byte_id[256];    /* id of the one-character token of each byte */
     pairmap merges;
     strmap cache;            /* word bytes -> (offset in cache_ids, count) */
@@ -224,14 +211,13 @@ static int load_vocab(fx_tokenizer *t, const char *path, strmap *vocab) {
     t->present = fx_calloc((size_t)t->vocab_size, 1);
     t->special = fx_calloc((size_t)t->vocab_size, 1);
     t->dec_off = fx_calloc((size_t)t->vocab_size + 1, sizeof *t->dec_off);
-    size_t *blen = fx_calloc((size_t)t->vocab_size, sizeof *blen);
     const char **src = fx_calloc((size_t)t->vocab_size, sizeof *src);
     size_t *slen = fx_calloc((size_t)t->vocab_size, sizeof *slen);
     for (size_t i = 0; i < j.n; i++) {
         int id = (int)j.kids[i].inum;
         if (t->present[id]) {
             fx_seterr("%s: id %d is given to two tokens (\"%.40s\" and another)", path, id, j.keys[i]);
-            free(blen); free(src); free(slen);
+            free(src); free(slen);
             goto done;
         }
         t->present[id] = 1;
@@ -240,6 +226,9 @@ static int load_vocab(fx_tokenizer *t, const char *path, strmap *vocab) {
     }
     /* A token's bytes: each character maps back through the byte table; a character outside it (none in
      * GPT-2's vocabulary) is kept as its own UTF-8, which is never more bytes than its text. */
+    uint32_t cp_of[256];
+    int byte_of[BYTE_CP_END];
+    byte_tables(cp_of, byte_of);
     size_t total = 0;
     for (int id = 0; id < t->vocab_size; id++) total += slen[id];
     t->dec = fx_malloc(total + 1);
@@ -252,17 +241,17 @@ static int load_vocab(fx_tokenizer *t, const char *path, strmap *vocab) {
             int m = fx_utf8_next(src[id] + k, slen[id] - k, &cp);
             if (m <= 0) {
                 fx_seterr("%s: token \"%.40s\" is not valid UTF-8", path, src[id]);
-                free(blen); free(src); free(slen);
+                free(src); free(slen);
                 goto done;
             }
-            int b = cp_to_byte(cp);
+            int b = cp < BYTE_CP_END ? byte_of[cp] : -1;
             if (b >= 0) t->dec[o++] = (char)b;
             else { memcpy(t->dec + o, src[id] + k, (size_t)m); o += (size_t)m; }
             k += (size_t)m;
         }
     }
     t->dec_off[t->vocab_size] = o;
-    free(blen); free(src); free(slen);
+    free(src); free(slen);
     rc = 0;
 done:
     fx_json_free(&j);
@@ -301,7 +290,8 @@ static int load_merges(fx_tokenizer *t, const char *path, const strmap *vocab) {
         /* "LEFT RIGHT": two tokens, one space between them (the merged token is their concatenation) */
         size_t sp = start;
         while (sp < n && text[sp] != ' ') sp++;
-        if (sp == start || sp + 1 >= n || memchr(text + sp + 1, ' ', n - sp - 1) || n - start >= sizeof buf) {
+        if (sp == start || sp + 1 >= n || memchr(text + sp + 1, ' ', n - sp - 1) || n - start >= sizeof buf ||
+            memchr(text + start, 0, n - start)) {
             fx_seterr("%s:%d: expected two tokens separated by one space", path, line);
             free(text);
             return -1;
@@ -343,9 +333,12 @@ fx_tokenizer *fx_tok_load(const char *dir) {
     strmap_init(&vocab, 1 << 16);
     if (load_vocab(t, vpath, &vocab) != 0 || load_merges(t, mpath, &vocab) != 0) goto fail;
 
+    uint32_t cp_of[256];
+    int byte_of[BYTE_CP_END];
+    byte_tables(cp_of, byte_of);
     for (int b = 0; b < 256; b++) {
         char s[4];
-        int n = put_utf8(s, byte_to_cp(b));
+        int n = fx_utf8_put(s, cp_of[b]);
         int32_t id;
         if (!strmap_get(&vocab, s, (size_t)n, &id, NULL)) {
             fx_seterr("%s: no token for byte 0x%02X (\"%.*s\"): not a byte-level vocabulary", vpath, b, n, s);
@@ -367,6 +360,17 @@ fx_tokenizer *fx_tok_load(const char *dir) {
         goto fail;
     }
     t->pad = pad >= 0 ? pad : t->eos;
+    static const char *const roberta[] = {"<s>", "</s>", "<unk>", "<pad>", "<mask>"};
+    for (int i = 0; i < (s >= 0 ? 5 : 1); i++) {
+        const char *str = s >= 0 ? roberta[i] : "<|endoftext|>";
+        int id = vocab_id(&vocab, str);
+        if (id < 0) continue;
+        int k = t->nsplit++;
+        snprintf(t->split[k].text, sizeof t->split[k].text, "%s", str);
+        t->split[k].len = (int)strlen(str);
+        t->split[k].id = id;
+        t->split[k].lstrip = !strcmp(str, "<mask>");
+    }
     strmap_init(&t->cache, 1 << 12);
     strmap_free(&vocab);
     free(vpath); free(mpath);
@@ -401,7 +405,8 @@ int fx_tok_vocab_size(const fx_tokenizer *t) { return t->vocab_size; }
  * moves on past it. \p{L} and \p{N} are the general categories L* and N*; \s is the White_Space property
  * (so U+1C..U+1F and U+FEFF are not space, U+85 and U+A0 are). Only U+0020 can be the optional space.
  * Since every character is letter, number, space or other, some alternative always matches: the text is
- * cut into pieces with nothing left over. */
+ * cut into pieces with nothing left over. The classes come from Unicode 15.0 (unicode_tables.c), the
+ * version of Debian's regex module they were checked against; a character assigned later is "other". */
 
 int fx_uni_class(uint32_t cp) {
     if (cp < 0x80) {
@@ -594,7 +599,8 @@ static void encode_piece(fx_tokenizer *t, const char *w, int n, int32_t **ids, i
     }
     ids_reserve(ids, cap, *nids + n); /* BPE never yields more ids than bytes */
     int m = bpe_word(t, (const unsigned char *)w, n, *ids + *nids);
-    if (n <= CACHE_MAX_WORD && t->cache.n < CACHE_MAX_WORDS) {
+    if (n <= CACHE_MAX_WORD && t->cache.n < CACHE_MAX_WORDS &&
+        t->cache.alen + t->cache_n * sizeof *t->cache_ids < CACHE_MAX_BYTES) {
         if (t->cache_n + (size_t)m > t->cache_cap) {
             t->cache_cap = 2 * t->cache_cap + (size_t)m + 4096;
             t->cache_ids = fx_realloc(t->cache_ids, t->cache_cap * sizeof *t->cache_ids);
@@ -622,6 +628,40 @@ int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **
     return 0;
 }
 
+/* Python's str.isspace(): White_Space and also U+1C..U+1F (which the pattern's \s leaves out). */
+static int py_isspace(uint32_t cp) { return (cp >= 0x1C && cp <= 0x1F) || fx_uni_class(cp) == FX_UNI_SPACE; }
+
+/* TEXT as Hugging Face's tokenize() sees it: cut at the special tokens' strings, each chunk between them
+ * pre-tokenised and BPE'd on its own, each special string its id; before an lstrip token (<mask>) the
+ * chunk loses its trailing white space (str.rstrip()). */
+static int encode_with_specials(fx_tokenizer *t, const char *text, int32_t **ids, int *n, int *cap) {
+    size_t len = strlen(text), start = 0, i = 0;
+    size_t ok = fx_utf8_valid_prefix(text, len);
+    if (ok != len) { fx_seterr("invalid UTF-8 at byte %zu", ok); return -1; }
+    while (i < len) {
+        int k = -1;
+        if (text[i] == '<')
+            for (int j = 0; j < t->nsplit && k < 0; j++)
+                if (!strncmp(text + i, t->split[j].text, (size_t)t->split[j].len)) k = j;
+        if (k < 0) { i++; continue; }
+        size_t end = i;
+        while (t->split[k].lstrip && end > start) {
+            size_t c = end - 1; /* back to the lead byte of the last character */
+            while (c > start && ((unsigned char)text[c] & 0xC0) == 0x80) c--;
+            uint32_t cp;
+            fx_utf8_next(text + c, end - c, &cp);
+            if (!py_isspace(cp)) break;
+            end = c;
+        }
+        if (fx_tok_encode_text(t, text + start, end - start, ids, n, cap) != 0) return -1;
+        ids_reserve(ids, cap, *n + 1);
+        (*ids)[(*n)++] = t->split[k].id;
+        i += (size_t)t->split[k].len;
+        start = i;
+    }
+    return fx_tok_encode_text(t, text + start, len - start, ids, n, cap);
+}
+
 /* longest_first truncation of a pair to NREMOVE fewer tokens (Hugging Face's rule): first take
  * k = min(n, |la - lb|) from the longer one (from B on a tie), then split the other n - k evenly between
  * A and B, B taking the odd one; always from the right end. */
@@ -642,8 +682,8 @@ int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len
         return -1;
     }
     t->na = t->nb = 0;
-    if (fx_tok_encode_text(t, a, strlen(a), &t->ia, &t->na, &t->capa) != 0) return -1;
-    if (b && fx_tok_encode_text(t, b, strlen(b), &t->ib, &t->nb, &t->capb) != 0) return -1;
+    if (encode_with_specials(t, a, &t->ia, &t->na, &t->capa) != 0) return -1;
+    if (b && encode_with_specials(t, b, &t->ib, &t->nb, &t->capb) != 0) return -1;
     int la = t->na, lb = t->nb;
     if (max_len > 0 && la + lb + room > max_len) {
         if (b) truncate_pair(&la, &lb, la + lb + room - max_len);
@@ -724,7 +764,7 @@ char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_s
         i += good;
         if (i < o) {
             i += bad_utf8_len((const unsigned char *)raw + i, o - i);
-            w += (size_t)put_utf8(out + w, 0xFFFD);
+            w += (size_t)fx_utf8_put(out + w, 0xFFFD);
         }
     }
     out[w] = 0;

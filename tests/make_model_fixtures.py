@@ -133,7 +133,7 @@ def forward(base, head, ad, residual, ids, mask):
     x = base["embeddings.word_embeddings.weight"][ids] + base["embeddings.position_embeddings.weight"][pos] \
         + base["embeddings.token_type_embeddings.weight"][torch.zeros_like(ids)]
     x = layer_norm(x, base["embeddings.LayerNorm.weight"], base["embeddings.LayerNorm.bias"])
-    neg = (1.0 - mask.double())[:, None, None, :] * float(np.finfo(np.float32).min)
+    neg = (1.0 - mask.to(x.dtype))[:, None, None, :] * float(np.finfo(np.float32).min)
     hd = H // NH
 
     def lin(l, mod, inp):
@@ -253,12 +253,13 @@ def run_case(name, base, batch, kind, targets, r, alpha=0.0, rslora=False, freez
     out += [("residual." + k[:-len(".weight")], f32(v)) for k, v in residual.items()]
     out += [("expect.logits", f32(logits)), ("expect.loss", f32(loss.reshape(1)))]
     out += [("grad." + k, f32(v)) for k, v in grads.items()]
-    out += [("expect.losses", np.array(losses, dtype=np.float32))]
+    out += [("expect.losses", np.array(losses, dtype=np.float32)),
+            ("expect.lrs", np.array([ADAM_LR * hf_linear(s) for s in range(ADAM_STEPS)], dtype=np.float32))]
     out += [("final." + k, f32(v)) for k, v in train.items()]
     write_safetensors(os.path.join(OUT, "model_case_%s.safetensors" % name), out, meta)
     print("%-10s draw %d  loss %.6f  logits[0] %s  losses %.5f .. %.5f" %
           (name, draw, loss.item(), np.round(f32(logits[0]), 5), losses[0], losses[-1]))
-    return head
+    return {k: init[k] for k in head}  # the head as the case starts, before the AdamW steps
 
 
 def main():
@@ -284,7 +285,7 @@ def main():
                        ("label", f32(batch["label"])), ("target", f32(batch["target"]))])
 
     head = run_case("lora_qv", base, batch, "lora", ["query", "value"], r=4, alpha=8.0)
-    run_case("lora_all", base, batch, "lora", [t[0] for t in TARGETS], r=4, alpha=8.0, rslora=True,
+    run_case("lora_all", base, batch, "lora", [t[0] for t in TARGETS], r=4, alpha=4.0, rslora=True,
              regression=True)
     run_case("ffa", base, batch, "lora", ["query", "value"], r=4, alpha=16.0, freeze_a=True)
     run_case("vera", base, batch, "vera", [t[0] for t in TARGETS], r=4)

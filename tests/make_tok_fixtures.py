@@ -6,7 +6,10 @@ emoji, CJK, other scripts' digits, unassigned code points), random strings, trun
 
 usage: /usr/bin/python3 tests/make_tok_fixtures.py [SHARED_DIR]     (default ../shared, run from the repo root)
 
-Each line is one JSON object with "kind":
+tests/fixtures/tok_classes.txt: the class the regex module gives every code point, as ranges "LO HI CLASS"
+(hex, inclusive; 1 \p{L}, 2 \p{N}, 3 \s; code points in no range match none of them).
+
+In tok_cases.jsonl each line is one JSON object with "kind":
   "text":   model, text -> pieces (the pattern's matches) and ids (plain BPE, no specials)
   "seq":    model, a, b (or null), max_len (0 = none) -> ids (<s> A </s></s> B </s>, longest_first)
   "decode": model, ids, skip_special -> text (bytes decoded with errors="replace")
@@ -47,6 +50,8 @@ class Tok:
         else:
             self.bos = self.eos = self.enc["<|endoftext|>"]
         self.special = {self.enc[s] for s in ("<s>", "</s>", "<pad>", "<unk>", "<mask>", "<|endoftext|>") if s in self.enc}
+        # the tokens PreTrainedTokenizer.tokenize() splits on: RobertaTokenizer's five, GPT2Tokenizer's one
+        self.added = ["<s>", "</s>", "<unk>", "<pad>", "<mask>"] if "<s>" in self.enc else ["<|endoftext|>"]
         self.cache = {}
 
     def bpe(self, token):  # GPT2Tokenizer.bpe, word for word in behaviour
@@ -78,9 +83,22 @@ class Tok:
             ids.extend(self.enc[x] for x in self.bpe("".join(self.be[b] for b in p.encode("utf-8"))))
         return pieces, ids
 
+    def tokenize(self, t):  # PreTrainedTokenizer.tokenize: split on added tokens, <mask> is lstrip=True
+        chunks = [c for c in regex.split("(" + "|".join(regex.escape(x) for x in self.added) + ")", t)]
+        for i, c in enumerate(chunks):
+            if c == "<mask>" and i > 0 and i % 2 == 1:
+                chunks[i - 1] = chunks[i - 1].rstrip()
+        ids = []
+        for i, c in enumerate(chunks):
+            if i % 2 == 1:
+                ids.append(self.enc[c])
+            elif c:
+                ids.extend(self.text(c)[1])
+        return ids
+
     def seq(self, a, b, max_len):
-        A = self.text(a)[1]
-        B = self.text(b)[1] if b is not None else None
+        A = self.tokenize(a)
+        B = self.tokenize(b) if b is not None else None
         room = 2 if B is None else 4
         if max_len and len(A) + (len(B) if B else 0) + room > max_len:
             n = len(A) + (len(B) if B else 0) + room - max_len
@@ -146,7 +164,25 @@ def rand_text(rng):
     return "".join(out)
 
 
+def write_classes():
+    letter, number, space = regex.compile(r"\p{L}"), regex.compile(r"\p{N}"), regex.compile(r"\s")
+    ranges = []
+    for cp in range(0x110000):
+        ch = chr(cp)
+        c = 1 if letter.match(ch) else 2 if number.match(ch) else 3 if space.match(ch) else 0
+        if ranges and ranges[-1][2] == c and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp, c])
+    with open("tests/fixtures/tok_classes.txt", "w") as f:
+        f.write("# regex %s: LO HI CLASS (1 letter, 2 number, 3 space)\n" % regex.__version__)
+        for lo, hi, c in ranges:
+            if c:
+                f.write("%X %X %d\n" % (lo, hi, c))
+
+
 def main():
+    write_classes()
     rng = random.Random(20240601)
     out = []
     for model in ("roberta-base", "gpt2"):
@@ -168,6 +204,14 @@ def main():
                                   rng.randint(4, 64)])
             out.append({"kind": "seq", "model": model, "a": a, "b": b, "max_len": max_len,
                         "ids": t.seq(a, b, max_len)})
+        # special tokens written in the text
+        for a, b in [("a <mask> b", None), ("a<mask>", " <mask>"), ("x \t\u3000\x1c\x85<mask>y", "\u200b<mask>"),
+                     ("<s>hi</s>", "<pad><unk>"), ("<s><s> </s>", "< s> <S> <mask <mask>>"),
+                     ("say <|endoftext|> now", "<|endoftext|><|endoftext|>"), ("<mask>", "<mask> <mask>"),
+                     ("  <mask>  ", "\n<mask>\n")]:
+            for max_len in (0, 6):
+                out.append({"kind": "seq", "model": model, "a": a, "b": b, "max_len": max_len,
+                            "ids": t.seq(a, b, max_len)})
         # decoding arbitrary ids, whose bytes need not be UTF-8
         byte_ids = [t.enc[t.be[b]] for b in range(256)]
         for k in range(60 if model == "roberta-base" else 10):

@@ -150,6 +150,13 @@ static void test_utf8(void) {
     uint32_t cp = 0;
     CHECK(fx_utf8_next("\xE2\x82\xAC", 3, &cp) == 3 && cp == 0x20AC, "euro sign decodes to U+20AC");
     CHECK(fx_utf8_next("", 0, &cp) == 0, "empty input decodes nothing");
+    /* Encoding, checked by decoding: every length class and its boundaries. */
+    static const uint32_t cps[] = {0, 0x7F, 0x80, 0x7FF, 0x800, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x10FFFF};
+    for (size_t i = 0; i < sizeof cps / sizeof cps[0]; i++) {
+        char b[4];
+        int k = fx_utf8_put(b, cps[i]), want = cps[i] < 0x80 ? 1 : cps[i] < 0x800 ? 2 : cps[i] < 0x10000 ? 3 : 4;
+        CHECK(k == want && fx_utf8_next(b, (size_t)k, &cp) == k && cp == cps[i], "U+%04X encodes and decodes", cps[i]);
+    }
 }
 
 /* ============================================================================================

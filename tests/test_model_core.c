@@ -26,7 +26,7 @@
  *                                                                residual moves logits by > RES_DIFF.
  *   AdamW vs double formula       ADAM_RTOL relative             fp32 moments over 3 steps: a few ulp.
  */
-#define FD_H 1e-2f
+#define FD_H 3e-3f
 #define FD_ATOL 2e-4
 #define FD_RTOL 2e-2
 #define PAD_TOL 1e-5

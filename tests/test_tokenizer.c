@@ -70,6 +70,33 @@ static void test_tables(void) {
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         CHECK(fx_uni_class(want[i].cp) == want[i].cls, "class of U+%04X: got %d want %d", (unsigned)want[i].cp,
               fx_uni_class(want[i].cp), want[i].cls);
+
+    /* every code point against the classes Python's regex module gives (its own Unicode tables) */
+    char *data;
+    size_t len;
+    if (fx_read_file("tests/fixtures/tok_classes.txt", &data, &len) != 0) { CHECK(0, "%s", fx_err()); return; }
+    uint8_t *cls = fx_calloc(0x110000, 1);
+    int nr = 0, bad_line = 0;
+    for (char *p = data; p && p < data + len; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        unsigned lo, hi;
+        int c;
+        if (*p == '#' || *p == '\n') continue;
+        if (sscanf(p, "%x %x %d", &lo, &hi, &c) != 3 || lo > hi || hi >= 0x110000 || c < 1 || c > 3) {
+            bad_line++;
+            continue;
+        }
+        memset(cls + lo, c, hi - lo + 1);
+        nr++;
+    }
+    int bad = 0;
+    uint32_t first_bad = 0;
+    for (uint32_t cp = 0; cp < 0x110000; cp++)
+        if (fx_uni_class(cp) != cls[cp] && bad++ == 0) first_bad = cp;
+    CHECK(bad_line == 0 && nr > 500, "tok_classes.txt: %d ranges, %d bad lines", nr, bad_line);
+    CHECK(bad == 0, "%d code points differ from Python regex, first U+%04X (table %d, regex %d)", bad,
+          (unsigned)first_bad, fx_uni_class(first_bad), cls[first_bad]);
+    free(cls);
+    free(data);
 }
 
 /* ============================================================================================
@@ -307,6 +334,9 @@ static void test_rules(fx_tokenizer *t) {
     CHECK(fx_tok_encode(t, "a a a a a a", NULL, 4, out) == 4 && out[0] == 0 && out[3] == 2 && out[1] == 102 &&
           out[2] == 10, "single truncated to 4");
     CHECK(fx_tok_encode(t, "", NULL, 4, out) == 2 && out[0] == 0 && out[1] == 2, "empty text is <s></s>");
+    /* special tokens written in the text are their ids; <mask> takes the space before it */
+    CHECK(fx_tok_encode(t, "a <mask>", "</s>", 8, out) == 7 && out[1] == 102 && out[2] == 50264 && out[5] == 2,
+          "specials in text");
     CHECK(fx_tok_encode(t, "a", "b", 3, out) == -1, "a pair in 3 ids was accepted");
     CHECK(fx_tok_encode(t, "a", NULL, 1, out) == -1, "a single in 1 id was accepted");
     CHECK(fx_tok_encode(t, "a\xc3", NULL, 8, out) == -1, "truncated UTF-8 was accepted");

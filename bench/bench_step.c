@@ -1,0 +1,172 @@
+/* bench/bench_step.c: one LoRA training step of RoBERTa-base on the CPU (fx_model_step with train=1, then
+ * fx_adamw_update), batch 8 x 128 tokens, LoRA r=4 on query/value, random weights, all 2 threads. It
+ * prints the step time against two yardsticks measured in the same run: the "GEMM bound" (every matrix
+ * product of the step, timed with OpenBLAS on its own shape) and the same step in PyTorch
+ * (bench/torch_step.py, skipped with a visible line without python3/torch), and the step's peak memory.
+ * It measures speed only; correctness is the tests' job. Usage: bench_step [threads] [steps] */
+#include "../fedex.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+/* ---------------------------------------------------------------- setup */
+
+enum { BATCH = 8, TOKENS = 128, RANK = 4, MAX_SHAPES = 256 };
+
+static const char *shared(void) {
+    const char *d = getenv("FEDEX_SHARED");
+    return d ? d : "../shared";
+}
+
+/* A full batch of random tokens (no padding) with random binary labels. */
+static void make_batch(fx_batch *b, int vocab, uint64_t seed) {
+    fx_rng r; fx_rng_seed(&r, seed);
+    memset(b, 0, sizeof *b);
+    b->n = BATCH; b->T = TOKENS; b->cap_rows = BATCH; b->cap_tok = BATCH * TOKENS;
+    b->ids = fx_malloc((size_t)BATCH * TOKENS * sizeof *b->ids);
+    b->mask = fx_malloc((size_t)BATCH * TOKENS);
+    b->labels = fx_malloc(BATCH * sizeof *b->labels);
+    for (int i = 0; i < BATCH * TOKENS; i++) {
+        b->ids[i] = 4 + (int32_t)(fx_rng_u64(&r) % (uint64_t)(vocab - 4));
+        b->mask[i] = 1;
+    }
+    for (int i = 0; i < BATCH; i++) b->labels[i] = (float)(fx_rng_u64(&r) & 1);
+}
+
+static double step(fx_model *m, const fx_batch *b) {
+    double t0 = fx_now();
+    fx_model_step(m, b, 1, NULL);
+    fx_adamw_update(m, 1e-4f, 0.01f);
+    return fx_now() - t0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---------------------------------------------------------------- the GEMM bound */
+
+/* Seconds per product of shape S with OpenBLAS, best of 3 rounds of >= 30 ms. A product the step runs
+ * inside its own parallel region (one per attention head) is timed the same way: every thread running
+ * single-threaded sgemm on its own operands at once; the time is per product, all threads counted. */
+static double blas_seconds(const fx_matmul_shape *s, int threads) {
+    int nested = s->nested && threads > 1;
+    int copies = nested ? threads : 1;
+    size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
+    float *buf = fx_calloc((na + nb + nc) * copies, sizeof *buf);
+    for (size_t i = 0; i < (na + nb) * copies; i++) buf[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+    int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    enum CBLAS_TRANSPOSE ta = s->ta ? CblasTrans : CblasNoTrans, tb = s->tb ? CblasTrans : CblasNoTrans;
+    openblas_set_num_threads(nested ? 1 : threads);
+    double best = 1e30;
+    for (int round = 0; round < 4; round++) {
+        long reps = 0;
+        double t0 = fx_now(), t;
+        do {
+            #pragma omp parallel for num_threads(copies) schedule(static, 1)
+            for (int c = 0; c < copies; c++) {
+                float *A = buf + (na + nb + nc) * c, *B = A + na, *C = B + nb;
+                cblas_sgemm(CblasRowMajor, ta, tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+            }
+            reps += copies;
+        } while ((t = fx_now() - t0) < 0.03);
+        if (round > 0 && t / reps < best) best = t / reps; /* round 0 warms up */
+    }
+    openblas_set_num_threads(threads);
+    free(buf);
+    return best;
+}
+
+/* ---------------------------------------------------------------- PyTorch */
+
+/* Runs bench/torch_step.py; returns its median step in seconds, or -1 with the reason printed. */
+static double torch_seconds(const char *config, int threads, int steps) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 bench/torch_step.py '%s' --batch %d --tokens %d --rank %d "
+             "--threads %d --steps %d 2>&1", config, BATCH, TOKENS, RANK, threads, steps);
+    FILE *p = popen(cmd, "r");
+    if (!p) { printf("skipped: PyTorch comparison (cannot run /usr/bin/python3)\n"); return -1; }
+    char line[512], last[512] = "";
+    double ms = -1;
+    while (fgets(line, sizeof line, p)) {
+        if (sscanf(line, "torch_step_ms %lf", &ms) != 1) snprintf(last, sizeof last, "%s", line);
+    }
+    int rc = pclose(p);
+    if (ms <= 0 || rc != 0) {
+        last[strcspn(last, "\n")] = 0;
+        printf("skipped: PyTorch comparison (torch_step.py exited %d: %s)\n", rc, last);
+        return -1;
+    }
+    return ms * 1e-3;
+}
+
+/* ---------------------------------------------------------------- main */
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 2;
+    int steps = argc > 2 ? atoi(argv[2]) : 5;
+    if (threads < 1) threads = 1;
+    if (steps < 1) steps = 1;
+    char config[512];
+    snprintf(config, sizeof config, "%s/models/roberta-base/config.json", shared());
+    fx_config c;
+    if (fx_config_load(config, &c) != 0) {
+        printf("skipped: bench_step (%s)\n", fx_err());
+        return 0;
+    }
+    fx_set_threads(threads);
+    openblas_set_num_threads(threads);
+
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = FX_T_QUERY | FX_T_VALUE, .r = RANK, .alpha = 2.0f * RANK,
+                        .seed = 1};
+    fx_model m;
+    if (fx_model_create(&m, &c, &a, NULL) != 0) { fprintf(stderr, "bench_step: %s\n", fx_err()); return 1; }
+    fx_model_init_base(&m, 1);
+    fx_model_init_adapters(&m, 2);
+    fx_batch b;
+    make_batch(&b, c.vocab_size, 3);
+
+    /* One step to warm up (workspace, page faults), logging its products; then the timed ones. */
+    fx_matmul_log_start();
+    step(&m, &b);
+    fx_matmul_shape shapes[MAX_SHAPES];
+    int nshapes = fx_matmul_log_stop(shapes, MAX_SHAPES);
+    if (nshapes > MAX_SHAPES) { fprintf(stderr, "bench_step: more than %d product shapes\n", MAX_SHAPES); return 1; }
+    double *t = fx_malloc((size_t)steps * sizeof *t);
+    for (int i = 0; i < steps; i++) t[i] = step(&m, &b);
+    qsort(t, (size_t)steps, sizeof *t, cmp_double);
+    double step_s = t[steps / 2];
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double peak_gb = ru.ru_maxrss * 1024.0 / 1e9;
+
+    printf("RoBERTa-base LoRA r=%d (query, value), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s\n",
+           RANK, BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename());
+    printf("%2s %2s %5s %5s %5s %6s %6s %9s %10s\n", "ta", "tb", "M", "N", "K", "nested", "calls", "blas GF/s",
+           "bound ms");
+    double bound = 0, flops_all = 0;
+    for (int i = 0; i < nshapes; i++) {
+        const fx_matmul_shape *s = &shapes[i];
+        double flops = 2.0 * s->M * s->N * s->K, sec = blas_seconds(s, threads);
+        bound += s->calls * sec;
+        flops_all += s->calls * flops;
+        printf("%2d %2d %5d %5d %5d %6d %6ld %9.1f %10.2f\n", s->ta, s->tb, s->M, s->N, s->K, s->nested, s->calls,
+               flops / sec * 1e-9, s->calls * sec * 1e3);
+    }
+    printf("step (median of %d): %.1f ms; products %.1f GFLOP\n", steps, step_s * 1e3, flops_all * 1e-9);
+    printf("GEMM bound (OpenBLAS on each product): %.1f ms; step / bound = %.2f (goal <= 1.6)\n", bound * 1e3,
+           step_s / bound);
+    printf("peak memory (ru_maxrss): %.2f GB (goal < 2.5)\n", peak_gb);
+    fflush(stdout);
+    double torch = torch_seconds(config, threads, steps);
+    if (torch > 0)
+        printf("PyTorch step (bench/torch_step.py): %.1f ms; fedex / PyTorch = %.2f\n", torch * 1e3, step_s / torch);
+
+    free(t);
+    fx_batch_free(&b);
+    fx_model_free(&m);
+    return 0;
+}
