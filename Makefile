@@ -49,12 +49,12 @@ $(B)/gpu.o: gpu.cu fedex.h
 $(B)/libfedex.a: $(LIB_OBJ)
 	rm -f $@; ar rcs $@ $^
 
-$(FEDEX): $(B)/fedex.o $(B)/libfedex.a $(GPU_OBJ)
+$(FEDEX): $(B)/fedex.o $(GPU_OBJ) $(B)/libfedex.a
 	$(CC) $(CFLAGS) $^ -o $@ $(GPU_LIBS) $(LDLIBS)
 
 $(B)/tests/%: tests/%.c tests/check.h $(B)/libfedex.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(GPU_DEF) -I. $< $(B)/libfedex.a $(GPU_OBJ) -o $@ $(GPU_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(GPU_DEF) -I. $< $(GPU_OBJ) $(B)/libfedex.a -o $@ $(GPU_LIBS) $(LDLIBS)
 
 $(TESTS): $(GPU_OBJ)
 
@@ -72,7 +72,8 @@ FUZZ_CFLAGS := $(CSTD) $(WARN) -Wno-unknown-pragmas -O1 -g -fsanitize=fuzzer-no-
 build/fuzz/%.o: %.c fedex.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
-build/fuzz/fuzz_%: fuzz/fuzz_%.c $(LIB_SRC:%.c=build/fuzz/%.o)
+FUZZ_LIB := util json safetensors tokenizer unicode_tables glue   # the input-facing files
+build/fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB:%=build/fuzz/%.o)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -I. $^ -o $@ $(LDLIBS)
 fuzz: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
