@@ -90,8 +90,8 @@ static int finish_text_file(FILE *f, char **buf, size_t *len, const char *path) 
  * reading one tensor into a buffer
  * ============================================================================================ */
 
-/* Checks that T is a float tensor of exactly SHAPE (ndim 1 or 2, ints) and converts it into DST. WHO
- * says where the expected shape comes from, for the message ("config.json says", "the model has"). */
+/* Checks that T is a float tensor (F32, F16 or BF16) of exactly SHAPE (ndim 1 or 2). WHO says where the
+ * expected shape comes from, for the message ("config.json says", "the model has"). */
 static int check_shape(const char *path, const fx_st_tensor *t, int ndim, const int *shape, const char *who) {
     if (t->dtype != FX_F32 && t->dtype != FX_F16 && t->dtype != FX_BF16) {
         fx_seterr("%s: tensor '%s' is %s; expected F32, F16 or BF16", path, t->name, fx_dtype_name(t->dtype));
@@ -110,6 +110,7 @@ static int check_shape(const char *path, const fx_st_tensor *t, int ndim, const 
     return 0;
 }
 
+/* T as fp32 into DST (numel floats), refusing NaN and infinities. */
 static int read_into(const fx_st_file *f, const fx_st_tensor *t, float *dst) {
     float *owned = NULL;
     const float *src = fx_st_f32(f, t, &owned);

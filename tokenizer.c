@@ -646,7 +646,7 @@ static int encode_with_specials(fx_tokenizer *t, const char *text, int32_t **ids
         if (k < 0) { i++; continue; }
         size_t end = i;
         while (t->split[k].lstrip && end > start) {
-            size_t c = end - 1; /* back to the lead byte of the last character */
+            size_t c = end - 1; /* back to the first byte of the last character */
             while (c > start && ((unsigned char)text[c] & 0xC0) == 0x80) c--;
             uint32_t cp;
             fx_utf8_next(text + c, end - c, &cp);

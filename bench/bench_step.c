@@ -7,6 +7,7 @@
 #include "../fedex.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -49,7 +50,7 @@ static int cmp_double(const void *a, const void *b) {
 
 /* ---------------------------------------------------------------- the GEMM bound */
 
-/* Seconds per product of shape S with OpenBLAS, best of 3 rounds of >= 30 ms. A product the step runs
+/* Seconds per product of shape S with OpenBLAS, best of the rounds of >= 30 ms. A product the step runs
  * inside its own parallel region (one per attention head) is timed the same way: every thread running
  * single-threaded sgemm on its own operands at once; the time is per product, all threads counted. */
 static double blas_seconds(const fx_matmul_shape *s, int threads) {
@@ -62,19 +63,23 @@ static double blas_seconds(const fx_matmul_shape *s, int threads) {
     enum CBLAS_TRANSPOSE ta = s->ta ? CblasTrans : CblasNoTrans, tb = s->tb ? CblasTrans : CblasNoTrans;
     openblas_set_num_threads(nested ? 1 : threads);
     double best = 1e30;
-    for (int round = 0; round < 4; round++) {
-        long reps = 0;
-        double t0 = fx_now(), t;
-        do {
-            #pragma omp parallel for num_threads(copies) schedule(static, 1)
-            for (int c = 0; c < copies; c++) {
-                float *A = buf + (na + nb + nc) * c, *B = A + na, *C = B + nb;
+    long reps = 1;
+    for (int round = 0; round < 5; round++) {
+        /* Each copy loops on its own (no fork/join per product, which an oversubscribed machine makes
+         * cost a time slice); REPS grows until a round lasts 30 ms. */
+        double t0 = fx_now();
+        #pragma omp parallel num_threads(copies)
+        {
+            int c = omp_get_thread_num();
+            float *A = buf + (na + nb + nc) * c, *B = A + na, *C = B + nb;
+            for (long i = 0; i < reps; i++)
                 cblas_sgemm(CblasRowMajor, ta, tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-            }
-            reps += copies;
-        } while ((t = fx_now() - t0) < 0.03);
-        if (round > 0 && t / reps < best) best = t / reps; /* round 0 warms up */
+        }
+        double t = fx_now() - t0;
+        if (t < 0.03) { reps = reps * 2 + (long)(0.03 / (t + 1e-9) * reps); continue; }
+        if (t / (reps * copies) < best) best = t / (reps * copies);
     }
+    if (best == 1e30) best = 1e-30; /* unreachable: some round exceeds 30 ms */
     openblas_set_num_threads(threads);
     free(buf);
     return best;
