@@ -218,8 +218,8 @@ static int cmd_init(int argc, char **argv) {
         free(data);
         copied++;
     }
-    printf("init: %s: %d layers, hidden %d, %d labels, %zu base weights%s\n", out, c.layers, c.hidden,
-           c.num_labels, fx_base_numel(&c), copied == 2 ? ", tokenizer copied" :
+    printf("init: %s: %d layers, hidden %d, %d label%s, %zu base weights%s\n", out, c.layers, c.hidden,
+           c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied == 2 ? ", tokenizer copied" :
            " (no vocab.json/merges.txt beside the config: add them to use the folder)");
     return 0;
 }

@@ -230,6 +230,21 @@ def run_case(name, base, batch, kind, targets, r, alpha=0.0, rslora=False, freez
         if all(g.abs().min() >= 1e-5 * g.abs().max() for g in grads.values()):
             break
 
+    # How far PyTorch's own fp32 lands from this fp64 reference on the same case: the scale against which
+    # test_model.c's tolerances are set (worst |error| over each gradient tensor's largest element).
+    def cast(d):
+        return {k: v.detach().float().requires_grad_(k not in frozen) for k, v in d.items()}
+    ad32 = Adapters.__new__(Adapters)
+    ad32.__dict__.update(ad.__dict__)
+    ad32.p = cast(ad.p)
+    if ad.vera_A is not None:
+        ad32.vera_A, ad32.vera_B = ad.vera_A.float(), ad.vera_B.float()
+    head32 = cast(head)
+    loss_fn(forward({k: v.float() for k, v in base.items()}, head32, ad32,
+                    {k: v.float() for k, v in residual.items()}, ids, mask), labels.float()).backward()
+    g32 = dict(ad32.p, **head32)
+    fp32_err = max(((g32[k].grad.double() - g).abs().max() / g.abs().max()).item() for k, g in grads.items())
+
     # 10 AdamW steps: torch.optim.AdamW (decoupled decay on every trainable tensor), HF linear schedule
     params = [v for k, v in train.items() if k not in frozen]
     opt = torch.optim.AdamW(params, lr=ADAM_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=ADAM_WD)
@@ -257,8 +272,8 @@ def run_case(name, base, batch, kind, targets, r, alpha=0.0, rslora=False, freez
             ("expect.lrs", np.array([ADAM_LR * hf_linear(s) for s in range(ADAM_STEPS)], dtype=np.float32))]
     out += [("final." + k, f32(v)) for k, v in train.items()]
     write_safetensors(os.path.join(OUT, "model_case_%s.safetensors" % name), out, meta)
-    print("%-10s draw %d  loss %.6f  logits[0] %s  losses %.5f .. %.5f" %
-          (name, draw, loss.item(), np.round(f32(logits[0]), 5), losses[0], losses[-1]))
+    print("%-10s draw %d  torch fp32 grad error %.1e of max  loss %.6f  logits[0] %s  losses %.5f .. %.5f" %
+          (name, draw, fp32_err, loss.item(), np.round(f32(logits[0]), 5), losses[0], losses[-1]))
     return {k: init[k] for k in head}  # the head as the case starts, before the AdamW steps
 
 

@@ -171,6 +171,25 @@ static void test_threads(const char *kernel) {
     fx_set_threads(2);
 }
 
+/* The product log counts calls per distinct shape, and only between start and stop. */
+static void test_log(void) {
+    float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, 0, 1, 1, 1}, C[9];
+    fx_matmul(0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2);          /* before start: not counted */
+    fx_matmul_log_start();
+    fx_matmul(0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2);
+    fx_matmul(0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2);
+    fx_matmul(1, 0, 3, 3, 2, 1.0f, A, 3, B, 3, 0.0f, C, 3);
+    fx_matmul_shape s[4];
+    int n = fx_matmul_log_stop(s, 4);
+    fx_matmul(1, 0, 3, 3, 2, 1.0f, A, 3, B, 3, 0.0f, C, 3);          /* after stop: not counted */
+    CHECK(n == 2, "log: %d shapes, want 2", n);
+    if (n == 2)
+        CHECK(s[0].ta == 0 && s[0].M == 2 && s[0].N == 2 && s[0].K == 3 && s[0].calls == 2 && !s[0].nested &&
+              s[1].ta == 1 && s[1].M == 3 && s[1].K == 2 && s[1].calls == 1,
+              "log: got (%d %d %d %d x%ld), (%d %d %d %d x%ld)", s[0].ta, s[0].M, s[0].N, s[0].K, s[0].calls,
+              s[1].ta, s[1].M, s[1].N, s[1].K, s[1].calls);
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(void) {
@@ -179,6 +198,7 @@ int main(void) {
     CHECK(fx_matmul_force("no-such-kernel") == -1, "an unknown kernel name was accepted");
     fx_set_threads(2);
     test_empty();
+    test_log();
     static const char *KERNELS[] = {"scalar", "avx2", "avx512"};
     for (int i = 0; i < 3; i++) {
         if (fx_matmul_force(KERNELS[i]) != 0) { printf("skipped: kernel %s (%s)\n", KERNELS[i], fx_err()); continue; }
