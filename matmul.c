@@ -4,6 +4,7 @@
 #include "fedex.h"
 
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -254,9 +255,31 @@ static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int
  * ============================================================================================ */
 
 /* Scratch that lives as long as its thread: the packed blocks are reused from call to call instead of
- * being allocated (and page-faulted) each time. */
-static _Thread_local float *scratch_b, *scratch_a;
-static _Thread_local size_t scratch_b_n, scratch_a_n;
+ * being allocated (and page-faulted) each time. A thread-specific key frees them when the thread ends
+ * (OpenMP retires pool threads when a team shrinks). */
+typedef struct { float *a, *b; size_t na, nb; } scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p) {
+    scratch *s = p;
+    free(s->a); free(s->b); free(s);
+}
+
+static void scratch_key_create(void) {
+    if (pthread_key_create(&scratch_key, scratch_free) != 0) fx_die("matmul: pthread_key_create failed");
+}
+
+static scratch *my_scratch(void) {
+    pthread_once(&scratch_once, scratch_key_create);
+    scratch *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        s = fx_calloc(1, sizeof *s);
+        if (pthread_setspecific(scratch_key, s) != 0) fx_die("matmul: pthread_setspecific failed");
+    }
+    return s;
+}
 
 static float *grow(float **buf, size_t *have, size_t need) {
     if (need > *have) {
@@ -282,7 +305,8 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
                  const float *B, size_t ldb, float beta, float *C, size_t rs, size_t cs) {
     const int MR = kn->mr, NR = kn->nr, KC = kn->kc, MC = kn->mc, NC = kn->nc;
     int npanels = (N + NR - 1) / NR;
-    float *bpack = grow(&scratch_b, &scratch_b_n, (size_t)npanels * K * NR); /* (npanels, K, NR) */
+    scratch *mine = my_scratch();
+    float *bpack = grow(&mine->b, &mine->nb, (size_t)npanels * K * NR); /* (npanels, K, NR) */
     int kcb = K < KC ? K : KC;
 
     /* Inside someone else's parallel region (one product per attention head, say) we are one of its
@@ -308,7 +332,8 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
         if (split_m) { m0 = lo * MR; m1 = hi * MR < M ? hi * MR : M; }
         else { n0 = lo * NR; n1 = hi * NR < N ? hi * NR : N; }
         int mcb = m1 - m0 < MC ? (m1 - m0 + MR - 1) / MR * MR : MC;
-        float *apack = grow(&scratch_a, &scratch_a_n, (size_t)kcb * (mcb > 0 ? mcb : MR)); /* (kcb, mcb) */
+        scratch *own = my_scratch();
+        float *apack = grow(&own->a, &own->na, (size_t)kcb * (mcb > 0 ? mcb : MR)); /* (kcb, mcb) */
         float tile[MAX_TILE];                        /* (MR, NR) */
 
         for (int jc = n0; jc < n1; jc += NC) {

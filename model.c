@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Loops go parallel only above this many elements of work: a parallel region costs microseconds, and
+ * the tiny models of the tests would spend their time in them. */
+#define PAR_MIN 16384
+
 /* ============================================================================================
  * config.json
  * ============================================================================================ */
@@ -525,7 +529,7 @@ void fx_model_add_residual(fx_model *m, int k, const float *R /* (out, in) */, f
     const fx_adapted *ad = &m->ad[k];
     float *W = m->base.data + ad->w_off; /* (out, in) */
     long n = (long)ad->out * ad->in;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) W[i] += alpha * R[i];
 }
 
@@ -541,13 +545,13 @@ static void dropout_row(uint8_t *keep /* (cols) */, uint64_t site, size_t row, s
     for (size_t j = 0; j < cols; j++) keep[j] = fx_rng_uniform(&g) >= p;
 }
 static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t cols, float p, uint64_t site) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)(rows * cols) >= PAR_MIN)
     for (long r = 0; r < (long)rows; r++) dropout_row(keep + r * cols, site, (size_t)r, cols, p);
 }
 /* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
 static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) out[i] = keep ? (keep[i] ? in[i] * scale : 0.0f) : in[i];
 }
 
@@ -555,7 +559,7 @@ static void dropout_apply(float *out, const float *in, const uint8_t *keep, floa
  * PyTorch's addmm. */
 static void linear_forward(float *y /* (N, out) */, const float *x /* (N, in) */, const float *W /* (out, in) */,
                            const float *b /* (out) */, int N, int in, int out) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
     for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
     fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
 }
@@ -569,7 +573,7 @@ static void linear_backward(float *dx /* (N, in) */, const float *dy /* (N, out)
  * the result does not depend on the thread count. db[j] = sum_i a[i,j] (* b[i,j] when B is given). */
 static void column_dot(float *db /* (cols) */, const float *a /* (rows, cols) */, const float *b /* (rows, cols) or NULL */,
                        int rows, int cols) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
     for (long j = 0; j < cols; j++) {
         double s = 0;
         for (long i = 0; i < rows; i++) s += b ? (double)a[i * cols + j] * b[i * cols + j] : a[i * cols + j];
@@ -599,10 +603,10 @@ static void adapter_forward(fx_model *m, int k, float *y /* (N, out) */, const f
     } else {
         const float *ld = m->train.data + ad->a_off, *lb = m->train.data + ad->b_off;
         fx_matmul(0, 1, N, r, in, 1.0f, xd, in, m->vera_A, m->vera_in, 0.0f, z, r);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)N * r >= PAR_MIN)
         for (long i = 0; i < (long)N * r; i++) w->u[i] = ld[i % r] * z[i];
         fx_matmul(0, 1, N, out, r, 1.0f, w->u, r, m->vera_B, r, 0.0f, w->w, out);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
         for (long i = 0; i < (long)N * out; i++) y[i] += lb[i % out] * w->w[i];
     }
 }
@@ -635,22 +639,22 @@ static void adapter_backward(fx_model *m, int k, float *dx /* (N, in) or NULL */
         const float *ld = m->train.data + ad->a_off, *lb = m->train.data + ad->b_off;
         A = m->vera_A;
         lda = m->vera_in;
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)N * r >= PAR_MIN)
         for (long i = 0; i < (long)N * r; i++) w->u[i] = ld[i % r] * z[i];
         fx_matmul(0, 1, N, out, r, 1.0f, w->u, r, m->vera_B, r, 0.0f, w->w, out);
         column_dot(gB, dy, w->w, N, out);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
         for (long i = 0; i < (long)N * out; i++) w->w[i] = dy[i] * lb[i % out];
         fx_matmul(0, 0, N, r, out, 1.0f, w->w, out, m->vera_B, r, 0.0f, w->du, r);
         if (!m->a.freeze_d) column_dot(gA, w->du, z, N, r);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)N * r >= PAR_MIN)
         for (long i = 0; i < (long)N * r; i++) w->dz[i] = w->du[i] * ld[i % r];
     }
     if (!dx) return;
     if (!keep) { fx_matmul(0, 0, N, in, r, 1.0f, w->dz, r, A, lda, 1.0f, dx, in); return; }
     fx_matmul(0, 0, N, in, r, 1.0f, w->dz, r, A, lda, 0.0f, w->dxd, in);
     float scale = 1.0f / (1.0f - m->a.dropout);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)N * in >= PAR_MIN)
     for (long i = 0; i < (long)N * in; i++) dx[i] += keep[i] ? w->dxd[i] * scale : 0.0f;
 }
 
@@ -689,7 +693,7 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
                                        const float *x /* (N, H) */, const float *g, const float *b,
                                        int N, int H, float eps) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         size_t o = (size_t)i * H;
         for (int j = 0; j < H; j++)
@@ -701,7 +705,7 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
  * xh = (x - mean) * rstd. */
 static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
                                const float *mean, const float *rstd, const float *g, int N, int H) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
         float *dxi = dx + (size_t)i * H;
@@ -721,7 +725,7 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
 
 /* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x). */
 static void gelu_forward(float *out, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) {
         float x = in[i];
         out[i] = x * 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
@@ -729,7 +733,7 @@ static void gelu_forward(float *out, const float *in, size_t n) {
 }
 static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) {
         float x = in[i];
         float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)), pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
@@ -747,7 +751,7 @@ static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, 
                               uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
     for (long bh = 0; bh < (long)n * nh; bh++) {
         long b = bh / nh, h = bh % nh;
         size_t o = (size_t)b * T * H + (size_t)h * hd;
@@ -780,7 +784,7 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                                const float *att, const float *att_drop, int n, int T, int H, int nh, float p) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
     for (long bh = 0; bh < (long)n * nh; bh++) {
         long b = bh / nh, h = bh % nh;
         size_t o = (size_t)b * T * H + (size_t)h * hd;
@@ -809,7 +813,7 @@ static void embeddings_forward(fx_model *m, const fx_batch *b, int train) {
     const fx_config *c = &m->c;
     int H = c->hidden, N = b->n * b->T;
     const float *we = emb_w(m, WORD), *pe = emb_w(m, POS), *te = emb_w(m, TYPE);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         float *x = w->x0 + (size_t)i * H;
         const float *wr = we + (size_t)b->ids[i] * H, *pr = pe + (size_t)w->pos[i] * H;
@@ -819,7 +823,7 @@ static void embeddings_forward(fx_model *m, const fx_batch *b, int train) {
     if (train && c->hidden_dropout > 0) {
         uint64_t site = fx_rng_u64(&m->drop);
         float scale = 1.0f / (1.0f - c->hidden_dropout);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
         for (long i = 0; i < N; i++) {
             uint8_t keep[H];
             dropout_row(keep, site, (size_t)i, (size_t)H, c->hidden_dropout);
@@ -1024,7 +1028,7 @@ void fx_adamw_update(fx_model *m, float lr, float weight_decay) {
         const fx_tensor *tt = &m->train.t[i];
         if (tt->frozen) continue;
         float *p = m->train.data + tt->off, *g = m->grad + tt->off, *mm = m->adam_m + tt->off, *vv = m->adam_v + tt->off;
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((long)tt->n >= PAR_MIN)
         for (long j = 0; j < (long)tt->n; j++) {
             if (weight_decay != 0) p[j] *= decay;
             mm[j] = mm[j] * fb1 + g[j] * c1;
