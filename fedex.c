@@ -624,7 +624,7 @@ static void embedded_config(fx_config *c, int max_len) {
     c->vocab_size = 24; c->hidden = 32; c->layers = 2; c->heads = 4; c->intermediate = 64;
     c->max_positions = max_len + 2; c->type_vocab_size = 1; c->pad_id = 1; c->num_labels = 2;
     c->layer_norm_eps = 1e-5f; c->hidden_dropout = 0.1f; c->attention_dropout = 0.1f;
-    c->initializer_range = 0.02f;
+    c->classifier_dropout = 0.1f; c->initializer_range = 0.02f;
 }
 #define SYNTH_TRAIN 1200
 #define SYNTH_DEV 400

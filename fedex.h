@@ -296,7 +296,16 @@ typedef struct {
     uint64_t seed;               /* adapter initialisation and VeRA's shared projections */
 } fx_adapter_cfg;
 
-/* A named tensor inside one flat buffer. */
+/* A named tensor inside one flat buffer. The tables' order (one buffer each, no gaps):
+ *   base:  embeddings.{word_embeddings,position_embeddings,token_type_embeddings}.weight (V|P|TV, H),
+ *          embeddings.LayerNorm.{weight,bias}; then per layer i, "encoder.layer.i." +
+ *          attention.self.{query,key,value}.{weight,bias}, attention.output.dense.{weight,bias},
+ *          attention.output.LayerNorm.{weight,bias}, intermediate.dense.{weight (I, H),bias},
+ *          output.dense.{weight (H, I),bias}, output.LayerNorm.{weight,bias}.
+ *   train: per layer, per target in FX_T_* order: "<layer>.lora_A" (r, in), "<layer>.lora_B" (out, r),
+ *          or "<layer>.vera_lambda_d" (r), "<layer>.vera_lambda_b" (out); then classifier.dense.weight
+ *          (H, H), classifier.dense.bias, classifier.out_proj.weight (L, H), classifier.out_proj.bias.
+ *   grad, adam_m, adam_v: train's layout. */
 typedef struct {
     char name[112]; int ndim; int shape[2]; size_t off, n;
     int frozen;                  /* no gradient, no update: every base tensor, lora_A under freeze_a,
@@ -333,7 +342,7 @@ typedef struct fx_model {
                                     fx_model_create from a.seed: vera_A ~ U(+-1/sqrt(in_max)), then
                                     vera_B ~ U(+-1/sqrt(r)), row-major (PEFT's kaiming_uniform bounds) */
     int vera_in, vera_out;       /* in_max, out_max over the adapted layers (0 without VeRA) */
-    fx_rng drop;                 /* dropout stream */
+    fx_rng drop;                 /* dropout stream, seeded from a.seed by fx_model_create */
     void *ws;                    /* activations and scratch, private to model.c */
 } fx_model;
 
@@ -341,7 +350,9 @@ size_t fx_base_numel(const fx_config *c);
 /* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
 void fx_model_free(fx_model *m);
-void fx_model_init_base(fx_model *m, uint64_t seed);     /* random weights as HF's _init_weights */
+/* As HF's _init_weights: matrices N(0, initializer_range) (padding_idx rows of the word and position
+ * embeddings zero), biases 0, LayerNorm 1 / 0; one stream, table order; then the head likewise. */
+void fx_model_init_base(fx_model *m, uint64_t seed);
 /* LoRA: A ~ U(+-1/sqrt(in)) (row-major, tensors in table order, one stream), B = 0.
  * VeRA: lambda_d = d_initial, lambda_b = 0. The head is left alone. */
 void fx_model_init_adapters(fx_model *m, uint64_t seed);
@@ -357,7 +368,9 @@ int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpo
  * depend on the thread count. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
 void fx_adamw_reset(fx_model *m);
-void fx_adamw_update(fx_model *m, float lr, float weight_decay); /* PyTorch AdamW, decoupled decay */
+/* torch.optim.AdamW: betas 0.9, 0.999, eps 1e-8, p *= 1 - lr wd first; every non-frozen trainable
+ * tensor (biases and head included) decays; adam_t counts steps from 1. */
+void fx_adamw_update(fx_model *m, float lr, float weight_decay);
 float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
 
 /* ============================================================================================

@@ -296,8 +296,10 @@ static void scale_c(int M, int N, float beta, float *C, size_t ldc) {
         for (int j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
 }
 
-/* Below this many multiply-adds a second thread costs more than it saves. Depends only on the shape. */
-#define PARALLEL_MIN_FLOPS (64.0 * 64.0 * 64.0)
+/* Below this many multiply-adds (a 128 x 128 x 256 product, ~30 us on one core) one thread does the
+ * whole product. Waking a second thread costs microseconds on an idle machine but a scheduler time slice
+ * (milliseconds) on a busy one, and small products cannot win that back. Depends on the shape alone. */
+#define PARALLEL_MIN_MACS (128.0 * 128.0 * 256.0)
 
 /* The blocked loops above, on C with element (i, j) at C[i*rs + j*cs]: (rs, cs) = (ldc, 1) for C itself,
  * (1, ldc) when the caller computes C^T = op(B)^T op(A)^T instead (see fx_matmul). */
@@ -311,7 +313,7 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
 
     /* Inside someone else's parallel region (one product per attention head, say) we are one of its
      * threads already. */
-    int nthreads = (double)M * N * K < PARALLEL_MIN_FLOPS || omp_in_parallel() ? 1 : omp_get_max_threads();
+    int nthreads = (double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 : omp_get_max_threads();
     /* Threads split the tiles of C along M, or along N when C has fewer row tiles than column tiles. */
     int mtiles = (M + MR - 1) / MR;
     int split_m = mtiles >= npanels;

@@ -5,7 +5,6 @@
 
 #include <float.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -285,7 +284,7 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     const fx_config *c = &m->c;
     size_t N = (size_t)n * T, H = c->hidden, I = c->intermediate, r = m->a.r, nL = c->num_labels;
     size_t att = (size_t)n * c->heads * T * T;
-    size_t in_max = c->intermediate, out_max = c->intermediate; /* any adapted layer fits */
+    size_t in_max = H > I ? H : I, out_max = in_max; /* any adapted layer's in and out fit */
     int drop_h = train && c->hidden_dropout > 0, drop_a = train && c->attention_dropout > 0;
     int drop_c = train && c->classifier_dropout > 0, drop_ad = train && m->a.dropout > 0;
     size_t used = 0;

@@ -50,10 +50,11 @@ static int cmp_double(const void *a, const void *b) {
 
 /* ---------------------------------------------------------------- the GEMM bound */
 
-/* Seconds per product of shape S with OpenBLAS, best of the rounds of >= 30 ms. A product the step runs
- * inside its own parallel region (one per attention head) is timed the same way: every thread running
- * single-threaded sgemm on its own operands at once; the time is per product, all threads counted. */
-static double blas_seconds(const fx_matmul_shape *s, int threads) {
+/* Seconds per product of shape S with OpenBLAS (BLAS) or fx_matmul, best of the rounds of >= 30 ms. A
+ * product the step runs inside its own parallel region (one per attention head) is timed the way it
+ * runs: every thread doing single-threaded products on its own operands at once; the time is per
+ * product, all threads counted. */
+static double product_seconds(const fx_matmul_shape *s, int threads, int blas) {
     int nested = s->nested && threads > 1;
     int copies = nested ? threads : 1;
     size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
@@ -72,8 +73,10 @@ static double blas_seconds(const fx_matmul_shape *s, int threads) {
         {
             int c = omp_get_thread_num();
             float *A = buf + (na + nb + nc) * c, *B = A + na, *C = B + nb;
-            for (long i = 0; i < reps; i++)
-                cblas_sgemm(CblasRowMajor, ta, tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+            for (long i = 0; i < reps; i++) {
+                if (blas) cblas_sgemm(CblasRowMajor, ta, tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+                else fx_matmul(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+            }
         }
         double t = fx_now() - t0;
         if (t < 0.03) { reps = reps * 2 + (long)(0.03 / (t + 1e-9) * reps); continue; }
@@ -150,20 +153,24 @@ int main(int argc, char **argv) {
 
     printf("RoBERTa-base LoRA r=%d (query, value), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s\n",
            RANK, BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename());
-    printf("%2s %2s %5s %5s %5s %6s %6s %9s %10s\n", "ta", "tb", "M", "N", "K", "nested", "calls", "blas GF/s",
-           "bound ms");
-    double bound = 0, flops_all = 0;
+    printf("%2s %2s %5s %5s %5s %6s %6s %9s %10s %9s %8s\n", "ta", "tb", "M", "N", "K", "nested", "calls",
+           "blas GF/s", "bound ms", "fx GF/s", "fx ms");
+    double bound = 0, fx_total = 0, flops_all = 0;
     for (int i = 0; i < nshapes; i++) {
         const fx_matmul_shape *s = &shapes[i];
-        double flops = 2.0 * s->M * s->N * s->K, sec = blas_seconds(s, threads);
+        double flops = 2.0 * s->M * s->N * s->K;
+        double sec = product_seconds(s, threads, 1), fx = product_seconds(s, threads, 0);
         bound += s->calls * sec;
+        fx_total += s->calls * fx;
         flops_all += s->calls * flops;
-        printf("%2d %2d %5d %5d %5d %6d %6ld %9.1f %10.2f\n", s->ta, s->tb, s->M, s->N, s->K, s->nested, s->calls,
-               flops / sec * 1e-9, s->calls * sec * 1e3);
+        printf("%2d %2d %5d %5d %5d %6d %6ld %9.1f %10.2f %9.1f %8.2f\n", s->ta, s->tb, s->M, s->N, s->K, s->nested,
+               s->calls, flops / sec * 1e-9, s->calls * sec * 1e3, flops / fx * 1e-9, s->calls * fx * 1e3);
     }
     printf("step (median of %d): %.1f ms; products %.1f GFLOP\n", steps, step_s * 1e3, flops_all * 1e-9);
     printf("GEMM bound (OpenBLAS on each product): %.1f ms; step / bound = %.2f (goal <= 1.6)\n", bound * 1e3,
            step_s / bound);
+    printf("the same products with fx_matmul: %.1f ms (fx / OpenBLAS throughput %.2f); the rest of the step: "
+           "%.1f ms\n", fx_total * 1e3, bound / fx_total, (step_s - fx_total) * 1e3);
     printf("peak memory (ru_maxrss): %.2f GB (goal < 2.5)\n", peak_gb);
     fflush(stdout);
     double torch = torch_seconds(config, threads, steps);

@@ -1,0 +1,900 @@
+/* tests/test_train.c: `fedex train` end to end, through the command line ($FEDEX): every aggregation
+ * method on a tiny RoBERTa and a slice of RTE, FedEx's exactness recomputed here from the run's own saved
+ * files, a client that dies, resume, determinism, Ctrl-C, /dev/shm and the argument parser. It does not
+ * test the model's numerics (test_model_core) nor the aggregation functions one by one. */
+#include "fedex.h"
+#include "check.h"
+
+#define _XOPEN_SOURCE_EXTENDED 1
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- tolerances
+ * The run keeps W0 in fp32, so folding a residual R into it rounds each element to W0's precision:
+ * with |W0| ~ 0.02 and |R| ~ 1e-6 that is ~1e-3 of R itself. Exactness is therefore checked against what
+ * fp32 can hold, elementwise, and, normwise, relative to how far the round moved the model (as the run's
+ * own agg_error is defined). */
+
+/* res_R - res_{R-1} vs R: the add W0 += R rounds by half an ulp of W0 (<= 2^-24 |W0|), and W0 - W0_orig,
+ * written as the residual, is exact (Sterbenz): one ulp is a margin of two. */
+#define TOL_W0_ROUND 0x1p-23
+/* ... plus the fp32 product of the residual's factors: (N+1) r <= 16 terms, each rounded at 2^-24, worth
+ * at most ~1e-6 of sum |terms|; ten times that. */
+#define TOL_PRODUCT 1e-5
+/* The global adapter is the double mean of the clients' rounded once to fp32: half an ulp, twice. */
+#define TOL_MEAN 0x1p-23
+/* || global model - mean of the clients' models || / || the round's update ||: the run's own agg_error
+ * and ours, for FedEx (exact) and the methods without a cross term (FFA: one shared A; centralized: one
+ * client). Measured 6e-7 (LoRA) and 3e-6 (VeRA, d_initial 1) here; VeRA at d_initial 0.1 moves the model
+ * ten times less and sits at 3e-5, the same W0 rounding over a smaller update. */
+#define TOL_EXACT 1e-5
+/* FedIT's deviation must show: measured 5e-3 in round 1 and 4e-2 in round 2 with these settings. */
+#define FEDIT_ERR_MIN 1e-4
+/* A residual is measurable when its norm is this many times the fp32 rounding floor of W0; only then can
+ * a transposed recomputation be told from the right one. */
+#define SIGNIFICANT 100.0
+/* The transposed formula R^T must differ from the saved residual by at least this share of ||R||
+ * (measured 1.2 to 1.4 for these square, non-symmetric layers). */
+#define TRANSPOSED_MIN 0.1
+/* Our agg_error against the run's: the same fp32 inputs in double, summed in another order, printed with
+ * 9 significant digits. */
+#define TOL_METRIC 1e-5
+/* Bounded waits for a run's first metrics line and for a run to finish. */
+#define WAIT_LINE_S 120.0
+
+/* ---------------------------------------------------------------- helpers */
+
+static char tmp[] = "/tmp/fedex_test_train_XXXXXX";
+static const char *fedex_bin;
+static char cfgdir[512], model_head[512], model[512], glue[512], glue_wide[512];
+static pid_t servers[64];
+static int nservers;
+
+static const char *P(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A path (or any string) built in one of a ring of buffers: several may be alive in one call. */
+static const char *P(const char *fmt, ...) {
+    static char ring[16][1024];
+    static int next;
+    char *b = ring[next++ % 16];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b, sizeof ring[0], fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof ring[0]) { fprintf(stderr, "path too long: %s\n", b); exit(2); }
+    return b;
+}
+
+static char *slurp(const char *path) {
+    char *d; size_t n;
+    return fx_read_file(path, &d, &n) == 0 ? d : NULL;
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+static int same_bytes(const char *a, const char *b) {
+    char *x, *y; size_t nx, ny;
+    if (fx_read_file(a, &x, &nx) != 0) return 0;
+    if (fx_read_file(b, &y, &ny) != 0) { free(x); return 0; }
+    int same = nx == ny && memcmp(x, y, nx) == 0;
+    free(x); free(y);
+    return same;
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+/* The first N lines (N < 0: all) of SRC into DST. */
+static int copy_lines(const char *src, const char *dst, int n) {
+    char *d; size_t len;
+    if (fx_read_file(src, &d, &len) != 0) return -1;
+    size_t end = 0;
+    for (int k = 0; end < len && (n < 0 || k < n); k++) {
+        char *nl = memchr(d + end, '\n', len - end);
+        end = nl ? (size_t)(nl - d) + 1 : len;
+    }
+    int rc = fx_write_file_atomic(dst, d, end);
+    free(d);
+    return rc;
+}
+
+/* Runs $FEDEX ARGS (NULL-terminated, without argv[0]) with stdout and stderr in tmp/TAG.out and
+ * tmp/TAG.err, FEDEX_FAULT set to FAULT (or unset). Returns the exit status, 128 + signal when killed. */
+static int run_argv(const char *tag, const char *fault, const char *const *args) {
+    const char *argv[96];
+    int n = 0;
+    argv[n++] = fedex_bin;
+    for (int i = 0; args[i] && n < 95; i++) argv[n++] = args[i];
+    argv[n] = NULL;
+    fflush(stdout); fflush(stderr);
+    pid_t p = fork();
+    if (p < 0) { perror("fork"); return -1; }
+    if (p == 0) {
+        int o = open(P("%s/%s.out", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(P("%s/%s.err", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0) _exit(126);
+        if (fault) setenv("FEDEX_FAULT", fault, 1); else unsetenv("FEDEX_FAULT");
+        execv(fedex_bin, (char *const *)argv);
+        _exit(127);
+    }
+    if (nservers < 64) servers[nservers++] = p;
+    int st;
+    if (waitpid(p, &st, 0) < 0) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* The same with PRE's arguments, then the variable ones up to NULL. */
+static int vrun(const char *tag, const char *fault, const char *const *pre, va_list ap) {
+    const char *args[96];
+    int n = 0;
+    for (int i = 0; pre && pre[i]; i++) args[n++] = pre[i];
+    for (const char *a; (a = va_arg(ap, const char *)) != NULL && n < 95;) args[n++] = a;
+    args[n] = NULL;
+    return run_argv(tag, fault, args);
+}
+
+static int fedex(const char *tag, const char *fault, ...) {
+    va_list ap;
+    va_start(ap, fault);
+    int rc = vrun(tag, fault, NULL, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* `fedex train` on the tiny model and the RTE slice, with the options every run here shares. */
+static int train(const char *tag, const char *fault, ...) {
+    const char *pre[] = {"train", "--model", model, "--task", "RTE", "--data", glue, "--max-seq-length", "32",
+                         "--batch-size", "32", "--local-epochs", "1", "--threads", "2", NULL};
+    va_list ap;
+    va_start(ap, fault);
+    int rc = vrun(tag, fault, pre, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Does tmp/TAG.err contain S? */
+static int err_has(const char *tag, const char *s) {
+    char *e = slurp(P("%s/%s.err", tmp, tag));
+    int has = e && strstr(e, s);
+    free(e);
+    return has;
+}
+
+static void show_err(const char *tag) {
+    char *e = slurp(P("%s/%s.err", tmp, tag));
+    if (e) fprintf(stderr, "---- %s stderr (last 1000 bytes):\n%s\n----\n", tag, strlen(e) > 1000 ? e + strlen(e) - 1000 : e);
+    free(e);
+}
+
+/* ---------------------------------------------------------------- metrics.jsonl */
+
+typedef struct { int n; fx_json line[16]; } metrics;
+
+static int metrics_load(const char *dir, metrics *m) {
+    memset(m, 0, sizeof *m);
+    char *text = slurp(P("%s/metrics.jsonl", dir));
+    if (!text) return -1;
+    int rc = 0;
+    for (char *save, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (m->n == 16 || fx_json_parse(l, strlen(l), &m->line[m->n]) != 0) { rc = -1; break; }
+        m->n++;
+    }
+    free(text);
+    return rc;
+}
+
+static void metrics_free(metrics *m) {
+    for (int i = 0; i < m->n; i++) fx_json_free(&m->line[i]);
+    m->n = 0;
+}
+
+static double num(const fx_json *o, const char *key) {
+    const fx_json *v = fx_json_get(o, key);
+    return v && v->type == FX_JNUM ? v->num : NAN;
+}
+
+static const fx_json *arr(const fx_json *o, const char *key) {
+    const fx_json *v = fx_json_get(o, key);
+    return v && v->type == FX_JARR ? v : NULL;
+}
+
+/* One round's line has every field with a plausible value. */
+static int line_ok(const fx_json *l, int round, int nclients) {
+    const fx_json *cl = arr(l, "clients"), *ae = fx_json_get(l, "agg_error"), *dev = fx_json_get(l, "dev");
+    if (num(l, "round") != round || !cl || (int)cl->n != nclients || !dev || dev->type != FX_JOBJ || dev->n < 1)
+        return 0;
+    for (size_t i = 0; i < cl->n; i++)
+        if (!(num(&cl->kids[i], "samples") > 0) || !(num(&cl->kids[i], "train_loss") > 0)) return 0;
+    if (!ae || !(num(ae, "max") >= 0) || !(num(ae, "mean") >= 0) || !arr(ae, "layers")) return 0;
+    return num(l, "value") >= 0 && num(l, "best") >= 0 && num(l, "bytes_up") > 0 && num(l, "bytes_down") > 0 &&
+           num(l, "seconds") >= 0;
+}
+
+/* metrics.jsonl's text with the value of every time or memory field ("seconds...", "memory_mb")
+ * replaced by '_': what must be equal between two runs that did the same computation. */
+static char *metrics_untimed(const char *dir) {
+    char *t = slurp(P("%s/metrics.jsonl", dir));
+    if (!t) return NULL;
+    char *out = fx_malloc(strlen(t) + 1), *o = out;
+    for (const char *s = t; *s;) {
+        if (!strncmp(s, "\"seconds", 8) || !strncmp(s, "\"memory_mb\"", 11)) {
+            const char *colon = strchr(s, ':');
+            if (!colon) break;
+            memcpy(o, s, (size_t)(colon + 1 - s));
+            o += colon + 1 - s;
+            s = colon + 1;
+            while (*s && *s != ',' && *s != '}') s++;
+            *o++ = '_';
+        } else *o++ = *s++;
+    }
+    *o = 0;
+    free(t);
+    return out;
+}
+
+/* Line K (from 0) of S, as a new string. */
+static char *line_of(const char *s, int k) {
+    for (; s && k > 0; k--) { s = strchr(s, '\n'); if (s) s++; }
+    if (!s || !*s) return fx_strdup("");
+    const char *e = strchr(s, '\n');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    char *r = fx_malloc(n + 1);
+    memcpy(r, s, n);
+    r[n] = 0;
+    return r;
+}
+
+/* ---------------------------------------------------------------- safetensors as double */
+
+/* Tensor NAME of F as doubles (malloc'd), its element count in *N; NULL if absent. */
+static double *tget(const fx_st_file *f, const char *name, size_t *n) {
+    const fx_st_tensor *t = fx_st_find(f, name);
+    if (!t) return NULL;
+    float *owned;
+    const float *p = fx_st_f32(f, t, &owned);
+    if (!p) return NULL;
+    *n = fx_st_numel(t);
+    double *d = fx_malloc(sizeof(double) * (*n ? *n : 1));
+    for (size_t i = 0; i < *n; i++) d[i] = p[i];
+    free(owned);
+    return d;
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static const char tiny_config[] =
+    "{\n  \"architectures\": [\"RobertaForSequenceClassification\"],\n  \"model_type\": \"roberta\",\n"
+    "  \"vocab_size\": 50265,\n  \"hidden_size\": 16,\n  \"num_hidden_layers\": 2,\n"
+    "  \"num_attention_heads\": 2,\n  \"intermediate_size\": 32,\n  \"max_position_embeddings\": 130,\n"
+    "  \"type_vocab_size\": 1,\n  \"pad_token_id\": 1,\n  \"bos_token_id\": 0,\n  \"eos_token_id\": 2,\n"
+    "  \"layer_norm_eps\": 1e-05,\n  \"hidden_dropout_prob\": 0.1,\n  \"attention_probs_dropout_prob\": 0.1,\n"
+    "  \"initializer_range\": 0.02,\n  \"hidden_act\": \"gelu\"\n}\n";
+
+/* A copy of DIR_HEAD's checkpoint without the classifier: what a pre-trained checkpoint such as
+ * roberta-base looks like (its head is lm_head.*), so that training starts from a fresh head. */
+static int strip_head(const char *from, const char *to) {
+    fx_st_file f;
+    if (fx_st_open(P("%s/model.safetensors", from), &f) != 0) return -1;
+    fx_st_entry *e = fx_calloc((size_t)f.n, sizeof *e);
+    int n = 0;
+    for (int i = 0; i < f.n; i++) {
+        const fx_st_tensor *t = &f.t[i];
+        if (!strncmp(t->name, "classifier.", 11)) continue;
+        e[n].name = t->name; e[n].dtype = t->dtype; e[n].ndim = t->ndim;
+        memcpy(e[n].shape, t->shape, sizeof t->shape);
+        e[n].data = f.data + t->begin;
+        n++;
+    }
+    int rc = fx_mkdir_p(to) != 0 || fx_st_write(P("%s/model.safetensors", to), e, n, NULL) != 0 ? -1 : 0;
+    const char *files[] = {"config.json", "vocab.json", "merges.txt"};
+    for (int k = 0; rc == 0 && k < 3; k++) rc = copy_lines(P("%s/%s", from, files[k]), P("%s/%s", to, files[k]), -1);
+    free(e);
+    fx_st_close(&f);
+    return n == f.n ? -1 : rc;
+}
+
+static int setup(const char *shared) {
+    snprintf(cfgdir, sizeof cfgdir, "%s/cfg", tmp);
+    snprintf(model_head, sizeof model_head, "%s/model", tmp);
+    snprintf(model, sizeof model, "%s/model_nohead", tmp);
+    snprintf(glue, sizeof glue, "%s/glue", tmp);
+    snprintf(glue_wide, sizeof glue_wide, "%s/glue_wide", tmp);
+    if (fx_mkdir_p(cfgdir) != 0 || fx_mkdir_p(P("%s/RTE", glue)) != 0 || fx_mkdir_p(P("%s/RTE", glue_wide)) != 0 ||
+        fx_write_file_atomic(P("%s/config.json", cfgdir), tiny_config, strlen(tiny_config)) != 0 ||
+        copy_lines(P("%s/models/roberta-base/vocab.json", shared), P("%s/vocab.json", cfgdir), -1) != 0 ||
+        copy_lines(P("%s/models/roberta-base/merges.txt", shared), P("%s/merges.txt", cfgdir), -1) != 0)
+        return -1;
+    /* 240 training rows (80 per client of 3, three steps of 32) and 60 dev rows keep a round well under a
+     * second; the wide folder has 24 training rows and the whole dev split, so that a round is mostly the
+     * server's evaluation. */
+    const char *rte = P("%s/data/glue/RTE", shared);
+    if (copy_lines(P("%s/train.tsv", rte), P("%s/RTE/train.tsv", glue), 1 + 240) != 0 ||
+        copy_lines(P("%s/dev.tsv", rte), P("%s/RTE/dev.tsv", glue), 1 + 60) != 0 ||
+        copy_lines(P("%s/train.tsv", rte), P("%s/RTE/train.tsv", glue_wide), 1 + 24) != 0 ||
+        copy_lines(P("%s/dev.tsv", rte), P("%s/RTE/dev.tsv", glue_wide), -1) != 0)
+        return -1;
+    int rc = fedex("init", NULL, "init", "--config", P("%s/config.json", cfgdir), "--out", model_head, "--seed", "1", NULL);
+    CHECK(rc == 0, "fedex init exited %d", rc);
+    if (rc != 0) { show_err("init"); return -1; }
+    CHECK(exists(P("%s/model.safetensors", model_head)) && exists(P("%s/vocab.json", model_head)) &&
+          exists(P("%s/merges.txt", model_head)) && exists(P("%s/config.json", model_head)),
+          "fedex init did not write model.safetensors, config.json, vocab.json and merges.txt");
+    return strip_head(model_head, model);
+}
+
+/* ---------------------------------------------------------------- 1. every method */
+
+static const struct { const char *agg; int vera; } methods[] = {
+    {"fedex", 0}, {"fedit", 0}, {"ffa", 0}, {"fedex-vera", 1}, {"fedit-vera", 1}, {"ffa-vera", 1}, {"centralized", 0},
+};
+#define NMETHODS ((int)(sizeof methods / sizeof methods[0]))
+
+/* The LoRA runs' and the VeRA runs' options besides --agg: VeRA's d_initial 1 (instead of 0.1) makes the
+ * rounds move the model enough that fp32's rounding of W0 stays below TOL_EXACT (see the table). */
+#define LORA_OPTS "--lr", "5e-3"
+#define VERA_OPTS "--lr", "5e-3", "--vera-r", "8", "--d-initial", "1"
+
+static int run_method(int k, const char *out, const char *tag, const char *seed, const char *rounds) {
+    if (methods[k].vera)
+        return train(tag, NULL, "--agg", methods[k].agg, VERA_OPTS, "--rounds", rounds, "--seed", seed, "--out", out,
+                     "--save-clients", NULL);
+    if (!strcmp(methods[k].agg, "centralized"))
+        return train(tag, NULL, "--agg", methods[k].agg, LORA_OPTS, "--rounds", rounds, "--seed", seed, "--out", out,
+                     "--save-clients", NULL);
+    return train(tag, NULL, "--agg", methods[k].agg, LORA_OPTS, "--num-clients", "3", "--rounds", rounds, "--seed",
+                 seed, "--out", out, "--save-clients", NULL);
+}
+
+static void test_methods(void) {
+    for (int k = 0; k < NMETHODS; k++) {
+        const char *agg = methods[k].agg, *out = P("%s/run_%s", tmp, agg);
+        int rc = run_method(k, out, P("run_%s", agg), "42", "2");
+        CHECK(rc == 0, "--agg %s: exit status %d", agg, rc);
+        if (rc != 0) { show_err(P("run_%s", agg)); continue; }
+        metrics m;
+        int nc = strcmp(agg, "centralized") ? 3 : 1;
+        CHECK(metrics_load(out, &m) == 0 && m.n == 2, "--agg %s: metrics.jsonl is not 2 JSON lines", agg);
+        for (int r = 0; r < m.n; r++)
+            CHECK(line_ok(&m.line[r], r + 1, nc), "--agg %s: round %d's line lacks a field or has a bad value", agg, r + 1);
+        const char *files[] = {"adapter_model.safetensors", "adapter_config.json", "residual.safetensors",
+                               "config.json", "state.safetensors"};
+        for (int f = 0; f < 5; f++) CHECK(exists(P("%s/%s", out, files[f])), "--agg %s: no %s", agg, files[f]);
+        /* the run's own aggregation error: float rounding for the exact methods, FedIT's deviation visible */
+        double worst = 0;
+        for (int r = 0; r < m.n; r++) {
+            double e = num(fx_json_get(&m.line[r], "agg_error"), "max");
+            if (!(e <= worst)) worst = e;
+            if (!strcmp(agg, "fedex") || !strcmp(agg, "fedex-vera") || !strcmp(agg, "ffa") || !strcmp(agg, "centralized"))
+                CHECK(e < TOL_EXACT, "--agg %s round %d: agg_error max %.3g, want < %.0e", agg, r + 1, e, TOL_EXACT);
+        }
+        if (!strcmp(agg, "fedit"))
+            CHECK(worst > FEDIT_ERR_MIN, "--agg fedit: agg_error max %.3g in every round, want > %.0e in one", worst,
+                  FEDIT_ERR_MIN);
+        metrics_free(&m);
+    }
+}
+
+/* ---------------------------------------------------------------- 2. exactness, recomputed */
+
+typedef struct { fx_st_file f; int open; } stf;
+
+static int st_open(stf *s, const char *path) {
+    s->open = fx_st_open(path, &s->f) == 0;
+    if (!s->open) fprintf(stderr, "cannot read %s: %s\n", path, fx_err());
+    return s->open ? 0 : -1;
+}
+static void st_close(stf *s) { if (s->open) fx_st_close(&s->f); s->open = 0; }
+
+/* dW of adapter file F for layer L (prefix "base_model.model.roberta.<layer>"), (out, in), in double:
+ * LoRA s B A, VeRA diag(b) vera_B[:out, :] diag(d) vera_A[:, :in]. With ABS, the same sum of |terms|. */
+static int delta_w(const fx_st_file *f, const char *pre, int vera, double s, int out, int in, int abs_terms,
+                   double *dW) {
+    size_t na, nb, nva, nvb;
+    double *A = tget(f, P("%s.%s", pre, vera ? "vera_lambda_d" : "lora_A.weight"), &na);
+    double *B = tget(f, P("%s.%s", pre, vera ? "vera_lambda_b" : "lora_B.weight"), &nb);
+    double *VA = vera ? tget(f, "base_model.vera_A", &nva) : NULL, *VB = vera ? tget(f, "base_model.vera_B", &nvb) : NULL;
+    int ok = A && B && (!vera || (VA && VB));
+    int r = ok ? (vera ? (int)na : (int)(na / (size_t)in)) : 0;
+    if (ok && vera) ok = nb == (size_t)out && nva % (size_t)r == 0 && nvb % (size_t)r == 0 &&
+                         nva / (size_t)r >= (size_t)in && nvb / (size_t)r >= (size_t)out;
+    if (ok && !vera) ok = na == (size_t)r * in && nb == (size_t)out * r;
+    if (ok) {
+        size_t in_max = vera ? nva / (size_t)r : 0;
+        for (int o = 0; o < out; o++)
+            for (int i = 0; i < in; i++) {
+                double acc = 0;
+                for (int j = 0; j < r; j++) {
+                    double t = vera ? B[o] * VB[(size_t)o * r + j] * A[j] * VA[(size_t)j * in_max + i]
+                                    : s * B[(size_t)o * r + j] * A[(size_t)j * in + i];
+                    acc += abs_terms ? fabs(t) : t;
+                }
+                dW[(size_t)o * in + i] = acc;
+            }
+    }
+    free(A); free(B); free(VA); free(VB);
+    return ok ? 0 : -1;
+}
+
+/* LoRA's scale s = alpha / r (alpha / sqrt(r) with rslora) from the run's adapter_config.json. */
+static double lora_scale(const char *dir) {
+    char *t = slurp(P("%s/adapter_config.json", dir));
+    fx_json j;
+    double s = NAN;
+    if (t && fx_json_parse(t, strlen(t), &j) == 0) {
+        double r = num(&j, "r"), a = num(&j, "lora_alpha");
+        const fx_json *rs = fx_json_get(&j, "use_rslora");
+        s = rs && rs->type == FX_JBOOL && rs->boolean ? a / sqrt(r) : a / r;
+        fx_json_free(&j);
+    }
+    free(t);
+    return s;
+}
+
+/* One round R of one exact run: the global adapter is the clients' mean, and the residual added to W0 this
+ * round is  s (mean_i B_i A_i - B̄ Ā)  (LoRA) or  mean_i diag(b_i) B diag(d_i) A - diag(b̄) B diag(d̄) A
+ * (VeRA), in W's (out, in) orientation, up to W0's fp32 rounding. */
+static void check_exact_round(const char *agg, int vera, const char *run, int R, const fx_json *line) {
+    enum { NC = 3 };
+    stf cl[NC], g, pg, res, pres, w0;
+    memset(cl, 0, sizeof cl); memset(&g, 0, sizeof g); memset(&pg, 0, sizeof pg);
+    memset(&res, 0, sizeof res); memset(&pres, 0, sizeof pres); memset(&w0, 0, sizeof w0);
+    int ok = 1;
+    for (int c = 0; c < NC; c++) ok &= st_open(&cl[c], P("%s/rounds/%d/client_%d/adapter_model.safetensors", run, R, c)) == 0;
+    ok &= st_open(&g, P("%s/rounds/%d/global/adapter_model.safetensors", run, R)) == 0;
+    ok &= st_open(&res, P("%s/rounds/%d/global/residual.safetensors", run, R)) == 0;
+    ok &= st_open(&w0, P("%s/model.safetensors", model)) == 0;
+    if (R > 1) ok &= st_open(&pg, P("%s/rounds/%d/global/adapter_model.safetensors", run, R - 1)) == 0 &&
+                     st_open(&pres, P("%s/rounds/%d/global/residual.safetensors", run, R - 1)) == 0;
+    CHECK(ok, "%s round %d: the saved client, global and residual files do not all load", agg, R);
+    if (!ok) goto out;
+
+    /* the global tensors: the plain mean of the clients' (VeRA's shared projections: equal everywhere) */
+    for (int t = 0; t < g.f.n; t++) {
+        const char *name = g.f.t[t].name;
+        size_t n, nc;
+        double *gv = tget(&g.f, name, &n), *cv[NC];
+        int shared = !strcmp(name, "base_model.vera_A") || !strcmp(name, "base_model.vera_B");
+        int have = 1;
+        for (int c = 0; c < NC; c++) { cv[c] = tget(&cl[c].f, name, &nc); have &= cv[c] && nc == n; }
+        CHECK(have, "%s round %d: %s missing from a client's adapter or of another size", agg, R, name);
+        double worst = 0;
+        size_t wi = 0;
+        for (size_t i = 0; have && i < n; i++) {
+            double mean = (cv[0][i] + cv[1][i] + cv[2][i]) / NC;
+            double ex = shared ? fabs(gv[i] - cv[0][i]) + fabs(cv[1][i] - cv[0][i]) + fabs(cv[2][i] - cv[0][i])
+                               : fabs(gv[i] - mean) - TOL_MEAN * fabs(mean);
+            if (ex > worst) { worst = ex; wi = i; }
+        }
+        CHECK(worst <= 0, "%s round %d: %s[%zu]: the global value is not the clients' mean (excess %.3g)", agg, R,
+              name, wi, worst);
+        for (int c = 0; c < NC; c++) free(cv[c]);
+        free(gv);
+    }
+
+    /* the residual, layer by layer, in the residual file's order (the order of agg_error's layers) */
+    double s = vera ? 1.0 : lora_scale(run);
+    const fx_json *layers = arr(fx_json_get(line, "agg_error"), "layers");
+    CHECK(layers && (int)layers->n == res.f.n, "%s round %d: agg_error lists %d layers, the residual has %d", agg,
+          R, layers ? (int)layers->n : -1, res.f.n);
+    int significant = 0;
+    for (int k = 0; k < res.f.n; k++) {
+        const fx_st_tensor *t = &res.f.t[k];
+        size_t len = t->ndim == 2 ? (size_t)t->shape[0] * (size_t)t->shape[1] : 0, n1, n2, n3;
+        int out = (int)t->shape[0], in = (int)t->shape[1];
+        /* "roberta.<layer>.weight" names the layer */
+        size_t nl = strlen(t->name);
+        CHECK(len > 0 && nl > 15 && !strncmp(t->name, "roberta.", 8) && !strcmp(t->name + nl - 7, ".weight"),
+              "%s: residual tensor '%s' is not named roberta.<layer>.weight (out, in)", agg, t->name);
+        if (!(len > 0 && nl > 15)) continue;
+        const char *pre = P("base_model.model.roberta.%.*s", (int)(nl - 15), t->name + 8);
+        double *got = tget(&res.f, t->name, &n1), *W0 = tget(&w0.f, t->name, &n2);
+        double *prev = R > 1 ? tget(&pres.f, t->name, &n3) : NULL;
+        double *mean = fx_calloc(len, sizeof(double)), *mabs = fx_calloc(len, sizeof(double));
+        double *dW = fx_malloc(len * sizeof(double)), *dWg = fx_malloc(len * sizeof(double));
+        double *dWp = fx_calloc(len, sizeof(double)), *gabs = fx_malloc(len * sizeof(double));
+        int have = got && W0 && n1 == len && n2 == len && (R == 1 || (prev && n3 == len));
+        for (int c = 0; have && c < NC; c++) {
+            have &= delta_w(&cl[c].f, pre, vera, s, out, in, 0, dW) == 0;
+            for (size_t i = 0; have && i < len; i++) mean[i] += dW[i] / NC;
+            have &= delta_w(&cl[c].f, pre, vera, s, out, in, 1, dW) == 0;
+            for (size_t i = 0; have && i < len; i++) mabs[i] += dW[i] / NC;
+        }
+        have = have && delta_w(&g.f, pre, vera, s, out, in, 0, dWg) == 0 && delta_w(&g.f, pre, vera, s, out, in, 1, gabs) == 0;
+        /* the model the clients started from: round R-1's global; before round 1, B = 0 (LoRA) or
+         * lambda_b = 0 (VeRA) make dW zero */
+        if (have && R > 1) have = delta_w(&pg.f, pre, vera, s, out, in, 0, dWp) == 0;
+        CHECK(have, "%s round %d: %s: adapter tensors or W0 missing or of the wrong size", agg, R, pre);
+        if (have) {
+            double worst = 0, e2 = 0, et2 = 0, r2 = 0, u2 = 0, fl2 = 0, a2 = 0;
+            size_t wi = 0;
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++) {
+                    size_t j = (size_t)o * in + i, jt = (size_t)i * in + o;
+                    double want = mean[j] - dWg[j];
+                    double d = got[j] - (prev ? prev[j] : 0);
+                    double w0r = W0[j] + got[j]; /* W0 now */
+                    double ex = fabs(d - want) - (TOL_W0_ROUND * fabs(w0r) + TOL_PRODUCT * (mabs[j] + gabs[j]));
+                    if (ex > worst) { worst = ex; wi = j; }
+                    e2 += (d - want) * (d - want);
+                    r2 += want * want;
+                    fl2 += 0x1p-24 * w0r * 0x1p-24 * w0r;
+                    u2 += (mean[j] - dWp[j]) * (mean[j] - dWp[j]);
+                    /* the run's aggregation error: W_global - mean_i W_i = (W0_R - W0_{R-1}) + dW(global) - mean dW_i */
+                    a2 += (d + dWg[j] - mean[j]) * (d + dWg[j] - mean[j]);
+                    if (out == in) {
+                        double wt = mean[jt] - dWg[jt];
+                        et2 += (d - wt) * (d - wt);
+                    }
+                }
+            CHECK(worst <= 0, "%s round %d %s: residual element (%zu, %zu) is off the formula by %.3g beyond fp32 "
+                  "rounding", agg, R, t->name, wi / (size_t)in, wi % (size_t)in, worst);
+            CHECK(sqrt(e2 / u2) < TOL_EXACT, "%s round %d %s: ||residual - formula|| / ||update|| = %.3g, want < %.0e",
+                  agg, R, t->name, sqrt(e2 / u2), TOL_EXACT);
+            double mine = sqrt(a2 / u2), theirs = layers && k < (int)layers->n && layers->kids[k].type == FX_JNUM
+                                                       ? layers->kids[k].num : NAN;
+            CHECK(fabs(mine - theirs) <= TOL_METRIC * mine + 1e-12, "%s round %d %s: agg_error %.9g, recomputed %.9g",
+                  agg, R, t->name, theirs, mine);
+            if (r2 > SIGNIFICANT * SIGNIFICANT * fl2) {
+                significant++;
+                if (out == in)
+                    CHECK(sqrt(et2 / r2) > TRANSPOSED_MIN, "%s round %d %s: the transposed formula matches too "
+                          "(||residual - R^T|| / ||R|| = %.3g)", agg, R, t->name, sqrt(et2 / r2));
+                /* non-square layers: (in, out) cannot even be laid over (out, in) */
+            }
+        }
+        free(got); free(W0); free(prev); free(mean); free(mabs); free(dW); free(dWg); free(dWp); free(gabs);
+    }
+    CHECK(significant > 0, "%s round %d: no layer's residual stands above fp32 rounding: nothing was tested", agg, R);
+out:
+    for (int c = 0; c < NC; c++) st_close(&cl[c]);
+    st_close(&g); st_close(&pg); st_close(&res); st_close(&pres); st_close(&w0);
+}
+
+static void test_exactness(void) {
+    for (int v = 0; v < 2; v++) {
+        const char *agg = v ? "fedex-vera" : "fedex", *run = P("%s/run_%s", tmp, agg);
+        metrics m;
+        if (metrics_load(run, &m) != 0 || m.n != 2) {
+            CHECK(0, "%s: no metrics of the 2-round run to recompute", agg);
+            metrics_free(&m);
+            continue;
+        }
+        for (int R = 1; R <= 2; R++) check_exact_round(agg, v, run, R, &m.line[R - 1]);
+        metrics_free(&m);
+    }
+}
+
+/* ---------------------------------------------------------------- 3. a client dies */
+
+static void test_dead_client(void) {
+    const char *out = P("%s/run_kill", tmp);
+    int rc = train("kill", "kill:1:2", "--agg", "fedex", LORA_OPTS, "--num-clients", "3", "--rounds", "2", "--seed",
+                   "42", "--out", out, "--save-clients", NULL);
+    CHECK(rc == 0, "client 1 killed in round 2: exit status %d, want 0 (finish over the survivors)", rc);
+    CHECK(err_has("kill", "client 1") && err_has("kill", "died"), "no 'client 1 ... died' on stderr");
+    metrics m;
+    if (metrics_load(out, &m) == 0 && m.n == 2) {
+        const fx_json *cl = arr(&m.line[1], "clients"), *dead = arr(&m.line[1], "dead_clients");
+        CHECK(line_ok(&m.line[0], 1, 3) && line_ok(&m.line[1], 2, 2), "the rounds' lines do not list 3, then 2 clients");
+        CHECK(cl && cl->n == 2 && num(&cl->kids[0], "id") == 0 && num(&cl->kids[1], "id") == 2,
+              "round 2 should list clients 0 and 2");
+        CHECK(dead && dead->n == 1 && dead->kids[0].type == FX_JNUM && dead->kids[0].num == 1,
+              "round 2's dead_clients should be [1]");
+        double e = num(fx_json_get(&m.line[1], "agg_error"), "max");
+        CHECK(e < TOL_EXACT, "round 2 over 2 survivors: agg_error %.3g, want < %.0e", e, TOL_EXACT);
+    } else CHECK(0, "the run with a dead client has no 2-line metrics.jsonl");
+    metrics_free(&m);
+
+    /* --strict: stop, and leave round 1 as it was */
+    const char *so = P("%s/run_strict", tmp);
+    rc = train("strict", "kill:1:2", "--agg", "fedex", LORA_OPTS, "--num-clients", "3", "--rounds", "2", "--seed", "42",
+               "--out", so, "--save-clients", "--strict", NULL);
+    CHECK(rc != 0 && rc < 128, "--strict with a dead client: exit status %d, want an error", rc);
+    CHECK(err_has("strict", "client 1") && err_has("strict", "--strict"), "--strict: no clear message on stderr");
+    CHECK(metrics_load(so, &m) == 0 && m.n == 1 && line_ok(&m.line[0], 1, 3), "--strict: metrics.jsonl is not round 1's line");
+    metrics_free(&m);
+    fx_st_file f;
+    if (fx_st_open(P("%s/state.safetensors", so), &f) == 0) {
+        const char *r = fx_st_meta(&f, "round");
+        CHECK(r && !strcmp(r, "1"), "--strict: state.safetensors says round %s, want 1", r ? r : "(none)");
+        fx_st_close(&f);
+    } else CHECK(0, "--strict: state.safetensors does not load: %s", fx_err());
+    /* round 1 is the same computation in both runs: the strict run's files are round 1's of the other */
+    CHECK(same_bytes(P("%s/adapter_model.safetensors", so), P("%s/rounds/1/global/adapter_model.safetensors", out)) &&
+          same_bytes(P("%s/residual.safetensors", so), P("%s/rounds/1/global/residual.safetensors", out)),
+          "--strict: the adapter and residual left behind are not round 1's");
+}
+
+/* ---------------------------------------------------------------- 4, 5. resume and determinism */
+
+static void test_repeat_and_resume(void) {
+    const char *a = P("%s/run_fedex", tmp), *b = P("%s/run_again", tmp), *c = P("%s/run_seed", tmp);
+    /* the same run twice */
+    int rc = run_method(0, b, "again", "42", "2");
+    CHECK(rc == 0, "repeated run: exit status %d", rc);
+    char *ta = metrics_untimed(a), *tb = metrics_untimed(b);
+    CHECK(ta && tb && !strcmp(ta, tb), "two identical runs wrote different metrics.jsonl (times aside)");
+    CHECK(same_bytes(P("%s/adapter_model.safetensors", a), P("%s/adapter_model.safetensors", b)) &&
+          same_bytes(P("%s/residual.safetensors", a), P("%s/residual.safetensors", b)),
+          "two identical runs wrote different adapters or residuals");
+    free(tb);
+    /* another seed: another split, initialisation and shuffle */
+    rc = run_method(0, c, "seed", "7", "1");
+    CHECK(rc == 0, "run with --seed 7: exit status %d", rc);
+    char *tc = metrics_untimed(c), *l1 = line_of(ta, 0), *l2 = line_of(tc, 0);
+    CHECK(tc && strlen(l1) > 0 && strcmp(l1, l2), "--seed 7 gave the same round 1 as --seed 42");
+    free(tc); free(l1); free(l2);
+    free(ta);
+
+    /* 3 rounds straight vs 2 (the run above) then --resume to 3 */
+    const char *s = P("%s/run_straight", tmp);
+    rc = run_method(0, s, "straight", "42", "3");
+    CHECK(rc == 0, "3-round run: exit status %d", rc);
+    rc = fedex("resume", NULL, "train", "--resume", a, "--rounds", "3", "--threads", "2", NULL);
+    CHECK(rc == 0, "--resume %s --rounds 3: exit status %d", a, rc);
+    if (rc != 0) show_err("resume");
+    ta = metrics_untimed(a);
+    char *ts = metrics_untimed(s);
+    CHECK(ta && ts && !strcmp(ta, ts), "resumed run's metrics.jsonl differs from the straight run's (times aside)");
+    char *l3 = line_of(ta, 2);
+    CHECK(strlen(l3) > 0, "the resumed run has no round 3 line");
+    free(l3); free(ta); free(ts);
+    const char *files[] = {"adapter_model.safetensors", "residual.safetensors", "state.safetensors", "config.json"};
+    for (int k = 0; k < 4; k++)
+        CHECK(same_bytes(P("%s/%s", a, files[k]), P("%s/%s", s, files[k])), "resumed and straight runs' %s differ", files[k]);
+}
+
+/* ---------------------------------------------------------------- 6. Ctrl-C */
+
+/* Starts ARGS in a process group of its own, waits for its first metrics line (the round-1 line's
+ * seconds_clients and seconds_eval in *CL and *EV), sleeps DELAY(cl, ev) seconds, sends SIGINT to the
+ * group as a terminal's Ctrl-C would, and returns the exit status; *LEFT is set when a process of the
+ * group outlived the server. */
+static int interrupt_run(const char *tag, const char *out, double after_clients, double after_eval,
+                         const char *const *args, int *left) {
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = fedex_bin;
+    for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
+    argv[n] = NULL;
+    fflush(stdout); fflush(stderr);
+    pid_t p = fork();
+    if (p < 0) return -1;
+    if (p == 0) {
+        setpgid(0, 0);
+        int o = open(P("%s/%s.out", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(P("%s/%s.err", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0) _exit(126);
+        unsetenv("FEDEX_FAULT");
+        execv(fedex_bin, (char *const *)argv);
+        _exit(127);
+    }
+    setpgid(p, p);
+    if (nservers < 64) servers[nservers++] = p;
+    double t0 = fx_now(), cl = 0, ev = 0;
+    int st, got = 0, done = 0;
+    while (fx_now() - t0 < WAIT_LINE_S) {
+        metrics m;
+        if (metrics_load(out, &m) == 0 && m.n >= 1) {
+            cl = num(&m.line[0], "seconds_clients");
+            ev = num(&m.line[0], "seconds_eval");
+            got = 1;
+        }
+        metrics_free(&m);
+        if (got) break;
+        if (waitpid(p, &st, WNOHANG) == p) { done = 1; break; }
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(got, "%s: no metrics line within %.0f s", tag, WAIT_LINE_S);
+    if (!done) {
+        double delay = after_clients * cl + after_eval * ev;
+        if (delay > 0) {
+            struct timespec ts = {(time_t)delay, (long)((delay - floor(delay)) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+        kill(-p, SIGINT);
+        if (waitpid(p, &st, 0) != p) return -1;
+    }
+    *left = !(kill(-p, 0) != 0 && errno == ESRCH);
+    if (*left) kill(-p, SIGKILL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void check_interrupted(const char *tag, const char *out, int rc, int left) {
+    CHECK(rc == 130, "%s: Ctrl-C gave exit status %d, want 130", tag, rc);
+    if (rc != 130) show_err(tag);
+    CHECK(!left, "%s: processes of the run outlived it", tag);
+    fx_st_file f;
+    if (fx_st_open(P("%s/state.safetensors", out), &f) == 0) {
+        const char *r = fx_st_meta(&f, "round");
+        CHECK(r && atoi(r) >= 1, "%s: state.safetensors says round %s, want >= 1", tag, r ? r : "(none)");
+        fx_st_close(&f);
+    } else CHECK(0, "%s: state.safetensors does not load after Ctrl-C: %s", tag, fx_err());
+}
+
+static void test_interrupt(void) {
+    int left;
+    /* at once after round 1's line: the clients are training round 2 */
+    const char *out = P("%s/run_int", tmp);
+    const char *args[] = {"train", "--model", model, "--task", "RTE", "--data", glue, "--max-seq-length", "32",
+                          "--batch-size", "32", "--local-epochs", "1", "--threads", "2", "--lr", "5e-3",
+                          "--rounds", "20", "--out", out, NULL};
+    int rc = interrupt_run("int", out, 0, 0, args, &left);
+    check_interrupted("Ctrl-C while clients train", out, rc, left);
+
+    /* while the server aggregates and evaluates: one training step per client, then 277 dev rows one at a
+     * time; Ctrl-C lands halfway through round 2's evaluation (round 1's timings say when) */
+    const char *out2 = P("%s/run_int_eval", tmp);
+    const char *args2[] = {"train", "--model", model, "--task", "RTE", "--data", glue_wide, "--max-seq-length", "32",
+                           "--batch-size", "32", "--local-epochs", "1", "--threads", "2", "--eval-batch", "1",
+                           "--rounds", "20", "--out", out2, NULL};
+    rc = interrupt_run("int_eval", out2, 1.0, 0.5, args2, &left);
+    check_interrupted("Ctrl-C while the server evaluates", out2, rc, left);
+}
+
+/* ---------------------------------------------------------------- 7. /dev/shm */
+
+static void test_shm(void) {
+    DIR *d = opendir("/dev/shm");
+    if (!d) { printf("skipped: /dev/shm check (no /dev/shm)\n"); return; }
+    int left = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        int pid;
+        if (sscanf(e->d_name, "fedex-%d-", &pid) != 1) continue;
+        for (int i = 0; i < nservers; i++)
+            if (servers[i] == pid) { left++; fprintf(stderr, "left behind: /dev/shm/%s\n", e->d_name); }
+    }
+    closedir(d);
+    CHECK(left == 0, "%d /dev/shm/fedex-* segments of these runs were left behind", left);
+}
+
+/* ---------------------------------------------------------------- 8. the argument parser */
+
+/* Every option of `fedex train`, with the reference code's spellings where it has one: the interface
+ * `fedex help train` must document. */
+static const char *const options[] = {
+    "--model", "--task", "--data", "--agg", "--num-clients", "--rounds", "--local-epochs", "--lr",
+    "--weight-decay", "--batch-size", "--micro-batch", "--eval-batch", "--max-seq-length", "--lora-r",
+    "--lora-alpha", "--lora-dropout", "--rslora", "--vera-r", "--d-initial", "--warmup-ratio", "--seed",
+    "--split", "--weighted", "--targets", "--residual", "--out", "--resume", "--threads", "--strict",
+    "--save-clients", "--device", "--precision", "--client-gpus", "--server-gpu",
+    "--agg_type", "--num_clients", "--local_epochs", "--batch_size", "--max_seq_length", "--lora_r",
+    "--lora_alpha", "--lora_dropout", "--warmup_ratio", "--output_dir",
+};
+
+static void test_parser(void) {
+    /* each refused with status 2 and a message naming what is wrong; a model, task and data are given
+     * unless the case is about them */
+    static const struct { int bare; const char *a[8]; const char *names; } bad[] = {
+        {0, {"--bogus", "1"}, "--bogus"},
+        {0, {"--rounds"}, "--rounds"},
+        {0, {"--rounds", "0"}, "--rounds"},
+        {0, {"--lr", "-1"}, "--lr"},
+        {0, {"--agg", "bogus"}, "bogus"},
+        {0, {"--split", "dirichlet:-1"}, "dirichlet"},
+        {0, {"--split", "foo"}, "foo"},
+        {0, {"--agg", "fedex-vera", "--lora-r", "8"}, "--lora-r"},
+        {0, {"--agg", "fedex", "--vera-r", "8"}, "--vera-r"},
+        {0, {"--agg", "centralized", "--num-clients", "3"}, "--num-clients"},
+        {0, {"--targets", "query,bogus"}, "bogus"},
+        {0, {"--residual", "sparse"}, "--residual"},
+        {0, {"--rounds", "2", "--rounds", "3"}, "twice"},
+        {0, {"--rounds", "2x"}, "--rounds"},
+        {0, {"--seed", "-3"}, "--seed"},
+        {1, {"--model", NULL}, "--task"},
+        {1, {"--task", "RTE"}, "--model"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        const char *args[24];
+        int n = 0;
+        args[n++] = "train";
+        if (!bad[k].bare) {
+            const char *base[] = {"--model", model, "--task", "RTE", "--data", glue};
+            for (int i = 0; i < 6; i++) args[n++] = base[i];
+        }
+        for (int i = 0; i < 8 && (bad[k].a[i] || (i == 1 && !strcmp(bad[k].a[0], "--model"))); i++)
+            args[n++] = bad[k].a[i] ? bad[k].a[i] : model;
+        args[n] = NULL;
+        const char *tag = P("bad%zu", k);
+        int rc = run_argv(tag, NULL, args);
+        char *e = slurp(P("%s/%s.err", tmp, tag));
+        int lines = 0;
+        for (const char *c = e; c && *c; c++) lines += *c == '\n';
+        CHECK(rc == 2 && e && strstr(e, bad[k].names) && lines == 1,
+              "train %s %s %s %s: exit status %d, stderr '%s' (want status 2 and one line naming '%s')",
+              bad[k].a[0], bad[k].a[1] ? bad[k].a[1] : "", bad[k].a[2] ? bad[k].a[2] : "",
+              bad[k].a[3] ? bad[k].a[3] : "", rc, e ? e : "", bad[k].names);
+        free(e);
+    }
+
+    /* --resume takes the run's own settings */
+    const char *run = P("%s/run_fedex", tmp);
+    int rc = fedex("bad_resume", NULL, "train", "--resume", run, "--lr", "1e-2", NULL);
+    CHECK(rc == 2 && err_has("bad_resume", "--lr"), "--resume with another --lr: exit status %d, want 2 naming --lr", rc);
+
+    /* the reference code's spellings */
+    const char *ref = P("%s/run_ref", tmp);
+    rc = fedex("ref", NULL, "train", "--model", model, "--task", "RTE", "--data", glue, "--agg_type", "ours", "--lora_r",
+               "4", "--num_clients", "2", "--local_epochs", "1", "--batch_size", "32", "--max_seq_length", "64",
+               "--warmup_ratio", "0.06", "--rounds", "1", "--output_dir", ref, "--threads", "2", NULL);
+    CHECK(rc == 0, "the reference code's spellings: exit status %d", rc);
+    if (rc != 0) show_err("ref");
+    metrics m;
+    if (metrics_load(ref, &m) == 0 && m.n == 1) {
+        const fx_json *agg = fx_json_get(&m.line[0], "agg");
+        CHECK(line_ok(&m.line[0], 1, 2) && agg && agg->type == FX_JSTR && !strcmp(agg->str, "fedex"),
+              "--agg_type ours --num_clients 2 did not run fedex with 2 clients");
+    } else CHECK(0, "the reference spellings' run has no 1-line metrics.jsonl in --output_dir");
+    metrics_free(&m);
+
+    /* help */
+    rc = fedex("help", NULL, "help", "train", NULL);
+    char *h = slurp(P("%s/help.out", tmp));
+    CHECK(rc == 0 && h, "fedex help train: exit status %d", rc);
+    for (size_t k = 0; h && k < sizeof options / sizeof options[0]; k++) {
+        /* the option itself, followed by a space or a bracket, not a longer option's prefix */
+        int found = 0;
+        for (const char *p = h; (p = strstr(p, options[k])) && !found; p++) {
+            char after = p[strlen(options[k])];
+            found = after == ' ' || after == ')' || after == '\n';
+        }
+        CHECK(found, "fedex help train does not document %s", options[k]);
+    }
+    free(h);
+}
+
+/* ---------------------------------------------------------------- a model folder with a classifier */
+
+/* `fedex init` writes a classifier head; training from that folder must work (the head is loaded). */
+static void test_model_with_head(void) {
+    const char *out = P("%s/run_head", tmp);
+    int rc = fedex("head", NULL, "train", "--model", model_head, "--task", "RTE", "--data", glue, "--max-seq-length",
+                   "32", "--batch-size", "32", "--local-epochs", "1", "--rounds", "1", "--threads", "2", "--out", out, NULL);
+    CHECK(rc == 0 && exists(P("%s/metrics.jsonl", out)),
+          "train --model %s (fedex init's folder, which has a classifier head): exit status %d", model_head, rc);
+    if (rc != 0) show_err("head");
+}
+
+/* ---------------------------------------------------------------- main */
+
+int main(void) {
+    fedex_bin = getenv("FEDEX");
+    if (!fedex_bin || !*fedex_bin) {
+        printf("skipped: fedex train end to end (FEDEX, the path of the fedex binary, is not set: run `make test`)\n");
+        return check_done();
+    }
+    const char *shared = shared_dir("fedex train end to end needs roberta-base's tokenizer and GLUE RTE");
+    if (!shared) return check_done();
+    static char abs_bin[4096];
+    if (!realpath(fedex_bin, abs_bin)) { CHECK(0, "FEDEX=%s: %s", fedex_bin, strerror(errno)); return check_done(); }
+    fedex_bin = abs_bin;
+    if (!mkdtemp(tmp)) { CHECK(0, "mkdtemp %s: %s", tmp, strerror(errno)); return check_done(); }
+    double t0 = fx_now();
+    if (setup(shared) != 0) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
+    else {
+        test_methods();
+        test_exactness();
+        test_dead_client();
+        test_repeat_and_resume();
+        test_interrupt();
+        test_parser();
+        test_model_with_head();
+        test_shm();
+    }
+    printf("fedex train end to end: %.1f s\n", fx_now() - t0);
+    if (!getenv("FEDEX_TEST_KEEP")) nftw(tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    else printf("kept %s\n", tmp);
+    return check_done();
+}
