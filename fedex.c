@@ -1277,7 +1277,7 @@ static int model_config_of(const run_cfg *c, fx_config *mc, const fx_task **task
 /* Base weights as the run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
 static int init_weights(const run_cfg *c, fx_model *m) {
     fx_model_init_base(m, (uint64_t)c->seed);
-    if (c->model && fx_model_load(m, c->model) != 0) return -1;
+    if (c->model && fx_model_load(m, c->model) < 0) return -1;
     fx_model_init_adapters(m, (uint64_t)c->seed);
     return 0;
 }

@@ -40,9 +40,10 @@
 #define TOL_EXACT 1e-5
 /* FedIT's deviation must show: measured 5e-3 in round 1 and 4e-2 in round 2 with these settings. */
 #define FEDIT_ERR_MIN 1e-4
-/* A residual is measurable when its norm is this many times the fp32 rounding floor of W0; only then can
- * a transposed recomputation be told from the right one. */
-#define SIGNIFICANT 100.0
+/* A residual is measurable when its norm is this many times the fp32 rounding floor of W0 (|| 2^-24 W0 ||):
+ * the rounding then blurs at most 5% of it, and a transposed recomputation, off by ~||R||, shows. The
+ * value layers measure 60 to 200 here, VeRA's query layers 0.01 to 0.1 (their residual is ~1e-12). */
+#define SIGNIFICANT 20.0
 /* The transposed formula R^T must differ from the saved residual by at least this share of ||R||
  * (measured 1.2 to 1.4 for these square, non-symmetric layers). */
 #define TRANSPOSED_MIN 0.1
@@ -318,7 +319,8 @@ static int setup(const char *shared) {
     /* 240 training rows (80 per client of 3, three steps of 32) and 60 dev rows keep a round well under a
      * second; the wide folder has 24 training rows and the whole dev split, so that a round is mostly the
      * server's evaluation. */
-    const char *rte = P("%s/data/glue/RTE", shared);
+    char rte[1024];
+    snprintf(rte, sizeof rte, "%s/data/glue/RTE", shared);
     if (copy_lines(P("%s/train.tsv", rte), P("%s/RTE/train.tsv", glue), 1 + 240) != 0 ||
         copy_lines(P("%s/dev.tsv", rte), P("%s/RTE/dev.tsv", glue), 1 + 60) != 0 ||
         copy_lines(P("%s/train.tsv", rte), P("%s/RTE/train.tsv", glue_wide), 1 + 24) != 0 ||
@@ -358,7 +360,9 @@ static int run_method(int k, const char *out, const char *tag, const char *seed,
 
 static void test_methods(void) {
     for (int k = 0; k < NMETHODS; k++) {
-        const char *agg = methods[k].agg, *out = P("%s/run_%s", tmp, agg);
+        const char *agg = methods[k].agg;
+        char out[1024];
+        snprintf(out, sizeof out, "%s/run_%s", tmp, agg);
         int rc = run_method(k, out, P("run_%s", agg), "42", "2");
         CHECK(rc == 0, "--agg %s: exit status %d", agg, rc);
         if (rc != 0) { show_err(P("run_%s", agg)); continue; }
@@ -497,7 +501,8 @@ static void check_exact_round(const char *agg, int vera, const char *run, int R,
         CHECK(len > 0 && nl > 15 && !strncmp(t->name, "roberta.", 8) && !strcmp(t->name + nl - 7, ".weight"),
               "%s: residual tensor '%s' is not named roberta.<layer>.weight (out, in)", agg, t->name);
         if (!(len > 0 && nl > 15)) continue;
-        const char *pre = P("base_model.model.roberta.%.*s", (int)(nl - 15), t->name + 8);
+        char pre[512];
+        snprintf(pre, sizeof pre, "base_model.model.roberta.%.*s", (int)(nl - 15), t->name + 8);
         double *got = tget(&res.f, t->name, &n1), *W0 = tget(&w0.f, t->name, &n2);
         double *prev = R > 1 ? tget(&pres.f, t->name, &n3) : NULL;
         double *mean = fx_calloc(len, sizeof(double)), *mabs = fx_calloc(len, sizeof(double));
@@ -563,7 +568,9 @@ out:
 
 static void test_exactness(void) {
     for (int v = 0; v < 2; v++) {
-        const char *agg = v ? "fedex-vera" : "fedex", *run = P("%s/run_%s", tmp, agg);
+        const char *agg = v ? "fedex-vera" : "fedex";
+        char run[1024];
+        snprintf(run, sizeof run, "%s/run_%s", tmp, agg);
         metrics m;
         if (metrics_load(run, &m) != 0 || m.n != 2) {
             CHECK(0, "%s: no metrics of the 2-round run to recompute", agg);
@@ -578,7 +585,9 @@ static void test_exactness(void) {
 /* ---------------------------------------------------------------- 3. a client dies */
 
 static void test_dead_client(void) {
-    const char *out = P("%s/run_kill", tmp);
+    char out[1024], so[1024];
+    snprintf(out, sizeof out, "%s/run_kill", tmp);
+    snprintf(so, sizeof so, "%s/run_strict", tmp);
     int rc = train("kill", "kill:1:2", "--agg", "fedex", LORA_OPTS, "--num-clients", "3", "--rounds", "2", "--seed",
                    "42", "--out", out, "--save-clients", NULL);
     CHECK(rc == 0, "client 1 killed in round 2: exit status %d, want 0 (finish over the survivors)", rc);
@@ -597,7 +606,6 @@ static void test_dead_client(void) {
     metrics_free(&m);
 
     /* --strict: stop, and leave round 1 as it was */
-    const char *so = P("%s/run_strict", tmp);
     rc = train("strict", "kill:1:2", "--agg", "fedex", LORA_OPTS, "--num-clients", "3", "--rounds", "2", "--seed", "42",
                "--out", so, "--save-clients", "--strict", NULL);
     CHECK(rc != 0 && rc < 128, "--strict with a dead client: exit status %d, want an error", rc);
@@ -619,7 +627,11 @@ static void test_dead_client(void) {
 /* ---------------------------------------------------------------- 4, 5. resume and determinism */
 
 static void test_repeat_and_resume(void) {
-    const char *a = P("%s/run_fedex", tmp), *b = P("%s/run_again", tmp), *c = P("%s/run_seed", tmp);
+    char a[1024], b[1024], c[1024], s[1024];
+    snprintf(a, sizeof a, "%s/run_fedex", tmp);
+    snprintf(b, sizeof b, "%s/run_again", tmp);
+    snprintf(c, sizeof c, "%s/run_seed", tmp);
+    snprintf(s, sizeof s, "%s/run_straight", tmp);
     /* the same run twice */
     int rc = run_method(0, b, "again", "42", "2");
     CHECK(rc == 0, "repeated run: exit status %d", rc);
@@ -638,7 +650,6 @@ static void test_repeat_and_resume(void) {
     free(ta);
 
     /* 3 rounds straight vs 2 (the run above) then --resume to 3 */
-    const char *s = P("%s/run_straight", tmp);
     rc = run_method(0, s, "straight", "42", "3");
     CHECK(rc == 0, "3-round run: exit status %d", rc);
     rc = fedex("resume", NULL, "train", "--resume", a, "--rounds", "3", "--threads", "2", NULL);
@@ -712,9 +723,9 @@ static int interrupt_run(const char *tag, const char *out, double after_clients,
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static void check_interrupted(const char *tag, const char *out, int rc, int left) {
+static void check_interrupted(const char *tag, const char *log, const char *out, int rc, int left) {
     CHECK(rc == 130, "%s: Ctrl-C gave exit status %d, want 130", tag, rc);
-    if (rc != 130) show_err(tag);
+    if (rc != 130) show_err(log);
     CHECK(!left, "%s: processes of the run outlived it", tag);
     fx_st_file f;
     if (fx_st_open(P("%s/state.safetensors", out), &f) == 0) {
@@ -727,21 +738,22 @@ static void check_interrupted(const char *tag, const char *out, int rc, int left
 static void test_interrupt(void) {
     int left;
     /* at once after round 1's line: the clients are training round 2 */
-    const char *out = P("%s/run_int", tmp);
+    char out[1024], out2[1024];
+    snprintf(out, sizeof out, "%s/run_int", tmp);
+    snprintf(out2, sizeof out2, "%s/run_int_eval", tmp);
     const char *args[] = {"train", "--model", model, "--task", "RTE", "--data", glue, "--max-seq-length", "32",
                           "--batch-size", "32", "--local-epochs", "1", "--threads", "2", "--lr", "5e-3",
                           "--rounds", "20", "--out", out, NULL};
     int rc = interrupt_run("int", out, 0, 0, args, &left);
-    check_interrupted("Ctrl-C while clients train", out, rc, left);
+    check_interrupted("Ctrl-C while clients train", "int", out, rc, left);
 
     /* while the server aggregates and evaluates: one training step per client, then 277 dev rows one at a
      * time; Ctrl-C lands halfway through round 2's evaluation (round 1's timings say when) */
-    const char *out2 = P("%s/run_int_eval", tmp);
     const char *args2[] = {"train", "--model", model, "--task", "RTE", "--data", glue_wide, "--max-seq-length", "32",
                            "--batch-size", "32", "--local-epochs", "1", "--threads", "2", "--eval-batch", "1",
                            "--rounds", "20", "--out", out2, NULL};
     rc = interrupt_run("int_eval", out2, 1.0, 0.5, args2, &left);
-    check_interrupted("Ctrl-C while the server evaluates", out2, rc, left);
+    check_interrupted("Ctrl-C while the server evaluates", "int_eval", out2, rc, left);
 }
 
 /* ---------------------------------------------------------------- 7. /dev/shm */
@@ -807,7 +819,8 @@ static void test_parser(void) {
         for (int i = 0; i < 8 && (bad[k].a[i] || (i == 1 && !strcmp(bad[k].a[0], "--model"))); i++)
             args[n++] = bad[k].a[i] ? bad[k].a[i] : model;
         args[n] = NULL;
-        const char *tag = P("bad%zu", k);
+        char tag[32];
+        snprintf(tag, sizeof tag, "bad%zu", k);
         int rc = run_argv(tag, NULL, args);
         char *e = slurp(P("%s/%s.err", tmp, tag));
         int lines = 0;
@@ -820,12 +833,13 @@ static void test_parser(void) {
     }
 
     /* --resume takes the run's own settings */
-    const char *run = P("%s/run_fedex", tmp);
+    char run[1024], ref[1024];
+    snprintf(run, sizeof run, "%s/run_fedex", tmp);
+    snprintf(ref, sizeof ref, "%s/run_ref", tmp);
     int rc = fedex("bad_resume", NULL, "train", "--resume", run, "--lr", "1e-2", NULL);
     CHECK(rc == 2 && err_has("bad_resume", "--lr"), "--resume with another --lr: exit status %d, want 2 naming --lr", rc);
 
     /* the reference code's spellings */
-    const char *ref = P("%s/run_ref", tmp);
     rc = fedex("ref", NULL, "train", "--model", model, "--task", "RTE", "--data", glue, "--agg_type", "ours", "--lora_r",
                "4", "--num_clients", "2", "--local_epochs", "1", "--batch_size", "32", "--max_seq_length", "64",
                "--warmup_ratio", "0.06", "--rounds", "1", "--output_dir", ref, "--threads", "2", NULL);
@@ -859,7 +873,8 @@ static void test_parser(void) {
 
 /* `fedex init` writes a classifier head; training from that folder must work (the head is loaded). */
 static void test_model_with_head(void) {
-    const char *out = P("%s/run_head", tmp);
+    char out[1024];
+    snprintf(out, sizeof out, "%s/run_head", tmp);
     int rc = fedex("head", NULL, "train", "--model", model_head, "--task", "RTE", "--data", glue, "--max-seq-length",
                    "32", "--batch-size", "32", "--local-epochs", "1", "--rounds", "1", "--threads", "2", "--out", out, NULL);
     CHECK(rc == 0 && exists(P("%s/metrics.jsonl", out)),
