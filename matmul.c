@@ -3,10 +3,19 @@
  * It calls no BLAS and needs no global -m flags; strict IEEE fp32 throughout (no fast-math). */
 #include "fedex.h"
 
-#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#else /* built without OpenMP (the fuzz build): one thread, and the pragmas are ignored */
+#define omp_get_max_threads() 1
+#define omp_get_thread_num() 0
+#define omp_get_num_threads() 1
+#define omp_in_parallel() 0
+#define omp_set_num_threads(n) ((void)(n))
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -310,14 +319,14 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
     float *bpack = grow(&mine->b, &mine->nb, (size_t)npanels * K * NR); /* (npanels, K, NR) */
     int kcb = K < KC ? K : KC;
 
-    /* Inside someone else's parallel region (one product per attention head, say) we are one of its
-     * threads already. */
-    int nthreads = (double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 : omp_get_max_threads();
-    /* Threads split the tiles of C along M, or along N when C has fewer row tiles than column tiles. */
+    /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
+     * else's parallel region (one per attention head, say): we are one of its threads already.
+     * Threads split the tiles of C along M, or along N when C has fewer row tiles than column tiles. */
     int mtiles = (M + MR - 1) / MR;
     int split_m = mtiles >= npanels;
 
-    #pragma omp parallel num_threads(nthreads)
+    #pragma omp parallel num_threads((double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 \
+                                                                                     : omp_get_max_threads())
     {
         #pragma omp for schedule(static)
         for (int p = 0; p < npanels; p++) {
