@@ -65,26 +65,6 @@ static void put_float(FILE *f, float x) {
     fputs(buf, f);
 }
 
-/* A JSON string literal: quotes, backslashes and control characters escaped; other bytes as they are. */
-static void put_json_text(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
-/* Writes the text a memstream collected to PATH atomically. BUF and LEN are the stream's, read only after
- * fclose has settled them; the buffer is freed. */
-static int finish_text_file(FILE *f, char **buf, size_t *len, const char *path) {
-    int bad = fclose(f) != 0;
-    int rc = bad ? -1 : fx_write_file_atomic(path, *buf, *len);
-    if (bad) fx_seterr("%s: cannot format the file", path);
-    free(*buf);
-    return rc;
-}
 
 /* ============================================================================================
  * reading one tensor into a buffer
@@ -162,7 +142,7 @@ static int write_config(const fx_config *c, const char *dir) {
     fprintf(f, "},\n  \"label2id\": {");
     for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"LABEL_%d\": %d", i ? ", " : "", i, i);
     fprintf(f, "}\n}\n");
-    return finish_text_file(f, &buf, &len, path);
+    return fx_write_memstream_atomic(f, &buf, &len, path);
 }
 
 /* ============================================================================================
@@ -289,7 +269,7 @@ static void put_targets(FILE *f, unsigned mask) {
     if ((mask & FX_T_OUTPUT) && !(mask & FX_T_ATTN_OUT)) {
         char re[512];
         targets_regex(mask, re, sizeof re);
-        put_json_text(f, re);
+        { char *q = fx_json_quote(re); fputs(q, f); free(q); }
         return;
     }
     fputc('[', f);
@@ -331,7 +311,7 @@ static int write_adapter_config(const fx_model *m, const char *dir) {
                 (unsigned long long)(a->seed & 0x7fffffffULL));
         fprintf(f, "  \"init_weights\": true\n}\n");
     }
-    return finish_text_file(f, &buf, &len, path);
+    return fx_write_memstream_atomic(f, &buf, &len, path);
 }
 
 /* PATH names an adapter folder, its .safetensors file or its adapter_config.json: both files' paths. */

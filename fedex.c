@@ -1007,26 +1007,10 @@ static void aggregate(fed_run *R, const int *done, double *err, double *agg_seco
 
 /* ---------------------------------------------------------------- outputs */
 
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputc('"', f);
-}
 
 static void json_num(FILE *f, double x) {
     if (isfinite(x)) fprintf(f, "%.9g", x);
     else fputs("null", f);
-}
-
-static int write_text_atomic(const char *path, char *text, size_t len) {
-    int rc = fx_write_file_atomic(path, text, len);
-    free(text);
-    return rc;
 }
 
 static int write_run_config(const fed_run *R) {
@@ -1044,14 +1028,16 @@ static int write_run_config(const fed_run *R) {
         case OPT_FLAG: fprintf(f, "%s", *(const int *)p ? "true" : "false"); break;
         case OPT_SEED: fprintf(f, "%lld", *(const long long *)p); break;
         case OPT_REAL: json_num(f, *(const double *)p); break;
-        case OPT_STR: if (*(const char *const *)p) json_str(f, *(const char *const *)p); else fputs("null", f); break;
+        case OPT_STR:
+            if (*(const char *const *)p) { char *q = fx_json_quote(*(const char *const *)p); fputs(q, f); free(q); }
+            else fputs("null", f);
+            break;
         }
     }
     fprintf(f, "\n}\n");
-    fclose(f);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", R->cfg.out);
-    return write_text_atomic(path, buf, len);
+    return fx_write_memstream_atomic(f, &buf, &len, path);
 }
 
 /* Reads a run's config.json back into C (for --resume and export). Strings point into J. */
@@ -1165,7 +1151,9 @@ static int write_outputs(fed_run *R, int round, const int *done) {
     char *text = fx_malloc(len + 1), *p = text;
     for (int i = 0; i < R->nlines; i++) p += sprintf(p, "%s\n", R->lines[i]);
     snprintf(path, sizeof path, "%s/metrics.jsonl", R->cfg.out);
-    if (write_text_atomic(path, text, len) != 0) return -1;
+    int rc = fx_write_file_atomic(path, text, len);
+    free(text);
+    if (rc != 0) return -1;
     return write_state(R, round);
 }
 

@@ -28,10 +28,15 @@ char *fx_strdup(const char *s);
 int fx_mul_size(size_t a, size_t b, size_t *out);
 int fx_add_size(size_t a, size_t b, size_t *out);
 
+/* Opens PATH read-only and checks it is a regular file: its descriptor and size, or -1 with fx_err(). */
+int fx_open_regular(const char *path, int *fd, size_t *size);
 /* Whole file into a NUL-terminated malloc'd buffer; fx_seterr names the path on failure. */
 int fx_read_file(const char *path, char **data, size_t *len);
 /* Writes to PATH.tmp.PID, fsyncs, renames over PATH: readers see the old file or the new, never half. */
 int fx_write_file_atomic(const char *path, const void *data, size_t len);
+/* Closes a memstream (open_memstream(buf, len)) and writes what it collected to PATH atomically; frees
+ * the buffer. */
+int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path);
 int fx_mkdir_p(const char *dir);
 double fx_now(void); /* seconds, monotonic */
 
@@ -65,6 +70,7 @@ typedef struct fx_json {
 int fx_json_parse(const char *text, size_t len, fx_json *out);
 void fx_json_free(fx_json *j);
 const fx_json *fx_json_get(const fx_json *obj, const char *key); /* NULL if absent or not an object */
+char *fx_json_quote(const char *s); /* "S" with JSON escapes, malloc'd: the one JSON string writer */
 
 /* UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF). fx_utf8_next decodes the
  * code point at S[0..len) into *cp and returns its length in bytes (1 to 4), or 0 when the bytes there
@@ -357,6 +363,12 @@ void fx_model_init_base(fx_model *m, uint64_t seed);
  * VeRA: lambda_d = d_initial, lambda_b = 0. The head is left alone. */
 void fx_model_init_adapters(fx_model *m, uint64_t seed);
 /* FedEx: W0 += alpha * R for adapted layer K, R (out, in) in W's orientation. */
+/* Checks a batch against a model's configuration (rows and tokens, WIDE = the widest activation row,
+ * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
+ * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
+int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
+/* Hugging Face's position ids: pad + running count of non-pad tokens, pad on pad tokens. */
+void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
 void fx_model_add_residual(fx_model *m, int k, const float *R, float alpha);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */

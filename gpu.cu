@@ -1162,43 +1162,15 @@ float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits) {
     const fx_config *c = &g->c;
     int n = b->n, T = b->T, C = g->C, wide = g->I > g->H ? g->I : g->H;
     /* The same checks and messages as fx_model_step, plus the attention kernels' row length. */
-    if (n < 1 || T < 1 || (size_t)n * T > (size_t)INT32_MAX / (size_t)wide) {
-        fx_seterr("batch: %d rows of %d tokens is empty or too large", n, T);
-        return NAN;
-    }
+    if (fx_batch_check(c, b, train, wide) != 0) return NAN;
     if (T > g->tmax) {
         fx_seterr("batch: %d tokens per row exceed the GPU attention kernels' %d (shared memory)", T, g->tmax);
         return NAN;
     }
-    if (train && !b->labels) { fx_seterr("batch: training needs labels"); return NAN; }
-    if (b->labels)
-        for (int i = 0; i < n; i++) {
-            float y = b->labels[i];
-            if (!isfinite(y) || (C > 1 && (y != floorf(y) || y < 0 || y >= C))) {
-                fx_seterr("batch: row %d: label %g is not %s", i, y, C > 1 ? "a class id in [0, num_labels)" : "finite");
-                return NAN;
-            }
-        }
     int BT = n * T;
     CUDA_CHECK(cudaSetDevice(g->dev));
     ensure_acts(g, BT, n);
-    /* Positions as HF's create_position_ids_from_input_ids: pad + running count of non-pad tokens. */
-    for (int i = 0; i < n; i++) {
-        int count = 0;
-        for (int t = 0; t < T; t++) {
-            int32_t id = b->ids[(size_t)i * T + t];
-            if (id < 0 || id >= c->vocab_size) {
-                fx_seterr("batch: row %d, token %d: id %d outside the vocabulary [0, %d)", i, t, (int)id, c->vocab_size);
-                return NAN;
-            }
-            int p = id != c->pad_id ? c->pad_id + ++count : c->pad_id;
-            if (p >= c->max_positions) {
-                fx_seterr("batch: row %d: %d tokens exceed max_position_embeddings %d", i, count, c->max_positions);
-                return NAN;
-            }
-            g->h_pos[(size_t)i * T + t] = p;
-        }
-    }
+    fx_batch_positions(c, b, g->h_pos);
     upload(g, g->ids, b->ids, (size_t)BT * sizeof(int32_t));
     upload(g, g->pos, g->h_pos, (size_t)BT * sizeof(int32_t));
     upload(g, g->mask, b->mask, (size_t)BT);

@@ -418,3 +418,22 @@ const fx_json *fx_json_get(const fx_json *obj, const char *key) {
         if (obj->klens[i] == kl && memcmp(obj->keys[i], key, kl) == 0) return &obj->kids[i];
     return NULL;
 }
+
+/* ---------------------------------------------------------------- writing */
+
+/* A JSON string literal of S (valid UTF-8, copied as is): quotes, backslashes and control bytes escaped.
+ * Every file fedex writes JSON into quotes its strings with this. */
+char *fx_json_quote(const char *s) {
+    size_t n = 3;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) n += *p < 0x20 ? 6 : (*p == '"' || *p == '\\') ? 2 : 1;
+    char *out = fx_malloc(n), *o = out;
+    *o++ = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') { *o++ = '\\'; *o++ = (char)*p; }
+        else if (*p < 0x20) o += sprintf(o, "\\u%04x", *p);
+        else *o++ = (char)*p;
+    }
+    *o++ = '"';
+    *o = 0;
+    return out;
+}

@@ -948,45 +948,65 @@ static double loss_forward_backward(float *dlogits, const float *logits, const f
 }
 
 /* ============================================================================================
- * one step: validate, forward, loss, backward
+ * batch checks and position ids (shared by both backends, so they refuse the same batches alike)
  * ============================================================================================ */
 
-float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
-    const fx_config *c = &m->c;
-    int n = b->n, T = b->T, H = c->hidden, L = c->num_labels;
-    if (n < 1 || T < 1 || (size_t)n * T > (size_t)INT32_MAX / (size_t)(c->intermediate > H ? c->intermediate : H)) {
+int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide) {
+    int n = b->n, T = b->T, L = c->num_labels;
+    if (n < 1 || T < 1 || (size_t)n * T > (size_t)INT32_MAX / (size_t)wide) {
         fx_seterr("batch: %d rows of %d tokens is empty or too large", n, T);
-        return NAN;
+        return -1;
     }
-    if (train && !b->labels) { fx_seterr("batch: training needs labels"); return NAN; }
+    if (train && !b->labels) { fx_seterr("batch: training needs labels"); return -1; }
     if (b->labels)
         for (int i = 0; i < n; i++) {
             float y = b->labels[i];
             if (!isfinite(y) || (L > 1 && (y != floorf(y) || y < 0 || y >= L))) {
                 fx_seterr("batch: row %d: label %g is not %s", i, y, L > 1 ? "a class id in [0, num_labels)" : "finite");
-                return NAN;
+                return -1;
             }
         }
-    ws_prepare(m, n, T, train);
-    workspace *w = m->ws;
-    /* Positions as HF's create_position_ids_from_input_ids: pad + running count of non-pad tokens;
-     * pad tokens get pad itself. */
+    /* token ids in the vocabulary, and positions (pad + count of non-pad tokens) within the table */
     for (int i = 0; i < n; i++) {
         int count = 0;
         for (int t = 0; t < T; t++) {
             int32_t id = b->ids[(size_t)i * T + t];
             if (id < 0 || id >= c->vocab_size) {
                 fx_seterr("batch: row %d, token %d: id %d outside the vocabulary [0, %d)", i, t, (int)id, c->vocab_size);
-                return NAN;
+                return -1;
             }
-            int p = id != c->pad_id ? c->pad_id + ++count : c->pad_id;
-            if (p >= c->max_positions) {
+            if (id != c->pad_id && c->pad_id + ++count >= c->max_positions) {
                 fx_seterr("batch: row %d: %d tokens exceed max_position_embeddings %d", i, count, c->max_positions);
-                return NAN;
+                return -1;
             }
-            w->pos[(size_t)i * T + t] = p;
         }
     }
+    return 0;
+}
+
+/* Positions as HF's create_position_ids_from_input_ids: pad + running count of non-pad tokens; pad
+ * tokens get pad itself. */
+void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */) {
+    for (int i = 0; i < b->n; i++) {
+        int count = 0;
+        for (int t = 0; t < b->T; t++) {
+            int32_t id = b->ids[(size_t)i * b->T + t];
+            pos[(size_t)i * b->T + t] = id != c->pad_id ? c->pad_id + ++count : c->pad_id;
+        }
+    }
+}
+
+/* ============================================================================================
+ * one step: validate, forward, loss, backward
+ * ============================================================================================ */
+
+float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
+    const fx_config *c = &m->c;
+    int n = b->n, T = b->T, H = c->hidden, L = c->num_labels;
+    if (fx_batch_check(c, b, train, H > c->intermediate ? H : c->intermediate) != 0) return NAN;
+    ws_prepare(m, n, T, train);
+    workspace *w = m->ws;
+    fx_batch_positions(c, b, w->pos);
     embeddings_forward(m, b, train);
     for (int l = 0; l < c->layers; l++) layer_forward(m, l, l ? w->L[l - 1].out : w->x0, b);
     head_forward(m, b, w->L[c->layers - 1].out);

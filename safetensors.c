@@ -312,15 +312,9 @@ int fx_st_parse(const uint8_t *buf, size_t len, const char *label, fx_st_file *f
  * inode we map never changes under us; a file truncated in place by someone else would SIGBUS. */
 int fx_st_open(const char *path, fx_st_file *f) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { fx_seterr("%s: cannot open: %s", path, strerror(errno)); return -1; }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        fx_seterr("%s: not a regular file", path);
-        close(fd);
-        return -1;
-    }
-    size_t len = (size_t)st.st_size;
+    int fd;
+    size_t len;
+    if (fx_open_regular(path, &fd, &len) != 0) return -1;
     if (len >= 8) { /* mmap refuses 0 bytes; shorter files are refused by the parser without reading */
         void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
@@ -433,18 +427,11 @@ static void sb_put(strbuf *s, const char *x, size_t len) {
 }
 static void sb_str(strbuf *s, const char *x) { sb_put(s, x, strlen(x)); }
 
-/* A JSON string literal. Input is valid UTF-8 (checked by the caller), copied as is; only '"', '\\'
- * and control bytes need escapes. */
+/* A JSON string literal (input is valid UTF-8, checked by the caller). */
 static void sb_json_str(strbuf *s, const char *x) {
-    sb_put(s, "\"", 1);
-    for (; *x; x++) {
-        unsigned char c = (unsigned char)*x;
-        char esc[8];
-        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; sb_put(s, esc, 2); }
-        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); sb_put(s, esc, 6); }
-        else sb_put(s, (const char *)&c, 1);
-    }
-    sb_put(s, "\"", 1);
+    char *q = fx_json_quote(x);
+    sb_str(s, q);
+    free(q);
 }
 
 static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }

@@ -75,7 +75,7 @@ int fx_add_size(size_t a, size_t b, size_t *out) {
 
 /* ---------------------------------------------------------------- files */
 
-int fx_read_file(const char *path, char **data, size_t *len) {
+int fx_open_regular(const char *path, int *fd_out, size_t *size) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) { fx_seterr("%s: cannot open: %s", path, strerror(errno)); return -1; }
     struct stat st;
@@ -84,7 +84,15 @@ int fx_read_file(const char *path, char **data, size_t *len) {
         close(fd);
         return -1;
     }
-    size_t n = (size_t)st.st_size, got = 0;
+    *fd_out = fd;
+    *size = (size_t)st.st_size;
+    return 0;
+}
+
+int fx_read_file(const char *path, char **data, size_t *len) {
+    int fd;
+    size_t n, got = 0;
+    if (fx_open_regular(path, &fd, &n) != 0) return -1;
     char *buf = fx_malloc(n + 1);
     while (got < n) {
         ssize_t k = read(fd, buf + got, n - got);
@@ -139,6 +147,15 @@ int fx_write_file_atomic(const char *path, const void *data, size_t len) {
     }
     free(tmp);
     return 0;
+}
+
+int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path) {
+    int bad = fclose(f) != 0;
+    int rc = bad ? -1 : fx_write_file_atomic(path, *buf, *len);
+    if (bad) fx_seterr("%s: cannot format the file", path);
+    free(*buf);
+    *buf = NULL;
+    return rc;
 }
 
 int fx_mkdir_p(const char *dir) {
