@@ -173,16 +173,18 @@ void fx_agg_residual_dense(const fx_model *m, int k, const float *const *clients
 /* ============================================================================================
  * Aggregation error
  * ============================================================================================
- * For an adapted layer, with W_i = W0_old + dW_i the clients' models, W_prev = W0_old + dW(previous
- * global) the model they started from, and W_global = W0_new + dW(global) the server's new model:
+ * For an adapted layer whose frozen weight is W0 + R (R the residual accumulated so far), with
+ * W_i = W0 + R_old + dW_i the clients' models, W_prev = W0 + R_old + dW(previous global) the model they
+ * started from, and W_global = W0 + R_new + dW(global) the server's new model:
  *
  *     err = || W_global - sum_i w_i W_i ||_F  /  || sum_i w_i W_i - W_prev ||_F
+ *         = || (R_new - R_old) + dW(global) - sum_i w_i dW_i ||_F  /  || sum_i w_i dW_i - dW(prev) ||_F
  *
- * the deviation from the exact mean, relative to how far the round moved the model. Computed in
- * double from the fp32 values the server really holds (so W0's fp32 rounding counts). FedEx sits at
- * float rounding; FedIT's is the paper's deviation (its Figure 2). */
+ * the deviation from the exact mean, relative to how far the round moved the model. Computed in double
+ * from the fp32 values the server stores (so the fp32 rounding of R and of the adapters counts). FedEx
+ * sits at float rounding; FedIT's is the paper's deviation (its Figure 2). */
 
-double fx_agg_error(const fx_model *m, int k, const float *W0_old, const float *W0_new,
+double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
                     const float *const *clients, const double *w, int n, const float *global,
                     const float *prev_global, double *work /* 2 x (out, in) */) {
     const fx_adapted *ad = &m->ad[k];
@@ -196,7 +198,7 @@ double fx_agg_error(const fx_model *m, int k, const float *W0_old, const float *
     double num = 0, den = 0;
     fx_delta_w(m, k, global, tmp);
     for (size_t j = 0; j < len; j++) {
-        double e = ((double)W0_new[j] - (double)W0_old[j]) + tmp[j] - mean[j];
+        double e = ((double)R_new[j] - (double)R_old[j]) + tmp[j] - mean[j];
         num += e * e;
     }
     fx_delta_w(m, k, prev_global, tmp);

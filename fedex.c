@@ -597,7 +597,10 @@ typedef struct {
     size_t P;
     /* server */
     fx_model srv;                    /* base = shared base, evaluates the global model */
-    float *prev_global, *w0_orig, *w0_old; /* w0_*: adapted layers' W0, concatenated */
+    float *prev_global;
+    float *w0_orig;                  /* adapted layers' original W0, concatenated */
+    float *r_acc, *r_old;            /* FedEx's accumulated residual R (same layout), now and before the
+                                        round: the shared base holds W0 + R for the forward pass */
     double *err_work;
     pid_t *pid; int *cmd_fd, *res_fd, *alive;
     /* results */
@@ -894,7 +897,7 @@ static int wait_clients(fed_run *R, int round, int *pending, int *done) {
                 done[c] = 1;
                 if (!tty && !R->quiet) {
                     client_slot *s = &R->slot[c];
-                    printf("round %d client %d: %lld samples x %d epochs in %.2f s (%.0f samples/s), loss %.4f\n",
+                    printf("round %d client %d: %lld samples x %d epochs in %.2f s (%.1f samples/s), loss %.4f\n",
                            round, c, (long long)s->samples, R->cfg.local_epochs, s->seconds,
                            (double)s->samples * R->cfg.local_epochs / s->seconds, s->train_loss);
                 }
@@ -974,23 +977,29 @@ static void aggregate(fed_run *R, const int *done, double *err, double *agg_seco
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
         size_t len = (size_t)ad->out * ad->in;
-        float *W0 = R->base + ad->w_off;
-        memcpy(R->w0_old + woff, W0, sizeof(float) * len);
+        float *racc = R->r_acc + woff;
+        memcpy(R->r_old + woff, racc, sizeof(float) * len);
         if (fx_agg_is_exact(R->cfg.agg)) {
+            /* The residual accumulates in its own fp32 buffer, where rounding is relative to |R|, not to
+             * |W0|: folding it into W0 directly would cost half an ulp of W0 per element every round,
+             * which is large next to a small round's update. The shared base then holds W0 + R. */
             float *msg = R->msg + R->msg_off[k];
             if (!strcmp(R->cfg.residual, "dense")) {
                 fx_agg_residual_dense(m, k, cl, w, n, R->global, msg, R->tmp);
-                for (size_t j = 0; j < len; j++) W0[j] += msg[j];
+                for (size_t j = 0; j < len; j++) racc[j] += msg[j];
                 R->resid_info[1] = 0;
             } else {
-                /* R = U V rebuilt with one GEMM, accumulated straight into W0 */
+                /* R = U V rebuilt with one GEMM, accumulated straight into the residual */
                 float *U = msg;
                 int q = m->a.kind == FX_LORA ? (n + 1) * m->a.r : m->a.r;
                 float *V = U + (size_t)ad->out * q;
                 q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
-                fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 1.0f, W0, ad->in);
+                fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 1.0f, racc, ad->in);
                 R->resid_info[1] = q;
             }
+            float *W = R->base + ad->w_off;
+            const float *W0 = R->w0_orig + woff;
+            for (size_t j = 0; j < len; j++) W[j] = W0[j] + racc[j];
         }
         woff += len;
     }
@@ -999,7 +1008,7 @@ static void aggregate(fed_run *R, const int *done, double *err, double *agg_seco
     woff = 0;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
-        err[k] = fx_agg_error(m, k, R->w0_old + woff, R->base + ad->w_off, cl, w, n, R->global,
+        err[k] = fx_agg_error(m, k, R->r_old + woff, R->r_acc + woff, cl, w, n, R->global,
                               R->prev_global, R->err_work);
         woff += (size_t)ad->out * ad->in;
     }
@@ -1085,7 +1094,7 @@ static int write_residual(const fed_run *R, const char *path) {
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
         size_t len = (size_t)ad->out * ad->in;
-        for (size_t j = 0; j < len; j++) diff[woff + j] = R->base[ad->w_off + j] - R->w0_orig[woff + j];
+        memcpy(diff + woff, R->r_acc + woff, sizeof(float) * len);
         snprintf(names[k], sizeof names[k], "roberta.%s.weight", ad->name);
         e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
         e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = diff + woff;
@@ -1097,18 +1106,20 @@ static int write_residual(const fed_run *R, const char *path) {
     return rc;
 }
 
-/* The checkpoint that --resume reads: the global state, the adapted layers' fp32 W0 (bit-exact), and the
- * round. It is written last, so a run stopped at any point resumes from a complete round. */
+/* The checkpoint that --resume reads: the global state, the accumulated residual of every adapted layer,
+ * and the round. It is written last, so a run stopped at any point resumes from a complete round. */
 static int write_state(const fed_run *R, int round) {
     const fx_model *m = &R->srv;
     fx_st_entry *e = fx_calloc((size_t)m->nadapted + 1, sizeof *e);
     char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
+    size_t woff = 0;
     e[0].name = "global"; e[0].dtype = FX_F32; e[0].ndim = 1; e[0].shape[0] = (int64_t)R->P; e[0].data = R->global;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
-        snprintf(names[k], sizeof names[k], "w0.%s", ad->name);
+        snprintf(names[k], sizeof names[k], "residual.%s", ad->name);
         e[k + 1].name = names[k]; e[k + 1].dtype = FX_F32; e[k + 1].ndim = 2;
-        e[k + 1].shape[0] = ad->out; e[k + 1].shape[1] = ad->in; e[k + 1].data = R->base + ad->w_off;
+        e[k + 1].shape[0] = ad->out; e[k + 1].shape[1] = ad->in; e[k + 1].data = R->r_acc + woff;
+        woff += (size_t)ad->out * ad->in;
     }
     char rs[32], bs[64], br[32], path[4096];
     snprintf(rs, sizeof rs, "%d", round);
@@ -1270,8 +1281,10 @@ static int init_weights(const run_cfg *c, fx_model *m) {
     return 0;
 }
 
-/* Restores the global state and the adapted layers' W0 from DIR/state.safetensors; returns the round. */
-static int load_state(const char *dir, fx_model *m, float *global, double *best, int *best_round) {
+/* Restores the global state and the accumulated residual (R_ACC, adapted layers concatenated) from
+ * DIR/state.safetensors, and sets the adapted layers of M's base (holding the original W0) to W0 + R,
+ * as the run computed them. Returns the round. */
+static int load_state(const char *dir, fx_model *m, float *global, float *r_acc, double *best, int *best_round) {
     char path[4096];
     snprintf(path, sizeof path, "%s/state.safetensors", dir);
     fx_st_file f;
@@ -1287,16 +1300,20 @@ static int load_state(const char *dir, fx_model *m, float *global, double *best,
     const float *p = fx_st_f32(&f, g, &owned);
     memcpy(global, p, sizeof(float) * m->train.n);
     free(owned);
-    for (int k = 0; k < m->nadapted; k++) {
+    for (int k = 0, woff = 0; k < m->nadapted; k++) {
         char name[128];
-        snprintf(name, sizeof name, "w0.%s", m->ad[k].name);
+        snprintf(name, sizeof name, "residual.%s", m->ad[k].name);
         const fx_st_tensor *t = fx_st_find(&f, name);
         if (!t || t->dtype != FX_F32 || fx_st_numel(t) != (size_t)m->ad[k].out * m->ad[k].in) {
             fx_seterr("%s: tensor '%s' missing or of the wrong size", path, name);
             goto out;
         }
         p = fx_st_f32(&f, t, &owned);
-        memcpy(m->base.data + m->ad[k].w_off, p, sizeof(float) * fx_st_numel(t));
+        size_t len = fx_st_numel(t);
+        float *W = m->base.data + m->ad[k].w_off;
+        memcpy(r_acc + woff, p, sizeof(float) * len);
+        for (size_t j = 0; j < len; j++) W[j] += r_acc[woff + j];
+        woff += (int)len;
         free(owned);
     }
     rc = atoi(rs);
@@ -1399,7 +1416,8 @@ static int setup_run(fed_run *R) {
     if (init_weights(c, &R->srv) != 0) return -1;
     memcpy(R->global, R->srv.train.data, sizeof(float) * R->P);
     R->w0_orig = fx_malloc(sizeof(float) * (wtot ? wtot : 1));
-    R->w0_old = fx_malloc(sizeof(float) * (wtot ? wtot : 1));
+    R->r_acc = fx_calloc(wtot ? wtot : 1, sizeof(float));
+    R->r_old = fx_malloc(sizeof(float) * (wtot ? wtot : 1));
     R->err_work = fx_malloc(sizeof(double) * 2 * (wmax ? wmax : 1));
     R->prev_global = fx_malloc(sizeof(float) * R->P);
     for (size_t k = 0, woff = 0; k < (size_t)R->srv.nadapted; k++) {
@@ -1409,7 +1427,7 @@ static int setup_run(fed_run *R) {
     }
     R->best = -INFINITY;
     if (c->resume) {
-        R->round0 = load_state(c->out, &R->srv, R->global, &R->best, &R->best_round);
+        R->round0 = load_state(c->out, &R->srv, R->global, R->r_acc, &R->best, &R->best_round);
         if (R->round0 < 0) return -1;
         load_lines(R, R->round0);
         printf("resuming %s after round %d\n", c->out, R->round0);
@@ -1463,7 +1481,7 @@ static void teardown_run(fed_run *R) {
     fx_model_free(&R->srv);
     if (R->shm && R->shm != MAP_FAILED) munmap(R->shm, R->shm_len);
     for (int i = 0; R->rows && i < R->n; i++) free(R->rows[i]);
-    free(R->rows); free(R->counts); free(R->client); free(R->w0_orig); free(R->w0_old);
+    free(R->rows); free(R->counts); free(R->client); free(R->w0_orig); free(R->r_acc); free(R->r_old);
     free(R->err_work); free(R->prev_global); free(R->pid); free(R->msg_off); free(R->tmp); free(R->gpu_of); free(R->cmd_fd); free(R->res_fd); free(R->alive);
     for (int i = 0; i < R->nlines; i++) free(R->lines[i]);
     free(R->lines);
@@ -1713,7 +1731,12 @@ static int cmd_export(int argc, char **argv) {
     if (read_run_config(run, &c, &j) != 0 || model_config_of(&c, &mc, &task) != 0) goto out;
     adapter_cfg_of(&c, &ac);
     if (fx_model_create(&m, &mc, &ac, NULL) != 0) goto out;
-    if (init_weights(&c, &m) != 0 || load_state(run, &m, m.train.data, &best, &best_round) < 0 ||
+    size_t wtot = 0;
+    for (int k = 0; k < m.nadapted; k++) wtot += (size_t)m.ad[k].out * m.ad[k].in;
+    float *r_acc = fx_malloc(sizeof(float) * (wtot ? wtot : 1));
+    int bad = init_weights(&c, &m) != 0 || load_state(run, &m, m.train.data, r_acc, &best, &best_round) < 0;
+    free(r_acc);
+    if (bad ||
         fx_mkdir_p(out) != 0 || fx_model_save(&m, out, merged) != 0 || (!merged && fx_adapter_save(&m, out) != 0)) {
         fx_model_free(&m);
         goto out;

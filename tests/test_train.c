@@ -48,8 +48,9 @@
 /* Our agg_error against the run's: the same fp32 inputs in double, summed in another order, printed with
  * 9 significant digits. */
 #define TOL_METRIC 1e-5
-/* Bounded waits for a run's first metrics line and for a run to finish. */
+/* Bounded waits for a run's first metrics line and for a run to finish (a run here takes 1 to 3 s). */
 #define WAIT_LINE_S 120.0
+#define WAIT_RUN_S 120.0
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -109,9 +110,10 @@ static int copy_lines(const char *src, const char *dst, int n) {
     return rc;
 }
 
-/* Runs $FEDEX ARGS (NULL-terminated, without argv[0]) with stdout and stderr in tmp/TAG.out and
- * tmp/TAG.err, FEDEX_FAULT set to FAULT (or unset). Returns the exit status, 128 + signal when killed. */
-static int run_argv(const char *tag, const char *fault, const char *const *args) {
+/* Starts $FEDEX ARGS (NULL-terminated, without argv[0]) in a process group of its own (so that it can be
+ * interrupted or killed with all its clients), stdout and stderr in tmp/TAG.out and tmp/TAG.err,
+ * FEDEX_FAULT set to FAULT (or unset). Returns the pid, which is also the group's id. */
+static pid_t spawn(const char *tag, const char *fault, const char *const *args) {
     const char *argv[96];
     int n = 0;
     argv[n++] = fedex_bin;
@@ -121,6 +123,7 @@ static int run_argv(const char *tag, const char *fault, const char *const *args)
     pid_t p = fork();
     if (p < 0) { perror("fork"); return -1; }
     if (p == 0) {
+        setpgid(0, 0);
         int o = open(P("%s/%s.out", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int e = open(P("%s/%s.err", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0) _exit(126);
@@ -128,10 +131,35 @@ static int run_argv(const char *tag, const char *fault, const char *const *args)
         execv(fedex_bin, (char *const *)argv);
         _exit(127);
     }
-    if (nservers < 64) servers[nservers++] = p;
+    setpgid(p, p); /* as the child does: whichever runs first */
+    if (nservers < (int)(sizeof servers / sizeof servers[0])) servers[nservers++] = p;
+    return p;
+}
+
+/* Waits for P at most WAIT_RUN_S; past that, kills its group and fails. Returns the exit status,
+ * 128 + signal when killed, -1 on a failure to wait. */
+static int finish(const char *tag, pid_t p) {
+    double t0 = fx_now();
     int st;
-    if (waitpid(p, &st, 0) < 0) return -1;
+    for (;;) {
+        pid_t w = waitpid(p, &st, WNOHANG);
+        if (w == p) break;
+        if (w < 0) return -1;
+        if (fx_now() - t0 > WAIT_RUN_S) {
+            kill(-p, SIGKILL);
+            waitpid(p, &st, 0);
+            CHECK(0, "%s: still running after %.0f s: killed", tag, WAIT_RUN_S);
+            return -1;
+        }
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int run_argv(const char *tag, const char *fault, const char *const *args) {
+    pid_t p = spawn(tag, fault, args);
+    return p < 0 ? -1 : finish(tag, p);
 }
 
 /* The same with PRE's arguments, then the variable ones up to NULL. */
@@ -281,7 +309,7 @@ static const char tiny_config[] =
     "  \"layer_norm_eps\": 1e-05,\n  \"hidden_dropout_prob\": 0.1,\n  \"attention_probs_dropout_prob\": 0.1,\n"
     "  \"initializer_range\": 0.02,\n  \"hidden_act\": \"gelu\"\n}\n";
 
-/* A copy of DIR_HEAD's checkpoint without the classifier: what a pre-trained checkpoint such as
+/* A copy of FROM's checkpoint without the classifier: what a pre-trained checkpoint such as
  * roberta-base looks like (its head is lm_head.*), so that training starts from a fresh head. */
 static int strip_head(const char *from, const char *to) {
     fx_st_file f;
@@ -682,33 +710,15 @@ static void test_repeat_and_resume(void) {
 
 /* ---------------------------------------------------------------- 6. Ctrl-C */
 
-/* Starts ARGS in a process group of its own, waits for its first metrics line (the round-1 line's
- * seconds_clients and seconds_eval in *CL and *EV), sleeps DELAY(cl, ev) seconds, sends SIGINT to the
- * group as a terminal's Ctrl-C would, and returns the exit status; *LEFT is set when a process of the
- * group outlived the server. */
+/* Starts ARGS, waits for its first metrics line, sleeps AFTER_CLIENTS x that round's seconds_clients +
+ * AFTER_EVAL x its seconds_eval, sends SIGINT to the run's group as a terminal's Ctrl-C would, and
+ * returns the exit status; *LEFT is set when a process of the group outlived the server. */
 static int interrupt_run(const char *tag, const char *out, double after_clients, double after_eval,
                          const char *const *args, int *left) {
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = fedex_bin;
-    for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
-    argv[n] = NULL;
-    fflush(stdout); fflush(stderr);
-    pid_t p = fork();
+    pid_t p = spawn(tag, NULL, args);
     if (p < 0) return -1;
-    if (p == 0) {
-        setpgid(0, 0);
-        int o = open(P("%s/%s.out", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(P("%s/%s.err", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0) _exit(126);
-        unsetenv("FEDEX_FAULT");
-        execv(fedex_bin, (char *const *)argv);
-        _exit(127);
-    }
-    setpgid(p, p);
-    if (nservers < 64) servers[nservers++] = p;
     double t0 = fx_now(), cl = 0, ev = 0;
-    int st, got = 0, done = 0;
+    int st = 0, got = 0, done = 0;
     while (fx_now() - t0 < WAIT_LINE_S) {
         metrics m;
         if (metrics_load(out, &m) == 0 && m.n >= 1) {
@@ -732,11 +742,11 @@ static int interrupt_run(const char *tag, const char *out, double after_clients,
             nanosleep(&ts, NULL);
         }
         kill(-p, SIGINT);
-        if (waitpid(p, &st, 0) != p) return -1;
     }
+    int rc = done ? (WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) : finish(tag, p);
     *left = !(kill(-p, 0) != 0 && errno == ESRCH);
     if (*left) kill(-p, SIGKILL);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return rc;
 }
 
 static void check_interrupted(const char *tag, const char *log, const char *out, int rc, int left) {
