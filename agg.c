@@ -79,8 +79,7 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out
         }
     } else {
         const float *d = train + ad->a_off, *b = train + ad->b_off;
-        int in_max = 0;
-        for (int q = 0; q < m->nadapted; q++) if (m->ad[q].in > in_max) in_max = m->ad[q].in;
+        int in_max = m->vera_in;
         for (int o = 0; o < out; o++) {
             double *row = dW + (size_t)o * in;
             for (int i = 0; i < in; i++) row[i] = 0;
@@ -97,41 +96,65 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out
  * FedEx's exact residual
  * ============================================================================================
  * After averaging, the global model would be W0 + s B̄ Ā, but the mean of the clients' models is
- * W0 + s mean_i(B_i A_i). FedEx-LoRA keeps B̄, Ā and moves the difference into the frozen weight:
+ * W0 + s sum_i w_i B_i A_i. FedEx-LoRA keeps B̄, Ā and moves the difference into the frozen weight:
  *
- *     W0 <- W0 + R,    R = s ( sum_i w_i B_i A_i  -  B̄ Ā )                             (LoRA)
+ *     R = s ( sum_i w_i B_i A_i  -  B̄ Ā )                                              (LoRA)
  *
- * R has rank at most (N+1) r: it is one product of stacked factors,
+ * Written as it stands, that is a difference of two products up to 10^4 times larger than R itself,
+ * and fp32 loses R's digits. With β = sum_i w_i B_i and α = sum_i w_i A_i (exact; B̄ = fl(β), Ā = fl(α)
+ * are the stored means) and sum_i w_i = 1, the same matrix is
  *
- *     R = U V,   U = s [ w_1 B_1 | ... | w_N B_N | -B̄ ]  (out, (N+1) r)
- *                V =   [ A_1 ; ... ; A_N ; Ā ]             ((N+1) r, in)
+ *     R = s ( sum_i w_i (B_i - B̄)(A_i - Ā)  +  (β - B̄) Ā  +  B̄ (α - Ā) )
+ *
+ * whose terms are the size of R (the last two only carry B̄ and Ā's own rounding). It has rank at most
+ * (N+2) r and is one product of stacked factors,
+ *
+ *     R = U V,   U = s [ w_1 (B_1 - B̄) | ... | w_N (B_N - B̄) | β - B̄ | B̄ ]   (out, (N+2) r)
+ *                V =   [ A_1 - Ā ; ... ; A_N - Ā ; Ā ; α - Ā ]                   ((N+2) r, in)
  *
  * which is what travels (and is rebuilt by each receiver with one GEMM) in --residual factored.
  * For VeRA, dW_i = diag(b_i) B diag(d_i) A with A, B shared, so the difference factors through A:
  *
  *     R = M A,   M[o][j] = B[o][j] ( sum_i w_i b_i[o] d_i[j]  -  b̄[o] d̄[j] )              (VeRA)
  *
- * with rank at most r and only M (out, r) to send, as A is the shared frozen projection (no scale).
- * Returns q, the inner dimension of U V. */
+ * with rank at most r and only M (out, r) to send, as A is the shared frozen projection (no scale);
+ * M is accumulated in double. Returns q, the inner dimension of U V. */
 
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U /* (out, q) */, float *V /* (q, in) */) {
     const fx_adapted *ad = &m->ad[k];
     int r = m->a.r, in = ad->in, out = ad->out;
     if (m->a.kind == FX_LORA) {
-        int q = (n + 1) * r;
-        for (int i = 0; i <= n; i++) {
-            const float *src = i < n ? clients[i] : global;
-            double f = i < n ? (double)m->scale * w[i] : -(double)m->scale;
-            const float *B = src + ad->b_off, *A = src + ad->a_off;
-            for (int o = 0; o < out; o++)
-                for (int j = 0; j < r; j++) U[(size_t)o * q + i * r + j] = (float)(f * B[(size_t)o * r + j]);
-            memcpy(V + (size_t)i * r * in, A, sizeof(float) * (size_t)r * in);
-        }
+        int q = (n + 2) * r;
+        double s = m->scale;
+        const float *Bb = global + ad->b_off, *Ab = global + ad->a_off;
+        for (int o = 0; o < out; o++)
+            for (int j = 0; j < r; j++) {
+                size_t e = (size_t)o * r + j;
+                float *u = U + (size_t)o * q;
+                double beta = 0;
+                for (int i = 0; i < n; i++) {
+                    double d = (double)clients[i][ad->b_off + e] - Bb[e];
+                    u[i * r + j] = (float)(s * w[i] * d);
+                    beta += w[i] * clients[i][ad->b_off + e];
+                }
+                u[n * r + j] = (float)(s * (beta - Bb[e]));
+                u[(n + 1) * r + j] = (float)(s * Bb[e]);
+            }
+        for (int j = 0; j < r; j++)
+            for (int x = 0; x < in; x++) {
+                size_t e = (size_t)j * in + x;
+                double alpha = 0;
+                for (int i = 0; i < n; i++) {
+                    V[(size_t)(i * r + j) * in + x] = (float)((double)clients[i][ad->a_off + e] - Ab[e]);
+                    alpha += w[i] * clients[i][ad->a_off + e];
+                }
+                V[(size_t)(n * r + j) * in + x] = Ab[e];
+                V[(size_t)((n + 1) * r + j) * in + x] = (float)(alpha - Ab[e]);
+            }
         return q;
     }
-    int in_max = 0;
-    for (int p = 0; p < m->nadapted; p++) if (m->ad[p].in > in_max) in_max = m->ad[p].in;
+    int in_max = m->vera_in;
     const float *db = global + ad->a_off, *bb = global + ad->b_off;
     for (int o = 0; o < out; o++)
         for (int j = 0; j < r; j++) {
@@ -143,31 +166,6 @@ int fx_agg_residual_factors(const fx_model *m, int k, const float *const *client
         }
     for (int j = 0; j < r; j++) memcpy(V + (size_t)j * in, m->vera_A + (size_t)j * in_max, sizeof(float) * in);
     return r;
-}
-
-/* The same residual computed densely, term by term: R = sum_i w_i dW_i - dW(global), each dW an
- * fp32 product. It sends out x in floats instead of (out + in) q; both are exact up to rounding. */
-void fx_agg_residual_dense(const fx_model *m, int k, const float *const *clients, const double *w,
-                           int n, const float *global, float *R /* (out, in) */, float *tmp /* (out, r) */) {
-    const fx_adapted *ad = &m->ad[k];
-    int r = m->a.r, in = ad->in, out = ad->out;
-    int in_max = 0;
-    for (int p = 0; p < m->nadapted; p++) if (m->ad[p].in > in_max) in_max = m->ad[p].in;
-    for (int i = 0; i <= n; i++) {
-        const float *src = i < n ? clients[i] : global;
-        double f = i < n ? w[i] : -1.0;
-        if (m->a.kind == FX_LORA) {
-            /* R += f s B A */
-            fx_matmul(0, 0, out, in, r, (float)(f * m->scale), src + ad->b_off, r, src + ad->a_off, in,
-                      i == 0 ? 0.0f : 1.0f, R, in);
-        } else {
-            /* R += f diag(b) B diag(d) A: scale B's rows by b and columns by d, then one product */
-            const float *d = src + ad->a_off, *b = src + ad->b_off;
-            for (int o = 0; o < out; o++)
-                for (int j = 0; j < r; j++) tmp[(size_t)o * r + j] = b[o] * m->vera_B[(size_t)o * r + j] * d[j];
-            fx_matmul(0, 0, out, in, r, (float)f, tmp, r, m->vera_A, in_max, i == 0 ? 0.0f : 1.0f, R, in);
-        }
-    }
 }
 
 /* ============================================================================================

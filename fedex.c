@@ -361,7 +361,7 @@ static const opt_def train_opts[] = {
     {"--model", NULL, OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model"},
     {"--task", NULL, OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI); none: the built-in synthetic task"},
     {"--data", NULL, OPT_STR, RC(data), NULL, "folder holding the GLUE task folders"},
-    {"--agg", "--agg_type", OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera)"},
+    {"--agg", "--agg_type", OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera)"},
     {"--num-clients", "--num_clients", OPT_INT, RC(num_clients), "3", "number of clients"},
     {"--rounds", NULL, OPT_INT, RC(rounds), "50", "federated rounds"},
     {"--local-epochs", "--local_epochs", OPT_INT, RC(local_epochs), "3", "epochs over its shard each client trains per round"},
@@ -430,7 +430,7 @@ static int set_opt(run_cfg *c, const opt_def *o, const char *v) {
 }
 
 static void opts_help(const char *cmd, const char *synopsis) {
-    printf("usage: fedex %s %s\n\noptions (the reference code's spelling in brackets):\n", cmd, synopsis);
+    printf("usage: fedex %s %s\n\noptions (the reference code's spelling in parentheses):\n", cmd, synopsis);
     for (int i = 0; i < NOPTS; i++) {
         const opt_def *o = &train_opts[i];
         char name[64];
@@ -592,7 +592,7 @@ typedef struct {
                                         (U, V) or dense R, at msg_off[k]: what a GPU client rebuilds */
     size_t *msg_off;                 /* (nadapted) */
     int *resid_info;                 /* shared: [0] round of the residual in msg, [1] its q */
-    float *tmp;                      /* (out_max, r) server scratch */
+    float *tmp;                      /* server scratch: one layer's factors (--residual dense) */
     int *gpu_of;                     /* (n) device of each client (--client-gpus) */
     size_t P;
     /* server */
@@ -652,7 +652,7 @@ static void comm_bytes(const fed_run *R, int nclients, int64_t *up, int64_t *dow
         trained += b + (m->a.freeze_a || m->a.freeze_d ? 0 : a);
         if (fx_agg_is_exact(R->cfg.agg)) {
             if (!strcmp(R->cfg.residual, "dense")) resid += (int64_t)ad->out * ad->in;
-            else if (m->a.kind == FX_LORA) resid += (int64_t)(nclients + 1) * m->a.r * (ad->out + ad->in);
+            else if (m->a.kind == FX_LORA) resid += (int64_t)(nclients + 2) * m->a.r * (ad->out + ad->in);
             else resid += (int64_t)ad->out * m->a.r;
         }
     }
@@ -878,6 +878,7 @@ static int wait_clients(fed_run *R, int round, int *pending, int *done) {
         int map[256], np = 0;
         for (int c = 0; c < R->n; c++)
             if (pending[c]) { pf[np].fd = R->res_fd[c]; pf[np].events = POLLIN; map[np++] = c; }
+        if (interrupted) return -1;
         if (np == 0) break;
         show_progress(R, round, pending, tty, &drawn);
         int r = poll(pf, (nfds_t)np, tty ? 250 : -1);
@@ -983,20 +984,20 @@ static void aggregate(fed_run *R, const int *done, double *err, double *agg_seco
             /* The residual accumulates in its own fp32 buffer, where rounding is relative to |R|, not to
              * |W0|: folding it into W0 directly would cost half an ulp of W0 per element every round,
              * which is large next to a small round's update. The shared base then holds W0 + R. */
+            /* factored: U, V are the message; dense: the server multiplies them out and R is */
             float *msg = R->msg + R->msg_off[k];
-            if (!strcmp(R->cfg.residual, "dense")) {
-                fx_agg_residual_dense(m, k, cl, w, n, R->global, msg, R->tmp);
+            int dense = !strcmp(R->cfg.residual, "dense");
+            float *U = dense ? R->tmp : msg;
+            int q = m->a.kind == FX_LORA ? (n + 2) * m->a.r : m->a.r;
+            float *V = U + (size_t)ad->out * q;
+            q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
+            if (dense) {
+                fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 0.0f, msg, ad->in);
                 for (size_t j = 0; j < len; j++) racc[j] += msg[j];
-                R->resid_info[1] = 0;
             } else {
-                /* R = U V rebuilt with one GEMM, accumulated straight into the residual */
-                float *U = msg;
-                int q = m->a.kind == FX_LORA ? (n + 1) * m->a.r : m->a.r;
-                float *V = U + (size_t)ad->out * q;
-                q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
                 fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 1.0f, racc, ad->in);
-                R->resid_info[1] = q;
             }
+            R->resid_info[1] = dense ? 0 : q;
             float *W = R->base + ad->w_off;
             const float *W0 = R->w0_orig + woff;
             for (size_t j = 0; j < len; j++) W[j] = W0[j] + racc[j];
@@ -1371,15 +1372,15 @@ static int setup_run(fed_run *R) {
     size_t msg = 0, wtot = 0, wmax = 0, omax = 0;
     R->msg_off = fx_calloc((size_t)probe.nadapted + 1, sizeof(size_t));
     for (int k = 0; k < probe.nadapted; k++) {
-        size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in, q = (size_t)(R->n + 1) * R->ac.r;
+        size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in, q = (size_t)(R->n + 2) * R->ac.r;
         size_t fac = (out + in) * q, dense = out * in;
         R->msg_off[k] = msg;
         msg += fac > dense ? fac : dense;
         wtot += out * in;
         if (out * in > wmax) wmax = out * in;
-        if (out > omax) omax = out;
+        if (fac > omax) omax = fac;
     }
-    R->tmp = fx_malloc(sizeof(float) * (omax ? omax : 1) * (size_t)R->ac.r);
+    R->tmp = fx_malloc(sizeof(float) * (omax ? omax : 1));
     fx_model_free(&probe);
 
     size_t base_n = fx_base_numel(&R->mc);
@@ -1576,6 +1577,11 @@ static int run_federated(fed_run *R) {
         if (c->out && write_outputs(R, round, done) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); status = 1; break; }
         last = mt;
         last_round = round;
+        if (interrupted) { /* after this round's checkpoint: it is complete */
+            fprintf(stderr, "\nfedex: interrupted after round %d; it is %s\n", round, c->out ? "saved" : "not saved (no --out)");
+            status = 130;
+            break;
+        }
     }
     stop_clients(R, status ? SIGTERM : 0);
     if (status == 0 && !quiet && last_round > 0 && last.main_name)
@@ -1774,11 +1780,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    /* The server and its clients are separate processes that each run OpenMP threads on the same cores.
-     * Threads that spin while they wait would take the cores from each other (a run is several times
-     * slower), so fedex asks for passive waiting. libgomp reads this once, at start: set it and start
-     * again. If the restart fails, fedex goes on as it is. */
-    if (!getenv("OMP_WAIT_POLICY")) {
+    /* In train and demo, the server and its clients are separate processes that each run OpenMP threads
+     * on the same cores. Threads that spin while they wait would take the cores from each other (a run
+     * is several times slower), so fedex asks for passive waiting. libgomp reads this once, at start:
+     * set it and start again. If the restart fails, fedex goes on as it is. */
+    if (!getenv("OMP_WAIT_POLICY") && argc > 1 && (!strcmp(argv[1], "train") || !strcmp(argv[1], "demo"))) {
         setenv("OMP_WAIT_POLICY", "passive", 1);
         execv("/proc/self/exe", argv);
     }

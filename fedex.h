@@ -423,8 +423,6 @@ void fx_agg_mean(float *out, const float *const *x, const double *w, int n, size
 void fx_delta_w(const fx_model *m, int k, const float *train, double *dW);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
-void fx_agg_residual_dense(const fx_model *m, int k, const float *const *clients, const double *w,
-                           int n, const float *global, float *R, float *tmp);
 double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
                     const float *const *clients, const double *w, int n, const float *global,
                     const float *prev_global, double *work);
