@@ -1,0 +1,145 @@
+/* tests/test_agg.c: the aggregation math of agg.c against a plain double-precision computation written
+ * here: the FedIT mean, FedEx's residual (LoRA from its factors, VeRA), and the aggregation error, for
+ * plain and sample-weighted means, on a small random model. */
+#include "fedex.h"
+#include "check.h"
+
+#include <string.h>
+
+/* Tolerances, each with its reason. */
+enum { NCL = 4 };
+static const double TOL_MEAN = 1e-7;      /* fp32 result of a double mean: half an ulp, relative */
+static const double TOL_RESIDUAL = 1e-5;  /* R from fp32 factors and one fp32 GEMM, relative to ||R||:
+                                             centred factors keep the terms the size of R */
+static const double TOL_EXACT = 1e-5;     /* the bound on FedEx's aggregation error in fp32 */
+
+static void fill(float *x, size_t n, fx_rng *r, double scale) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * (2 * fx_rng_uniform(r) - 1));
+}
+
+/* dW of adapted layer k for trainable buffer T, in double, straight from the definitions. */
+static void ref_delta(const fx_model *m, int k, const float *T, double *dW) {
+    const fx_adapted *ad = &m->ad[k];
+    int r = m->a.r;
+    for (int o = 0; o < ad->out; o++)
+        for (int i = 0; i < ad->in; i++) {
+            double s = 0;
+            for (int j = 0; j < r; j++) {
+                if (m->a.kind == FX_LORA)
+                    s += (double)T[ad->b_off + (size_t)o * r + j] * T[ad->a_off + (size_t)j * ad->in + i];
+                else
+                    s += (double)T[ad->b_off + o] * m->vera_B[(size_t)o * r + j] * T[ad->a_off + j] *
+                         m->vera_A[(size_t)j * m->vera_in + i];
+            }
+            dW[(size_t)o * ad->in + i] = (m->a.kind == FX_LORA ? m->scale : 1.0) * s;
+        }
+}
+
+static double rel_err(const double *got, const double *want, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) { num += (got[i] - want[i]) * (got[i] - want[i]); den += want[i] * want[i]; }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void run_case(fx_adapter_kind kind, int weighted) {
+    const char *name = kind == FX_LORA ? (weighted ? "LoRA weighted" : "LoRA") : (weighted ? "VeRA weighted" : "VeRA");
+    fx_config c = {.vocab_size = 30, .hidden = 24, .layers = 2, .heads = 2, .intermediate = 40, .max_positions = 20,
+                   .type_vocab_size = 1, .pad_id = 1, .num_labels = 2, .layer_norm_eps = 1e-5f,
+                   .initializer_range = 0.02f};
+    fx_adapter_cfg a = {.kind = kind, .targets = FX_T_QUERY | FX_T_VALUE | FX_T_INTER, .r = kind == FX_LORA ? 4 : 8,
+                        .alpha = 8, .d_initial = 0.1f, .seed = 7};
+    fx_model m;
+    if (fx_model_create(&m, &c, &a, NULL) != 0) { CHECK(0, "%s: fx_model_create: %s", name, fx_err()); return; }
+    fx_model_init_base(&m, 1);
+    fx_model_init_adapters(&m, 2);
+    size_t P = m.train.n;
+    fx_rng rng;
+    fx_rng_seed(&rng, 99 + (uint64_t)kind * 10 + (uint64_t)weighted);
+    /* clients: the shared starting point plus a client-specific move, as after local training */
+    float *start = fx_malloc(sizeof(float) * P), *cl[NCL], *glob = fx_malloc(sizeof(float) * P);
+    fill(start, P, &rng, 0.05);
+    double w[NCL], wsum = 0;
+    for (int i = 0; i < NCL; i++) {
+        cl[i] = fx_malloc(sizeof(float) * P);
+        for (size_t j = 0; j < P; j++) cl[i][j] = start[j] + (float)(0.01 * (2 * fx_rng_uniform(&rng) - 1));
+        w[i] = weighted ? 1.0 + 10 * fx_rng_uniform(&rng) : 1.0;
+        wsum += w[i];
+    }
+    for (int i = 0; i < NCL; i++) w[i] /= wsum;
+
+    /* FedIT mean */
+    fx_agg_mean(glob, (const float *const *)cl, w, NCL, P);
+    double worst = 0;
+    for (size_t j = 0; j < P; j++) {
+        double ref = 0;
+        for (int i = 0; i < NCL; i++) ref += w[i] * cl[i][j];
+        double e = fabs(glob[j] - ref) / (fabs(ref) + 1e-30);
+        if (e > worst) worst = e;
+    }
+    CHECK(worst <= TOL_MEAN, "%s: mean off by %.3g relative", name, worst);
+
+    for (int k = 0; k < m.nadapted; k++) {
+        const fx_adapted *ad = &m.ad[k];
+        size_t len = (size_t)ad->out * ad->in;
+        int qmax = (NCL + 2) * a.r;
+        float *U = fx_malloc(sizeof(float) * (size_t)ad->out * qmax), *V = fx_malloc(sizeof(float) * (size_t)qmax * ad->in);
+        float *Rf = fx_malloc(sizeof(float) * len), *zero = fx_calloc(len, sizeof(float));
+        double *ref = fx_calloc(len, sizeof(double)), *tmp = fx_malloc(sizeof(double) * len), *got = fx_malloc(sizeof(double) * len);
+        /* reference: R = sum_i w_i dW_i - dW(global), in double */
+        for (int i = 0; i < NCL; i++) {
+            ref_delta(&m, k, cl[i], tmp);
+            for (size_t j = 0; j < len; j++) ref[j] += w[i] * tmp[j];
+        }
+        ref_delta(&m, k, glob, tmp);
+        for (size_t j = 0; j < len; j++) ref[j] -= tmp[j];
+        int q = fx_agg_residual_factors(&m, k, (const float *const *)cl, w, NCL, glob, U, V);
+        CHECK(q == (kind == FX_LORA ? (NCL + 2) * a.r : a.r), "%s %s: q = %d", name, ad->name, q);
+        fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 0.0f, Rf, ad->in);
+        for (size_t j = 0; j < len; j++) got[j] = Rf[j];
+        double e = rel_err(got, ref, len);
+        CHECK(e <= TOL_RESIDUAL, "%s %s: residual off by %.3g of its norm", name, ad->name, e);
+        /* the residual must be in W's (out, in) orientation: its transpose is another matrix */
+        if (ad->out == ad->in) {
+            for (int o = 0; o < ad->out; o++)
+                for (int i = 0; i < ad->in; i++) got[(size_t)o * ad->in + i] = Rf[(size_t)i * ad->in + o];
+            CHECK(rel_err(got, ref, len) > 0.1, "%s %s: the transposed residual matches too", name, ad->name);
+        }
+        /* aggregation error: FedEx (R added) at rounding, FedIT (nothing added) clearly not */
+        double *work = fx_malloc(sizeof(double) * 2 * len);
+        double ex = fx_agg_error(&m, k, zero, Rf, (const float *const *)cl, w, NCL, glob, start, work);
+        double it = fx_agg_error(&m, k, zero, zero, (const float *const *)cl, w, NCL, glob, start, work);
+        CHECK(ex < TOL_EXACT, "%s %s: FedEx aggregation error %.3g", name, ad->name, ex);
+        CHECK(it > 100 * TOL_EXACT, "%s %s: FedIT aggregation error %.3g is not clearly above FedEx's", name, ad->name, it);
+        /* FedIT's error, recomputed: ||R|| / || sum_i w_i dW_i - dW(start) || */
+        ref_delta(&m, k, start, tmp);
+        double num = 0, den = 0;
+        double *mean = fx_calloc(len, sizeof(double)), *dw = fx_malloc(sizeof(double) * len);
+        for (int i = 0; i < NCL; i++) {
+            ref_delta(&m, k, cl[i], dw);
+            for (size_t j = 0; j < len; j++) mean[j] += w[i] * dw[j];
+        }
+        for (size_t j = 0; j < len; j++) { num += ref[j] * ref[j]; den += (mean[j] - tmp[j]) * (mean[j] - tmp[j]); }
+        double it_ref = sqrt(num / den);
+        CHECK(fabs(it - it_ref) <= 1e-6 * it_ref, "%s %s: FedIT error %.9g, reference %.9g", name, ad->name, it, it_ref);
+        free(mean); free(dw); free(work);
+        free(U); free(V); free(Rf); free(zero); free(ref); free(tmp); free(got);
+    }
+    for (int i = 0; i < NCL; i++) free(cl[i]);
+    free(start); free(glob);
+    fx_model_free(&m);
+}
+
+int main(void) {
+    fx_agg_method mth;
+    CHECK(fx_agg_parse("ours", &mth) == 0 && mth == FX_AGG_FEDEX, "ours is fedex");
+    CHECK(fx_agg_parse("normal", &mth) == 0 && mth == FX_AGG_FEDIT, "normal is fedit");
+    CHECK(fx_agg_parse("ours_vera", &mth) == 0 && mth == FX_AGG_FEDEX_VERA, "ours_vera is fedex-vera");
+    CHECK(fx_agg_parse("bogus", &mth) != 0 && strstr(fx_err(), "bogus"), "unknown method refused");
+    CHECK(fx_agg_is_exact(FX_AGG_FEDEX) && fx_agg_is_exact(FX_AGG_FEDEX_VERA) && !fx_agg_is_exact(FX_AGG_FEDIT),
+          "exact methods");
+    for (int wgt = 0; wgt < 2; wgt++) {
+        run_case(FX_LORA, wgt);
+        run_case(FX_VERA, wgt);
+    }
+    return check_done();
+}
