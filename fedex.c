@@ -1527,6 +1527,7 @@ static int run_federated(fed_run *R) {
     if (!quiet)
         printf("%s: %d client%s, %d rounds x %d local epochs, %d trainable parameters, %d threads\n",
                fx_agg_name(c->agg), R->n, R->n > 1 ? "s" : "", c->rounds, c->local_epochs, (int)R->P, threads);
+    fflush(stdout);
     int status = 0;
     int *pending = fx_calloc((size_t)R->n, sizeof(int)), *done = fx_calloc((size_t)R->n, sizeof(int));
     double *err = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
@@ -1630,8 +1631,8 @@ static int cmd_train(int argc, char **argv) {
     if (check_cfg(&R.cfg, set) != 0) { fprintf(stderr, "fedex train: %s\n", fx_err()); return 2; }
     if (!strcmp(R.cfg.device, "cuda")) {
 #ifndef FEDEX_CUDA
-        fprintf(stderr, "fedex train: --device cuda: this fedex was built without CUDA (nvcc was not found "
-                "when it was built)\n");
+        fprintf(stderr, "fedex train: --device cuda needs the CUDA build, fedex-cuda, beside this program "
+                "(`make` builds it when nvcc is found)\n");
         return 2;
 #endif
     }
@@ -1780,6 +1781,22 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+#ifndef FEDEX_CUDA
+    /* `--device cuda` belongs to the CUDA build, fedex-cuda beside this program: hand over to it. */
+    for (int i = 2; i < argc; i++)
+        if ((!strcmp(argv[i], "--device") && i + 1 < argc && !strcmp(argv[i + 1], "cuda")) ||
+            !strcmp(argv[i], "--device=cuda")) {
+            char self[4096];
+            ssize_t n = readlink("/proc/self/exe", self, sizeof self - 16);
+            if (n > 0) {
+                self[n] = 0;
+                char *slash = strrchr(self, '/');
+                strcpy(slash ? slash + 1 : self, "fedex-cuda");
+                if (access(self, X_OK) == 0) execv(self, argv);
+            }
+            break; /* no CUDA build: the command says so */
+        }
+#endif
     /* In train and demo, the server and its clients are separate processes that each run OpenMP threads
      * on the same cores. Threads that spin while they wait would take the cores from each other (a run
      * is several times slower), so fedex asks for passive waiting. libgomp reads this once, at start:
