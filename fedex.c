@@ -176,6 +176,28 @@ static const char init_usage[] =
     "  --seed S     the random stream (default 0): the same seed gives the same weights\n"
     "  --labels N   the classifier's labels (default: the config's id2label, else 2; 1 = regression)\n";
 
+/* Copies vocab.json and merges.txt from FROM to TO (those present), so TO is a complete model folder.
+ * Returns how many it copied, -1 on error. */
+static int copy_tokenizer(const char *from, const char *to) {
+    static const char *const names[2] = {"vocab.json", "merges.txt"};
+    int copied = 0;
+    for (int k = 0; k < 2; k++) {
+        char src[4096], dst[4096], *data;
+        size_t len;
+        if ((size_t)snprintf(src, sizeof src, "%s/%s", from, names[k]) >= sizeof src ||
+            (size_t)snprintf(dst, sizeof dst, "%s/%s", to, names[k]) >= sizeof dst) {
+            fx_seterr("path too long: %s", to);
+            return -1;
+        }
+        if (access(src, F_OK) != 0) continue; /* absent: nothing to copy; unreadable: an error below */
+        int rc = fx_read_file(src, &data, &len) == 0 ? fx_write_file_atomic(dst, data, len) : -1;
+        if (rc == 0) free(data);
+        if (rc != 0) return -1;
+        copied++;
+    }
+    return copied;
+}
+
 static int cmd_init(int argc, char **argv) {
     const char *config = NULL, *out = NULL;
     long seed = 0, labels = 0;
@@ -203,21 +225,10 @@ static int cmd_init(int argc, char **argv) {
     if (fx_model_save(&m, out, 0) != 0) fx_die("%s", fx_err());
     fx_model_free(&m);
 
-    char src[4096], dst[4096], dir[4096];
+    char dir[4096];
     dir_of(config, dir, sizeof dir);
-    const char *copy[2] = {"vocab.json", "merges.txt"};
-    int copied = 0;
-    for (int k = 0; k < 2; k++) {
-        char *data;
-        size_t len;
-        if ((size_t)snprintf(src, sizeof src, "%s/%s", dir, copy[k]) >= sizeof src ||
-            (size_t)snprintf(dst, sizeof dst, "%s/%s", out, copy[k]) >= sizeof dst)
-            fx_die("init: path too long: %s", out);
-        if (access(src, F_OK) != 0) continue; /* absent: nothing to copy; unreadable: an error below */
-        if (fx_read_file(src, &data, &len) != 0 || fx_write_file_atomic(dst, data, len) != 0) fx_die("%s", fx_err());
-        free(data);
-        copied++;
-    }
+    int copied = copy_tokenizer(dir, out);
+    if (copied < 0) fx_die("%s", fx_err());
     printf("init: %s: %d layers, hidden %d, %d label%s, %zu base weights%s\n", out, c.layers, c.hidden,
            c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied == 2 ? ", tokenizer copied" :
            " (no vocab.json/merges.txt beside the config: add them to use the folder)");
@@ -927,7 +938,7 @@ static int wait_clients(fed_run *R, int round, int *pending, int *done) {
 
 /* Evaluates the global model (server's model with the global state) on the dev split, on the CPU or,
  * with --server-gpu, on a device copy that receives the residual as the clients' copies do. */
-static void evaluate(fed_run *R, fx_metrics *mt) {
+static double evaluate(fed_run *R, fx_metrics *mt) {
     fx_model *m = &R->srv;
     memcpy(m->train.data, R->global, sizeof(float) * R->P);
 #ifdef FEDEX_CUDA
@@ -947,19 +958,21 @@ static void evaluate(fed_run *R, fx_metrics *mt) {
     float *logits = fx_malloc(sizeof(float) * (size_t)R->dev.n * L);
     int *rows = fx_malloc(sizeof(int) * (size_t)bs);
     fx_batch b = {0};
+    double loss = 0; /* mean over rows, as `fedex eval` reports it */
     for (int i = 0; i < R->dev.n; i += bs) {
         int n = R->dev.n - i < bs ? R->dev.n - i : bs;
         for (int j = 0; j < n; j++) rows[j] = i + j;
         fx_batch_fill(&R->dev, rows, n, R->pad_id, &b);
 #ifdef FEDEX_CUDA
-        if (R->srv_gpu) { fx_gpu_step(R->srv_gpu, &b, 0, logits + (size_t)i * L); continue; }
+        if (R->srv_gpu) { loss += (double)n * fx_gpu_step(R->srv_gpu, &b, 0, logits + (size_t)i * L); continue; }
 #endif
-        fx_model_step(m, &b, 0, logits + (size_t)i * L);
+        loss += (double)n * fx_model_step(m, &b, 0, logits + (size_t)i * L);
     }
     fx_task_metrics(R->task, logits, R->dev.labels, R->dev.n, mt);
     fx_batch_free(&b);
     free(rows);
     free(logits);
+    return R->dev.n ? loss / R->dev.n : NAN;
 }
 
 /* FedIT mean, then (FedEx) the residual into W0, then the aggregation error of every adapted layer. */
@@ -1187,7 +1200,7 @@ static double run_pss_mb(const fed_run *R) {
     return kb / 1024.0;
 }
 
-static char *metrics_line(fed_run *R, int round, const int *done, const fx_metrics *mt, const double *err,
+static char *metrics_line(fed_run *R, int round, const int *done, const fx_metrics *mt, double dev_loss, const double *err,
                           double secs, double agg_s, double eval_s, double clients_s) {
     char *buf = NULL; size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -1218,7 +1231,9 @@ static char *metrics_line(fed_run *R, int round, const int *done, const fx_metri
         json_num(f, vals[i]);
         first = 0;
     }
-    fprintf(f, "}, \"metric\": \"%s\", \"value\": ", mt->main_name);
+    fprintf(f, "}, \"dev_loss\": ");
+    json_num(f, dev_loss);
+    fprintf(f, ", \"metric\": \"%s\", \"value\": ", mt->main_name);
     json_num(f, mt->main);
     fprintf(f, ", \"best\": ");
     json_num(f, R->best);
@@ -1559,13 +1574,13 @@ static int run_federated(fed_run *R) {
         aggregate(R, done, err, &agg_s);
         te = fx_now();
         fx_metrics mt;
-        evaluate(R, &mt);
+        double dev_loss = evaluate(R, &mt);
         double eval_s = fx_now() - te;
         if (mt.main > R->best || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
         double mx = 0;
         for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
         if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
-        char *line = metrics_line(R, round, done, &mt, err, fx_now() - t0, agg_s, eval_s, tc);
+        char *line = metrics_line(R, round, done, &mt, dev_loss, err, fx_now() - t0, agg_s, eval_s, tc);
         R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
         R->lines[R->nlines++] = line;
         if (!quiet)
@@ -1748,6 +1763,7 @@ static int cmd_export(int argc, char **argv) {
         fx_model_free(&m);
         goto out;
     }
+    if (c.model && copy_tokenizer(c.model, out) < 0) { fx_model_free(&m); goto out; }
     printf("wrote %s/model.safetensors (%s)\n", out, merged ? "residual and adapters merged" : "residual merged; adapter beside it");
     fx_model_free(&m);
     rc = 0;

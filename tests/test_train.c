@@ -700,6 +700,114 @@ static void test_exactness(void) {
     }
 }
 
+/* ---------------------------------------------------------------- export */
+
+/* `fedex export` writes the run's global model: evaluated by `fedex eval`, the merged checkpoint must give
+ * the dev loss the run itself reported for its last round, and the unmerged one (residual merged, PEFT
+ * adapter beside it) the same logits as the merged one. */
+static double eval_loss(const char *tag) {
+    char *o = slurp(P("%s/%s.out", tmp, tag));
+    const char *p = o ? strstr(o, "loss ") : NULL;
+    double v = p ? strtod(p + 5, NULL) : NAN;
+    free(o);
+    return v;
+}
+
+static int methods_vera(const char *agg) { return strstr(agg, "vera") != NULL; }
+
+/* The exported weights, rebuilt here from the run's own files: plain = W0 + R, merged = W0 + R + dW, for
+ * every adapted layer (tiny model: 2 layers, query and value, 16 x 16), with W0 from the base checkpoint,
+ * R from residual.safetensors, dW from the adapter. */
+static void check_export_weights(const char *agg, int vera, const char *run, const char *merged, const char *plain) {
+    static const double TOL_W = 1e-6; /* fp32 sums of values of order 0.1, relative to max |W| */
+    stf base, res, ad, mg, pl;
+    if (st_open(&base, P("%s/model.safetensors", model)) | st_open(&res, P("%s/residual.safetensors", run)) |
+        st_open(&ad, P("%s/adapter_model.safetensors", run)) | st_open(&mg, P("%s/model.safetensors", merged)) |
+        st_open(&pl, P("%s/model.safetensors", plain))) {
+        CHECK(0, "export %s: a file to check does not load", agg);
+        st_close(&base); st_close(&res); st_close(&ad); st_close(&mg); st_close(&pl);
+        return;
+    }
+    double s = vera ? 1.0 : lora_scale(run), rmax = 0;
+    const int H = 16;
+    for (int l = 0; l < 2; l++)
+        for (int q = 0; q < 2; q++) {
+            const char *lay = P("encoder.layer.%d.attention.self.%s", l, q ? "value" : "query");
+            char name[256], pre[256];
+            snprintf(name, sizeof name, "roberta.%s.weight", lay);
+            snprintf(pre, sizeof pre, "base_model.model.roberta.%s", lay);
+            size_t n0 = 0, nr = 0, nm = 0, np = 0;
+            double *W0 = tget(&base.f, name, &n0), *R = tget(&res.f, name, &nr);
+            double *Wm = tget(&mg.f, name, &nm), *Wp = tget(&pl.f, name, &np);
+            layer_ad la;
+            int have = W0 && R && Wm && Wp && n0 == (size_t)H * H && nr == n0 && nm == n0 && np == n0 &&
+                       layer_load(&ad.f, pre, vera, H, H, &la) == 0;
+            CHECK(have, "export %s: %s missing in one of the files", agg, name);
+            if (have) {
+                double *dW = fx_malloc(sizeof(double) * n0), em = 0, ep = 0, wmax = 0;
+                delta_w(&la, vera, s, H, H, dW);
+                for (size_t i = 0; i < n0; i++) {
+                    wmax = fmax(wmax, fabs(W0[i]));
+                    rmax = fmax(rmax, fabs(R[i]));
+                    ep = fmax(ep, fabs(Wp[i] - (W0[i] + R[i])));
+                    em = fmax(em, fabs(Wm[i] - (W0[i] + R[i] + dW[i])));
+                }
+                CHECK(ep <= TOL_W * wmax, "export %s: %s: plain weight off W0 + R by %.3g", agg, name, ep);
+                CHECK(em <= TOL_W * wmax, "export %s: %s: merged weight off W0 + R + dW by %.3g", agg, name, em);
+                free(dW);
+                layer_free(&la);
+            }
+            free(W0); free(R); free(Wm); free(Wp);
+        }
+    CHECK(rmax > 0, "export %s: the residual is zero, so the check above proves nothing", agg);
+    st_close(&base); st_close(&res); st_close(&ad); st_close(&mg); st_close(&pl);
+}
+
+static void test_export(void) {
+    static const double TOL_LOGITS = 1e-4; /* the adapter folded into W in fp32 vs applied as s (x A^T) B^T */
+    static const double TOL_LOSS = 6e-5;   /* `fedex eval` prints the loss with 4 decimals */
+    const char *aggs[] = {"fedex", "fedex-vera"};
+    for (int k = 0; k < 2; k++) {
+        char run[1024];
+        snprintf(run, sizeof run, "%s/run_%s", tmp, aggs[k]);
+        metrics m;
+        if (metrics_load(run, &m) != 0 || m.n < 1) { CHECK(0, "export %s: no run to export", aggs[k]); continue; }
+        double dev_loss = num(&m.line[m.n - 1], "dev_loss");
+        metrics_free(&m);
+        char merged_dir[1100], plain_dir[1100];
+        snprintf(merged_dir, sizeof merged_dir, "%s/merged", run);
+        snprintf(plain_dir, sizeof plain_dir, "%s/plain", run);
+        int rc1 = fedex(P("export_m_%d", k), NULL, "export", "--run", run, "--out", merged_dir, "--merged", NULL);
+        int rc2 = fedex(P("export_p_%d", k), NULL, "export", "--run", run, "--out", plain_dir, NULL);
+        CHECK(rc1 == 0 && rc2 == 0, "export %s: exit status %d / %d", aggs[k], rc1, rc2);
+        if (rc1 || rc2) continue;
+        char lm[1100], lp[1100];
+        snprintf(lm, sizeof lm, "%s/logits_merged.safetensors", run);
+        snprintf(lp, sizeof lp, "%s/logits_plain.safetensors", run);
+        rc1 = fedex(P("eval_m_%d", k), NULL, "eval", "--model", merged_dir, "--task", "RTE", "--data", glue,
+                    "--max-length", "32", "--logits", lm, NULL);
+        rc2 = fedex(P("eval_p_%d", k), NULL, "eval", "--model", plain_dir, "--adapter", plain_dir, "--task", "RTE",
+                    "--data", glue, "--max-length", "32", "--logits", lp, NULL);
+        CHECK(rc1 == 0 && rc2 == 0, "export %s: eval exit status %d / %d", aggs[k], rc1, rc2);
+        if (rc1 || rc2) { show_err(P("eval_m_%d", k)); show_err(P("eval_p_%d", k)); continue; }
+        double lo = eval_loss(P("eval_m_%d", k));
+        CHECK(fabs(lo - dev_loss) <= TOL_LOSS, "export %s: merged model's dev loss %.6f, the run reported %.6f",
+              aggs[k], lo, dev_loss);
+        check_export_weights(aggs[k], methods_vera(aggs[k]), run, merged_dir, plain_dir);
+        fx_st_file a, b;
+        if (fx_st_open(lm, &a) != 0) { CHECK(0, "%s", fx_err()); continue; }
+        if (fx_st_open(lp, &b) != 0) { CHECK(0, "%s", fx_err()); fx_st_close(&a); continue; }
+        size_t na, nb;
+        double *xa = tget(&a, "logits", &na), *xb = tget(&b, "logits", &nb);
+        CHECK(xa && xb && na == nb && na > 0, "export %s: logits missing or of different sizes", aggs[k]);
+        double worst = 0;
+        for (size_t i = 0; xa && xb && i < na && na == nb; i++) worst = fmax(worst, fabs(xa[i] - xb[i]));
+        CHECK(worst <= TOL_LOGITS, "export %s: merged and adapter logits differ by %.3g", aggs[k], worst);
+        free(xa); free(xb);
+        fx_st_close(&a); fx_st_close(&b);
+    }
+}
+
 /* ---------------------------------------------------------------- 3. a client dies */
 
 static void test_dead_client(void) {
@@ -1027,6 +1135,7 @@ int main(void) {
     else {
         test_methods();
         test_exactness();
+        test_export();
         test_dead_client();
         test_repeat_and_resume();
         test_interrupt();
