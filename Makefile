@@ -96,12 +96,21 @@ fuzz: $(FUZZ_BIN)
 
 # ---------------------------------------------------------------- benchmarks
 BENCH_SRC := $(wildcard bench/bench_*.c)
+# bench_gpu needs the CUDA build (gpu.o, cuBLAS); without it `make bench` says so and runs the rest.
+ifeq ($(GPU_OBJ),)
+  BENCH_SRC := $(filter-out bench/bench_gpu.c,$(BENCH_SRC))
+  BENCH_SKIP := echo "skipped: bench_gpu (no CUDA in this build: $(if $(filter release,$(BUILD)),nvcc not found,sanitizer build))";
+endif
 BENCH_BIN := $(patsubst bench/%.c,$(B)/bench/%,$(BENCH_SRC))
 $(B)/bench/%: bench/%.c $(B)/libfedex.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I. $< $(B)/libfedex.a -o $@ -lopenblas $(LDLIBS)
+$(B)/bench/bench_gpu: bench/bench_gpu.c $(B)/libfedex.a $(GPU_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(GPU_DEF) -I. $(if $(CUDA_HOME),-isystem $(CUDA_HOME)/include) $< $(GPU_OBJ) \
+	  $(B)/libfedex.a -o $@ $(GPU_LIBS) $(LDLIBS)
 bench: all $(BENCH_BIN)
-	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	@$(BENCH_SKIP) for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 
 clean:
 	rm -rf build fedex fedex-cuda

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 /* ============================================================================================
@@ -149,9 +150,19 @@ static int write_config(const fx_config *c, const char *dir) {
  * full checkpoints: model.safetensors
  * ============================================================================================ */
 
+int fx_model_has_weights(const char *dir) {
+    char path[PATH_MAX_LEN];
+    if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
+    if (access(path, F_OK) == 0) return 0;
+    fx_seterr("%s: no such file: the folder has no weights (download them, or make random ones of its "
+              "shapes with `fedex init --config %s/config.json --out NEWDIR`)", path, dir);
+    return -1;
+}
+
 int fx_model_load(fx_model *m, const char *dir) {
     char path[PATH_MAX_LEN], name[160];
     if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
+    if (fx_model_has_weights(dir) != 0) return -1;
     fx_st_file f;
     if (fx_st_open(path, &f) != 0) return -1;
     int rc = -1;

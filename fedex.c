@@ -1364,6 +1364,7 @@ static int setup_run(fed_run *R) {
     R->n = c->num_clients;
     if (model_config_of(c, &R->mc, &R->task) != 0) return -1;
     if (c->model) {
+        if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
         R->tok = fx_tok_load(c->model);
         if (!R->tok) return -1;
         R->pad_id = fx_tok_pad(R->tok);

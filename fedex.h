@@ -370,6 +370,8 @@ int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
 /* Hugging Face's position ids: pad + running count of non-pad tokens, pad on pad tokens. */
 void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
 void fx_model_add_residual(fx_model *m, int k, const float *R, float alpha);
+/* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
+int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.

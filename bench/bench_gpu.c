@@ -434,7 +434,7 @@ int main(int argc, char **argv) {
     fill_batches(&half, 2 * n, c.pad_id, bhalf);
 
     result res[16];
-    int nres = 0;
+    int nres = 0, i_half = -1;
     char nm[48];
     int precs[3] = {FX_GPU_BF16, FX_GPU_TF32, FX_GPU_FP32};
     for (int pi = 0; pi < (o.quick ? 1 : 3); pi++) {
@@ -452,6 +452,7 @@ int main(int argc, char **argv) {
                 snprintf(nm, sizeof nm, "eval_%dx%d", beval[0].n, T);
                 res[nres++] = run(g, &m, nm, p, 0, beval, &o);
                 snprintf(nm, sizeof nm, "half_len_%dx%d", 2 * n, T / 2);
+                i_half = nres;
                 res[nres++] = run(g, &m, nm, p, 1, bhalf, &o);
                 snprintf(nm, sizeof nm, "padded_synthetic_%d", n);
                 res[nres++] = run(g, &m, nm, p, 1, bpad, &o);
@@ -475,7 +476,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nres; i++) print_result(&res[i], gemm_rate[FX_GPU_BF16]);
     for (int i = 0; i < nres; i++) print_parse_line(&res[i]);
     if (!o.quick) {
-        const result *full_r = &res[0], *half_r = &res[3];
+        const result *full_r = &res[0], *half_r = &res[i_half];   /* the bf16 runs come first */
         /* t(n, T) - t(2n, T/2) = attention(n, T) / 2, everything else being equal per token */
         double att = 2 * (full_r->t.med - half_r->t.med);
         printf("attention's share of the %d x %d bf16 step (from the half-length run): %.1f ms of %.1f ms\n", n, T,
