@@ -383,19 +383,10 @@ static int parse_targets(const fx_json *v, unsigned *mask, const char *path) {
 }
 
 int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) {
-    char *text, file[PATH_MAX_LEN], path[PATH_MAX_LEN];
-    size_t len;
-    if (adapter_paths(where, file, path) != 0 || fx_read_file(path, &text, &len) != 0) return -1;
+    char file[PATH_MAX_LEN], path[PATH_MAX_LEN];
     fx_json j;
     int rc = -1;
-    if (fx_json_parse(text, len, &j) != 0) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", fx_err());
-        fx_seterr("%s: %s", path, msg);
-        free(text);
-        return -1;
-    }
-    free(text);
+    if (adapter_paths(where, file, path) != 0 || fx_json_load(path, &j) != 0) return -1;
     memset(a, 0, sizeof *a);
     const fx_json *pt = fx_json_get(&j, "peft_type"), *r = fx_json_get(&j, "r");
     if (!pt || pt->type != FX_JSTR || (strcmp(pt->str, "LORA") && strcmp(pt->str, "VERA"))) {

@@ -1065,12 +1065,9 @@ static int write_run_config(const fed_run *R) {
 
 /* Reads a run's config.json back into C (for --resume and export). Strings point into J. */
 static int read_run_config(const char *dir, run_cfg *c, fx_json *j) {
-    char path[4096], *text; size_t len;
+    char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (fx_read_file(path, &text, &len) != 0) return -1;
-    int rc = fx_json_parse(text, len, j);
-    free(text);
-    if (rc != 0) { fx_seterr("%s: %s", path, fx_err()); return -1; }
+    if (fx_json_load(path, j) != 0) return -1;
     if (!fx_json_get(j, "fedex_run")) { fx_seterr("%s: not the config.json of a fedex run", path); return -1; }
     memset(c, 0, sizeof *c);
     for (int i = 0; i < NOPTS; i++)

@@ -437,3 +437,14 @@ char *fx_json_quote(const char *s) {
     *o = 0;
     return out;
 }
+
+/* PATH's text parsed; errors read "PATH: line L, column C: what is wrong". */
+int fx_json_load(const char *path, fx_json *out) {
+    char *text;
+    size_t len;
+    if (fx_read_file(path, &text, &len) != 0) return -1;
+    int rc = fx_json_parse(text, len, out);
+    free(text);
+    if (rc != 0) fx_seterr("%s: %s", path, fx_err());
+    return rc;
+}

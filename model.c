@@ -58,16 +58,8 @@ static int cfg_only(const char *path, const fx_json *root, const char *key, cons
 }
 
 int fx_config_load(const char *path, fx_config *c) {
-    char *text;
-    size_t len;
-    if (fx_read_file(path, &text, &len) != 0) return -1;
     fx_json root;
-    if (fx_json_parse(text, len, &root) != 0) {
-        fx_seterr("%s: %s", path, fx_err());
-        free(text);
-        return -1;
-    }
-    free(text);
+    if (fx_json_load(path, &root) != 0) return -1;
     fx_config k = {0};
     int rc = -1;
     if (root.type != FX_JOBJ) { fx_seterr("%s: not a JSON object", path); goto out; }

@@ -175,16 +175,8 @@ struct fx_tokenizer {
 };
 
 static int load_vocab(fx_tokenizer *t, const char *path, strmap *vocab) {
-    char *text;
-    size_t len;
-    if (fx_read_file(path, &text, &len) != 0) return -1;
     fx_json j;
-    if (fx_json_parse(text, len, &j) != 0) {
-        fx_seterr("%s: %s", path, fx_err());
-        free(text);
-        return -1;
-    }
-    free(text);
+    if (fx_json_load(path, &j) != 0) return -1;
     int rc = -1;
     if (j.type != FX_JOBJ || j.n == 0) {
         fx_seterr("%s:1: expected a JSON object of token -> id", path);

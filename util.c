@@ -17,11 +17,15 @@
 
 static _Thread_local char err_buf[1024];
 
+/* Formats into a local buffer first: callers often add context to the last message, passing fx_err()
+ * (this very buffer) as an argument. */
 void fx_seterr(const char *fmt, ...) {
+    char tmp[sizeof err_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(err_buf, tmp, sizeof err_buf);
 }
 
 const char *fx_err(void) { return err_buf[0] ? err_buf : "unknown error"; }
