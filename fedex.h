@@ -39,6 +39,7 @@ int fx_write_file_atomic(const char *path, const void *data, size_t len);
 int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path);
 int fx_mkdir_p(const char *dir);
 double fx_now(void); /* seconds, monotonic */
+double fx_sort_median(double *x, int n); /* sorts X ascending (timings), returns x[n/2] */
 
 /* Deterministic random numbers: splitmix64-seeded xoshiro256**. Same seed, same stream, any platform. */
 typedef struct { uint64_t s[4]; } fx_rng;

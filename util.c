@@ -187,6 +187,18 @@ double fx_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* ---------------------------------------------------------------- timings */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double fx_sort_median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, cmp_double);
+    return n ? x[n / 2] : NAN;
+}
+
 /* ---------------------------------------------------------------- random numbers */
 
 static uint64_t splitmix64(uint64_t *x) {

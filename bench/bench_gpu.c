@@ -72,7 +72,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
         if ((num || !strcmp(a, "--data")) && !v) { fprintf(stderr, "bench_gpu: %s needs a value\n", a); return -1; }
         if (num) {
             int lo = num == &o->warmup ? 0 : num == &o->tokens ? 8 : 1;
-            if (parse_int(a, v, lo, num == &o->batch ? 4096 : 100000, num) != 0) return -1;
+            int hi = num == &o->batch || num == &o->tokens ? 1024 : 100000;  /* tokens: max_positions decides */
+            if (parse_int(a, v, lo, hi, num) != 0) return -1;
             i++;
         } else if (!strcmp(a, "--data")) {
             o->data = v;
@@ -179,16 +180,11 @@ static void free_batches(fx_batch *b) {
 
 /* ---------------------------------------------------------------- timing */
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 typedef struct { double med, lo, hi; } timing; /* seconds: median, fastest, slowest */
 
 static timing summarise(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return (timing){t[n / 2], t[0], t[n - 1]};
+    double med = fx_sort_median(t, n);
+    return (timing){med, t[0], t[n - 1]};
 }
 
 /* fx_gpu_step synchronises its stream before it returns (it reads the loss back); AdamW runs after it
@@ -213,8 +209,8 @@ static timing time_steps(fx_gpu *g, const fx_batch *b, int train, float *logits,
 
 /* ---------------------------------------------------------------- the device's ceilings
  *
- * METHOD: measure the two ceilings once in the same run. One large product through cuBLAS (8192^3,
- * fp32 accumulation, as gpu.cu's products) on random data (never zeros: they run faster), and one
+ * Two ceilings, measured in the same run as the step. One large product through cuBLAS (8192^3, fp32
+ * accumulation and fp32 output, as gpu.cu's products) on random data (never zeros: they run faster), and one
  * large device-to-device copy, counting bytes read plus bytes written. Timed with events on a stream of
  * this file's own, median of REPS after WARM. */
 
@@ -395,7 +391,7 @@ int main(int argc, char **argv) {
         double gflop = 2.0 * GEMM_N * (double)GEMM_N * GEMM_N;
         for (int p = FX_GPU_BF16; p >= FX_GPU_FP32; p--) {
             gemm_rate[p] = gflop / gemm_seconds(blas, st, p);
-            printf("ceiling: cuBLAS %d^3 %s product, fp32 accumulation: %.1f TFLOP/s\n", GEMM_N,
+            printf("ceiling: cuBLAS %d^3 %s product, fp32 accumulation and output: %.1f TFLOP/s\n", GEMM_N,
                    fx_gpu_precision_name(p), gemm_rate[p] * 1e-12);
             fflush(stdout);
         }

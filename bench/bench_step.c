@@ -43,11 +43,6 @@ static double step(fx_model *m, const fx_batch *b) {
     return fx_now() - t0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* ---------------------------------------------------------------- the GEMM bound */
 
 /* Seconds per product of shape S with OpenBLAS (BLAS) or fx_matmul, best of the rounds of >= 30 ms. A
@@ -145,8 +140,7 @@ int main(int argc, char **argv) {
     if (nshapes > MAX_SHAPES) { fprintf(stderr, "bench_step: more than %d product shapes\n", MAX_SHAPES); return 1; }
     double *t = fx_malloc((size_t)steps * sizeof *t);
     for (int i = 0; i < steps; i++) t[i] = step(&m, &b);
-    qsort(t, (size_t)steps, sizeof *t, cmp_double);
-    double step_s = t[steps / 2];
+    double step_s = fx_sort_median(t, steps);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double peak_gb = ru.ru_maxrss * 1024.0 / 1e9;

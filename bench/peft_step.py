@@ -21,7 +21,10 @@ import statistics
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError as e:        # reported by main() as a skip, as a missing transformers or peft is
+    torch, MISSING = None, e
 
 ROTATE = 4          # batches the timed steps cycle through
 RANK, ALPHA, DROPOUT = 4, 8, 0.1
@@ -133,6 +136,9 @@ def main():
     bad = [p for p in precs if p not in ("bf16", "fp16", "tf32", "fp32")]
     if bad or a.batch < 1 or a.tokens < 8 or a.steps < 1 or a.warmup < 0:
         sys.exit(f"peft_step: bad arguments (precisions {bad}, batch {a.batch}, tokens {a.tokens})")
+    if torch is None:
+        print(f"skipped: peft_step ({MISSING})")
+        return
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print("skipped: peft_step (torch sees no CUDA device)")
         return
