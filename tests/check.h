@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 static int check_passed, check_failed;
 
@@ -52,6 +53,17 @@ static inline const char *shared_dir(const char *why) {
         return NULL;
     }
     return d;
+}
+
+/* Runs CMD through the shell; its standard output (what CMD does not redirect) into OUT; returns the exit
+ * status, -1 if it could not run or was killed. */
+static inline int check_run(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 static inline int check_done(void) {

@@ -448,16 +448,6 @@ static void test_writer_refusals(void) {
  * the command line
  * ============================================================================================ */
 
-/* Runs CMD; its output (stdout and stderr) into OUT; returns the exit status. */
-static int run(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Same whitespace-separated words? */
 static int same_words(const char *a, const char *b) {
     for (;;) {
@@ -478,21 +468,21 @@ static void test_cli(void) {
     size_t wl;
     if (fx_read_file(REF_INSPECT, &want, &wl) != 0) { CHECK(0, "%s", fx_err()); return; }
     snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1", fedex, REF);
-    int rc = run(cmd, out, sizeof out);
+    int rc = check_run(cmd, out, sizeof out);
     CHECK(rc == 0, "inspect exited %d: %s", rc, out);
     CHECK(same_words(out, want), "inspect printed:\n%s\nwanted (as words):\n%s", out, want);
     free(want);
 
     write_raw(tmp_path("bad.safetensors"), "{\"x\":1,}", 0);
     snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1 >/dev/null", fedex, tmp_path("bad.safetensors"));
-    rc = run(cmd, out, sizeof out);
+    rc = check_run(cmd, out, sizeof out);
     CHECK(rc == 1 && !strncmp(out, "fedex: ", 7) && strstr(out, "trailing comma") && strchr(out, '\n') == out + strlen(out) - 1,
           "inspect of a bad file: exit %d, stderr '%s'", rc, out);
     snprintf(cmd, sizeof cmd, "%s inspect 2>&1 >/dev/null", fedex);
-    rc = run(cmd, out, sizeof out);
+    rc = check_run(cmd, out, sizeof out);
     CHECK(rc != 0 && strstr(out, "usage"), "inspect without a file: exit %d, '%s'", rc, out);
     snprintf(cmd, sizeof cmd, "%s inspect --help 2>&1", fedex);
-    rc = run(cmd, out, sizeof out);
+    rc = check_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "usage: fedex inspect"), "inspect --help: exit %d, '%s'", rc, out);
 }
 

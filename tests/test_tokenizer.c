@@ -404,28 +404,18 @@ static void test_bad_files(void) {
  * the command line ($FEDEX)
  * ============================================================================================ */
 
-/* Runs CMD through the shell; its stdout in OUT, returns the exit status. */
-static int run(const char *cmd, char *out, size_t outsz) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, outsz - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void test_cli(const char *shared) {
     const char *fedex = getenv("FEDEX");
     if (!fedex) { printf("skipped: command line checks (FEDEX not set; `make test` sets it)\n"); return; }
     char cmd[1024], out[4096];
     snprintf(cmd, sizeof cmd, "%s tokenize --model %s/models/roberta-base 'Hello world' 'it'\\''s'", fedex, shared);
-    CHECK(run(cmd, out, sizeof out) == 0 && !strcmp(out, "0 31414 232 2 2 405 18 2\n"), "tokenize pair: %s", out);
+    CHECK(check_run(cmd, out, sizeof out) == 0 && !strcmp(out, "0 31414 232 2 2 405 18 2\n"), "tokenize pair: %s", out);
     snprintf(cmd, sizeof cmd, "%s tokenize --model %s/models/gpt2 --max-length 0 'Hello world'", fedex, shared);
-    CHECK(run(cmd, out, sizeof out) == 0 && !strcmp(out, "50256 15496 995 50256\n"), "tokenize gpt2: %s", out);
+    CHECK(check_run(cmd, out, sizeof out) == 0 && !strcmp(out, "50256 15496 995 50256\n"), "tokenize gpt2: %s", out);
     snprintf(cmd, sizeof cmd, "%s tokenize --model %s/models/roberta-base --max-length 3 'a b c'", fedex, shared);
-    CHECK(run(cmd, out, sizeof out) == 0 && !strcmp(out, "0 102 2\n"), "tokenize truncated: %s", out);
+    CHECK(check_run(cmd, out, sizeof out) == 0 && !strcmp(out, "0 102 2\n"), "tokenize truncated: %s", out);
     snprintf(cmd, sizeof cmd, "%s tokenize --help", fedex);
-    CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "usage: fedex tokenize"), "--help: %s", out);
+    CHECK(check_run(cmd, out, sizeof out) == 0 && strstr(out, "usage: fedex tokenize"), "--help: %s", out);
 
     const char *tsv = "/tmp/fedex-tok-bad.tsv";
     FILE *f = fopen(tsv, "w");
@@ -434,10 +424,10 @@ static void test_cli(const char *shared) {
     fclose(f);
     snprintf(cmd, sizeof cmd, "%s tokenize --model %s/models/roberta-base --task sst2 --file %s 2>&1", fedex, shared,
              tsv);
-    CHECK(run(cmd, out, sizeof out) == 1 && strstr(out, "fedex: ") && strstr(out, "bad.tsv:3"),
+    CHECK(check_run(cmd, out, sizeof out) == 1 && strstr(out, "fedex: ") && strstr(out, "bad.tsv:3"),
           "bad row must fail with path:line: %s", out);
     snprintf(cmd, sizeof cmd, "%s tokenize --model /nonexistent 'a' 2>&1", fedex);
-    CHECK(run(cmd, out, sizeof out) == 1 && strstr(out, "fedex: /nonexistent/vocab.json"), "bad model: %s", out);
+    CHECK(check_run(cmd, out, sizeof out) == 1 && strstr(out, "fedex: /nonexistent/vocab.json"), "bad model: %s", out);
     unlink(tsv);
 }
 
