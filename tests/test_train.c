@@ -700,6 +700,33 @@ static void test_exactness(void) {
     }
 }
 
+/* ---------------------------------------------------------------- demo */
+
+/* `fedex demo` prints, per round, each method's dev accuracy and aggregation error: FedEx and FFA at
+ * float rounding, FedIT clearly not (what the README's first screen shows). */
+static void test_demo(void) {
+    int rc = fedex("demo", NULL, "demo", "--rounds", "2", "--local-epochs", "1", NULL);
+    CHECK(rc == 0, "demo: exit status %d", rc);
+    if (rc != 0) { show_err("demo"); return; }
+    char *o = slurp(P("%s/demo.out", tmp));
+    const char *table = o ? strstr(o, "\nround ") : NULL;
+    CHECK(table != NULL, "demo: no table in its output");
+    int rows = 0;
+    for (const char *p = table ? strchr(table + 1, '\n') : NULL; p && *p; p = strchr(p + 1, '\n')) {
+        int r;
+        double acc[3], err[3];
+        if (sscanf(p + 1, "%d %lf (%lf) %lf (%lf) %lf (%lf)", &r, &acc[0], &err[0], &acc[1], &err[1], &acc[2],
+                   &err[2]) != 7)
+            continue;
+        rows++;
+        CHECK(err[2] < 1e-5 && err[1] < 1e-5, "demo round %d: fedex / ffa aggregation error %.3g / %.3g", r, err[2], err[1]);
+        CHECK(err[0] > 1e-4, "demo round %d: fedit aggregation error %.3g is not clearly above rounding", r, err[0]);
+        for (int k = 0; k < 3; k++) CHECK(acc[k] >= 0 && acc[k] <= 1, "demo round %d: accuracy %g", r, acc[k]);
+    }
+    CHECK(rows == 2, "demo: %d table rows, want 2", rows);
+    free(o);
+}
+
 /* ---------------------------------------------------------------- export */
 
 /* `fedex export` writes the run's global model: evaluated by `fedex eval`, the merged checkpoint must give
@@ -1124,13 +1151,17 @@ int main(void) {
         printf("skipped: fedex train end to end (FEDEX, the path of the fedex binary, is not set: run `make test`)\n");
         return check_done();
     }
-    const char *shared = shared_dir("fedex train end to end needs roberta-base's tokenizer and GLUE RTE");
-    if (!shared) return check_done();
     static char abs_bin[4096];
     if (!realpath(fedex_bin, abs_bin)) { CHECK(0, "FEDEX=%s: %s", fedex_bin, strerror(errno)); return check_done(); }
     fedex_bin = abs_bin;
     if (!mkdtemp(tmp)) { CHECK(0, "mkdtemp %s: %s", tmp, strerror(errno)); return check_done(); }
     double t0 = fx_now();
+    test_demo(); /* the embedded model and task: needs nothing from ../shared */
+    const char *shared = shared_dir("fedex train end to end needs roberta-base's tokenizer and GLUE RTE");
+    if (!shared) {
+        nftw(tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        return check_done();
+    }
     if (setup(shared) != 0) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
     else {
         test_methods();
