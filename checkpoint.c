@@ -293,7 +293,7 @@ static void put_targets(FILE *f, unsigned mask) {
     fputc(']', f);
 }
 
-static int write_adapter_config(const fx_model *m, const char *dir) {
+static int write_adapter_config(const fx_model *m, const char *dir, const char *base_model) {
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/adapter_config.json", dir) != 0) return -1;
     char *buf = NULL;
@@ -303,7 +303,10 @@ static int write_adapter_config(const fx_model *m, const char *dir) {
     const fx_adapter_cfg *a = &m->a;
     int lora = a->kind == FX_LORA;
     fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"SEQ_CLS\",\n", lora ? "LORA" : "VERA");
-    fprintf(f, "  \"base_model_name_or_path\": null,\n  \"revision\": null,\n  \"inference_mode\": true,\n");
+    fprintf(f, "  \"base_model_name_or_path\": ");
+    if (base_model) { char *q = fx_json_quote(base_model); fputs(q, f); free(q); }
+    else fputs("null", f);
+    fprintf(f, ",\n  \"revision\": null,\n  \"inference_mode\": true,\n");
     fprintf(f, "  \"r\": %d,\n  \"target_modules\": ", a->r);
     put_targets(f, a->targets);
     fprintf(f, ",\n  \"modules_to_save\": [\"classifier\"],\n  \"bias\": \"none\",\n");
@@ -458,7 +461,7 @@ static int adapter_shape(const fx_model *m, int k, int second, int *shape) {
     return 2;
 }
 
-int fx_adapter_save(const fx_model *m, const char *dir) {
+int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model) {
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/adapter_model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
@@ -494,7 +497,7 @@ int fx_adapter_save(const fx_model *m, const char *dir) {
     }
     const char *meta[] = {"format", "pt", NULL};
     if (fx_st_write(path, e, n, meta) != 0) goto done;
-    rc = write_adapter_config(m, dir);
+    rc = write_adapter_config(m, dir, base_model);
 done:
     free(e);
     free(names);

@@ -1147,7 +1147,7 @@ static int save_adapter_from(fed_run *R, const float *state, const char *dir) {
     /* the server's model carries the layout; borrow it with STATE as its trainable buffer */
     float *keep = R->srv.train.data;
     R->srv.train.data = (float *)state;
-    int rc = fx_mkdir_p(dir) == 0 ? fx_adapter_save(&R->srv, dir) : -1;
+    int rc = fx_mkdir_p(dir) == 0 ? fx_adapter_save(&R->srv, dir, R->cfg.model) : -1;
     R->srv.train.data = keep;
     return rc;
 }
@@ -1757,7 +1757,7 @@ static int cmd_export(int argc, char **argv) {
     int bad = init_weights(&c, &m) != 0 || load_state(run, &m, m.train.data, r_acc, &best, &best_round) < 0;
     free(r_acc);
     if (bad ||
-        fx_mkdir_p(out) != 0 || fx_model_save(&m, out, merged) != 0 || (!merged && fx_adapter_save(&m, out) != 0)) {
+        fx_mkdir_p(out) != 0 || fx_model_save(&m, out, merged) != 0 || (!merged && fx_adapter_save(&m, out, out) != 0)) {
         fx_model_free(&m);
         goto out;
     }

@@ -399,7 +399,9 @@ float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linea
 
 /* DIR/adapter_model.safetensors (PEFT's keys, the head as modules_to_save, VeRA's projections) and
  * DIR/adapter_config.json, which PEFT's PeftModel.from_pretrained can load. */
-int fx_adapter_save(const fx_model *m, const char *dir);
+/* BASE_MODEL: the base model's folder or hub name for adapter_config.json's base_model_name_or_path
+ * (NULL: null). */
+int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model);
 /* PATH: a folder as fx_adapter_save writes it, or the .safetensors file itself. adapter_config.json beside
  * it, when present, must match the model's kind, r, targets and LoRA scale. Nothing is changed on error. */
 int fx_adapter_load(fx_model *m, const char *path);

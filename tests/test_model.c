@@ -426,7 +426,7 @@ static void test_adapter_case(const char *name) {
     if (open_case(&fc, name) != 0) return;
     if (build_model(&fc, &m, 0) != 0) { close_case(&fc); return; }
     const char *dir = tmp_path(name);
-    CHECK(fx_adapter_save(&m, dir) == 0, "%s: %s", name, fx_err());
+    CHECK(fx_adapter_save(&m, dir, NULL) == 0, "%s: %s", name, fx_err());
 
     /* PEFT's key names and shapes */
     char path[300];
@@ -545,7 +545,7 @@ static void test_adapter_targets(void) {
         fx_model_init_base(&m, 3);
         fx_model_init_adapters(&m, 4);
         const char *dir = tmp_path(both ? "targets_list" : "targets_regex");
-        CHECK(fx_adapter_save(&m, dir) == 0, "%s", fx_err());
+        CHECK(fx_adapter_save(&m, dir, NULL) == 0, "%s", fx_err());
         fx_adapter_cfg back;
         CHECK(fx_adapter_config_load(dir, &back) == 0 && back.targets == a.targets,
               "targets 0x%x came back as 0x%x: %s", a.targets, back.targets, fx_err());
@@ -670,7 +670,7 @@ static void test_cli(void) {
     for (int k = 0; k < m.nadapted; k++) /* non-zero B, so the adapter matters */
         for (int j = 0; j < m.ad[k].out * a.r; j++) m.train.data[m.ad[k].b_off + j] = 0.05f * (float)((j % 7) - 3);
     const char *adir = tmp_path("tiny_adapter");
-    CHECK(fx_adapter_save(&m, adir) == 0, "%s", fx_err());
+    CHECK(fx_adapter_save(&m, adir, NULL) == 0, "%s", fx_err());
     snprintf(cmd, sizeof cmd, "%s eval --model %s --adapter %s --task RTE --data %s/data/glue --max-length 64 "
              "--batch-size 16 --logits %s >%s 2>%s", fedex, model, adir, shared, logits, out, err);
     CHECK(run(cmd) == 0, "fedex eval --adapter failed (see %s)", err);
