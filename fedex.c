@@ -245,6 +245,47 @@ static const char eval_usage[] =
     "  --logits OUT     also writes the logits (n, num_labels) as tensor 'logits' of a safetensors file\n"
     "  --threads N      CPU threads (default: OpenMP's)\n";
 
+/* ============================================================================================
+ * Evaluating a split (fedex eval, and the server after each round)
+ * ============================================================================================ */
+
+typedef float (*eval_step_fn)(void *backend, const fx_batch *b, float *logits);
+static float cpu_eval_step(void *m, const fx_batch *b, float *logits) { return fx_model_step(m, b, 0, logits); }
+
+static const fx_dataset *len_sort_data;
+static int by_length(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    size_t li = len_sort_data->off[i + 1] - len_sort_data->off[i], lj = len_sort_data->off[j + 1] - len_sort_data->off[j];
+    return li != lj ? (li < lj ? -1 : 1) : (i > j) - (i < j);
+}
+
+/* LOGITS (n, L) of every row of D, in D's order, and the mean loss over rows (NAN with fx_err() on a
+ * bad batch). Rows go in batches of BS in order of length, so a batch pads little: the model ignores
+ * padding, so only the time changes. */
+static double eval_split(const fx_dataset *d, int bs, int pad, int L, eval_step_fn step, void *backend,
+                         float *logits) {
+    int n = d->n;
+    int *order = fx_malloc(sizeof(int) * (size_t)(n ? n : 1));
+    float *out = fx_malloc(sizeof(float) * (size_t)bs * (size_t)L);
+    for (int i = 0; i < n; i++) order[i] = i;
+    len_sort_data = d;
+    qsort(order, (size_t)n, sizeof *order, by_length);
+    fx_batch b = {0};
+    double loss = 0;
+    for (int i = 0; i < n && !isnan(loss); i += bs) {
+        int nb = n - i < bs ? n - i : bs;
+        fx_batch_fill(d, order + i, nb, pad, &b);
+        float l = step(backend, &b, out);
+        if (isnan(l)) { fx_seterr("rows %d to %d (by length): %s", i, i + nb - 1, fx_err()); loss = NAN; }
+        loss += (double)l * nb;
+        for (int j = 0; j < nb; j++) memcpy(logits + (size_t)order[i + j] * L, out + (size_t)j * L, sizeof(float) * L);
+    }
+    fx_batch_free(&b);
+    free(out);
+    free(order);
+    return n ? loss / n : NAN;
+}
+
 static int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *residual = NULL, *task_name = NULL, *data = NULL,
                *logits_path = NULL;
@@ -308,20 +349,12 @@ static int cmd_eval(int argc, char **argv) {
     if (fx_dataset_build(task, data, "dev", tok, (int)max_len, &d) != 0) fx_die("%s", fx_err());
     int L = c.num_labels;
     float *logits = fx_malloc((size_t)d.n * (size_t)L * sizeof(float));
-    int *rows = fx_malloc((size_t)(d.n ? d.n : 1) * sizeof(int));
-    for (int i = 0; i < d.n; i++) rows[i] = i;
-    fx_batch b = {0};
-    double loss = 0, t0 = fx_now();
-    for (int i = 0; i < d.n; i += (int)batch) {
-        int nb = d.n - i < batch ? d.n - i : (int)batch;
-        fx_batch_fill(&d, rows + i, nb, fx_tok_pad(tok), &b);
-        float l = fx_model_step(&m, &b, 0, logits + (size_t)i * L);
-        if (isnan(l)) fx_die("eval: rows %d to %d: %s", i, i + nb - 1, fx_err());
-        loss += (double)l * nb;
-    }
+    double t0 = fx_now();
+    double loss = eval_split(&d, (int)batch, fx_tok_pad(tok), L, cpu_eval_step, &m, logits);
+    if (isnan(loss)) fx_die("eval: %s", fx_err());
     fx_metrics mt;
     fx_task_metrics(task, logits, d.labels, d.n, &mt);
-    printf("%s dev: n %d, loss %.4f", task->name, d.n, d.n ? loss / d.n : 0.0);
+    printf("%s dev: n %d, loss %.4f", task->name, d.n, loss);
     const char *names[5] = {"accuracy", "f1", "mcc", "pearson", "spearman"};
     double vals[5] = {mt.accuracy, mt.f1, mt.mcc, mt.pearson, mt.spearman};
     for (int k = 0; k < 5; k++)
@@ -332,9 +365,7 @@ static int cmd_eval(int argc, char **argv) {
         const char *meta[] = {"task", task->name, NULL};
         if (fx_st_write(logits_path, &e, 1, meta) != 0) fx_die("%s", fx_err());
     }
-    free(rows);
     free(logits);
-    fx_batch_free(&b);
     fx_dataset_free(&d);
     fx_tok_free(tok);
     fx_model_free(&m);
@@ -701,6 +732,8 @@ static void gpu_apply_residual(fed_run *R, fx_gpu *g, const fx_model *m, int c) 
     }
 }
 
+static float gpu_eval_step(void *g, const fx_batch *b, float *logits) { return fx_gpu_step(g, b, 0, logits); }
+
 static fx_gpu *gpu_open(const fx_model *m, int device, const char *precision, char *why, size_t n) {
     int prec;
     if (fx_gpu_probe(why, n) <= 0) return NULL;
@@ -954,25 +987,17 @@ static double evaluate(fed_run *R, fx_metrics *mt) {
         fx_gpu_set_train(R->srv_gpu, R->global);
     }
 #endif
-    int L = R->mc.num_labels, bs = R->cfg.eval_batch;
-    float *logits = fx_malloc(sizeof(float) * (size_t)R->dev.n * L);
-    int *rows = fx_malloc(sizeof(int) * (size_t)bs);
-    fx_batch b = {0};
-    double loss = 0; /* mean over rows, as `fedex eval` reports it */
-    for (int i = 0; i < R->dev.n; i += bs) {
-        int n = R->dev.n - i < bs ? R->dev.n - i : bs;
-        for (int j = 0; j < n; j++) rows[j] = i + j;
-        fx_batch_fill(&R->dev, rows, n, R->pad_id, &b);
+    int L = R->mc.num_labels;
+    float *logits = fx_malloc(sizeof(float) * (size_t)(R->dev.n ? R->dev.n : 1) * L);
+    eval_step_fn step = cpu_eval_step;
+    void *backend = m;
 #ifdef FEDEX_CUDA
-        if (R->srv_gpu) { loss += (double)n * fx_gpu_step(R->srv_gpu, &b, 0, logits + (size_t)i * L); continue; }
+    if (R->srv_gpu) { step = gpu_eval_step; backend = R->srv_gpu; }
 #endif
-        loss += (double)n * fx_model_step(m, &b, 0, logits + (size_t)i * L);
-    }
+    double loss = eval_split(&R->dev, R->cfg.eval_batch, R->pad_id, L, step, backend, logits);
     fx_task_metrics(R->task, logits, R->dev.labels, R->dev.n, mt);
-    fx_batch_free(&b);
-    free(rows);
     free(logits);
-    return R->dev.n ? loss / R->dev.n : NAN;
+    return loss;
 }
 
 /* FedIT mean, then (FedEx) the residual into W0, then the aggregation error of every adapted layer. */
