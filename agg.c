@@ -120,12 +120,14 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out
  * with rank at most r and only M (out, r) to send, as A is the shared frozen projection (no scale);
  * M is accumulated in double. Returns q, the inner dimension of U V. */
 
+int fx_agg_residual_rank(const fx_model *m, int n) { return m->a.kind == FX_LORA ? (n + 2) * m->a.r : m->a.r; }
+
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U /* (out, q) */, float *V /* (q, in) */) {
     const fx_adapted *ad = &m->ad[k];
     int r = m->a.r, in = ad->in, out = ad->out;
     if (m->a.kind == FX_LORA) {
-        int q = (n + 2) * r;
+        int q = fx_agg_residual_rank(m, n);
         double s = m->scale;
         const float *Bb = global + ad->b_off, *Ab = global + ad->a_off;
         for (int o = 0; o < out; o++)
@@ -165,7 +167,7 @@ int fx_agg_residual_factors(const fx_model *m, int k, const float *const *client
             U[(size_t)o * r + j] = (float)(m->vera_B[(size_t)o * r + j] * acc);
         }
     for (int j = 0; j < r; j++) memcpy(V + (size_t)j * in, m->vera_A + (size_t)j * in_max, sizeof(float) * in);
-    return r;
+    return fx_agg_residual_rank(m, n);
 }
 
 /* ============================================================================================

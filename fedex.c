@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+static int is_help(const char *a) { return !strcmp(a, "-h") || !strcmp(a, "--help"); }
+
 /* ============================================================================================
  * inspect
  * ============================================================================================ */
@@ -28,7 +30,7 @@ static const char inspect_usage[] =
     "per tensor (name, dtype, shape, bytes), then the totals and the file's metadata.\n";
 
 static int cmd_inspect(int argc, char **argv) {
-    if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+    if (argc == 2 && is_help(argv[1])) {
         fputs(inspect_usage, stdout);
         return 0;
     }
@@ -94,7 +96,7 @@ static int cmd_tokenize(int argc, char **argv) {
     long max_len = 128;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(tokenize_usage, stdout); return 0; }
+        if (is_help(a)) { fputs(tokenize_usage, stdout); return 0; }
         int has_val = !strcmp(a, "--model") || !strcmp(a, "--task") || !strcmp(a, "--file") ||
                       !strcmp(a, "--max-length");
         if (has_val && i + 1 >= argc) fx_die("tokenize: %s needs a value", a);
@@ -203,7 +205,7 @@ static int cmd_init(int argc, char **argv) {
     long seed = 0, labels = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(init_usage, stdout); return 0; }
+        if (is_help(a)) { fputs(init_usage, stdout); return 0; }
         if (!strcmp(a, "--config") || !strcmp(a, "--out") || !strcmp(a, "--seed") || !strcmp(a, "--labels")) {
             if (i + 1 >= argc) fx_die("init: %s needs a value", a);
             const char *v = argv[++i];
@@ -292,7 +294,7 @@ static int cmd_eval(int argc, char **argv) {
     long max_len = 128, batch = 32, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(eval_usage, stdout); return 0; }
+        if (is_help(a)) { fputs(eval_usage, stdout); return 0; }
         static const char *const opts[] = {"--model", "--adapter", "--residual", "--task", "--data",
                                            "--max-length", "--batch-size", "--logits", "--threads"};
         int o = 0;
@@ -693,9 +695,10 @@ static void comm_bytes(const fed_run *R, int nclients, int64_t *up, int64_t *dow
         int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : ad->out;
         trained += b + (m->a.freeze_a || m->a.freeze_d ? 0 : a);
         if (fx_agg_is_exact(R->cfg.agg)) {
+            int64_t q = fx_agg_residual_rank(m, nclients);
             if (!strcmp(R->cfg.residual, "dense")) resid += (int64_t)ad->out * ad->in;
-            else if (m->a.kind == FX_LORA) resid += (int64_t)(nclients + 2) * m->a.r * (ad->out + ad->in);
-            else resid += (int64_t)ad->out * m->a.r;
+            else if (m->a.kind == FX_LORA) resid += q * (ad->out + ad->in);
+            else resid += (int64_t)ad->out * q; /* VeRA: U only, V is the shared frozen A */
         }
     }
     *up = 4 * trained + 8;
@@ -1026,9 +1029,9 @@ static void aggregate(fed_run *R, const int *done, double *err, double *agg_seco
             float *msg = R->msg + R->msg_off[k];
             int dense = !strcmp(R->cfg.residual, "dense");
             float *U = dense ? R->tmp : msg;
-            int q = m->a.kind == FX_LORA ? (n + 2) * m->a.r : m->a.r;
+            int q = fx_agg_residual_rank(m, n);
             float *V = U + (size_t)ad->out * q;
-            q = fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
+            fx_agg_residual_factors(m, k, cl, w, n, R->global, U, V);
             if (dense) {
                 fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, V, ad->in, 0.0f, msg, ad->in);
                 for (size_t j = 0; j < len; j++) racc[j] += msg[j];
@@ -1120,25 +1123,27 @@ static int read_run_config(const char *dir, run_cfg *c, fx_json *j) {
 
 /* The adapted layers' current W0 minus their original W0: add it to the base checkpoint's weight of the
  * same name to get FedEx's merged frozen weight. */
-static int write_residual(const fed_run *R, const char *path) {
+/* One entry per adapted layer, pointing into the accumulated residual, named PRE + layer + POST. */
+static void residual_entries(const fed_run *R, const char *pre, const char *post, fx_st_entry *e, char (*names)[128]) {
     const fx_model *m = &R->srv;
-    fx_st_entry *e = fx_calloc((size_t)m->nadapted, sizeof *e);
-    char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
-    size_t total = 0, woff = 0;
-    for (int k = 0; k < m->nadapted; k++) total += (size_t)m->ad[k].out * m->ad[k].in;
-    float *diff = fx_malloc(sizeof(float) * (total ? total : 1));
+    size_t woff = 0;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
-        size_t len = (size_t)ad->out * ad->in;
-        memcpy(diff + woff, R->r_acc + woff, sizeof(float) * len);
-        snprintf(names[k], sizeof names[k], "roberta.%s.weight", ad->name);
+        snprintf(names[k], sizeof names[k], "%s%s%s", pre, ad->name, post);
         e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
-        e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = diff + woff;
-        woff += len;
+        e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = R->r_acc + woff;
+        woff += (size_t)ad->out * ad->in;
     }
+}
+
+static int write_residual(const fed_run *R, const char *path) {
+    int n = R->srv.nadapted;
+    fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
+    char (*names)[128] = fx_calloc((size_t)n, sizeof *names);
+    residual_entries(R, "roberta.", ".weight", e, names);
     const char *meta[] = {"format", "fedex-residual", "note", "merged weight = base weight + this tensor", NULL};
-    int rc = fx_st_write(path, e, m->nadapted, meta);
-    free(diff); free(names); free(e);
+    int rc = fx_st_write(path, e, n, meta);
+    free(names); free(e);
     return rc;
 }
 
@@ -1148,15 +1153,8 @@ static int write_state(const fed_run *R, int round) {
     const fx_model *m = &R->srv;
     fx_st_entry *e = fx_calloc((size_t)m->nadapted + 1, sizeof *e);
     char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
-    size_t woff = 0;
     e[0].name = "global"; e[0].dtype = FX_F32; e[0].ndim = 1; e[0].shape[0] = (int64_t)R->P; e[0].data = R->global;
-    for (int k = 0; k < m->nadapted; k++) {
-        const fx_adapted *ad = &m->ad[k];
-        snprintf(names[k], sizeof names[k], "residual.%s", ad->name);
-        e[k + 1].name = names[k]; e[k + 1].dtype = FX_F32; e[k + 1].ndim = 2;
-        e[k + 1].shape[0] = ad->out; e[k + 1].shape[1] = ad->in; e[k + 1].data = R->r_acc + woff;
-        woff += (size_t)ad->out * ad->in;
-    }
+    residual_entries(R, "residual.", "", e + 1, names);
     char rs[32], bs[64], br[32], path[4096];
     snprintf(rs, sizeof rs, "%d", round);
     snprintf(bs, sizeof bs, "%.17g", R->best);
@@ -1289,8 +1287,8 @@ static void adapter_cfg_of(const run_cfg *c, fx_adapter_cfg *a) {
     a->alpha = (float)c->lora_alpha;
     a->rslora = c->rslora;
     a->dropout = (float)c->lora_dropout;
-    a->freeze_a = c->agg == FX_AGG_FFA;
-    a->freeze_d = c->agg == FX_AGG_FFA_VERA;
+    a->freeze_a = fx_agg_freezes(c->agg) && !vera;
+    a->freeze_d = fx_agg_freezes(c->agg) && vera;
     a->d_initial = (float)c->d_initial;
     a->seed = (uint64_t)c->seed;
 }
@@ -1410,7 +1408,7 @@ static int setup_run(fed_run *R) {
     size_t msg = 0, wtot = 0, wmax = 0, omax = 0;
     R->msg_off = fx_calloc((size_t)probe.nadapted + 1, sizeof(size_t));
     for (int k = 0; k < probe.nadapted; k++) {
-        size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in, q = (size_t)(R->n + 2) * R->ac.r;
+        size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in, q = (size_t)fx_agg_residual_rank(&probe, R->n);
         size_t fac = (out + in) * q, dense = out * in;
         R->msg_off[k] = msg;
         msg += fac > dense ? fac : dense;
@@ -1637,7 +1635,7 @@ static int run_federated(fed_run *R) {
 
 static int cmd_train(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        if (is_help(argv[i])) {
             opts_help("train", "[--model DIR --task T --data DIR] [options]\n\n"
                       "Federated fine-tuning: forked clients train adapters on their shards, the server aggregates\n"
                       "(FedEx: exactly, with the residual folded into the frozen weights) and evaluates on dev.\n"
@@ -1683,7 +1681,7 @@ static int cmd_train(int argc, char **argv) {
  * must fork its clients before it starts any thread), results gathered through shared memory. */
 static int cmd_demo(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        if (is_help(argv[i])) {
             printf("usage: fedex demo [--rounds N] [--num-clients N] [--seed S] [--threads N] [train options]\n\n"
                    "Runs fedit, ffa and fedex on the embedded model and the built-in synthetic task and prints,\n"
                    "per round, each method's dev accuracy and its aggregation error against the exact mean of\n"
@@ -1752,7 +1750,7 @@ static int cmd_export(int argc, char **argv) {
     const char *run = NULL, *out = NULL;
     int merged = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        if (is_help(argv[i])) {
             printf("usage: fedex export --run DIR --out DIR [--merged]\n\n"
                    "Writes the run's final global model as a Hugging Face checkpoint (model.safetensors +\n"
                    "config.json): the FedEx residual folded into the frozen weights and, with --merged, the\n"
@@ -1845,7 +1843,7 @@ int main(int argc, char **argv) {
         execv("/proc/self/exe", argv);
     }
     if (argc < 2) { usage(stderr); return 2; }
-    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+    if (is_help(argv[1]) || !strcmp(argv[1], "help")) {
         if (argc > 2) {
             char *hv[] = {argv[2], "--help", NULL};
             for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

@@ -427,6 +427,9 @@ int fx_agg_freezes(fx_agg_method m);               /* FFA: A (or lambda_d) froze
 
 void fx_agg_mean(float *out, const float *const *x, const double *w, int n, size_t len);
 void fx_delta_w(const fx_model *m, int k, const float *train, double *dW);
+/* q, the inner dimension of the residual's factors U (out, q), V (q, in) for N clients: (N+2) r for LoRA's
+ * centred factors, r for VeRA. Message sizes and byte counts all follow from it. */
+int fx_agg_residual_rank(const fx_model *m, int n);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
 double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
