@@ -233,6 +233,39 @@ static void *random_operand(size_t n, int bf16, fx_rng *r) {
     return d;
 }
 
+/* Median seconds of OP on stream ST over CEIL_REPS runs after CEIL_WARM, timed with device events. */
+typedef struct { cublasHandle_t blas; cudaDataType_t in; cublasComputeType_t ct; const void *A, *B; void *C;
+                 const void *src; void *dst; } ceil_op;
+static double event_seconds(cudaStream_t st, void (*op)(const ceil_op *, cudaStream_t), const ceil_op *o) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    double t[CEIL_REPS];
+    for (int i = 0; i < CEIL_WARM + CEIL_REPS; i++) {
+        CK(cudaEventRecord(e0, st));
+        op(o, st);
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= CEIL_WARM) t[i - CEIL_WARM] = ms * 1e-3;
+    }
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return summarise(t, CEIL_REPS).med;
+}
+
+static void gemm_op(const ceil_op *o, cudaStream_t st) {
+    (void)st;
+    float one = 1.0f, zero = 0.0f;
+    CKB(cublasGemmEx(o->blas, CUBLAS_OP_N, CUBLAS_OP_N, GEMM_N, GEMM_N, GEMM_N, &one, o->A, o->in, GEMM_N, o->B,
+                     o->in, GEMM_N, &zero, o->C, CUDA_R_32F, GEMM_N, o->ct, CUBLAS_GEMM_DEFAULT));
+}
+
+static void copy_op(const ceil_op *o, cudaStream_t st) {
+    CK(cudaMemcpyAsync(o->dst, o->src, COPY_BYTES, cudaMemcpyDeviceToDevice, st));
+}
+
 /* Median seconds of one 8192^3 product: PREC as gpu.cu's (bf16 operands, or fp32 with or without tf32). */
 static double gemm_seconds(cublasHandle_t blas, cudaStream_t st, int prec) {
     size_t n = (size_t)GEMM_N * GEMM_N;
@@ -243,27 +276,12 @@ static double gemm_seconds(cublasHandle_t blas, cudaStream_t st, int prec) {
     CK(cudaMalloc(&C, n * sizeof(float)));
     cudaDataType_t in = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasComputeType_t ct = prec == FX_GPU_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    float one = 1.0f, zero = 0.0f;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    double t[CEIL_REPS];
-    for (int i = 0; i < CEIL_WARM + CEIL_REPS; i++) {
-        CK(cudaEventRecord(e0, st));
-        CKB(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, GEMM_N, GEMM_N, GEMM_N, &one, A, in, GEMM_N, B, in,
-                         GEMM_N, &zero, C, CUDA_R_32F, GEMM_N, ct, CUBLAS_GEMM_DEFAULT));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= CEIL_WARM) t[i - CEIL_WARM] = ms * 1e-3;
-    }
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
+    ceil_op o = {.blas = blas, .in = in, .ct = ct, .A = A, .B = B, .C = C};
+    double sec = event_seconds(st, gemm_op, &o);
     CK(cudaFree(A));
     CK(cudaFree(B));
     CK(cudaFree(C));
-    return summarise(t, CEIL_REPS).med;
+    return sec;
 }
 
 /* Bytes per second of a 1 GiB device-to-device copy, read plus written. The source holds a non-zero
@@ -273,24 +291,11 @@ static double copy_rate(cudaStream_t st) {
     CK(cudaMalloc(&src, COPY_BYTES));
     CK(cudaMalloc(&dst, COPY_BYTES));
     CK(cudaMemsetAsync(src, 0x5a, COPY_BYTES, st));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    double t[CEIL_REPS];
-    for (int i = 0; i < CEIL_WARM + CEIL_REPS; i++) {
-        CK(cudaEventRecord(e0, st));
-        CK(cudaMemcpyAsync(dst, src, COPY_BYTES, cudaMemcpyDeviceToDevice, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= CEIL_WARM) t[i - CEIL_WARM] = ms * 1e-3;
-    }
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
+    ceil_op o = {.src = src, .dst = dst};
+    double sec = event_seconds(st, copy_op, &o);
     CK(cudaFree(src));
     CK(cudaFree(dst));
-    return 2.0 * COPY_BYTES / summarise(t, CEIL_REPS).med;
+    return 2.0 * COPY_BYTES / sec;
 }
 
 /* ---------------------------------------------------------------- runs */
