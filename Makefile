@@ -22,17 +22,28 @@ FEDEX   := $(if $(filter release,$(BUILD)),fedex,$(B)/fedex)
 
 # ---------------------------------------------------------------- CUDA (optional)
 NVCC    ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
-ifneq ($(and $(NVCC),$(wildcard gpu.cu),$(filter release,$(BUILD))),)
-  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+# nvcc may be a wrapper script outside the toolkit, so the library folder is asked of nvcc itself (the
+# -L folders it would link with), then looked for beside it; CUDA_LIBDIR=... overrides. Without cuBLAS
+# and cudart there, the build is CPU-only and says so.
+ifneq ($(NVCC),)
+  NVCC_LDIRS  := $(patsubst -L%,%,$(filter -L%,$(subst ",,$(shell $(NVCC) -dryrun -x cu /dev/null -o /dev/null 2>&1 | grep LIBRARIES=))))
+  ifeq ($(origin CUDA_LIBDIR),undefined)
+    CUDA_LIBDIR := $(firstword $(foreach d,$(abspath $(filter-out %/stubs,$(NVCC_LDIRS)) \
+                     $(patsubst %/bin/nvcc,%,$(NVCC))/lib64 /usr/local/cuda/lib64), \
+                     $(if $(and $(wildcard $(d)/libcublas.so),$(wildcard $(d)/libcudart.so)),$(d))))
+  endif
+endif
+ifneq ($(and $(NVCC),$(CUDA_LIBDIR),$(wildcard gpu.cu),$(filter release,$(BUILD))),)
   GPU_OBJ   := $(B)/gpu.o
   FEDEX_CUDA := $(if $(filter release,$(BUILD)),fedex-cuda,$(B)/fedex-cuda)
-  GPU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+  GPU_LIBS  := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublasLt -lcublas -lcudart -lstdc++
   GPU_DEF   := -DFEDEX_CUDA
   NVFLAGS   := -O2 -std=c++17 -DFEDEX_CUDA -gencode arch=compute_90,code=sm_90 \
                -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra,-Werror
   BUILD_MSG := fedex: built ./fedex (CPU) and ./fedex-cuda (CUDA: $(NVCC), sm_90 + PTX); --device cuda runs the latter
 else
-  BUILD_MSG := fedex: built for CPU only ($(if $(filter release,$(BUILD)),$(if $(NVCC),gpu.cu absent,nvcc not found),sanitizer build)); --device cuda will be refused
+  NO_CUDA   := $(if $(filter release,$(BUILD)),$(if $(NVCC),$(if $(CUDA_LIBDIR),gpu.cu absent,no cuBLAS/cudart beside $(NVCC)),nvcc not found),sanitizer build)
+  BUILD_MSG := fedex: built for CPU only ($(NO_CUDA)); --device cuda will be refused
 endif
 
 .PHONY: all test debug fuzz bench clean
@@ -99,7 +110,7 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 # bench_gpu needs the CUDA build (gpu.o, cuBLAS); without it `make bench` says so and runs the rest.
 ifeq ($(GPU_OBJ),)
   BENCH_SRC := $(filter-out bench/bench_gpu.c,$(BENCH_SRC))
-  BENCH_SKIP := echo "skipped: bench_gpu (no CUDA in this build: $(if $(filter release,$(BUILD)),nvcc not found,sanitizer build))";
+  BENCH_SKIP := echo "skipped: bench_gpu (no CUDA in this build: $(NO_CUDA))";
 endif
 BENCH_BIN := $(patsubst bench/%.c,$(B)/bench/%,$(BENCH_SRC))
 $(B)/bench/%: bench/%.c $(B)/libfedex.a
@@ -107,7 +118,7 @@ $(B)/bench/%: bench/%.c $(B)/libfedex.a
 	$(CC) $(CFLAGS) -I. $< $(B)/libfedex.a -o $@ -lopenblas $(LDLIBS)
 $(B)/bench/bench_gpu: bench/bench_gpu.c $(B)/libfedex.a $(GPU_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(GPU_DEF) -I. $(if $(CUDA_HOME),-isystem $(CUDA_HOME)/include) $< $(GPU_OBJ) \
+	$(CC) $(CFLAGS) $(GPU_DEF) -I. $(if $(CUDA_LIBDIR),-isystem $(abspath $(CUDA_LIBDIR)/../include)) $< $(GPU_OBJ) \
 	  $(B)/libfedex.a -o $@ $(GPU_LIBS) $(LDLIBS)
 bench: all $(BENCH_BIN)
 	@$(BENCH_SKIP) for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
