@@ -961,24 +961,22 @@ int fx_gpu_precision_parse(const char *s, int *precision) {
     return -1;
 }
 
-/* The offset of base tensor NAME after checking its shape (d1 == 0: a vector). */
-static int base_tensor(const fx_model *m, const char *name, int d0, int d1, size_t *off) {
-    const fx_tensor *t = fx_params_find(&m->base, name);
+/* The offset of tensor NAME of SET (the "base" or "trainable" parameters) after checking its shape
+ * (d1 == 0: a vector). */
+static int checked_tensor(const fx_params *set, const char *what, const char *name, int d0, int d1, size_t *off) {
+    const fx_tensor *t = fx_params_find(set, name);
     if (!t || t->shape[0] != d0 || (d1 ? t->ndim != 2 || t->shape[1] != d1 : t->ndim != 1)) {
-        fx_seterr("gpu: base tensor %s is missing or not of shape (%d%s%.0d)", name, d0, d1 ? ", " : "", d1);
+        fx_seterr("gpu: %s tensor %s is missing or not of shape (%d%s%.0d)", what, name, d0, d1 ? ", " : "", d1);
         return -1;
     }
     *off = t->off;
     return 0;
 }
+static int base_tensor(const fx_model *m, const char *name, int d0, int d1, size_t *off) {
+    return checked_tensor(&m->base, "base", name, d0, d1, off);
+}
 static int train_tensor(const fx_model *m, const char *name, int d0, int d1, size_t *off) {
-    const fx_tensor *t = fx_params_find(&m->train, name);
-    if (!t || t->shape[0] != d0 || (d1 ? t->ndim != 2 || t->shape[1] != d1 : t->ndim != 1)) {
-        fx_seterr("gpu: trainable tensor %s is missing or not of shape (%d%s%.0d)", name, d0, d1 ? ", " : "", d1);
-        return -1;
-    }
-    *off = t->off;
-    return 0;
+    return checked_tensor(&m->train, "trainable", name, d0, d1, off);
 }
 
 static int lookup_tables(fx_gpu *g, const fx_model *m) {
