@@ -58,6 +58,12 @@ $(B)/fedex-cuda.o: fedex.c fedex.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(GPU_DEF) -c $< -o $@
 
+# Files with a CUDA path (GPU clients, the server's GPU evaluation) are built a second time for fedex-cuda.
+DUAL_SRC := client.c run.c
+$(B)/cuda/%.o: %.c fedex.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(GPU_DEF) -c $< -o $@
+
 $(B)/gpu.o: gpu.cu fedex.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
@@ -70,7 +76,7 @@ $(B)/libfedex.a: $(LIB_OBJ)
 $(FEDEX): $(B)/fedex.o $(B)/libfedex.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(FEDEX_CUDA): $(B)/fedex-cuda.o $(GPU_OBJ) $(B)/libfedex.a
+$(FEDEX_CUDA): $(B)/fedex-cuda.o $(DUAL_SRC:%.c=$(B)/cuda/%.o) $(GPU_OBJ) $(B)/libfedex.a
 	$(CC) $(CFLAGS) $^ -o $@ $(GPU_LIBS) $(LDLIBS)
 
 $(B)/tests/%: tests/%.c tests/check.h $(B)/libfedex.a

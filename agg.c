@@ -118,7 +118,8 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out
  *     R = M A,   M[o][j] = B[o][j] ( sum_i w_i b_i[o] d_i[j]  -  b̄[o] d̄[j] )              (VeRA)
  *
  * with rank at most r and only M (out, r) to send, as A is the shared frozen projection (no scale);
- * M is accumulated in double. Returns q, the inner dimension of U V. */
+ * M is accumulated in double. Returns q, the inner dimension of U V. For VeRA, V may be NULL: it is the
+ * shared projection, which every receiver holds already. */
 
 int fx_agg_residual_rank(const fx_model *m, int n) { return m->a.kind == FX_LORA ? (n + 2) * m->a.r : m->a.r; }
 
@@ -166,8 +167,115 @@ int fx_agg_residual_factors(const fx_model *m, int k, const float *const *client
             acc -= (double)bb[o] * db[j];
             U[(size_t)o * r + j] = (float)(m->vera_B[(size_t)o * r + j] * acc);
         }
-    for (int j = 0; j < r; j++) memcpy(V + (size_t)j * in, m->vera_A + (size_t)j * in_max, sizeof(float) * in);
+    if (V) for (int j = 0; j < r; j++) memcpy(V + (size_t)j * in, m->vera_A + (size_t)j * in_max, sizeof(float) * in);
     return fx_agg_residual_rank(m, n);
+}
+
+/* ============================================================================================
+ * The residual's one owner: what travels, how it accumulates, and the frozen weight
+ * ============================================================================================
+ * Every party that computes with the global model (the server, every client on either backend, a
+ * resumed run, evaluation, export) uses the same frozen weight of each adapted layer,
+ *
+ *     W = fl(W0 + R_acc),      R_acc = fl(... fl(fl(R_1) + R_2) ... + R_t)
+ *
+ * with W0 the checkpoint's weight, never modified, and R_acc the residual accumulated in its own fp32
+ * buffer (rounding relative to |R|, not |W0|). Each round's R_t travels as a message (factors or dense)
+ * that every receiver accumulates with the same call, fx_residual_apply, so the sums are rounded the same
+ * way everywhere and the frozen weights agree bit for bit (fx_matmul's results do not depend on the
+ * thread count). Folding R_t into a device copy of W0 instead would round relative to |W0| every round
+ * and drift apart from the server. */
+
+void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n) {
+    for (size_t j = 0; j < n; j++) W[j] = W0[j] + R[j];
+}
+
+int fx_residual_init(fx_residual *r, const fx_model *m) {
+    memset(r, 0, sizeof *r);
+    r->n = m->nadapted;
+    r->off = fx_calloc((size_t)r->n + 1, sizeof(size_t));
+    for (int k = 0; k < r->n; k++) r->off[k + 1] = r->off[k] + (size_t)m->ad[k].out * m->ad[k].in;
+    size_t len = r->off[r->n] ? r->off[r->n] : 1;
+    r->w0 = fx_malloc(sizeof(float) * len);
+    r->acc = fx_calloc(len, sizeof(float));
+    for (int k = 0; k < r->n; k++)
+        memcpy(r->w0 + r->off[k], m->base.data + m->ad[k].w_off, sizeof(float) * (r->off[k + 1] - r->off[k]));
+    return 0;
+}
+
+void fx_residual_free(fx_residual *r) {
+    free(r->off); free(r->w0); free(r->acc);
+    memset(r, 0, sizeof *r);
+}
+
+void fx_residual_frozen(const fx_residual *r, int k, float *W) {
+    fx_frozen_weight(W, r->w0 + r->off[k], r->acc + r->off[k], r->off[k + 1] - r->off[k]);
+}
+
+void fx_residual_set_frozen(const fx_residual *r, fx_model *m) {
+    for (int k = 0; k < r->n; k++) fx_residual_frozen(r, k, m->base.data + m->ad[k].w_off);
+}
+
+/* Floats of layer K's payload: U (out, q) and V (q, in) for LoRA, U alone for VeRA (V is the shared
+ * projection), R (out, in) when dense (q = 0). */
+static size_t payload_len(const fx_model *m, int k, int q) {
+    size_t out = (size_t)m->ad[k].out, in = (size_t)m->ad[k].in;
+    if (q == 0) return out * in;
+    return m->a.kind == FX_LORA ? (out + in) * (size_t)q : out * (size_t)q;
+}
+
+size_t fx_residual_msg_capacity(const fx_model *m, int nclients) {
+    size_t n = 0;
+    int q = fx_agg_residual_rank(m, nclients);
+    for (int k = 0; k < m->nadapted; k++) {
+        size_t f = payload_len(m, k, q), d = payload_len(m, k, 0);
+        n += f > d ? f : d;
+    }
+    return n;
+}
+
+size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg) {
+    size_t n = 0;
+    for (int k = 0; k < m->nadapted; k++) n += payload_len(m, k, msg->q);
+    return sizeof *msg + sizeof(float) * n;
+}
+
+void fx_residual_make(const fx_model *m, int dense, const float *const *clients, const double *w, int n,
+                      const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch) {
+    int q = fx_agg_residual_rank(m, n);
+    float *p = payload;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        float *U = dense ? scratch : p;
+        float *V = m->a.kind == FX_LORA ? U + (size_t)ad->out * q : NULL;
+        fx_agg_residual_factors(m, k, clients, w, n, global, U, V);
+        if (dense) {
+            const float *Vm = V ? V : m->vera_A;
+            fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, U, q, Vm, V ? ad->in : m->vera_in, 0.0f, p, ad->in);
+        }
+        p += payload_len(m, k, dense ? 0 : q);
+    }
+    msg->round = round;
+    msg->q = dense ? 0 : q;
+}
+
+void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload) {
+    const float *p = payload;
+    int q = msg->q;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        float *acc = r->acc + r->off[k];
+        if (q == 0) {
+            size_t len = (size_t)ad->out * ad->in;
+            for (size_t j = 0; j < len; j++) acc[j] += p[j];
+        } else {
+            const float *V = m->a.kind == FX_LORA ? p + (size_t)ad->out * q : m->vera_A;
+            int ldv = m->a.kind == FX_LORA ? ad->in : m->vera_in;
+            fx_matmul(0, 0, ad->out, ad->in, q, 1.0f, p, q, V, ldv, 1.0f, acc, ad->in);
+        }
+        p += payload_len(m, k, q);
+    }
+    r->round = msg->round;
 }
 
 /* ============================================================================================

@@ -650,9 +650,10 @@ int fx_residual_load(fx_model *m, const char *path) {
         p += dst[i]->n;
     }
     p = R;
-    for (int i = 0; i < f.n; i++) {
+    for (int i = 0; i < f.n; i++) { /* W holds W0: the frozen weight fl(W0 + R), as every party forms it */
         float *W = m->base.data + dst[i]->off;
-        for (size_t j = 0; j < dst[i]->n; j++) W[j] += *p++;
+        fx_frozen_weight(W, W, p, dst[i]->n);
+        p += dst[i]->n;
     }
     rc = 0;
 done:

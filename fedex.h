@@ -436,6 +436,140 @@ double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R
                     const float *const *clients, const double *w, int n, const float *global,
                     const float *prev_global, double *work);
 
+/* The residual's one owner. Every party that computes with the global model holds an fx_residual: the
+ * adapted layers' original W0 and the accumulated residual R_acc (layer k at off[k], (out, in) each),
+ * accumulates each round's message with fx_residual_apply, and forms the frozen weight with
+ * fx_frozen_weight, W = fl(W0 + R_acc): the server, every CPU and GPU client, resume, evaluation and
+ * export alike, so all of them compute with the same bits. */
+typedef struct {
+    int n;                       /* adapted layers */
+    size_t *off;                 /* (n + 1) */
+    float *w0;                   /* original frozen weights, concatenated */
+    float *acc;                  /* R_acc, same layout */
+    int round;                   /* the last round applied (0: none) */
+} fx_residual;
+/* One round's residual as it travels: this header, then per adapted layer in order the payload
+ * (q > 0: U (out, q) and V (q, in) for LoRA, U alone for VeRA whose V is the shared projection;
+ * q == 0: the dense R (out, in)). */
+typedef struct {
+    int32_t round;               /* the round whose aggregation produced it; 0: none yet */
+    int32_t q;                   /* inner dimension of the factors, 0 = dense */
+} fx_residual_msg;
+void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
+int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
+void fx_residual_free(fx_residual *r);
+void fx_residual_frozen(const fx_residual *r, int k, float *W /* (out, in) */);
+void fx_residual_set_frozen(const fx_residual *r, fx_model *m); /* every adapted layer of M's base */
+size_t fx_residual_msg_capacity(const fx_model *m, int nclients); /* payload floats, either form */
+size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* header + payload sent */
+/* The round's residual of every adapted layer (fx_agg_residual_factors; DENSE multiplies them out) into
+ * PAYLOAD. SCRATCH holds one layer's factors (dense only). */
+void fx_residual_make(const fx_model *m, int dense, const float *const *clients, const double *w, int n,
+                      const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
+/* R_acc += the message's residual, the same arithmetic for every receiver. */
+void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload);
+
+/* ============================================================================================
+ * settings.c: the option parser of every command; a federated run's settings and their file
+ * ============================================================================================ */
+
+typedef enum { FX_OPT_INT, FX_OPT_REAL, FX_OPT_STR, FX_OPT_FLAG, FX_OPT_SEED } fx_opt_kind;
+typedef struct {
+    const char *name, *alias;    /* "--lr"; the reference code's spelling, or NULL */
+    fx_opt_kind kind;            /* INT: int, REAL: double, STR: const char *, FLAG: int, SEED: long long */
+    size_t off;                  /* offset of the field in the command's settings struct */
+    const char *def;             /* default, as text (NULL: none, the field stays zero) */
+    const char *help;
+    long long lo, hi;            /* INT: the accepted range, when lo < hi */
+} fx_opt;
+/* A command's line: its options and how many positional arguments it takes. */
+typedef struct {
+    const char *cmd, *synopsis, *about;
+    size_t size;                 /* of the settings struct, zeroed before the defaults are set */
+    const fx_opt *opt; int nopt;
+    int npos_min, npos_max; const char *pos_name; /* e.g. 1, 1, "FILE" */
+} fx_cmdline;
+int fx_is_help(const char *a);                             /* -h or --help */
+int fx_opts_wants_help(int argc, char **argv);             /* -h/--help before any `--` */
+/* Parses ARGV[1..ARGC) into DST (defaults first): `--opt value`, `--opt=value`, flags, `--` ends the
+ * options, a lone `-` is positional. SET[i] tells whether option i was given; POS gets the positional
+ * arguments (npos_max of them at most), *NPOS their count. -1 with fx_err() on a usage error. */
+int fx_opts_parse(const fx_cmdline *cl, int argc, char **argv, void *dst, int *set, const char **pos, int *npos);
+int fx_opts_defaults(const fx_cmdline *cl, void *dst);
+int fx_opts_find(const fx_cmdline *cl, const char *name); /* index by either spelling, or -1 */
+void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the table */
+void fx_json_num(FILE *f, double x);                       /* %.9g, or null when not finite */
+
+typedef struct {
+    const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
+    const char *device, *precision, *client_gpus;
+    int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
+    int micro_batch, eval_batch, server_gpu;
+    double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay;
+    long long seed;
+    int rslora, weighted, strict, save_clients;
+    fx_agg_method agg;           /* parsed from agg_name by fx_settings_check */
+} fx_settings;
+extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
+int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
+/* Ranges and contradictions (SET: which options were given); parses agg. -1 with fx_err(). */
+int fx_settings_check(fx_settings *c, const int *set);
+void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
+/* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
+int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task);
+/* The embedded model (no --model): a small random RoBERTa for the built-in synthetic task. */
+#define FX_SYNTH_TRAIN 1200
+#define FX_SYNTH_DEV 400
+#define FX_SYNTH_LEN 32
+void fx_embedded_config(fx_config *c);
+/* DIR/config.json: every setting but --resume, --threads and --out. Read back strings point into J. */
+int fx_settings_write(const fx_settings *c, const char *dir);
+int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
+
+/* ============================================================================================
+ * client.c: one client's local round, with no transport in it
+ * ============================================================================================
+ * A job in (the round, its hyper-parameters and seed), the global state and the round's residual
+ * message in; the client's trained state and its report out. The same code runs in a forked process
+ * (shm.c) or wherever a transport puts it. */
+
+typedef struct {
+    int32_t round, client;       /* round >= 1; a negative round tells the client to stop */
+    int32_t local_epochs, batch_size, micro_batch;
+    double lr, warmup_ratio, weight_decay;
+    uint64_t seed;
+} fx_job;
+/* The client's report; while a round runs its progress fields are updated in place (the server shows
+ * them live when the report lives in memory it can see). */
+typedef struct {
+    int64_t samples;                 /* size of the client's shard */
+    int64_t steps_done, steps_total; /* progress of the current round */
+    int64_t samples_done;            /* rows trained on so far this round */
+    double t_start;                  /* fx_now() when the round began (CLOCK_MONOTONIC: one clock for all) */
+    double loss_sum;                 /* sum of batch losses so far this round */
+    double train_loss, seconds;      /* of the finished round */
+    char err[256];                   /* why the client failed */
+} fx_report;
+typedef struct {
+    int id;                      /* the client's number (fault injection: FEDEX_FAULT=kill:ID:ROUND) */
+    const fx_config *mc; const fx_adapter_cfg *ac;
+    float *base;                 /* the frozen weights fl(W0 + R_acc), kept current by the server */
+    const fx_residual *residual; /* the residual at the start (copied): W0 and R_acc */
+    uint64_t seed;               /* the run's seed: VeRA's shared projections */
+    const fx_dataset *train; const int *rows; int nrows; int pad_id;
+    const char *device, *precision; int gpu;
+    int check_frozen;            /* also rebuild the frozen weights from the messages and compare them
+                                    bit for bit with BASE every round (FEDEX_CHECK_FROZEN=1) */
+} fx_client_setup;
+typedef struct fx_client fx_client;
+fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() */
+/* One local round: resets the adapters to GLOBAL, applies MSG (when newer than what it holds), trains
+ * its epochs with a fresh AdamW and schedule, writes its trainable state to STATE and fills REP.
+ * -1 with fx_err() (and REP->err) on failure. */
+int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
+                    const float *payload, float *state, fx_report *rep);
+void fx_client_close(fx_client *cl);
+
 /* ============================================================================================
  * gpu.cu: the CUDA backend (built when nvcc is found; FEDEX_CUDA is then defined for every file)
  * ============================================================================================
@@ -467,10 +601,93 @@ void fx_gpu_get_train(fx_gpu *g, float *dst);               /* (train.n) */
 void fx_gpu_set_train(fx_gpu *g, const float *src);
 void fx_gpu_get_grad(fx_gpu *g, float *dst);                /* (train.n) */
 void fx_gpu_get_base(fx_gpu *g, float *dst);                /* (base.n), residuals included */
-/* FedEx: W0 += alpha R for adapted layer K (fx_model_add_residual), or W0 += alpha U V with U (out, q),
- * V (q, in) as fx_agg_residual_factors returns them, rebuilt with one fp32 GEMM. -1 on a bad K or Q. */
-int fx_gpu_add_residual(fx_gpu *g, int k, const float *R, float alpha);
-int fx_gpu_add_residual_factored(fx_gpu *g, int k, const float *U, const float *V, int q, float alpha);
+/* Adapted layer K's frozen weight W (out, in), as fx_residual_frozen forms it, into the device's base
+ * (and its bf16 twin). -1 on a bad K. */
+int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
 #endif
+
+/* ============================================================================================
+ * run.c: the server (rounds over a transport, aggregation, evaluation, outputs, checkpoint, resume)
+ * shm.c: the transport of forked clients sharing POSIX shared memory
+ * ============================================================================================
+ * A transport moves jobs and the global state to the clients and their states and reports back. It
+ * owns the run's buffers, so that forked clients can share them in place; another transport (MPI) gives
+ * the same pointers plain memory and sends their contents. */
+
+typedef struct fx_run fx_run;
+typedef struct {
+    const char *name;
+    int (*open)(fx_run *R);                    /* the buffers below, sized from R's P, base_n, payload_n */
+    int (*start)(fx_run *R, int threads);      /* launch the clients, THREADS cores in all */
+    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live client */
+    /* Waits for the clients the round was sent to: done[c] = 1 when its state and report are in
+     * client[c] and report[c]. -1 on interrupt, a client's error, or a death under --strict. */
+    int (*collect)(fx_run *R, int round, int *done);
+    void (*stop)(fx_run *R, int abort);        /* abort: signal them; otherwise ask them to finish */
+    void (*close)(fx_run *R);                  /* frees the buffers */
+    double (*memory_mb)(const fx_run *R);      /* all the run's processes on this machine (PSS), or NAN */
+} fx_transport;
+extern const fx_transport fx_transport_shm;
+
+struct fx_run {
+    /* settings */
+    fx_settings cfg;
+    fx_config mc;
+    fx_adapter_cfg ac;
+    const fx_task *task;
+    int n;                           /* clients */
+    /* data */
+    fx_tokenizer *tok;
+    fx_dataset train, dev;
+    int **rows, *counts;             /* each client's shard */
+    int pad_id;
+    int *gpu_of;                     /* (n) device of each client (--client-gpus) */
+    /* sizes of the buffers */
+    size_t P, base_n, payload_n;     /* trainable floats, base floats, residual payload floats */
+    /* the transport and the buffers it owns */
+    const fx_transport *tp;
+    void *tp_state;
+    float *base;                     /* (base_n) frozen weights fl(W0 + R_acc) */
+    float *global;                   /* (P) global trainable state */
+    float **client;                  /* n x (P) each client's trained state */
+    fx_report *report;               /* (n) */
+    fx_residual_msg *msg;            /* the last round's residual */
+    float *payload;                  /* (payload_n) its factors or dense matrices */
+    int *alive;                      /* (n) */
+    /* server */
+    fx_model srv;                    /* base = the buffer above; evaluates the global model */
+    fx_residual res;                 /* W0 and R_acc of every adapted layer */
+    float *r_old;                    /* R_acc before the round (aggregation error) */
+    float *prev_global, *scratch;
+    double *err_work;
+    void *srv_gpu;                   /* --server-gpu: fx_gpu, the server's device copy for evaluation */
+    /* results */
+    int round0;                      /* rounds already done (resume) */
+    int round_now;
+    double best; int best_round;
+    char **lines; int nlines;        /* metrics.jsonl */
+    double *hist_metric, *hist_err;  /* per round, for `fedex demo` */
+    int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
+};
+/* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
+int fx_run_federated(fx_run *R);
+int fx_run_interrupted(void);        /* SIGINT/SIGTERM seen by the server */
+/* For the transports while they wait: the live per-client lines (on a terminal), and the line for a
+ * client that finished. */
+void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn);
+void fx_run_client_done(const fx_run *R, int round, int c, int tty);
+/* What a client needs to run: its setup from the run (shared base or not). */
+void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
+/* Restores a run's checkpoint DIR/state.safetensors into M (whose base holds the original W0): the
+ * global state into GLOBAL, R_acc into RES (fx_residual_init'ed from M), M's adapted weights set to
+ * fl(W0 + R_acc). Returns the round, -1 with fx_err(). */
+int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round);
+/* Base weights as a run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
+int fx_run_init_weights(const fx_settings *c, fx_model *m);
+/* LOGITS (n, L) of every row of D, in D's order, and the mean loss (NAN with fx_err() on a bad batch).
+ * Rows go in batches of BS in order of length, so a batch pads little; the model ignores padding. */
+typedef float (*fx_eval_step)(void *backend, const fx_batch *b, float *logits);
+float fx_eval_step_cpu(void *model, const fx_batch *b, float *logits);
+double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits);
 
 #endif

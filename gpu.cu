@@ -1249,54 +1249,21 @@ void fx_gpu_get_base(fx_gpu *g, float *dst) {
 }
 
 /* ============================================================================================
- * public interface: FedEx's residual into W0
- * ============================================================================================ */
+ * public interface: the frozen weight of an adapted layer
+ * ============================================================================================
+ * The residual is accumulated on the host by agg.c (fx_residual_apply), exactly as the server does, and
+ * the frozen weight fl(W0 + R_acc) is uploaded whole: a device copy that folded each round's residual
+ * into W0 would round relative to |W0| every round and drift from the server's weight. */
 
-static int residual_check(const fx_gpu *g, int k, const char *what) {
+int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W) {
     if (k < 0 || k >= g->nad) {
-        fx_seterr("gpu: %s: no adapted layer %d (the model has %d)", what, k, g->nad);
+        fx_seterr("gpu: frozen weight: no adapted layer %d (the model has %d)", k, g->nad);
         return -1;
     }
-    return 0;
-}
-
-/* After W0 changed: its bf16 twin follows. */
-static void refresh_twin(fx_gpu *g, const fx_adapted *ad) {
-    if (g->base16)
-        to_bf16(g, g->base16 + ad->w_off, g->base + ad->w_off, (size_t)ad->out * ad->in);
-}
-
-/* W0 += alpha R, R (out, in): fx_model_add_residual on the device. */
-int fx_gpu_add_residual(fx_gpu *g, int k, const float *R, float alpha) {
-    if (residual_check(g, k, "residual") != 0) return -1;
     const fx_adapted *ad = &g->ad[k];
-    size_t n = (size_t)ad->out * ad->in;
     CUDA_CHECK(cudaSetDevice(g->dev));
-    float *dR = (float *)dmalloc(n * sizeof(float));
-    upload(g, dR, R, n * sizeof(float));
-    LAUNCH(axpy_kernel, nblocks(n), THREADS, 0, g->base + ad->w_off, dR, alpha, n);
-    refresh_twin(g, ad);
+    upload(g, g->base + ad->w_off, W, (size_t)ad->out * ad->in * sizeof(float));
+    if (g->base16) to_bf16(g, g->base16 + ad->w_off, g->base + ad->w_off, (size_t)ad->out * ad->in);
     CUDA_CHECK(cudaStreamSynchronize(g->st));
-    CUDA_CHECK(cudaFree(dR));
-    return 0;
-}
-
-/* W0 += alpha U V, U (out, q), V (q, in): the residual as its factors, rebuilt with one fp32 product
- * (whatever the step precision: W0 is the fp32 master of the frozen weight). */
-int fx_gpu_add_residual_factored(fx_gpu *g, int k, const float *U, const float *V, int q, float alpha) {
-    if (residual_check(g, k, "factored residual") != 0) return -1;
-    if (q < 1) { fx_seterr("gpu: factored residual: inner dimension %d must be positive", q); return -1; }
-    const fx_adapted *ad = &g->ad[k];
-    size_t nu = (size_t)ad->out * q, nv = (size_t)q * ad->in;
-    CUDA_CHECK(cudaSetDevice(g->dev));
-    float *dU = (float *)dmalloc(nu * sizeof(float)), *dV = (float *)dmalloc(nv * sizeof(float));
-    upload(g, dU, U, nu * sizeof(float));
-    upload(g, dV, V, nv * sizeof(float));
-    gemm_prec(g, FX_GPU_FP32, 0, 0, ad->out, ad->in, q, alpha, dU, q, dV, ad->in, 1.0f, g->base + ad->w_off,
-              ad->in);
-    refresh_twin(g, ad);
-    CUDA_CHECK(cudaStreamSynchronize(g->st));
-    CUDA_CHECK(cudaFree(dU));
-    CUDA_CHECK(cudaFree(dV));
     return 0;
 }

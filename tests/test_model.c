@@ -708,7 +708,7 @@ static void test_cli(void) {
              shared, out, err);
     CHECK(run(cmd) == 1 && file_has(err, "fedex: eval: STS-B has 1 label (regression)"), "labels mismatch: see %s", err);
     snprintf(cmd, sizeof cmd, "%s eval --task RTE >%s 2>%s", fedex, out, err);
-    CHECK(run(cmd) == 1 && file_has(err, "fedex: eval: --model"), "missing --model: see %s", err);
+    CHECK(run(cmd) == 2 && file_has(err, "fedex eval: --model"), "missing --model (a usage error): see %s", err);
     snprintf(cmd, sizeof cmd, "%s init --config %s/none.json --out %s >%s 2>%s", fedex, cfgdir, model, out, err);
     CHECK(run(cmd) == 1 && file_has(err, "fedex: ") && file_has(err, "none.json"), "missing config: see %s", err);
     snprintf(cmd, sizeof cmd, "%s eval --help >%s 2>%s && %s init --help >>%s 2>>%s", fedex, out, err, fedex, out, err);

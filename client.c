@@ -1,0 +1,206 @@
+/* client.c: one client's local round: a job, the global state and the round's residual in; the trained
+ * state and a report out. It knows no transport: no pipes, no shared-memory layout, no processes (shm.c
+ * runs it in a forked process). The model's numerics are model.c's; the residual's arithmetic agg.c's. */
+#include "fedex.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fx_client {
+    fx_model m;                  /* its base: the shared frozen weights, or its own copy */
+    const fx_dataset *train;
+    const int *rows; int nrows;  /* its shard */
+    int pad_id;
+    int *order;                  /* (nrows) this epoch's shuffle */
+    float *acc;                  /* (P) gradient accumulated over micro-batches */
+    fx_batch batch;
+    fx_residual res;             /* its own W0 and R_acc, when it forms the frozen weights itself */
+    int own_residual;            /* GPU clients, and CPU clients that check the shared weights */
+    int check_frozen;
+    float *wtmp;                 /* one adapted layer's frozen weight */
+    int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R */
+#ifdef FEDEX_CUDA
+    fx_gpu *g;                   /* its own CUDA context, created in its own process */
+#endif
+};
+
+/* A stream of its own for each (seed, round, client, purpose), so that a client's shuffles and dropout
+ * masks do not depend on the others or on the thread count. */
+static uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+    fx_rng r;
+    fx_rng_seed(&r, seed ^ (a * 0x9e3779b97f4a7c15ULL) ^ (b * 0xc2b2ae3d27d4eb4fULL) ^ (c * 0x165667b19e3779f9ULL));
+    return fx_rng_u64(&r);
+}
+
+static int copy_residual(fx_residual *dst, const fx_residual *src) {
+    dst->n = src->n;
+    dst->round = src->round;
+    size_t len = src->off[src->n] ? src->off[src->n] : 1;
+    dst->off = fx_malloc(sizeof(size_t) * ((size_t)src->n + 1));
+    memcpy(dst->off, src->off, sizeof(size_t) * ((size_t)src->n + 1));
+    dst->w0 = fx_malloc(sizeof(float) * len);
+    dst->acc = fx_malloc(sizeof(float) * len);
+    memcpy(dst->w0, src->w0, sizeof(float) * src->off[src->n]);
+    memcpy(dst->acc, src->acc, sizeof(float) * src->off[src->n]);
+    return 0;
+}
+
+fx_client *fx_client_open(const fx_client_setup *s) {
+    fx_client *cl = fx_calloc(1, sizeof *cl);
+    if (fx_model_create(&cl->m, s->mc, s->ac, s->base) != 0) { free(cl); return NULL; }
+    fx_model_init_adapters(&cl->m, s->seed); /* VeRA's shared projections, as the server's */
+    cl->train = s->train; cl->rows = s->rows; cl->nrows = s->nrows; cl->pad_id = s->pad_id;
+    cl->order = fx_malloc(sizeof(int) * (size_t)(s->nrows ? s->nrows : 1));
+    cl->acc = fx_malloc(sizeof(float) * cl->m.train.n);
+    cl->check_frozen = s->check_frozen;
+    const char *f = getenv("FEDEX_FAULT");
+    int fc, fr;
+    cl->kill_round = -1;
+    if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == s->id) cl->kill_round = fr;
+    int gpu = s->device && !strcmp(s->device, "cuda");
+    cl->own_residual = gpu || s->check_frozen;
+    if (cl->own_residual) {
+        copy_residual(&cl->res, s->residual);
+        size_t wmax = 1;
+        for (int k = 0; k < cl->res.n; k++)
+            if (cl->res.off[k + 1] - cl->res.off[k] > wmax) wmax = cl->res.off[k + 1] - cl->res.off[k];
+        cl->wtmp = fx_malloc(sizeof(float) * wmax);
+    }
+    if (gpu) {
+#ifdef FEDEX_CUDA
+        char why[512];
+        int prec;
+        if (fx_gpu_probe(why, sizeof why) <= 0) { fx_seterr("%s", why); fx_client_close(cl); return NULL; }
+        if (fx_gpu_precision_parse(s->precision, &prec) != 0 || !(cl->g = fx_gpu_create(&cl->m, s->gpu, prec))) {
+            fx_client_close(cl);
+            return NULL;
+        }
+#else
+        fx_seterr("--device cuda needs the CUDA build (fedex-cuda)");
+        fx_client_close(cl);
+        return NULL;
+#endif
+    }
+    return cl;
+}
+
+void fx_client_close(fx_client *cl) {
+    if (!cl) return;
+#ifdef FEDEX_CUDA
+    if (cl->g) fx_gpu_free(cl->g);
+#endif
+    fx_model_free(&cl->m);
+    if (cl->own_residual) fx_residual_free(&cl->res);
+    free(cl->wtmp); free(cl->order); free(cl->acc);
+    fx_batch_free(&cl->batch);
+    free(cl);
+}
+
+/* The round's residual into its own R_acc, then its frozen weights: onto the device (GPU clients), or
+ * compared bit for bit with the shared ones the server formed (check_frozen). */
+static int follow_residual(fx_client *cl, const fx_residual_msg *msg, const float *payload) {
+    if (msg && msg->round > cl->res.round) fx_residual_apply(&cl->res, &cl->m, msg, payload);
+    for (int k = 0; k < cl->res.n; k++) {
+        const fx_adapted *ad = &cl->m.ad[k];
+        fx_residual_frozen(&cl->res, k, cl->wtmp);
+        size_t len = (size_t)ad->out * ad->in;
+#ifdef FEDEX_CUDA
+        if (cl->g) {
+            if (fx_gpu_set_frozen(cl->g, k, cl->wtmp) != 0) return -1;
+            continue;
+        }
+#endif
+        if (cl->check_frozen && memcmp(cl->wtmp, cl->m.base.data + ad->w_off, sizeof(float) * len) != 0) {
+            fx_seterr("the frozen weight of %s rebuilt from the residual messages differs from the server's "
+                      "(round %d)", ad->name, cl->res.round);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
+                    const float *payload, float *state, fx_report *rep) {
+    fx_model *m = &cl->m;
+    size_t P = m->train.n;
+    double t0 = fx_now();
+    void *g = NULL;
+#ifdef FEDEX_CUDA
+    g = cl->g;
+#endif
+    if (cl->own_residual && follow_residual(cl, msg, payload) != 0) goto fail;
+    uint64_t seed = (uint64_t)job->seed;
+    if (g) {
+#ifdef FEDEX_CUDA
+        fx_gpu_set_train(cl->g, global);
+        fx_gpu_adamw_reset(cl->g);
+        fx_gpu_seed(cl->g, mix_seed(seed, (uint64_t)job->round, (uint64_t)job->client, 1));
+#endif
+    } else {
+        memcpy(m->train.data, global, sizeof(float) * P);
+        fx_adamw_reset(m);
+        fx_rng_seed(&m->drop, mix_seed(seed, (uint64_t)job->round, (uint64_t)job->client, 1));
+    }
+    int bs = job->batch_size, nrows = cl->nrows;
+    int mb = job->micro_batch > 0 && job->micro_batch < bs ? job->micro_batch : bs;
+    if (g) mb = bs; /* the whole batch fits on a GPU */
+    int per_epoch = (nrows + bs - 1) / bs;
+    int total = per_epoch * job->local_epochs;
+    int warmup = (int)ceil(job->warmup_ratio * total);
+    rep->samples = nrows; rep->steps_done = 0; rep->steps_total = total; rep->loss_sum = 0;
+    rep->samples_done = 0; rep->t_start = t0; rep->err[0] = 0;
+    int step = 0;
+    for (int e = 0; e < job->local_epochs; e++) {
+        /* a fresh shuffle of the shard every epoch, seeded by (seed, round, client, epoch) */
+        fx_rng sh;
+        fx_rng_seed(&sh, mix_seed(seed, (uint64_t)job->round, (uint64_t)job->client, 100 + (uint64_t)e));
+        memcpy(cl->order, cl->rows, sizeof(int) * (size_t)nrows);
+        for (int i = nrows - 1; i > 0; i--) {
+            int j = (int)(fx_rng_u64(&sh) % (uint64_t)(i + 1));
+            int t = cl->order[i]; cl->order[i] = cl->order[j]; cl->order[j] = t;
+        }
+        for (int b0 = 0; b0 < nrows; b0 += bs) {
+            int bn = nrows - b0 < bs ? nrows - b0 : bs;
+            float lr = fx_linear_schedule(step, warmup, total, (float)job->lr);
+            /* gradient of the mean loss over the batch = sum over micro-batches of (rows/bn) x theirs */
+            double loss = 0;
+            for (int u = 0; u < bn; u += mb) {
+                int un = bn - u < mb ? bn - u : mb;
+                fx_batch_fill(cl->train, cl->order + b0 + u, un, cl->pad_id, &cl->batch);
+#ifdef FEDEX_CUDA
+                if (g) { loss = fx_gpu_step(cl->g, &cl->batch, 1, NULL); break; }
+#endif
+                loss += (double)un / bn * fx_model_step(m, &cl->batch, 1, NULL);
+                if (un == bn) break;
+                float f = (float)un / (float)bn;
+                if (u == 0) for (size_t j = 0; j < P; j++) cl->acc[j] = f * m->grad[j];
+                else for (size_t j = 0; j < P; j++) cl->acc[j] += f * m->grad[j];
+                if (u + un >= bn) memcpy(m->grad, cl->acc, sizeof(float) * P);
+            }
+            if (!isfinite(loss)) { fx_seterr("training loss is not finite (lower --lr?)"); goto fail; }
+#ifdef FEDEX_CUDA
+            if (g) fx_gpu_adamw(cl->g, lr, (float)job->weight_decay);
+            else
+#endif
+            fx_adamw_update(m, lr, (float)job->weight_decay);
+            step++;
+            rep->loss_sum += loss;
+            rep->steps_done = step;
+            rep->samples_done += bn;
+            if (job->round == cl->kill_round) raise(SIGKILL);
+        }
+    }
+#ifdef FEDEX_CUDA
+    if (g) fx_gpu_get_train(cl->g, state);
+    else
+#endif
+    memcpy(state, m->train.data, sizeof(float) * P);
+    rep->train_loss = step ? rep->loss_sum / step : NAN;
+    rep->seconds = fx_now() - t0;
+    return 0;
+fail:
+    snprintf(rep->err, sizeof rep->err, "%s", fx_err());
+    return -1;
+}

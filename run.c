@@ -1,0 +1,611 @@
+/* run.c: the server of a federated run: sets the run up (data, shards, model, resume), sends each round
+ * over a transport, aggregates (agg.c), evaluates the global model, and writes metrics, adapters, the
+ * residual and the checkpoint. It holds no process or pipe (that is the transport's) and trains nothing
+ * itself (that is client.c's). */
+#include "fedex.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+int fx_run_interrupted(void) { return interrupted != 0; }
+
+/* ============================================================================================
+ * Evaluating a split (fedex eval, and the server after each round)
+ * ============================================================================================ */
+
+float fx_eval_step_cpu(void *m, const fx_batch *b, float *logits) { return fx_model_step(m, b, 0, logits); }
+
+static const fx_dataset *len_sort_data;
+static int by_length(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    size_t li = len_sort_data->off[i + 1] - len_sort_data->off[i], lj = len_sort_data->off[j + 1] - len_sort_data->off[j];
+    return li != lj ? (li < lj ? -1 : 1) : (i > j) - (i < j);
+}
+
+double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits) {
+    int n = d->n;
+    int *order = fx_malloc(sizeof(int) * (size_t)(n ? n : 1));
+    float *out = fx_malloc(sizeof(float) * (size_t)bs * (size_t)L);
+    for (int i = 0; i < n; i++) order[i] = i;
+    len_sort_data = d;
+    qsort(order, (size_t)n, sizeof *order, by_length);
+    fx_batch b = {0};
+    double loss = 0;
+    for (int i = 0; i < n && !isnan(loss); i += bs) {
+        int nb = n - i < bs ? n - i : bs;
+        fx_batch_fill(d, order + i, nb, pad, &b);
+        float l = step(backend, &b, out);
+        if (isnan(l)) { fx_seterr("rows %d to %d (by length): %s", i, i + nb - 1, fx_err()); loss = NAN; }
+        loss += (double)l * nb;
+        for (int j = 0; j < nb; j++) memcpy(logits + (size_t)order[i + j] * L, out + (size_t)j * L, sizeof(float) * L);
+    }
+    fx_batch_free(&b);
+    free(out);
+    free(order);
+    return n ? loss / n : NAN;
+}
+
+#ifdef FEDEX_CUDA
+static float gpu_eval_step(void *g, const fx_batch *b, float *logits) { return fx_gpu_step(g, b, 0, logits); }
+#endif
+
+/* The global model (the server's model with the global state) on the dev split, on the CPU or, with
+ * --server-gpu, on a device copy that receives the frozen weights as the GPU clients do. */
+static double evaluate(fx_run *R, fx_metrics *mt) {
+    fx_model *m = &R->srv;
+    memcpy(m->train.data, R->global, sizeof(float) * R->P);
+    fx_eval_step step = fx_eval_step_cpu;
+    void *backend = m;
+#ifdef FEDEX_CUDA
+    if (R->srv_gpu) {
+        for (int k = 0; fx_agg_is_exact(R->cfg.agg) && k < m->nadapted; k++)
+            fx_gpu_set_frozen(R->srv_gpu, k, m->base.data + m->ad[k].w_off);
+        fx_gpu_set_train(R->srv_gpu, R->global);
+        step = gpu_eval_step;
+        backend = R->srv_gpu;
+    }
+#endif
+    int L = R->mc.num_labels;
+    float *logits = fx_malloc(sizeof(float) * (size_t)(R->dev.n ? R->dev.n : 1) * L);
+    double loss = fx_eval_split(&R->dev, R->cfg.eval_batch, R->pad_id, L, step, backend, logits);
+    fx_task_metrics(R->task, logits, R->dev.labels, R->dev.n, mt);
+    free(logits);
+    return loss;
+}
+
+/* ============================================================================================
+ * Aggregation: FedIT mean, then (FedEx) the residual, then the aggregation error of every layer
+ * ============================================================================================ */
+
+static void aggregate(fx_run *R, const int *done, double *err, double *agg_seconds) {
+    double t0 = fx_now();
+    fx_model *m = &R->srv;
+    const float *cl[256];
+    double w[256], wsum = 0;
+    int n = 0;
+    for (int c = 0; c < R->n; c++)
+        if (done[c]) { cl[n] = R->client[c]; w[n] = R->cfg.weighted ? (double)R->report[c].samples : 1.0; wsum += w[n]; n++; }
+    for (int i = 0; i < n; i++) w[i] /= wsum;
+    memcpy(R->prev_global, R->global, sizeof(float) * R->P);
+    fx_agg_mean(R->global, cl, w, n, R->P);
+    size_t wtot = R->res.off[R->res.n];
+    memcpy(R->r_old, R->res.acc, sizeof(float) * wtot);
+    if (fx_agg_is_exact(R->cfg.agg)) {
+        /* The residual travels as R->msg; the server accumulates it with the same call as every client
+         * that follows it, then forms the shared frozen weights from it. */
+        fx_residual_make(m, !strcmp(R->cfg.residual, "dense"), cl, w, n, R->global, R->round_now, R->msg,
+                         R->payload, R->scratch);
+        fx_residual_apply(&R->res, m, R->msg, R->payload);
+        fx_residual_set_frozen(&R->res, m);
+    }
+    *agg_seconds = fx_now() - t0;
+    for (int k = 0; k < m->nadapted; k++)
+        err[k] = fx_agg_error(m, k, R->r_old + R->res.off[k], R->res.acc + R->res.off[k], cl, w, n, R->global,
+                              R->prev_global, R->err_work);
+}
+
+/* Bytes that cross between server and client each round, from what travels: the trained tensors up
+ * (FFA's frozen A or lambda_d stays home) with the report, the global ones down with the job and the
+ * residual message (FedEx) as it was sent. */
+static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
+    const fx_model *m = &R->srv;
+    int64_t trained = (int64_t)m->head_n;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        int64_t a = m->a.kind == FX_LORA ? (int64_t)m->a.r * ad->in : m->a.r;
+        int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : ad->out;
+        trained += b + (m->a.freeze_a || m->a.freeze_d ? 0 : a);
+    }
+    *up = 4 * trained + (int64_t)sizeof(fx_report);
+    *down = 4 * trained + (int64_t)sizeof(fx_job) +
+            (fx_agg_is_exact(R->cfg.agg) ? (int64_t)fx_residual_msg_bytes(m, R->msg) : 0);
+}
+
+/* ============================================================================================
+ * Progress, as the transports report it
+ * ============================================================================================ */
+
+void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn) {
+    if (!tty) return;
+    if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
+    *drawn = 0;
+    for (int c = 0; c < R->n; c++) {
+        if (!R->alive[c] && !pending[c]) continue;
+        fx_report *s = &R->report[c];
+        int64_t done = s->steps_done, tot = s->steps_total > 0 ? s->steps_total : 1;
+        char bar[21];
+        int fill = (int)(20 * done / tot);
+        for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
+        bar[20] = 0;
+        double dt = fx_now() - s->t_start;
+        fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% %6.0f samples/s loss %.4f\n", round, c, bar,
+                (int)(100 * done / tot), done && dt > 0 ? (double)s->samples_done / dt : 0.0,
+                done ? s->loss_sum / (double)done : 0.0);
+        (*drawn)++;
+    }
+    fflush(stderr);
+}
+
+void fx_run_client_done(const fx_run *R, int round, int c, int tty) {
+    if (tty || R->quiet) return;
+    const fx_report *s = &R->report[c];
+    printf("round %d client %d: %lld samples x %d epochs in %.2f s (%.1f samples/s), loss %.4f\n", round, c,
+           (long long)s->samples, R->cfg.local_epochs, s->seconds,
+           (double)s->samples * R->cfg.local_epochs / s->seconds, s->train_loss);
+}
+
+/* ============================================================================================
+ * Outputs: adapter, residual, metrics, checkpoint
+ * ============================================================================================ */
+
+/* One entry per adapted layer, pointing into the accumulated residual, named PRE + layer + POST: the
+ * base weight it is added to ("roberta." ... ".weight"), in residual.safetensors and the checkpoint
+ * alike. */
+static void residual_entries(const fx_run *R, fx_st_entry *e, char (*names)[128]) {
+    const fx_model *m = &R->srv;
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        snprintf(names[k], sizeof names[k], "roberta.%s.weight", ad->name);
+        e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
+        e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = R->res.acc + R->res.off[k];
+    }
+}
+
+static int write_residual(const fx_run *R, const char *path) {
+    int n = R->srv.nadapted;
+    fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
+    char (*names)[128] = fx_calloc((size_t)n, sizeof *names);
+    residual_entries(R, e, names);
+    const char *meta[] = {"format", "fedex-residual", "note", "merged weight = base weight + this tensor", NULL};
+    int rc = fx_st_write(path, e, n, meta);
+    free(names); free(e);
+    return rc;
+}
+
+/* The checkpoint that --resume reads: the global state, the accumulated residual of every adapted layer
+ * (under the names of residual.safetensors), and the round. It is written last, so a run stopped at any
+ * point resumes from a complete round. */
+static int write_state(const fx_run *R, int round) {
+    const fx_model *m = &R->srv;
+    fx_st_entry *e = fx_calloc((size_t)m->nadapted + 1, sizeof *e);
+    char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
+    e[0].name = "global"; e[0].dtype = FX_F32; e[0].ndim = 1; e[0].shape[0] = (int64_t)R->P; e[0].data = R->global;
+    residual_entries(R, e + 1, names);
+    char rs[32], bs[64], br[32], path[4096];
+    snprintf(rs, sizeof rs, "%d", round);
+    snprintf(bs, sizeof bs, "%.17g", R->best);
+    snprintf(br, sizeof br, "%d", R->best_round);
+    const char *meta[] = {"round", rs, "best", bs, "best_round", br, NULL};
+    snprintf(path, sizeof path, "%s/state.safetensors", R->cfg.out);
+    int rc = fx_st_write(path, e, m->nadapted + 1, meta);
+    free(names); free(e);
+    return rc;
+}
+
+static int save_adapter_from(fx_run *R, const float *state, const char *dir) {
+    /* the server's model carries the layout; borrow it with STATE as its trainable buffer */
+    float *keep = R->srv.train.data;
+    R->srv.train.data = (float *)state;
+    int rc = fx_mkdir_p(dir) == 0 ? fx_adapter_save(&R->srv, dir, R->cfg.model) : -1;
+    R->srv.train.data = keep;
+    return rc;
+}
+
+static int write_outputs(fx_run *R, int round, const int *done) {
+    char path[4096];
+    if (R->cfg.save_clients) {
+        for (int c = 0; c < R->n; c++) {
+            if (!done[c]) continue;
+            snprintf(path, sizeof path, "%s/rounds/%d/client_%d", R->cfg.out, round, c);
+            if (save_adapter_from(R, R->client[c], path) != 0) return -1;
+        }
+        snprintf(path, sizeof path, "%s/rounds/%d/global", R->cfg.out, round);
+        if (save_adapter_from(R, R->global, path) != 0) return -1;
+        snprintf(path, sizeof path, "%s/rounds/%d/global/residual.safetensors", R->cfg.out, round);
+        if (write_residual(R, path) != 0) return -1;
+    }
+    if (save_adapter_from(R, R->global, R->cfg.out) != 0) return -1;
+    snprintf(path, sizeof path, "%s/residual.safetensors", R->cfg.out);
+    if (write_residual(R, path) != 0) return -1;
+    size_t len = 0;
+    for (int i = 0; i < R->nlines; i++) len += strlen(R->lines[i]) + 1;
+    char *text = fx_malloc(len + 1), *p = text;
+    for (int i = 0; i < R->nlines; i++) p += sprintf(p, "%s\n", R->lines[i]);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", R->cfg.out);
+    int rc = fx_write_file_atomic(path, text, len);
+    free(text);
+    if (rc != 0) return -1;
+    return write_state(R, round);
+}
+
+static char *metrics_line(fx_run *R, int round, const int *done, const fx_metrics *mt, double dev_loss,
+                          const double *err, double secs, double agg_s, double eval_s, double clients_s) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) fx_die("open_memstream: %s", strerror(errno));
+    int64_t up, down;
+    comm_bytes(R, &up, &down);
+    fprintf(f, "{\"round\": %d, \"agg\": \"%s\", \"clients\": [", round, fx_agg_name(R->cfg.agg));
+    int first = 1;
+    for (int c = 0; c < R->n; c++) {
+        if (!done[c]) continue;
+        fprintf(f, "%s{\"id\": %d, \"samples\": %lld, \"train_loss\": ", first ? "" : ", ", c, (long long)R->report[c].samples);
+        fx_json_num(f, R->report[c].train_loss);
+        fprintf(f, ", \"seconds\": %.3f}", R->report[c].seconds);
+        first = 0;
+    }
+    fprintf(f, "], \"dead_clients\": [");
+    first = 1;
+    for (int c = 0; c < R->n; c++) if (!done[c]) { fprintf(f, "%s%d", first ? "" : ", ", c); first = 0; }
+    fprintf(f, "], \"dev\": {");
+    const char *names[] = {"accuracy", "f1", "mcc", "pearson", "spearman"};
+    double vals[] = {mt->accuracy, mt->f1, mt->mcc, mt->pearson, mt->spearman};
+    first = 1;
+    for (int i = 0; i < 5; i++) {
+        if (isnan(vals[i])) continue;
+        fprintf(f, "%s\"%s\": ", first ? "" : ", ", names[i]);
+        fx_json_num(f, vals[i]);
+        first = 0;
+    }
+    fprintf(f, "}, \"dev_loss\": ");
+    fx_json_num(f, dev_loss);
+    fprintf(f, ", \"metric\": \"%s\", \"value\": ", mt->main_name);
+    fx_json_num(f, mt->main);
+    fprintf(f, ", \"best\": ");
+    fx_json_num(f, R->best);
+    fprintf(f, ", \"best_round\": %d, \"agg_error\": {\"max\": ", R->best_round);
+    double mx = 0, mean = 0;
+    for (int k = 0; k < R->srv.nadapted; k++) { if (err[k] > mx || isnan(err[k])) mx = err[k]; mean += err[k]; }
+    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
+    fx_json_num(f, mx);
+    fprintf(f, ", \"mean\": ");
+    fx_json_num(f, mean);
+    fprintf(f, ", \"layers\": [");
+    for (int k = 0; k < R->srv.nadapted; k++) { fprintf(f, k ? ", " : ""); fx_json_num(f, err[k]); }
+    fprintf(f, "]}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
+            (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
+    fprintf(f, "\"memory_mb\": ");
+    fx_json_num(f, R->tp->memory_mb(R));
+    fprintf(f, ", \"seconds\": %.3f, \"seconds_clients\": %.3f, \"seconds_aggregate\": %.3f, \"seconds_eval\": %.3f}",
+            secs, clients_s, agg_s, eval_s);
+    fclose(f);
+    return buf;
+}
+
+/* ============================================================================================
+ * Setting a run up, resuming one
+ * ============================================================================================ */
+
+int fx_run_init_weights(const fx_settings *c, fx_model *m) {
+    fx_model_init_base(m, (uint64_t)c->seed);
+    if (c->model && fx_model_load(m, c->model) < 0) return -1;
+    fx_model_init_adapters(m, (uint64_t)c->seed);
+    return 0;
+}
+
+int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    fx_st_file f;
+    if (fx_st_open(path, &f) != 0) return -1;
+    int rc = -1;
+    const fx_st_tensor *g = fx_st_find(&f, "global");
+    const char *rs = fx_st_meta(&f, "round");
+    if (!g || g->dtype != FX_F32 || fx_st_numel(g) != m->train.n || !rs) {
+        fx_seterr("%s: not a checkpoint of this run (global state missing or of another size)", path);
+        goto out;
+    }
+    float *owned;
+    const float *p = fx_st_f32(&f, g, &owned);
+    memcpy(global, p, sizeof(float) * m->train.n);
+    free(owned);
+    for (int k = 0; k < m->nadapted; k++) {
+        /* named as in residual.safetensors; checkpoints written before carry "residual.<layer>" */
+        char name[160], old[160];
+        snprintf(name, sizeof name, "roberta.%s.weight", m->ad[k].name);
+        snprintf(old, sizeof old, "residual.%s", m->ad[k].name);
+        const fx_st_tensor *t = fx_st_find(&f, name);
+        if (!t) t = fx_st_find(&f, old);
+        if (!t || t->dtype != FX_F32 || fx_st_numel(t) != (size_t)m->ad[k].out * m->ad[k].in) {
+            fx_seterr("%s: tensor '%s' missing or of the wrong size", path, name);
+            goto out;
+        }
+        p = fx_st_f32(&f, t, &owned);
+        memcpy(res->acc + res->off[k], p, sizeof(float) * fx_st_numel(t));
+        free(owned);
+    }
+    fx_residual_set_frozen(res, m);
+    rc = atoi(rs);
+    res->round = rc;
+    const char *b = fx_st_meta(&f, "best"), *br = fx_st_meta(&f, "best_round");
+    *best = b ? strtod(b, NULL) : -INFINITY;
+    *best_round = br ? atoi(br) : 0;
+out:
+    fx_st_close(&f);
+    return rc;
+}
+
+/* Keeps the metrics.jsonl lines of rounds up to ROUND (a resumed run rewrites what came after). */
+static void load_lines(fx_run *R, int round) {
+    char path[4096], *text; size_t len;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", R->cfg.out);
+    if (fx_read_file(path, &text, &len) != 0) return;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        fx_json j;
+        if (fx_json_parse(line, strlen(line), &j) != 0) continue;
+        const fx_json *r = fx_json_get(&j, "round");
+        if (r && r->type == FX_JNUM && r->inum <= round) {
+            R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
+            R->lines[R->nlines++] = fx_strdup(line);
+        }
+        fx_json_free(&j);
+    }
+    free(text);
+}
+
+static int load_data(fx_run *R) {
+    fx_settings *c = &R->cfg;
+    if (c->model) {
+        if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
+        R->tok = fx_tok_load(c->model);
+        if (!R->tok) return -1;
+        R->pad_id = fx_tok_pad(R->tok);
+        printf("tokenising %s train and dev (max length %d)...\n", R->task->name, c->max_len);
+        fflush(stdout);
+        if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
+        if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+    } else {
+        R->pad_id = R->mc.pad_id;
+        if (fx_dataset_synthetic(FX_SYNTH_TRAIN, R->mc.vocab_size, FX_SYNTH_LEN, (uint64_t)c->seed, &R->train) != 0 ||
+            fx_dataset_synthetic(FX_SYNTH_DEV, R->mc.vocab_size, FX_SYNTH_LEN, (uint64_t)c->seed + 1, &R->dev) != 0)
+            return -1;
+    }
+    if (R->train.n < R->n) { fx_seterr("%d training rows cannot feed %d clients", R->train.n, R->n); return -1; }
+    return 0;
+}
+
+static int split_shards(fx_run *R) {
+    fx_settings *c = &R->cfg;
+    R->rows = fx_calloc((size_t)R->n, sizeof(int *));
+    R->counts = fx_calloc((size_t)R->n, sizeof(int));
+    if (R->n == 1) {
+        R->rows[0] = fx_malloc(sizeof(int) * (size_t)R->train.n);
+        for (int i = 0; i < R->train.n; i++) R->rows[0][i] = i;
+        R->counts[0] = R->train.n;
+    } else if (fx_split_clients(&R->train, R->n, c->split, (uint64_t)c->seed, R->rows, R->counts) != 0) {
+        return -1;
+    }
+    for (int i = 0; i < R->n; i++)
+        if (R->counts[i] == 0) { fx_seterr("client %d got no training rows (split %s): use fewer clients or a larger alpha", i, c->split); return -1; }
+    if (!R->quiet) fx_split_report(stdout, &R->train, R->n, R->rows, R->counts);
+    return 0;
+}
+
+/* --client-gpus: one device for all, or one per client. */
+static int client_gpus(fx_run *R) {
+    const char *list = R->cfg.client_gpus;
+    R->gpu_of = fx_calloc((size_t)R->n, sizeof(int));
+    if (!list) return 0;
+    const char *p = list;
+    int k = 0;
+    while (*p) {
+        char *end;
+        long d = strtol(p, &end, 10);
+        if (end == p || d < 0 || d > 255 || k >= R->n || (*end && *end != ',')) {
+            fx_seterr("--client-gpus '%s': expected %d device numbers separated by commas (or one for all)", list, R->n);
+            return -1;
+        }
+        R->gpu_of[k++] = (int)d;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 1) for (int i = 1; i < R->n; i++) R->gpu_of[i] = R->gpu_of[0];
+    else if (k != R->n) {
+        fx_seterr("--client-gpus '%s' names %d devices for %d clients", list, k, R->n);
+        return -1;
+    }
+    return 0;
+}
+
+static int setup_run(fx_run *R) {
+    fx_settings *c = &R->cfg;
+    R->n = c->num_clients;
+    if (fx_settings_model(c, &R->mc, &R->task) != 0 || load_data(R) != 0) return -1;
+    fx_settings_adapter(c, &R->ac);
+
+    /* Sizes first, from a model whose base is never touched (calloc'ed pages cost nothing). */
+    fx_model probe;
+    if (fx_model_create(&probe, &R->mc, &R->ac, NULL) != 0) return -1;
+    R->P = probe.train.n;
+    R->base_n = fx_base_numel(&R->mc);
+    R->payload_n = fx_residual_msg_capacity(&probe, R->n);
+    size_t wmax = 1, smax = 1;
+    int q = fx_agg_residual_rank(&probe, R->n);
+    for (int k = 0; k < probe.nadapted; k++) {
+        size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in;
+        if (out * in > wmax) wmax = out * in;
+        if ((out + in) * (size_t)q > smax) smax = (out + in) * (size_t)q;
+    }
+    fx_model_free(&probe);
+    R->scratch = fx_malloc(sizeof(float) * smax);
+    R->err_work = fx_malloc(sizeof(double) * 2 * wmax);
+    R->prev_global = fx_malloc(sizeof(float) * R->P);
+
+    if (R->tp->open(R) != 0) return -1;
+    if (fx_model_create(&R->srv, &R->mc, &R->ac, R->base) != 0) return -1;
+    if (fx_run_init_weights(c, &R->srv) != 0) return -1;
+    memcpy(R->global, R->srv.train.data, sizeof(float) * R->P);
+    fx_residual_init(&R->res, &R->srv);
+    R->r_old = fx_malloc(sizeof(float) * (R->res.off[R->res.n] ? R->res.off[R->res.n] : 1));
+    fx_residual_set_frozen(&R->res, &R->srv);
+    R->best = -INFINITY;
+    if (c->resume) {
+        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round);
+        if (R->round0 < 0) return -1;
+        load_lines(R, R->round0);
+        printf("resuming %s after round %d\n", c->out, R->round0);
+    }
+    return split_shards(R) != 0 || client_gpus(R) != 0 ? -1 : 0;
+}
+
+void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s) {
+    const char *check = getenv("FEDEX_CHECK_FROZEN");
+    *s = (fx_client_setup){
+        .id = c, .mc = &R->mc, .ac = &R->ac, .base = R->base, .residual = &R->res,
+        .seed = (uint64_t)R->cfg.seed, .train = &R->train, .rows = R->rows[c], .nrows = R->counts[c],
+        .pad_id = R->pad_id, .device = R->cfg.device, .precision = R->cfg.precision, .gpu = R->gpu_of[c],
+        .check_frozen = check && !strcmp(check, "1"),
+    };
+}
+
+static void teardown_run(fx_run *R) {
+#ifdef FEDEX_CUDA
+    if (R->srv_gpu) fx_gpu_free(R->srv_gpu);
+#endif
+    fx_model_free(&R->srv);
+    if (R->res.off) fx_residual_free(&R->res);
+    R->tp->close(R);
+    for (int i = 0; R->rows && i < R->n; i++) free(R->rows[i]);
+    free(R->rows); free(R->counts); free(R->r_old); free(R->err_work); free(R->prev_global); free(R->scratch);
+    free(R->gpu_of);
+    for (int i = 0; i < R->nlines; i++) free(R->lines[i]);
+    free(R->lines);
+    fx_dataset_free(&R->train); fx_dataset_free(&R->dev);
+    if (R->tok) fx_tok_free(R->tok);
+}
+
+/* ============================================================================================
+ * The rounds
+ * ============================================================================================ */
+
+static int open_server_gpu(fx_run *R) {
+#ifdef FEDEX_CUDA
+    fx_settings *c = &R->cfg;
+    if (strcmp(c->device, "cuda") || c->server_gpu < 0) return 0;
+    char why[512];
+    int prec;
+    if (fx_gpu_probe(why, sizeof why) <= 0) { fx_seterr("--server-gpu %d: %s", c->server_gpu, why); return -1; }
+    if (fx_gpu_precision_parse(c->precision, &prec) != 0 || !(R->srv_gpu = fx_gpu_create(&R->srv, c->server_gpu, prec))) {
+        fx_seterr("--server-gpu %d: %s", c->server_gpu, fx_err());
+        return -1;
+    }
+#else
+    (void)R;
+#endif
+    return 0;
+}
+
+int fx_run_federated(fx_run *R) {
+    fx_settings *c = &R->cfg;
+    int quiet = R->quiet;
+    if (!R->tp) R->tp = &fx_transport_shm;
+    if (setup_run(R) != 0 || (c->out && (fx_mkdir_p(c->out) != 0 || fx_settings_write(c, c->out) != 0))) {
+        fprintf(stderr, "fedex: %s\n", fx_err());
+        teardown_run(R);
+        return 1;
+    }
+    int threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: poll() returns EINTR and the loop notices */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    /* No OpenMP team or CUDA context exists yet in this process: the transport may fork now. */
+    if (R->tp->start(R, threads) != 0 || (fx_set_threads(threads), open_server_gpu(R)) != 0) {
+        fprintf(stderr, "fedex: %s\n", fx_err());
+        R->tp->stop(R, 1);
+        teardown_run(R);
+        return 1;
+    }
+    if (!quiet)
+        printf("%s: %d client%s, %d rounds x %d local epochs, %d trainable parameters, %d threads\n",
+               fx_agg_name(c->agg), R->n, R->n > 1 ? "s" : "", c->rounds, c->local_epochs, (int)R->P, threads);
+    fflush(stdout);
+    int status = 0;
+    int *done = fx_calloc((size_t)R->n, sizeof(int));
+    double *err = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
+    fx_metrics last = {0};
+    int last_round = R->round0;
+    for (int round = R->round0 + 1; round <= c->rounds; round++) {
+        double t0 = fx_now();
+        fx_job job = {.round = round, .local_epochs = c->local_epochs, .batch_size = c->batch_size,
+                      .micro_batch = c->micro_batch, .lr = c->lr, .warmup_ratio = c->warmup_ratio,
+                      .weight_decay = c->weight_decay, .seed = (uint64_t)c->seed};
+        if (R->tp->send_round(R, &job) != 0 || R->tp->collect(R, round, done) != 0) {
+            if (interrupted) {
+                fprintf(stderr, "\nfedex: interrupted in round %d; %s\n", round,
+                        c->out && round > 1 ? "the last complete round is saved" : "nothing of this round was saved");
+                status = 130;
+            } else {
+                fprintf(stderr, "fedex: %s\n", fx_err());
+                status = 1;
+            }
+            break;
+        }
+        int ndone = 0;
+        for (int i = 0; i < R->n; i++) ndone += done[i];
+        if (ndone == 0) { fprintf(stderr, "fedex: no client finished round %d\n", round); status = 1; break; }
+        double tc = fx_now() - t0, agg_s, te;
+        R->round_now = round;
+        aggregate(R, done, err, &agg_s);
+        te = fx_now();
+        fx_metrics mt;
+        double dev_loss = evaluate(R, &mt);
+        double eval_s = fx_now() - te;
+        if (mt.main > R->best || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
+        double mx = 0;
+        for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
+        if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
+        char *line = metrics_line(R, round, done, &mt, dev_loss, err, fx_now() - t0, agg_s, eval_s, tc);
+        R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
+        R->lines[R->nlines++] = line;
+        if (!quiet)
+            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s\n", round,
+                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0);
+        else
+            printf("  %-6s round %d/%d: dev %s %.4f, aggregation error %.2e\n", fx_agg_name(c->agg), round,
+                   c->rounds, mt.main_name, mt.main, mx);
+        fflush(stdout);
+        if (c->out && write_outputs(R, round, done) != 0) { fprintf(stderr, "fedex: %s\n", fx_err()); status = 1; break; }
+        last = mt;
+        last_round = round;
+        if (interrupted) { /* after this round's checkpoint: it is complete */
+            fprintf(stderr, "\nfedex: interrupted after round %d; it is %s\n", round, c->out ? "saved" : "not saved (no --out)");
+            status = 130;
+            break;
+        }
+    }
+    R->tp->stop(R, status != 0);
+    if (status == 0 && !quiet && last_round > 0 && last.main_name)
+        printf("best dev %s %.4f at round %d; last %.4f (round %d)%s%s\n", last.main_name, R->best,
+               R->best_round, last.main, last_round, c->out ? "; results in " : "", c->out ? c->out : "");
+    free(done); free(err);
+    teardown_run(R);
+    return status;
+}

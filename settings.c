@@ -1,0 +1,366 @@
+/* settings.c: the command line's one option parser (a table per command: spellings, kinds, defaults,
+ * ranges, help), and a federated run's settings: their table, their checks and the settings file that
+ * --resume and export read back. It parses and validates; it starts nothing and trains nothing. */
+#include "fedex.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ============================================================================================
+ * The option parser, shared by every command
+ * ============================================================================================
+ * `--opt value` and `--opt=value`; a flag takes no value; `--` ends the options (what follows is
+ * positional, even when it starts with '-'); a lone `-` is positional (standard input). Usage errors
+ * come back as -1 with fx_err(); the command line prints them and exits 2. */
+
+int fx_is_help(const char *a) { return !strcmp(a, "-h") || !strcmp(a, "--help"); }
+
+int fx_opts_wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--")) return 0;
+        if (fx_is_help(argv[i])) return 1;
+    }
+    return 0;
+}
+
+static int set_value(const fx_opt *o, void *dst, const char *v) {
+    char *end;
+    void *p = (char *)dst + o->off;
+    int ranged = o->lo < o->hi;
+    switch (o->kind) {
+    case FX_OPT_INT: {
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (errno || *end || end == v || x < INT32_MIN || x > INT32_MAX) {
+            fx_seterr("%s: '%s' is not a whole number", o->name, v);
+            return -1;
+        }
+        if (ranged && (x < o->lo || x > o->hi)) {
+            fx_seterr("%s '%s' must be an integer in [%lld, %lld]", o->name, v, o->lo, o->hi);
+            return -1;
+        }
+        *(int *)p = (int)x;
+        return 0;
+    }
+    case FX_OPT_SEED: {
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || *end || end == v || x < 0) { fx_seterr("%s: '%s' is not a seed (0 or more)", o->name, v); return -1; }
+        *(long long *)p = x;
+        return 0;
+    }
+    case FX_OPT_REAL: {
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || *end || end == v || !isfinite(x)) { fx_seterr("%s: '%s' is not a number", o->name, v); return -1; }
+        *(double *)p = x;
+        return 0;
+    }
+    case FX_OPT_STR: *(const char **)p = v; return 0;
+    case FX_OPT_FLAG: *(int *)p = 1; return 0;
+    }
+    return -1;
+}
+
+int fx_opts_defaults(const fx_cmdline *cl, void *dst) {
+    if (cl->size) memset(dst, 0, cl->size);
+    for (int i = 0; i < cl->nopt; i++)
+        if (cl->opt[i].def && set_value(&cl->opt[i], dst, cl->opt[i].def) != 0) return -1;
+    return 0;
+}
+
+int fx_opts_find(const fx_cmdline *cl, const char *name) {
+    for (int i = 0; i < cl->nopt; i++)
+        if (!strcmp(name, cl->opt[i].name) || (cl->opt[i].alias && !strcmp(name, cl->opt[i].alias))) return i;
+    return -1;
+}
+
+int fx_opts_parse(const fx_cmdline *cl, int argc, char **argv, void *dst, int *set, const char **pos, int *npos) {
+    if (fx_opts_defaults(cl, dst) != 0) return -1;
+    for (int i = 0; i < cl->nopt; i++) set[i] = 0;
+    int n = 0, options = 1;
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a], *val = NULL;
+        if (options && !strcmp(arg, "--")) { options = 0; continue; }
+        if (!options || arg[0] != '-' || !strcmp(arg, "-")) {
+            if (n >= cl->npos_max) {
+                if (cl->npos_max == 0) fx_seterr("unexpected argument '%s' (see `fedex help %s`)", arg, cl->cmd);
+                else fx_seterr("at most %d %s, got another: '%s'", cl->npos_max, cl->pos_name, arg);
+                return -1;
+            }
+            pos[n++] = arg;
+            continue;
+        }
+        char name[64];
+        const char *eq = strchr(arg, '=');
+        if (eq && (size_t)(eq - arg) < sizeof name) {
+            memcpy(name, arg, (size_t)(eq - arg));
+            name[eq - arg] = 0;
+            val = eq + 1;
+            arg = name;
+        }
+        int k = fx_opts_find(cl, arg);
+        if (k < 0) { fx_seterr("unknown option '%s' (see `fedex help %s`)", argv[a], cl->cmd); return -1; }
+        const fx_opt *o = &cl->opt[k];
+        if (set[k]) { fx_seterr("option %s given twice", o->name); return -1; }
+        set[k] = 1;
+        if (o->kind == FX_OPT_FLAG) {
+            if (val) { fx_seterr("%s takes no value", o->name); return -1; }
+        } else if (!val) {
+            if (a + 1 >= argc) { fx_seterr("%s needs a value", o->name); return -1; }
+            val = argv[++a];
+        }
+        if (set_value(o, dst, val) != 0) return -1;
+    }
+    if (n < cl->npos_min) {
+        fx_seterr("needs %s (usage: fedex %s %s)", cl->pos_name, cl->cmd, cl->synopsis);
+        return -1;
+    }
+    if (npos) *npos = n;
+    return 0;
+}
+
+void fx_opts_help(const fx_cmdline *cl, FILE *f) {
+    fprintf(f, "usage: fedex %s %s\n%s", cl->cmd, cl->synopsis, cl->about);
+    if (!cl->nopt) return;
+    int alias = 0;
+    for (int i = 0; i < cl->nopt; i++) alias |= cl->opt[i].alias != NULL;
+    fprintf(f, "\noptions%s:\n", alias ? " (the reference code's spelling in parentheses)" : "");
+    for (int i = 0; i < cl->nopt; i++) {
+        const fx_opt *o = &cl->opt[i];
+        char name[64];
+        snprintf(name, sizeof name, "%s%s", o->name,
+                 o->kind == FX_OPT_FLAG ? "" : o->kind == FX_OPT_STR ? " S" : o->kind == FX_OPT_REAL ? " X" : " N");
+        fprintf(f, "  %-20s %s", name, o->help);
+        if (o->def) fprintf(f, " [default %s]", o->def);
+        if (o->alias) fprintf(f, " (%s)", o->alias);
+        fprintf(f, "\n");
+    }
+    fprintf(f, "Options take their value as `--opt value` or `--opt=value`; `--` ends the options.\n");
+}
+
+/* ============================================================================================
+ * A federated run's settings (train, demo, export)
+ * ============================================================================================
+ * One table describes every setting: its spellings (ours, then the reference code's), its type, its
+ * default and its help line. Parsing, `fedex help train` and the run's settings file all read it. */
+
+#define RC(f) offsetof(fx_settings, f)
+static const fx_opt train_opts[] = {
+    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model", 0, 0},
+    {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI); none: the built-in synthetic task", 0, 0},
+    {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders", 0, 0},
+    {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera)", 0, 0},
+    {"--num-clients", "--num_clients", FX_OPT_INT, RC(num_clients), "3", "number of clients", 0, 0},
+    {"--rounds", NULL, FX_OPT_INT, RC(rounds), "50", "federated rounds", 0, 0},
+    {"--local-epochs", "--local_epochs", FX_OPT_INT, RC(local_epochs), "3", "epochs over its shard each client trains per round", 0, 0},
+    {"--lr", NULL, FX_OPT_REAL, RC(lr), "1e-3", "peak learning rate (AdamW)", 0, 0},
+    {"--weight-decay", "--weight_decay", FX_OPT_REAL, RC(weight_decay), "0.01", "AdamW decoupled weight decay", 0, 0},
+    {"--batch-size", "--batch_size", FX_OPT_INT, RC(batch_size), "128", "local batch size", 0, 0},
+    {"--micro-batch", NULL, FX_OPT_INT, RC(micro_batch), "32", "rows per forward/backward (gradients accumulate to --batch-size; 0: whole batch)", 0, 0},
+    {"--eval-batch", NULL, FX_OPT_INT, RC(eval_batch), "64", "rows per evaluation batch", 0, 0},
+    {"--max-seq-length", "--max_seq_length", FX_OPT_INT, RC(max_len), "128", "truncate token sequences to this length", 0, 0},
+    {"--lora-r", "--lora_r", FX_OPT_INT, RC(lora_r), "4", "LoRA rank", 0, 0},
+    {"--lora-alpha", "--lora_alpha", FX_OPT_REAL, RC(lora_alpha), "8", "LoRA alpha (scale alpha/r)", 0, 0},
+    {"--lora-dropout", "--lora_dropout", FX_OPT_REAL, RC(lora_dropout), "0.1", "dropout on the adapter input", 0, 0},
+    {"--rslora", NULL, FX_OPT_FLAG, RC(rslora), NULL, "rank-stabilised scale alpha/sqrt(r)", 0, 0},
+    {"--vera-r", "--vera_r", FX_OPT_INT, RC(vera_r), "256", "VeRA rank", 0, 0},
+    {"--d-initial", "--d_initial", FX_OPT_REAL, RC(d_initial), "0.1", "VeRA lambda_d initial value", 0, 0},
+    {"--warmup-ratio", "--warmup_ratio", FX_OPT_REAL, RC(warmup_ratio), "0.06", "linear warmup share of each round's steps (restarted every round)", 0, 0},
+    {"--seed", NULL, FX_OPT_SEED, RC(seed), "42", "seed of splits, initialisation, shuffling and dropout", 0, 0},
+    {"--split", NULL, FX_OPT_STR, RC(split), "iid", "iid | dirichlet:ALPHA (label-skewed)", 0, 0},
+    {"--weighted", NULL, FX_OPT_FLAG, RC(weighted), NULL, "weight clients by sample count (the paper uses a plain mean)", 0, 0},
+    {"--targets", NULL, FX_OPT_STR, RC(targets), "query,value", "adapted layers: query,key,value,attention.output.dense,intermediate.dense,output.dense", 0, 0},
+    {"--residual", NULL, FX_OPT_STR, RC(residual), "factored", "how the FedEx residual travels: factored | dense", 0, 0},
+    {"--out", "--output_dir", FX_OPT_STR, RC(out), NULL, "write metrics.jsonl, config.json, adapter, residual and checkpoints here", 0, 0},
+    {"--resume", NULL, FX_OPT_STR, RC(resume), NULL, "continue the run saved in this folder", 0, 0},
+    {"--threads", NULL, FX_OPT_INT, RC(threads), "0", "CPU threads in all, divided among parallel clients (0: all cores)", 0, 0},
+    {"--strict", NULL, FX_OPT_FLAG, RC(strict), NULL, "stop when a client dies (default: finish the round over the survivors)", 0, 0},
+    {"--save-clients", NULL, FX_OPT_FLAG, RC(save_clients), NULL, "also write each client's adapter and head every round", 0, 0},
+    {"--device", NULL, FX_OPT_STR, RC(device), "cpu", "cpu | cuda", 0, 0},
+    {"--precision", NULL, FX_OPT_STR, RC(precision), "bf16", "GPU matrix products: fp32 | tf32 | bf16", 0, 0},
+    {"--client-gpus", NULL, FX_OPT_STR, RC(client_gpus), NULL, "GPU of each client, e.g. 0,0,1 (default: all on GPU 0)", 0, 0},
+    {"--server-gpu", NULL, FX_OPT_INT, RC(server_gpu), "-1", "GPU for the server's evaluation (-1: CPU)", 0, 0},
+};
+
+const fx_cmdline fx_train_cmdline = {
+    "train", "[--model DIR --task T --data DIR] [options]",
+    "\nFederated fine-tuning: forked clients train adapters on their shards, the server aggregates\n"
+    "(FedEx: exactly, with the residual folded into the frozen weights) and evaluates on dev.\n"
+    "Without --model it runs the embedded demo model on the built-in synthetic task.\n",
+    sizeof(fx_settings), train_opts, (int)(sizeof train_opts / sizeof train_opts[0]), 0, 0, NULL};
+
+int fx_settings_opt(const char *name) { return fx_opts_find(&fx_train_cmdline, name); }
+
+/* Ranges and contradictions: refuse what cannot be meant, with the reason. */
+int fx_settings_check(fx_settings *c, const int *set) {
+#define WAS_SET(name) (set[fx_settings_opt(name)])
+    if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
+    int vera = fx_agg_is_vera(c->agg);
+    struct { int bad; const char *msg; } rules[] = {
+        {c->num_clients < 1 || c->num_clients > 256, "--num-clients must be between 1 and 256"},
+        {c->rounds < 1, "--rounds must be at least 1"},
+        {c->local_epochs < 1, "--local-epochs must be at least 1"},
+        {c->batch_size < 1, "--batch-size must be at least 1"},
+        {c->micro_batch < 0, "--micro-batch must be 0 (whole batch) or more"},
+        {c->eval_batch < 1, "--eval-batch must be at least 1"},
+        {c->max_len < 4 || c->max_len > 4096, "--max-seq-length must be between 4 and 4096"},
+        {!(c->lr > 0), "--lr must be positive"},
+        {c->weight_decay < 0, "--weight-decay must be 0 or more"},
+        {c->lora_r < 1 || c->lora_r > 4096, "--lora-r must be between 1 and 4096"},
+        {c->vera_r < 1 || c->vera_r > 65536, "--vera-r must be between 1 and 65536"},
+        {!(c->lora_alpha > 0), "--lora-alpha must be positive"},
+        {c->lora_dropout < 0 || c->lora_dropout >= 1, "--lora-dropout must be in [0, 1)"},
+        {c->warmup_ratio < 0 || c->warmup_ratio > 1, "--warmup-ratio must be in [0, 1]"},
+        {c->threads < 0, "--threads must be 0 (all cores) or more"},
+        {strcmp(c->residual, "factored") && strcmp(c->residual, "dense"), "--residual must be factored or dense"},
+        {strcmp(c->device, "cpu") && strcmp(c->device, "cuda"), "--device must be cpu or cuda"},
+        {strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"),
+         "--precision must be fp32, tf32 or bf16"},
+        {vera && (WAS_SET("--lora-r") || WAS_SET("--lora-alpha") || WAS_SET("--rslora")),
+         "--lora-r, --lora-alpha and --rslora apply to LoRA; VeRA methods take --vera-r and --d-initial"},
+        {!vera && (WAS_SET("--vera-r") || WAS_SET("--d-initial")),
+         "--vera-r and --d-initial apply to VeRA methods (fedex-vera, fedit-vera, ffa-vera)"},
+        {c->agg == FX_AGG_CENTRAL && WAS_SET("--num-clients") && c->num_clients != 1,
+         "--agg centralized trains one client on all the data; it takes no --num-clients"},
+        {c->agg == FX_AGG_CENTRAL && WAS_SET("--split"), "--agg centralized does not split the data"},
+        {!c->model && c->task && strcasecmp(c->task, "synthetic"),
+         "--task needs --model: the embedded model trains only on the built-in synthetic task"},
+        {c->model && !c->task, "--model needs --task"},
+        {c->task && strcasecmp(c->task, "synthetic") && !c->data, "--task needs --data (the folder of GLUE task folders)"},
+        {(c->precision && WAS_SET("--precision") && !strcmp(c->device, "cpu")),
+         "--precision applies to --device cuda (the CPU path is fp32)"},
+        {(WAS_SET("--client-gpus") || WAS_SET("--server-gpu")) && !strcmp(c->device, "cpu"),
+         "--client-gpus and --server-gpu apply to --device cuda"},
+    };
+#undef WAS_SET
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+        if (rules[i].bad) { fx_seterr("%s", rules[i].msg); return -1; }
+    if (strcmp(c->split, "iid") && strncmp(c->split, "dirichlet:", 10)) {
+        fx_seterr("--split must be iid or dirichlet:ALPHA, not '%s'", c->split);
+        return -1;
+    }
+    if (!strncmp(c->split, "dirichlet:", 10)) {
+        char *end;
+        double a = strtod(c->split + 10, &end);
+        if (*end || end == c->split + 10 || !(a > 0)) {
+            fx_seterr("--split dirichlet:ALPHA needs a positive ALPHA, not '%s'", c->split + 10);
+            return -1;
+        }
+    }
+    unsigned mask;
+    if (fx_targets_parse(c->targets, &mask) != 0) return -1;
+    if (c->agg == FX_AGG_CENTRAL) c->num_clients = 1;
+    return 0;
+}
+
+/* ============================================================================================
+ * What the settings imply: the adapter, the model's configuration
+ * ============================================================================================ */
+
+void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a) {
+    memset(a, 0, sizeof *a);
+    int vera = fx_agg_is_vera(c->agg);
+    a->kind = vera ? FX_VERA : FX_LORA;
+    fx_targets_parse(c->targets, &a->targets);
+    a->r = vera ? c->vera_r : c->lora_r;
+    a->alpha = (float)c->lora_alpha;
+    a->rslora = c->rslora;
+    a->dropout = (float)c->lora_dropout;
+    a->freeze_a = fx_agg_freezes(c->agg) && !vera;
+    a->freeze_d = fx_agg_freezes(c->agg) && vera;
+    a->d_initial = (float)c->d_initial;
+    a->seed = (uint64_t)c->seed;
+}
+
+/* The embedded model: a small RoBERTa with random weights for the built-in synthetic task, so a fresh
+ * clone shows a real run without downloads. */
+void fx_embedded_config(fx_config *c) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = 24; c->hidden = 32; c->layers = 2; c->heads = 4; c->intermediate = 64;
+    c->max_positions = FX_SYNTH_LEN + 2; c->type_vocab_size = 1; c->pad_id = 1; c->num_labels = 2;
+    c->layer_norm_eps = 1e-5f; c->hidden_dropout = 0.1f; c->attention_dropout = 0.1f;
+    c->classifier_dropout = 0.1f; c->initializer_range = 0.02f;
+}
+
+int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task) {
+    if (!c->model) {
+        fx_embedded_config(mc);
+        *task = fx_task_find("synthetic");
+        return 0;
+    }
+    *task = fx_task_find(c->task);
+    if (!*task) { fx_seterr("unknown task '%s'", c->task); return -1; }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", c->model);
+    if (fx_config_load(path, mc) != 0) return -1;
+    mc->num_labels = (*task)->num_labels;
+    return 0;
+}
+
+/* ============================================================================================
+ * The settings file (DIR/config.json): written when a run starts, read by --resume and export
+ * ============================================================================================ */
+
+void fx_json_num(FILE *f, double x) {
+    if (isfinite(x)) fprintf(f, "%.9g", x);
+    else fputs("null", f);
+}
+
+int fx_settings_write(const fx_settings *c, const char *dir) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
+    fprintf(f, "{\n  \"fedex_run\": 1");
+    for (int i = 0; i < fx_train_cmdline.nopt; i++) {
+        const fx_opt *o = &train_opts[i];
+        if (!strcmp(o->name, "--resume") || !strcmp(o->name, "--threads") || !strcmp(o->name, "--out")) continue;
+        const void *p = (const char *)c + o->off;
+        fprintf(f, ",\n  \"%s\": ", o->name + 2);
+        switch (o->kind) {
+        case FX_OPT_INT: fprintf(f, "%d", *(const int *)p); break;
+        case FX_OPT_FLAG: fprintf(f, "%s", *(const int *)p ? "true" : "false"); break;
+        case FX_OPT_SEED: fprintf(f, "%lld", *(const long long *)p); break;
+        case FX_OPT_REAL: fx_json_num(f, *(const double *)p); break;
+        case FX_OPT_STR:
+            if (*(const char *const *)p) { char *q = fx_json_quote(*(const char *const *)p); fputs(q, f); free(q); }
+            else fputs("null", f);
+            break;
+        }
+    }
+    fprintf(f, "\n}\n");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return fx_write_memstream_atomic(f, &buf, &len, path);
+}
+
+int fx_settings_read(const char *dir, fx_settings *c, fx_json *j) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (fx_json_load(path, j) != 0) return -1;
+    if (!fx_json_get(j, "fedex_run")) { fx_seterr("%s: not the config.json of a fedex run", path); return -1; }
+    if (fx_opts_defaults(&fx_train_cmdline, c) != 0) return -1;
+    for (int i = 0; i < fx_train_cmdline.nopt; i++) {
+        const fx_opt *o = &train_opts[i];
+        const fx_json *v = fx_json_get(j, o->name + 2);
+        if (!v) continue;
+        void *p = (char *)c + o->off;
+        int ok = 1;
+        switch (o->kind) {
+        case FX_OPT_INT: ok = v->type == FX_JNUM && v->is_int; if (ok) *(int *)p = (int)v->inum; break;
+        case FX_OPT_SEED: ok = v->type == FX_JNUM && v->is_int; if (ok) *(long long *)p = v->inum; break;
+        case FX_OPT_FLAG: ok = v->type == FX_JBOOL; if (ok) *(int *)p = v->boolean; break;
+        case FX_OPT_REAL: ok = v->type == FX_JNUM; if (ok) *(double *)p = v->num; break;
+        case FX_OPT_STR:
+            ok = v->type == FX_JSTR || v->type == FX_JNULL;
+            if (ok) *(const char **)p = v->type == FX_JSTR ? v->str : NULL;
+            break;
+        }
+        if (!ok) { fx_seterr("%s: \"%s\" has the wrong type", path, o->name + 2); return -1; }
+    }
+    return fx_agg_parse(c->agg_name, &c->agg);
+}

@@ -1,0 +1,249 @@
+/* shm.c: the transport of clients on this machine: forked processes sharing one POSIX shared-memory
+ * segment, a job pipe down and an answer pipe up per client. It moves jobs and answers and notices dead
+ * clients; what a client does in a round is client.c's, what the server does with the results run.c's.
+ *
+ * The segment holds everything that moves between the processes:
+ *
+ *   [ residual message | reports (N) | base weights | global state | client states (N) | payload ]
+ *
+ * The frozen base weights live there once, so N clients cost one model plus N x (adapters, optimiser
+ * state, activations). It is unlinked right after it is mapped: forked clients inherit the mapping, and
+ * nothing is left in /dev/shm whatever happens to the processes. The server writes a job into a
+ * client's pipe; the client answers one byte when its state is in its slot ('o') or it failed ('e',
+ * the reason in its report). A client that dies closes its pipe, so the server sees end-of-file at once
+ * (never a timeout). Nothing here may start an OpenMP team (nor a CUDA context) before the fork:
+ * neither survives fork(). */
+#include "fedex.h"
+
+#include <errno.h>
+#include <math.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct {
+    void *seg; size_t len;
+    pid_t *pid;
+    int *cmd_fd, *res_fd;            /* the server's ends: jobs down, answers up */
+    int *pending;                    /* sent this round's job, not answered yet */
+} shm_state;
+
+static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+/* ============================================================================================
+ * The segment
+ * ============================================================================================ */
+
+static int shm_open_run(fx_run *R) {
+    shm_state *S = fx_calloc(1, sizeof *S);
+    R->tp_state = S;
+    size_t off_rep = align64(sizeof(fx_residual_msg));
+    size_t off_base = align64(off_rep + sizeof(fx_report) * (size_t)R->n);
+    size_t off_glob = align64(off_base + sizeof(float) * R->base_n);
+    size_t off_cl = align64(off_glob + sizeof(float) * R->P);
+    size_t cl_stride = align64(sizeof(float) * R->P);
+    size_t off_pay = off_cl + cl_stride * (size_t)R->n;
+    S->len = align64(off_pay + sizeof(float) * (R->payload_n ? R->payload_n : 1));
+    char name[64];
+    static int counter;
+    snprintf(name, sizeof name, "/fedex-%d-%d", (int)getpid(), counter++);
+    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) { fx_seterr("shm_open %s: %s", name, strerror(errno)); return -1; }
+    int trunc = ftruncate(fd, (off_t)S->len);
+    S->seg = trunc == 0 ? mmap(NULL, S->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    int saved = errno;
+    shm_unlink(name); /* mapped here and, through fork, in every client: the name is no longer needed */
+    close(fd);
+    if (S->seg == MAP_FAILED) {
+        S->seg = NULL;
+        fx_seterr("shared memory of %.1f MB: %s (is /dev/shm large enough?)", S->len / 1e6, strerror(saved));
+        return -1;
+    }
+    char *s = S->seg;
+    R->msg = (fx_residual_msg *)s;
+    R->report = (fx_report *)(s + off_rep);
+    R->base = (float *)(s + off_base);
+    R->global = (float *)(s + off_glob);
+    R->client = fx_malloc(sizeof(float *) * (size_t)R->n);
+    for (int i = 0; i < R->n; i++) R->client[i] = (float *)(s + off_cl + cl_stride * (size_t)i);
+    R->payload = (float *)(s + off_pay);
+    R->alive = fx_calloc((size_t)R->n, sizeof(int));
+    S->pid = fx_calloc((size_t)R->n, sizeof(pid_t));
+    S->cmd_fd = fx_calloc((size_t)R->n, sizeof(int));
+    S->res_fd = fx_calloc((size_t)R->n, sizeof(int));
+    S->pending = fx_calloc((size_t)R->n, sizeof(int));
+    return 0;
+}
+
+static void shm_close_run(fx_run *R) {
+    shm_state *S = R->tp_state;
+    if (!S) return;
+    if (S->seg) munmap(S->seg, S->len);
+    free(R->client); free(R->alive);
+    free(S->pid); free(S->cmd_fd); free(S->res_fd); free(S->pending);
+    free(S);
+    R->tp_state = NULL;
+    R->client = NULL; R->alive = NULL;
+}
+
+/* ============================================================================================
+ * A client's process
+ * ============================================================================================ */
+
+static _Noreturn void client_process(fx_run *R, int c, int in, int out, int threads) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    fx_set_threads(threads);
+    fx_report *rep = &R->report[c];
+    fx_client_setup setup;
+    fx_run_client_setup(R, c, &setup);
+    fx_client *cl = fx_client_open(&setup);
+    char answer = 'e';
+    if (!cl) {
+        snprintf(rep->err, sizeof rep->err, "%s", fx_err());
+        if (write(out, &answer, 1) != 1) { /* the server is gone; nothing to tell */ }
+        _exit(1);
+    }
+    for (;;) {
+        fx_job job;
+        ssize_t k = read(in, &job, sizeof job);
+        if (k != (ssize_t)sizeof job || job.round < 0) _exit(0);
+        int rc = fx_client_round(cl, &job, R->global, R->msg, R->payload, R->client[c], rep);
+        answer = rc == 0 ? 'o' : 'e';
+        if (write(out, &answer, 1) != 1 || rc != 0) _exit(1);
+    }
+}
+
+static int shm_start(fx_run *R, int threads_total) {
+    shm_state *S = R->tp_state;
+    int per = threads_total / R->n > 0 ? threads_total / R->n : 1;
+    for (int c = 0; c < R->n; c++) {
+        int cmd[2], res[2];
+        if (pipe(cmd) != 0 || pipe(res) != 0) { fx_seterr("pipe: %s", strerror(errno)); return -1; }
+        fflush(stdout); fflush(stderr);
+        pid_t p = fork();
+        if (p < 0) { fx_seterr("fork: %s (client %d)", strerror(errno), c); return -1; }
+        if (p == 0) {
+            /* keep only this client's ends, so that every other pipe sees EOF when its owner dies */
+            for (int o = 0; o < c; o++) { close(S->cmd_fd[o]); close(S->res_fd[o]); }
+            close(cmd[1]); close(res[0]);
+            client_process(R, c, cmd[0], res[1], per);
+        }
+        close(cmd[0]); close(res[1]);
+        S->pid[c] = p; S->cmd_fd[c] = cmd[1]; S->res_fd[c] = res[0]; R->alive[c] = 1;
+    }
+    return 0;
+}
+
+/* ============================================================================================
+ * Rounds
+ * ============================================================================================ */
+
+static int shm_send_round(fx_run *R, const fx_job *job) {
+    shm_state *S = R->tp_state;
+    int *pending = S->pending;
+    for (int c = 0; c < R->n; c++) {
+        fx_job j = *job;
+        j.client = c;
+        pending[c] = R->alive[c] && write(S->cmd_fd[c], &j, sizeof j) == (ssize_t)sizeof j;
+    }
+    return 0;
+}
+
+static void describe_death(pid_t pid, char *buf, size_t n) {
+    int st = 0;
+    if (waitpid(pid, &st, 0) < 0) snprintf(buf, n, "vanished");
+    else if (WIFSIGNALED(st)) snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    else snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));
+}
+
+static int shm_collect(fx_run *R, int round, int *done) {
+    shm_state *S = R->tp_state;
+    int *pending = S->pending;
+    int tty = isatty(2), drawn = 0;
+    for (int c = 0; c < R->n; c++) done[c] = 0;
+    for (;;) {
+        struct pollfd pf[256];
+        int map[256], np = 0;
+        for (int c = 0; c < R->n; c++)
+            if (pending[c]) { pf[np].fd = S->res_fd[c]; pf[np].events = POLLIN; map[np++] = c; }
+        if (fx_run_interrupted()) return -1;
+        if (np == 0) break;
+        fx_run_progress(R, round, pending, tty, &drawn);
+        int r = poll(pf, (nfds_t)np, tty ? 250 : -1);
+        if (fx_run_interrupted()) return -1;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            fx_seterr("poll: %s", strerror(errno));
+            return -1;
+        }
+        for (int i = 0; i < np; i++) {
+            if (!pf[i].revents) continue;
+            int c = map[i];
+            char ch = 0;
+            ssize_t k = read(S->res_fd[c], &ch, 1);
+            pending[c] = 0;
+            if (k == 1 && ch == 'o') {
+                done[c] = 1;
+                fx_run_client_done(R, round, c, tty);
+                continue;
+            }
+            if (k == 1 && ch == 'e') {
+                fx_seterr("client %d failed in round %d: %s", c, round, R->report[c].err);
+                waitpid(S->pid[c], NULL, 0);
+                R->alive[c] = 0;
+                return -1;
+            }
+            char why[128];
+            describe_death(S->pid[c], why, sizeof why);
+            R->alive[c] = 0;
+            close(S->cmd_fd[c]); close(S->res_fd[c]);
+            fprintf(stderr, "fedex: client %d (pid %d) died in round %d: %s\n", c, (int)S->pid[c], round, why);
+            if (R->cfg.strict) {
+                fx_seterr("client %d died in round %d (--strict): stopping; the last complete round is saved", c, round);
+                return -1;
+            }
+        }
+    }
+    fx_run_progress(R, round, pending, tty, &drawn);
+    return 0;
+}
+
+static void shm_stop(fx_run *R, int abort) {
+    shm_state *S = R->tp_state;
+    if (!S || !R->alive) return;
+    for (int c = 0; c < R->n; c++) {
+        if (!R->alive[c]) continue;
+        if (abort) kill(S->pid[c], SIGTERM);
+        else { fx_job q = {.round = -1}; if (write(S->cmd_fd[c], &q, sizeof q) < 0) kill(S->pid[c], SIGTERM); }
+    }
+    for (int c = 0; c < R->n; c++)
+        if (R->alive[c]) { waitpid(S->pid[c], NULL, 0); R->alive[c] = 0; close(S->cmd_fd[c]); close(S->res_fd[c]); }
+}
+
+/* Memory of the whole run (server + clients), proportional set size so the shared base counts once. */
+static double shm_memory_mb(const fx_run *R) {
+    const shm_state *S = R->tp_state;
+    double kb = 0;
+    for (int c = -1; c < R->n; c++) {
+        if (c >= 0 && !R->alive[c]) continue;
+        char path[64], line[256];
+        snprintf(path, sizeof path, "/proc/%d/smaps_rollup", c < 0 ? (int)getpid() : (int)S->pid[c]);
+        FILE *f = fopen(path, "r");
+        if (!f) return NAN;
+        while (fgets(line, sizeof line, f)) {
+            long v;
+            if (sscanf(line, "Pss: %ld kB", &v) == 1) kb += v;
+        }
+        fclose(f);
+    }
+    return kb / 1024.0;
+}
+
+const fx_transport fx_transport_shm = {"shm", shm_open_run, shm_start, shm_send_round, shm_collect, shm_stop,
+                                       shm_close_run, shm_memory_mb};
