@@ -21,6 +21,8 @@ struct fx_client {
     int check_frozen;
     float *wtmp;                 /* one adapted layer's frozen weight */
     int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R */
+    int drift;                   /* FEDEX_FAULT=drift:C: its own R_acc moves a frozen weight by one ulp (the
+                                    check must see it) */
 #ifdef FEDEX_CUDA
     fx_gpu *g;                   /* its own CUDA context, created in its own process */
 #endif
@@ -59,6 +61,7 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     int fc, fr;
     cl->kill_round = -1;
     if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == s->id) cl->kill_round = fr;
+    cl->drift = f && sscanf(f, "drift:%d", &fc) == 1 && fc == s->id;
     int gpu = s->device && !strcmp(s->device, "cuda");
     cl->own_residual = gpu || s->check_frozen;
     if (cl->own_residual) {
@@ -101,7 +104,13 @@ void fx_client_close(fx_client *cl) {
 /* The round's residual into its own R_acc, then its frozen weights: onto the device (GPU clients), or
  * compared bit for bit with the shared ones the server formed (check_frozen). */
 static int follow_residual(fx_client *cl, const fx_residual_msg *msg, const float *payload) {
-    if (msg && msg->round > cl->res.round) fx_residual_apply(&cl->res, &cl->m, msg, payload);
+    if (msg && msg->round > cl->res.round) {
+        fx_residual_apply(&cl->res, &cl->m, msg, payload);
+        if (cl->drift && cl->res.n) { /* one ulp of the first frozen weight */
+            float W = cl->res.w0[0] + cl->res.acc[0];
+            cl->res.acc[0] += nextafterf(W, INFINITY) - W;
+        }
+    }
     for (int k = 0; k < cl->res.n; k++) {
         const fx_adapted *ad = &cl->m.ad[k];
         fx_residual_frozen(&cl->res, k, cl->wtmp);

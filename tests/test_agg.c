@@ -129,6 +129,84 @@ static void run_case(fx_adapter_kind kind, int weighted) {
     fx_model_free(&m);
 }
 
+/* The residual's one owner: a server and a client that only receives the messages (as a GPU client, or a
+ * client on another machine, does) accumulate R_acc with the same call and form the same frozen weights,
+ * bit for bit, round after round, with different thread counts; folding each round's residual into a
+ * copy of W0 instead (what GPU clients once did) drifts from them. */
+static void frozen_case(fx_adapter_kind kind, int dense) {
+    const char *name = kind == FX_LORA ? (dense ? "LoRA dense" : "LoRA factored") : (dense ? "VeRA dense" : "VeRA factored");
+    /* output.dense (384 x 1536) at q = 24 is past fx_matmul's threshold for running on several threads */
+    fx_config c = {.vocab_size = 30, .hidden = 384, .layers = 2, .heads = 2, .intermediate = 1536, .max_positions = 20,
+                   .type_vocab_size = 1, .pad_id = 1, .num_labels = 2, .layer_norm_eps = 1e-5f,
+                   .initializer_range = 0.02f};
+    fx_adapter_cfg a = {.kind = kind, .targets = FX_T_QUERY | FX_T_VALUE | FX_T_OUTPUT, .r = kind == FX_LORA ? 4 : 8,
+                        .alpha = 8, .d_initial = 0.1f, .seed = 7};
+    fx_model srv, cli;
+    if (fx_model_create(&srv, &c, &a, NULL) != 0 || fx_model_create(&cli, &c, &a, NULL) != 0) {
+        CHECK(0, "%s: fx_model_create: %s", name, fx_err());
+        return;
+    }
+    fx_model_init_base(&srv, 1); fx_model_init_adapters(&srv, 2);
+    fx_model_init_base(&cli, 1); fx_model_init_adapters(&cli, 2);
+    fx_residual rs, rc;
+    fx_residual_init(&rs, &srv);
+    fx_residual_init(&rc, &cli);
+    size_t P = srv.train.n, wtot = rs.off[rs.n];
+    float *naive = fx_malloc(sizeof(float) * wtot); /* W0 with each round's R_t folded in */
+    memcpy(naive, rs.w0, sizeof(float) * wtot);
+    float *pay = fx_malloc(sizeof(float) * fx_residual_msg_capacity(&srv, NCL)), *scratch = fx_malloc(sizeof(float) * wtot * 8);
+    float *copy = fx_malloc(sizeof(float) * fx_residual_msg_capacity(&srv, NCL)), *Rt = fx_malloc(sizeof(float) * wtot);
+    float *cl[NCL], *glob = fx_malloc(sizeof(float) * P), *Ws = fx_malloc(sizeof(float) * wtot), *Wc = fx_malloc(sizeof(float) * wtot);
+    for (int i = 0; i < NCL; i++) cl[i] = fx_malloc(sizeof(float) * P);
+    double w[NCL] = {0.1, 0.2, 0.3, 0.4};
+    fx_rng rng;
+    fx_rng_seed(&rng, 5 + (uint64_t)kind + 2 * (uint64_t)dense);
+    memcpy(glob, srv.train.data, sizeof(float) * P);
+    int same = 1;
+    size_t drift = 0;
+    enum { ROUNDS = 6 };
+    for (int round = 1; round <= ROUNDS; round++) {
+        for (int i = 0; i < NCL; i++)
+            for (size_t j = 0; j < P; j++) cl[i][j] = glob[j] + (float)(0.05 * (2 * fx_rng_uniform(&rng) - 1));
+        fx_agg_mean(glob, (const float *const *)cl, w, NCL, P);
+        fx_residual_msg msg, got;
+        fx_set_threads(2);
+        fx_residual_make(&srv, dense, (const float *const *)cl, w, NCL, glob, round, &msg, pay, scratch);
+        size_t bytes = fx_residual_msg_bytes(&srv, &msg);
+        memcpy(&got, &msg, sizeof msg); /* what travels: the header and its payload, nothing else */
+        memcpy(copy, pay, bytes - sizeof msg);
+        memcpy(Rt, rs.acc, sizeof(float) * wtot);
+        fx_residual_apply(&rs, &srv, &msg, pay);
+        for (size_t j = 0; j < wtot; j++) Rt[j] = rs.acc[j] - Rt[j]; /* this round's R_t, as the server added it */
+        fx_set_threads(1);
+        fx_residual_apply(&rc, &cli, &got, copy);
+        for (int k = 0; k < rs.n; k++) {
+            fx_residual_frozen(&rs, k, Ws + rs.off[k]);
+            fx_residual_frozen(&rc, k, Wc + rc.off[k]);
+        }
+        same &= !memcmp(Ws, Wc, sizeof(float) * wtot) && rc.round == round;
+        for (size_t j = 0; j < wtot; j++) naive[j] += Rt[j];
+    }
+    for (size_t j = 0; j < wtot; j++) drift += naive[j] != Ws[j];
+    fx_set_threads(2);
+    CHECK(same, "%s: the client's frozen weights equal the server's bit for bit after each of %d rounds", name, ROUNDS);
+    CHECK(drift > 0, "%s: folding each round into W0 drifts from fl(W0 + R_acc) (%zu of %zu weights differ)", name,
+          drift, wtot);
+    size_t want = 0;
+    int q = dense ? 0 : fx_agg_residual_rank(&srv, NCL);
+    for (int k = 0; k < srv.nadapted; k++) {
+        size_t out = (size_t)srv.ad[k].out, in = (size_t)srv.ad[k].in;
+        want += q == 0 ? out * in : kind == FX_LORA ? (out + in) * (size_t)q : out * (size_t)q;
+    }
+    fx_residual_msg last = {.round = ROUNDS, .q = q};
+    CHECK(fx_residual_msg_bytes(&srv, &last) == sizeof last + 4 * want, "%s: message bytes %zu, want %zu", name,
+          fx_residual_msg_bytes(&srv, &last), sizeof last + 4 * want);
+    for (int i = 0; i < NCL; i++) free(cl[i]);
+    free(naive); free(pay); free(scratch); free(copy); free(Rt); free(glob); free(Ws); free(Wc);
+    fx_residual_free(&rs); fx_residual_free(&rc);
+    fx_model_free(&srv); fx_model_free(&cli);
+}
+
 int main(void) {
     fx_agg_method mth;
     CHECK(fx_agg_parse("ours", &mth) == 0 && mth == FX_AGG_FEDEX, "ours is fedex");
@@ -140,6 +218,10 @@ int main(void) {
     for (int wgt = 0; wgt < 2; wgt++) {
         run_case(FX_LORA, wgt);
         run_case(FX_VERA, wgt);
+    }
+    for (int dense = 0; dense < 2; dense++) {
+        frozen_case(FX_LORA, dense);
+        frozen_case(FX_VERA, dense);
     }
     return check_done();
 }

@@ -1143,6 +1143,22 @@ static void test_model_with_head(void) {
     if (rc != 0) show_err("head");
 }
 
+/* ---------------------------------------------------------------- the frozen weights, bit for bit */
+
+/* Every run here sets FEDEX_CHECK_FROZEN=1: each client also accumulates the residual from the server's
+ * messages, as a GPU client does, and fails the round unless the frozen weights it forms equal the
+ * shared ones bit for bit. That check must notice a difference of one ulp in one weight. */
+static void test_frozen_check(void) {
+    char out[1024];
+    snprintf(out, sizeof out, "%s/run_drift", tmp);
+    int rc = train("drift", "drift:1", "--agg", "fedex", "--rounds", "2", "--out", out, NULL);
+    CHECK(rc == 1 && err_has("drift", "differs from the server's"),
+          "a client whose residual is off by one ulp: exit status %d, want 1 with the frozen weights' mismatch named", rc);
+    rc = train("drift_dense", NULL, "--agg", "fedex", "--rounds", "3", "--residual", "dense", NULL);
+    CHECK(rc == 0, "the clients' check of the frozen weights passes on a dense-residual run: exit status %d", rc);
+    if (rc != 0) show_err("drift_dense");
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(void) {
@@ -1155,6 +1171,7 @@ int main(void) {
     if (!realpath(fedex_bin, abs_bin)) { CHECK(0, "FEDEX=%s: %s", fedex_bin, strerror(errno)); return check_done(); }
     fedex_bin = abs_bin;
     if (!mkdtemp(tmp)) { CHECK(0, "mkdtemp %s: %s", tmp, strerror(errno)); return check_done(); }
+    setenv("FEDEX_CHECK_FROZEN", "1", 1); /* every client checks its frozen weights against the server's */
     double t0 = fx_now();
     test_demo(); /* the embedded model and task: needs nothing from ../shared */
     const char *shared = shared_dir("fedex train end to end needs roberta-base's tokenizer and GLUE RTE");
@@ -1172,6 +1189,7 @@ int main(void) {
         test_interrupt();
         test_parser();
         test_model_with_head();
+        test_frozen_check();
         test_leftovers();
     }
     printf("fedex train end to end: %.1f s\n", fx_now() - t0);
