@@ -33,6 +33,8 @@ static int usage_error(const char *cmd, const char *msg) {
 }
 
 #define OPT(s, f) offsetof(s, f)
+/* A command's line from its settings struct S and option table T. */
+#define CMDLINE(name, synopsis, about, S, T) {name, synopsis, about, sizeof(S), T, (int)(sizeof T / sizeof T[0]), 0, 0, NULL}
 
 /* ============================================================================================
  * inspect
@@ -189,12 +191,11 @@ static const fx_opt init_opt[] = {
     {"--seed", NULL, FX_OPT_SEED, OPT(init_opts, seed), "0", "the random stream: the same seed gives the same weights", 0, 0},
     {"--labels", NULL, FX_OPT_INT, OPT(init_opts, labels), NULL, "the classifier's labels (default: the config's id2label, else 2; 1 = regression)", 1, 1000},
 };
-static const fx_cmdline init_cl = {
-    "init", "--config FILE --out DIR [--seed S] [--labels N]",
+static const fx_cmdline init_cl = CMDLINE("init", "--config FILE --out DIR [--seed S] [--labels N]",
     "Writes a randomly initialised RoBERTa of FILE's shapes as a Hugging Face folder: DIR/model.safetensors\n"
     "(weights drawn as Hugging Face initialises them: normal(0, initializer_range), LayerNorm 1 and 0, zero\n"
     "biases), DIR/config.json, and vocab.json and merges.txt copied from beside FILE when they are there.\n",
-    sizeof(init_opts), init_opt, 4, 0, 0, NULL};
+    init_opts, init_opt);
 
 static int cmd_init(int argc, char **argv) {
     init_opts o;
@@ -238,11 +239,9 @@ static const fx_opt eval_opt[] = {
     {"--logits", NULL, FX_OPT_STR, OPT(eval_opts, logits), NULL, "also write the logits (n, num_labels) as tensor 'logits' of a safetensors file", 0, 0},
     {"--threads", NULL, FX_OPT_INT, OPT(eval_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
 };
-static const fx_cmdline eval_cl = {
-    "eval", "--model DIR --task T --data DIR [--adapter PATH] [--residual FILE] [options]",
-    "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv) and prints its\n"
-    "metrics on one line.\n",
-    sizeof(eval_opts), eval_opt, 9, 0, 0, NULL};
+static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data DIR [--adapter PATH] [--residual FILE] [options]",
+    "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv) and prints its metrics on\n"
+    "one line.\n", eval_opts, eval_opt);
 
 static int cmd_eval(int argc, char **argv) {
     eval_opts o;
@@ -441,12 +440,10 @@ static const fx_opt export_opt[] = {
     {"--out", NULL, FX_OPT_STR, OPT(export_opts, out), NULL, "the folder to write (required)", 0, 0},
     {"--merged", NULL, FX_OPT_FLAG, OPT(export_opts, merged), NULL, "fold the adapters into the weights too", 0, 0},
 };
-static const fx_cmdline export_cl = {
-    "export", "--run DIR --out DIR [--merged]",
-    "Writes the run's final global model as a Hugging Face checkpoint (model.safetensors +\n"
-    "config.json): the FedEx residual folded into the frozen weights and, with --merged, the\n"
-    "adapters too; without --merged the PEFT adapter is written beside it.\n",
-    sizeof(export_opts), export_opt, 3, 0, 0, NULL};
+static const fx_cmdline export_cl = CMDLINE("export", "--run DIR --out DIR [--merged]",
+    "Writes the run's final global model as a Hugging Face checkpoint (model.safetensors + config.json): the\n"
+    "FedEx residual folded into the frozen weights and, with --merged, the adapters too (else the PEFT adapter\n"
+    "is written beside it).\n", export_opts, export_opt);
 
 static int cmd_export(int argc, char **argv) {
     export_opts o;

@@ -608,7 +608,6 @@ int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
 
 /* ============================================================================================
  * run.c: the server (rounds over a transport, aggregation, evaluation, outputs, checkpoint, resume)
- * shm.c: the transport of forked clients sharing POSIX shared memory
  * ============================================================================================
  * A transport moves jobs and the global state to the clients and their states and reports back. It
  * owns the run's buffers, so that forked clients can share them in place; another transport (MPI) gives
@@ -627,7 +626,6 @@ typedef struct {
     void (*close)(fx_run *R);                  /* frees the buffers */
     double (*memory_mb)(const fx_run *R);      /* all the run's processes on this machine (PSS), or NAN */
 } fx_transport;
-extern const fx_transport fx_transport_shm;
 
 struct fx_run {
     /* settings */
@@ -689,5 +687,11 @@ int fx_run_init_weights(const fx_settings *c, fx_model *m);
 typedef float (*fx_eval_step)(void *backend, const fx_batch *b, float *logits);
 float fx_eval_step_cpu(void *model, const fx_batch *b, float *logits);
 double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits);
+
+/* ============================================================================================
+ * shm.c: the transport of forked clients on this machine, sharing one POSIX shared-memory segment
+ * ============================================================================================ */
+
+extern const fx_transport fx_transport_shm;    /* the default */
 
 #endif

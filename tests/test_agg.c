@@ -41,17 +41,24 @@ static double rel_err(const double *got, const double *want, size_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* A small random model of 2 layers with LoRA r 4 or VeRA r 8 on TARGETS: 0, or -1 (a failed check). */
+static int small_model(fx_model *m, fx_adapter_kind kind, int hidden, int inter, unsigned targets, const char *name) {
+    fx_config c = {.vocab_size = 30, .hidden = hidden, .layers = 2, .heads = 2, .intermediate = inter,
+                   .max_positions = 20, .type_vocab_size = 1, .pad_id = 1, .num_labels = 2, .layer_norm_eps = 1e-5f,
+                   .initializer_range = 0.02f};
+    fx_adapter_cfg a = {.kind = kind, .targets = targets, .r = kind == FX_LORA ? 4 : 8, .alpha = 8, .d_initial = 0.1f,
+                        .seed = 7};
+    if (fx_model_create(m, &c, &a, NULL) != 0) { CHECK(0, "%s: fx_model_create: %s", name, fx_err()); return -1; }
+    fx_model_init_base(m, 1);
+    fx_model_init_adapters(m, 2);
+    return 0;
+}
+
 static void run_case(fx_adapter_kind kind, int weighted) {
     const char *name = kind == FX_LORA ? (weighted ? "LoRA weighted" : "LoRA") : (weighted ? "VeRA weighted" : "VeRA");
-    fx_config c = {.vocab_size = 30, .hidden = 24, .layers = 2, .heads = 2, .intermediate = 40, .max_positions = 20,
-                   .type_vocab_size = 1, .pad_id = 1, .num_labels = 2, .layer_norm_eps = 1e-5f,
-                   .initializer_range = 0.02f};
-    fx_adapter_cfg a = {.kind = kind, .targets = FX_T_QUERY | FX_T_VALUE | FX_T_INTER, .r = kind == FX_LORA ? 4 : 8,
-                        .alpha = 8, .d_initial = 0.1f, .seed = 7};
     fx_model m;
-    if (fx_model_create(&m, &c, &a, NULL) != 0) { CHECK(0, "%s: fx_model_create: %s", name, fx_err()); return; }
-    fx_model_init_base(&m, 1);
-    fx_model_init_adapters(&m, 2);
+    if (small_model(&m, kind, 24, 40, FX_T_QUERY | FX_T_VALUE | FX_T_INTER, name) != 0) return;
+    const fx_adapter_cfg a = m.a;
     size_t P = m.train.n;
     fx_rng rng;
     fx_rng_seed(&rng, 99 + (uint64_t)kind * 10 + (uint64_t)weighted);
@@ -136,18 +143,10 @@ static void run_case(fx_adapter_kind kind, int weighted) {
 static void frozen_case(fx_adapter_kind kind, int dense) {
     const char *name = kind == FX_LORA ? (dense ? "LoRA dense" : "LoRA factored") : (dense ? "VeRA dense" : "VeRA factored");
     /* output.dense (384 x 1536) at q = 24 is past fx_matmul's threshold for running on several threads */
-    fx_config c = {.vocab_size = 30, .hidden = 384, .layers = 2, .heads = 2, .intermediate = 1536, .max_positions = 20,
-                   .type_vocab_size = 1, .pad_id = 1, .num_labels = 2, .layer_norm_eps = 1e-5f,
-                   .initializer_range = 0.02f};
-    fx_adapter_cfg a = {.kind = kind, .targets = FX_T_QUERY | FX_T_VALUE | FX_T_OUTPUT, .r = kind == FX_LORA ? 4 : 8,
-                        .alpha = 8, .d_initial = 0.1f, .seed = 7};
+    unsigned targets = FX_T_QUERY | FX_T_VALUE | FX_T_OUTPUT;
     fx_model srv, cli;
-    if (fx_model_create(&srv, &c, &a, NULL) != 0 || fx_model_create(&cli, &c, &a, NULL) != 0) {
-        CHECK(0, "%s: fx_model_create: %s", name, fx_err());
-        return;
-    }
-    fx_model_init_base(&srv, 1); fx_model_init_adapters(&srv, 2);
-    fx_model_init_base(&cli, 1); fx_model_init_adapters(&cli, 2);
+    if (small_model(&srv, kind, 384, 1536, targets, name) != 0) return;
+    if (small_model(&cli, kind, 384, 1536, targets, name) != 0) { fx_model_free(&srv); return; }
     fx_residual rs, rc;
     fx_residual_init(&rs, &srv);
     fx_residual_init(&rc, &cli);
