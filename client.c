@@ -20,7 +20,8 @@ struct fx_client {
     int own_residual;            /* GPU clients, and CPU clients that check the shared weights */
     int check_frozen;
     float *wtmp;                 /* one adapted layer's frozen weight */
-    int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R */
+    int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R kills it in round R, */
+    int gone_round;              /* gone:C:R makes it leave after answering round R, open:C fails its start */
     int drift;                   /* FEDEX_FAULT=drift:C: its own R_acc moves a frozen weight by one ulp (the
                                     check must see it) */
 #ifdef FEDEX_CUDA
@@ -62,6 +63,12 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     cl->kill_round = -1;
     if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == s->id) cl->kill_round = fr;
     cl->drift = f && sscanf(f, "drift:%d", &fc) == 1 && fc == s->id;
+    cl->gone_round = f && sscanf(f, "gone:%d:%d", &fc, &fr) == 2 && fc == s->id ? fr : -1;
+    if (f && sscanf(f, "open:%d", &fc) == 1 && fc == s->id) {
+        fx_seterr("injected start-up failure (FEDEX_FAULT=%s)", f);
+        fx_client_close(cl);
+        return NULL;
+    }
     int gpu = s->device && !strcmp(s->device, "cuda");
     cl->own_residual = gpu || s->check_frozen;
     if (cl->own_residual) {
@@ -88,6 +95,8 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     }
     return cl;
 }
+
+int fx_client_leaves(const fx_client *cl, int round) { return round == cl->gone_round; }
 
 void fx_client_close(fx_client *cl) {
     if (!cl) return;

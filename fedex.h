@@ -30,9 +30,12 @@ int fx_add_size(size_t a, size_t b, size_t *out);
 
 /* Opens PATH read-only and checks it is a regular file: its descriptor and size, or -1 with fx_err(). */
 int fx_open_regular(const char *path, int *fd, size_t *size);
-/* Whole file into a NUL-terminated malloc'd buffer; fx_seterr names the path on failure. */
+/* Whole file into a NUL-terminated malloc'd buffer; fx_seterr names the path on failure. PATH "-" reads
+ * standard input to its end; any other path must be a regular file. */
 int fx_read_file(const char *path, char **data, size_t *len);
-/* Writes to PATH.tmp.PID, fsyncs, renames over PATH: readers see the old file or the new, never half. */
+/* Writes to a fresh PATH.tmp.XXXXXX (created exclusively: nothing planted there is followed), fsyncs,
+ * renames over PATH: readers see the old file or the new, never half. */
+#define FX_TMP_SUFFIX ".tmp."
 int fx_write_file_atomic(const char *path, const void *data, size_t len);
 /* Closes a memstream (open_memstream(buf, len)) and writes what it collected to PATH atomically; frees
  * the buffer. */
@@ -505,7 +508,7 @@ typedef struct {
     const char *device, *precision, *client_gpus;
     int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
     int micro_batch, eval_batch, server_gpu;
-    double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay;
+    double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
     long long seed;
     int rslora, weighted, strict, save_clients;
     fx_agg_method agg;           /* parsed from agg_name by fx_settings_check */
@@ -569,6 +572,7 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
 void fx_client_close(fx_client *cl);
+int fx_client_leaves(const fx_client *cl, int round); /* fault injection: leave after ROUND (tests) */
 
 /* ============================================================================================
  * gpu.cu: the CUDA backend (built when nvcc is found; FEDEX_CUDA is then defined for every file)
@@ -670,8 +674,9 @@ struct fx_run {
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
 int fx_run_interrupted(void);        /* SIGINT/SIGTERM seen by the server */
-/* For the transports while they wait: the live per-client lines (on a terminal), and the line for a
- * client that finished. */
+int fx_run_live(void);               /* live progress lines: standard error is a terminal, TERM is not dumb */
+/* For the transports while they wait: the live per-client lines (TTY: fx_run_live()), and the line for
+ * a client that finished (on standard output, unless the live lines show it on a terminal). */
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn);
 void fx_run_client_done(const fx_run *R, int round, int c, int tty);
 /* What a client needs to run: its setup from the run (shared base or not). */

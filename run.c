@@ -15,6 +15,11 @@ static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 int fx_run_interrupted(void) { return interrupted != 0; }
 
+int fx_run_live(void) {
+    const char *term = getenv("TERM");
+    return isatty(2) && !(term && !strcmp(term, "dumb"));
+}
+
 /* ============================================================================================
  * Evaluating a split (fedex eval, and the server after each round)
  * ============================================================================================ */
@@ -153,7 +158,7 @@ void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *dra
 }
 
 void fx_run_client_done(const fx_run *R, int round, int c, int tty) {
-    if (tty || R->quiet) return;
+    if ((tty && isatty(1)) || R->quiet) return;
     const fx_report *s = &R->report[c];
     printf("round %d client %d: %lld samples x %d epochs in %.2f s (%.1f samples/s), loss %.4f\n", round, c,
            (long long)s->samples, R->cfg.local_epochs, s->seconds,

@@ -23,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -31,7 +34,20 @@ typedef struct {
     pid_t *pid;
     int *cmd_fd, *res_fd;            /* the server's ends: jobs down, answers up */
     int *pending;                    /* sent this round's job, not answered yet */
+    int64_t *steps_seen;             /* each client's steps when last seen to move ... */
+    double *since;                   /* ... and since when (fx_now()), for --client-timeout */
 } shm_state;
+
+/* Waits for PID for up to GRACE seconds, then kills it (SIGKILL also ends a stopped process). */
+static void reap_within(pid_t pid, double grace) {
+    double t0 = fx_now();
+    while (waitpid(pid, NULL, WNOHANG) == 0) {
+        if (fx_now() - t0 > grace) { kill(pid, SIGKILL); waitpid(pid, NULL, 0); return; }
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+}
+static void reap(pid_t pid) { reap_within(pid, 2.0); }
 
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
 
@@ -54,14 +70,23 @@ static int shm_open_run(fx_run *R) {
     snprintf(name, sizeof name, "/fedex-%d-%d", (int)getpid(), counter++);
     int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
     if (fd < 0) { fx_seterr("shm_open %s: %s", name, strerror(errno)); return -1; }
-    int trunc = ftruncate(fd, (off_t)S->len);
-    S->seg = trunc == 0 ? mmap(NULL, S->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-    int saved = errno;
+    /* The pages are reserved now: a segment larger than what /dev/shm has free would otherwise map fine
+     * and kill the first process that touches a missing page with SIGBUS, minutes into the run. */
+    int err = ftruncate(fd, (off_t)S->len) != 0 ? errno : posix_fallocate(fd, 0, (off_t)S->len);
+    S->seg = err == 0 ? mmap(NULL, S->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (err == 0 && S->seg == MAP_FAILED) err = errno;
     shm_unlink(name); /* mapped here and, through fork, in every client: the name is no longer needed */
     close(fd);
     if (S->seg == MAP_FAILED) {
         S->seg = NULL;
-        fx_seterr("shared memory of %.1f MB: %s (is /dev/shm large enough?)", S->len / 1e6, strerror(saved));
+        struct statvfs v;
+        double avail = statvfs("/dev/shm", &v) == 0 ? (double)v.f_bavail * v.f_frsize / 1e6 : NAN;
+        if (err == ENOSPC || err == EFBIG)
+            fx_seterr("shared memory: the run needs %.1f MB in /dev/shm, which has %.1f MB free: give it more "
+                      "(docker run --shm-size=%.0fm, or mount -o remount,size=%.0fm /dev/shm) or run fewer clients",
+                      S->len / 1e6, avail, S->len / 1e6 * 1.25 + 64, S->len / 1e6 * 1.25 + 64);
+        else
+            fx_seterr("shared memory of %.1f MB: %s", S->len / 1e6, strerror(err));
         return -1;
     }
     char *s = S->seg;
@@ -77,6 +102,8 @@ static int shm_open_run(fx_run *R) {
     S->cmd_fd = fx_calloc((size_t)R->n, sizeof(int));
     S->res_fd = fx_calloc((size_t)R->n, sizeof(int));
     S->pending = fx_calloc((size_t)R->n, sizeof(int));
+    S->steps_seen = fx_calloc((size_t)R->n, sizeof(int64_t));
+    S->since = fx_calloc((size_t)R->n, sizeof(double));
     return 0;
 }
 
@@ -85,7 +112,7 @@ static void shm_close_run(fx_run *R) {
     if (!S) return;
     if (S->seg) munmap(S->seg, S->len);
     free(R->client); free(R->alive);
-    free(S->pid); free(S->cmd_fd); free(S->res_fd); free(S->pending);
+    free(S->pid); free(S->cmd_fd); free(S->res_fd); free(S->pending); free(S->steps_seen); free(S->since);
     free(S);
     R->tp_state = NULL;
     R->client = NULL; R->alive = NULL;
@@ -95,7 +122,11 @@ static void shm_close_run(fx_run *R) {
  * A client's process
  * ============================================================================================ */
 
-static _Noreturn void client_process(fx_run *R, int c, int in, int out, int threads) {
+static _Noreturn void client_process(fx_run *R, int c, int in, int out, int threads, pid_t server) {
+    /* A client dies with its server, whatever kills the server (kill -9 included): the kernel sends
+     * SIGKILL when the parent goes; if it went before this line, the parent is no longer SERVER. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != server) _exit(1);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     fx_set_threads(threads);
@@ -116,12 +147,14 @@ static _Noreturn void client_process(fx_run *R, int c, int in, int out, int thre
         int rc = fx_client_round(cl, &job, R->global, R->msg, R->payload, R->client[c], rep);
         answer = rc == 0 ? 'o' : 'e';
         if (write(out, &answer, 1) != 1 || rc != 0) _exit(1);
+        if (fx_client_leaves(cl, job.round)) _exit(0);
     }
 }
 
 static int shm_start(fx_run *R, int threads_total) {
     shm_state *S = R->tp_state;
     int per = threads_total / R->n > 0 ? threads_total / R->n : 1;
+    pid_t server = getpid();
     for (int c = 0; c < R->n; c++) {
         int cmd[2], res[2];
         if (pipe(cmd) != 0 || pipe(res) != 0) { fx_seterr("pipe: %s", strerror(errno)); return -1; }
@@ -132,7 +165,7 @@ static int shm_start(fx_run *R, int threads_total) {
             /* keep only this client's ends, so that every other pipe sees EOF when its owner dies */
             for (int o = 0; o < c; o++) { close(S->cmd_fd[o]); close(S->res_fd[o]); }
             close(cmd[1]); close(res[0]);
-            client_process(R, c, cmd[0], res[1], per);
+            client_process(R, c, cmd[0], res[1], per, server);
         }
         close(cmd[0]); close(res[1]);
         S->pid[c] = p; S->cmd_fd[c] = cmd[1]; S->res_fd[c] = res[0]; R->alive[c] = 1;
@@ -144,20 +177,51 @@ static int shm_start(fx_run *R, int threads_total) {
  * Rounds
  * ============================================================================================ */
 
+static void describe_death(pid_t pid, char *buf, size_t n);
+
+/* Client C is gone (end-of-file on its pipe, or a failed write to it): reaped and reported. -1 when that
+ * must stop the run (--strict), or when it left an error message (it failed rather than died). */
+static int client_gone(fx_run *R, int c, int round, const char *when) {
+    shm_state *S = R->tp_state;
+    char ch = 0;
+    int failed = read(S->res_fd[c], &ch, 1) == 1 && ch == 'e';
+    char why[160];
+    describe_death(S->pid[c], why, sizeof why);
+    R->alive[c] = 0;
+    S->pending[c] = 0;
+    close(S->cmd_fd[c]); close(S->res_fd[c]);
+    if (failed) { fx_seterr("client %d failed %s round %d: %s", c, when, round, R->report[c].err); return -1; }
+    fprintf(stderr, "fedex: client %d (pid %d) died %s round %d: %s\n", c, (int)S->pid[c], when, round, why);
+    if (R->cfg.strict) {
+        fx_seterr("client %d died %s round %d (--strict): stopping; the last complete round is saved", c, when, round);
+        return -1;
+    }
+    return 0;
+}
+
 static int shm_send_round(fx_run *R, const fx_job *job) {
     shm_state *S = R->tp_state;
-    int *pending = S->pending;
     for (int c = 0; c < R->n; c++) {
         fx_job j = *job;
         j.client = c;
-        pending[c] = R->alive[c] && write(S->cmd_fd[c], &j, sizeof j) == (ssize_t)sizeof j;
+        S->pending[c] = 0;
+        if (!R->alive[c]) continue;
+        if (write(S->cmd_fd[c], &j, sizeof j) == (ssize_t)sizeof j) { S->pending[c] = 1; continue; }
+        if (client_gone(R, c, job->round, "before") != 0) return -1;
     }
     return 0;
 }
 
 static void describe_death(pid_t pid, char *buf, size_t n) {
     int st = 0;
-    if (waitpid(pid, &st, 0) < 0) snprintf(buf, n, "vanished");
+    double t0 = fx_now();
+    pid_t w;
+    while ((w = waitpid(pid, &st, WNOHANG)) == 0 && fx_now() - t0 < 2.0) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    if (w == 0) { kill(pid, SIGKILL); w = waitpid(pid, &st, 0); } /* its pipe closed, yet it lives on */
+    if (w < 0) snprintf(buf, n, "vanished");
     else if (WIFSIGNALED(st)) snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
     else snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));
 }
@@ -165,8 +229,8 @@ static void describe_death(pid_t pid, char *buf, size_t n) {
 static int shm_collect(fx_run *R, int round, int *done) {
     shm_state *S = R->tp_state;
     int *pending = S->pending;
-    int tty = isatty(2), drawn = 0;
-    for (int c = 0; c < R->n; c++) done[c] = 0;
+    int tty = fx_run_live(), drawn = 0;
+    for (int c = 0; c < R->n; c++) { done[c] = 0; S->since[c] = 0; }
     for (;;) {
         struct pollfd pf[256];
         int map[256], np = 0;
@@ -175,7 +239,7 @@ static int shm_collect(fx_run *R, int round, int *done) {
         if (fx_run_interrupted()) return -1;
         if (np == 0) break;
         fx_run_progress(R, round, pending, tty, &drawn);
-        int r = poll(pf, (nfds_t)np, tty ? 250 : -1);
+        int r = poll(pf, (nfds_t)np, tty ? 250 : 1000);
         if (fx_run_interrupted()) return -1;
         if (r < 0) {
             if (errno == EINTR) continue;
@@ -195,35 +259,48 @@ static int shm_collect(fx_run *R, int round, int *done) {
             }
             if (k == 1 && ch == 'e') {
                 fx_seterr("client %d failed in round %d: %s", c, round, R->report[c].err);
-                waitpid(S->pid[c], NULL, 0);
+                reap(S->pid[c]);
                 R->alive[c] = 0;
                 return -1;
             }
-            char why[128];
-            describe_death(S->pid[c], why, sizeof why);
-            R->alive[c] = 0;
-            close(S->cmd_fd[c]); close(S->res_fd[c]);
-            fprintf(stderr, "fedex: client %d (pid %d) died in round %d: %s\n", c, (int)S->pid[c], round, why);
-            if (R->cfg.strict) {
-                fx_seterr("client %d died in round %d (--strict): stopping; the last complete round is saved", c, round);
-                return -1;
-            }
+            if (client_gone(R, c, round, "in") != 0) return -1;
+        }
+        /* a client that makes no progress for --client-timeout seconds (stopped, or stuck) is dead */
+        double now = fx_now();
+        for (int c = 0; c < R->n; c++) {
+            if (!pending[c]) continue;
+            int64_t steps = R->report[c].steps_done;
+            if (steps != S->steps_seen[c] || S->since[c] == 0) { S->steps_seen[c] = steps; S->since[c] = now; continue; }
+            if (now - S->since[c] < R->cfg.client_timeout) continue;
+            fprintf(stderr, "fedex: client %d (pid %d) made no progress for %.0f s (--client-timeout): killing it\n",
+                    c, (int)S->pid[c], now - S->since[c]);
+            kill(S->pid[c], SIGKILL);
+            if (client_gone(R, c, round, "in") != 0) return -1;
         }
     }
     fx_run_progress(R, round, pending, tty, &drawn);
     return 0;
 }
 
+/* Ends every client: asked to finish (a stop job), or on ABORT signalled; SIGCONT wakes a stopped one so
+ * that SIGTERM acts, and whichever has not gone within a grace period is killed. */
 static void shm_stop(fx_run *R, int abort) {
     shm_state *S = R->tp_state;
     if (!S || !R->alive) return;
     for (int c = 0; c < R->n; c++) {
         if (!R->alive[c]) continue;
-        if (abort) kill(S->pid[c], SIGTERM);
-        else { fx_job q = {.round = -1}; if (write(S->cmd_fd[c], &q, sizeof q) < 0) kill(S->pid[c], SIGTERM); }
+        fx_job q = {.round = -1};
+        if (abort || write(S->cmd_fd[c], &q, sizeof q) < 0) kill(S->pid[c], SIGTERM);
+        kill(S->pid[c], SIGCONT);
     }
+    double t0 = fx_now();
     for (int c = 0; c < R->n; c++)
-        if (R->alive[c]) { waitpid(S->pid[c], NULL, 0); R->alive[c] = 0; close(S->cmd_fd[c]); close(S->res_fd[c]); }
+        if (R->alive[c]) {
+            double left = 3.0 - (fx_now() - t0);
+            reap_within(S->pid[c], left > 0 ? left : 0);
+            R->alive[c] = 0;
+            close(S->cmd_fd[c]); close(S->res_fd[c]);
+        }
 }
 
 /* Memory of the whole run (server + clients), proportional set size so the shared base counts once. */

@@ -80,10 +80,11 @@ int fx_add_size(size_t a, size_t b, size_t *out) {
 /* ---------------------------------------------------------------- files */
 
 int fx_open_regular(const char *path, int *fd_out, size_t *size) {
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer before the type is checked */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) { fx_seterr("%s: cannot open: %s", path, strerror(errno)); return -1; }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || fcntl(fd, F_SETFL, 0) != 0) {
         fx_seterr("%s: not a regular file", path);
         close(fd);
         return -1;
@@ -93,9 +94,28 @@ int fx_open_regular(const char *path, int *fd_out, size_t *size) {
     return 0;
 }
 
+/* Standard input to its end, for "-". */
+static int read_stdin(char **data, size_t *len) {
+    size_t cap = 65536, n = 0;
+    char *buf = fx_malloc(cap + 1);
+    for (;;) {
+        if (n == cap) buf = fx_realloc(buf, (cap *= 2) + 1);
+        ssize_t k = read(0, buf + n, cap - n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) { fx_seterr("standard input: read failed: %s", strerror(errno)); free(buf); return -1; }
+        if (k == 0) break;
+        n += (size_t)k;
+    }
+    buf[n] = 0;
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
 int fx_read_file(const char *path, char **data, size_t *len) {
     int fd;
     size_t n, got = 0;
+    if (!strcmp(path, "-")) return read_stdin(data, len);
     if (fx_open_regular(path, &fd, &n) != 0) return -1;
     char *buf = fx_malloc(n + 1);
     while (got < n) {
@@ -120,8 +140,11 @@ int fx_read_file(const char *path, char **data, size_t *len) {
 int fx_write_file_atomic(const char *path, const void *data, size_t len) {
     size_t plen = strlen(path) + 32;
     char *tmp = fx_malloc(plen);
-    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* A fresh, unpredictable name created exclusively (mkostemp: O_CREAT | O_EXCL, so a file or symbolic
+     * link planted there is never followed or truncated), mode 0644 as any output. */
+    snprintf(tmp, plen, "%s" FX_TMP_SUFFIX "XXXXXX", path);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd >= 0 && fchmod(fd, 0644) != 0) { close(fd); unlink(tmp); fd = -1; }
     if (fd < 0) {
         fx_seterr("%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);

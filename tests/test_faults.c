@@ -1,0 +1,199 @@
+/* tests/test_faults.c: faults and hostile conditions around a run, through $FEDEX and the library: a
+ * symbolic link planted where outputs are written, a FIFO where inputs are read, standard input as a
+ * file, a /dev/shm too small for the segment, clients that fail to start, die between rounds, stop, or
+ * lose their server. Not the numerics (test_model, test_agg) nor a run's results (test_train). */
+#include "fedex.h"
+#include "check.h"
+
+/* Bounded waits: a run's first client processes, and a whole run (one takes 1 to 5 s here). */
+#define WAIT_LINE_S 120.0
+#define WAIT_RUN_S 120.0
+/* A client must be gone this soon after its server is killed (SIGKILL from the kernel: milliseconds). */
+#define ORPHAN_S 1.0
+/* --client-timeout in the test of a stopped client, and how long the whole run may take with it. */
+#define STOP_TIMEOUT "2"
+#define STOP_RUN_S 60.0
+
+#include "run_harness.h"
+
+#include <sys/stat.h>
+
+/* ---------------------------------------------------------------- outputs and inputs */
+
+/* A link planted at the name the atomic writer once used (PATH.tmp.PID) must not redirect the write. */
+static void test_planted_link(void) {
+    const char *victim = P("%s/victim", tmp), *out = P("%s/out.json", tmp);
+    fx_write_file_atomic(victim, "keep", 4);
+    symlink(victim, P("%s.tmp.%d", out, (int)getpid()));
+    CHECK(fx_write_file_atomic(out, "{}\n", 3) == 0, "write past a planted link: %s", fx_err());
+    char *v = slurp(victim), *o = slurp(out);
+    CHECK(v && !strcmp(v, "keep"), "the link's target was overwritten: '%s'", v ? v : "(gone)");
+    CHECK(o && !strcmp(o, "{}\n"), "the output holds what was written");
+    struct stat st;
+    CHECK(lstat(out, &st) == 0 && S_ISREG(st.st_mode), "the output is a regular file, not the link");
+    free(v); free(o);
+}
+
+/* A FIFO where a file is expected is refused at once (no writer would ever come). */
+static void test_fifo(void) {
+    const char *f = P("%s/fifo.safetensors", tmp);
+    if (mkfifo(f, 0600) != 0) { CHECK(0, "mkfifo: %s", strerror(errno)); return; }
+    double t0 = fx_now();
+    int rc = fedex("fifo", NULL, "inspect", f, NULL);
+    CHECK(rc == 1 && err_has("fifo", "not a regular file") && fx_now() - t0 < 10,
+          "inspect FIFO: exit %d after %.1f s, want 1 at once naming 'not a regular file'", rc, fx_now() - t0);
+    char *d; size_t n;
+    CHECK(fx_read_file(f, &d, &n) == -1 && strstr(fx_err(), "not a regular file"), "fx_read_file(FIFO): %s", fx_err());
+}
+
+/* "-" reads standard input where a file is expected: the same ids as from the file. */
+static void test_stdin(void) {
+    char cmd[4096], a[65536], b[65536];
+    snprintf(cmd, sizeof cmd, "%s tokenize --model %s --task RTE --file %s/RTE/dev.tsv", fedex_bin, model, glue);
+    int r1 = check_run(cmd, a, sizeof a);
+    snprintf(cmd, sizeof cmd, "%s tokenize --model %s --task RTE --file - < %s/RTE/dev.tsv", fedex_bin, model, glue);
+    int r2 = check_run(cmd, b, sizeof b);
+    CHECK(r1 == 0 && r2 == 0 && strlen(a) > 100 && !strcmp(a, b), "--file - reads standard input: exit %d / %d", r1, r2);
+}
+
+/* ---------------------------------------------------------------- /dev/shm too small */
+
+static void test_small_shm(void) {
+    char cmd[4096], out[8192];
+    if (check_run("unshare -m sh -c 'mount -t tmpfs -o size=1m tmpfs /dev/shm' 2>/dev/null", out, sizeof out) != 0) {
+        printf("skipped: /dev/shm too small (cannot mount a small /dev/shm in a mount namespace here)\n");
+        return;
+    }
+    /* 4 clients of the tiny model: the segment holds its 804k-weight base once, 3.2 MB; /dev/shm has 1 MB */
+    snprintf(cmd, sizeof cmd, "unshare -m sh -c 'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec %s train --model %s "
+             "--task RTE --data %s --max-seq-length 32 --rounds 1 --num-clients 4' 2>&1", fedex_bin, model, glue);
+    int rc = check_run(cmd, out, sizeof out);
+    CHECK(rc == 1 && strstr(out, "in /dev/shm, which has") && strstr(out, "--shm-size"),
+          "a run larger than /dev/shm: exit %d (want 1, the size needed and how to get it): %s", rc, out);
+}
+
+/* ---------------------------------------------------------------- clients that fail, die or stop */
+
+static void test_start_failure(void) {
+    int all = 1;
+    for (int k = 0; k < 10; k++) {
+        int rc = train(P("open_%d", k), "open:1", "--rounds", "1", NULL);
+        all &= rc == 1 && err_has(P("open_%d", k), "client 1 failed") && err_has(P("open_%d", k), "injected start-up failure");
+    }
+    CHECK(all, "a client's start-up error reaches the user, every time of 10");
+}
+
+static void test_gone_between_rounds(void) {
+    const char *out = P("%s/run_gone", tmp);
+    int rc = train("gone_strict", "gone:1:1", "--rounds", "3", "--strict", NULL);
+    CHECK(rc == 1 && err_has("gone_strict", "client 1 died before round 2 (--strict)"),
+          "--strict, a client gone between rounds: exit %d, want 1 naming it", rc);
+    rc = train("gone", "gone:1:1", "--rounds", "3", "--out", out, NULL);
+    metrics m;
+    int ok = rc == 0 && err_has("gone", "client 1") && err_has("gone", "died before round 2") &&
+             metrics_load(out, &m) == 0 && m.n == 3;
+    if (ok) {
+        const fx_json *d = arr(&m.line[1], "dead_clients");
+        ok = d && d->n == 1 && d->kids[0].num == 1;
+        metrics_free(&m);
+    }
+    CHECK(ok, "a client gone between rounds is reported and the run goes on without it: exit %d", rc);
+}
+
+/* The server's children (the clients), read from /proc. */
+static int children(pid_t p, pid_t *kids, int max) {
+    FILE *f = fopen(P("/proc/%d/task/%d/children", (int)p, (int)p), "r"); /* size 0: read it as a stream */
+    int n = 0;
+    long v;
+    while (f && n < max && fscanf(f, "%ld", &v) == 1) kids[n++] = (pid_t)v;
+    if (f) fclose(f);
+    return n;
+}
+
+/* Is PID still running (a zombie, dead but not yet reaped by whoever adopted it, is not)? */
+static int running(pid_t pid) {
+    FILE *f = fopen(P("/proc/%d/stat", (int)pid), "r");
+    if (!f) return 0;
+    char state = 'X';
+    int ok = fscanf(f, "%*d (%*[^)]) %c", &state) == 1;
+    fclose(f);
+    return ok && state != 'Z' && state != 'X';
+}
+
+/* Starts a long run and waits until its three clients exist; their pids in KIDS. */
+static pid_t start_long(const char *tag, pid_t *kids, const char *extra) {
+    const char *args[] = {"train", "--model", model, "--task", "RTE", "--data", glue, "--max-seq-length", "32",
+                          "--batch-size", "8", "--local-epochs", "100000", "--rounds", "2", "--threads", "2",
+                          extra, extra ? STOP_TIMEOUT : NULL, NULL};
+    pid_t p = spawn(tag, NULL, args);
+    double t0 = fx_now();
+    while (p > 0 && fx_now() - t0 < WAIT_LINE_S && children(p, kids, 8) < 3) {
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    return p;
+}
+
+static void test_orphans(void) {
+    pid_t kids[8];
+    pid_t p = start_long("orphans", kids, NULL);
+    int n = children(p, kids, 8);
+    CHECK(n == 3, "a long run has 3 clients, found %d", n);
+    struct timespec ts = {0, 300000000};
+    nanosleep(&ts, NULL); /* training now */
+    kill(p, SIGKILL);
+    waitpid(p, NULL, 0);
+    double t0 = fx_now();
+    int left = n;
+    while (left && fx_now() - t0 < 10) {
+        left = 0;
+        for (int i = 0; i < n; i++) left += running(kids[i]);
+        if (left) nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    double dt = fx_now() - t0;
+    CHECK(left == 0 && dt < ORPHAN_S, "clients of a killed server: %d left after %.2f s (want none within %.1f s)",
+          left, dt, ORPHAN_S);
+    if (left) kill(-p, SIGKILL);
+}
+
+static void test_stopped_client(void) {
+    pid_t kids[8];
+    /* a stopped client counts as dead after --client-timeout; the others finish the round */
+    pid_t p = start_long("stopped", kids, "--client-timeout");
+    if (children(p, kids, 8) < 3) { CHECK(0, "stopped: no clients"); kill(-p, SIGKILL); return; }
+    kill(kids[1], SIGSTOP);
+    double t0 = fx_now();
+    /* the others train 100000 epochs: interrupt after the stopped one was dealt with */
+    while (fx_now() - t0 < STOP_RUN_S && !err_has("stopped", "made no progress"))
+        nanosleep(&(struct timespec){0, 50000000}, NULL);
+    CHECK(err_has("stopped", "client 1") && err_has("stopped", "made no progress"),
+          "a stopped client is named as stuck within %.0f s", STOP_RUN_S);
+    /* Ctrl-C now ends the run, and a client stopped again does not hold it up */
+    kill(kids[2], SIGSTOP);
+    kill(-p, SIGINT);
+    t0 = fx_now();
+    int rc = finish("stopped", p);
+    CHECK(rc == 130 && fx_now() - t0 < 15, "Ctrl-C with a stopped client: exit %d after %.1f s, want 130 at once", rc,
+          fx_now() - t0);
+    if (kill(-p, 0) == 0) { kill(-p, SIGKILL); CHECK(0, "stopped: a process outlived the run"); }
+}
+
+int main(void) {
+    if (run_harness_start("faults") != 0) {
+        if (!fedex_bin || !*fedex_bin) printf("skipped: faults through the fedex binary (FEDEX is not set: run `make test`)\n");
+        return check_done();
+    }
+    test_planted_link();
+    test_fifo();
+    const char *shared = shared_dir("faults during runs need roberta-base's tokenizer and GLUE RTE");
+    if (shared && setup(shared) == 0) {
+        test_stdin();
+        test_small_shm();
+        test_start_failure();
+        test_gone_between_rounds();
+        test_orphans();
+        test_stopped_client();
+    } else if (shared) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
+    run_harness_end();
+    return check_done();
+}
