@@ -450,6 +450,12 @@ static int cmd_export(int argc, char **argv) {
     int set[3], rc = parse_or_exit(&export_cl, argc, argv, &o, set, NULL, NULL);
     if (rc >= 0) return rc;
     if (!o.run || !o.out) return usage_error("export", "needs --run DIR and --out DIR");
+    /* a model folder is not a run folder: writing one into the other would mix them up */
+    char rr[4096], ro[4096], sp[4096];
+    if ((realpath(o.run, rr) && realpath(o.out, ro) && !strcmp(rr, ro)) || fx_settings_find(o.out, sp, sizeof sp)) {
+        fprintf(stderr, "fedex export: --out %s is a run's folder; export writes a model folder: give another\n", o.out);
+        return 2;
+    }
     fx_settings c;
     fx_json j = {0};
     fx_config mc;
@@ -462,8 +468,10 @@ static int cmd_export(int argc, char **argv) {
     if (fx_settings_read(o.run, &c, &j) != 0 || fx_settings_model(&c, &mc, &task) != 0) goto out;
     fx_settings_adapter(&c, &ac);
     if (fx_model_create(&m, &mc, &ac, NULL) != 0) goto out;
+    char id[24];
+    fx_settings_id(&c, id, sizeof id);
     int bad = fx_run_init_weights(&c, &m) != 0 || fx_residual_init(&res, &m) != 0 ||
-              fx_run_load_state(o.run, &m, m.train.data, &res, &best, &best_round) < 0;
+              fx_run_load_state(o.run, &m, m.train.data, &res, &best, &best_round, id) < 0;
     if (bad || fx_mkdir_p(o.out) != 0 || fx_model_save(&m, o.out, o.merged) != 0 ||
         (!o.merged && fx_adapter_save(&m, o.out, o.out) != 0) || (c.model && copy_tokenizer(c.model, o.out) < 0)) {
         fx_model_free(&m);

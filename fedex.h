@@ -510,9 +510,10 @@ typedef struct {
     int micro_batch, eval_batch, server_gpu;
     double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
     long long seed;
-    int rslora, weighted, strict, save_clients;
+    int rslora, weighted, strict, save_clients, overwrite;
     fx_agg_method agg;           /* parsed from agg_name by fx_settings_check */
 } fx_settings;
+#define FX_SETTINGS_FILE "fedex_run.json"     /* a run's settings, beside its outputs */
 extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
 int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
 /* Ranges and contradictions (SET: which options were given); parses agg. -1 with fx_err(). */
@@ -525,7 +526,12 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
 #define FX_SYNTH_DEV 400
 #define FX_SYNTH_LEN 32
 void fx_embedded_config(fx_config *c);
-/* DIR/config.json: every setting but --resume, --threads and --out. Read back strings point into J. */
+/* DIR/fedex_run.json: every setting but --resume, --threads, --out and --overwrite, and the run id. Read
+ * back (from DIR/config.json for runs saved under that name before), strings point into J. */
+int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR holds a run's settings (PATH) */
+/* What names a run in its checkpoint: a hash of its saved settings but --rounds, so that a checkpoint is
+ * never resumed under the settings of the run that replaced it (16 hex digits). */
+void fx_settings_id(const fx_settings *c, char *out, size_t cap);
 int fx_settings_write(const fx_settings *c, const char *dir);
 int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
@@ -670,6 +676,8 @@ struct fx_run {
     char **lines; int nlines;        /* metrics.jsonl */
     double *hist_metric, *hist_err;  /* per round, for `fedex demo` */
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
+    int lock_fd;                     /* the run folder's lock, held for the run */
+    int settings_written;            /* with the first round's outputs */
 };
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
@@ -683,8 +691,10 @@ void fx_run_client_done(const fx_run *R, int round, int c, int tty);
 void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
 /* Restores a run's checkpoint DIR/state.safetensors into M (whose base holds the original W0): the
  * global state into GLOBAL, R_acc into RES (fx_residual_init'ed from M), M's adapted weights set to
- * fl(W0 + R_acc). Returns the round, -1 with fx_err(). */
-int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round);
+ * fl(W0 + R_acc). Everything read is validated (metadata, sizes, finite values). Returns the round, -1
+ * with fx_err(). */
+int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round,
+                      const char *id /* fx_settings_id of the settings beside it, checked when the checkpoint has one */);
 /* Base weights as a run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
 int fx_run_init_weights(const fx_settings *c, fx_model *m);
 /* LOGITS (n, L) of every row of D, in D's order, and the mean loss (NAN with fx_err() on a bad batch).

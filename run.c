@@ -9,6 +9,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t interrupted;
@@ -206,7 +210,9 @@ static int write_state(const fx_run *R, int round) {
     snprintf(rs, sizeof rs, "%d", round);
     snprintf(bs, sizeof bs, "%.17g", R->best);
     snprintf(br, sizeof br, "%d", R->best_round);
-    const char *meta[] = {"round", rs, "best", bs, "best_round", br, NULL};
+    char id[24];
+    fx_settings_id(&R->cfg, id, sizeof id);
+    const char *meta[] = {"round", rs, "best", bs, "best_round", br, "settings_id", id, NULL};
     snprintf(path, sizeof path, "%s/state.safetensors", R->cfg.out);
     int rc = fx_st_write(path, e, m->nadapted + 1, meta);
     free(names); free(e);
@@ -222,8 +228,22 @@ static int save_adapter_from(fx_run *R, const float *state, const char *dir) {
     return rc;
 }
 
+static int remove_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st; (void)flag; (void)ftw;
+    return remove(p);
+}
+
 static int write_outputs(fx_run *R, int round, const int *done) {
     char path[4096];
+    if (!R->settings_written) {
+        /* A run that replaces another (--overwrite) leaves the old one whole, and resumable, until its own
+         * first round is saved: then the old per-round folders go, and its settings come with its state. */
+        snprintf(path, sizeof path, "%s/rounds", R->cfg.out);
+        if (R->cfg.overwrite && access(path, F_OK) == 0 && nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+            fx_seterr("%s: cannot remove the replaced run's rounds: %s", path, strerror(errno));
+            return -1;
+        }
+    }
     if (R->cfg.save_clients) {
         for (int c = 0; c < R->n; c++) {
             if (!done[c]) continue;
@@ -246,6 +266,8 @@ static int write_outputs(fx_run *R, int round, const int *done) {
     int rc = fx_write_file_atomic(path, text, len);
     free(text);
     if (rc != 0) return -1;
+    if (!R->settings_written && fx_settings_write(&R->cfg, R->cfg.out) != 0) return -1;
+    R->settings_written = 1;
     return write_state(R, round);
 }
 
@@ -314,22 +336,56 @@ int fx_run_init_weights(const fx_settings *c, fx_model *m) {
     return 0;
 }
 
-int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round) {
+/* A whole number in [lo, hi] written in decimal digits alone, or -1. */
+static long long meta_int(const char *s, long long lo, long long hi) {
+    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 12) return -1;
+    long long v = strtoll(s, NULL, 10);
+    return v < lo || v > hi ? -1 : v;
+}
+
+/* Copies N floats from P to DST, refusing any that is not finite. */
+static int copy_finite(float *dst, const float *p, size_t n, const char *path, const char *name) {
+    for (size_t j = 0; j < n; j++)
+        if (!isfinite(p[j])) {
+            fx_seterr("%s: tensor '%s' holds %g at element %zu: the checkpoint is damaged", path, name, p[j], j);
+            return -1;
+        }
+    memcpy(dst, p, sizeof(float) * n);
+    return 0;
+}
+
+int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round,
+                      const char *want) {
     char path[4096];
     snprintf(path, sizeof path, "%s/state.safetensors", dir);
     fx_st_file f;
     if (fx_st_open(path, &f) != 0) return -1;
     int rc = -1;
     const fx_st_tensor *g = fx_st_find(&f, "global");
-    const char *rs = fx_st_meta(&f, "round");
-    if (!g || g->dtype != FX_F32 || fx_st_numel(g) != m->train.n || !rs) {
+    const char *rs = fx_st_meta(&f, "round"), *id = fx_st_meta(&f, "run_id");
+    const char *b = fx_st_meta(&f, "best"), *br = fx_st_meta(&f, "best_round");
+    long long round = meta_int(rs, 1, 1000000000), bround = br ? meta_int(br, 0, round) : 0;
+    char *end = NULL;
+    double bv = b ? strtod(b, &end) : -INFINITY;
+    if (!g || g->dtype != FX_F32 || fx_st_numel(g) != m->train.n) {
         fx_seterr("%s: not a checkpoint of this run (global state missing or of another size)", path);
+        goto out;
+    }
+    if (round < 0 || bround < 0 || (b && (end == b || *end || isnan(bv)))) {
+        fx_seterr("%s: damaged metadata (round '%s', best '%s', best_round '%s'): not a checkpoint fedex wrote", path,
+                  rs ? rs : "missing", b ? b : "missing", br ? br : "missing");
+        goto out;
+    }
+    if (want && id && strcmp(want, id)) {
+        fx_seterr("%s is the checkpoint of other settings than those beside it: the run that replaced it "
+                  "stopped before its first round was saved (start it again with --overwrite)", path);
         goto out;
     }
     float *owned;
     const float *p = fx_st_f32(&f, g, &owned);
-    memcpy(global, p, sizeof(float) * m->train.n);
+    int bad = copy_finite(global, p, m->train.n, path, "global");
     free(owned);
+    if (bad) goto out;
     for (int k = 0; k < m->nadapted; k++) {
         /* named as in residual.safetensors; checkpoints written before carry "residual.<layer>" */
         char name[160], old[160];
@@ -342,15 +398,15 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
             goto out;
         }
         p = fx_st_f32(&f, t, &owned);
-        memcpy(res->acc + res->off[k], p, sizeof(float) * fx_st_numel(t));
+        bad = copy_finite(res->acc + res->off[k], p, fx_st_numel(t), path, t->name);
         free(owned);
+        if (bad) goto out;
     }
     fx_residual_set_frozen(res, m);
-    rc = atoi(rs);
+    rc = (int)round;
     res->round = rc;
-    const char *b = fx_st_meta(&f, "best"), *br = fx_st_meta(&f, "best_round");
-    *best = b ? strtod(b, NULL) : -INFINITY;
-    *best_round = br ? atoi(br) : 0;
+    *best = bv;
+    *best_round = (int)bround;
 out:
     fx_st_close(&f);
     return rc;
@@ -374,10 +430,28 @@ static void load_lines(fx_run *R, int round) {
     free(text);
 }
 
+/* Every token id of D within the model's vocabulary. */
+static int check_ids(const fx_run *R, const fx_dataset *d, const char *split) {
+    for (int i = 0; i < d->n; i++)
+        for (size_t j = d->off[i]; j < d->off[i + 1]; j++)
+            if (d->ids[j] < 0 || d->ids[j] >= R->mc.vocab_size) {
+                fx_seterr("%s: row %d of %s has token id %d, outside the model's vocabulary of %d (is the "
+                          "tokenizer the model's?)", R->cfg.model, i + 1, split, d->ids[j], R->mc.vocab_size);
+                return -1;
+            }
+    return 0;
+}
+
 static int load_data(fx_run *R) {
     fx_settings *c = &R->cfg;
     if (c->model) {
         if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
+        /* RoBERTa's positions start after pad_id, so a row of T tokens needs pad_id + T < max_positions */
+        if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {
+            fx_seterr("--max-seq-length %d exceeds %s's %d positions (at most %d tokens)", c->max_len, c->model,
+                      R->mc.max_positions, R->mc.max_positions - R->mc.pad_id - 1);
+            return -1;
+        }
         R->tok = fx_tok_load(c->model);
         if (!R->tok) return -1;
         R->pad_id = fx_tok_pad(R->tok);
@@ -385,6 +459,7 @@ static int load_data(fx_run *R) {
         fflush(stdout);
         if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
         if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+        if (check_ids(R, &R->train, "train") != 0 || check_ids(R, &R->dev, "dev") != 0) return -1;
     } else {
         R->pad_id = R->mc.pad_id;
         if (fx_dataset_synthetic(FX_SYNTH_TRAIN, R->mc.vocab_size, FX_SYNTH_LEN, (uint64_t)c->seed, &R->train) != 0 ||
@@ -437,9 +512,48 @@ static int client_gpus(fx_run *R) {
     return 0;
 }
 
+/* The run folder: made, locked for this run alone, refused when it holds another run (unless resumed or
+ * replaced), cleared of temporary files that a killed run left. */
+static int remove_tmp(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st; (void)ftw;
+    const char *t = flag == FTW_F ? strstr(p + ftw->base, FX_TMP_SUFFIX) : NULL;
+    if (t && strlen(t + strlen(FX_TMP_SUFFIX)) >= 1 && !strchr(t + strlen(FX_TMP_SUFFIX), '.')) remove(p);
+    return 0;
+}
+
+static int claim_folder(fx_run *R) {
+    const fx_settings *c = &R->cfg;
+    char path[4096];
+    if (fx_mkdir_p(c->out) != 0) return -1;
+    snprintf(path, sizeof path, "%s/.fedex.lock", c->out);
+    R->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (R->lock_fd < 0) { fx_seterr("%s: cannot create: %s", path, strerror(errno)); return -1; }
+    if (flock(R->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(R->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        fx_seterr("%s is in use by another fedex run (pid %s): one run per folder", c->out, *pid ? pid : "unknown");
+        return -1;
+    }
+    char me[32];
+    int n = snprintf(me, sizeof me, "%d\n", (int)getpid());
+    if (ftruncate(R->lock_fd, 0) != 0 || pwrite(R->lock_fd, me, (size_t)n, 0) != n) { /* only informative */ }
+    snprintf(path, sizeof path, "%s/state.safetensors", c->out);
+    char sp[4096];
+    int has = access(path, F_OK) == 0 || fx_settings_find(c->out, sp, sizeof sp);
+    if (has && !c->resume && !c->overwrite) {
+        fx_seterr("%s holds a run already: --resume %s continues it, --overwrite replaces it", c->out, c->out);
+        return -1;
+    }
+    nftw(c->out, remove_tmp, 16, FTW_PHYS);
+    return 0;
+}
+
 static int setup_run(fx_run *R) {
     fx_settings *c = &R->cfg;
     R->n = c->num_clients;
+    if (c->out && claim_folder(R) != 0) return -1;
     if (fx_settings_model(c, &R->mc, &R->task) != 0 || load_data(R) != 0) return -1;
     fx_settings_adapter(c, &R->ac);
 
@@ -470,8 +584,15 @@ static int setup_run(fx_run *R) {
     fx_residual_set_frozen(&R->res, &R->srv);
     R->best = -INFINITY;
     if (c->resume) {
-        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round);
+        char id[24];
+        fx_settings_id(c, id, sizeof id);
+        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round, id);
         if (R->round0 < 0) return -1;
+        if (R->round0 >= c->rounds) {
+            fx_seterr("%s has completed %d round%s already: give --rounds more than that to continue it", c->out,
+                      R->round0, R->round0 == 1 ? "" : "s");
+            return -1;
+        }
         load_lines(R, R->round0);
         printf("resuming %s after round %d\n", c->out, R->round0);
     }
@@ -502,6 +623,7 @@ static void teardown_run(fx_run *R) {
     free(R->lines);
     fx_dataset_free(&R->train); fx_dataset_free(&R->dev);
     if (R->tok) fx_tok_free(R->tok);
+    if (R->lock_fd >= 0) close(R->lock_fd);
 }
 
 /* ============================================================================================
@@ -529,7 +651,8 @@ int fx_run_federated(fx_run *R) {
     fx_settings *c = &R->cfg;
     int quiet = R->quiet;
     if (!R->tp) R->tp = &fx_transport_shm;
-    if (setup_run(R) != 0 || (c->out && (fx_mkdir_p(c->out) != 0 || fx_settings_write(c, c->out) != 0))) {
+    R->lock_fd = -1;
+    if (setup_run(R) != 0) {
         fprintf(stderr, "fedex: %s\n", fx_err());
         teardown_run(R);
         return 1;

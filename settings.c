@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* ============================================================================================
  * The option parser, shared by every command
@@ -178,6 +179,7 @@ static const fx_opt train_opts[] = {
     {"--residual", NULL, FX_OPT_STR, RC(residual), "factored", "how the FedEx residual travels: factored | dense", 0, 0},
     {"--out", "--output_dir", FX_OPT_STR, RC(out), NULL, "write metrics.jsonl, config.json, adapter, residual and checkpoints here", 0, 0},
     {"--resume", NULL, FX_OPT_STR, RC(resume), NULL, "continue the run saved in this folder", 0, 0},
+    {"--overwrite", NULL, FX_OPT_FLAG, RC(overwrite), NULL, "replace the run saved in --out (it stays resumable until this one's first round is saved)", 0, 0},
     {"--threads", NULL, FX_OPT_INT, RC(threads), "0", "CPU threads in all, divided among parallel clients (0: all cores)", 0, 0},
     {"--strict", NULL, FX_OPT_FLAG, RC(strict), NULL, "stop when a client dies (default: finish the round over the survivors)", 0, 0},
     {"--client-timeout", NULL, FX_OPT_REAL, RC(client_timeout), "900", "seconds a client may go without finishing a step before it is counted as dead (stopped or stuck) and killed", 0, 0},
@@ -313,14 +315,13 @@ void fx_json_num(FILE *f, double x) {
     else fputs("null", f);
 }
 
-int fx_settings_write(const fx_settings *c, const char *dir) {
-    char *buf = NULL; size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
-    fprintf(f, "{\n  \"fedex_run\": 1");
+/* The saved settings as JSON members; without --rounds when ID (what names the run). */
+static void settings_members(FILE *f, const fx_settings *c, int id) {
     for (int i = 0; i < fx_train_cmdline.nopt; i++) {
         const fx_opt *o = &train_opts[i];
-        if (!strcmp(o->name, "--resume") || !strcmp(o->name, "--threads") || !strcmp(o->name, "--out")) continue;
+        if (!strcmp(o->name, "--resume") || !strcmp(o->name, "--threads") || !strcmp(o->name, "--out") ||
+            !strcmp(o->name, "--overwrite") || (id && !strcmp(o->name, "--rounds")))
+            continue;
         const void *p = (const char *)c + o->off;
         fprintf(f, ",\n  \"%s\": ", o->name + 2);
         switch (o->kind) {
@@ -334,17 +335,48 @@ int fx_settings_write(const fx_settings *c, const char *dir) {
             break;
         }
     }
+}
+
+void fx_settings_id(const fx_settings *c, char *out, size_t cap) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) fx_die("open_memstream: %s", strerror(errno));
+    settings_members(f, c, 1);
+    fclose(f);
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)buf[i]) * 0x100000001b3ULL;
+    free(buf);
+    snprintf(out, cap, "%016llx", (unsigned long long)h);
+}
+
+int fx_settings_write(const fx_settings *c, const char *dir) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
+    fprintf(f, "{\n  \"fedex_run\": 1");
+    settings_members(f, c, 0);
     fprintf(f, "\n}\n");
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    snprintf(path, sizeof path, "%s/" FX_SETTINGS_FILE, dir);
     return fx_write_memstream_atomic(f, &buf, &len, path);
+}
+
+int fx_settings_find(const char *dir, char *path, size_t cap) {
+    snprintf(path, cap, "%s/" FX_SETTINGS_FILE, dir);
+    if (access(path, F_OK) == 0) return 1;
+    snprintf(path, cap, "%s/config.json", dir); /* runs saved before the settings had their own name */
+    fx_json j;
+    if (access(path, F_OK) != 0 || fx_json_load(path, &j) != 0) return 0;
+    int run = fx_json_get(&j, "fedex_run") != NULL;
+    fx_json_free(&j);
+    return run;
 }
 
 int fx_settings_read(const char *dir, fx_settings *c, fx_json *j) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!fx_settings_find(dir, path, sizeof path)) snprintf(path, sizeof path, "%s/" FX_SETTINGS_FILE, dir);
     if (fx_json_load(path, j) != 0) return -1;
-    if (!fx_json_get(j, "fedex_run")) { fx_seterr("%s: not the config.json of a fedex run", path); return -1; }
+    if (!fx_json_get(j, "fedex_run")) { fx_seterr("%s: not the settings of a fedex run", path); return -1; }
     if (fx_opts_defaults(&fx_train_cmdline, c) != 0) return -1;
     for (int i = 0; i < fx_train_cmdline.nopt; i++) {
         const fx_opt *o = &train_opts[i];

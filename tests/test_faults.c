@@ -178,6 +178,142 @@ static void test_stopped_client(void) {
     if (kill(-p, 0) == 0) { kill(-p, SIGKILL); CHECK(0, "stopped: a process outlived the run"); }
 }
 
+/* ---------------------------------------------------------------- the run folder */
+
+/* A copy of RUN's checkpoint with metadata KEY set to VALUE (NULL: unchanged) and, when POISON, a NaN
+ * as the first element of the global state. */
+static int damage_state(const char *run, const char *key, const char *value, int poison) {
+    const char *path = P("%s/state.safetensors", run);
+    fx_st_file f;
+    if (fx_st_open(path, &f) != 0) return -1;
+    fx_st_entry e[64];
+    float *copy = NULL;
+    int n = f.n < 64 ? f.n : 64;
+    for (int i = 0; i < n; i++) {
+        const fx_st_tensor *t = &f.t[i];
+        e[i] = (fx_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = f.data + t->begin};
+        memcpy(e[i].shape, t->shape, sizeof t->shape);
+        if (poison && !strcmp(t->name, "global")) {
+            copy = fx_malloc(t->end - t->begin);
+            memcpy(copy, f.data + t->begin, t->end - t->begin);
+            copy[0] = NAN;
+            e[i].data = copy;
+        }
+    }
+    const char *meta[32];
+    int k = 0;
+    for (int i = 0; i < f.nmeta && k < 28; i++) {
+        meta[k++] = f.meta_keys[i];
+        meta[k++] = key && !strcmp(f.meta_keys[i], key) ? value : f.meta_vals[i];
+    }
+    meta[k] = NULL;
+    char *tmpf = fx_strdup(P("%s/state.new", run));
+    int rc = fx_st_write(tmpf, e, n, meta) == 0 && rename(tmpf, path) == 0 ? 0 : -1;
+    free(tmpf); free(copy);
+    fx_st_close(&f);
+    return rc;
+}
+
+static void test_run_folder(void) {
+    const char *run = P("%s/run_folder", tmp);
+    char *run_s = fx_strdup(run);
+    int rc = train("folder", NULL, "--rounds", "2", "--out", run_s, NULL);
+    CHECK(rc == 0, "a first run: exit %d", rc);
+    char *metrics0 = slurp(P("%s/metrics.jsonl", run_s)), *settings0 = slurp(P("%s/" FX_SETTINGS_FILE, run_s));
+    /* an existing run is not replaced silently */
+    rc = train("again", NULL, "--rounds", "1", "--out", run_s, NULL);
+    char *metrics1 = slurp(P("%s/metrics.jsonl", run_s));
+    CHECK(rc == 1 && err_has("again", "holds a run already") && metrics0 && metrics1 && !strcmp(metrics0, metrics1),
+          "a second run into a run's folder: exit %d, want 1 naming --resume and --overwrite, the run untouched", rc);
+    free(metrics1);
+    /* --resume asking for fewer rounds than were done: refused, nothing rewritten */
+    rc = fedex("fewer", NULL, "train", "--resume", run_s, "--rounds", "1", NULL);
+    char *settings1 = slurp(P("%s/" FX_SETTINGS_FILE, run_s));
+    CHECK(rc == 1 && err_has("fewer", "completed 2 rounds") && settings1 && !strcmp(settings0, settings1),
+          "--resume --rounds 1 after 2 rounds: exit %d, want 1 naming the rounds done, settings unchanged", rc);
+    free(settings1);
+    /* export into the run's own folder would overwrite what makes it resumable */
+    rc = fedex("export_self", NULL, "export", "--run", run_s, "--out", run_s, NULL);
+    CHECK(rc == 2 && err_has("export_self", "is a run's folder"), "export --out RUN: exit %d, want 2", rc);
+    /* a replacing run that dies before its first round is saved leaves the old run resumable */
+    rc = train("replace_dies", "kill:0:1", "--rounds", "2", "--out", run_s, "--overwrite", "--strict", "--lr", "2e-3", NULL);
+    CHECK(rc == 1, "--overwrite, a client killed in round 1 under --strict: exit %d", rc);
+    /* temporary files a killed run left go at the next start */
+    fx_write_file_atomic(P("%s/metrics.jsonl.tmp.123456", run_s), "x", 1);
+    fx_write_file_atomic(P("%s/state.safetensors.tmp.AbCdEf", run_s), "x", 1);
+    rc = fedex("resume_old", NULL, "train", "--resume", run_s, "--rounds", "3", NULL);
+    metrics m;
+    CHECK(rc == 0 && metrics_load(run_s, &m) == 0 && m.n == 3, "the old run resumes after the replacing run died: "
+          "exit %d", rc);
+    if (rc == 0) metrics_free(&m);
+    CHECK(!exists(P("%s/metrics.jsonl.tmp.123456", run_s)) && !exists(P("%s/state.safetensors.tmp.AbCdEf", run_s)),
+          "stale temporary files are removed when the run starts again");
+    /* a replacing run that completes a round takes the folder over */
+    rc = train("replace", NULL, "--rounds", "1", "--out", run_s, "--overwrite", "--lr", "2e-3", NULL);
+    CHECK(rc == 0 && metrics_load(run_s, &m) == 0 && m.n == 1, "--overwrite replaces the run: exit %d", rc);
+    if (rc == 0) metrics_free(&m);
+    /* two runs at once into one folder: the second is refused while the first holds it */
+    pid_t kids[8];
+    const char *args[] = {"train", "--model", model, "--task", "RTE", "--data", glue, "--max-seq-length", "32",
+                          "--local-epochs", "100000", "--rounds", "1", "--out", P("%s/run_busy", tmp), NULL};
+    pid_t p = spawn("busy", NULL, args);
+    double t0 = fx_now();
+    while (fx_now() - t0 < WAIT_LINE_S && children(p, kids, 8) < 3) nanosleep(&(struct timespec){0, 20000000}, NULL);
+    rc = train("busy2", NULL, "--rounds", "1", "--out", P("%s/run_busy", tmp), "--overwrite", NULL);
+    CHECK(rc == 1 && err_has("busy2", "in use by another fedex run"), "a second run into a busy folder: exit %d", rc);
+    kill(-p, SIGINT);
+    finish("busy", p);
+    free(metrics0); free(settings0); free(run_s);
+}
+
+/* Everything read back from a checkpoint is validated. */
+static void test_damaged_checkpoint(void) {
+    struct { const char *key, *value; int poison; const char *want; } cases[] = {
+        {"round", "-1", 0, "damaged metadata"},     {"round", "abc", 0, "damaged metadata"},
+        {"round", "99999", 0, "completed 99999"},   {"best_round", "7", 0, "damaged metadata"},
+        {"best", "x", 0, "damaged metadata"},       {NULL, NULL, 1, "holds nan at element 0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *run = P("%s/run_damaged_%zu", tmp, i);
+        char *run_s = fx_strdup(run);
+        int rc = train(P("damaged_%zu", i), NULL, "--rounds", "2", "--out", run_s, NULL);
+        if (rc != 0 || damage_state(run_s, cases[i].key, cases[i].value, cases[i].poison) != 0) {
+            CHECK(0, "damaged checkpoint %zu: setup failed", i);
+            free(run_s);
+            continue;
+        }
+        rc = fedex(P("resume_damaged_%zu", i), NULL, "train", "--resume", run_s, "--rounds", "3", NULL);
+        CHECK(rc == 1 && err_has(P("resume_damaged_%zu", i), cases[i].want),
+              "resume from a checkpoint with %s = %s%s: exit %d, want 1 naming '%s'", cases[i].key ? cases[i].key : "global",
+              cases[i].value ? cases[i].value : "NaN", "", rc, cases[i].want);
+        free(run_s);
+    }
+}
+
+/* What the model cannot take is refused before any client starts. */
+static void test_model_limits(void) {
+    int rc = fedex("positions", NULL, "train", "--model", model, "--task", "RTE", "--data", glue, "--rounds", "1",
+                   "--max-seq-length", "129", NULL);
+    CHECK(rc == 1 && err_has("positions", "exceeds") && err_has("positions", "positions (at most 128 tokens)"),
+          "--max-seq-length past the position table: exit %d", rc);
+    const char *dir = P("%s/small_vocab", tmp);
+    char *dir_s = fx_strdup(dir);
+    char *cfg = slurp(P("%s/config.json", model));
+    char *at = cfg ? strstr(cfg, "50265") : NULL;
+    if (!at) { CHECK(0, "small vocab: no vocab_size in the config"); free(cfg); free(dir_s); return; }
+    memcpy(at, " 1000", 5);
+    fx_mkdir_p(dir_s);
+    fx_write_file_atomic(P("%s/config.json", dir_s), cfg, strlen(cfg));
+    copy_lines(P("%s/vocab.json", model), P("%s/vocab.json", dir_s), -1);
+    copy_lines(P("%s/merges.txt", model), P("%s/merges.txt", dir_s), -1);
+    rc = fedex("small_init", NULL, "init", "--config", P("%s/config.json", dir_s), "--out", dir_s, NULL);
+    rc = rc ? rc : fedex("small_vocab", NULL, "train", "--model", dir_s, "--task", "RTE", "--data", glue, "--rounds", "1",
+                         "--max-seq-length", "32", NULL);
+    CHECK(rc == 1 && err_has("small_vocab", "outside the model's vocabulary of 1000"),
+          "token ids past the model's vocabulary: exit %d", rc);
+    free(cfg); free(dir_s);
+}
+
 int main(void) {
     if (run_harness_start("faults") != 0) {
         if (!fedex_bin || !*fedex_bin) printf("skipped: faults through the fedex binary (FEDEX is not set: run `make test`)\n");
@@ -193,6 +329,9 @@ int main(void) {
         test_gone_between_rounds();
         test_orphans();
         test_stopped_client();
+        test_run_folder();
+        test_damaged_checkpoint();
+        test_model_limits();
     } else if (shared) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
     run_harness_end();
     return check_done();

@@ -97,7 +97,7 @@ static void test_methods(void) {
         for (int r = 0; r < m.n; r++)
             CHECK(line_ok(&m.line[r], r + 1, nc), "--agg %s: round %d's line lacks a field or has a bad value", agg, r + 1);
         const char *files[] = {"adapter_model.safetensors", "adapter_config.json", "residual.safetensors",
-                               "config.json", "state.safetensors"};
+                               FX_SETTINGS_FILE, "state.safetensors"};
         for (int f = 0; f < 5; f++) CHECK(exists(P("%s/%s", out, files[f])), "--agg %s: no %s", agg, files[f]);
         /* only FedEx moves W0: the others' residual is zero, FedEx's is not */
         fx_st_file f;
@@ -593,7 +593,7 @@ static void test_repeat_and_resume(void) {
     char *l3 = line_of(ta, 2);
     CHECK(strlen(l3) > 0, "the resumed run has no round 3 line");
     free(l3); free(ta); free(ts);
-    const char *files[] = {"adapter_model.safetensors", "residual.safetensors", "state.safetensors", "config.json"};
+    const char *files[] = {"adapter_model.safetensors", "residual.safetensors", "state.safetensors", FX_SETTINGS_FILE};
     for (int k = 0; k < 4; k++)
         CHECK(same_bytes(P("%s/%s", a, files[k]), P("%s/%s", s, files[k])), "resumed and straight runs' %s differ", files[k]);
 }

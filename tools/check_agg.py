@@ -5,7 +5,7 @@ global state is from it.
 
 For each round R it reads the clients' adapters (RUN/rounds/R/client_C/adapter_model.safetensors), the
 global adapter and the accumulated residual (RUN/rounds/R/global/), the clients' sample counts (from
-RUN/metrics.jsonl, for --weighted) and the run's options (RUN/config.json), then checks:
+RUN/metrics.jsonl, for --weighted) and the run's options (RUN/fedex_run.json), then checks:
   - the global adapter is the (weighted) mean of the clients' tensors;
   - the round's residual (this round's residual.safetensors minus the previous round's) is
       LoRA:  s * (mean_i(B_i A_i) - B̄ Ā),  s = alpha/r (alpha/sqrt(r) with --rslora)
@@ -48,7 +48,10 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: tools/check_agg.py RUN   (a folder written by fedex train --save-clients)")
     run = sys.argv[1]
-    with open(os.path.join(run, "config.json")) as f:
+    settings = os.path.join(run, "fedex_run.json")
+    if not os.path.exists(settings):  # runs saved before the settings had their own name
+        settings = os.path.join(run, "config.json")
+    with open(settings) as f:
         cfg = json.load(f)
     with open(os.path.join(run, "metrics.jsonl")) as f:
         lines = [json.loads(l) for l in f if l.strip()]
