@@ -606,7 +606,13 @@ static const bf16 *bf16_operand(fx_gpu *g, int slot, const float *x, int rows, i
     if (g->vB16 && x >= g->vB && x < g->vB + (size_t)g->vout * g->a.r) return g->vB16 + (x - g->vB);
     size_t span = (size_t)(rows - 1) * ld + cols;     /* the stored rectangle, gaps included */
     if (span > g->cvt_cap[slot]) {
-        if (g->cvt[slot]) CUDA_CHECK(cudaFree(g->cvt[slot]));
+        /* Products queued on the stream may still read the old copy, and that cudaFree waits for a
+         * non-blocking stream's queued work is nowhere documented: the stream drains first. Regrowth is
+         * rare (the largest operand is seen in the first step). */
+        if (g->cvt[slot]) {
+            CUDA_CHECK(cudaStreamSynchronize(g->st));
+            CUDA_CHECK(cudaFree(g->cvt[slot]));
+        }
         g->cvt[slot] = (bf16 *)dmalloc(span * sizeof(bf16));
         g->cvt_cap[slot] = span;
     }
