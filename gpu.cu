@@ -781,16 +781,17 @@ static void linear_backward(fx_gpu *g, const lin_t *li, const float *x, const fl
 /* ============================================================================================
  * attention on the tensor cores
  * ============================================================================================
- * The six products of attention (S = Q K^T and ctx = P' V forward; S again, dP' = dctx V^T, dV = P'^T
- * dctx, dQ = dS K, dK = dS^T Q backward) as strided-batched cuBLAS products, in the step's precision like
- * gemm(): fp32, tf32, or bf16 operands (Q, K, V and dctx rounded once per layer into bf16 twins, P' and dS
- * written in bf16 by the softmax kernels), fp32 accumulation and fp32 output.
+ * Attention's products (forward S = Q K^T and ctx = P' V; backward S again, recomputed rather than kept,
+ * dP' = dctx V^T, dV = P'^T dctx, dQ = dS K, dK = dS^T Q) as strided-batched cuBLAS products, in the
+ * step's precision like gemm(): fp32, tf32, or bf16 operands (Q, K, V and dctx rounded once per layer
+ * into bf16 twins, P' and dS written in bf16 by the softmax kernels), fp32 accumulation and fp32 output.
  *
  * Q, K, V, ctx are (B*T, H) with the heads side by side: head h of sequence b is the (T, hd) block at
  * b T H + h hd with leading dimension H. A strided batch walks one stride per operand, so it can step
  * over sequences (stride T H) or over heads (stride hd) but not both: offset b T H + h hd is no multiple
  * of one index b NH + h. So each product is NH calls (one per head), each a batch over the chunk's
- * sequences, the larger of the two counts in training (n = 128 rows, 12 heads): 6 NH calls per layer.
+ * sequences, the larger of the two counts in training (n = 128 rows, 12 heads): 7 NH calls per layer
+ * and training step.
  * (cublasGemmBatchedEx with an array of B NH pointers would make it one call; a head-major copy of Q,
  * K, V would make it one strided call at the price of the copies.)
  *
