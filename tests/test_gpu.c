@@ -509,10 +509,24 @@ _Static_assert(FX_GPU_FP32 == 0 && FX_GPU_TF32 == 1 && FX_GPU_BF16 == 2, "PRECS 
 
 static void poison(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = NAN; }
 
-static fx_gpu *case_gpu(const fx_model *m, const gcase *k, int prec) {
-    fx_gpu *g = fx_gpu_create(m, 0, prec);
-    if (!g) CHECK(0, "%s: fx_gpu_create: %s", k->name, fx_err());
-    return g;
+/* A case's model (dropout DROP, weights from SEED), its copy on the GPU in PREC, and its batch; 0, with a
+ * failed check, when the model or its GPU copy cannot be made. */
+typedef struct { fx_model m; fx_gpu *g; tbatch tb; } fixture;
+static int fixture_open(fixture *f, const gcase *k, float drop, uint64_t seed, int prec) {
+    if (case_model(&f->m, k, drop, seed) != 0) return 0;
+    f->g = fx_gpu_create(&f->m, 0, prec);
+    if (!f->g) {
+        CHECK(0, "%s: fx_gpu_create: %s", k->name, fx_err());
+        fx_model_free(&f->m);
+        return 0;
+    }
+    make_batch(&f->tb, k);
+    return 1;
+}
+static void fixture_close(fixture *f) {
+    free_batch(&f->tb);
+    fx_gpu_free(f->g);
+    fx_model_free(&f->m);
 }
 
 static void check_residual(fx_model *m, fx_gpu *g, const gcase *k, const char *pn) {
@@ -547,73 +561,67 @@ static void check_residual(fx_model *m, fx_gpu *g, const gcase *k, const char *p
 }
 
 static void compare_case(const gcase *k, int prec, double tol) {
-    fx_model m;
-    if (case_model(&m, k, 0.0f, 1234) != 0) return;
-    fx_gpu *g = case_gpu(&m, k, prec);
-    if (!g) { fx_model_free(&m); return; }
+    fixture f;
+    if (!fixture_open(&f, k, 0.0f, 1234, prec)) return;
     char name[96], what[256];
     const char *pn = fx_gpu_precision_name(prec);
     snprintf(name, sizeof name, "%s/%s", k->name, pn);
-    size_t tn = m.train.n;
-    CHECK(fx_gpu_train_n(g) == tn, "%s: train_n %zu, model %zu", name, fx_gpu_train_n(g), tn);
-    if (k->residual) check_residual(&m, g, k, pn);
+    size_t tn = f.m.train.n;
+    CHECK(fx_gpu_train_n(f.g) == tn, "%s: train_n %zu, model %zu", name, fx_gpu_train_n(f.g), tn);
+    if (k->residual) check_residual(&f.m, f.g, k, pn);
 
-    tbatch tb;
-    make_batch(&tb, k);
-    size_t nl = (size_t)k->n * m.c.num_labels;
+    size_t nl = (size_t)k->n * f.m.c.num_labels;
     float *lc = malloc(sizeof(float) * nl), *lg = malloc(sizeof(float) * nl);
     float *gg = malloc(sizeof(float) * tn), *pg = malloc(sizeof(float) * tn), *p0 = malloc(sizeof(float) * tn);
-    memcpy(p0, m.train.data, sizeof(float) * tn);
+    memcpy(p0, f.m.train.data, sizeof(float) * tn);
     poison(lc, nl);
     poison(lg, nl);
     poison(gg, tn);
-    float loss_c = fx_model_step(&m, &tb.b, 1, lc);
-    float loss_g = fx_gpu_step(g, &tb.b, 1, lg);
-    fx_gpu_get_grad(g, gg);
-    step_err s = compare_step(&m, lg, lc, nl, loss_g, loss_c, gg, m.grad, name, tol, 1);
+    float loss_c = fx_model_step(&f.m, &f.tb.b, 1, lc);
+    float loss_g = fx_gpu_step(f.g, &f.tb.b, 1, lg);
+    fx_gpu_get_grad(f.g, gg);
+    step_err s = compare_step(&f.m, lg, lc, nl, loss_g, loss_c, gg, f.m.grad, name, tol, 1);
     printf("%-22s normwise error: logits %.2e, loss %.2e, worst gradient %.2e (%s); tolerance %.0e\n", name,
            s.logits.norm, s.loss.norm, s.grad.norm, s.worst, tol);
 
     /* AdamW on both sides from the same state, fed the GPU's gradient: bit-equal up to one rounding. */
-    memcpy(m.grad, gg, sizeof(float) * tn);
-    fx_adamw_update(&m, ADAM_LR, ADAM_WD);
-    fx_gpu_adamw(g, ADAM_LR, ADAM_WD);
+    memcpy(f.m.grad, gg, sizeof(float) * tn);
+    fx_adamw_update(&f.m, ADAM_LR, ADAM_WD);
+    fx_gpu_adamw(f.g, ADAM_LR, ADAM_WD);
     poison(pg, tn);
-    fx_gpu_get_train(g, pg);
+    fx_gpu_get_train(f.g, pg);
     size_t equal = 0;
-    for (size_t j = 0; j < tn; j++) equal += pg[j] == m.train.data[j];
+    for (size_t j = 0; j < tn; j++) equal += pg[j] == f.m.train.data[j];
     snprintf(what, sizeof what, "%s AdamW fed the GPU's gradient (%zu of %zu bit-equal)", name, equal, tn);
-    CHECK_CLOSE(what, pg, m.train.data, tn, ADAM_ATOL, ADAM_RTOL);
-    for (int i = 0; i < m.train.nt; i++)
-        if (m.train.t[i].frozen)
-            CHECK(memcmp(pg + m.train.t[i].off, p0 + m.train.t[i].off, sizeof(float) * m.train.t[i].n) == 0,
-                  "%s: frozen %s moved under AdamW", name, m.train.t[i].name);
+    CHECK_CLOSE(what, pg, f.m.train.data, tn, ADAM_ATOL, ADAM_RTOL);
+    for (int i = 0; i < f.m.train.nt; i++)
+        if (f.m.train.t[i].frozen)
+            CHECK(memcmp(pg + f.m.train.t[i].off, p0 + f.m.train.t[i].off, sizeof(float) * f.m.train.t[i].n) == 0,
+                  "%s: frozen %s moved under AdamW", name, f.m.train.t[i].name);
 
     /* The updated state, in evaluation: the CPU's parameters on both sides, so only the step differs. */
-    fx_gpu_set_train(g, m.train.data);
+    fx_gpu_set_train(f.g, f.m.train.data);
     poison(lc, nl);
     poison(lg, nl);
-    loss_c = fx_model_step(&m, &tb.b, 0, lc);
-    loss_g = fx_gpu_step(g, &tb.b, 0, lg);
+    loss_c = fx_model_step(&f.m, &f.tb.b, 0, lc);
+    loss_g = fx_gpu_step(f.g, &f.tb.b, 0, lg);
     snprintf(what, sizeof what, "%s eval logits after AdamW", name);
     check_err(what, tensor_err(lg, lc, nl, 0), tol);
     snprintf(what, sizeof what, "%s eval loss", name);
     check_err(what, tensor_err(&loss_g, &loss_c, 1, 0), tol * LOSS_FACTOR);
 
     /* Bad input gets NAN and a message, as on the CPU. */
-    tb.ids[5] = m.c.vocab_size;
-    CHECK(isnan(fx_gpu_step(g, &tb.b, 1, NULL)) && strstr(fx_err(), "outside the vocabulary"),
+    f.tb.ids[5] = f.m.c.vocab_size;
+    CHECK(isnan(fx_gpu_step(f.g, &f.tb.b, 1, NULL)) && strstr(fx_err(), "outside the vocabulary"),
           "%s: token id out of range: %s", name, fx_err());
-    tb.ids[5] = 3;
-    float keep = tb.labels[0];
-    tb.labels[0] = m.c.num_labels > 1 ? (float)m.c.num_labels : NAN;
-    CHECK(isnan(fx_gpu_step(g, &tb.b, 1, NULL)) && strstr(fx_err(), "label"), "%s: bad label: %s", name, fx_err());
-    tb.labels[0] = keep;
+    f.tb.ids[5] = 3;
+    float keep = f.tb.labels[0];
+    f.tb.labels[0] = f.m.c.num_labels > 1 ? (float)f.m.c.num_labels : NAN;
+    CHECK(isnan(fx_gpu_step(f.g, &f.tb.b, 1, NULL)) && strstr(fx_err(), "label"), "%s: bad label: %s", name, fx_err());
+    f.tb.labels[0] = keep;
 
     free(lc); free(lg); free(gg); free(pg); free(p0);
-    free_batch(&tb);
-    fx_gpu_free(g);
-    fx_model_free(&m);
+    fixture_close(&f);
 }
 
 /* ---------------------------------------------------------------- gradient accumulation
@@ -621,64 +629,58 @@ static void compare_case(const gcase *k, int prec, double tol) {
  * accumulated, against the whole batch in one step: the mean loss and its gradient are the same sums. */
 
 static void check_accumulation(const gcase *k, int mb) {
-    fx_model m;
-    if (case_model(&m, k, 0.0f, 4321) != 0) return;
-    fx_gpu *g = case_gpu(&m, k, FX_GPU_FP32);
-    if (!g) { fx_model_free(&m); return; }
-    tbatch tb;
-    make_batch(&tb, k);
-    size_t tn = m.train.n;
+    fixture f;
+    if (!fixture_open(&f, k, 0.0f, 4321, FX_GPU_FP32)) return;
+    size_t tn = f.m.train.n;
     int bn = k->n, T = k->T;
     float *full = malloc(sizeof(float) * tn), *acc = malloc(sizeof(float) * tn), *one = malloc(sizeof(float) * tn);
     char name[96], what[256];
     snprintf(name, sizeof name, "%s accumulation of %d-row micro-batches of %d", k->name, mb, bn);
 
-    float loss_full = fx_gpu_step(g, &tb.b, 1, NULL);
+    float loss_full = fx_gpu_step(f.g, &f.tb.b, 1, NULL);
     poison(full, tn);
-    fx_gpu_get_grad(g, full);
+    fx_gpu_get_grad(f.g, full);
     /* weight 1 without accumulation is the plain training step, bit for bit */
-    CHECK(fx_gpu_step_accum(g, &tb.b, 1.0f, 0) == loss_full, "%s: weight 1, accumulate 0: another loss", name);
+    CHECK(fx_gpu_step_accum(f.g, &f.tb.b, 1.0f, 0) == loss_full, "%s: weight 1, accumulate 0: another loss", name);
     poison(one, tn);
-    fx_gpu_get_grad(g, one);
+    fx_gpu_get_grad(f.g, one);
     CHECK(memcmp(one, full, sizeof(float) * tn) == 0, "%s: weight 1, accumulate 0: another gradient", name);
 
     double loss = 0;
     for (int u = 0; u < bn; u += mb) {
         int un = bn - u < mb ? bn - u : mb;
-        fx_batch b = tb.b;
+        fx_batch b = f.tb.b;
         b.n = un;
-        b.ids = tb.ids + (size_t)u * T;
-        b.mask = tb.mask + (size_t)u * T;
-        b.labels = tb.labels + u;
+        b.ids = f.tb.ids + (size_t)u * T;
+        b.mask = f.tb.mask + (size_t)u * T;
+        b.labels = f.tb.labels + u;
         float w = (float)un / (float)bn;
-        loss += (double)w * fx_gpu_step_accum(g, &b, w, u > 0);
+        loss += (double)w * fx_gpu_step_accum(f.g, &b, w, u > 0);
     }
     poison(acc, tn);
-    fx_gpu_get_grad(g, acc);
+    fx_gpu_get_grad(f.g, acc);
     float lacc = (float)loss;
     snprintf(what, sizeof what, "%s: loss", name);
     check_err(what, tensor_err(&lacc, &loss_full, 1, 0), PRECS[0].tol * LOSS_FACTOR);
     double big = l2(full, tn);
-    for (int i = 0; i < m.train.nt; i++) {
-        const fx_tensor *t = &m.train.t[i];
+    for (int i = 0; i < f.m.train.nt; i++) {
+        const fx_tensor *t = &f.m.train.t[i];
         snprintf(what, sizeof what, "%s: grad %s", name, t->name);
         check_err(what, tensor_err(acc + t->off, full + t->off, t->n, FLOOR * big), PRECS[0].tol);
     }
 
     /* refused input and arguments leave the gradient as it was */
-    tb.ids[1] = m.c.vocab_size;
-    CHECK(isnan(fx_gpu_step_accum(g, &tb.b, 0.5f, 1)), "%s: a bad token id was accepted", name);
-    tb.ids[1] = 3;
-    CHECK(isnan(fx_gpu_step_accum(g, &tb.b, NAN, 1)), "%s: weight NAN was accepted", name);
-    CHECK(isnan(fx_gpu_step_accum(g, &tb.b, 0.5f, 2)), "%s: accumulate 2 was accepted", name);
+    f.tb.ids[1] = f.m.c.vocab_size;
+    CHECK(isnan(fx_gpu_step_accum(f.g, &f.tb.b, 0.5f, 1)), "%s: a bad token id was accepted", name);
+    f.tb.ids[1] = 3;
+    CHECK(isnan(fx_gpu_step_accum(f.g, &f.tb.b, NAN, 1)), "%s: weight NAN was accepted", name);
+    CHECK(isnan(fx_gpu_step_accum(f.g, &f.tb.b, 0.5f, 2)), "%s: accumulate 2 was accepted", name);
     poison(one, tn);
-    fx_gpu_get_grad(g, one);
+    fx_gpu_get_grad(f.g, one);
     CHECK(memcmp(one, acc, sizeof(float) * tn) == 0, "%s: a refused call changed the gradient", name);
 
     free(full); free(acc); free(one);
-    free_batch(&tb);
-    fx_gpu_free(g);
-    fx_model_free(&m);
+    fixture_close(&f);
 }
 
 /* ---------------------------------------------------------------- dropout: GPU gradients vs its own FD
@@ -694,37 +696,31 @@ static float gpu_loss(void *ctx, const float *p, uint64_t seed) {
 }
 
 static void finite_differences(const gcase *k) {
-    fx_model m;
-    if (case_model(&m, k, 0.1f, 77) != 0) return;
-    fx_gpu *g = case_gpu(&m, k, FX_GPU_FP32);
-    if (!g) { fx_model_free(&m); return; }
-    tbatch tb;
-    make_batch(&tb, k);
-    size_t tn = m.train.n;
+    fixture f;
+    if (!fixture_open(&f, k, 0.1f, 77, FX_GPU_FP32)) return;
+    size_t tn = f.m.train.n;
     float *p = malloc(sizeof(float) * tn), *grad = malloc(sizeof(float) * tn);
-    memcpy(p, m.train.data, sizeof(float) * tn);
+    memcpy(p, f.m.train.data, sizeof(float) * tn);
     const uint64_t seed = 2024;
-    fx_gpu_seed(g, seed);
-    float l0 = fx_gpu_step(g, &tb.b, 1, NULL);
+    fx_gpu_seed(f.g, seed);
+    float l0 = fx_gpu_step(f.g, &f.tb.b, 1, NULL);
     poison(grad, tn);
-    fx_gpu_get_grad(g, grad);
-    fx_gpu_seed(g, seed);                      /* same masks again: same loss, bit for bit */
-    float l1 = fx_gpu_step(g, &tb.b, 1, NULL);
+    fx_gpu_get_grad(f.g, grad);
+    fx_gpu_seed(f.g, seed);                      /* same masks again: same loss, bit for bit */
+    float l1 = fx_gpu_step(f.g, &f.tb.b, 1, NULL);
     CHECK(l0 == l1 && isfinite(l0), "%s: dropout with the same seed: loss %.9g then %.9g", k->name, l0, l1);
-    fx_gpu_seed(g, seed + 1);
-    float l2v = fx_gpu_step(g, &tb.b, 1, NULL);
+    fx_gpu_seed(f.g, seed + 1);
+    float l2v = fx_gpu_step(f.g, &f.tb.b, 1, NULL);
     CHECK(l2v != l0, "%s: another seed should drop other units (loss %.9g both times)", k->name, l0);
-    float le = fx_gpu_step(g, &tb.b, 0, NULL), lc = fx_model_step(&m, &tb.b, 0, NULL);
+    float le = fx_gpu_step(f.g, &f.tb.b, 0, NULL), lc = fx_model_step(&f.m, &f.tb.b, 0, NULL);
     check_err("evaluation has no dropout: loss", tensor_err(&le, &lc, 1, 0), PRECS[0].tol * LOSS_FACTOR);
-    gpu_ctx c = {g, &tb.b};
+    gpu_ctx c = {f.g, &f.tb.b};
     char name[96];
     snprintf(name, sizeof name, "%s dropout (GPU fp32)", k->name);
-    fd_check(&m, grad, p, gpu_loss, &c, seed, name, 1.0, 1);
+    fd_check(&f.m, grad, p, gpu_loss, &c, seed, name, 1.0, 1);
     free(p);
     free(grad);
-    free_batch(&tb);
-    fx_gpu_free(g);
-    fx_model_free(&m);
+    fixture_close(&f);
 }
 
 /* FEDEX_GPU_QUICK=1 (for compute-sanitizer, which slows every kernel a hundredfold): the GPU checks of
