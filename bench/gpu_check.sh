@@ -105,7 +105,7 @@ if has test; then
     row "test_gpu" "$(status_word $rc): $(grep -E '^[0-9]+ passed' "$L" | tail -1)"
     judge test $rc
     # on the device machine the GPU part must run: a skip there is a failure
-    if grep -q '^skipped: GPU tests' "$L"; then row "test_gpu GPU part" "FAILED: $(grep '^skipped: GPU tests' "$L")"; fail test-skipped; fi
+    if [ "$rc" -eq 0 ] && grep -q '^skipped: GPU tests' "$L"; then row "test_gpu GPU part" "FAILED: $(grep '^skipped: GPU tests' "$L")"; fail test-skipped; fi
     grep -E '^emulated (fp32|tf32|bf16):|dropout \(|normwise error|^parity:|^gpu tests:' "$L" | grep -v '^emulated [a-z0-9]* [a-z_]' | tee -a "$SUM"
     grep -E '^FAIL' "$L" | head -20 | tee -a "$SUM"
 fi
@@ -132,7 +132,7 @@ if has bench; then
     bounded 150 "$L" $BIN/bench/bench_gpu $CONFIG --data $CARRY/glue --steps 20 --warmup 3; rc=$?
     row "bench_gpu" "$(status_word $rc)"
     judge bench $rc
-    if grep -q '^skipped' "$L"; then row "bench_gpu" "FAILED: $(grep '^skipped' "$L" | head -1)"; fail bench-skipped; fi
+    if [ "$rc" -eq 0 ] && grep -q '^skipped' "$L"; then row "bench_gpu" "FAILED: $(grep '^skipped' "$L" | head -1)"; fail bench-skipped; fi
     # the ceilings, the FLOP count, the table (ms, samples/s, TFLOP/s, fraction of the bf16 GEMM rate)
     grep -E '^ceiling:|^FLOPs per|^(run|full_|eval_|half_len_|padded_|rte_train_)|^attention|^bf16 step|^device memory|^bench_gpu (ceiling|fraction)' "$L" | tee -a "$SUM"
 fi
