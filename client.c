@@ -163,7 +163,6 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
     }
     int bs = job->batch_size, nrows = cl->nrows;
     int mb = job->micro_batch > 0 && job->micro_batch < bs ? job->micro_batch : bs;
-    if (g) mb = bs; /* the whole batch fits on a GPU */
     int per_epoch = (nrows + bs - 1) / bs;
     int total = per_epoch * job->local_epochs;
     int warmup = (int)ceil(job->warmup_ratio * total);
@@ -188,7 +187,11 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
                 int un = bn - u < mb ? bn - u : mb;
                 fx_batch_fill(cl->train, cl->order + b0 + u, un, cl->pad_id, &cl->batch);
 #ifdef FEDEX_CUDA
-                if (g) { loss = fx_gpu_step(cl->g, &cl->batch, 1, NULL); break; }
+                if (g) { /* the device accumulates f x each micro-batch's gradient itself */
+                    float f = (float)un / (float)bn;
+                    loss += (double)f * fx_gpu_step_accum(cl->g, &cl->batch, f, u > 0);
+                    continue;
+                }
 #endif
                 loss += (double)un / bn * fx_model_step(m, &cl->batch, 1, NULL);
                 if (un == bn) break;

@@ -602,6 +602,12 @@ void fx_gpu_free(fx_gpu *g);
 /* fx_model_step's contract: mean loss (labels may be NULL when !TRAIN: loss 0), LOGITS (n, num_labels)
  * or NULL, TRAIN overwrites the gradient (zero for frozen tensors), NAN with fx_err() on bad input. */
 float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits);
+/* A training step whose gradient, times WEIGHT, overwrites (ACCUMULATE 0) or is added to (ACCUMULATE 1)
+ * the device's gradient; returns the micro-batch's mean loss. For a batch of bn rows in micro-batches of
+ * un rows: weight un / bn, accumulate 0 for the first and 1 for the rest, the batch's loss the sum of
+ * weight x loss, as fx_model_step's caller does on the CPU. Weight 1, accumulate 0 is fx_gpu_step(train
+ * 1). NAN with fx_err() on bad input or arguments; the gradient is then left as it was. */
+float fx_gpu_step_accum(fx_gpu *g, const fx_batch *b, float weight, int accumulate);
 void fx_gpu_adamw(fx_gpu *g, float lr, float weight_decay); /* fx_adamw_update on the device */
 void fx_gpu_adamw_reset(fx_gpu *g);
 /* The dropout stream: training steps after this draw the same masks for the same SEED. */

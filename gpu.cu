@@ -201,140 +201,88 @@ __global__ void dropout_add_kernel(float *y, const float *x, size_t n, drop_t d)
 }
 
 /* ============================================================================================
- * kernels: attention, forward and backward
+ * kernels: attention's softmax, forward and backward
  * ============================================================================================
- * Per (batch b, head h): S = Q K^T / sqrt(hd) + M, P = softmax(S) row-wise, P' = dropout(P),
- * ctx = P' V, with M = finfo(float32).min on padded keys (HF's additive mask). One warp owns one query
- * row i (or, in the key pass, one key column j) and keeps that row of scores in shared memory:
- * ATT_WARPS rows per block, grid (T / ATT_WARPS, heads, batch). A whole T x T tile does not fit (T = 512
- * would need 1 MiB; an SM has 227 KiB), and rows need no T x T buffer in global memory either: the
- * forward pass keeps each row's max and sum, from which P is recomputed bit for bit.
- * Backward, with D_i = sum_j P'_ij dP'_ij = dctx_i . ctx_i (flash attention's identity):
- *   dP'_ij = dctx_i . v_j,  dS_ij = P_ij (m_ij dP'_ij - D_i) with m_ij the dropout factor (0 or 1/(1-p)),
- *   dq_i = sum_j dS_ij k_j / sqrt(hd)       (query pass, a warp per row i)
- *   dk_j = sum_i dS_ij q_i / sqrt(hd),  dv_j = sum_i P'_ij dctx_i   (key pass, a warp per column j).
- * Q, K, V, ctx are (B*T, H) with head h in columns [h*hd, (h+1)*hd). */
+ * Per (sequence b, head h): S = Q K^T, P = softmax(S / sqrt(hd) + M) row-wise, P' = dropout(P),
+ * ctx = P' V, with M = finfo(float32).min on padded keys (HF's additive mask). The four products run on
+ * the tensor cores through cuBLAS ("attention on the tensor cores" below); these kernels are the
+ * row-wise part between them, one warp per row of T scores, lane j reading key j, j + 32, ... (coalesced),
+ * the row held in registers (T <= ATT_TMAX). The forward pass keeps each row's max and sum, from which the
+ * backward pass recomputes P bit for bit out of a recomputed S. Backward, as model.c's:
+ *   dP = m dP' with dP' = dctx V^T and m the dropout factor (0 or 1/(1-p)),
+ *   dS = P (dP - rowsum(dP P)) / sqrt(hd), then dV = P'^T dctx, dQ = dS K, dK = dS^T Q.
+ * Scores are laid out (nb, NH, T, T) for the nb sequences of one chunk starting at sequence b0; the
+ * dropout hash takes the global row ((b NH + h) T + i) and column j, whatever the chunking. */
 
-enum { ATT_WARPS = 4 };
+enum { ATT_TMAX = 512, ATT_PER_LANE = ATT_TMAX / 32, ATT_ROWS = 8 /* warps (rows) per block */ };
 
-/* q . k / sqrt(hd) + mask, in one fixed order (explicit fma) so that the passes agree bit for bit. */
-__device__ static inline float attn_score(const float *q, const float *k, int hd, float sq, int keep) {
-    float acc = 0.0f;
-    for (int e = 0; e < hd; e++) acc = fmaf(q[e], k[e], acc);
-    return acc / sq + (keep ? 0.0f : -FLT_MAX);
-}
-__device__ static inline float dot_fixed(const float *a, const float *b, int n) {
-    float acc = 0.0f;
-    for (int e = 0; e < n; e++) acc = fmaf(a[e], b[e], acc);
-    return acc;
-}
+/* A product's operand as the precision wants it: fp32, or bf16 rounded to nearest even. */
+__device__ static inline void store_as(float *p, float v) { *p = v; }
+__device__ static inline void store_as(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
 
-__global__ void attention_forward_kernel(float *ctx,              /* (B*T, H) */
-                                         float2 *stats,           /* (B, NH, T): row max, row sum */
-                                         const float *q, const float *k, const float *v, /* (B*T, H) */
-                                         const uint8_t *mask,     /* (B, T) 1 = real token */
-                                         int T, int NH, int hd, drop_t d) {
-    extern __shared__ float sm[];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int i = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z, H = NH * hd;
-    if (i >= T) return;                                  /* no block-wide barrier below */
-    float *qs = sm + (size_t)warp * (hd + T), *p = qs + hd; /* (hd) query row, (T) scores */
-    float sq = sqrtf((float)hd);
-    const float *qi = q + ((size_t)b * T + i) * H + h * hd;
-    for (int e = lane; e < hd; e += 32) qs[e] = qi[e];
-    __syncwarp();
-    float mx = -INFINITY;
-    for (int j = lane; j < T; j += 32) {
-        float s = attn_score(qs, k + ((size_t)b * T + j) * H + h * hd, hd, sq, mask[(size_t)b * T + j]);
-        p[j] = s;
-        mx = fmaxf(mx, s);
+template <typename OT>
+__global__ void softmax_forward_kernel(OT *P,                   /* (nb, NH, T, T) P' */
+                                       float2 *stats,           /* (B, NH, T): row max, row sum */
+                                       const float *S,          /* (nb, NH, T, T) Q K^T */
+                                       const uint8_t *mask,     /* (B, T) 1 = real token */
+                                       int b0, int nb, int NH, int T, float sq, drop_t d) {
+    int lane = threadIdx.x % 32;
+    size_t r = (size_t)blockIdx.x * ATT_ROWS + threadIdx.x / 32;   /* the row within the chunk */
+    if (r >= (size_t)nb * NH * T) return;                          /* a whole warp, no barrier below */
+    size_t row = (size_t)b0 * NH * T + r;
+    const float *s = S + r * T;
+    const uint8_t *mk = mask + ((size_t)b0 + r / ((size_t)NH * T)) * T;
+    float v[ATT_PER_LANE], mx = -INFINITY, sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < ATT_PER_LANE; k++) {
+        int j = lane + 32 * k;
+        if (j < T) { v[k] = s[j] / sq + (mk[j] ? 0.0f : -FLT_MAX); mx = fmaxf(mx, v[k]); }
     }
     mx = warp_max(mx);
-    float sum = 0.0f;
-    for (int j = lane; j < T; j += 32) { float ex = expf(p[j] - mx); p[j] = ex; sum += ex; }
+#pragma unroll
+    for (int k = 0; k < ATT_PER_LANE; k++)
+        if (lane + 32 * k < T) { v[k] = expf(v[k] - mx); sum += v[k]; }
     sum = warp_sum(sum);
-    size_t row = ((size_t)b * NH + h) * T + i;
-    for (int j = lane; j < T; j += 32) p[j] = dropout(p[j] / sum, d, row * T + j);
-    __syncwarp();
-    for (int e = lane; e < hd; e += 32) {
-        float acc = 0.0f;
-        for (int j = 0; j < T; j++) acc += p[j] * v[((size_t)b * T + j) * H + h * hd + e];
-        ctx[((size_t)b * T + i) * H + h * hd + e] = acc;
+    OT *p = P + r * T;
+#pragma unroll
+    for (int k = 0; k < ATT_PER_LANE; k++) {
+        int j = lane + 32 * k;
+        if (j < T) store_as(p + j, dropout(v[k] / sum, d, row * T + j));
     }
     if (lane == 0) stats[row] = make_float2(mx, sum);
 }
 
-/* Query pass: D_i, and dq_i. */
-__global__ void attention_backward_q_kernel(float *dq,            /* (B*T, H) */
-                                            float *D,             /* (B, NH, T) */
-                                            const float *dctx, const float *ctx, /* (B*T, H) */
-                                            const float *q, const float *k, const float *v,
-                                            const float2 *stats, const uint8_t *mask,
-                                            int T, int NH, int hd, drop_t d) {
-    extern __shared__ float sm[];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int i = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z, H = NH * hd;
-    if (i >= T) return;
-    float *qs = sm + (size_t)warp * (2 * hd + T), *dcs = qs + hd, *ds = dcs + hd; /* (hd) (hd) (T) */
-    float sq = sqrtf((float)hd);
-    size_t at = ((size_t)b * T + i) * H + h * hd, row = ((size_t)b * NH + h) * T + i;
-    float dsum = 0.0f;
-    for (int e = lane; e < hd; e += 32) {
-        qs[e] = q[at + e];
-        dcs[e] = dctx[at + e];
-        dsum += dctx[at + e] * ctx[at + e];
-    }
-    float Di = warp_sum(dsum);
-    __syncwarp();
+/* P' again (for dV) and dS / sqrt(hd) (for dQ and dK) from the recomputed S and dP' = dctx V^T. */
+template <typename OT>
+__global__ void softmax_backward_kernel(OT *Pd, OT *dS,         /* (nb, NH, T, T) */
+                                        const float *S, const float *dPd, /* (nb, NH, T, T) */
+                                        const float2 *stats,    /* (B, NH, T) */
+                                        const uint8_t *mask,    /* (B, T) */
+                                        int b0, int nb, int NH, int T, float sq, drop_t d) {
+    int lane = threadIdx.x % 32;
+    size_t r = (size_t)blockIdx.x * ATT_ROWS + threadIdx.x / 32;
+    if (r >= (size_t)nb * NH * T) return;
+    size_t row = (size_t)b0 * NH * T + r;
+    const float *s = S + r * T, *dp = dPd + r * T;
+    const uint8_t *mk = mask + ((size_t)b0 + r / ((size_t)NH * T)) * T;
     float2 st = stats[row];
-    for (int j = lane; j < T; j += 32) {
-        size_t kj = ((size_t)b * T + j) * H + h * hd;
-        float pr = expf(attn_score(qs, k + kj, hd, sq, mask[(size_t)b * T + j]) - st.x) / st.y;
-        float m = dropout(1.0f, d, row * T + j);
-        ds[j] = pr * (m * dot_fixed(dcs, v + kj, hd) - Di) / sq;
-    }
-    __syncwarp();
-    for (int e = lane; e < hd; e += 32) {
-        float acc = 0.0f;
-        for (int j = 0; j < T; j++) acc += ds[j] * k[((size_t)b * T + j) * H + h * hd + e];
-        dq[at + e] = acc;
-    }
-    if (lane == 0) D[row] = Di;
-}
-
-/* Key pass: dk_j and dv_j (needs D from the query pass). */
-__global__ void attention_backward_kv_kernel(float *dk, float *dv, /* (B*T, H) */
-                                             const float *dctx, const float *q, const float *k,
-                                             const float *v, const float2 *stats, const float *D,
-                                             const uint8_t *mask, int T, int NH, int hd, drop_t d) {
-    extern __shared__ float sm[];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int j = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z, H = NH * hd;
-    if (j >= T) return;
-    float *ks = sm + (size_t)warp * (2 * hd + 2 * T), *vs = ks + hd, *pc = vs + hd, *dc = pc + T;
-    float sq = sqrtf((float)hd);
-    size_t at = ((size_t)b * T + j) * H + h * hd;
-    for (int e = lane; e < hd; e += 32) { ks[e] = k[at + e]; vs[e] = v[at + e]; }
-    __syncwarp();
-    int keep = mask[(size_t)b * T + j];
-    for (int i = lane; i < T; i += 32) {
-        size_t qi = ((size_t)b * T + i) * H + h * hd, row = ((size_t)b * NH + h) * T + i;
-        float2 st = stats[row];
-        float pr = expf(attn_score(q + qi, ks, hd, sq, keep) - st.x) / st.y;
-        float m = dropout(1.0f, d, row * T + j);
-        pc[i] = pr * m;                                              /* P'_ij */
-        dc[i] = pr * (m * dot_fixed(dctx + qi, vs, hd) - D[row]) / sq; /* dS_ij / sqrt(hd) */
-    }
-    __syncwarp();
-    for (int e = lane; e < hd; e += 32) {
-        float ak = 0.0f, av = 0.0f;
-        for (int i = 0; i < T; i++) {
-            size_t qi = ((size_t)b * T + i) * H + h * hd + e;
-            ak += dc[i] * q[qi];
-            av += pc[i] * dctx[qi];
+    float pr[ATT_PER_LANE], g[ATT_PER_LANE], dot = 0.0f;
+#pragma unroll
+    for (int k = 0; k < ATT_PER_LANE; k++) {
+        int j = lane + 32 * k;
+        if (j < T) {
+            pr[k] = expf(s[j] / sq + (mk[j] ? 0.0f : -FLT_MAX) - st.x) / st.y;   /* as the forward pass */
+            float m = dropout(1.0f, d, row * T + j);
+            store_as(Pd + r * T + j, pr[k] * m);
+            g[k] = m * dp[j];                                                  /* dP */
+            dot += g[k] * pr[k];
         }
-        dk[at + e] = ak;
-        dv[at + e] = av;
+    }
+    dot = warp_sum(dot);
+#pragma unroll
+    for (int k = 0; k < ATT_PER_LANE; k++) {
+        int j = lane + 32 * k;
+        if (j < T) store_as(dS + r * T + j, pr[k] * (g[k] - dot) / sq);
     }
 }
 
@@ -471,6 +419,15 @@ __global__ void adamw_kernel(float *p, float *m, float *v, const float *grad, co
     v[i] = vi;
 }
 
+/* grad = w gm (accumulate 0) or grad + w gm (accumulate 1), separately rounded as the CPU client's
+ * micro-batch loop computes it (acc = f * grad, then acc += f * grad). */
+__global__ void accumulate_kernel(float *grad, const float *gm, float w, int accumulate, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float t = __fmul_rn(w, gm[i]);
+    grad[i] = accumulate ? __fadd_rn(grad[i], t) : t;
+}
+
 __global__ void axpy_kernel(float *y, const float *x, float alpha, size_t n) { /* y += alpha x */
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] += alpha * x[i];
@@ -509,7 +466,7 @@ struct fx_gpu {
     fx_config c;
     fx_adapter_cfg a;
     float scale;                 /* LoRA's s */
-    int H, NH, hd, I, C, L, tmax;
+    int H, NH, hd, I, C, L;
     cudaStream_t st;
     cublasHandle_t blas;
 
@@ -529,12 +486,16 @@ struct fx_gpu {
     /* trainable: the layout of fx_model.train */
     size_t train_n;
     float *train, *grad, *adam_m, *adam_v; /* (train_n) each */
+    float *grad_mb;              /* (train_n) one micro-batch's gradient, when accumulating */
+    float *gstep;                /* where backward() writes: grad, or grad_mb (fx_gpu_step_accum) */
     uint8_t *upd;                /* (train_n) 1 where AdamW updates */
     int adam_t;
     size_t head_dw, head_db, head_ow, head_ob;
 
-    /* activations and scratch for up to bt_cap tokens in n_cap rows, one allocation */
+    /* activations and scratch for up to bt_cap tokens in n_cap rows, and attention's scores for up
+     * to att_cap elements of a chunk of sequences, one allocation */
     int bt_cap, n_cap;
+    size_t att_cap;
     void *act_mem;
     int32_t *ids, *pos;          /* (BT) */
     uint8_t *mask;               /* (BT) */
@@ -549,7 +510,9 @@ struct fx_gpu {
     float *dht, *dhd0;           /* (n, H) */
     float *dres, *dh, *dy, *dq, *dk, *dv; /* (BT, H) */
     float *dI;                   /* (BT, I) */
-    float *Dsum;                 /* (B, NH, T) */
+    float *att_s, *att_dp;       /* (att_cap): a chunk's S = Q K^T, and dP' = dctx V^T */
+    void *att_p, *att_ds;        /* (att_cap) in the operand type (fp32, or bf16): P', and dS */
+    bf16 *q16, *k16, *v16, *dc16;/* (BT, H) bf16 operands of attention's products, or NULL (fp32, tf32) */
     float *xd, *dxd;             /* (BT, max in) adapter input after dropout and its gradient */
     float *w, *dw;               /* (BT, r) */
     float *Bs, *G;               /* (max out, r) VeRA's diag(lambda_b) B, and dy^T w */
@@ -606,7 +569,13 @@ static const bf16 *bf16_operand(fx_gpu *g, int slot, const float *x, int rows, i
     if (g->vB16 && x >= g->vB && x < g->vB + (size_t)g->vout * g->a.r) return g->vB16 + (x - g->vB);
     size_t span = (size_t)(rows - 1) * ld + cols;     /* the stored rectangle, gaps included */
     if (span > g->cvt_cap[slot]) {
-        if (g->cvt[slot]) CUDA_CHECK(cudaFree(g->cvt[slot]));
+        /* Products queued on the stream may still read the old copy, and that cudaFree waits for a
+         * non-blocking stream's queued work is nowhere documented: the stream drains first. Regrowth is
+         * rare (the largest operand is seen in the first step). */
+        if (g->cvt[slot]) {
+            CUDA_CHECK(cudaStreamSynchronize(g->st));
+            CUDA_CHECK(cudaFree(g->cvt[slot]));
+        }
         g->cvt[slot] = (bf16 *)dmalloc(span * sizeof(bf16));
         g->cvt_cap[slot] = span;
     }
@@ -669,17 +638,26 @@ static void carve_acts(fx_gpu *g, carver *cv, int BT, int n) {
     CARVE(cv, g->dht, (size_t)n * H); CARVE(cv, g->dhd0, (size_t)n * H);
     CARVE(cv, g->dres, (size_t)BT * H); CARVE(cv, g->dh, (size_t)BT * H); CARVE(cv, g->dy, (size_t)BT * H);
     CARVE(cv, g->dq, (size_t)BT * H); CARVE(cv, g->dk, (size_t)BT * H); CARVE(cv, g->dv, (size_t)BT * H);
-    CARVE(cv, g->dI, (size_t)BT * I); CARVE(cv, g->Dsum, (size_t)BT * g->NH);
+    CARVE(cv, g->dI, (size_t)BT * I);
+    size_t es = g->prec == FX_GPU_BF16 ? sizeof(bf16) : sizeof(float);
+    CARVE(cv, g->att_s, g->att_cap); CARVE(cv, g->att_dp, g->att_cap);
+    g->att_p = carve(cv, g->att_cap * es); g->att_ds = carve(cv, g->att_cap * es);
+    if (g->prec == FX_GPU_BF16) {
+        CARVE(cv, g->q16, (size_t)BT * H); CARVE(cv, g->k16, (size_t)BT * H);
+        CARVE(cv, g->v16, (size_t)BT * H); CARVE(cv, g->dc16, (size_t)BT * H);
+    }
     CARVE(cv, g->xd, (size_t)BT * inmax); CARVE(cv, g->dxd, (size_t)BT * inmax);
     CARVE(cv, g->w, (size_t)BT * r); CARVE(cv, g->dw, (size_t)BT * r);
     CARVE(cv, g->Bs, (size_t)inmax * r); CARVE(cv, g->G, (size_t)inmax * r);
 }
 
-/* Grows the activations to hold BT tokens in n rows (they are reused, never shrunk). */
-static void ensure_acts(fx_gpu *g, int BT, int n) {
-    if (BT <= g->bt_cap && n <= g->n_cap) return;
+/* Grows the activations to hold BT tokens in n rows and ATT elements of attention scores per buffer
+ * (they are reused, never shrunk). */
+static void ensure_acts(fx_gpu *g, int BT, int n, size_t att) {
+    if (BT <= g->bt_cap && n <= g->n_cap && att <= g->att_cap) return;
     if (BT < g->bt_cap) BT = g->bt_cap;
     if (n < g->n_cap) n = g->n_cap;
+    if (att > g->att_cap) g->att_cap = att;           /* carve_acts reads it */
     if (g->act_mem) {
         CUDA_CHECK(cudaStreamSynchronize(g->st));
         CUDA_CHECK(cudaFree(g->act_mem));
@@ -756,7 +734,7 @@ static void adapter_backward(fx_gpu *g, int k, const float *x /* (BT, in) */, co
     int lda_in;
     if (g->a.kind == FX_LORA) {
         const float *A = g->train + ad->a_off, *B = g->train + ad->b_off;
-        float *gA = g->grad + ad->a_off, *gB = g->grad + ad->b_off;
+        float *gA = g->gstep + ad->a_off, *gB = g->gstep + ad->b_off;
         gemm(g, 1, 0, out, r, BT, g->scale, dy, out, u, r, 0.0f, gB, r);  /* dB = s dy^T u */
         gemm(g, 0, 0, BT, r, out, g->scale, dy, out, B, r, 0.0f, du, r);  /* du = s dy B */
         if (!g->a.freeze_a) gemm(g, 1, 0, r, in, BT, 1.0f, du, r, xd, in, 0.0f, gA, in); /* dA = du^T x' */
@@ -764,7 +742,7 @@ static void adapter_backward(fx_gpu *g, int k, const float *x /* (BT, in) */, co
         lda_in = in;
     } else {
         const float *ld = g->train + ad->a_off, *lb = g->train + ad->b_off;
-        float *gd = g->grad + ad->a_off, *gb = g->grad + ad->b_off;
+        float *gd = g->gstep + ad->a_off, *gb = g->gstep + ad->b_off;
         LAUNCH(scale_cols_kernel, nblocks((size_t)BT * r), THREADS, 0, g->w, u, ld, BT, r); /* w = u ld */
         LAUNCH(scale_rows_kernel, nblocks((size_t)out * r), THREADS, 0, g->Bs, g->vB, lb, out, r);
         /* d lambda_b[j] = sum_i dy_ij (w B_l^T)_ij = sum_k B_l[j,k] (dy^T w)[j,k] */
@@ -801,6 +779,120 @@ static void linear_backward(fx_gpu *g, const lin_t *li, const float *x, const fl
 }
 
 /* ============================================================================================
+ * attention on the tensor cores
+ * ============================================================================================
+ * Attention's products (forward S = Q K^T and ctx = P' V; backward S again, recomputed rather than kept,
+ * dP' = dctx V^T, dV = P'^T dctx, dQ = dS K, dK = dS^T Q) as strided-batched cuBLAS products, in the
+ * step's precision like gemm(): fp32, tf32, or bf16 operands (Q, K, V and dctx rounded once per layer
+ * into bf16 twins, P' and dS written in bf16 by the softmax kernels), fp32 accumulation and fp32 output.
+ *
+ * Q, K, V, ctx are (B*T, H) with the heads side by side: head h of sequence b is the (T, hd) block at
+ * b T H + h hd with leading dimension H. A strided batch walks one stride per operand, so it can step
+ * over sequences (stride T H) or over heads (stride hd) but not both: offset b T H + h hd is no multiple
+ * of one index b NH + h. So each product is NH calls (one per head), each a batch over the chunk's
+ * sequences, the larger of the two counts in training (n = 128 rows, 12 heads): 7 NH calls per layer
+ * and training step.
+ * (cublasGemmBatchedEx with an array of B NH pointers would make it one call; a head-major copy of Q,
+ * K, V would make it one strided call at the price of the copies.)
+ *
+ * The scores of a chunk of sequences live in att_s, att_dp, att_p, att_ds, each (nb, NH, T, T); the
+ * chunk is as many sequences as ATT_WS_ELEMS allows (at least one), so the workspace stays bounded
+ * for any batch: 4 x 100 MB at 128 x 128 with 12 heads (bf16: P' and dS half that), and long rows
+ * simply take more chunks. */
+
+enum { ATT_WS_ELEMS = 1 << 25 };        /* 32 Mi scores per buffer: 128 MiB in fp32 */
+
+static int att_chunk(const fx_gpu *g, int n, int T) {  /* sequences per chunk */
+    size_t per = (size_t)g->NH * T * T, nc = ATT_WS_ELEMS / per;
+    return nc < 1 ? 1 : nc > (size_t)n ? n : (int)nc;
+}
+static size_t att_elems(const fx_gpu *g, int n, int T) {
+    return (size_t)att_chunk(g, n, T) * g->NH * T * T;
+}
+
+/* One operand of a per-head batched product: element (b, h) of the batch starts at p + b seq + h head
+ * (elements of the operand type), rows ld apart. */
+typedef struct { const void *p; int ld; long long seq, head; } bop;
+
+static size_t op_size(const fx_gpu *g) { return g->prec == FX_GPU_BF16 ? sizeof(bf16) : sizeof(float); }
+static const void *op_at(const fx_gpu *g, const void *p, size_t i) { return (const char *)p + i * op_size(g); }
+
+/* The operand X (BT, H) of attention's products: itself, or its bf16 twin rounded now. */
+static const void *att_operand(fx_gpu *g, bf16 *twin, const float *x, size_t n) {
+    if (g->prec != FX_GPU_BF16) return x;
+    to_bf16(g, twin, x, n);
+    return twin;
+}
+
+/* For every head h and sequence b < nb: C_bh (M x N) = op(A_bh) op(B_bh), row-major as gemm(), C fp32 at
+ * C + b cseq + h chead with rows ldc apart. */
+static void gemm_heads(fx_gpu *g, int ta, int tb, int M, int N, int K, bop A, bop B, float *C, int ldc,
+                       long long cseq, long long chead, int nb) {
+    const float one = 1.0f, zero = 0.0f;
+    cublasOperation_t opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cudaDataType_t t = g->prec == FX_GPU_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasComputeType_t ct = g->prec == FX_GPU_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    for (int h = 0; h < g->NH; h++)
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(g->blas, opB, opA, N, M, K, &one, op_at(g, B.p, h * B.head), t,
+                                                B.ld, B.seq, op_at(g, A.p, h * A.head), t, A.ld, A.seq, &zero,
+                                                C + h * chead, CUDA_R_32F, ldc, cseq, nb, ct, CUBLAS_GEMM_DEFAULT));
+}
+
+/* ctx (BT, H) of layer a from its q, k, v; a->stats for the backward pass. */
+static void attention_forward(fx_gpu *g, layer_acts *a, int n, int T, drop_t d) {
+    int H = g->H, NH = g->NH, hd = g->hd, nc = att_chunk(g, n, T);
+    size_t BTH = (size_t)n * T * H;
+    long long tt = (long long)T * T, ss = NH * tt, th = (long long)T * H;   /* strides: head, sequence */
+    float sq = sqrtf((float)hd);
+    const void *q = att_operand(g, g->q16, a->q, BTH), *k = att_operand(g, g->k16, a->k, BTH);
+    const void *v = att_operand(g, g->v16, a->v, BTH);
+    for (int b0 = 0; b0 < n; b0 += nc) {
+        int nb = n - b0 < nc ? n - b0 : nc;
+        size_t at = (size_t)b0 * T * H;                   /* the chunk's first element of q, k, v, ctx */
+        bop Q = {op_at(g, q, at), H, th, hd}, K = {op_at(g, k, at), H, th, hd}, V = {op_at(g, v, at), H, th, hd};
+        bop P = {g->att_p, T, ss, tt};
+        gemm_heads(g, 0, 1, T, T, hd, Q, K, g->att_s, T, ss, tt, nb);                 /* S = Q K^T */
+        unsigned blocks = (unsigned)(((size_t)nb * NH * T + ATT_ROWS - 1) / ATT_ROWS);
+        if (g->prec == FX_GPU_BF16)
+            LAUNCH(softmax_forward_kernel<bf16>, blocks, ATT_ROWS * 32, 0, (bf16 *)g->att_p, a->stats, g->att_s,
+                   g->mask, b0, nb, NH, T, sq, d);
+        else
+            LAUNCH(softmax_forward_kernel<float>, blocks, ATT_ROWS * 32, 0, (float *)g->att_p, a->stats,
+                   g->att_s, g->mask, b0, nb, NH, T, sq, d);
+        gemm_heads(g, 0, 0, T, hd, T, P, V, a->ctx + at, H, th, hd, nb);              /* ctx = P' V */
+    }
+}
+
+/* dq, dk, dv (BT, H) from dctx (BT, H) and layer a's q, k, v and softmax statistics. */
+static void attention_backward(fx_gpu *g, const layer_acts *a, const float *dctx, float *dq, float *dk,
+                               float *dv, int n, int T, drop_t d) {
+    int H = g->H, NH = g->NH, hd = g->hd, nc = att_chunk(g, n, T);
+    size_t BTH = (size_t)n * T * H;
+    long long tt = (long long)T * T, ss = NH * tt, th = (long long)T * H;
+    float sq = sqrtf((float)hd);
+    const void *q = att_operand(g, g->q16, a->q, BTH), *k = att_operand(g, g->k16, a->k, BTH);
+    const void *v = att_operand(g, g->v16, a->v, BTH), *dc = att_operand(g, g->dc16, dctx, BTH);
+    for (int b0 = 0; b0 < n; b0 += nc) {
+        int nb = n - b0 < nc ? n - b0 : nc;
+        size_t at = (size_t)b0 * T * H;
+        bop Q = {op_at(g, q, at), H, th, hd}, K = {op_at(g, k, at), H, th, hd}, V = {op_at(g, v, at), H, th, hd};
+        bop DC = {op_at(g, dc, at), H, th, hd}, P = {g->att_p, T, ss, tt}, DS = {g->att_ds, T, ss, tt};
+        gemm_heads(g, 0, 1, T, T, hd, Q, K, g->att_s, T, ss, tt, nb);                 /* S = Q K^T */
+        gemm_heads(g, 0, 1, T, T, hd, DC, V, g->att_dp, T, ss, tt, nb);               /* dP' = dctx V^T */
+        unsigned blocks = (unsigned)(((size_t)nb * NH * T + ATT_ROWS - 1) / ATT_ROWS);
+        if (g->prec == FX_GPU_BF16)
+            LAUNCH(softmax_backward_kernel<bf16>, blocks, ATT_ROWS * 32, 0, (bf16 *)g->att_p, (bf16 *)g->att_ds,
+                   g->att_s, g->att_dp, a->stats, g->mask, b0, nb, NH, T, sq, d);
+        else
+            LAUNCH(softmax_backward_kernel<float>, blocks, ATT_ROWS * 32, 0, (float *)g->att_p,
+                   (float *)g->att_ds, g->att_s, g->att_dp, a->stats, g->mask, b0, nb, NH, T, sq, d);
+        gemm_heads(g, 1, 0, T, hd, T, P, DC, dv + at, H, th, hd, nb);                 /* dV = P'^T dctx */
+        gemm_heads(g, 0, 0, T, hd, T, DS, K, dq + at, H, th, hd, nb);                 /* dQ = dS K */
+        gemm_heads(g, 1, 0, T, hd, T, DS, Q, dk + at, H, th, hd, nb);                 /* dK = dS^T Q */
+    }
+}
+
+/* ============================================================================================
  * the model: forward, backward
  * ============================================================================================ */
 
@@ -808,12 +900,8 @@ static drop_t layer_drop(const fx_gpu *g, int l, int which, float p, int train) 
     return make_drop(g, train ? p : 0.0f, SITE_LAYER + 4 * (uint64_t)l + which);
 }
 
-static dim3 attn_grid(const fx_gpu *g, int n, int T) {
-    return dim3((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)g->NH, (unsigned)n);
-}
-
 static void forward(fx_gpu *g, int n, int T, int train) {
-    int BT = n * T, H = g->H, I = g->I, hd = g->hd;
+    int BT = n * T, H = g->H, I = g->I;
     const float *W = g->base;
     float ph = g->c.hidden_dropout, pa = g->c.attention_dropout;
     unsigned ln_blocks = (unsigned)((BT + THREADS / 32 - 1) / (THREADS / 32));
@@ -838,9 +926,7 @@ static void forward(fx_gpu *g, int n, int T, int train) {
             LAUNCH(bias_add_kernel, nblocks((size_t)BT * H), THREADS, 0, qkv[j], W + ly->lin[j].b,
                    (size_t)BT * H, H);
         }
-        size_t smem = (size_t)ATT_WARPS * (hd + T) * sizeof(float);
-        LAUNCH(attention_forward_kernel, attn_grid(g, n, T), ATT_WARPS * 32, smem, a->ctx, a->stats, a->q,
-               a->k, a->v, g->mask, T, g->NH, hd, layer_drop(g, l, LSITE_PROBS, pa, train));
+        attention_forward(g, a, n, T, layer_drop(g, l, LSITE_PROBS, pa, train));
         linear_forward(g, &ly->lin[L_AO], a->ctx, g->tmp, BT, train);
         LAUNCH(layernorm_forward_kernel, ln_blocks, THREADS, 0, a->a1, a->mu1, a->rs1, a->h1, g->tmp,
                W + ly->lin[L_AO].b, x, W + ly->ln1_w, W + ly->ln1_b, BT, H, g->c.layer_norm_eps,
@@ -868,9 +954,9 @@ static void forward(fx_gpu *g, int n, int T, int train) {
 }
 
 static void backward(fx_gpu *g, int n, int T) {
-    int BT = n * T, H = g->H, I = g->I, C = g->C, hd = g->hd;
+    int BT = n * T, H = g->H, I = g->I, C = g->C;
     const float *P = g->train;
-    float *G = g->grad;
+    float *G = g->gstep;
     float ph = g->c.hidden_dropout, pa = g->c.attention_dropout, pc = g->c.classifier_dropout;
     unsigned ln_blocks = (unsigned)((BT + THREADS / 32 - 1) / (THREADS / 32));
 
@@ -901,13 +987,7 @@ static void backward(fx_gpu *g, int n, int T) {
         LAUNCH(layernorm_backward_kernel, ln_blocks, THREADS, 0, g->dres, g->dy, g->dh, a->h1, a->mu1, a->rs1,
                g->base + ly->ln1_w, BT, H, layer_drop(g, l, LSITE_ATTN_OUT, ph, 1));
         linear_backward(g, &ly->lin[L_AO], a->ctx, g->dy, g->dh, BT, 0);  /* dh = d ctx */
-        drop_t dp = layer_drop(g, l, LSITE_PROBS, pa, 1);
-        size_t smq = (size_t)ATT_WARPS * (2 * hd + T) * sizeof(float);
-        size_t smkv = (size_t)ATT_WARPS * (2 * hd + 2 * T) * sizeof(float);
-        LAUNCH(attention_backward_q_kernel, attn_grid(g, n, T), ATT_WARPS * 32, smq, g->dq, g->Dsum, g->dh,
-               a->ctx, a->q, a->k, a->v, a->stats, g->mask, T, g->NH, hd, dp);
-        LAUNCH(attention_backward_kv_kernel, attn_grid(g, n, T), ATT_WARPS * 32, smkv, g->dk, g->dv, g->dh,
-               a->q, a->k, a->v, a->stats, g->Dsum, g->mask, T, g->NH, hd, dp);
+        attention_backward(g, a, g->dh, g->dq, g->dk, g->dv, n, T, layer_drop(g, l, LSITE_PROBS, pa, 1));
         /* q, k, v read x: dres += dq Wq + dk Wk + dv Wv (+ adapters); layer 0 needs adapter grads only */
         float *dqkv[3] = {g->dq, g->dk, g->dv};
         for (int j = L_Q; j <= L_V; j++) linear_backward(g, &ly->lin[j], x, dqkv[j], l > 0 ? g->dres : NULL, BT, 1);
@@ -1079,13 +1159,6 @@ fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
         free(g->ad); free(g->layer); free(g->res); free(g->la); free(g->u); free(g);
         return NULL;
     }
-    /* The attention kernels keep rows of scores in shared memory; allow what the device offers. */
-    int smem_max = (int)prop.sharedMemPerBlockOptin;
-    CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
-    CUDA_CHECK(cudaFuncSetAttribute(attention_backward_q_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
-    CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
-    g->tmax = smem_max / (int)sizeof(float) / ATT_WARPS / 2 - g->hd;   /* the key pass needs the most */
-
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&g->blas));
     CUBLAS_CHECK(cublasSetStream(g->blas, g->st));
@@ -1118,6 +1191,8 @@ fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
     size_t tb = g->train_n * sizeof(float);
     g->train = (float *)dmalloc(tb);
     g->grad = (float *)dmalloc(tb);
+    g->grad_mb = (float *)dmalloc(tb);
+    g->gstep = g->grad;
     g->adam_m = (float *)dmalloc(tb);
     g->adam_v = (float *)dmalloc(tb);
     g->upd = (uint8_t *)dmalloc(g->train_n);
@@ -1125,6 +1200,7 @@ fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
     upload(g, g->adam_m, m->adam_m, tb);
     upload(g, g->adam_v, m->adam_v, tb);
     CUDA_CHECK(cudaMemsetAsync(g->grad, 0, tb, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->grad_mb, 0, tb, g->st));
     g->adam_t = m->adam_t;
     uint8_t *upd = (uint8_t *)fx_malloc(g->train_n ? g->train_n : 1);
     for (int i = 0; i < m->train.nt; i++)
@@ -1141,8 +1217,8 @@ void fx_gpu_free(fx_gpu *g) {
     if (!g) return;
     CUDA_CHECK(cudaSetDevice(g->dev));
     CUDA_CHECK(cudaStreamSynchronize(g->st));
-    void *dev[] = {g->base, g->base16, g->vA, g->vB, g->vA16, g->vB16, g->train, g->grad, g->adam_m,
-                   g->adam_v, g->upd, g->act_mem, g->cvt[0], g->cvt[1]};
+    void *dev[] = {g->base, g->base16, g->vA, g->vB, g->vA16, g->vB16, g->train, g->grad, g->grad_mb,
+                   g->adam_m, g->adam_v, g->upd, g->act_mem, g->cvt[0], g->cvt[1]};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) CUDA_CHECK(cudaFree(dev[i]));
     CUBLAS_CHECK(cublasDestroy(g->blas));
@@ -1156,18 +1232,22 @@ void fx_gpu_free(fx_gpu *g) {
  * public interface: one step
  * ============================================================================================ */
 
-float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits) {
+/* One step; a training step's gradient goes to GDST (g->grad, or g->grad_mb to be accumulated). *RAN is
+ * 0 when the batch was refused (NAN, fx_err()), 1 once it runs (its loss may still be NAN: divergence). */
+static float step(fx_gpu *g, const fx_batch *b, int train, float *logits, float *gdst, int *ran) {
+    *ran = 0;
     const fx_config *c = &g->c;
     int n = b->n, T = b->T, C = g->C, wide = g->I > g->H ? g->I : g->H;
-    /* The same checks and messages as fx_model_step, plus the attention kernels' row length. */
+    /* The same checks and messages as fx_model_step, plus the softmax kernels' row length. */
     if (fx_batch_check(c, b, train, wide) != 0) return NAN;
-    if (T > g->tmax) {
-        fx_seterr("batch: %d tokens per row exceed the GPU attention kernels' %d (shared memory)", T, g->tmax);
+    if (T > ATT_TMAX) {
+        fx_seterr("batch: %d tokens per row exceed the GPU softmax kernels' %d (registers per lane)", T, ATT_TMAX);
         return NAN;
     }
     int BT = n * T;
+    *ran = 1;
     CUDA_CHECK(cudaSetDevice(g->dev));
-    ensure_acts(g, BT, n);
+    ensure_acts(g, BT, n, att_elems(g, n, T));
     fx_batch_positions(c, b, g->h_pos);
     upload(g, g->ids, b->ids, (size_t)BT * sizeof(int32_t));
     upload(g, g->pos, g->h_pos, (size_t)BT * sizeof(int32_t));
@@ -1175,7 +1255,8 @@ float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits) {
     if (b->labels) upload(g, g->labels, b->labels, (size_t)n * sizeof(float));
     if (train) {
         g->step_seed = fx_rng_u64(&g->rng);
-        CUDA_CHECK(cudaMemsetAsync(g->grad, 0, g->train_n * sizeof(float), g->st)); /* frozen stay 0 */
+        g->gstep = gdst;
+        CUDA_CHECK(cudaMemsetAsync(gdst, 0, g->train_n * sizeof(float), g->st)); /* frozen stay 0 */
     }
 
     forward(g, n, T, train);
@@ -1193,6 +1274,30 @@ float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits) {
     }
     CUDA_CHECK(cudaStreamSynchronize(g->st));         /* the host's ids, mask, labels may be reused */
     return (float)loss;
+}
+
+float fx_gpu_step(fx_gpu *g, const fx_batch *b, int train, float *logits) {
+    int ran;
+    return step(g, b, train, logits, g->grad, &ran);
+}
+
+/* Gradient accumulation over micro-batches, as the CPU client's loop: with weight un / bn for a
+ * micro-batch of un of a batch's bn rows, the first call (accumulate 0) writes weight x its gradient and
+ * the others add theirs, the product rounded before the sum; the loss is the micro-batch's mean. Weight 1
+ * without accumulation is fx_gpu_step's training step itself. */
+float fx_gpu_step_accum(fx_gpu *g, const fx_batch *b, float weight, int accumulate) {
+    if (!isfinite(weight) || (accumulate != 0 && accumulate != 1)) {
+        fx_seterr("gpu: gradient accumulation: weight %g, accumulate %d (expected a finite weight, 0 or 1)",
+                  (double)weight, accumulate);
+        return NAN;
+    }
+    int ran;
+    if (!accumulate && weight == 1.0f) return step(g, b, 1, NULL, g->grad, &ran);
+    float loss = step(g, b, 1, NULL, g->grad_mb, &ran);
+    if (ran && g->train_n)                            /* a refused batch leaves the gradient as it was */
+        LAUNCH(accumulate_kernel, nblocks(g->train_n), THREADS, 0, g->grad, g->grad_mb, weight, accumulate,
+               g->train_n);
+    return loss;
 }
 
 /* ============================================================================================
