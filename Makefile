@@ -79,12 +79,12 @@ $(FEDEX): $(B)/fedex.o $(B)/libfedex.a
 $(FEDEX_CUDA): $(B)/fedex-cuda.o $(DUAL_SRC:%.c=$(B)/cuda/%.o) $(GPU_OBJ) $(B)/libfedex.a
 	$(CC) $(CFLAGS) $^ -o $@ $(GPU_LIBS) $(LDLIBS)
 
-$(B)/tests/%: tests/%.c tests/check.h $(B)/libfedex.a
+$(B)/tests/%: tests/%.c $(wildcard tests/*.h) $(B)/libfedex.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I. $< $(B)/libfedex.a -o $@ $(LDLIBS)
 
 # test_gpu emulates the GPU's products on the CPU by routing model.c's fx_matmul through its own wrapper.
-$(B)/tests/test_gpu: tests/test_gpu.c tests/check.h $(B)/libfedex.a $(GPU_OBJ)
+$(B)/tests/test_gpu: tests/test_gpu.c $(wildcard tests/*.h) $(B)/libfedex.a $(GPU_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(GPU_DEF) -I. $< $(GPU_OBJ) $(B)/libfedex.a -o $@ -Wl,--wrap=fx_matmul $(GPU_LIBS) $(LDLIBS)
 

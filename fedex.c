@@ -507,7 +507,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: fedex COMMAND [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\n`fedex help COMMAND` describes a command's options.\n");
+    fprintf(f, "\n`fedex help COMMAND` describes a command's options; `fedex --version` says which fedex this is.\n");
 }
 
 int main(int argc, char **argv) {
@@ -536,6 +536,14 @@ int main(int argc, char **argv) {
         execv("/proc/self/exe", argv);
     }
     if (argc < 2) { usage(stderr); return 2; }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+#ifdef FEDEX_CUDA
+        printf("fedex %s (CPU and CUDA)\n", FX_VERSION);
+#else
+        printf("fedex %s (CPU)\n", FX_VERSION);
+#endif
+        return 0;
+    }
     if (fx_is_help(argv[1]) || !strcmp(argv[1], "help")) {
         if (argc > 2) {
             char *hv[] = {argv[2], "--help", NULL};

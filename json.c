@@ -16,6 +16,11 @@
 /* The parser recurses once per level of nesting. No file fedex reads nests deeper than 4; 512 levels of
  * a few hundred bytes of stack each stay far below any thread's stack, sanitizers included. */
 #define JSON_MAX_DEPTH 512
+/* A bound on the values of one document, so that memory stays bounded whatever the input: a value costs
+ * sizeof(fx_json) (~90 bytes, up to twice that in a growing array) against as little as 2 bytes of text,
+ * so a 100 MB array of zeros would take ~9 GB. 4M values (at most ~0.7 GB) hold the largest files fedex
+ * reads: a safetensors header of 100k tensors (~1M values), a 256k-token tokenizer.json (~2M). */
+#define JSON_MAX_VALUES (4u << 20)
 
 /* ============================================================================================
  * UTF-8
@@ -77,6 +82,7 @@ typedef struct {
     const char *s; /* the text, not NUL-terminated */
     size_t len, pos;
     int depth;
+    size_t values;
 } parser;
 
 /* Line and column are counted here, on the error path only, so that parsing pays nothing for them.
@@ -359,6 +365,8 @@ static int parse_object(parser *p, fx_json *v) {
 
 static int parse_value(parser *p, fx_json *v) {
     memset(v, 0, sizeof *v);
+    if (++p->values > JSON_MAX_VALUES)
+        return fail_at(p, p->pos, "more than %u values: too large for any file fedex reads", JSON_MAX_VALUES);
     skip_ws(p);
     if (p->pos >= p->len) return fail_at(p, p->pos, "unexpected end of input, expected a value");
     char c = p->s[p->pos], b[16];
@@ -383,7 +391,7 @@ static int parse_value(parser *p, fx_json *v) {
  * ============================================================================================ */
 
 int fx_json_parse(const char *text, size_t len, fx_json *out) {
-    parser p = {text, len, 0, 0};
+    parser p = {text, len, 0, 0, 0};
     memset(out, 0, sizeof *out);
     if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
         return fail_at(&p, 0, "byte order mark before the JSON text is not allowed");

@@ -313,9 +313,12 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     fx_json_num(f, mx);
     fprintf(f, ", \"mean\": ");
     fx_json_num(f, mean);
-    fprintf(f, ", \"layers\": [");
-    for (int k = 0; k < R->srv.nadapted; k++) { fprintf(f, k ? ", " : ""); fx_json_num(f, err[k]); }
-    fprintf(f, "]}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
+    fprintf(f, ", \"layers\": {");
+    for (int k = 0; k < R->srv.nadapted; k++) {
+        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
+        fx_json_num(f, err[k]);
+    }
+    fprintf(f, "}}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
             (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
     fprintf(f, "\"memory_mb\": ");
     fx_json_num(f, R->tp->memory_mb(R));

@@ -211,7 +211,11 @@ static inline int line_ok(const fx_json *l, int round, int nclients) {
         return 0;
     for (size_t i = 0; i < cl->n; i++)
         if (!(num(&cl->kids[i], "samples") > 0) || !(num(&cl->kids[i], "train_loss") > 0)) return 0;
-    if (!ae || !(num(ae, "max") >= 0) || !(num(ae, "mean") >= 0) || !arr(ae, "layers")) return 0;
+    const fx_json *layers = ae ? fx_json_get(ae, "layers") : NULL; /* keyed by layer name */
+    if (!ae || !(num(ae, "max") >= 0) || !(num(ae, "mean") >= 0) || !layers || layers->type != FX_JOBJ || !layers->n)
+        return 0;
+    for (size_t i = 0; i < layers->n; i++)
+        if (strncmp(layers->keys[i], "encoder.layer.", 14) || layers->kids[i].type != FX_JNUM) return 0;
     return num(l, "value") >= 0 && num(l, "best") >= 0 && num(l, "bytes_up") > 0 && num(l, "bytes_down") > 0 &&
            num(l, "seconds") >= 0;
 }

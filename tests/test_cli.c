@@ -127,6 +127,26 @@ static void test_commands(const char *shared) {
     fx_tok_free(tok);
 }
 
+/* Progress on a terminal: TERM=dumb gets no cursor movement; a terminal whose standard output goes to a
+ * pipe (`| tee log`) still gets the per-client lines on it. `script` gives the run a terminal. */
+static void test_terminal(void) {
+    if (check_run("command -v script >/dev/null", out, sizeof out) != 0) {
+        printf("skipped: progress on a terminal (no `script` here to make one)\n");
+        return;
+    }
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "script -qc 'TERM=dumb %s train --rounds 1 --local-epochs 1 --threads 2' /dev/null",
+             fedex_bin);
+    int rc = check_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strchr(out, '\033') && strstr(out, "round 1 client 0: "),
+          "TERM=dumb: exit %d, plain per-client lines and no escape sequences: '%.300s'", rc, out);
+    snprintf(cmd, sizeof cmd, "script -qc 'TERM=xterm %s train --rounds 1 --local-epochs 1 --threads 2 | cat' "
+             "/dev/null", fedex_bin);
+    rc = check_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "round 1 client 0: ") && strstr(out, "samples x 1 epochs"),
+          "a terminal with standard output piped: exit %d, the per-client lines reach the pipe", rc);
+}
+
 int main(void) {
     test_parser();
     fedex_bin = getenv("FEDEX");
@@ -134,6 +154,9 @@ int main(void) {
         printf("skipped: the command line through the fedex binary (FEDEX is not set: run `make test`)\n");
         return check_done();
     }
+    CHECK(fx("--version") == 0 && !strncmp(out, "fedex " FX_VERSION " (", strlen("fedex " FX_VERSION " (")),
+          "--version: '%s'", out);
+    test_terminal();
     test_commands(shared_dir("tokenize through the command line needs roberta-base's vocabulary"));
     return check_done();
 }

@@ -5,6 +5,7 @@
 #include "tests/check.h"
 
 #include <string.h>
+#include <sys/resource.h>
 
 /* ============================================================================================
  * tolerances and limits
@@ -253,7 +254,27 @@ static void test_vocab(void) {
     free(text);
 }
 
+/* Memory stays bounded whatever the input: 20M values in 40 MB of text would take ~2-4 GB as a tree. */
+static void test_bounded(void) {
+    size_t n = 20u << 20, len = 2 * n + 1;
+    char *t = fx_malloc(len + 1);
+    t[0] = '[';
+    for (size_t i = 0; i < n; i++) { t[1 + 2 * i] = '0'; t[2 + 2 * i] = ','; }
+    t[len - 1] = ']';
+    t[len] = 0;
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
+    fx_json j;
+    int rc = fx_json_parse(t, len, &j);
+    getrusage(RUSAGE_SELF, &r1);
+    double grew_mb = (double)(r1.ru_maxrss - r0.ru_maxrss) / 1024;
+    CHECK(rc == -1 && strstr(fx_err(), "more than") && strstr(fx_err(), "values"), "20M values refused: %s", fx_err());
+    CHECK(grew_mb < 1024, "parsing 40 MB of JSON grew the peak memory by %.0f MB (bound: 1 GB)", grew_mb);
+    free(t);
+}
+
 int main(void) {
+    test_bounded();
     test_values();
     test_numbers();
     test_strings();

@@ -326,9 +326,10 @@ static void check_exact_round(const char *agg, int vera, const char *run, int R,
         free(gv);
     }
 
-    /* the residual, layer by layer, in the residual file's order (the order of agg_error's layers) */
+    /* the residual, layer by layer; agg_error's layers are keyed by the layer's name */
     double s = vera ? 1.0 : lora_scale(run);
-    const fx_json *layers = arr(fx_json_get(line, "agg_error"), "layers");
+    const fx_json *layers = fx_json_get(fx_json_get(line, "agg_error"), "layers");
+    if (layers && layers->type != FX_JOBJ) layers = NULL;
     CHECK(layers && (int)layers->n == res.f.n, "%s round %d: agg_error lists %d layers, the residual has %d", agg,
           R, layers ? (int)layers->n : -1, res.f.n);
     int significant = 0;
@@ -349,9 +350,13 @@ static void check_exact_round(const char *agg, int vera, const char *run, int R,
         have &= layer_load(&g.f, pre, vera, out, in, &lg) == 0;
         if (R > 1) have &= layer_load(&pg.f, pre, vera, out, in, &lp) == 0;
         CHECK(have, "%s round %d: %s: adapter or residual tensors missing or of the wrong size", agg, R, pre);
+        char lname[512];
+        snprintf(lname, sizeof lname, "%.*s", (int)(nl - 15), t->name + 8);
+        const fx_json *lerr = layers ? fx_json_get(layers, lname) : NULL;
+        CHECK(lerr && lerr->type == FX_JNUM, "%s round %d: agg_error.layers has no entry \"%s\"", agg, R, lname);
         if (have)
-            check_exact_layer(agg, vera, s, R, t->name, out, in, got, prev, la, &lg, R > 1 ? &lp : NULL,
-                              layers && k < (int)layers->n ? &layers->kids[k] : NULL, &significant);
+            check_exact_layer(agg, vera, s, R, t->name, out, in, got, prev, la, &lg, R > 1 ? &lp : NULL, lerr,
+                              &significant);
         for (int c = 0; c < NC; c++) layer_free(&la[c]);
         layer_free(&lg);
         if (R > 1) layer_free(&lp);
