@@ -243,6 +243,20 @@ static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data D
     "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv) and prints its metrics on\n"
     "one line.\n", eval_opts, eval_opt);
 
+/* The label count of DIR/model.safetensors' classifier (classifier.out_proj.weight (L, H)), 0 when it has
+ * none, -1 with fx_err(). */
+static int checkpoint_labels(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    fx_st_file f;
+    if (fx_st_open(path, &f) != 0) return -1;
+    const fx_st_tensor *t = fx_st_find(&f, "classifier.out_proj.weight");
+    if (!t) t = fx_st_find(&f, "roberta.classifier.out_proj.weight");
+    int n = t && t->ndim == 2 && t->shape[0] > 0 && t->shape[0] <= 1000 ? (int)t->shape[0] : 0;
+    fx_st_close(&f);
+    return n;
+}
+
 static int cmd_eval(int argc, char **argv) {
     eval_opts o;
     int set[9], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
@@ -256,6 +270,12 @@ static int cmd_eval(int argc, char **argv) {
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("eval: path too long");
     fx_config c;
     if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    /* A base without a classifier (a stock masked-LM checkpoint) gets a fresh head of the task's labels,
+     * as Hugging Face creates it; a checkpoint's own head must match the task. */
+    int head_labels = checkpoint_labels(o.model);
+    if (head_labels < 0) fx_die("%s", fx_err());
+    if (head_labels == 0) c.num_labels = task->num_labels;
+    else c.num_labels = head_labels;
     if (c.num_labels != task->num_labels)
         fx_die("eval: %s has %d label%s, %s's config.json says %d (make one with fedex init --labels %d)",
                task->name, task->num_labels, task->num_labels == 1 ? " (regression)" : "s", o.model,

@@ -192,7 +192,8 @@ typedef struct {
     int col_label;               /* 0-based; -1 = the last column (MNLI) */
     int num_labels;              /* 1 = regression */
     const char *labels[3];       /* label strings in id order; NULL entries for numeric 0/1 labels */
-    const char *metric;          /* the paper's headline: "mcc", "pearson" or "accuracy" */
+    const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
+                                    (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
 } fx_task;
 
 const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */

@@ -21,7 +21,7 @@ static const fx_task tasks[] = {
     /* name      dir      dev split          hdr ncols a  b  lab nl labels                                    metric */
     {"CoLA",    "CoLA",  "dev",             0, 4,  3, -1, 1,  2, {NULL, NULL, NULL},                          "mcc"},
     {"SST-2",   "SST-2", "dev",             1, 2,  0, -1, 1,  2, {NULL, NULL, NULL},                          "accuracy"},
-    {"MRPC",    "MRPC",  "dev",             1, 5,  3, 4,  0,  2, {NULL, NULL, NULL},                          "accuracy"},
+    {"MRPC",    "MRPC",  "dev",             1, 5,  3, 4,  0,  2, {NULL, NULL, NULL},                          "f1"},
     {"STS-B",   "STS-B", "dev",             1, 10, 7, 8,  9,  1, {NULL, NULL, NULL},                          "pearson"},
     {"QQP",     "QQP",   "dev",             1, 6,  3, 4,  5,  2, {NULL, NULL, NULL},                          "accuracy"},
     {"MNLI",    "MNLI",  "dev_matched",     1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"}, "accuracy"},
@@ -556,7 +556,8 @@ void fx_task_metrics(const fx_task *t, const float *logits, const float *labels,
         if (!strcmp(t->metric, "mcc")) m->mcc = fx_mcc(pred, gold, n);
         free(pred); free(gold);
     }
-    m->main = !strcmp(t->metric, "mcc") ? m->mcc : !strcmp(t->metric, "pearson") ? m->pearson : m->accuracy;
+    m->main = !strcmp(t->metric, "mcc") ? m->mcc : !strcmp(t->metric, "pearson") ? m->pearson
+            : !strcmp(t->metric, "f1") ? m->f1 : m->accuracy;
 }
 
 /* ============================================================================================

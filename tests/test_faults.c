@@ -232,6 +232,21 @@ static void test_run_folder(void) {
     CHECK(rc == 1 && err_has("fewer", "completed 2 rounds") && settings1 && !strcmp(settings0, settings1),
           "--resume --rounds 1 after 2 rounds: exit %d, want 1 naming the rounds done, settings unchanged", rc);
     free(settings1);
+    /* settings that do not read back, or do not pass the checks: refused with the reason (and, under the
+     * sanitizers, without a leak, which would change the exit status) */
+    char *bad1 = fx_strdup(settings0), *at = strstr(bad1, "\"lora-r\": 4");
+    if (at) memcpy(at, "\"lora-r\": 0", 11);
+    fx_write_file_atomic(P("%s/" FX_SETTINGS_FILE, run_s), bad1, strlen(bad1));
+    rc = fedex("bad_settings", NULL, "train", "--resume", run_s, "--rounds", "3", NULL);
+    CHECK(at && rc == 2 && err_has("bad_settings", "--lora-r must be"), "--resume with settings that fail the checks: "
+          "exit %d", rc);
+    at = strstr(bad1, "\"lora-r\": 0");
+    if (at) memcpy(at, "\"lora-r\": \"", 11);
+    fx_write_file_atomic(P("%s/" FX_SETTINGS_FILE, run_s), bad1, strlen(bad1));
+    rc = fedex("bad_settings2", NULL, "train", "--resume", run_s, "--rounds", "3", NULL);
+    CHECK(rc == 2 && err_has("bad_settings2", FX_SETTINGS_FILE), "--resume with unreadable settings: exit %d", rc);
+    fx_write_file_atomic(P("%s/" FX_SETTINGS_FILE, run_s), settings0, strlen(settings0));
+    free(bad1);
     /* export into the run's own folder would overwrite what makes it resumable */
     rc = fedex("export_self", NULL, "export", "--run", run_s, "--out", run_s, NULL);
     CHECK(rc == 2 && err_has("export_self", "is a run's folder"), "export --out RUN: exit %d, want 2", rc);
@@ -314,6 +329,20 @@ static void test_model_limits(void) {
     free(cfg); free(dir_s);
 }
 
+/* ---------------------------------------------------------------- what Hugging Face does */
+
+/* A stock masked-LM base (no classifier) evaluates on a regression task: the head is created with the
+ * task's label count, as Hugging Face creates it. */
+static void test_headless_regression(const char *shared) {
+    fx_mkdir_p(P("%s/STS-B", glue));
+    copy_lines(P("%s/data/glue/STS-B/dev.tsv", shared), P("%s/STS-B/dev.tsv", glue), 1 + 20);
+    int rc = fedex("stsb", NULL, "eval", "--model", model, "--task", "STS-B", "--data", glue, "--max-length", "32", NULL);
+    char *o = slurp(P("%s/stsb.out", tmp));
+    CHECK(rc == 0 && o && strstr(o, "STS-B dev: n 20") && strstr(o, "pearson") && err_has("stsb", "the head is random"),
+          "eval STS-B on a base without a classifier: exit %d, '%s'", rc, o ? o : "");
+    free(o);
+}
+
 int main(void) {
     if (run_harness_start("faults") != 0) {
         if (!fedex_bin || !*fedex_bin) printf("skipped: faults through the fedex binary (FEDEX is not set: run `make test`)\n");
@@ -332,6 +361,7 @@ int main(void) {
         test_run_folder();
         test_damaged_checkpoint();
         test_model_limits();
+        test_headless_regression(shared);
     } else if (shared) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
     run_harness_end();
     return check_done();
