@@ -588,10 +588,6 @@ void fx_model_free(fx_model *m);
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
 /* FedEx: W0 += alpha * R for adapted layer K, R (out, in) in W's orientation. */
 void fx_model_add_residual(fx_model *m, int k, const float *R, float alpha);
-/* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
-int fx_model_has_weights(const char *dir);
-int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
-int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
  * LOGITS (n, num_labels) may be NULL. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with
@@ -608,10 +604,16 @@ float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linea
 /* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
  * ============================================================================================
- * fx_model_load (above) accepts F32, F16 or BF16 tensors, names with or without "roberta.", and ignores
- * tensors it does not need (lm_head.*, pooler.*); it returns 1 when it also loaded a classifier head of the
- * model's shape, 0 when the head was left as initialised, -1 on error. fx_model_save writes "roberta."-
- * prefixed F32 tensors, the head and config.json; MERGED folds each adapter's dW into its weight. */
+ * fx_model_load accepts F32, F16 or BF16 tensors, names with or without the family's prefix ("roberta."),
+ * and ignores tensors it does not need (lm_head.*, pooler.*); it returns 1 when it also loaded a classifier
+ * head of the model's shape, 0 when the head was left as initialised, -1 on error. fx_model_save writes
+ * prefixed F32 tensors, the head and config.json (the family's writer); MERGED folds each adapter's dW into
+ * its weight. */
+
+/* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
+int fx_model_has_weights(const char *dir);
+int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 
 /* DIR/adapter_model.safetensors (PEFT's keys, the head as modules_to_save, VeRA's projections) and
  * DIR/adapter_config.json, which PEFT's PeftModel.from_pretrained can load. */
