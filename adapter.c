@@ -1,7 +1,6 @@
-/* adapter.c: LoRA, FFA-LoRA and VeRA on a block's linear layers: the one table of adaptable targets
- * (fedex's names, PEFT's module names, dims), the adapter tensors and their initialisation, and each
- * adapter's forward and backward written as calls on the model's ops. It does no file I/O (checkpoint.c)
- * and forms no dW (agg.c's fx_delta_w). */
+/* adapter.c: LoRA, FFA-LoRA and VeRA: the one table of adaptable targets (fedex's and PEFT's names, dims),
+ * the adapter tensors and their initialisation, each adapter's forward and backward as calls on the ops.
+ * No file I/O (checkpoint.c) and no dW (agg.c's fx_delta_w). */
 #include "fedex.h"
 
 #include <math.h>

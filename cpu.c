@@ -1,7 +1,6 @@
-/* cpu.c: the CPU ops table, the specification every other backend is tested against: each layer op's
- * forward and backward in plain fp32 C (strict IEEE, moments and sums in double where noted), parallel
- * with OpenMP so that results do not depend on the thread count. It knows no model, no tensor names and
- * no family: model.c calls these ops in the order the transformer needs them. */
+/* cpu.c: the CPU ops table, the specification other backends are tested against: every layer op's
+ * forward and backward in plain fp32 C, OpenMP-parallel with results independent of the thread count.
+ * It knows no model, tensor name or family: model.c calls the ops in the order the transformer needs. */
 #include "fedex.h"
 
 #include <float.h>

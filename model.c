@@ -1,7 +1,6 @@
-/* model.c: the transformer, written once as calls on a backend's ops table (cpu.c's, or another's with
- * its own pointers): tensor tables and per-layer weight views built once from the family's list, the
- * workspace carve, the block's forward and backward, the classification head and its loss, AdamW's
- * scalars. It reads no activation or weight itself; no file I/O (checkpoint.c), no family names. */
+/* model.c: the transformer written once as calls on a backend's ops table: tensor tables and per-layer
+ * views built once from the family's list, the workspace carve, the block forward and backward, the head
+ * and loss, AdamW's scalars. It reads no activation or weight itself; no file I/O, no family names. */
 #include "fedex.h"
 
 #include <math.h>

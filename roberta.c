@@ -1,7 +1,6 @@
-/* roberta.c: the RoBERTa family as data (Hugging Face's RobertaForSequenceClassification): its
- * config.json keys and writer, its tensor list with shapes and init rules, its block's shape (post-LN,
- * separate q/k/v, bidirectional, exact GELU), its position rule and its text template. No forward pass:
- * model.c runs every family's block; no file I/O but config.json's text (checkpoint.c writes files). */
+/* roberta.c: the RoBERTa family as data: config.json's keys and writer, the tensor list with shapes and
+ * init rules, the block's shape (post-LN, separate q/k/v, bidirectional, exact GELU), its position rule and
+ * text template. No forward pass (model.c runs every family) and no file I/O (checkpoint.c). */
 #include "fedex.h"
 
 #include <math.h>
