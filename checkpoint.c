@@ -19,23 +19,11 @@
  * without it); a PEFT adapter prefixes every module path with "base_model.model.", drops its adapter name
  * ("default") from the keys, and saves modules_to_save (our classifier head) under the module's own path. */
 
-#define HF_PREFIX "roberta."
 #define PEFT_PREFIX "base_model.model."
 #define PATH_MAX_LEN 4096
 
-static const char *const head_names[4] = {"classifier.dense.weight", "classifier.dense.bias",
-                                          "classifier.out_proj.weight", "classifier.out_proj.bias"};
-
-/* The adaptable linear layers: FX_T_* bit, the name PEFT's target_modules uses, the path in a layer. */
-static const struct { unsigned bit; const char *peft, *path; } targets_tab[] = {
-    {FX_T_QUERY, "query", "attention.self.query"},
-    {FX_T_KEY, "key", "attention.self.key"},
-    {FX_T_VALUE, "value", "attention.self.value"},
-    {FX_T_ATTN_OUT, "attention.output.dense", "attention.output.dense"},
-    {FX_T_INTER, "intermediate.dense", "intermediate.dense"},
-    {FX_T_OUTPUT, "output.dense", "output.dense"},
-};
-#define NTARGETS ((int)(sizeof targets_tab / sizeof targets_tab[0]))
+/* Head tensor J of M (its name in both files and the model): the family's head, after the adapters. */
+static const fx_tensor *head_tensor(const fx_model *m, int j) { return &m->train.t[m->head.t + j]; }
 
 /* snprintf into a fixed buffer; -1 (with an error naming WHAT) if it did not fit. */
 static int fmt(char *buf, size_t cap, const char *what, const char *f, ...) __attribute__((format(printf, 4, 5)));
@@ -55,17 +43,6 @@ static void shape_text(char *buf, size_t cap, int ndim, const int64_t *shape) {
         k += (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
-
-/* The shortest decimal that reads back as the same float, so config files say 1e-05, not 1.00000001e-05. */
-static void put_float(FILE *f, float x) {
-    char buf[32];
-    for (int p = 1; p <= 9; p++) {
-        snprintf(buf, sizeof buf, "%.*g", p, (double)x);
-        if (strtof(buf, NULL) == x) break;
-    }
-    fputs(buf, f);
-}
-
 
 /* ============================================================================================
  * reading one tensor into a buffer
@@ -121,28 +98,7 @@ static int write_config(const fx_config *c, const char *dir) {
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) { fx_seterr("%s: cannot format the file: %s", path, strerror(errno)); return -1; }
-    fprintf(f, "{\n  \"architectures\": [\"RobertaForSequenceClassification\"],\n");
-    fprintf(f, "  \"model_type\": \"roberta\",\n");
-    fprintf(f, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n",
-            c->vocab_size, c->hidden, c->layers);
-    fprintf(f, "  \"num_attention_heads\": %d,\n  \"intermediate_size\": %d,\n", c->heads, c->intermediate);
-    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"type_vocab_size\": %d,\n",
-            c->max_positions, c->type_vocab_size);
-    /* RoBERTa's specials: <s> 0, <pad> 1, </s> 2 */
-    fprintf(f, "  \"pad_token_id\": %d,\n  \"bos_token_id\": 0,\n  \"eos_token_id\": 2,\n", c->pad_id);
-    fprintf(f, "  \"hidden_act\": \"gelu\",\n  \"position_embedding_type\": \"absolute\",\n");
-    fprintf(f, "  \"layer_norm_eps\": "); put_float(f, c->layer_norm_eps);
-    fprintf(f, ",\n  \"hidden_dropout_prob\": "); put_float(f, c->hidden_dropout);
-    fprintf(f, ",\n  \"attention_probs_dropout_prob\": "); put_float(f, c->attention_dropout);
-    fprintf(f, ",\n  \"initializer_range\": "); put_float(f, c->initializer_range);
-    /* HF counts labels by id2label; one label means regression (MSE). */
-    fprintf(f, ",\n  \"problem_type\": \"%s\",\n",
-            c->num_labels == 1 ? "regression" : "single_label_classification");
-    fprintf(f, "  \"id2label\": {");
-    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"%d\": \"LABEL_%d\"", i ? ", " : "", i, i);
-    fprintf(f, "},\n  \"label2id\": {");
-    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"LABEL_%d\": %d", i ? ", " : "", i, i);
-    fprintf(f, "}\n}\n");
+    fx_config_family(c)->config_write(f, c);
     return fx_write_memstream_atomic(f, &buf, &len, path);
 }
 
@@ -168,7 +124,7 @@ int fx_model_load(fx_model *m, const char *dir) {
     int rc = -1;
     for (int i = 0; i < m->base.nt; i++) {
         const fx_tensor *bt = &m->base.t[i];
-        if (fmt(name, sizeof name, path, HF_PREFIX "%s", bt->name) != 0) goto done;
+        if (fmt(name, sizeof name, path, "%s%s", m->fam->prefix, bt->name) != 0) goto done;
         const fx_st_tensor *t = fx_st_find(&f, name);
         if (!t) t = fx_st_find(&f, bt->name);
         if (!t) {
@@ -181,17 +137,17 @@ int fx_model_load(fx_model *m, const char *dir) {
     }
     /* The head, when the checkpoint has one of this model's shape (a fine-tuned classifier); a masked-LM
      * checkpoint (lm_head.*) or one fine-tuned for another label count keeps the fresh head. */
-    const fx_st_tensor *ht[4];
-    const fx_tensor *mt[4];
+    const fx_st_tensor *ht[FX_HEAD_COUNT];
+    const fx_tensor *mt[FX_HEAD_COUNT];
     int head = 1;
-    for (int j = 0; j < 4; j++) {
-        ht[j] = fx_st_find(&f, head_names[j]);
-        mt[j] = fx_params_find(&m->train, head_names[j]);
-        if (!ht[j] || !mt[j] || check_shape(path, ht[j], mt[j]->ndim, mt[j]->shape, "the model has") != 0)
+    for (int j = 0; j < m->fam->nhead; j++) {
+        mt[j] = head_tensor(m, j);
+        ht[j] = fx_st_find(&f, mt[j]->name);
+        if (!ht[j] || check_shape(path, ht[j], mt[j]->ndim, mt[j]->shape, "the model has") != 0)
             head = 0;
     }
     if (head)
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < m->fam->nhead; j++)
             if (read_into(&f, ht[j], m->train.data + mt[j]->off) != 0) goto done;
     rc = head;
 done:
@@ -203,15 +159,15 @@ int fx_model_save(const fx_model *m, const char *dir, int merged) {
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
-    int n = m->base.nt + 4, rc = -1;
+    int n = m->base.nt + m->fam->nhead, rc = -1;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
     char **names = fx_calloc((size_t)n, sizeof *names);
     float **merged_w = fx_calloc((size_t)m->base.nt, sizeof *merged_w);
     double *dW = NULL;
     for (int i = 0; i < m->base.nt; i++) {
         const fx_tensor *bt = &m->base.t[i];
-        names[i] = fx_malloc(strlen(bt->name) + sizeof HF_PREFIX);
-        strcpy(names[i], HF_PREFIX);
+        names[i] = fx_malloc(strlen(m->fam->prefix) + strlen(bt->name) + 1);
+        strcpy(names[i], m->fam->prefix);
         strcat(names[i], bt->name);
         e[i].name = names[i];
         e[i].dtype = FX_F32;
@@ -234,11 +190,10 @@ int fx_model_save(const fx_model *m, const char *dir, int merged) {
         for (size_t j = 0; j < nw; j++) merged_w[i][j] = (float)((double)W0[j] + dW[j]);
         e[i].data = merged_w[i];
     }
-    for (int j = 0; j < 4; j++) {
-        const fx_tensor *t = fx_params_find(&m->train, head_names[j]);
-        if (!t) { fx_seterr("%s: the model has no tensor '%s'", path, head_names[j]); goto done; }
+    for (int j = 0; j < m->fam->nhead; j++) {
+        const fx_tensor *t = head_tensor(m, j);
         fx_st_entry *x = &e[m->base.nt + j];
-        x->name = head_names[j];
+        x->name = t->name;
         x->dtype = FX_F32;
         x->ndim = t->ndim;
         for (int d = 0; d < t->ndim; d++) x->shape[d] = t->shape[d];
@@ -260,34 +215,44 @@ done:
  * "attention.output.dense" and the layer's "output.dense", so a set holding the second without the first
  * cannot be a list: it is written as the regular expression PEFT full-matches against module names. */
 
-static void targets_regex(unsigned mask, char *buf, size_t cap) {
-    size_t k = (size_t)snprintf(buf, cap, "roberta\\.encoder\\.layer\\.\\d+\\.(");
+/* S as a regular expression into BUF at *K: dots escaped, the layer number's "%d" as \d+. */
+static void regex_put(char *buf, size_t cap, size_t *k, const char *s) {
+    for (const char *p = s; *p && *k + 4 < cap; p++) {
+        if (p[0] == '%' && p[1] == 'd') { memcpy(buf + *k, "\\d+", 3); *k += 3; p++; continue; }
+        if (*p == '.') buf[(*k)++] = '\\';
+        buf[(*k)++] = *p;
+    }
+    buf[*k] = 0;
+}
+
+/* The family's layers ("roberta\.encoder\.layer\.\d+\.") then the targets' paths as alternatives. */
+static void targets_regex(const fx_family *fam, unsigned mask, char *buf, size_t cap) {
+    size_t k = 0;
+    regex_put(buf, cap, &k, fam->prefix);
+    regex_put(buf, cap, &k, fam->layer_fmt);
+    k += (size_t)snprintf(buf + k, cap - k, "(");
     int first = 1;
-    for (int t = 0; t < NTARGETS && k < cap; t++) {
-        if (!(mask & targets_tab[t].bit)) continue;
+    for (int t = 0; t < FX_NTARGETS && k < cap; t++) {
+        if (!(mask & fx_targets[t].bit)) continue;
         k += (size_t)snprintf(buf + k, cap - k, "%s", first ? "" : "|");
         first = 0;
-        for (const char *p = targets_tab[t].path; *p && k + 3 < cap; p++) {
-            if (*p == '.') buf[k++] = '\\';
-            buf[k++] = *p;
-        }
-        buf[k] = 0;
+        regex_put(buf, cap, &k, fx_targets[t].path);
     }
     if (k < cap) snprintf(buf + k, cap - k, ")");
 }
 
-static void put_targets(FILE *f, unsigned mask) {
+static void put_targets(FILE *f, const fx_family *fam, unsigned mask) {
     if ((mask & FX_T_OUTPUT) && !(mask & FX_T_ATTN_OUT)) {
         char re[512];
-        targets_regex(mask, re, sizeof re);
+        targets_regex(fam, mask, re, sizeof re);
         { char *q = fx_json_quote(re); fputs(q, f); free(q); }
         return;
     }
     fputc('[', f);
     int first = 1;
-    for (int t = 0; t < NTARGETS; t++) {
-        if (!(mask & targets_tab[t].bit)) continue;
-        fprintf(f, "%s\"%s\"", first ? "" : ", ", targets_tab[t].peft);
+    for (int t = 0; t < FX_NTARGETS; t++) {
+        if (!(mask & fx_targets[t].bit)) continue;
+        fprintf(f, "%s\"%s\"", first ? "" : ", ", fx_targets[t].peft);
         first = 0;
     }
     fputc(']', f);
@@ -308,19 +273,19 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
     else fputs("null", f);
     fprintf(f, ",\n  \"revision\": null,\n  \"inference_mode\": true,\n");
     fprintf(f, "  \"r\": %d,\n  \"target_modules\": ", a->r);
-    put_targets(f, a->targets);
+    put_targets(f, m->fam, a->targets);
     fprintf(f, ",\n  \"modules_to_save\": [\"classifier\"],\n  \"bias\": \"none\",\n");
     fprintf(f, "  \"fan_in_fan_out\": false,\n  \"layers_to_transform\": null,\n  \"layers_pattern\": null,\n");
     if (lora) {
-        fprintf(f, "  \"lora_alpha\": "); put_float(f, a->alpha);
-        fprintf(f, ",\n  \"lora_dropout\": "); put_float(f, a->dropout);
+        fprintf(f, "  \"lora_alpha\": "); fx_json_put_float(f, a->alpha);
+        fprintf(f, ",\n  \"lora_dropout\": "); fx_json_put_float(f, a->dropout);
         fprintf(f, ",\n  \"use_rslora\": %s,\n  \"use_dora\": false,\n", a->rslora ? "true" : "false");
         fprintf(f, "  \"init_lora_weights\": true,\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {}\n}\n");
     } else {
         /* save_projection: vera_A and vera_B travel in the file, as fedex's own projections are not the ones
          * PEFT would draw from projection_prng_key. */
-        fprintf(f, "  \"vera_dropout\": "); put_float(f, a->dropout);
-        fprintf(f, ",\n  \"d_initial\": "); put_float(f, a->d_initial);
+        fprintf(f, "  \"vera_dropout\": "); fx_json_put_float(f, a->dropout);
+        fprintf(f, ",\n  \"d_initial\": "); fx_json_put_float(f, a->d_initial);
         fprintf(f, ",\n  \"projection_prng_key\": %llu,\n  \"save_projection\": true,\n",
                 (unsigned long long)(a->seed & 0x7fffffffULL));
         fprintf(f, "  \"init_weights\": true\n}\n");
@@ -353,12 +318,13 @@ static int json_flag(const fx_json *j, const char *key, int *out, const char *pa
     return 0;
 }
 
+/* adapter_config.json names no family of its own: its regular expressions are RoBERTa's. */
 static int parse_targets(const fx_json *v, unsigned *mask, const char *path) {
     *mask = 0;
     if (v && v->type == FX_JSTR) { /* only the expressions put_targets writes */
         for (unsigned m = 1; m < 64; m++) {
             char re[512];
-            targets_regex(m, re, sizeof re);
+            targets_regex(&fx_roberta, m, re, sizeof re);
             if (!strcmp(re, v->str)) { *mask = m; return 0; }
         }
         fx_seterr("%s: target_modules \"%s\" is a regular expression fedex does not know; list the modules "
@@ -372,15 +338,15 @@ static int parse_targets(const fx_json *v, unsigned *mask, const char *path) {
     for (size_t i = 0; i < v->n; i++) {
         const fx_json *s = &v->kids[i];
         int t = 0;
-        while (t < NTARGETS && !(s->type == FX_JSTR && !strcmp(s->str, targets_tab[t].peft))) t++;
-        if (t == NTARGETS) {
+        while (t < FX_NTARGETS && !(s->type == FX_JSTR && !strcmp(s->str, fx_targets[t].peft))) t++;
+        if (t == FX_NTARGETS) {
             fx_seterr("%s: target_modules entry %zu is not one of query, key, value, attention.output.dense, "
                       "intermediate.dense, output.dense", path, i);
             return -1;
         }
-        *mask |= targets_tab[t].bit;
+        *mask |= fx_targets[t].bit;
         /* PEFT matches suffixes: "output.dense" adapts attention.output.dense as well */
-        if (targets_tab[t].bit == FX_T_OUTPUT) *mask |= FX_T_ATTN_OUT;
+        if (fx_targets[t].bit == FX_T_OUTPUT) *mask |= FX_T_ATTN_OUT;
     }
     return 0;
 }
@@ -449,7 +415,7 @@ done:
 static int adapter_key(const fx_model *m, int k, int second, char *buf, size_t cap) {
     const char *suffix = m->a.kind == FX_LORA ? (second ? "lora_B.weight" : "lora_A.weight")
                                               : (second ? "vera_lambda_b" : "vera_lambda_d");
-    return fmt(buf, cap, m->ad[k].name, PEFT_PREFIX HF_PREFIX "%s.%s", m->ad[k].name, suffix);
+    return fmt(buf, cap, m->ad[k].name, PEFT_PREFIX "%s%s.%s", m->fam->prefix, m->ad[k].name, suffix);
 }
 
 /* The shape of adapted layer K's first (A or lambda_d) or second (B or lambda_b) tensor. */
@@ -465,7 +431,7 @@ int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model) 
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/adapter_model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
-    int vera = m->a.kind == FX_VERA, n = 2 * m->nadapted + 4 + 2 * vera, rc = -1, i = 0;
+    int vera = m->a.kind == FX_VERA, n = 2 * m->nadapted + m->fam->nhead + 2 * vera, rc = -1, i = 0;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
     char (*names)[192] = fx_calloc((size_t)n, sizeof *names);
     for (int k = 0; k < m->nadapted; k++)
@@ -478,10 +444,9 @@ int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model) 
             for (int d = 0; d < e[i].ndim; d++) e[i].shape[d] = shape[d];
             e[i].data = m->train.data + (s ? m->ad[k].b_off : m->ad[k].a_off);
         }
-    for (int j = 0; j < 4; j++, i++) {
-        const fx_tensor *t = fx_params_find(&m->train, head_names[j]);
-        if (!t) { fx_seterr("%s: the model has no tensor '%s'", path, head_names[j]); goto done; }
-        snprintf(names[i], sizeof names[i], PEFT_PREFIX "%s", head_names[j]);
+    for (int j = 0; j < m->fam->nhead; j++, i++) {
+        const fx_tensor *t = head_tensor(m, j);
+        snprintf(names[i], sizeof names[i], PEFT_PREFIX "%s", t->name);
         e[i].name = names[i];
         e[i].dtype = FX_F32;
         e[i].ndim = t->ndim;
@@ -542,7 +507,7 @@ int fx_adapter_load(fx_model *m, const char *path) {
     if (fx_st_open(file, &f) != 0) return -1;
     int rc = -1, njobs = 0;
     /* Validate everything first, then copy: a refused file leaves the model as it was. */
-    int maxjobs = 2 * m->nadapted + 6;
+    int maxjobs = 2 * m->nadapted + m->fam->nhead + 2; /* + VeRA's two projections */
     const fx_st_tensor **src = fx_calloc((size_t)maxjobs, sizeof *src);
     float **dst = fx_calloc((size_t)maxjobs, sizeof *dst);
     char *used = fx_calloc((size_t)f.n + 1, 1);
@@ -581,19 +546,19 @@ int fx_adapter_load(fx_model *m, const char *path) {
     }
     /* The head travels as PEFT's modules_to_save; an adapter without one keeps the model's head. */
     int nhead = 0;
-    for (int j = 0; j < 4; j++) {
-        snprintf(key, sizeof key, PEFT_PREFIX "%s", head_names[j]);
+    for (int j = 0; j < m->fam->nhead; j++) {
+        const fx_tensor *mt = head_tensor(m, j);
+        snprintf(key, sizeof key, PEFT_PREFIX "%s", mt->name);
         const fx_st_tensor *t = fx_st_find(&f, key);
-        const fx_tensor *mt = fx_params_find(&m->train, head_names[j]);
-        if (!t || !mt) continue;
+        if (!t) continue;
         if (check_shape(file, t, mt->ndim, mt->shape, "the model's head has") != 0) goto done;
         used[t - f.t] = 1;
         src[njobs] = t;
         dst[njobs++] = m->train.data + mt->off;
         nhead++;
     }
-    if (nhead != 0 && nhead != 4) {
-        fx_seterr("%s: the classifier head is incomplete (%d of its 4 tensors)", file, nhead);
+    if (nhead != 0 && nhead != m->fam->nhead) {
+        fx_seterr("%s: the classifier head is incomplete (%d of its %d tensors)", file, nhead, m->fam->nhead);
         goto done;
     }
     for (int i = 0; i < f.n; i++)
@@ -636,7 +601,8 @@ int fx_residual_load(fx_model *m, const char *path) {
     float *R = NULL;
     for (int i = 0; i < f.n; i++) { /* check all before adding any */
         const char *nm = f.t[i].name;
-        if (!strncmp(nm, HF_PREFIX, strlen(HF_PREFIX))) nm += strlen(HF_PREFIX);
+        size_t np = strlen(m->fam->prefix);
+        if (!strncmp(nm, m->fam->prefix, np)) nm += np;
         dst[i] = fx_params_find(&m->base, nm);
         if (!dst[i]) { fx_seterr("%s: tensor '%s' names no base weight of the model", path, f.t[i].name); goto done; }
         if (check_shape(path, &f.t[i], dst[i]->ndim, dst[i]->shape, "the model's weight has") != 0) goto done;

@@ -78,6 +78,7 @@ void fx_json_free(fx_json *j);
 const fx_json *fx_json_get(const fx_json *obj, const char *key); /* NULL if absent or not an object */
 int fx_json_load(const char *path, fx_json *out); /* read + parse, errors prefixed with PATH */
 char *fx_json_quote(const char *s); /* "S" with JSON escapes, malloc'd: the one JSON string writer */
+void fx_json_put_float(FILE *f, float x); /* the shortest decimal that reads back as X */
 
 /* UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF). fx_utf8_next decodes the
  * code point at S[0..len) into *cp and returns its length in bytes (1 to 4), or 0 when the bytes there
@@ -154,11 +155,19 @@ int fx_tok_vocab_size(const fx_tokenizer *t);
 /* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
-/* RoBERTa-style sequence: <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated longest_first
- * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error.
- * As Hugging Face's tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. */
+/* Where a family's template puts the specials around one text A or a pair A, B: bos tokens, A, eos
+ * tokens, then (pair) eos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>, {1, 1, 1, 1};
+ * BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1}. The family holds it (fx_family.text). */
+typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
+/* The template's sequence appended to *ids (realloc'd, *cap tracks capacity; *n the new count), truncated
+ * longest_first to max_len (0: no truncation; else room for the specials at least). As Hugging Face's
+ * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
+int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *a, const char *b, int max_len,
+                      int32_t **ids, int *n, int *cap);
+/* RoBERTa's template (fx_roberta.text): <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated
+ * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
-/* The same sequence appended to *ids as fx_tok_encode_text does; max_len 0 means no truncation. */
+/* The same sequence appended to *ids as fx_tok_encode_tpl does; max_len 0 means no truncation. */
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
                       int *cap);
 /* Text of IDS (specials dropped when skip_special); malloc'd. Bytes that do not form valid UTF-8 become
@@ -281,19 +290,181 @@ void fx_matmul_log_start(void);
 int fx_matmul_log_stop(fx_matmul_shape *out, int max);
 
 /* ============================================================================================
- * model.c: the CPU reference model (RoBERTa + LoRA / VeRA / residual), forward, backward, AdamW
- * ============================================================================================ */
+ * cpu.c: the CPU ops table: every layer op's forward and backward in plain fp32 C (the specification)
+ * ============================================================================================
+ * model.c writes the transformer once as calls on a table of ops; a backend supplies the table. Every
+ * pointer an op takes is the backend's memory: the workspace it allocated through alloc, and the weight
+ * buffers at the offsets the model's views give. model.c reads no float behind these pointers. Shapes
+ * are row-major; N = n*T tokens of n rows of T; H hidden, nh heads, hd = H/nh. Ops run one at a time in
+ * call order (a GPU backend: on one stream). The CPU ops give the same bits for any thread count. */
 
+/* AdamW's scalars for step t, formed once by model.c (fx_adamw_update) in double and used as fp32. */
+typedef struct {
+    float step;                  /* lr / (1 - b1^t) */
+    float bc2s;                  /* sqrt(1 - b2^t) */
+    float decay;                 /* 1 - lr wd, applied when decay_on */
+    int decay_on;                /* weight decay != 0 */
+    float b1, b2, c1, c2, eps;   /* b1, b2, 1 - b1, 1 - b2, eps */
+} fx_adamw_scalars;
+
+typedef struct fx_ops {
+    const char *name;            /* "cpu" */
+    /* memory: alloc never returns NULL (it exits on failure), 64-byte aligned */
+    void *(*alloc)(size_t bytes);
+    void (*release)(void *p);
+    void (*upload)(void *dst /* backend */, const void *src /* host */, size_t bytes);
+    void (*download)(void *dst /* host */, const void *src /* backend */, size_t bytes);
+    void (*zero)(float *x, size_t n);
+    void (*copy)(float *dst, const float *src, size_t n);
+    /* y (n) += alpha x (n) */
+    void (*axpy)(float *y, float alpha, const float *x, size_t n);
+    /* rows x cols floats from SRC (row stride ss) to DST (row stride ds): token 0 of every row */
+    void (*copy_rows)(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols);
+    /* fx_matmul's contract: C (M, N) = alpha op(A) op(B) + beta C */
+    void (*matmul)(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                   int ldb, float beta, float *C, int ldc);
+    /* db (cols)[j] = sum_i a[i, j] (* b[i, j] when B is not NULL), rows summed in order */
+    void (*column_dot)(float *db, const float *a, const float *b, int rows, int cols);
+    /* out (n)[i] = s[i % cols] * x[i]; and y[i] += s[i % cols] * x[i] */
+    void (*scale_cols)(float *out, const float *s /* (cols) */, const float *x, size_t n, int cols);
+    void (*scale_cols_add)(float *y, const float *s /* (cols) */, const float *x, size_t n, int cols);
+    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream); out = in * keep / (1 - p),
+     * or a copy when KEEP is NULL (in place allowed; also the backward); dx += dropout(d) with KEEP */
+    void (*dropout_mask)(uint8_t *keep, size_t rows, size_t cols, float p, uint64_t site);
+    void (*dropout_apply)(float *out, const float *in, const uint8_t *keep, float p, size_t n);
+    void (*dropout_accumulate)(float *dx, const float *d, const uint8_t *keep, float p, size_t n);
+    /* x0 (N, H) = dropout(LayerNorm((word[ids] + type[0]) + pos[pos])); p = 0: no dropout */
+    void (*embeddings_forward)(float *x0, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
+                               const float *word /* (V, H) */, const float *posw /* (P, H) */,
+                               const float *type /* (TV, H) */, const float *ln_w, const float *ln_b /* (H) */,
+                               int N, int H, float eps, float p, uint64_t site);
+    /* frozen linear: y (N, out) = x (N, in) W^T + b, W (out, in); dx (N, in) = dy W + beta dx */
+    void (*linear_forward)(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
+    void (*linear_backward)(float *dx, const float *dy, const float *W, int N, int in, int out, float beta);
+    /* res (N, H) = dropout(y) + x, out = LayerNorm(res) with its mean, rstd (N); g, b (H) */
+    void (*residual_layernorm_forward)(float *out, float *res, float *mean, float *rstd, const float *y,
+                                       const uint8_t *keep, float p, const float *x, const float *g,
+                                       const float *b, int N, int H, float eps);
+    /* dx (N, H) from dy at LayerNorm(x), g frozen */
+    void (*layernorm_backward)(float *dx, const float *dy, const float *x, const float *mean, const float *rstd,
+                               const float *g, int N, int H);
+    void (*gelu_forward)(float *out, const float *in, size_t n);          /* exact (erf) GELU */
+    void (*gelu_backward)(float *d /* dout in, din out */, const float *in, size_t n);
+    void (*tanh_forward)(float *x, size_t n);                             /* in place */
+    void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
+    /* ctx (N, H) = dropout(softmax(q k^T / sqrt(hd) + mask)) v per row and head; att, att_drop
+     * (n, nh, T, T) kept for backward (att_drop == att without dropout) */
+    void (*attention_forward)(float *ctx, float *att, float *att_drop, const float *q, const float *k,
+                              const float *v, const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh,
+                              float p, uint64_t site);
+    void (*attention_backward)(float *dq, float *dk, float *dv, float *datt /* scratch (n, nh, T, T) */,
+                               const float *dctx, const float *q, const float *k, const float *v,
+                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p);
+    /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
+    double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
+    /* one AdamW step on p, g, m, v (n) */
+    void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s);
+} fx_ops;
+
+extern const fx_ops fx_cpu_ops;
+
+/* ============================================================================================
+ * roberta.c: the RoBERTa family as data: config keys, tensor list, block shape, positions, template
+ * ============================================================================================
+ * A family says what a checkpoint holds and how its block is wired; model.c reads these fields and
+ * never a family's name. Only RoBERTa is implemented; the fields a GPT-2 (pre-LN, fused c_attn, Conv1D
+ * weights, causal, learned positions from 0, gelu_new, tied LM head) or a Llama (RMSNorm, RoPE, SwiGLU,
+ * grouped-query attention) would set are here so that they can be filled without changing model.c's
+ * interface; fx_model_create refuses a value it does not implement. */
+
+struct fx_family;
+struct fx_model;
 typedef struct {
     int vocab_size, hidden, layers, heads, intermediate, max_positions, type_vocab_size, pad_id;
     int num_labels;              /* 1 = regression (MSE loss) */
     float layer_norm_eps, hidden_dropout, attention_dropout, initializer_range;
     float classifier_dropout;    /* "classifier_dropout", or hidden_dropout when absent or null (as HF) */
+    int kv_heads;                /* grouped-query attention's key/value heads; 0: = heads (RoBERTa) */
+    const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
 } fx_config;
 int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
 
-/* The linear layers of one encoder layer that may carry an adapter. */
+/* Roles of the tensors a family lists: the views (model.c) are filled by role, never by name. */
+enum { FX_EMB_WORD, FX_EMB_POS, FX_EMB_TYPE, FX_EMB_LN_W, FX_EMB_LN_B, FX_EMB_COUNT };
+enum { FX_LT_QW, FX_LT_QB, FX_LT_KW, FX_LT_KB, FX_LT_VW, FX_LT_VB, FX_LT_AOW, FX_LT_AOB, FX_LT_LN1W,
+       FX_LT_LN1B, FX_LT_IW, FX_LT_IB, FX_LT_OW, FX_LT_OB, FX_LT_LN2W, FX_LT_LN2B,
+       FX_LT_QKVW, FX_LT_QKVB,   /* fused q, k, v (GPT-2's c_attn) */
+       FX_LT_GATEW,              /* SwiGLU's gate projection (Llama) */
+       FX_LT_COUNT };
+enum { FX_HEAD_DW, FX_HEAD_DB, FX_HEAD_OW, FX_HEAD_OB, FX_HEAD_COUNT };
+enum { FX_INIT_NORMAL, FX_INIT_NORMAL_PAD, FX_INIT_ZERO, FX_INIT_ONE }; /* _PAD: padding_idx row zero */
+typedef struct {
+    const char *name;            /* Hugging Face's name, within a layer for the layer list */
+    int role;                    /* FX_EMB_*, FX_LT_* or FX_HEAD_* */
+    char d0, d1;                 /* dims: 'V' vocab, 'P' positions, 'T' token types, 'H' hidden,
+                                    'I' intermediate, '3' 3 hidden, 'L' labels; d1 0 for a vector */
+    char init;                   /* FX_INIT_*: the family's _init_weights rule for it */
+    char conv1d;                 /* stored (in, out) in checkpoints (GPT-2's Conv1D): transposed where
+                                    files are read and written, never inside the model */
+} fx_tensor_spec;
+
+typedef enum { FX_NORM_POST, FX_NORM_PRE } fx_norm_place;     /* LayerNorm after / before the residual */
+typedef enum { FX_NORM_LAYERNORM, FX_NORM_RMSNORM } fx_norm_kind;
+typedef enum { FX_POS_PAD_CUMSUM, FX_POS_FROM_ZERO, FX_POS_ROPE } fx_pos_rule;
+typedef enum { FX_ACT_GELU, FX_ACT_GELU_TANH, FX_ACT_SWIGLU } fx_act_kind;
+typedef enum { FX_HEAD_CLS_TANH, FX_HEAD_LM } fx_head_kind;
+
+typedef struct fx_family {
+    const char *model_type;      /* config.json's "model_type" */
+    const char *architecture;    /* config.json's "architectures" entry for the saved model */
+    const char *prefix;          /* the body's tensors in a full checkpoint: "roberta." */
+    const char *layer_fmt;       /* a layer's tensors and modules: "encoder.layer.%d." */
+    const fx_tensor_spec *embed; int nembed;  /* base tensors before the layers, in file order */
+    const fx_tensor_spec *layer; int nlayer;  /* base tensors of one layer, in file order */
+    const fx_tensor_spec *head; int nhead;    /* trainable head tensors, after the adapters */
+    fx_norm_place norm_place;
+    fx_norm_kind norm;
+    int fused_qkv;               /* q, k, v in one (3H, H) weight */
+    int causal;                  /* attention masks future keys */
+    fx_pos_rule positions;
+    /* position ids (n, T) of a batch under the family's rule; NULL for RoPE */
+    void (*position_ids)(const fx_config *c, const fx_batch *b, int32_t *pos);
+    fx_act_kind act;
+    fx_head_kind head_kind;
+    int tied_head;               /* the LM head is the word embedding (an alias, not a copy) */
+    fx_text_template text;       /* how one text or a pair becomes a sequence */
+    int (*config_load)(const char *path, fx_config *c);
+    void (*config_write)(FILE *f, const fx_config *c); /* config.json's text for a saved model */
+} fx_family;
+
+extern const fx_family fx_roberta;
+/* The family of C (fx_roberta when c->family is NULL). */
+const fx_family *fx_config_family(const fx_config *c);
+/* As HF's _init_weights, by each tensor's init rule in the family's list: matrices N(0,
+ * initializer_range) (padding_idx rows of the word and position embeddings zero), biases 0, LayerNorm
+ * 1 / 0; one stream, table order; then the head likewise. */
+void fx_model_init_base(struct fx_model *m, uint64_t seed);
+/* Hugging Face's RoBERTa position ids: pad + running count of non-pad tokens, pad on pad tokens. */
+void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
+
+/* ============================================================================================
+ * adapter.c: LoRA, FFA-LoRA and VeRA: the target table, tensors, initialisation, forward, backward
+ * ============================================================================================ */
+
+/* The linear layers of one block that may carry an adapter; target index t is bit 1 << t. */
+#define FX_NTARGETS 6
+enum { FX_TI_QUERY, FX_TI_KEY, FX_TI_VALUE, FX_TI_ATTN_OUT, FX_TI_INTER, FX_TI_OUTPUT };
 enum { FX_T_QUERY = 1, FX_T_KEY = 2, FX_T_VALUE = 4, FX_T_ATTN_OUT = 8, FX_T_INTER = 16, FX_T_OUTPUT = 32 };
+typedef struct {
+    unsigned bit;                /* FX_T_* */
+    const char *name, *alias;    /* fedex's --targets names ("attention.output.dense" or "attn_out") */
+    const char *peft;            /* PEFT's target_modules entry */
+    const char *path;            /* the module within a layer: "attention.self.query" */
+    char out, in;                /* W (out, in): 'H' hidden or 'I' intermediate */
+    int w_role, b_role;          /* FX_LT_* of its weight and bias */
+} fx_target;
+extern const fx_target fx_targets[FX_NTARGETS];
+void fx_target_dims(const fx_config *c, int t, int *out, int *in);
 int fx_targets_parse(const char *list, unsigned *mask); /* "query,value,key,attention.output.dense,..." */
 
 typedef enum { FX_LORA, FX_VERA } fx_adapter_kind;
@@ -310,24 +481,6 @@ typedef struct {
     uint64_t seed;               /* adapter initialisation and VeRA's shared projections */
 } fx_adapter_cfg;
 
-/* A named tensor inside one flat buffer. The tables' order (one buffer each, no gaps):
- *   base:  embeddings.{word_embeddings,position_embeddings,token_type_embeddings}.weight (V|P|TV, H),
- *          embeddings.LayerNorm.{weight,bias}; then per layer i, "encoder.layer.i." +
- *          attention.self.{query,key,value}.{weight,bias}, attention.output.dense.{weight,bias},
- *          attention.output.LayerNorm.{weight,bias}, intermediate.dense.{weight (I, H),bias},
- *          output.dense.{weight (H, I),bias}, output.LayerNorm.{weight,bias}.
- *   train: per layer, per target in FX_T_* order: "<layer>.lora_A" (r, in), "<layer>.lora_B" (out, r),
- *          or "<layer>.vera_lambda_d" (r), "<layer>.vera_lambda_b" (out); then classifier.dense.weight
- *          (H, H), classifier.dense.bias, classifier.out_proj.weight (L, H), classifier.out_proj.bias.
- *   grad, adam_m, adam_v: train's layout. */
-typedef struct {
-    char name[112]; int ndim; int shape[2]; size_t off, n;
-    int frozen;                  /* no gradient, no update: every base tensor, lora_A under freeze_a,
-                                    vera_lambda_d under freeze_d */
-} fx_tensor;
-typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
-const fx_tensor *fx_params_find(const fx_params *p, const char *name);
-
 /* One adapted linear layer y = x W^T + b with W (out, in). */
 typedef struct {
     char name[96];               /* "encoder.layer.3.attention.self.query" */
@@ -338,15 +491,86 @@ typedef struct {
                                     VeRA: lambda_d (r), lambda_b (out) */
 } fx_adapted;
 
+/* 0, or -1 with fx_err() when A cannot be built (kind, target bits, rank, dropout, finite values). */
+int fx_adapter_check(const fx_adapter_cfg *a);
+/* Appends every adapter tensor to m->train (layer by layer, target by target) and fills m->ad; draws
+ * VeRA's shared projections. Called by fx_model_create once the base table and views exist. */
+void fx_adapter_build(struct fx_model *m);
+/* LoRA: A ~ U(+-1/sqrt(in)) (row-major, tensors in table order, one stream), B = 0.
+ * VeRA: lambda_d = d_initial, lambda_b = 0. The head is left alone. */
+void fx_model_init_adapters(struct fx_model *m, uint64_t seed);
+/* Scratch an adapter's forward and backward use, carved by model.c's workspace. */
+typedef struct {
+    float *xd, *dxd;             /* (N, in_max) dropout(x) and its gradient */
+    float *u, *dz, *du;          /* (N, r) */
+    float *w;                    /* (N, out_max) */
+} fx_adapter_scratch;
+/* Adapted layer K on y (N, out) for input x (N, in): y += adapter(dropout(x)); z (N, r) kept. */
+void fx_adapter_forward(struct fx_model *m, int k, float *y, const float *x, uint8_t *keep /* (N, in) or NULL */,
+                        float *z, int N, const fx_adapter_scratch *s);
+/* Gradients of K's tensors from dy (N, out) into m->grad, and dx (N, in) += its input share (DX NULL:
+ * skipped). */
+void fx_adapter_backward(struct fx_model *m, int k, float *dx, const float *dy, const float *x,
+                         const uint8_t *keep, const float *z, int N, const fx_adapter_scratch *s);
+
+/* ============================================================================================
+ * model.c: the transformer written once on an ops table; tensor tables, views, workspace, head, AdamW
+ * ============================================================================================ */
+
+/* A named tensor inside one flat buffer. The tables' order (one buffer each, no gaps):
+ *   base:  the family's embedding tensors, then per layer i its layer tensors ("encoder.layer.i." +
+ *          attention.self.{query,key,value}.{weight,bias}, ... for RoBERTa), Hugging Face's order.
+ *   train: per layer, per target in FX_T_* order: "<layer>.lora_A" (r, in), "<layer>.lora_B" (out, r),
+ *          or "<layer>.vera_lambda_d" (r), "<layer>.vera_lambda_b" (out); then the family's head:
+ *          classifier.dense.weight (H, H), classifier.dense.bias, classifier.out_proj.weight (L, H),
+ *          classifier.out_proj.bias.
+ *   grad, adam_m, adam_v: train's layout. */
+typedef struct {
+    char name[112]; int ndim; int shape[2]; size_t off, n;
+    int frozen;                  /* no gradient, no update: every base tensor, lora_A under freeze_a,
+                                    vera_lambda_d under freeze_d */
+} fx_tensor;
+typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
+/* Lookup by name: for files (checkpoints, residuals, tests), never for a step. */
+const fx_tensor *fx_params_find(const fx_params *p, const char *name);
+/* Appends a tensor (d1 0: a vector) at the end of P's layout (P starts zeroed). */
+void fx_params_add(fx_params *p, const char *name, int d0, int d1, int frozen);
+
+/* Per-layer weight views, resolved once by fx_model_create: offsets into base.data (head: train.data). */
+typedef struct { size_t w, b; int in, out, ad; } fx_linear_view; /* W (out, in), bias (out); ad: index in
+                                                                    m->ad, or -1 */
+typedef struct {
+    fx_linear_view lin[FX_NTARGETS]; /* by FX_TI_*: query, key, value (H, H); attention.output.dense
+                                        (H, H); intermediate.dense (I, H); output.dense (H, I) */
+    size_t ln1_w, ln1_b;         /* (H) attention.output.LayerNorm */
+    size_t ln2_w, ln2_b;         /* (H) output.LayerNorm */
+} fx_layer_view;
+typedef struct {
+    size_t word;                 /* (V, H) */
+    size_t pos;                  /* (P, H) */
+    size_t type;                 /* (TV, H) */
+    size_t ln_w, ln_b;           /* (H) */
+} fx_embed_view;
+typedef struct {
+    size_t dense_w, dense_b;     /* (H, H), (H) classifier.dense */
+    size_t out_w, out_b;         /* (L, H), (L) classifier.out_proj */
+    int t;                       /* train.t index of the head's first tensor; the rest follow in order */
+} fx_head_view;
+
 typedef struct fx_model {
     fx_config c;
     fx_adapter_cfg a;
+    const fx_family *fam;        /* c's family */
+    const fx_ops *ops;           /* the backend the step runs on (fx_cpu_ops) */
     float scale;                 /* LoRA's s; 1 for VeRA */
     fx_params base;              /* frozen weights, HF names without the "roberta." prefix; may live in
                                     shared memory owned by someone else */
     int base_owned;
     fx_params train;             /* trainable: every adapter tensor, then the classifier head */
     size_t head_off, head_n;     /* the head's range in train.data */
+    fx_embed_view emb;
+    fx_layer_view *layer;        /* (layers) */
+    fx_head_view head;
     float *grad;                 /* same layout as train.data */
     float *adam_m, *adam_v;      /* AdamW moments, same layout */
     int adam_t;
@@ -364,24 +588,12 @@ size_t fx_base_numel(const fx_config *c);
 /* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
 void fx_model_free(fx_model *m);
-/* As HF's _init_weights: matrices N(0, initializer_range) (padding_idx rows of the word and position
- * embeddings zero), biases 0, LayerNorm 1 / 0; one stream, table order; then the head likewise. */
-void fx_model_init_base(fx_model *m, uint64_t seed);
-/* LoRA: A ~ U(+-1/sqrt(in)) (row-major, tensors in table order, one stream), B = 0.
- * VeRA: lambda_d = d_initial, lambda_b = 0. The head is left alone. */
-void fx_model_init_adapters(fx_model *m, uint64_t seed);
-/* FedEx: W0 += alpha * R for adapted layer K, R (out, in) in W's orientation. */
 /* Checks a batch against a model's configuration (rows and tokens, WIDE = the widest activation row,
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
-/* Hugging Face's position ids: pad + running count of non-pad tokens, pad on pad tokens. */
-void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
+/* FedEx: W0 += alpha * R for adapted layer K, R (out, in) in W's orientation. */
 void fx_model_add_residual(fx_model *m, int k, const float *R, float alpha);
-/* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
-int fx_model_has_weights(const char *dir);
-int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
-int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
  * LOGITS (n, num_labels) may be NULL. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with
@@ -398,10 +610,16 @@ float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linea
 /* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
  * ============================================================================================
- * fx_model_load (above) accepts F32, F16 or BF16 tensors, names with or without "roberta.", and ignores
- * tensors it does not need (lm_head.*, pooler.*); it returns 1 when it also loaded a classifier head of the
- * model's shape, 0 when the head was left as initialised, -1 on error. fx_model_save writes "roberta."-
- * prefixed F32 tensors, the head and config.json; MERGED folds each adapter's dW into its weight. */
+ * fx_model_load accepts F32, F16 or BF16 tensors, names with or without the family's prefix ("roberta."),
+ * and ignores tensors it does not need (lm_head.*, pooler.*); it returns 1 when it also loaded a classifier
+ * head of the model's shape, 0 when the head was left as initialised, -1 on error. fx_model_save writes
+ * prefixed F32 tensors, the head and config.json (the family's writer); MERGED folds each adapter's dW into
+ * its weight. */
+
+/* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
+int fx_model_has_weights(const char *dir);
+int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 
 /* DIR/adapter_model.safetensors (PEFT's keys, the head as modules_to_save, VeRA's projections) and
  * DIR/adapter_config.json, which PEFT's PeftModel.from_pretrained can load. */

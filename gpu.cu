@@ -444,10 +444,8 @@ __global__ void to_bf16_kernel(bf16 *out, const float *in, size_t n) {   /* roun
 
 /* One linear layer of an encoder layer: W (out, in) and bias (out) in the base, adapter index or -1. */
 typedef struct { size_t w, b; int in, out, ad; } lin_t;
-enum { L_Q, L_K, L_V, L_AO, L_I, L_O, NLIN };   /* the order of FX_T_QUERY .. FX_T_OUTPUT */
-static const char *const lin_name[NLIN] = {"attention.self.query", "attention.self.key",
-                                           "attention.self.value", "attention.output.dense",
-                                           "intermediate.dense", "output.dense"};
+enum { L_Q = FX_TI_QUERY, L_K = FX_TI_KEY, L_V = FX_TI_VALUE, L_AO = FX_TI_ATTN_OUT, L_I = FX_TI_INTER,
+       L_O = FX_TI_OUTPUT, NLIN = FX_NTARGETS };   /* adapter.c's target order */
 typedef struct { lin_t lin[NLIN]; size_t ln1_w, ln1_b, ln2_w, ln2_b; } layer_t;
 
 /* What one encoder layer keeps for its backward pass (all B*T rows). */
@@ -1041,52 +1039,37 @@ int fx_gpu_precision_parse(const char *s, int *precision) {
     return -1;
 }
 
-/* The offset of tensor NAME of SET (the "base" or "trainable" parameters) after checking its shape
- * (d1 == 0: a vector). */
-static int checked_tensor(const fx_params *set, const char *what, const char *name, int d0, int d1, size_t *off) {
-    const fx_tensor *t = fx_params_find(set, name);
-    if (!t || t->shape[0] != d0 || (d1 ? t->ndim != 2 || t->shape[1] != d1 : t->ndim != 1)) {
-        fx_seterr("gpu: %s tensor %s is missing or not of shape (%d%s%.0d)", what, name, d0, d1 ? ", " : "", d1);
-        return -1;
-    }
-    *off = t->off;
-    return 0;
-}
-static int base_tensor(const fx_model *m, const char *name, int d0, int d1, size_t *off) {
-    return checked_tensor(&m->base, "base", name, d0, d1, off);
-}
-static int train_tensor(const fx_model *m, const char *name, int d0, int d1, size_t *off) {
-    return checked_tensor(&m->train, "trainable", name, d0, d1, off);
-}
-
+/* The offsets of the model's views, resolved once by fx_model_create (no lookups by name here), checked
+ * against the sizes this file's kernels assume. */
 static int lookup_tables(fx_gpu *g, const fx_model *m) {
-    int H = g->H, I = g->I;
-    char name[192];
-    if (base_tensor(m, "embeddings.word_embeddings.weight", g->c.vocab_size, H, &g->emb_word) ||
-        base_tensor(m, "embeddings.position_embeddings.weight", g->c.max_positions, H, &g->emb_pos) ||
-        base_tensor(m, "embeddings.token_type_embeddings.weight", g->c.type_vocab_size, H, &g->emb_type) ||
-        base_tensor(m, "embeddings.LayerNorm.weight", H, 0, &g->emb_ln_w) ||
-        base_tensor(m, "embeddings.LayerNorm.bias", H, 0, &g->emb_ln_b))
-        return -1;
+    if (!m->layer) { fx_seterr("gpu: the model has no layer views"); return -1; }
+    g->emb_word = m->emb.word;
+    g->emb_pos = m->emb.pos;
+    g->emb_type = m->emb.type;
+    g->emb_ln_w = m->emb.ln_w;
+    g->emb_ln_b = m->emb.ln_b;
     for (int l = 0; l < g->L; l++) {
         layer_t *ly = &g->layer[l];
+        const fx_layer_view *v = &m->layer[l];
         for (int j = 0; j < NLIN; j++) {
             lin_t *li = &ly->lin[j];
-            li->out = j == L_I ? I : H;
-            li->in = j == L_O ? I : H;
+            int out, in;
+            fx_target_dims(&g->c, j, &out, &in);
+            if (v->lin[j].out != out || v->lin[j].in != in) {
+                fx_seterr("gpu: layer %d, %s is (%d, %d), expected (%d, %d)", l, fx_targets[j].path, v->lin[j].out,
+                          v->lin[j].in, out, in);
+                return -1;
+            }
+            li->w = v->lin[j].w;
+            li->b = v->lin[j].b;
+            li->out = out;
+            li->in = in;
             li->ad = -1;
-            snprintf(name, sizeof name, "encoder.layer.%d.%s.weight", l, lin_name[j]);
-            if (base_tensor(m, name, li->out, li->in, &li->w)) return -1;
-            snprintf(name, sizeof name, "encoder.layer.%d.%s.bias", l, lin_name[j]);
-            if (base_tensor(m, name, li->out, 0, &li->b)) return -1;
         }
-        const char *ln[4] = {"attention.output.LayerNorm.weight", "attention.output.LayerNorm.bias",
-                             "output.LayerNorm.weight", "output.LayerNorm.bias"};
-        size_t *dst[4] = {&ly->ln1_w, &ly->ln1_b, &ly->ln2_w, &ly->ln2_b};
-        for (int j = 0; j < 4; j++) {
-            snprintf(name, sizeof name, "encoder.layer.%d.%s", l, ln[j]);
-            if (base_tensor(m, name, H, 0, dst[j])) return -1;
-        }
+        ly->ln1_w = v->ln1_w;
+        ly->ln1_b = v->ln1_b;
+        ly->ln2_w = v->ln2_w;
+        ly->ln2_b = v->ln2_b;
     }
     for (int k = 0; k < g->nad; k++) {
         const fx_adapted *ad = &g->ad[k];
@@ -1097,16 +1080,17 @@ static int lookup_tables(fx_gpu *g, const fx_model *m) {
             return -1;
         }
         lin_t *li = &g->layer[ad->layer].lin[j];
-        if (li->w != ad->w_off || li->in != ad->in || li->out != ad->out) {
+        if (li->w != ad->w_off || li->in != ad->in || li->out != ad->out || m->layer[ad->layer].lin[j].ad != k) {
             fx_seterr("gpu: adapted layer %d (%s) does not match the base table", k, ad->name);
             return -1;
         }
         li->ad = k;
     }
-    return train_tensor(m, "classifier.dense.weight", H, H, &g->head_dw) ||
-           train_tensor(m, "classifier.dense.bias", H, 0, &g->head_db) ||
-           train_tensor(m, "classifier.out_proj.weight", g->C, H, &g->head_ow) ||
-           train_tensor(m, "classifier.out_proj.bias", g->C, 0, &g->head_ob) ? -1 : 0;
+    g->head_dw = m->head.dense_w;
+    g->head_db = m->head.dense_b;
+    g->head_ow = m->head.out_w;
+    g->head_ob = m->head.out_b;
+    return 0;
 }
 
 fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {

@@ -446,6 +446,16 @@ char *fx_json_quote(const char *s) {
     return out;
 }
 
+/* The shortest decimal that reads back as the same float, so config files say 1e-05, not 1.00000001e-05. */
+void fx_json_put_float(FILE *f, float x) {
+    char buf[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, (double)x);
+        if (strtof(buf, NULL) == x) break;
+    }
+    fputs(buf, f);
+}
+
 /* PATH's text parsed; errors read "PATH: line L, column C: what is wrong". */
 int fx_json_load(const char *path, fx_json *out) {
     char *text;

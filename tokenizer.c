@@ -666,9 +666,9 @@ static void truncate_pair(int *la, int *lb, int nremove) {
     *lb -= rest - rest / 2;
 }
 
-int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
-                      int *cap) {
-    int room = b ? 4 : 2; /* <s> A </s> or <s> A </s></s> B </s> */
+int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *a, const char *b, int max_len,
+                      int32_t **ids, int *n, int *cap) {
+    int room = tpl->bos + tpl->eos_a + (b ? tpl->eos_b_lead + tpl->eos_b : 0);
     if (max_len < 0 || (max_len > 0 && max_len < room)) {
         fx_seterr("max length %d leaves no room for the %d special tokens", max_len, room);
         return -1;
@@ -683,18 +683,23 @@ int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len
     }
     ids_reserve(ids, cap, *n + la + lb + room);
     int32_t *o = *ids + *n;
-    *o++ = t->bos;
+    for (int i = 0; i < tpl->bos; i++) *o++ = t->bos;
     memcpy(o, t->ia, (size_t)la * sizeof *o);
     o += la;
-    *o++ = t->eos;
+    for (int i = 0; i < tpl->eos_a; i++) *o++ = t->eos;
     if (b) {
-        *o++ = t->eos;
+        for (int i = 0; i < tpl->eos_b_lead; i++) *o++ = t->eos;
         memcpy(o, t->ib, (size_t)lb * sizeof *o);
         o += lb;
-        *o++ = t->eos;
+        for (int i = 0; i < tpl->eos_b; i++) *o++ = t->eos;
     }
     *n += la + lb + room;
     return 0;
+}
+
+int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
+                      int *cap) {
+    return fx_tok_encode_tpl(t, &fx_roberta.text, a, b, max_len, ids, n, cap);
 }
 
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out) {

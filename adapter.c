@@ -1,0 +1,214 @@
+/* adapter.c: LoRA, FFA-LoRA and VeRA: the one table of adaptable targets (fedex's and PEFT's names, dims),
+ * the adapter tensors and their initialisation, each adapter's forward and backward as calls on the ops.
+ * No file I/O (checkpoint.c) and no dW (agg.c's fx_delta_w). */
+#include "fedex.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ============================================================================================
+ * the target table
+ * ============================================================================================ */
+
+/* Index t is the bit's position: FX_T_QUERY is 1 << 0, ..., FX_T_OUTPUT is 1 << 5. PEFT names the
+ * attention projections by their last component and the dense layers by their path. */
+const fx_target fx_targets[FX_NTARGETS] = {
+    {FX_T_QUERY, "query", NULL, "query", "attention.self.query", 'H', 'H', FX_LT_QW, FX_LT_QB},
+    {FX_T_KEY, "key", NULL, "key", "attention.self.key", 'H', 'H', FX_LT_KW, FX_LT_KB},
+    {FX_T_VALUE, "value", NULL, "value", "attention.self.value", 'H', 'H', FX_LT_VW, FX_LT_VB},
+    {FX_T_ATTN_OUT, "attention.output.dense", "attn_out", "attention.output.dense", "attention.output.dense",
+     'H', 'H', FX_LT_AOW, FX_LT_AOB},
+    {FX_T_INTER, "intermediate.dense", "intermediate", "intermediate.dense", "intermediate.dense", 'I', 'H',
+     FX_LT_IW, FX_LT_IB},
+    {FX_T_OUTPUT, "output.dense", "output", "output.dense", "output.dense", 'H', 'I', FX_LT_OW, FX_LT_OB},
+};
+
+void fx_target_dims(const fx_config *c, int t, int *out, int *in) {
+    *out = fx_targets[t].out == 'I' ? c->intermediate : c->hidden;
+    *in = fx_targets[t].in == 'I' ? c->intermediate : c->hidden;
+}
+
+static int names(const char *name, const char *s, size_t e) {
+    return name && strlen(name) == e && memcmp(s, name, e) == 0;
+}
+
+int fx_targets_parse(const char *list, unsigned *mask) {
+    unsigned m = 0;
+    const char *s = list;
+    for (;;) {
+        while (*s == ' ') s++;
+        size_t n = strcspn(s, ",");
+        size_t e = n;
+        while (e > 0 && s[e - 1] == ' ') e--;
+        int found = -1;
+        for (int t = 0; t < FX_NTARGETS; t++)
+            if (names(fx_targets[t].name, s, e) || names(fx_targets[t].alias, s, e)) found = t;
+        if (found < 0) {
+            fx_seterr("target modules \"%s\": unknown target \"%.*s\" (known: query, key, value, "
+                      "attention.output.dense or attn_out, intermediate.dense or intermediate, "
+                      "output.dense or output)", list, (int)e, s);
+            return -1;
+        }
+        m |= 1u << found;
+        if (s[n] == 0) break;
+        s += n + 1;
+    }
+    *mask = m;
+    return 0;
+}
+
+/* ============================================================================================
+ * tensors and initialisation
+ * ============================================================================================ */
+
+int fx_adapter_check(const fx_adapter_cfg *a) {
+    if (a->kind != FX_LORA && a->kind != FX_VERA) { fx_seterr("adapter: unknown kind %d", (int)a->kind); return -1; }
+    if (a->targets & ~63u) { fx_seterr("adapter: unknown target bits 0x%x", a->targets); return -1; }
+    if (a->targets && (a->r < 1 || a->r > 65536)) { fx_seterr("adapter: rank %d must be in [1, 65536]", a->r); return -1; }
+    if (!(a->dropout >= 0 && a->dropout < 1)) { fx_seterr("adapter: dropout %g must be in [0, 1)", a->dropout); return -1; }
+    if (!isfinite(a->alpha) || !isfinite(a->d_initial)) { fx_seterr("adapter: alpha and d_initial must be finite"); return -1; }
+    return 0;
+}
+
+void fx_adapter_build(fx_model *m) {
+    const fx_config *c = &m->c;
+    const fx_adapter_cfg *a = &m->a;
+    char name[160], pre[32];
+    m->ad = fx_calloc((size_t)c->layers * FX_NTARGETS, sizeof *m->ad);
+    for (int l = 0; l < c->layers; l++)
+        for (int t = 0; t < FX_NTARGETS; t++) {
+            fx_linear_view *lv = &m->layer[l].lin[t];
+            lv->ad = -1;
+            if (!(a->targets & fx_targets[t].bit)) continue;
+            fx_adapted *ad = &m->ad[m->nadapted];
+            lv->ad = m->nadapted++;
+            snprintf(pre, sizeof pre, m->fam->layer_fmt, l);
+            snprintf(ad->name, sizeof ad->name, "%s%s", pre, fx_targets[t].path);
+            ad->layer = l;
+            ad->target = (int)fx_targets[t].bit;
+            ad->out = lv->out;
+            ad->in = lv->in;
+            ad->w_off = lv->w;
+            if (a->kind == FX_LORA) {
+                snprintf(name, sizeof name, "%s.lora_A", ad->name);
+                ad->a_off = m->train.n;
+                fx_params_add(&m->train, name, a->r, ad->in, a->freeze_a);
+                snprintf(name, sizeof name, "%s.lora_B", ad->name);
+                ad->b_off = m->train.n;
+                fx_params_add(&m->train, name, ad->out, a->r, 0);
+            } else {
+                snprintf(name, sizeof name, "%s.vera_lambda_d", ad->name);
+                ad->a_off = m->train.n;
+                fx_params_add(&m->train, name, a->r, 0, a->freeze_d);
+                snprintf(name, sizeof name, "%s.vera_lambda_b", ad->name);
+                ad->b_off = m->train.n;
+                fx_params_add(&m->train, name, ad->out, 0, 0);
+                if (ad->in > m->vera_in) m->vera_in = ad->in;
+                if (ad->out > m->vera_out) m->vera_out = ad->out;
+            }
+        }
+    if (a->kind == FX_VERA && m->nadapted) {
+        /* PEFT's kaiming_uniform(a=sqrt(5)) bound 1/sqrt(fan_in), fan_in = size(1). Every client with
+         * the same seed holds the same projections, which VeRA's aggregation relies on. */
+        size_t na = (size_t)m->a.r * m->vera_in, nb = (size_t)m->vera_out * m->a.r;
+        m->vera_A = fx_malloc(na * sizeof(float));
+        m->vera_B = fx_malloc(nb * sizeof(float));
+        fx_rng g;
+        fx_rng_seed(&g, a->seed);
+        double ba = 1.0 / sqrt((double)m->vera_in), bb = 1.0 / sqrt((double)m->a.r);
+        for (size_t i = 0; i < na; i++) m->vera_A[i] = (float)((2 * fx_rng_uniform(&g) - 1) * ba);
+        for (size_t i = 0; i < nb; i++) m->vera_B[i] = (float)((2 * fx_rng_uniform(&g) - 1) * bb);
+    }
+}
+
+void fx_model_init_adapters(fx_model *m, uint64_t seed) {
+    fx_rng g;
+    fx_rng_seed(&g, seed);
+    for (int k = 0; k < m->nadapted; k++) {
+        const fx_adapted *ad = &m->ad[k];
+        float *A = m->train.data + ad->a_off, *B = m->train.data + ad->b_off;
+        if (m->a.kind == FX_LORA) {
+            double bound = 1.0 / sqrt((double)ad->in); /* kaiming_uniform(a=sqrt(5)) on (r, in) */
+            for (size_t j = 0; j < (size_t)m->a.r * ad->in; j++) A[j] = (float)((2 * fx_rng_uniform(&g) - 1) * bound);
+            memset(B, 0, (size_t)ad->out * m->a.r * sizeof *B);
+        } else {
+            for (int j = 0; j < m->a.r; j++) A[j] = m->a.d_initial;
+            memset(B, 0, (size_t)ad->out * sizeof *B);
+        }
+    }
+}
+
+/* ============================================================================================
+ * forward and backward
+ * ============================================================================================ */
+
+/* Adapter K on one dense layer, added to its output y (N, out) for input x (N, in):
+ *   LoRA: y += s * (xd A^T) B^T,                        A (r, in), B (out, r)
+ *   VeRA: y += lambda_b * ((lambda_d * (xd A_l^T)) B_l^T), A_l = vera_A[:, :in], B_l = vera_B[:out, :]
+ * with xd = dropout(x) and z = xd A^T (N, r) kept for backward. */
+void fx_adapter_forward(fx_model *m, int k, float *y /* (N, out) */, const float *x /* (N, in) */,
+                        uint8_t *keep /* (N, in) or NULL */, float *z /* (N, r) */, int N,
+                        const fx_adapter_scratch *w) {
+    const fx_ops *op = m->ops;
+    const fx_adapted *ad = &m->ad[k];
+    int r = m->a.r, in = ad->in, out = ad->out;
+    const float *xd = x;
+    if (keep) {
+        op->dropout_mask(keep, (size_t)N, (size_t)in, m->a.dropout, fx_rng_u64(&m->drop));
+        op->dropout_apply(w->xd, x, keep, m->a.dropout, (size_t)N * in);
+        xd = w->xd;
+    }
+    if (m->a.kind == FX_LORA) {
+        const float *A = m->train.data + ad->a_off, *B = m->train.data + ad->b_off;
+        op->matmul(0, 1, N, r, in, 1.0f, xd, in, A, in, 0.0f, z, r);
+        op->matmul(0, 1, N, out, r, m->scale, z, r, B, r, 1.0f, y, out);
+    } else {
+        const float *ld = m->train.data + ad->a_off, *lb = m->train.data + ad->b_off;
+        op->matmul(0, 1, N, r, in, 1.0f, xd, in, m->vera_A, m->vera_in, 0.0f, z, r);
+        op->scale_cols(w->u, ld, z, (size_t)N * r, r);
+        op->matmul(0, 1, N, out, r, 1.0f, w->u, r, m->vera_B, r, 0.0f, w->w, out);
+        op->scale_cols_add(y, lb, w->w, (size_t)N * out, out);
+    }
+}
+
+/* Gradients of the adapter's trainable tensors from dy (N, out), and dx (N, in) += its share of the
+ * input gradient (skipped when DX is NULL). LoRA: dB = s dy^T z, dz = s dy B, dA = dz^T xd,
+ * dxd = dz A. VeRA: with u = lambda_d * z, v = u B_l^T: dlambda_b = colsum(dy * v), du = (dy * lambda_b) B_l,
+ * dlambda_d = colsum(du * z), dz = du * lambda_d, dxd = dz A_l. dx += dropout backward of dxd. */
+void fx_adapter_backward(fx_model *m, int k, float *dx /* (N, in) or NULL */, const float *dy /* (N, out) */,
+                         const float *x /* (N, in) */, const uint8_t *keep /* (N, in) or NULL */,
+                         const float *z /* (N, r) */, int N, const fx_adapter_scratch *w) {
+    const fx_ops *op = m->ops;
+    const fx_adapted *ad = &m->ad[k];
+    int r = m->a.r, in = ad->in, out = ad->out;
+    const float *A; /* (r, in) with row stride lda */
+    int lda;
+    float *gA = m->grad + ad->a_off, *gB = m->grad + ad->b_off;
+    if (m->a.kind == FX_LORA) {
+        const float *B = m->train.data + ad->b_off;
+        A = m->train.data + ad->a_off;
+        lda = in;
+        op->matmul(1, 0, out, r, N, m->scale, dy, out, z, r, 0.0f, gB, r);
+        op->matmul(0, 0, N, r, out, m->scale, dy, out, B, r, 0.0f, w->dz, r);
+        if (!m->a.freeze_a) {
+            const float *xd = x;
+            if (keep) { op->dropout_apply(w->xd, x, keep, m->a.dropout, (size_t)N * in); xd = w->xd; }
+            op->matmul(1, 0, r, in, N, 1.0f, w->dz, r, xd, in, 0.0f, gA, in);
+        }
+    } else {
+        const float *ld = m->train.data + ad->a_off, *lb = m->train.data + ad->b_off;
+        A = m->vera_A;
+        lda = m->vera_in;
+        op->scale_cols(w->u, ld, z, (size_t)N * r, r);
+        op->matmul(0, 1, N, out, r, 1.0f, w->u, r, m->vera_B, r, 0.0f, w->w, out);
+        op->column_dot(gB, dy, w->w, N, out);
+        op->scale_cols(w->w, lb, dy, (size_t)N * out, out);
+        op->matmul(0, 0, N, r, out, 1.0f, w->w, out, m->vera_B, r, 0.0f, w->du, r);
+        if (!m->a.freeze_d) op->column_dot(gA, w->du, z, N, r);
+        op->scale_cols(w->dz, ld, w->du, (size_t)N * r, r);
+    }
+    if (!dx) return;
+    if (!keep) { op->matmul(0, 0, N, in, r, 1.0f, w->dz, r, A, lda, 1.0f, dx, in); return; }
+    op->matmul(0, 0, N, in, r, 1.0f, w->dz, r, A, lda, 0.0f, w->dxd, in);
+    op->dropout_accumulate(dx, w->dxd, keep, m->a.dropout, (size_t)N * in);
+}

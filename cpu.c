@@ -1,0 +1,356 @@
+/* cpu.c: the CPU ops table, the specification other backends are tested against: every layer op's
+ * forward and backward in plain fp32 C, OpenMP-parallel with results independent of the thread count.
+ * It knows no model, tensor name or family: model.c calls the ops in the order the transformer needs. */
+#include "fedex.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Loops go parallel only above this many elements of work: a parallel region costs microseconds, and
+ * the tiny models of the tests would spend their time in them. */
+#define PAR_MIN 16384
+
+/* ============================================================================================
+ * memory
+ * ============================================================================================ */
+
+static void *cpu_alloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) fx_die("out of memory allocating %zu bytes", bytes);
+    return p;
+}
+static void cpu_release(void *p) { free(p); }
+static void cpu_move(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof *x); }
+static void cpu_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof *dst); }
+
+/* y += alpha x (FedEx's W0 += alpha R). */
+static void cpu_axpy(float *y, float alpha, const float *x, size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) y[i] += alpha * x[i];
+}
+
+static void cpu_copy_rows(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols) {
+    for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * ds, src + (size_t)i * ss, (size_t)cols * sizeof(float));
+}
+
+/* ============================================================================================
+ * elementwise and reductions
+ * ============================================================================================ */
+
+/* --- bias gradient and friends: column sums with the rows summed in order, one column per thread, so
+ * the result does not depend on the thread count. db[j] = sum_i a[i,j] (* b[i,j] when B is given). */
+static void column_dot(float *db /* (cols) */, const float *a /* (rows, cols) */, const float *b /* (rows, cols) or NULL */,
+                       int rows, int cols) {
+    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
+    for (long j = 0; j < cols; j++) {
+        double s = 0;
+        for (long i = 0; i < rows; i++) s += b ? (double)a[i * cols + j] * b[i * cols + j] : a[i * cols + j];
+        db[j] = (float)s;
+    }
+}
+
+/* out[i] = s[i % cols] * x[i] (VeRA's lambda scalings; fp32 products commute exactly). */
+static void scale_cols(float *out, const float *s, const float *x, size_t n, int cols) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) out[i] = s[i % cols] * x[i];
+}
+static void scale_cols_add(float *y, const float *s, const float *x, size_t n, int cols) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) y[i] += s[i % cols] * x[i];
+}
+
+static void tanh_forward(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = tanhf(x[i]);
+}
+static void tanh_backward(float *d, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] *= 1.0f - y[i] * y[i]; /* tanh' = 1 - tanh^2 */
+}
+
+/* ============================================================================================
+ * dropout
+ * ============================================================================================ */
+
+/* Row r of a site draws from its own stream seeded by (site, r): the mask does not depend on how rows are
+ * shared among threads. keep = 1 with probability 1 - p; kept values scale by 1/(1-p). */
+static void dropout_row(uint8_t *keep /* (cols) */, uint64_t site, size_t row, size_t cols, float p) {
+    fx_rng g;
+    fx_rng_seed(&g, site ^ (0x9e3779b97f4a7c15ULL * (row + 1)));
+    for (size_t j = 0; j < cols; j++) keep[j] = fx_rng_uniform(&g) >= p;
+}
+static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t cols, float p, uint64_t site) {
+    #pragma omp parallel for schedule(static) if ((long)(rows * cols) >= PAR_MIN)
+    for (long r = 0; r < (long)rows; r++) dropout_row(keep + r * cols, site, (size_t)r, cols, p);
+}
+/* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
+static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
+    float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) out[i] = keep ? (keep[i] ? in[i] * scale : 0.0f) : in[i];
+}
+/* dx += d * keep / (1 - p): an adapter's input gradient through its dropout. */
+static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, float p, size_t n) {
+    float scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) dx[i] += keep[i] ? d[i] * scale : 0.0f;
+}
+
+/* ============================================================================================
+ * layers: forward / backward pairs
+ * ============================================================================================ */
+
+/* --- frozen dense layer: y = x W^T + b. The bias goes in first and the product is added to it, as in
+ * PyTorch's addmm. */
+static void linear_forward(float *y /* (N, out) */, const float *x /* (N, in) */, const float *W /* (out, in) */,
+                           const float *b /* (out) */, int N, int in, int out) {
+    #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
+    for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
+    fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
+}
+/* dx = dy W (beta 0) or dx += dy W (beta 1). W and b are frozen: no dW, no db. */
+static void linear_backward(float *dx /* (N, in) */, const float *dy /* (N, out) */, const float *W /* (out, in) */,
+                            int N, int in, int out, float beta) {
+    fx_matmul(0, 0, N, in, out, 1.0f, dy, out, W, in, beta, dx, in);
+}
+
+/* --- LayerNorm over the last dimension: out = (x - mean) * rstd * g + b, rstd = 1/sqrt(var + eps),
+ * var the biased variance. Moments in double. */
+static void layernorm_row(float *out, float *mean, float *rstd, const float *x, const float *g, const float *b,
+                          int H, float eps) {
+    double s = 0, ss = 0;
+    for (int j = 0; j < H; j++) s += x[j];
+    double mu = s / H;
+    for (int j = 0; j < H; j++) ss += (x[j] - mu) * (x[j] - mu);
+    float mf = (float)mu, rs = (float)(1.0 / sqrt(ss / H + eps));
+    for (int j = 0; j < H; j++) out[j] = (x[j] - mf) * rs * g[j] + b[j];
+    if (mean) { *mean = mf; *rstd = rs; }
+}
+/* RobertaSelfOutput / RobertaOutput after their dense: res = dropout(y) + x, out = LayerNorm(res). */
+static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N, H) */, float *mean /* (N) */,
+                                       float *rstd /* (N) */, const float *y /* (N, H) */,
+                                       const uint8_t *keep /* (N, H) or NULL */, float p,
+                                       const float *x /* (N, H) */, const float *g, const float *b,
+                                       int N, int H, float eps) {
+    float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        size_t o = (size_t)i * H;
+        for (int j = 0; j < H; j++)
+            res[o + j] = (keep ? (keep[o + j] ? y[o + j] * scale : 0.0f) : y[o + j]) + x[o + j];
+        layernorm_row(out + o, mean + i, rstd + i, res + o, g, b, H, eps);
+    }
+}
+/* With g frozen: dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g,
+ * xh = (x - mean) * rstd. */
+static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
+                               const float *mean, const float *rstd, const float *g, int N, int H) {
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
+        float *dxi = dx + (size_t)i * H;
+        double s1 = 0, s2 = 0;
+        for (int j = 0; j < H; j++) {
+            double dxh = (double)dyi[j] * g[j], xh = (double)(xi[j] - mean[i]) * rstd[i];
+            s1 += dxh;
+            s2 += dxh * xh;
+        }
+        float m1 = (float)(s1 / H), m2 = (float)(s2 / H);
+        for (int j = 0; j < H; j++) {
+            float xh = (xi[j] - mean[i]) * rstd[i];
+            dxi[j] = rstd[i] * (dyi[j] * g[j] - m1 - xh * m2);
+        }
+    }
+}
+
+/* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])). Nothing before them
+ * is trainable, so there is no backward and no LayerNorm state is kept. */
+static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
+                               const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
+                               const float *ln_w, const float *ln_b, int N, int H, float eps, float p, uint64_t site) {
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        float *x = x0 + (size_t)i * H;
+        const float *wr = we + (size_t)ids[i] * H, *pr = pe + (size_t)pos[i] * H;
+        for (int j = 0; j < H; j++) x[j] = (wr[j] + te[j]) + pr[j];
+        layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
+    }
+    if (p > 0) {
+        float scale = 1.0f / (1.0f - p);
+        #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+        for (long i = 0; i < N; i++) {
+            uint8_t keep[H];
+            dropout_row(keep, site, (size_t)i, (size_t)H, p);
+            for (int j = 0; j < H; j++) x0[(size_t)i * H + j] = keep[j] ? x0[(size_t)i * H + j] * scale : 0.0f;
+        }
+    }
+}
+
+/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x). */
+static void gelu_forward(float *out, const float *in, size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) {
+        float x = in[i];
+        out[i] = x * 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+    }
+}
+static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) {
+        float x = in[i];
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)), pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
+        d[i] *= cdf + x * pdf;
+    }
+}
+
+/* Where head h of row b (bh = b nh + h) starts in an (N, H) matrix: its (T, hd) block, row stride H. */
+static size_t head_block(long bh, int T, int H, int nh) {
+    long b = bh / nh, h = bh % nh;
+    return (size_t)b * T * H + (size_t)h * (H / nh);
+}
+
+/* --- self-attention, per row b and head h (Q, K, V the (T, hd) column block h of row b):
+ *   S = Q K^T / sqrt(hd) + (mask == 0 ? -FLT_MAX : 0),  P = softmax(S),  Pd = dropout(P),  ctx = Pd V.
+ * -FLT_MAX is torch.finfo(float32).min, which Hugging Face adds on padded keys. */
+static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, T) */,
+                              float *att_drop /* (n, nh, T, T), == att without dropout */,
+                              const float *q, const float *k, const float *v /* (N, H) each */,
+                              const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh, float p,
+                              uint64_t site) {
+    int hd = H / nh;
+    float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
+    for (long bh = 0; bh < (long)n * nh; bh++) {
+        long b = bh / nh;
+        size_t o = head_block(bh, T, H, nh);
+        float *S = att + (size_t)bh * T * T, *Pd = att_drop + (size_t)bh * T * T;
+        fx_matmul(0, 1, T, T, hd, 1.0f, q + o, H, k + o, H, 0.0f, S, T);
+        uint8_t keep[T];
+        for (int i = 0; i < T; i++) {
+            float *s = S + (size_t)i * T, mx = -INFINITY;
+            for (int j = 0; j < T; j++) {
+                s[j] = s[j] / inv + (mask[b * T + j] ? 0.0f : -FLT_MAX);
+                if (s[j] > mx) mx = s[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < T; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+            float rs = (float)(1.0 / sum);
+            for (int j = 0; j < T; j++) s[j] *= rs;
+            if (Pd != S) {
+                dropout_row(keep, site, (size_t)bh * T + i, (size_t)T, p);
+                for (int j = 0; j < T; j++) Pd[(size_t)i * T + j] = keep[j] ? s[j] * scale : 0.0f;
+            }
+        }
+        fx_matmul(0, 0, T, hd, T, 1.0f, Pd, T, v + o, H, 0.0f, ctx + o, H);
+    }
+}
+/* dPd = dctx V^T, dV = Pd^T dctx; dP = dPd * keep / (1 - p), where keep is Pd != 0 (exact: where P is 0
+ * the softmax gradient below is 0 whatever dP is); dS = P * (dP - rowsum(dP * P)) / sqrt(hd);
+ * dQ = dS K, dK = dS^T Q. */
+static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */, float *datt /* (n, nh, T, T) */,
+                               const float *dctx /* (N, H) */, const float *q, const float *k, const float *v,
+                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p) {
+    int hd = H / nh;
+    float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
+    for (long bh = 0; bh < (long)n * nh; bh++) {
+        size_t o = head_block(bh, T, H, nh);
+        const float *P = att + (size_t)bh * T * T, *Pd = att_drop + (size_t)bh * T * T;
+        float *dS = datt + (size_t)bh * T * T;
+        fx_matmul(0, 1, T, T, hd, 1.0f, dctx + o, H, v + o, H, 0.0f, dS, T);
+        fx_matmul(1, 0, T, hd, T, 1.0f, Pd, T, dctx + o, H, 0.0f, dv + o, H);
+        for (int i = 0; i < T; i++) {
+            float *ds = dS + (size_t)i * T;
+            const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
+            if (Pd != P)
+                for (int j = 0; j < T; j++) ds[j] = pd[j] != 0.0f ? ds[j] * scale : 0.0f;
+            double dot = 0;
+            for (int j = 0; j < T; j++) dot += (double)ds[j] * pr[j];
+            for (int j = 0; j < T; j++) ds[j] = pr[j] * (ds[j] - (float)dot) / inv;
+        }
+        fx_matmul(0, 0, T, hd, T, 1.0f, dS, T, k + o, H, 0.0f, dq + o, H);
+        fx_matmul(1, 0, T, hd, T, 1.0f, dS, T, q + o, H, 0.0f, dk + o, H);
+    }
+}
+
+/* ============================================================================================
+ * loss and optimizer
+ * ============================================================================================ */
+
+/* --- loss, mean over the batch, and dlogits (n, L).
+ * L == 1: MSE, (logit - y)^2, d = 2 (logit - y) / n.
+ * L > 1: cross-entropy, logsumexp(logits) - logit[y], d = (softmax - onehot(y)) / n. */
+static double loss_forward_backward(float *dlogits, const float *logits, const float *labels, int n, int L) {
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        const float *z = logits + (size_t)i * L;
+        float *d = dlogits + (size_t)i * L;
+        if (L == 1) {
+            double e = (double)z[0] - labels[i];
+            total += e * e;
+            d[0] = (float)(2 * e / n);
+            continue;
+        }
+        int y = (int)labels[i];
+        double mx = z[0], s = 0;
+        for (int j = 1; j < L; j++) if (z[j] > mx) mx = z[j];
+        for (int j = 0; j < L; j++) s += exp(z[j] - mx);
+        total += mx + log(s) - z[y];
+        for (int j = 0; j < L; j++) d[j] = (float)((exp(z[j] - mx) / s - (j == y)) / n);
+    }
+    return total / n;
+}
+
+/* --- AdamW on one tensor with the step's scalars (model.c forms them):
+ *   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
+static void adamw(float *p, const float *g, float *mm, float *vv, size_t n, const fx_adamw_scalars *s) {
+    float step = s->step, bc2s = s->bc2s, decay = s->decay, fb1 = s->b1, fb2 = s->b2, c1 = s->c1, c2 = s->c2,
+          feps = s->eps;
+    int decay_on = s->decay_on;
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long j = 0; j < (long)n; j++) {
+        if (decay_on) p[j] *= decay;
+        mm[j] = mm[j] * fb1 + g[j] * c1;
+        vv[j] = vv[j] * fb2 + c2 * g[j] * g[j];
+        p[j] += -step * (mm[j] / (sqrtf(vv[j]) / bc2s + feps));
+    }
+}
+
+/* ============================================================================================
+ * the table
+ * ============================================================================================ */
+
+const fx_ops fx_cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_move,
+    .download = cpu_move,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .axpy = cpu_axpy,
+    .copy_rows = cpu_copy_rows,
+    .matmul = fx_matmul,
+    .column_dot = column_dot,
+    .scale_cols = scale_cols,
+    .scale_cols_add = scale_cols_add,
+    .dropout_mask = dropout_mask,
+    .dropout_apply = dropout_apply,
+    .dropout_accumulate = dropout_accumulate,
+    .embeddings_forward = embeddings_forward,
+    .linear_forward = linear_forward,
+    .linear_backward = linear_backward,
+    .residual_layernorm_forward = residual_layernorm_forward,
+    .layernorm_backward = layernorm_backward,
+    .gelu_forward = gelu_forward,
+    .gelu_backward = gelu_backward,
+    .tanh_forward = tanh_forward,
+    .tanh_backward = tanh_backward,
+    .attention_forward = attention_forward,
+    .attention_backward = attention_backward,
+    .loss = loss_forward_backward,
+    .adamw = adamw,
+};

@@ -1,0 +1,241 @@
+/* roberta.c: the RoBERTa family as data: config.json's keys and writer, the tensor list with shapes and
+ * init rules, the block's shape (post-LN, separate q/k/v, bidirectional, exact GELU), its position rule and
+ * text template. No forward pass (model.c runs every family) and no file I/O (checkpoint.c). */
+#include "fedex.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ============================================================================================
+ * config.json
+ * ============================================================================================ */
+
+/* Integer field KEY in [lo, hi]; absent or null takes DFLT, or is an error when REQUIRED. */
+static int cfg_int(const char *path, const fx_json *root, const char *key, int required, int dflt,
+                   int64_t lo, int64_t hi, int *out) {
+    const fx_json *v = fx_json_get(root, key);
+    if (!v || v->type == FX_JNULL) {
+        if (required) { fx_seterr("%s: missing \"%s\"", path, key); return -1; }
+        *out = dflt;
+        return 0;
+    }
+    if (v->type != FX_JNUM || !v->is_int || v->inum < lo || v->inum > hi) {
+        fx_seterr("%s: \"%s\" must be an integer in [%lld, %lld]", path, key, (long long)lo, (long long)hi);
+        return -1;
+    }
+    *out = (int)v->inum;
+    return 0;
+}
+
+/* Real field KEY in [lo, hi] (hi_open: hi excluded); absent or null takes DFLT. */
+static int cfg_real(const char *path, const fx_json *root, const char *key, double dflt, double lo,
+                    double hi, int hi_open, float *out) {
+    const fx_json *v = fx_json_get(root, key);
+    if (!v || v->type == FX_JNULL) { *out = (float)dflt; return 0; }
+    if (v->type != FX_JNUM || !(v->num >= lo) || v->num > hi || (hi_open && v->num == hi)) {
+        fx_seterr("%s: \"%s\" must be a number in [%g, %g%c", path, key, lo, hi, hi_open ? ')' : ']');
+        return -1;
+    }
+    *out = (float)v->num;
+    return 0;
+}
+
+/* A string field that, when present, must read WANT (the only variant this model implements). */
+static int cfg_only(const char *path, const fx_json *root, const char *key, const char *want) {
+    const fx_json *v = fx_json_get(root, key);
+    if (!v || v->type == FX_JNULL) return 0;
+    if (v->type != FX_JSTR || strcmp(v->str, want) != 0) {
+        fx_seterr("%s: \"%s\" must be \"%s\" (the only one implemented)", path, key, want);
+        return -1;
+    }
+    return 0;
+}
+
+static int roberta_config_load(const char *path, fx_config *c) {
+    fx_json root;
+    if (fx_json_load(path, &root) != 0) return -1;
+    fx_config k = {0};
+    int rc = -1;
+    if (root.type != FX_JOBJ) { fx_seterr("%s: not a JSON object", path); goto out; }
+    /* Architecture: required. Bounds keep every product of two sizes far inside size_t. */
+    if (cfg_int(path, &root, "vocab_size", 1, 0, 1, 1 << 24, &k.vocab_size) ||
+        cfg_int(path, &root, "hidden_size", 1, 0, 1, 1 << 16, &k.hidden) ||
+        cfg_int(path, &root, "num_hidden_layers", 1, 0, 1, 1024, &k.layers) ||
+        cfg_int(path, &root, "num_attention_heads", 1, 0, 1, 1 << 16, &k.heads) ||
+        cfg_int(path, &root, "intermediate_size", 1, 0, 1, 1 << 18, &k.intermediate) ||
+        cfg_int(path, &root, "max_position_embeddings", 1, 0, 3, 1 << 20, &k.max_positions) ||
+        /* The rest: Hugging Face's RobertaConfig defaults when absent. */
+        cfg_int(path, &root, "type_vocab_size", 0, 2, 1, 1 << 16, &k.type_vocab_size) ||
+        cfg_int(path, &root, "pad_token_id", 0, 1, 0, (1 << 24) - 1, &k.pad_id) ||
+        cfg_real(path, &root, "layer_norm_eps", 1e-12, 0, 1, 0, &k.layer_norm_eps) ||
+        cfg_real(path, &root, "hidden_dropout_prob", 0.1, 0, 1, 1, &k.hidden_dropout) ||
+        cfg_real(path, &root, "attention_probs_dropout_prob", 0.1, 0, 1, 1, &k.attention_dropout) ||
+        cfg_real(path, &root, "initializer_range", 0.02, 0, 10, 0, &k.initializer_range) ||
+        cfg_real(path, &root, "classifier_dropout", k.hidden_dropout, 0, 1, 1, &k.classifier_dropout) ||
+        cfg_only(path, &root, "hidden_act", "gelu") ||
+        cfg_only(path, &root, "position_embedding_type", "absolute"))
+        goto out;
+    if (!(k.layer_norm_eps > 0)) { fx_seterr("%s: \"layer_norm_eps\" must be > 0", path); goto out; }
+    if (k.hidden % k.heads != 0) {
+        fx_seterr("%s: \"hidden_size\" %d is not a multiple of \"num_attention_heads\" %d", path, k.hidden,
+                  k.heads);
+        goto out;
+    }
+    if (k.pad_id >= k.vocab_size || k.pad_id + 2 > k.max_positions) {
+        fx_seterr("%s: \"pad_token_id\" %d must be below \"vocab_size\" %d and leave room for positions "
+                  "under \"max_position_embeddings\" %d", path, k.pad_id, k.vocab_size, k.max_positions);
+        goto out;
+    }
+    /* num_labels as HF's PretrainedConfig: explicit, else the size of id2label, else 2. */
+    const fx_json *id2label = fx_json_get(&root, "id2label");
+    if (fx_json_get(&root, "num_labels")) {
+        if (cfg_int(path, &root, "num_labels", 1, 2, 1, 1 << 16, &k.num_labels)) goto out;
+    } else if (id2label && id2label->type != FX_JNULL) {
+        if (id2label->type != FX_JOBJ || id2label->n < 1 || id2label->n > (1 << 16)) {
+            fx_seterr("%s: \"id2label\" must be an object with 1 to 65536 entries", path);
+            goto out;
+        }
+        k.num_labels = (int)id2label->n;
+    } else {
+        k.num_labels = 2;
+    }
+    k.family = &fx_roberta;
+    *c = k;
+    rc = 0;
+out:
+    fx_json_free(&root);
+    return rc;
+}
+
+/* The config.json a saved model carries, as transformers' RobertaConfig reads it back. */
+static void roberta_config_write(FILE *f, const fx_config *c) {
+    fprintf(f, "{\n  \"architectures\": [\"RobertaForSequenceClassification\"],\n");
+    fprintf(f, "  \"model_type\": \"roberta\",\n");
+    fprintf(f, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+            c->vocab_size, c->hidden, c->layers);
+    fprintf(f, "  \"num_attention_heads\": %d,\n  \"intermediate_size\": %d,\n", c->heads, c->intermediate);
+    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"type_vocab_size\": %d,\n",
+            c->max_positions, c->type_vocab_size);
+    /* RoBERTa's specials: <s> 0, <pad> 1, </s> 2 */
+    fprintf(f, "  \"pad_token_id\": %d,\n  \"bos_token_id\": 0,\n  \"eos_token_id\": 2,\n", c->pad_id);
+    fprintf(f, "  \"hidden_act\": \"gelu\",\n  \"position_embedding_type\": \"absolute\",\n");
+    fprintf(f, "  \"layer_norm_eps\": "); fx_json_put_float(f, c->layer_norm_eps);
+    fprintf(f, ",\n  \"hidden_dropout_prob\": "); fx_json_put_float(f, c->hidden_dropout);
+    fprintf(f, ",\n  \"attention_probs_dropout_prob\": "); fx_json_put_float(f, c->attention_dropout);
+    fprintf(f, ",\n  \"initializer_range\": "); fx_json_put_float(f, c->initializer_range);
+    /* HF counts labels by id2label; one label means regression (MSE). */
+    fprintf(f, ",\n  \"problem_type\": \"%s\",\n",
+            c->num_labels == 1 ? "regression" : "single_label_classification");
+    fprintf(f, "  \"id2label\": {");
+    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"%d\": \"LABEL_%d\"", i ? ", " : "", i, i);
+    fprintf(f, "},\n  \"label2id\": {");
+    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"LABEL_%d\": %d", i ? ", " : "", i, i);
+    fprintf(f, "}\n}\n");
+}
+
+/* One family today; a second would be chosen here by config.json's "model_type". */
+int fx_config_load(const char *path, fx_config *c) { return roberta_config_load(path, c); }
+
+const fx_family *fx_config_family(const fx_config *c) { return c->family ? c->family : &fx_roberta; }
+
+/* ============================================================================================
+ * position ids
+ * ============================================================================================ */
+
+/* Positions as HF's create_position_ids_from_input_ids: pad + running count of non-pad tokens; pad
+ * tokens get pad itself. */
+void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */) {
+    for (int i = 0; i < b->n; i++) {
+        int count = 0;
+        for (int t = 0; t < b->T; t++) {
+            int32_t id = b->ids[(size_t)i * b->T + t];
+            pos[(size_t)i * b->T + t] = id != c->pad_id ? c->pad_id + ++count : c->pad_id;
+        }
+    }
+}
+
+/* ============================================================================================
+ * tensors: Hugging Face's state-dict order, shapes, and RobertaPreTrainedModel._init_weights's rule
+ * ============================================================================================
+ * Linear and Embedding weights N(0, initializer_range), the padding_idx row of the word and position
+ * embeddings zeroed, biases 0, LayerNorm 1 and 0. The head (a new classifier in HF) follows the same. */
+
+/* A linear layer's weight (out, in) and bias (out); a LayerNorm's weight and bias (H). */
+#define LINEAR(path, w, b, out, in) {path ".weight", w, out, in, FX_INIT_NORMAL, 0}, {path ".bias", b, out, 0, FX_INIT_ZERO, 0}
+#define NORM(path, w, b) {path ".weight", w, 'H', 0, FX_INIT_ONE, 0}, {path ".bias", b, 'H', 0, FX_INIT_ZERO, 0}
+
+static const fx_tensor_spec roberta_embed[] = {
+    {"embeddings.word_embeddings.weight", FX_EMB_WORD, 'V', 'H', FX_INIT_NORMAL_PAD, 0},
+    {"embeddings.position_embeddings.weight", FX_EMB_POS, 'P', 'H', FX_INIT_NORMAL_PAD, 0},
+    {"embeddings.token_type_embeddings.weight", FX_EMB_TYPE, 'T', 'H', FX_INIT_NORMAL, 0},
+    NORM("embeddings.LayerNorm", FX_EMB_LN_W, FX_EMB_LN_B),
+};
+
+static const fx_tensor_spec roberta_layer[] = {
+    LINEAR("attention.self.query", FX_LT_QW, FX_LT_QB, 'H', 'H'),
+    LINEAR("attention.self.key", FX_LT_KW, FX_LT_KB, 'H', 'H'),
+    LINEAR("attention.self.value", FX_LT_VW, FX_LT_VB, 'H', 'H'),
+    LINEAR("attention.output.dense", FX_LT_AOW, FX_LT_AOB, 'H', 'H'),
+    NORM("attention.output.LayerNorm", FX_LT_LN1W, FX_LT_LN1B),
+    LINEAR("intermediate.dense", FX_LT_IW, FX_LT_IB, 'I', 'H'),
+    LINEAR("output.dense", FX_LT_OW, FX_LT_OB, 'H', 'I'),
+    NORM("output.LayerNorm", FX_LT_LN2W, FX_LT_LN2B),
+};
+
+/* RobertaClassificationHead: dense (H, H) + tanh on token 0, then out_proj (L, H). */
+static const fx_tensor_spec roberta_head[] = {
+    LINEAR("classifier.dense", FX_HEAD_DW, FX_HEAD_DB, 'H', 'H'),
+    LINEAR("classifier.out_proj", FX_HEAD_OW, FX_HEAD_OB, 'L', 'H'),
+};
+
+/* The spec of base tensor I of M's table: the embeddings' first, then each layer's in turn. */
+static const fx_tensor_spec *base_spec(const fx_family *f, int i) {
+    return i < f->nembed ? &f->embed[i] : &f->layer[(i - f->nembed) % f->nlayer];
+}
+
+/* Fills one tensor by its rule, drawing from G only for the normal ones (row-major). */
+static void init_tensor(float *d, const fx_tensor *t, int init, double sd, const fx_config *c, fx_rng *g) {
+    if (init == FX_INIT_NORMAL || init == FX_INIT_NORMAL_PAD) {
+        for (size_t j = 0; j < t->n; j++) d[j] = (float)(sd * fx_rng_normal(g));
+        if (init == FX_INIT_NORMAL_PAD) memset(d + (size_t)c->pad_id * c->hidden, 0, (size_t)c->hidden * sizeof *d);
+    } else {
+        for (size_t j = 0; j < t->n; j++) d[j] = init == FX_INIT_ONE ? 1.0f : 0.0f;
+    }
+}
+
+/* One stream from SEED, tensors in table order; the head follows the base. */
+void fx_model_init_base(fx_model *m, uint64_t seed) {
+    fx_rng g;
+    fx_rng_seed(&g, seed);
+    double sd = m->c.initializer_range;
+    for (int i = 0; i < m->base.nt; i++)
+        init_tensor(m->base.data + m->base.t[i].off, &m->base.t[i], base_spec(m->fam, i)->init, sd, &m->c, &g);
+    for (int j = 0; j < m->fam->nhead; j++) {
+        const fx_tensor *t = &m->train.t[m->head.t + j];
+        init_tensor(m->train.data + t->off, t, m->fam->head[j].init, sd, &m->c, &g);
+    }
+}
+
+#define COUNT(a) ((int)(sizeof a / sizeof a[0]))
+
+const fx_family fx_roberta = {
+    .model_type = "roberta",
+    .architecture = "RobertaForSequenceClassification",
+    .prefix = "roberta.",
+    .layer_fmt = "encoder.layer.%d.",
+    .embed = roberta_embed, .nembed = COUNT(roberta_embed),
+    .layer = roberta_layer, .nlayer = COUNT(roberta_layer),
+    .head = roberta_head, .nhead = COUNT(roberta_head),
+    .norm_place = FX_NORM_POST,
+    .norm = FX_NORM_LAYERNORM,
+    .fused_qkv = 0,
+    .causal = 0,
+    .positions = FX_POS_PAD_CUMSUM,
+    .position_ids = fx_batch_positions,
+    .act = FX_ACT_GELU,
+    .head_kind = FX_HEAD_CLS_TANH,
+    .tied_head = 0,
+    .text = {.bos = 1, .eos_a = 1, .eos_b_lead = 1, .eos_b = 1}, /* <s> A </s></s> B </s> */
+    .config_load = roberta_config_load,
+    .config_write = roberta_config_write,
+};
