@@ -592,8 +592,6 @@ void fx_model_free(fx_model *m);
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
-/* FedEx: W0 += alpha * R for adapted layer K, R (out, in) in W's orientation. */
-void fx_model_add_residual(fx_model *m, int k, const float *R, float alpha);
 /* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
  * LOGITS (n, num_labels) may be NULL. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with

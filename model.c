@@ -526,12 +526,6 @@ float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     return (float)loss;
 }
 
-/* FedEx: W0 += alpha R on the host's base (fedex.c's shared weights); the CPU ops serve it. */
-void fx_model_add_residual(fx_model *m, int k, const float *R /* (out, in) */, float alpha) {
-    const fx_adapted *ad = &m->ad[k];
-    fx_cpu_ops.axpy(m->base.data + ad->w_off, alpha, R, (size_t)ad->out * ad->in);
-}
-
 /* ============================================================================================
  * AdamW and the learning-rate schedule
  * ============================================================================================ */

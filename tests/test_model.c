@@ -131,7 +131,7 @@ static void close_case(fixture_case *fc) {
 }
 
 /* A model of the case's shapes holding the fixture's base weights, adapters, head, VeRA projections and
- * residuals (added through fx_model_add_residual, as FedEx adds them). */
+ * residuals (the frozen weight fl(W0 + R), as FedEx forms it). */
 static int build_model(fixture_case *fc, fx_model *m, int with_residual) {
     if (fx_model_create(m, &fc->c, &fc->a, NULL) != 0) { CHECK(0, "%s: %s", fc->name, fx_err()); return -1; }
     for (int i = 0; i < m->base.nt; i++)
@@ -150,7 +150,8 @@ static int build_model(fixture_case *fc, fx_model *m, int with_residual) {
         float *owned;
         const float *R = fixture(&fc->f, name, (size_t)m->ad[k].out * m->ad[k].in, &owned);
         if (!R) return -1;
-        fx_model_add_residual(m, k, R, 1.0f);
+        float *W = m->base.data + m->ad[k].w_off; /* the frozen weight fl(W0 + R), as every party forms it */
+        fx_frozen_weight(W, W, R, (size_t)m->ad[k].out * m->ad[k].in);
         free(owned);
     }
     return 0;

@@ -222,7 +222,8 @@ static void check_residual(fx_adapter_kind kind) {
                                          : (double)B[o] * ad.vera_B[o * r + j] * A[j] * ad.vera_A[j * ad.vera_in + i];
                 R[(size_t)o * a->in + i] = (float)s;
             }
-        fx_model_add_residual(&res, k, R, 1.0f);
+        float *W = res.base.data + a->w_off; /* the frozen weight fl(W0 + R), as every party forms it */
+        fx_frozen_weight(W, W, R, (size_t)a->out * a->in);
         free(R);
     }
     fx_model_step(&res, &b, 0, lr);
