@@ -173,14 +173,14 @@ void fx_run_client_done(const fx_run *R, int round, int c, int tty) {
  * Outputs: adapter, residual, metrics, checkpoint
  * ============================================================================================ */
 
-/* One entry per adapted layer, pointing into the accumulated residual, named PRE + layer + POST: the
- * base weight it is added to ("roberta." ... ".weight"), in residual.safetensors and the checkpoint
- * alike. */
+/* One entry per adapted layer, pointing into the accumulated residual, named after the base weight it is
+ * added to (the family's prefix, the layer, ".weight": "roberta.encoder.layer.0.attention.self.query.weight"),
+ * in residual.safetensors and the checkpoint alike. */
 static void residual_entries(const fx_run *R, fx_st_entry *e, char (*names)[128]) {
     const fx_model *m = &R->srv;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
-        snprintf(names[k], sizeof names[k], "roberta.%s.weight", ad->name);
+        snprintf(names[k], sizeof names[k], "%s%s.weight", m->fam->prefix, ad->name);
         e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
         e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = R->res.acc + R->res.off[k];
     }
@@ -392,7 +392,7 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
     for (int k = 0; k < m->nadapted; k++) {
         /* named as in residual.safetensors; checkpoints written before carry "residual.<layer>" */
         char name[160], old[160];
-        snprintf(name, sizeof name, "roberta.%s.weight", m->ad[k].name);
+        snprintf(name, sizeof name, "%s%s.weight", m->fam->prefix, m->ad[k].name);
         snprintf(old, sizeof old, "residual.%s", m->ad[k].name);
         const fx_st_tensor *t = fx_st_find(&f, name);
         if (!t) t = fx_st_find(&f, old);
