@@ -32,8 +32,8 @@ int fx_add_size(size_t a, size_t b, size_t *out);
 
 /* Opens PATH read-only and checks it is a regular file: its descriptor and size, or -1 with fx_err(). */
 int fx_open_regular(const char *path, int *fd, size_t *size);
-/* Whole file into a NUL-terminated malloc'd buffer; fx_seterr names the path on failure. PATH "-" reads
- * standard input to its end; any other path must be a regular file. */
+/* Whole file into a NUL-terminated malloc'd buffer; fx_seterr names the path on failure. PATH "-" (or
+ * "/dev/stdin") reads standard input to its end; any other path must be a regular file. */
 int fx_read_file(const char *path, char **data, size_t *len);
 /* Writes to a fresh PATH.tmp.XXXXXX (created exclusively: nothing planted there is followed), fsyncs,
  * renames over PATH: readers see the old file or the new, never half. */

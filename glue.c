@@ -121,7 +121,7 @@ int fx_glue_read(const fx_task *t, const char *path, fx_rows *rows) {
     memset(rows, 0, sizeof *rows);
     if (!t->dir) { fx_seterr("task %s has no data files", t->name); return -1; }
     struct stat st;
-    if (strcmp(path, "-") && stat(path, &st) != 0 && errno == ENOENT) {
+    if (strcmp(path, "-") && strcmp(path, "/dev/stdin") && stat(path, &st) != 0 && errno == ENOENT) {
         fx_seterr("%s: no such file (this split is not in the data folder)", path);
         return -1;
     }

@@ -115,7 +115,7 @@ static int read_stdin(char **data, size_t *len) {
 int fx_read_file(const char *path, char **data, size_t *len) {
     int fd;
     size_t n, got = 0;
-    if (!strcmp(path, "-")) return read_stdin(data, len);
+    if (!strcmp(path, "-") || !strcmp(path, "/dev/stdin")) return read_stdin(data, len);
     if (fx_open_regular(path, &fd, &n) != 0) return -1;
     char *buf = fx_malloc(n + 1);
     while (got < n) {

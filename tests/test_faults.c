@@ -54,6 +54,10 @@ static void test_stdin(void) {
     snprintf(cmd, sizeof cmd, "%s tokenize --model %s --task RTE --file - < %s/RTE/dev.tsv", fedex_bin, model, glue);
     int r2 = check_run(cmd, b, sizeof b);
     CHECK(r1 == 0 && r2 == 0 && strlen(a) > 100 && !strcmp(a, b), "--file - reads standard input: exit %d / %d", r1, r2);
+    snprintf(cmd, sizeof cmd, "cat %s/RTE/dev.tsv | %s tokenize --model %s --task RTE --file /dev/stdin", glue, fedex_bin,
+             model);
+    r2 = check_run(cmd, b, sizeof b);
+    CHECK(r2 == 0 && !strcmp(a, b), "--file /dev/stdin from a pipe: exit %d", r2);
     snprintf(cmd, sizeof cmd, "%s inspect %s/model.safetensors", fedex_bin, model);
     r1 = check_run(cmd, a, sizeof a);
     snprintf(cmd, sizeof cmd, "%s inspect - < %s/model.safetensors", fedex_bin, model);
