@@ -1,7 +1,8 @@
-/* agg.c: the server's aggregation math, in one place: averaging the clients' trainable state (FedIT),
- * FedEx-LoRA's exact residual (as factors or as a dense matrix), VeRA's counterpart, and the
- * aggregation error that shows whether the global model equals the mean of the clients' models.
- * It does no I/O and knows nothing of processes: it works on flat buffers laid out by model.c. */
+/* agg.c: the aggregation math, in one place: averaging the clients' trainable state (FedIT), FedEx-LoRA's
+ * exact residual (as factors or as a dense matrix), VeRA's counterpart, the aggregation error that shows
+ * whether the global model equals the mean of the clients' models, and the residual's one owner (its
+ * message, its accumulation, the frozen weight every party computes with). It does no I/O and knows
+ * nothing of processes: it works on flat buffers laid out by model.c. */
 #include "fedex.h"
 
 #include <math.h>

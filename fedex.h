@@ -636,7 +636,7 @@ int fx_adapter_config_load(const char *path, fx_adapter_cfg *a);
 int fx_residual_load(fx_model *m, const char *path);
 
 /* ============================================================================================
- * agg.c: aggregation math (FedIT mean, FedEx residual, VeRA, aggregation error)
+ * agg.c: aggregation math (FedIT mean, FedEx residual, VeRA, aggregation error); the residual's owner
  * ============================================================================================ */
 
 typedef enum { FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX_VERA, FX_AGG_FEDIT_VERA,
