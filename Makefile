@@ -102,7 +102,7 @@ FUZZ_CFLAGS := $(CSTD) $(WARN) -Wno-unknown-pragmas -O1 -g -fsanitize=fuzzer-no-
 build/fuzz/%.o: %.c fedex.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
-FUZZ_LIB := util json safetensors tokenizer unicode_tables glue   # the input-facing files
+FUZZ_LIB := $(LIB_SRC:%.c=%)   # the whole library: the input-facing files call into the family tables
 build/fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB:%=build/fuzz/%.o)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -I. $^ -o $@ $(LDLIBS)
 fuzz: $(FUZZ_BIN)
