@@ -52,12 +52,7 @@ static int cmd_inspect(int argc, char **argv) {
     int set[1], np, rc = parse_or_exit(&inspect_cl, argc, argv, NULL, set, &file, &np);
     if (rc >= 0) return rc;
     fx_st_file f;
-    char *in = NULL; /* "-": the file from standard input, checked in memory */
-    size_t inlen;
-    if (!strcmp(file, "-")) {
-        if (fx_read_file("-", &in, &inlen) != 0 || fx_st_parse((const uint8_t *)in, inlen, "standard input", &f) != 0)
-            fx_die("%s", fx_err());
-    } else if (fx_st_open(file, &f) != 0) fx_die("%s", fx_err());
+    if (fx_st_open(file, &f) != 0) fx_die("%s", fx_err());
 
     /* Column widths from the widest entry, so that the listing reads as a table. */
     char shape[160];
@@ -81,7 +76,6 @@ static int cmd_inspect(int argc, char **argv) {
     printf("%d tensors, %zu parameters, %zu bytes\n", f.n, params, f.data_len);
     for (int i = 0; i < f.nmeta; i++) printf("metadata %s = %s\n", f.meta_keys[i], f.meta_vals[i]);
     fx_st_close(&f);
-    free(in);
     return 0;
 }
 

@@ -108,12 +108,13 @@ typedef struct {
 typedef struct {
     char *path;
     void *map; size_t map_len;   /* the whole file, mmap'ed read-only (NULL when parsed from memory) */
+    void *owned;                 /* the file read from standard input ("-"), freed by fx_st_close */
     const uint8_t *data; size_t data_len; /* the data area after the header */
     int n; fx_st_tensor *t;      /* tensors in header order */
     int nmeta; char **meta_keys, **meta_vals; /* __metadata__ (string to string) */
 } fx_st_file;
 
-int fx_st_open(const char *path, fx_st_file *f);                 /* mmap + validate everything */
+int fx_st_open(const char *path, fx_st_file *f);                 /* mmap + validate everything; "-": stdin */
 int fx_st_parse(const uint8_t *buf, size_t len, const char *label, fx_st_file *f); /* validate in memory */
 void fx_st_close(fx_st_file *f);
 const fx_st_tensor *fx_st_find(const fx_st_file *f, const char *name);

@@ -314,6 +314,13 @@ int fx_st_open(const char *path, fx_st_file *f) {
     memset(f, 0, sizeof *f);
     int fd;
     size_t len;
+    if (!strcmp(path, "-") || !strcmp(path, "/dev/stdin")) { /* standard input, read whole and kept */
+        char *buf;
+        if (fx_read_file(path, &buf, &len) != 0) return -1;
+        if (fx_st_parse((const uint8_t *)buf, len, "standard input", f) != 0) { free(buf); return -1; }
+        f->owned = buf;
+        return 0;
+    }
     if (fx_open_regular(path, &fd, &len) != 0) return -1;
     if (len >= 8) { /* mmap refuses 0 bytes; shorter files are refused by the parser without reading */
         void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -334,6 +341,7 @@ int fx_st_open(const char *path, fx_st_file *f) {
 void fx_st_close(fx_st_file *f) {
     if (!f) return;
     if (f->map) munmap(f->map, f->map_len);
+    free(f->owned);
     for (int i = 0; i < f->n; i++) free(f->t[i].name);
     for (int i = 0; i < f->nmeta; i++) { free(f->meta_keys[i]); free(f->meta_vals[i]); }
     free(f->t);
