@@ -5,6 +5,7 @@
 #include "fedex.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -269,6 +270,11 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
     const fx_adapter_cfg *a = &m->a;
     int lora = a->kind == FX_LORA;
     fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"SEQ_CLS\",\n", lora ? "LORA" : "VERA");
+    /* A local folder as an absolute path, so the file means the same from any directory; anything else
+     * (a hub name such as "roberta-base") as given. */
+    char abs[PATH_MAX];
+    struct stat st;
+    if (base_model && stat(base_model, &st) == 0 && S_ISDIR(st.st_mode) && realpath(base_model, abs)) base_model = abs;
     fprintf(f, "  \"base_model_name_or_path\": ");
     if (base_model) { char *q = fx_json_quote(base_model); fputs(q, f); free(q); }
     else fputs("null", f);

@@ -7,6 +7,7 @@
 
 #include <ftw.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -556,6 +557,31 @@ static void test_adapter_targets(void) {
     close_case(&fc);
 }
 
+/* base_model_name_or_path: a local folder is written absolute (valid from any directory), a hub name as given. */
+static void test_base_model_path(void) {
+    fixture_case fc;
+    fx_model m;
+    if (open_case(&fc, "lora_qv") != 0) return;
+    if (fx_model_create(&m, &fc.c, &fc.a, NULL) != 0) { CHECK(0, "%s", fx_err()); close_case(&fc); return; }
+    const char *dir = tmp_path("base_path");
+    char want[PATH_MAX], path[300];
+    CHECK(realpath("tests/fixtures", want) != NULL, "realpath tests/fixtures");
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    const char *given[2] = {"tests/fixtures", "FacebookAI/roberta-base"}, *expect[2] = {want, given[1]};
+    for (int i = 0; i < 2; i++) {
+        CHECK(fx_adapter_save(&m, dir, given[i]) == 0, "%s", fx_err());
+        fx_json j;
+        if (fx_json_load(path, &j) == 0) {
+            const fx_json *b = fx_json_get(&j, "base_model_name_or_path");
+            CHECK(b && b->type == FX_JSTR && !strcmp(b->str, expect[i]), "base_model_name_or_path for %s: %s, want %s",
+                  given[i], b && b->type == FX_JSTR ? b->str : "(none)", expect[i]);
+            fx_json_free(&j);
+        } else CHECK(0, "%s", fx_err());
+    }
+    fx_model_free(&m);
+    close_case(&fc);
+}
+
 /* adapter_config.json at DIR with the given r, lora_alpha, target_modules (JSON text) and pattern objects. */
 static void write_adapter_cfg(const char *dir, int r, double alpha, const char *targets, const char *rank_pattern,
                               const char *alpha_pattern) {
@@ -885,6 +911,7 @@ int main(void) {
     for (int i = 0; i < 5; i++) test_adapter_case(cases[i]);
     test_adapter_targets();
     test_adapter_patterns();
+    test_base_model_path();
     test_target_forms();
     test_residual_file();
     test_cli();
