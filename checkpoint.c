@@ -93,14 +93,19 @@ static int read_into(const fx_st_file *f, const fx_st_tensor *t, float *dst) {
  * config.json
  * ============================================================================================ */
 
-static int write_config(const fx_config *c, const char *dir) {
+/* One of the folder's JSON files, DIR/NAME, from the family's writer (config.json with NAMES for its
+ * labels, or a tokenizer file). */
+static int write_family_file(const fx_config *c, const char *dir, const char *name, const char *const *names) {
     char path[PATH_MAX_LEN];
-    if (fmt(path, sizeof path, dir, "%s/config.json", dir) != 0) return -1;
+    if (fmt(path, sizeof path, dir, "%s/%s", dir, name) != 0) return -1;
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) { fx_seterr("%s: cannot format the file: %s", path, strerror(errno)); return -1; }
-    fx_config_family(c)->config_write(f, c);
+    const fx_family *fam = fx_config_family(c);
+    if (!strcmp(name, "config.json")) fam->config_write(f, c, names);
+    else if (!strcmp(name, "tokenizer_config.json")) fam->tokenizer_config_write(f, c);
+    else fam->special_tokens_write(f, c);
     return fx_write_memstream_atomic(f, &buf, &len, path);
 }
 
@@ -157,7 +162,8 @@ done:
     return rc;
 }
 
-int fx_model_save(const fx_model *m, const char *dir, int merged) {
+/* model.safetensors and config.json (id2label from LABEL_NAMES, or LABEL_i when NULL). */
+static int model_save(const fx_model *m, const char *dir, int merged, const char *const *label_names) {
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
@@ -203,11 +209,22 @@ int fx_model_save(const fx_model *m, const char *dir, int merged) {
     }
     const char *meta[] = {"format", "pt", NULL}; /* transformers refuses safetensors of other formats */
     if (fx_st_write(path, e, n, meta) != 0) goto done;
-    rc = write_config(&m->c, dir);
+    rc = write_family_file(&m->c, dir, "config.json", label_names);
 done:
     for (int i = 0; i < m->base.nt; i++) { free(names[i]); free(merged_w[i]); }
     free(names); free(merged_w); free(e); free(dW);
     return rc;
+}
+
+int fx_model_save(const fx_model *m, const char *dir, int merged) { return model_save(m, dir, merged, NULL); }
+
+int fx_model_export(const fx_model *m, const char *dir, int merged, const fx_task *task) {
+    const char *const *names = task && task->names[0] && task->num_labels == m->c.num_labels ? task->names : NULL;
+    if (model_save(m, dir, merged, names) != 0 ||
+        write_family_file(&m->c, dir, "tokenizer_config.json", NULL) != 0 ||
+        write_family_file(&m->c, dir, "special_tokens_map.json", NULL) != 0)
+        return -1;
+    return 0;
 }
 
 /* ============================================================================================

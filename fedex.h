@@ -201,6 +201,8 @@ typedef struct {
     int col_label;               /* 0-based; -1 = the last column (MNLI) */
     int num_labels;              /* 1 = regression */
     const char *labels[3];       /* label strings in id order; NULL entries for numeric 0/1 labels */
+    const char *names[3];        /* the labels' names in id order, as Hugging Face's glue dataset names them
+                                    (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
 } fx_task;
@@ -434,7 +436,10 @@ typedef struct fx_family {
     int tied_head;               /* the LM head is the word embedding (an alias, not a copy) */
     fx_text_template text;       /* how one text or a pair becomes a sequence */
     int (*config_load)(const char *path, fx_config *c);
-    void (*config_write)(FILE *f, const fx_config *c); /* config.json's text for a saved model */
+    /* config.json's text for a saved model; id2label from NAMES (num_labels of them) or LABEL_i when NULL */
+    void (*config_write)(FILE *f, const fx_config *c, const char *const *names);
+    void (*tokenizer_config_write)(FILE *f, const fx_config *c); /* tokenizer_config.json beside it */
+    void (*special_tokens_write)(FILE *f, const fx_config *c);   /* special_tokens_map.json beside it */
 } fx_family;
 
 extern const fx_family fx_roberta;
@@ -618,6 +623,10 @@ float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linea
 int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
+/* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
+ * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length
+ * from the positions) and special_tokens_map.json. */
+int fx_model_export(const fx_model *m, const char *dir, int merged, const fx_task *task);
 
 /* DIR/adapter_model.safetensors (PEFT's keys, the head as modules_to_save, VeRA's projections) and
  * DIR/adapter_config.json, which PEFT's PeftModel.from_pretrained can load. */
