@@ -163,6 +163,17 @@ static const float *expected_logits(fixture_case *fc, float **owned) {
     return fixture(&fc->f, "expect.logits", (size_t)fc->b.n * fc->c.num_labels, owned);
 }
 
+/* M's logits on the case's batch (no training) against the fixture's, checked as WHAT. */
+static void check_logits(fixture_case *fc, fx_model *m, const char *what) {
+    int n = fc->b.n, L = fc->c.num_labels;
+    float *logits = fx_calloc((size_t)n * L, sizeof(float)), *ow;
+    fx_model_step(m, &fc->b, 0, logits);
+    const float *want = expected_logits(fc, &ow);
+    if (want) CLOSE(what, logits, want, (size_t)n * L, T_LOGITS);
+    free(ow);
+    free(logits);
+}
+
 /* ============================================================================================
  * forward, backward, AdamW against the reference
  * ============================================================================================ */
@@ -599,14 +610,14 @@ static void write_adapter_cfg(const char *dir, int r, double alpha, const char *
  * its alpha or r. One value for every adapted module is honoured (checked against the fixture's logits,
  * which PyTorch computed with that alpha); different values are refused by name, never ignored. */
 static void test_adapter_patterns(void) {
+    const char *dir = tmp_path("patterns");
     fixture_case fc;
     fx_model m, m2;
     if (open_case(&fc, "lora_qv") != 0) return;
-    if (build_model(&fc, &m, 0) != 0) { close_case(&fc); return; }
-    const char *dir = tmp_path("patterns");
-    CHECK(fx_adapter_save(&m, dir, NULL) == 0, "%s", fx_err());
-    int r = fc.a.r;
+    int r = fc.a.r, built = build_model(&fc, &m, 0) == 0;
     double A = fc.a.alpha;
+    if (!built) { close_case(&fc); return; }
+    CHECK(fx_adapter_save(&m, dir, NULL) == 0, "%s", fx_err());
     char pat[256];
     const char *qv = "[\"query\", \"value\"]";
 
@@ -619,13 +630,7 @@ static void test_adapter_patterns(void) {
     if (fx_model_create(&m2, &fc.c, &a, NULL) == 0) {
         memcpy(m2.base.data, m.base.data, m.base.n * sizeof(float));
         CHECK(fx_adapter_load(&m2, dir) == 0, "uniform alpha_pattern: %s", fx_err());
-        int n = fc.b.n, L = fc.c.num_labels;
-        float *logits = fx_calloc((size_t)n * L, sizeof(float)), *ow;
-        fx_model_step(&m2, &fc.b, 0, logits);
-        const float *want = expected_logits(&fc, &ow);
-        if (want) CLOSE("alpha_pattern: logits", logits, want, (size_t)n * L, T_LOGITS);
-        free(ow);
-        free(logits);
+        check_logits(&fc, &m2, "alpha_pattern: logits");
         fx_model_free(&m2);
     } else CHECK(0, "%s", fx_err());
 
@@ -756,17 +761,11 @@ static void test_residual_file(void) {
     const char *path = tmp_path("residual.safetensors");
     CHECK(fx_st_write(path, e, ne, NULL) == 0, "%s", fx_err());
     CHECK(fx_residual_load(&m, path) == 0, "%s", fx_err());
-    int n = fc.b.n, L = fc.c.num_labels;
-    float *logits = fx_calloc((size_t)n * L, sizeof(float)), *ow;
-    fx_model_step(&m, &fc.b, 0, logits);
-    const float *want = expected_logits(&fc, &ow);
-    if (want) CLOSE("residual file: logits", logits, want, (size_t)n * L, T_LOGITS);
-    free(ow);
+    check_logits(&fc, &m, "residual file: logits");
     /* a residual of the wrong shape is refused */
     e[0].shape[1] = e[0].shape[1] / 2;
     CHECK(fx_st_write(path, e, 1, NULL) == 0, "%s", fx_err());
     CHECK(fx_residual_load(&m, path) == -1 && err_has("has shape"), "residual shape: %s", fx_err());
-    free(logits);
     free(owned[0]);
     free(owned[1]);
     fx_model_free(&m);
