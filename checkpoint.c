@@ -348,7 +348,8 @@ static int json_flag(const fx_json *j, const char *key, int *out, const char *pa
  * (key == t or key.endswith("." + t)); a single string is a regular expression that must match the whole
  * name (re.fullmatch). fedex adapts the six linear layers of every encoder layer, so any other module
  * selected (the classifier's dense, a LayerNorm, a container) or a layer adapted in some layers only is
- * refused with the module's name. */
+ * refused with the module's name. (The classifier is modules_to_save, trained whole; a LoRA inside it is
+ * something PEFT's versions treat differently, and fedex does not attempt.) */
 static const char *const roberta_modules[] = {
     "", "roberta", "roberta.embeddings", "roberta.embeddings.word_embeddings",
     "roberta.embeddings.position_embeddings", "roberta.embeddings.token_type_embeddings",
@@ -483,8 +484,8 @@ static int parse_targets(const fx_json *v, int layers, unsigned *mask, const cha
             fx_seterr("%s: target_modules selects the module \"%s\"%s, which fedex does not adapt: it adapts the "
                       "encoder's query, key, value, attention.output.dense, intermediate.dense and output.dense "
                       "(name those, e.g. \"attention.output.dense\" rather than \"dense\")", path, m,
-                      !strncmp(m, "classifier", 10) ? " (PEFT would put LoRA on the head, which fedex trains "
-                                                      "whole as modules_to_save)" : "");
+                      !strncmp(m, "classifier", 10) ? " (part of the classifier head, which fedex trains whole "
+                                                      "as modules_to_save)" : "");
             goto done;
         }
     for (int l = 0; l < layers; l++) {

@@ -630,14 +630,17 @@ int fx_model_export(const fx_model *m, const char *dir, int merged, const fx_tas
 
 /* DIR/adapter_model.safetensors (PEFT's keys, the head as modules_to_save, VeRA's projections) and
  * DIR/adapter_config.json, which PEFT's PeftModel.from_pretrained can load. */
-/* BASE_MODEL: the base model's folder or hub name for adapter_config.json's base_model_name_or_path
- * (NULL: null). */
+/* BASE_MODEL: the base model's folder (written as its absolute path) or hub name for adapter_config.json's
+ * base_model_name_or_path (NULL: null). */
 int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model);
 /* PATH: a folder as fx_adapter_save writes it, or the .safetensors file itself. adapter_config.json beside
  * it, when present, must match the model's kind, r, targets and LoRA scale. Nothing is changed on error. */
 int fx_adapter_load(fx_model *m, const char *path);
 /* PEFT's adapter_config.json into A (kind, r, lora_alpha, use_rslora, dropout, targets, d_initial); the
- * fields PEFT has and fedex does not (bias, DoRA, layers_to_transform, ...) must be at their defaults.
+ * fields PEFT has and fedex does not (bias, DoRA, layers_to_transform, exclude_modules, ...) must be at
+ * their defaults. target_modules selects modules as PEFT does (a list by name or dotted suffix, a string
+ * as a regular expression over the whole name); rank_pattern and alpha_pattern are honoured when they
+ * give every adapted module one value (resolved here for layer 0, by fx_adapter_load for every layer).
  * PATH: the adapter's folder, its .safetensors file (the config is read from beside it) or the .json. */
 int fx_adapter_config_load(const char *path, fx_adapter_cfg *a);
 /* Adds every tensor of PATH into the base weight of the same name ("roberta." optional, same shape): a
