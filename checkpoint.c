@@ -5,10 +5,12 @@
 #include "fedex.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <regex.h>
 #include <unistd.h>
 #include <sys/stat.h>
 
@@ -91,14 +93,19 @@ static int read_into(const fx_st_file *f, const fx_st_tensor *t, float *dst) {
  * config.json
  * ============================================================================================ */
 
-static int write_config(const fx_config *c, const char *dir) {
+/* One of the folder's JSON files, DIR/NAME, from the family's writer (config.json with NAMES for its
+ * labels, or a tokenizer file). */
+static int write_family_file(const fx_config *c, const char *dir, const char *name, const char *const *names) {
     char path[PATH_MAX_LEN];
-    if (fmt(path, sizeof path, dir, "%s/config.json", dir) != 0) return -1;
+    if (fmt(path, sizeof path, dir, "%s/%s", dir, name) != 0) return -1;
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) { fx_seterr("%s: cannot format the file: %s", path, strerror(errno)); return -1; }
-    fx_config_family(c)->config_write(f, c);
+    const fx_family *fam = fx_config_family(c);
+    if (!strcmp(name, "config.json")) fam->config_write(f, c, names);
+    else if (!strcmp(name, "tokenizer_config.json")) fam->tokenizer_config_write(f, c);
+    else fam->special_tokens_write(f, c);
     return fx_write_memstream_atomic(f, &buf, &len, path);
 }
 
@@ -155,7 +162,8 @@ done:
     return rc;
 }
 
-int fx_model_save(const fx_model *m, const char *dir, int merged) {
+/* model.safetensors and config.json (id2label from LABEL_NAMES, or LABEL_i when NULL). */
+static int model_save(const fx_model *m, const char *dir, int merged, const char *const *label_names) {
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
@@ -201,11 +209,22 @@ int fx_model_save(const fx_model *m, const char *dir, int merged) {
     }
     const char *meta[] = {"format", "pt", NULL}; /* transformers refuses safetensors of other formats */
     if (fx_st_write(path, e, n, meta) != 0) goto done;
-    rc = write_config(&m->c, dir);
+    rc = write_family_file(&m->c, dir, "config.json", label_names);
 done:
     for (int i = 0; i < m->base.nt; i++) { free(names[i]); free(merged_w[i]); }
     free(names); free(merged_w); free(e); free(dW);
     return rc;
+}
+
+int fx_model_save(const fx_model *m, const char *dir, int merged) { return model_save(m, dir, merged, NULL); }
+
+int fx_model_export(const fx_model *m, const char *dir, int merged, const fx_task *task) {
+    const char *const *names = task && task->names[0] && task->num_labels == m->c.num_labels ? task->names : NULL;
+    if (model_save(m, dir, merged, names) != 0 ||
+        write_family_file(&m->c, dir, "tokenizer_config.json", NULL) != 0 ||
+        write_family_file(&m->c, dir, "special_tokens_map.json", NULL) != 0)
+        return -1;
+    return 0;
 }
 
 /* ============================================================================================
@@ -268,6 +287,11 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
     const fx_adapter_cfg *a = &m->a;
     int lora = a->kind == FX_LORA;
     fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"SEQ_CLS\",\n", lora ? "LORA" : "VERA");
+    /* A local folder as an absolute path, so the file means the same from any directory; anything else
+     * (a hub name such as "roberta-base") as given. */
+    char abs[PATH_MAX];
+    struct stat st;
+    if (base_model && stat(base_model, &st) == 0 && S_ISDIR(st.st_mode) && realpath(base_model, abs)) base_model = abs;
     fprintf(f, "  \"base_model_name_or_path\": ");
     if (base_model) { char *q = fx_json_quote(base_model); fputs(q, f); free(q); }
     else fputs("null", f);
@@ -318,40 +342,235 @@ static int json_flag(const fx_json *j, const char *key, int *out, const char *pa
     return 0;
 }
 
-/* adapter_config.json names no family of its own: its regular expressions are RoBERTa's. */
-static int parse_targets(const fx_json *v, unsigned *mask, const char *path) {
-    *mask = 0;
-    if (v && v->type == FX_JSTR) { /* only the expressions put_targets writes */
-        for (unsigned m = 1; m < 64; m++) {
-            char re[512];
-            targets_regex(&fx_roberta, m, re, sizeof re);
-            if (!strcmp(re, v->str)) { *mask = m; return 0; }
-        }
-        fx_seterr("%s: target_modules \"%s\" is a regular expression fedex does not know; list the modules "
-                  "(query, key, value, attention.output.dense, intermediate.dense, output.dense)", path, v->str);
-        return -1;
-    }
-    if (!v || v->type != FX_JARR || v->n == 0) {
-        fx_seterr("%s: target_modules must be a non-empty list of module names", path);
-        return -1;
-    }
-    for (size_t i = 0; i < v->n; i++) {
-        const fx_json *s = &v->kids[i];
-        int t = 0;
-        while (t < FX_NTARGETS && !(s->type == FX_JSTR && !strcmp(s->str, fx_targets[t].peft))) t++;
-        if (t == FX_NTARGETS) {
-            fx_seterr("%s: target_modules entry %zu is not one of query, key, value, attention.output.dense, "
-                      "intermediate.dense, output.dense", path, i);
+/* adapter_config.json names no family of its own: its module names are RoBERTa's. PEFT walks every module
+ * of RobertaForSequenceClassification (named_modules()) and adapts those that target_modules selects:
+ * a list selects a module when one entry equals its name or is a suffix of it after a dot
+ * (key == t or key.endswith("." + t)); a single string is a regular expression that must match the whole
+ * name (re.fullmatch). fedex adapts the six linear layers of every encoder layer, so any other module
+ * selected (the classifier's dense, a LayerNorm, a container) or a layer adapted in some layers only is
+ * refused with the module's name. (The classifier is modules_to_save, trained whole; a LoRA inside it is
+ * something PEFT's versions treat differently, and fedex does not attempt.) */
+static const char *const roberta_modules[] = {
+    "", "roberta", "roberta.embeddings", "roberta.embeddings.word_embeddings",
+    "roberta.embeddings.position_embeddings", "roberta.embeddings.token_type_embeddings",
+    "roberta.embeddings.LayerNorm", "roberta.embeddings.dropout", "roberta.encoder", "roberta.encoder.layer",
+    "classifier", "classifier.dense", "classifier.dropout", "classifier.out_proj", NULL};
+/* A layer's modules besides the six targets ("" is the layer itself). */
+static const char *const roberta_layer_modules[] = {
+    "", "attention", "attention.self", "attention.self.dropout", "attention.output", "attention.output.LayerNorm",
+    "attention.output.dropout", "intermediate", "intermediate.intermediate_act_fn", "output", "output.LayerNorm",
+    "output.dropout", NULL};
+
+/* Python's re syntax as POSIX extended syntax, for the subset whose meaning is the same in both: literals,
+ * ".", escaped punctuation, \d \w \s, classes [...], groups ( ) and (?: ), |, * + ? {m,n}, ^ $. Anything
+ * else (lookarounds, named groups, backreferences, lazy quantifiers, \b) is refused: -1 and *WHY. Python
+ * picks the leftmost alternative and POSIX the longest, but anchored at both ends the two match the same
+ * names, which is all PEFT asks of them. */
+static int py_regex_to_ere(const char *py, char *out, size_t cap, const char **why) {
+    size_t k = 0;
+#define PUT(s) do { size_t l_ = strlen(s); if (k + l_ + 1 > cap) { *why = "too long"; return -1; } \
+                    memcpy(out + k, s, l_); k += l_; } while (0)
+    for (const char *p = py; *p; p++) {
+        char c = *p, one[3] = {c, 0, 0};
+        if (c == '\\') {
+            char e = p[1];
+            if (e == 'd') PUT("[0-9]");
+            else if (e == 'w') PUT("[A-Za-z0-9_]");
+            else if (e == 's') PUT("[[:space:]]");
+            else if (e && strchr(".^$|?*+()[]{}\\-/", e)) { one[0] = '\\'; one[1] = e; PUT(one); }
+            else { *why = "an escape other than \\. \\d \\w \\s or escaped punctuation"; return -1; }
+            p++;
+        } else if (c == '(') {
+            if (p[1] == '?') {
+                if (p[2] != ':') { *why = "a (?...) group other than (?:...)"; return -1; }
+                p += 2;
+            }
+            PUT("(");
+        } else if (c == '[') { /* copied to its closing ']'; only \. \- \d escapes inside */
+            PUT("[");
+            p++;
+            if (*p == '^') { PUT("^"); p++; }
+            if (*p == ']') { PUT("]"); p++; }
+            for (; *p && *p != ']'; p++) {
+                if (*p == '\\') {
+                    if (p[1] == 'd') { PUT("0-9"); p++; continue; }
+                    if (p[1] == '.' || p[1] == '_') { one[0] = p[1]; one[1] = 0; PUT(one); p++; continue; }
+                    *why = "an escape inside [...] other than \\. \\_ \\d";
+                    return -1;
+                }
+                if (*p == '[') { *why = "a '[' inside [...]"; return -1; }
+                one[0] = *p; one[1] = 0;
+                PUT(one);
+            }
+            if (*p != ']') { *why = "an unclosed '['"; return -1; }
+            PUT("]");
+        } else if ((c == '*' || c == '+' || c == '?' || c == '}') && (p[1] == '?' || p[1] == '+')) {
+            *why = "a lazy or possessive quantifier";
             return -1;
+        } else {
+            PUT(one);
         }
-        *mask |= fx_targets[t].bit;
-        /* PEFT matches suffixes: "output.dense" adapts attention.output.dense as well */
-        if (fx_targets[t].bit == FX_T_OUTPUT) *mask |= FX_T_ATTN_OUT;
+    }
+    out[k] = 0;
+    return 0;
+#undef PUT
+}
+
+/* Compiles ^(PY)$ (PREFIX before it, when given) into RE; -1 with an error naming WHAT. */
+static int compile_py_regex(regex_t *re, const char *prefix, const char *py, const char *what, const char *path) {
+    char ere[1024], full[1100];
+    const char *why = NULL;
+    if (py_regex_to_ere(py, ere, sizeof ere, &why) != 0 ||
+        (size_t)snprintf(full, sizeof full, "^%s(%s)$", prefix ? prefix : "", ere) >= sizeof full) {
+        fx_seterr("%s: %s \"%s\" is a regular expression fedex does not read (%s); list the modules instead "
+                  "(query, key, value, attention.output.dense, intermediate.dense, output.dense)", path, what, py,
+                  why ? why : "too long");
+        return -1;
+    }
+    if (regcomp(re, full, REG_EXTENDED | REG_NOSUB) != 0) {
+        fx_seterr("%s: %s \"%s\" is not a valid regular expression", path, what, py);
+        return -1;
     }
     return 0;
 }
 
-int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) {
+typedef struct {
+    const fx_json *list;         /* a list of names and suffixes, or NULL */
+    regex_t re;                  /* else the expression */
+} target_matcher;
+
+static int selects(const target_matcher *tm, const char *name) {
+    if (!tm->list) return regexec(&tm->re, name, 0, NULL, 0) == 0;
+    size_t n = strlen(name);
+    for (size_t i = 0; i < tm->list->n; i++) {
+        const char *t = tm->list->kids[i].str;
+        size_t e = strlen(t);
+        if (!strcmp(name, t) || (n > e && name[n - e - 1] == '.' && !strcmp(name + n - e, t))) return 1;
+    }
+    return 0;
+}
+
+/* Module name of target T in layer L: "roberta.encoder.layer.3.attention.self.query" (T -1: SUB). */
+static void module_name(char *buf, size_t cap, int l, int t, const char *sub) {
+    char pre[64];
+    snprintf(pre, sizeof pre, fx_roberta.layer_fmt, l);
+    const char *s = t >= 0 ? fx_targets[t].path : sub;
+    size_t k = (size_t)snprintf(buf, cap, "%s%s%s", fx_roberta.prefix, pre, s);
+    if (!*s && k > 0 && k < cap) buf[k - 1] = 0; /* the layer itself: no trailing dot */
+}
+
+/* The targets V selects in a model of LAYERS encoder layers, as PEFT selects them. */
+static int parse_targets(const fx_json *v, int layers, unsigned *mask, const char *path) {
+    target_matcher tm = {0};
+    char name[256];
+    int rc = -1, count[FX_NTARGETS] = {0};
+    *mask = 0;
+    if (v && v->type == FX_JSTR) {
+        if (compile_py_regex(&tm.re, NULL, v->str, "target_modules", path) != 0) return -1;
+    } else if (v && v->type == FX_JARR && v->n > 0) {
+        for (size_t i = 0; i < v->n; i++)
+            if (v->kids[i].type != FX_JSTR) {
+                fx_seterr("%s: target_modules entry %zu is not a string", path, i);
+                return -1;
+            }
+        tm.list = v;
+    } else {
+        fx_seterr("%s: target_modules must be a non-empty list of module names or a regular expression", path);
+        return -1;
+    }
+    for (int g = 0; roberta_modules[g]; g++)
+        if (selects(&tm, roberta_modules[g])) {
+            const char *m = roberta_modules[g];
+            fx_seterr("%s: target_modules selects the module \"%s\"%s, which fedex does not adapt: it adapts the "
+                      "encoder's query, key, value, attention.output.dense, intermediate.dense and output.dense "
+                      "(name those, e.g. \"attention.output.dense\" rather than \"dense\")", path, m,
+                      !strncmp(m, "classifier", 10) ? " (part of the classifier head, which fedex trains whole "
+                                                      "as modules_to_save)" : "");
+            goto done;
+        }
+    for (int l = 0; l < layers; l++) {
+        for (int s = 0; roberta_layer_modules[s]; s++) {
+            module_name(name, sizeof name, l, -1, roberta_layer_modules[s]);
+            if (selects(&tm, name)) {
+                fx_seterr("%s: target_modules selects the module \"%s\", which is not a linear layer fedex can "
+                          "adapt", path, name);
+                goto done;
+            }
+        }
+        for (int t = 0; t < FX_NTARGETS; t++) {
+            module_name(name, sizeof name, l, t, NULL);
+            count[t] += selects(&tm, name);
+        }
+    }
+    for (int t = 0; t < FX_NTARGETS; t++) {
+        if (count[t] && count[t] != layers) {
+            fx_seterr("%s: target_modules selects %s in %d of the %d layers: fedex adapts a module in every "
+                      "layer or in none", path, fx_targets[t].path, count[t], layers);
+            goto done;
+        }
+        if (count[t]) *mask |= fx_targets[t].bit;
+    }
+    if (!*mask) {
+        fx_seterr("%s: target_modules selects none of the model's modules", path);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (!tm.list) regfree(&tm.re);
+    return rc;
+}
+
+/* PEFT's rank_pattern and alpha_pattern override r and lora_alpha per module: the first key K (in the
+ * file's order) for which (.*\.)?(K)$ matches the module's whole name gives its value (PEFT's
+ * get_pattern_key), other modules keep the default. fedex holds one rank and one scale for every adapted
+ * layer, so a pattern is honoured when it gives every adapted module the same value, which then replaces
+ * the default, and refused by name when it does not. */
+static int resolve_pattern(const fx_json *j, const char *key, int layers, unsigned mask, double dflt, int integer,
+                           double *out, const char *path) {
+    const fx_json *p = fx_json_get(j, key);
+    *out = dflt;
+    if (!p || p->type == FX_JNULL) return 0;
+    if (p->type != FX_JOBJ) { fx_seterr("%s: %s must be an object", path, key); return -1; }
+    if (p->n == 0) return 0;
+    regex_t *re = fx_calloc(p->n, sizeof *re);
+    size_t ncomp = 0;
+    int rc = -1, have = 0;
+    char name[256], first[256] = "";
+    for (; ncomp < p->n; ncomp++) {
+        const fx_json *v = &p->kids[ncomp];
+        if (v->type != FX_JNUM || !isfinite(v->num) || v->num < 0 || v->num > 1e6 ||
+            (integer && (!v->is_int || v->inum < 1 || v->inum > 65536))) {
+            fx_seterr("%s: %s[\"%s\"] must be %s", path, key, p->keys[ncomp],
+                      integer ? "an integer from 1 to 65536" : "a number in [0, 1e6)");
+            goto done;
+        }
+        if (compile_py_regex(&re[ncomp], "(.*\\.)?", p->keys[ncomp], key, path) != 0) goto done;
+    }
+    for (int l = 0; l < layers; l++)
+        for (int t = 0; t < FX_NTARGETS; t++) {
+            if (!(mask & fx_targets[t].bit)) continue;
+            module_name(name, sizeof name, l, t, NULL);
+            double val = dflt;
+            for (size_t i = 0; i < p->n; i++)
+                if (regexec(&re[i], name, 0, NULL, 0) == 0) { val = p->kids[i].num; break; }
+            if (!have) { *out = val; have = 1; snprintf(first, sizeof first, "%s", name); continue; }
+            if (val != *out) {
+                fx_seterr("%s: %s is not supported: it gives %s %s %g and %s %g, and fedex uses one %s for "
+                          "every adapted layer", path, key, first, integer ? "r" : "lora_alpha", *out, name, val,
+                          integer ? "rank" : "scale");
+                goto done;
+            }
+        }
+    rc = 0;
+done:
+    for (size_t i = 0; i < ncomp; i++) regfree(&re[i]);
+    free(re);
+    return rc;
+}
+
+/* adapter_config.json at WHERE as the adapter of a model of LAYERS encoder layers (its patterns and
+ * target_modules are resolved for that many). */
+static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a) {
     char file[PATH_MAX_LEN], path[PATH_MAX_LEN];
     fx_json j;
     int rc = -1;
@@ -368,7 +587,12 @@ int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) {
         goto done;
     }
     a->r = (int)r->inum;
-    if (parse_targets(fx_json_get(&j, "target_modules"), &a->targets, path) != 0) goto done;
+    if (parse_targets(fx_json_get(&j, "target_modules"), layers, &a->targets, path) != 0) goto done;
+    const fx_json *ex = fx_json_get(&j, "exclude_modules");
+    if (ex && ex->type != FX_JNULL && !(ex->type == FX_JARR && ex->n == 0)) {
+        fx_seterr("%s: exclude_modules is not supported: list the modules to adapt in target_modules", path);
+        goto done;
+    }
     const fx_json *bias = fx_json_get(&j, "bias"), *ltt = fx_json_get(&j, "layers_to_transform");
     if (bias && !(bias->type == FX_JSTR && !strcmp(bias->str, "none"))) {
         fx_seterr("%s: bias must be \"none\": trained biases are not supported", path);
@@ -398,11 +622,25 @@ int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) {
     }
     if (a->kind == FX_LORA && !fx_json_get(&j, "lora_alpha")) a->alpha = 8; /* PEFT's default */
     if (a->kind == FX_VERA && !fx_json_get(&j, "d_initial")) a->d_initial = 0.1f;
+    double r_all, alpha_all;
+    if (resolve_pattern(&j, "rank_pattern", layers, a->targets, a->r, 1, &r_all, path) != 0 ||
+        resolve_pattern(&j, "alpha_pattern", layers, a->targets, a->alpha, 0, &alpha_all, path) != 0)
+        goto done;
+    if (a->kind == FX_VERA && (r_all != a->r || alpha_all != a->alpha)) {
+        fx_seterr("%s: rank_pattern and alpha_pattern are LoRA's; a VeRA adapter has one rank", path);
+        goto done;
+    }
+    a->r = (int)r_all;
+    if (a->kind == FX_LORA) a->alpha = (float)alpha_all;
     rc = 0;
 done:
     fx_json_free(&j);
     return rc;
 }
+
+/* Without the model, the patterns are resolved for one layer; fx_adapter_load checks them again for every
+ * layer of the model it loads into. */
+int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) { return load_adapter_config(where, 1, a); }
 
 /* ============================================================================================
  * PEFT adapters: adapter_model.safetensors
@@ -475,7 +713,7 @@ static const char *kind_name(fx_adapter_kind k) { return k == FX_LORA ? "LoRA" :
  * rank, the adapted layers and (LoRA) the scale s, which the tensors alone do not reveal. */
 static int check_adapter_config(const fx_model *m, const char *cfg_path) {
     fx_adapter_cfg a;
-    if (fx_adapter_config_load(cfg_path, &a) != 0) return -1;
+    if (load_adapter_config(cfg_path, m->c.layers, &a) != 0) return -1;
     if (a.kind != m->a.kind) {
         fx_seterr("%s: the adapter is %s, the model was built for %s", cfg_path, kind_name(a.kind), kind_name(m->a.kind));
         return -1;

@@ -202,6 +202,8 @@ typedef struct {
     int col_label;               /* 0-based; -1 = the last column (MNLI) */
     int num_labels;              /* 1 = regression */
     const char *labels[3];       /* label strings in id order; NULL entries for numeric 0/1 labels */
+    const char *names[3];        /* the labels' names in id order, as Hugging Face's glue dataset names them
+                                    (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
 } fx_task;
@@ -435,7 +437,10 @@ typedef struct fx_family {
     int tied_head;               /* the LM head is the word embedding (an alias, not a copy) */
     fx_text_template text;       /* how one text or a pair becomes a sequence */
     int (*config_load)(const char *path, fx_config *c);
-    void (*config_write)(FILE *f, const fx_config *c); /* config.json's text for a saved model */
+    /* config.json's text for a saved model; id2label from NAMES (num_labels of them) or LABEL_i when NULL */
+    void (*config_write)(FILE *f, const fx_config *c, const char *const *names);
+    void (*tokenizer_config_write)(FILE *f, const fx_config *c); /* tokenizer_config.json beside it */
+    void (*special_tokens_write)(FILE *f, const fx_config *c);   /* special_tokens_map.json beside it */
 } fx_family;
 
 extern const fx_family fx_roberta;
@@ -619,17 +624,24 @@ float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linea
 int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
+/* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
+ * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length
+ * from the positions) and special_tokens_map.json. */
+int fx_model_export(const fx_model *m, const char *dir, int merged, const fx_task *task);
 
 /* DIR/adapter_model.safetensors (PEFT's keys, the head as modules_to_save, VeRA's projections) and
  * DIR/adapter_config.json, which PEFT's PeftModel.from_pretrained can load. */
-/* BASE_MODEL: the base model's folder or hub name for adapter_config.json's base_model_name_or_path
- * (NULL: null). */
+/* BASE_MODEL: the base model's folder (written as its absolute path) or hub name for adapter_config.json's
+ * base_model_name_or_path (NULL: null). */
 int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model);
 /* PATH: a folder as fx_adapter_save writes it, or the .safetensors file itself. adapter_config.json beside
  * it, when present, must match the model's kind, r, targets and LoRA scale. Nothing is changed on error. */
 int fx_adapter_load(fx_model *m, const char *path);
 /* PEFT's adapter_config.json into A (kind, r, lora_alpha, use_rslora, dropout, targets, d_initial); the
- * fields PEFT has and fedex does not (bias, DoRA, layers_to_transform, ...) must be at their defaults.
+ * fields PEFT has and fedex does not (bias, DoRA, layers_to_transform, exclude_modules, ...) must be at
+ * their defaults. target_modules selects modules as PEFT does (a list by name or dotted suffix, a string
+ * as a regular expression over the whole name); rank_pattern and alpha_pattern are honoured when they
+ * give every adapted module one value (resolved here for layer 0, by fx_adapter_load for every layer).
  * PATH: the adapter's folder, its .safetensors file (the config is read from beside it) or the .json. */
 int fx_adapter_config_load(const char *path, fx_adapter_cfg *a);
 /* Adds every tensor of PATH into the base weight of the same name ("roberta." optional, same shape): a

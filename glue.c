@@ -18,21 +18,34 @@
  * strings are in the id order of Hugging Face's glue processors; NULL means the file holds 0/1. */
 
 static const fx_task tasks[] = {
-    /* name      dir      dev split          hdr ncols a  b  lab nl labels                                    metric */
-    {"CoLA",    "CoLA",  "dev",             0, 4,  3, -1, 1,  2, {NULL, NULL, NULL},                          "mcc"},
-    {"SST-2",   "SST-2", "dev",             1, 2,  0, -1, 1,  2, {NULL, NULL, NULL},                          "accuracy"},
-    {"MRPC",    "MRPC",  "dev",             1, 5,  3, 4,  0,  2, {NULL, NULL, NULL},                          "f1"},
-    {"STS-B",   "STS-B", "dev",             1, 10, 7, 8,  9,  1, {NULL, NULL, NULL},                          "pearson"},
-    {"QQP",     "QQP",   "dev",             1, 6,  3, 4,  5,  2, {NULL, NULL, NULL},                          "accuracy"},
-    {"MNLI",    "MNLI",  "dev_matched",     1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"}, "accuracy"},
-    {"MNLI-MM", "MNLI",  "dev_mismatched",  1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"}, "accuracy"},
-    {"QNLI",    "QNLI",  "dev",             1, 4,  1, 2,  3,  2, {"entailment", "not_entailment", NULL},     "accuracy"},
-    {"RTE",     "RTE",   "dev",             1, 4,  1, 2,  3,  2, {"entailment", "not_entailment", NULL},     "accuracy"},
-    {"WNLI",    "WNLI",  "dev",             1, 4,  1, 2,  3,  2, {NULL, NULL, NULL},                          "accuracy"},
+    /* name      dir      dev split          hdr ncols a  b  lab nl labels; names; metric
+     * names: the Hugging Face glue dataset's ClassLabel names in fedex's ids (MNLI's ids follow its label
+     * strings, so its names are in that order, not the dataset's entailment, neutral, contradiction) */
+    {"CoLA",    "CoLA",  "dev",             0, 4,  3, -1, 1,  2, {NULL, NULL, NULL},
+     {"unacceptable", "acceptable", NULL}, "mcc"},
+    {"SST-2",   "SST-2", "dev",             1, 2,  0, -1, 1,  2, {NULL, NULL, NULL},
+     {"negative", "positive", NULL}, "accuracy"},
+    {"MRPC",    "MRPC",  "dev",             1, 5,  3, 4,  0,  2, {NULL, NULL, NULL},
+     {"not_equivalent", "equivalent", NULL}, "f1"},
+    {"STS-B",   "STS-B", "dev",             1, 10, 7, 8,  9,  1, {NULL, NULL, NULL},
+     {NULL, NULL, NULL}, "pearson"},
+    {"QQP",     "QQP",   "dev",             1, 6,  3, 4,  5,  2, {NULL, NULL, NULL},
+     {"not_duplicate", "duplicate", NULL}, "accuracy"},
+    {"MNLI",    "MNLI",  "dev_matched",     1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"},
+     {"contradiction", "entailment", "neutral"}, "accuracy"},
+    {"MNLI-MM", "MNLI",  "dev_mismatched",  1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"},
+     {"contradiction", "entailment", "neutral"}, "accuracy"},
+    {"QNLI",    "QNLI",  "dev",             1, 4,  1, 2,  3,  2, {"entailment", "not_entailment", NULL},
+     {"entailment", "not_entailment", NULL}, "accuracy"},
+    {"RTE",     "RTE",   "dev",             1, 4,  1, 2,  3,  2, {"entailment", "not_entailment", NULL},
+     {"entailment", "not_entailment", NULL}, "accuracy"},
+    {"WNLI",    "WNLI",  "dev",             1, 4,  1, 2,  3,  2, {NULL, NULL, NULL},
+     {"not_entailment", "entailment", NULL}, "accuracy"},
 };
 
 /* Not a GLUE task: no folder, no files; see fx_dataset_synthetic. */
-static const fx_task synthetic_task = {"synthetic", NULL, NULL, 0, 0, 0, -1, 0, 2, {NULL, NULL, NULL}, "accuracy"};
+static const fx_task synthetic_task = {"synthetic", NULL, NULL, 0, 0, 0, -1, 0, 2, {NULL, NULL, NULL},
+                                       {NULL, NULL, NULL}, "accuracy"};
 
 /* STS-B scores are similarity judgements on a 0..5 scale. */
 #define STSB_MIN 0.0

@@ -4,6 +4,7 @@
 #include "fedex.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ============================================================================================
@@ -108,7 +109,7 @@ out:
 }
 
 /* The config.json a saved model carries, as transformers' RobertaConfig reads it back. */
-static void roberta_config_write(FILE *f, const fx_config *c) {
+static void roberta_config_write(FILE *f, const fx_config *c, const char *const *names) {
     fprintf(f, "{\n  \"architectures\": [\"RobertaForSequenceClassification\"],\n");
     fprintf(f, "  \"model_type\": \"roberta\",\n");
     fprintf(f, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n",
@@ -126,11 +127,52 @@ static void roberta_config_write(FILE *f, const fx_config *c) {
     /* HF counts labels by id2label; one label means regression (MSE). */
     fprintf(f, ",\n  \"problem_type\": \"%s\",\n",
             c->num_labels == 1 ? "regression" : "single_label_classification");
+    char dflt[24];
     fprintf(f, "  \"id2label\": {");
-    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"%d\": \"LABEL_%d\"", i ? ", " : "", i, i);
+    for (int i = 0; i < c->num_labels; i++) {
+        snprintf(dflt, sizeof dflt, "LABEL_%d", i);
+        char *q = fx_json_quote(names ? names[i] : dflt);
+        fprintf(f, "%s\"%d\": %s", i ? ", " : "", i, q);
+        free(q);
+    }
     fprintf(f, "},\n  \"label2id\": {");
-    for (int i = 0; i < c->num_labels; i++) fprintf(f, "%s\"LABEL_%d\": %d", i ? ", " : "", i, i);
+    for (int i = 0; i < c->num_labels; i++) {
+        snprintf(dflt, sizeof dflt, "LABEL_%d", i);
+        char *q = fx_json_quote(names ? names[i] : dflt);
+        fprintf(f, "%s%s: %d", i ? ", " : "", q, i);
+        free(q);
+    }
     fprintf(f, "}\n}\n");
+}
+
+/* tokenizer_config.json as transformers' RobertaTokenizer saves it: the specials, byte-level BPE without
+ * a prefix space, and model_max_length, the tokens a row may hold (positions start after pad_token_id,
+ * so max_position_embeddings - pad_token_id - 1: 512 for roberta-base). Without it transformers knows no
+ * limit for the folder and lets longer rows through to an index error in the position embeddings. */
+static void roberta_tokenizer_config_write(FILE *f, const fx_config *c) {
+    fprintf(f, "{\n  \"tokenizer_class\": \"RobertaTokenizer\",\n  \"model_max_length\": %d,\n",
+            c->max_positions - c->pad_id - 1);
+    fprintf(f, "  \"bos_token\": \"<s>\",\n  \"eos_token\": \"</s>\",\n  \"unk_token\": \"<unk>\",\n"
+               "  \"sep_token\": \"</s>\",\n  \"cls_token\": \"<s>\",\n  \"pad_token\": \"<pad>\",\n"
+               "  \"mask_token\": \"<mask>\",\n");
+    fprintf(f, "  \"add_prefix_space\": false,\n  \"errors\": \"replace\",\n  \"trim_offsets\": true\n}\n");
+}
+
+/* special_tokens_map.json as save_pretrained writes it: each special as an AddedToken, <mask> taking the
+ * space before it (lstrip) as RoBERTa's tokenizer declares. */
+static void roberta_special_tokens_write(FILE *f, const fx_config *c) {
+    (void)c;
+    static const char *const keys[7] = {"bos_token", "cls_token", "eos_token", "mask_token", "pad_token",
+                                        "sep_token", "unk_token"};
+    static const char *const toks[7] = {"<s>", "<s>", "</s>", "<mask>", "<pad>", "</s>", "<unk>"};
+    fprintf(f, "{\n");
+    for (int i = 0; i < 7; i++) {
+        int mask = i == 3;
+        fprintf(f, "  \"%s\": {\"content\": \"%s\", \"lstrip\": %s, \"normalized\": %s, \"rstrip\": false, "
+                   "\"single_word\": false}%s\n", keys[i], toks[i], mask ? "true" : "false", mask ? "false" : "true",
+                i < 6 ? "," : "");
+    }
+    fprintf(f, "}\n");
 }
 
 /* One family today; a second would be chosen here by config.json's "model_type". */
@@ -238,4 +280,6 @@ const fx_family fx_roberta = {
     .text = {.bos = 1, .eos_a = 1, .eos_b_lead = 1, .eos_b = 1}, /* <s> A </s></s> B </s> */
     .config_load = roberta_config_load,
     .config_write = roberta_config_write,
+    .tokenizer_config_write = roberta_tokenizer_config_write,
+    .special_tokens_write = roberta_special_tokens_write,
 };

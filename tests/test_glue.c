@@ -69,6 +69,21 @@ static void test_task_find(void) {
     CHECK(mm->num_labels == 3 && !strcmp(mm->labels[0], "contradiction") && !strcmp(mm->labels[1], "entailment")
           && !strcmp(mm->labels[2], "neutral"), "MNLI label order as Hugging Face's processor");
 
+    /* label names as the Hugging Face glue dataset's features name them, in fedex's ids */
+    const char *names[][4] = {{"cola", "unacceptable", "acceptable", NULL}, {"sst2", "negative", "positive", NULL},
+                              {"mrpc", "not_equivalent", "equivalent", NULL}, {"qqp", "not_duplicate", "duplicate", NULL},
+                              {"qnli", "entailment", "not_entailment", NULL}, {"rte", "entailment", "not_entailment", NULL},
+                              {"wnli", "not_entailment", "entailment", NULL},
+                              {"mnli", "contradiction", "entailment", "neutral"},
+                              {"mnli-mm", "contradiction", "entailment", "neutral"}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const fx_task *t = fx_task_find(names[i][0]);
+        int ok = t != NULL;
+        for (int k = 0; ok && k < t->num_labels; k++) ok = t->names[k] && !strcmp(t->names[k], names[i][k + 1]);
+        CHECK(ok && t->num_labels == (names[i][3] ? 3 : 2), "%s: label names", names[i][0]);
+    }
+    CHECK(!stsb->names[0] && !fx_task_find("synthetic")->names[0], "STS-B (regression) and synthetic have no names");
+
     char p[64];
     CHECK(fx_glue_path(mm, "/d", "dev", p, sizeof p) == 0 && !strcmp(p, "/d/MNLI/dev_mismatched.tsv"), "%s", p);
     CHECK(fx_glue_path(mm, "/d", "train", p, sizeof p) == 0 && !strcmp(p, "/d/MNLI/train.tsv"), "%s", p);

@@ -7,6 +7,7 @@
 
 #include <ftw.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -160,6 +161,17 @@ static int build_model(fixture_case *fc, fx_model *m, int with_residual) {
 /* The fixture's expected logits (n, L) and their count. */
 static const float *expected_logits(fixture_case *fc, float **owned) {
     return fixture(&fc->f, "expect.logits", (size_t)fc->b.n * fc->c.num_labels, owned);
+}
+
+/* M's logits on the case's batch (no training) against the fixture's, checked as WHAT. */
+static void check_logits(fixture_case *fc, fx_model *m, const char *what) {
+    int n = fc->b.n, L = fc->c.num_labels;
+    float *logits = fx_calloc((size_t)n * L, sizeof(float)), *ow;
+    fx_model_step(m, &fc->b, 0, logits);
+    const float *want = expected_logits(fc, &ow);
+    if (want) CLOSE(what, logits, want, (size_t)n * L, T_LOGITS);
+    free(ow);
+    free(logits);
 }
 
 /* ============================================================================================
@@ -556,6 +568,173 @@ static void test_adapter_targets(void) {
     close_case(&fc);
 }
 
+/* base_model_name_or_path: a local folder is written absolute (valid from any directory), a hub name as given. */
+static void test_base_model_path(void) {
+    fixture_case fc;
+    fx_model m;
+    if (open_case(&fc, "lora_qv") != 0) return;
+    if (fx_model_create(&m, &fc.c, &fc.a, NULL) != 0) { CHECK(0, "%s", fx_err()); close_case(&fc); return; }
+    const char *dir = tmp_path("base_path");
+    char want[PATH_MAX], path[300];
+    CHECK(realpath("tests/fixtures", want) != NULL, "realpath tests/fixtures");
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    const char *given[2] = {"tests/fixtures", "FacebookAI/roberta-base"}, *expect[2] = {want, given[1]};
+    for (int i = 0; i < 2; i++) {
+        CHECK(fx_adapter_save(&m, dir, given[i]) == 0, "%s", fx_err());
+        fx_json j;
+        if (fx_json_load(path, &j) == 0) {
+            const fx_json *b = fx_json_get(&j, "base_model_name_or_path");
+            CHECK(b && b->type == FX_JSTR && !strcmp(b->str, expect[i]), "base_model_name_or_path for %s: %s, want %s",
+                  given[i], b && b->type == FX_JSTR ? b->str : "(none)", expect[i]);
+            fx_json_free(&j);
+        } else CHECK(0, "%s", fx_err());
+    }
+    fx_model_free(&m);
+    close_case(&fc);
+}
+
+/* adapter_config.json at DIR with the given r, lora_alpha, target_modules (JSON text) and pattern objects. */
+static void write_adapter_cfg(const char *dir, int r, double alpha, const char *targets, const char *rank_pattern,
+                              const char *alpha_pattern) {
+    char path[300], text[2048];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    int n = snprintf(text, sizeof text,
+                     "{\"peft_type\": \"LORA\", \"task_type\": \"SEQ_CLS\", \"r\": %d, \"lora_alpha\": %.9g,\n"
+                     " \"target_modules\": %s, \"modules_to_save\": [\"classifier\"], \"bias\": \"none\",\n"
+                     " \"rank_pattern\": %s, \"alpha_pattern\": %s}\n", r, alpha, targets, rank_pattern,
+                     alpha_pattern);
+    CHECK(fx_write_file_atomic(path, text, (size_t)n) == 0, "%s", fx_err());
+}
+
+/* PEFT's alpha_pattern and rank_pattern: the first key whose (.*\.)?(KEY)$ matches a module's name gives
+ * its alpha or r. One value for every adapted module is honoured (checked against the fixture's logits,
+ * which PyTorch computed with that alpha); different values are refused by name, never ignored. */
+static void test_adapter_patterns(void) {
+    const char *dir = tmp_path("patterns");
+    fixture_case fc;
+    fx_model m, m2;
+    if (open_case(&fc, "lora_qv") != 0) return;
+    int r = fc.a.r, built = build_model(&fc, &m, 0) == 0;
+    double A = fc.a.alpha;
+    if (!built) { close_case(&fc); return; }
+    CHECK(fx_adapter_save(&m, dir, NULL) == 0, "%s", fx_err());
+    char pat[256];
+    const char *qv = "[\"query\", \"value\"]";
+
+    /* lora_alpha says 3A, the pattern gives every adapted module A: the model is the fixture's */
+    snprintf(pat, sizeof pat, "{\"self\\\\.(query|value)\": %.9g}", A);
+    write_adapter_cfg(dir, r, 3 * A, qv, "{}", pat);
+    fx_adapter_cfg a;
+    CHECK(fx_adapter_config_load(dir, &a) == 0 && a.alpha == fc.a.alpha, "uniform alpha_pattern: alpha %g, "
+          "want %g: %s", (double)a.alpha, A, fx_err());
+    if (fx_model_create(&m2, &fc.c, &a, NULL) == 0) {
+        memcpy(m2.base.data, m.base.data, m.base.n * sizeof(float));
+        CHECK(fx_adapter_load(&m2, dir) == 0, "uniform alpha_pattern: %s", fx_err());
+        check_logits(&fc, &m2, "alpha_pattern: logits");
+        fx_model_free(&m2);
+    } else CHECK(0, "%s", fx_err());
+
+    /* a pattern for query alone leaves value at lora_alpha: two scales, refused by name */
+    snprintf(pat, sizeof pat, "{\"query\": %.9g}", 2 * A);
+    write_adapter_cfg(dir, r, A, qv, "{}", pat);
+    CHECK(fx_adapter_config_load(dir, &a) == -1 && err_has("alpha_pattern is not supported") &&
+          err_has("attention.self.value"), "two alphas: %s", fx_err());
+    /* a key that picks one layer: accepted for layer 0 alone, refused for the model's layers */
+    if (fc.c.layers >= 2) {
+        snprintf(pat, sizeof pat, "{\"layer.1.attention.self.query\": %.9g}", 2 * A);
+        write_adapter_cfg(dir, r, A, qv, "{}", pat);
+        CHECK(fx_adapter_config_load(dir, &a) == 0, "alpha_pattern for layer 1: %s", fx_err());
+        CHECK(fx_model_create(&m2, &fc.c, &a, NULL) == 0, "%s", fx_err());
+        CHECK(fx_adapter_load(&m2, dir) == -1 && err_has("alpha_pattern is not supported") &&
+              err_has("layer.1.attention.self.query"), "one layer's alpha: %s", fx_err());
+        fx_model_free(&m2);
+    }
+    /* rank_pattern: one rank for every module replaces r (the scale is lora_alpha over that rank), so the
+     * file's r + 2 with a pattern of r is the fixture's adapter; two ranks are refused by name */
+    snprintf(pat, sizeof pat, "{\"query\": %d, \"value\": %d}", r, r);
+    write_adapter_cfg(dir, r + 2, A, qv, pat, "{}");
+    CHECK(fx_adapter_config_load(dir, &a) == 0 && a.r == r, "uniform rank_pattern: r %d: %s", a.r, fx_err());
+    if (fx_model_create(&m2, &fc.c, &a, NULL) == 0) {
+        CHECK(fx_adapter_load(&m2, dir) == 0 && m2.scale == m.scale, "uniform rank_pattern: scale %g, want %g: %s",
+              (double)m2.scale, (double)m.scale, fx_err());
+        fx_model_free(&m2);
+    } else CHECK(0, "%s", fx_err());
+    snprintf(pat, sizeof pat, "{\"value\": %d}", r + 1);
+    write_adapter_cfg(dir, r, A, qv, pat, "{}");
+    CHECK(fx_adapter_config_load(dir, &a) == -1 && err_has("rank_pattern is not supported"), "two ranks: %s",
+          fx_err());
+    write_adapter_cfg(dir, r, A, qv, "{\"(?=query)\": 2}", "{}");
+    CHECK(fx_adapter_config_load(dir, &a) == -1 && err_has("rank_pattern") && err_has("does not read"),
+          "lookahead key: %s", fx_err());
+    /* empty patterns and null stay accepted */
+    write_adapter_cfg(dir, r, A, qv, "null", "{}");
+    CHECK(fx_adapter_config_load(dir, &a) == 0 && a.r == r && a.alpha == fc.a.alpha, "empty patterns: %s",
+          fx_err());
+    fx_model_free(&m);
+    close_case(&fc);
+}
+
+/* target_modules as PEFT reads it: list entries select a module they equal or end after a dot; a string
+ * must match the whole module name (re.fullmatch). */
+static void test_target_forms(void) {
+    fixture_case fc;
+    if (open_case(&fc, "lora_qv") != 0) return;
+    const char *dir = tmp_path("target_forms");
+    CHECK(fx_mkdir_p(dir) == 0, "%s", fx_err());
+    const unsigned QV = FX_T_QUERY | FX_T_VALUE;
+    const struct { const char *json; unsigned mask; const char *err; } cases[] = {
+        {"[\"query\", \"value\"]", QV, NULL},
+        {"[\"self.query\", \"attention.self.value\"]", QV, NULL},
+        {"[\"attention.output.dense\"]", FX_T_ATTN_OUT, NULL},
+        {"[\"output.dense\"]", FX_T_ATTN_OUT | FX_T_OUTPUT, NULL},
+        {"[\"intermediate.dense\", \"key\"]", FX_T_INTER | FX_T_KEY, NULL},
+        {"\".*\\\\.(query|value)\"", QV, NULL},
+        {"\".*(query|value)\"", QV, NULL},
+        {"\"roberta\\\\.encoder\\\\.layer\\\\.\\\\d+\\\\.(attention\\\\.self\\\\.query|output\\\\.dense)\"",
+         FX_T_QUERY | FX_T_OUTPUT, NULL},
+        {"\".*encoder.*dense\"", FX_T_ATTN_OUT | FX_T_INTER | FX_T_OUTPUT, NULL},
+        {"\".*\\\\.(?:query|key)\"", FX_T_QUERY | FX_T_KEY, NULL},
+        {"\".*[.]value\"", FX_T_VALUE, NULL},
+        /* "dense" also names the classifier's dense, which PEFT would adapt too */
+        {"[\"dense\"]", 0, "classifier.dense"},
+        {"[\"output\"]", 0, "attention.output\""},
+        {"\"(query|value)\"", 0, "selects none"},
+        {"\".*(?<=self\\\\.)query\"", 0, "does not read"},
+        {"\".*\\\\bquery\"", 0, "does not read"},
+        {"[\"nothing\"]", 0, "selects none"},
+        {"[]", 0, "non-empty"},
+        {"[\"query\", 3]", 0, "not a string"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_adapter_cfg(dir, fc.a.r, fc.a.alpha, cases[i].json, "{}", "{}");
+        fx_adapter_cfg a;
+        int rc = fx_adapter_config_load(dir, &a);
+        if (!cases[i].err)
+            CHECK(rc == 0 && a.targets == cases[i].mask, "target_modules %s: mask 0x%x, want 0x%x: %s",
+                  cases[i].json, rc ? 0 : a.targets, cases[i].mask, rc ? fx_err() : "");
+        else
+            CHECK(rc == -1 && err_has(cases[i].err), "target_modules %s: want a refusal with \"%s\": %s",
+                  cases[i].json, cases[i].err, rc ? fx_err() : "accepted");
+    }
+    /* an expression that selects a module in some layers only: fedex adapts every layer */
+    if (fc.c.layers >= 2) {
+        write_adapter_cfg(dir, fc.a.r, fc.a.alpha, "\".*layer\\\\.[02-9]\\\\..*query\"", "{}", "{}");
+        fx_adapter_cfg a;
+        CHECK(fx_adapter_config_load(dir, &a) == 0 && a.targets == FX_T_QUERY, "layer 0's query: %s", fx_err());
+        fx_model m;
+        if (fx_model_create(&m, &fc.c, &a, NULL) == 0) {
+            fx_model_init_adapters(&m, 1);
+            const char *d2 = tmp_path("target_forms_layers");
+            CHECK(fx_adapter_save(&m, d2, NULL) == 0, "%s", fx_err());
+            write_adapter_cfg(d2, fc.a.r, fc.a.alpha, "\".*layer\\\\.[02-9]\\\\..*query\"", "{}", "{}");
+            CHECK(fx_adapter_load(&m, d2) == -1 && err_has("of the") && err_has("layers"), "some layers: %s",
+                  fx_err());
+            fx_model_free(&m);
+        }
+    }
+    close_case(&fc);
+}
+
 /* A residual kept in its own file: loading it onto the plain fixture model gives the residual case. */
 static void test_residual_file(void) {
     fixture_case fc;
@@ -582,17 +761,11 @@ static void test_residual_file(void) {
     const char *path = tmp_path("residual.safetensors");
     CHECK(fx_st_write(path, e, ne, NULL) == 0, "%s", fx_err());
     CHECK(fx_residual_load(&m, path) == 0, "%s", fx_err());
-    int n = fc.b.n, L = fc.c.num_labels;
-    float *logits = fx_calloc((size_t)n * L, sizeof(float)), *ow;
-    fx_model_step(&m, &fc.b, 0, logits);
-    const float *want = expected_logits(&fc, &ow);
-    if (want) CLOSE("residual file: logits", logits, want, (size_t)n * L, T_LOGITS);
-    free(ow);
+    check_logits(&fc, &m, "residual file: logits");
     /* a residual of the wrong shape is refused */
     e[0].shape[1] = e[0].shape[1] / 2;
     CHECK(fx_st_write(path, e, 1, NULL) == 0, "%s", fx_err());
     CHECK(fx_residual_load(&m, path) == -1 && err_has("has shape"), "residual shape: %s", fx_err());
-    free(logits);
     free(owned[0]);
     free(owned[1]);
     fx_model_free(&m);
@@ -736,6 +909,9 @@ int main(void) {
     test_load_refusals();
     for (int i = 0; i < 5; i++) test_adapter_case(cases[i]);
     test_adapter_targets();
+    test_adapter_patterns();
+    test_base_model_path();
+    test_target_forms();
     test_residual_file();
     test_cli();
 

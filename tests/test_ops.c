@@ -193,7 +193,7 @@ static void check_family(void) {
     FILE *fp = fopen(path, "w");
     CHECK(fp != NULL, "open %s", path);
     if (fp) {
-        f->config_write(fp, &c);
+        f->config_write(fp, &c, NULL);
         fclose(fp);
         fx_config back;
         CHECK(fx_config_load(path, &back) == 0, "%s", fx_err());

@@ -474,6 +474,53 @@ static void check_export_weights(const char *agg, int vera, const char *run, con
     st_close(&base); st_close(&res); st_close(&ad); st_close(&mg); st_close(&pl);
 }
 
+/* The merged folder as transformers loads it whole: the task's label names in config.json (which fedex
+ * reads back), tokenizer_config.json with the model's token limit, special_tokens_map.json. */
+static void check_export_files(const char *agg, const char *dir) {
+    fx_json j;
+    fx_config back, base;
+    CHECK(fx_config_load(P("%s/config.json", model), &base) == 0, "%s", fx_err());
+    CHECK(fx_config_load(P("%s/config.json", dir), &back) == 0 && back.num_labels == 2,
+          "export %s: config.json does not read back with 2 labels: %s", agg, fx_err());
+    if (fx_json_load(P("%s/config.json", dir), &j) == 0) {
+        const fx_json *i2l = fx_json_get(&j, "id2label"), *l2i = fx_json_get(&j, "label2id");
+        const fx_json *a = fx_json_get(i2l, "0"), *b = fx_json_get(i2l, "1");
+        const fx_json *x = fx_json_get(l2i, "entailment"), *y = fx_json_get(l2i, "not_entailment");
+        CHECK(a && b && a->type == FX_JSTR && b->type == FX_JSTR && !strcmp(a->str, "entailment") &&
+              !strcmp(b->str, "not_entailment") && i2l->n == 2, "export %s: id2label is not RTE's names", agg);
+        CHECK(x && y && x->type == FX_JNUM && y->type == FX_JNUM && x->inum == 0 && y->inum == 1 && l2i->n == 2,
+              "export %s: label2id is not RTE's names", agg);
+        fx_json_free(&j);
+    } else CHECK(0, "%s", fx_err());
+    if (fx_json_load(P("%s/tokenizer_config.json", dir), &j) == 0) {
+        const fx_json *cls = fx_json_get(&j, "tokenizer_class"), *ml = fx_json_get(&j, "model_max_length");
+        CHECK(cls && cls->type == FX_JSTR && !strcmp(cls->str, "RobertaTokenizer"), "export %s: tokenizer_class", agg);
+        CHECK(ml && ml->type == FX_JNUM && ml->inum == base.max_positions - base.pad_id - 1,
+              "export %s: model_max_length %g, want %d", agg, ml ? ml->num : -1.0,
+              base.max_positions - base.pad_id - 1);
+        static const char *const tok[][2] = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"},
+            {"sep_token", "</s>"}, {"cls_token", "<s>"}, {"pad_token", "<pad>"}, {"mask_token", "<mask>"},
+            {"errors", "replace"}};
+        for (int i = 0; i < 8; i++) {
+            const fx_json *v = fx_json_get(&j, tok[i][0]);
+            CHECK(v && v->type == FX_JSTR && !strcmp(v->str, tok[i][1]), "export %s: tokenizer_config %s", agg,
+                  tok[i][0]);
+        }
+        const fx_json *aps = fx_json_get(&j, "add_prefix_space"), *tr = fx_json_get(&j, "trim_offsets");
+        CHECK(aps && aps->type == FX_JBOOL && !aps->boolean && tr && tr->type == FX_JBOOL && tr->boolean,
+              "export %s: add_prefix_space false, trim_offsets true", agg);
+        fx_json_free(&j);
+    } else CHECK(0, "export %s: %s", agg, fx_err());
+    if (fx_json_load(P("%s/special_tokens_map.json", dir), &j) == 0) {
+        const fx_json *mk = fx_json_get(&j, "mask_token"), *c = fx_json_get(mk, "content"), *l = fx_json_get(mk, "lstrip");
+        const fx_json *pad = fx_json_get(fx_json_get(&j, "pad_token"), "content");
+        CHECK(j.n == 7 && c && c->type == FX_JSTR && !strcmp(c->str, "<mask>") && l && l->type == FX_JBOOL &&
+              l->boolean && pad && pad->type == FX_JSTR && !strcmp(pad->str, "<pad>"),
+              "export %s: special_tokens_map.json", agg);
+        fx_json_free(&j);
+    } else CHECK(0, "export %s: %s", agg, fx_err());
+}
+
 static void test_export(void) {
     static const double TOL_LOGITS = 1e-4; /* the adapter folded into W in fp32 vs applied as s (x A^T) B^T */
     static const double TOL_LOSS = 6e-5;   /* `fedex eval` prints the loss with 4 decimals */
@@ -505,6 +552,7 @@ static void test_export(void) {
         CHECK(fabs(lo - dev_loss) <= TOL_LOSS, "export %s: merged model's dev loss %.6f, the run reported %.6f",
               aggs[k], lo, dev_loss);
         check_export_weights(aggs[k], methods_vera(aggs[k]), run, merged_dir, plain_dir);
+        check_export_files(aggs[k], merged_dir);
         fx_st_file a, b;
         if (fx_st_open(lm, &a) != 0) { CHECK(0, "%s", fx_err()); continue; }
         if (fx_st_open(lp, &b) != 0) { CHECK(0, "%s", fx_err()); fx_st_close(&a); continue; }
