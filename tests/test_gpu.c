@@ -173,7 +173,7 @@ static const gcase CASES[] = {
     {"long_rows", FX_LORA, ALL, 4, 8.0f, 0, 0, 0, 2, 64, 4, 1, 2, 300, 0, 0},
     /* roberta-base's widths: hidden 768, 12 heads of 64, intermediate 3072, rows of 128; the paper's LoRA */
     {"roberta_width", FX_LORA, FX_T_QUERY | FX_T_VALUE, 4, 8.0f, 0, 0, 0, 2, 768, 12, 1, 2, 128, 0, 0},
-    /* 33 rows of 512 tokens, 4 heads: 33 Mi scores, more than one chunk of gpu.cu's attention workspace */
+    /* 33 rows of 512 tokens, 4 heads: 33 Mi scores per (n, nh, T, T) buffer, the softmax kernels' longest rows */
     {"chunked", FX_LORA, FX_T_QUERY | FX_T_KEY | FX_T_VALUE, 4, 8.0f, 0, 0, 0, 2, 32, 4, 1, 33, 512, 0, 1},
 };
 enum { N_CASES = sizeof CASES / sizeof CASES[0] };
@@ -505,6 +505,23 @@ int main(void) {
 
 _Static_assert(FX_GPU_FP32 == 0 && FX_GPU_TF32 == 1 && FX_GPU_BF16 == 2, "PRECS is indexed by precision");
 
+/* ---------------------------------------------------------------- the GPU ops table, without a device */
+
+/* Every entry of fx_gpu_ops is set: model.c calls them all. The assertion keeps the list below complete
+ * (a name and 28 function pointers; a new entry must be added here). */
+_Static_assert(sizeof(fx_ops) == 29 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
+static void check_gpu_ops(void) {
+    const fx_ops *o = &fx_gpu_ops;
+    CHECK(o->name && strcmp(o->name, "cuda") == 0, "fx_gpu_ops.name is %s", o->name ? o->name : "NULL");
+#define OP(f) CHECK(o->f != NULL, "fx_gpu_ops." #f " is NULL")
+    OP(alloc); OP(release); OP(upload); OP(download); OP(zero); OP(copy); OP(axpy); OP(copy_rows);
+    OP(matmul); OP(column_dot); OP(scale_cols); OP(scale_cols_add); OP(dropout_mask); OP(dropout_apply);
+    OP(dropout_accumulate); OP(embeddings_forward); OP(linear_forward); OP(linear_backward);
+    OP(residual_layernorm_forward); OP(layernorm_backward); OP(gelu_forward); OP(gelu_backward);
+    OP(tanh_forward); OP(tanh_backward); OP(attention_forward); OP(attention_backward); OP(loss); OP(adamw);
+#undef OP
+}
+
 static void poison(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = NAN; }
 
 /* A case's model (dropout DROP, weights from SEED), its copy on the GPU in PREC, and its batch; 0, with a
@@ -717,6 +734,7 @@ static void finite_differences(const gcase *k) {
 int main(void) {
     const char *q = getenv("FEDEX_GPU_QUICK");
     int quick = q && *q && strcmp(q, "0");
+    check_gpu_ops();
     if (!quick) {
         emulate_tolerances();
         fd_cpu_validation();
