@@ -490,9 +490,57 @@ static void fd_cpu_validation(void) {
     }
 }
 
+/* ---------------------------------------------------------------- the device twin, on the CPU ops */
+
+/* gpu.cu runs model.c on a twin: fx_model_create's tables over the host model's base pointer, then every
+ * data pointer replaced by the backend's memory (here fx_cpu_ops's, with copies of the host's data), and
+ * freed by releasing those and calling fx_model_free with them NULL. With the same ops the twin must give
+ * the host model's loss, gradient and AdamW update bit for bit, dropout on (the same m->drop stream). */
+static float *twin_copy(const fx_ops *o, const float *src, size_t n) {
+    float *p = o->alloc(n * sizeof *p);
+    o->upload(p, src, n * sizeof *p);
+    return p;
+}
+static void check_twin_on_cpu(const gcase *k) {
+    fx_model m, t;
+    if (case_model(&m, k, 0.1f, 21) != 0) return;
+    if (fx_model_create(&t, &m.c, &m.a, m.base.data) != 0) { CHECK(0, "twin: %s", fx_err()); fx_model_free(&m); return; }
+    const fx_ops *o = &fx_cpu_ops;
+    size_t tn = t.train.n, na = (size_t)t.a.r * t.vera_in, nb = (size_t)t.vera_out * t.a.r;
+    float **host[] = {&t.train.data, &t.grad, &t.adam_m, &t.adam_v, &t.vera_A, &t.vera_B};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(*host[i]);
+    t.base.data = twin_copy(o, m.base.data, m.base.n);
+    t.train.data = twin_copy(o, m.train.data, tn);
+    t.grad = twin_copy(o, m.grad, tn);
+    t.adam_m = twin_copy(o, m.adam_m, tn);
+    t.adam_v = twin_copy(o, m.adam_v, tn);
+    t.vera_A = m.vera_A ? twin_copy(o, m.vera_A, na) : NULL;
+    t.vera_B = m.vera_B ? twin_copy(o, m.vera_B, nb) : NULL;
+    tbatch tb;
+    make_batch(&tb, k);
+    for (int s = 0; s < 2; s++) {
+        float lm = fx_model_step(&m, &tb.b, 1, NULL), lt = fx_model_step(&t, &tb.b, 1, NULL);
+        CHECK(lm == lt && isfinite(lm), "%s twin, step %d: loss %.9g, host model %.9g", k->name, s, lt, lm);
+        CHECK(memcmp(m.grad, t.grad, tn * sizeof(float)) == 0, "%s twin, step %d: gradients differ", k->name, s);
+        fx_adamw_update(&m, 1e-3f, 0.01f);
+        fx_adamw_update(&t, 1e-3f, 0.01f);
+        CHECK(memcmp(m.train.data, t.train.data, tn * sizeof(float)) == 0, "%s twin, step %d: AdamW differs", k->name, s);
+    }
+    free_batch(&tb);
+    float **dev[] = {&t.base.data, &t.train.data, &t.grad, &t.adam_m, &t.adam_v, &t.vera_A, &t.vera_B};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) { o->release(*dev[i]); *dev[i] = NULL; }
+    fx_model_free(&t);
+    fx_model_free(&m);
+}
+static void twin_on_cpu(void) {
+    check_twin_on_cpu(&CASES[0]);                 /* LoRA */
+    check_twin_on_cpu(&CASES[3]);                 /* VeRA */
+}
+
 #ifndef FEDEX_CUDA
 
 int main(void) {
+    twin_on_cpu();
     emulate_tolerances();
     fd_cpu_validation();
     printf("skipped: GPU tests (built without CUDA)\n");
@@ -735,6 +783,7 @@ int main(void) {
     const char *q = getenv("FEDEX_GPU_QUICK");
     int quick = q && *q && strcmp(q, "0");
     check_gpu_ops();
+    twin_on_cpu();
     if (!quick) {
         emulate_tolerances();
         fd_cpu_validation();
