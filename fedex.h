@@ -311,7 +311,7 @@ typedef struct {
 } fx_adamw_scalars;
 
 typedef struct fx_ops {
-    const char *name;            /* "cpu" */
+    const char *name;            /* "cpu", "cuda" */
     /* memory: alloc never returns NULL (it exits on failure), 64-byte aligned */
     void *(*alloc)(size_t bytes);
     void (*release)(void *p);
@@ -567,7 +567,7 @@ typedef struct fx_model {
     fx_config c;
     fx_adapter_cfg a;
     const fx_family *fam;        /* c's family */
-    const fx_ops *ops;           /* the backend the step runs on (fx_cpu_ops) */
+    const fx_ops *ops;           /* the backend the step runs on (fx_cpu_ops; gpu.cu's twin: fx_gpu_ops) */
     float scale;                 /* LoRA's s; 1 for VeRA */
     fx_params base;              /* frozen weights, HF names without the "roberta." prefix; may live in
                                     shared memory owned by someone else */
@@ -815,11 +815,14 @@ int fx_client_leaves(const fx_client *cl, int round); /* fault injection: leave 
 /* ============================================================================================
  * gpu.cu: the CUDA backend (built when nvcc is found; FEDEX_CUDA is then defined for every file)
  * ============================================================================================
- * The model of model.c on one GPU: the same flat buffers (base, train, grad, AdamW moments), the same
- * semantics, fp32 master weights. Dropout masks come from a counter-based hash, not from m->drop: with
- * dropout on, GPU and CPU steps differ in their masks; with it off they agree to rounding. */
+ * The GPU ops table, and model.c's step and AdamW run on it over a device twin of a model (the host
+ * model's tables and views, device data: base, train, grad, AdamW moments, VeRA's projections, the
+ * workspace), fp32 master weights. Dropout masks come from a counter-based hash keyed by the site value
+ * model.c draws from m->drop: with dropout on, GPU and CPU steps differ in their masks; with it off they
+ * agree to rounding. The ops act on the fx_gpu whose fx_gpu_* call is running (one at a time). */
 #ifdef FEDEX_CUDA
 enum { FX_GPU_FP32 = 0, FX_GPU_TF32 = 1, FX_GPU_BF16 = 2 }; /* matrix products; everything else fp32 */
+extern const fx_ops fx_gpu_ops;  /* "cuda": device pointers only, valid inside an fx_gpu_* call */
 typedef struct fx_gpu fx_gpu;
 /* Usable devices (compute capability 9.0 and later, as built), 0 with the reason in MSG. It initialises
  * the CUDA driver, after which fork() must not be used to run CUDA: call it in the process that will

@@ -95,9 +95,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
  *   frozen linears  forward 2 BT (4 H^2 + 2 H I) per layer; backward only dX (no dW), the same again,
  *                   less layer 0's query/key/value dX (their input is the frozen embeddings)
  *   attention       per layer: forward Q K^T and P V, 2 * 2 n T^2 H; backward dP = dctx V^T, dV = P^T dctx,
- *                   dQ = dS K, dK = dS^T Q, 4 * 2 n T^2 H (gpu.cu's backward recomputes Q K^T rather than
- *                   keep the scores, a fifth product; that extra work is not counted: it is the kernel's
- *                   choice)
+ *                   dQ = dS K, dK = dS^T Q, 4 * 2 n T^2 H (model.c keeps P and P', so gpu.cu's backward
+ *                   does not recompute Q K^T)
  *   LoRA (in, out)  forward x A^T, u B^T: 2 BT r (in + out); backward dB, du: 2 * 2 BT r out, dA and dX:
  *                   2 * 2 BT r in (dX skipped where the input needs no gradient, as for dense layers)
  *   head            dense (n, H) x (H, H) and out_proj (n, H) x (H, C); backward dW and dX of each

@@ -173,7 +173,7 @@ static const gcase CASES[] = {
     {"long_rows", FX_LORA, ALL, 4, 8.0f, 0, 0, 0, 2, 64, 4, 1, 2, 300, 0, 0},
     /* roberta-base's widths: hidden 768, 12 heads of 64, intermediate 3072, rows of 128; the paper's LoRA */
     {"roberta_width", FX_LORA, FX_T_QUERY | FX_T_VALUE, 4, 8.0f, 0, 0, 0, 2, 768, 12, 1, 2, 128, 0, 0},
-    /* 33 rows of 512 tokens, 4 heads: 33 Mi scores, more than one chunk of gpu.cu's attention workspace */
+    /* 33 rows of 512 tokens, 4 heads: 33 Mi scores per (n, nh, T, T) buffer, the softmax kernels' longest rows */
     {"chunked", FX_LORA, FX_T_QUERY | FX_T_KEY | FX_T_VALUE, 4, 8.0f, 0, 0, 0, 2, 32, 4, 1, 33, 512, 0, 1},
 };
 enum { N_CASES = sizeof CASES / sizeof CASES[0] };
@@ -490,9 +490,57 @@ static void fd_cpu_validation(void) {
     }
 }
 
+/* ---------------------------------------------------------------- the device twin, on the CPU ops */
+
+/* gpu.cu runs model.c on a twin: fx_model_create's tables over the host model's base pointer, then every
+ * data pointer replaced by the backend's memory (here fx_cpu_ops's, with copies of the host's data), and
+ * freed by releasing those and calling fx_model_free with them NULL. With the same ops the twin must give
+ * the host model's loss, gradient and AdamW update bit for bit, dropout on (the same m->drop stream). */
+static float *twin_copy(const fx_ops *o, const float *src, size_t n) {
+    float *p = o->alloc(n * sizeof *p);
+    o->upload(p, src, n * sizeof *p);
+    return p;
+}
+static void check_twin_on_cpu(const gcase *k) {
+    fx_model m, t;
+    if (case_model(&m, k, 0.1f, 21) != 0) return;
+    if (fx_model_create(&t, &m.c, &m.a, m.base.data) != 0) { CHECK(0, "twin: %s", fx_err()); fx_model_free(&m); return; }
+    const fx_ops *o = &fx_cpu_ops;
+    size_t tn = t.train.n, na = (size_t)t.a.r * t.vera_in, nb = (size_t)t.vera_out * t.a.r;
+    float **host[] = {&t.train.data, &t.grad, &t.adam_m, &t.adam_v, &t.vera_A, &t.vera_B};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(*host[i]);
+    t.base.data = twin_copy(o, m.base.data, m.base.n);
+    t.train.data = twin_copy(o, m.train.data, tn);
+    t.grad = twin_copy(o, m.grad, tn);
+    t.adam_m = twin_copy(o, m.adam_m, tn);
+    t.adam_v = twin_copy(o, m.adam_v, tn);
+    t.vera_A = m.vera_A ? twin_copy(o, m.vera_A, na) : NULL;
+    t.vera_B = m.vera_B ? twin_copy(o, m.vera_B, nb) : NULL;
+    tbatch tb;
+    make_batch(&tb, k);
+    for (int s = 0; s < 2; s++) {
+        float lm = fx_model_step(&m, &tb.b, 1, NULL), lt = fx_model_step(&t, &tb.b, 1, NULL);
+        CHECK(lm == lt && isfinite(lm), "%s twin, step %d: loss %.9g, host model %.9g", k->name, s, lt, lm);
+        CHECK(memcmp(m.grad, t.grad, tn * sizeof(float)) == 0, "%s twin, step %d: gradients differ", k->name, s);
+        fx_adamw_update(&m, 1e-3f, 0.01f);
+        fx_adamw_update(&t, 1e-3f, 0.01f);
+        CHECK(memcmp(m.train.data, t.train.data, tn * sizeof(float)) == 0, "%s twin, step %d: AdamW differs", k->name, s);
+    }
+    free_batch(&tb);
+    float **dev[] = {&t.base.data, &t.train.data, &t.grad, &t.adam_m, &t.adam_v, &t.vera_A, &t.vera_B};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) { o->release(*dev[i]); *dev[i] = NULL; }
+    fx_model_free(&t);
+    fx_model_free(&m);
+}
+static void twin_on_cpu(void) {
+    check_twin_on_cpu(&CASES[0]);                 /* LoRA */
+    check_twin_on_cpu(&CASES[3]);                 /* VeRA */
+}
+
 #ifndef FEDEX_CUDA
 
 int main(void) {
+    twin_on_cpu();
     emulate_tolerances();
     fd_cpu_validation();
     printf("skipped: GPU tests (built without CUDA)\n");
@@ -504,6 +552,23 @@ int main(void) {
 /* ---------------------------------------------------------------- GPU against CPU, one case */
 
 _Static_assert(FX_GPU_FP32 == 0 && FX_GPU_TF32 == 1 && FX_GPU_BF16 == 2, "PRECS is indexed by precision");
+
+/* ---------------------------------------------------------------- the GPU ops table, without a device */
+
+/* Every entry of fx_gpu_ops is set: model.c calls them all. The assertion keeps the list below complete
+ * (a name and 28 function pointers; a new entry must be added here). */
+_Static_assert(sizeof(fx_ops) == 29 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
+static void check_gpu_ops(void) {
+    const fx_ops *o = &fx_gpu_ops;
+    CHECK(o->name && strcmp(o->name, "cuda") == 0, "fx_gpu_ops.name is %s", o->name ? o->name : "NULL");
+#define OP(f) CHECK(o->f != NULL, "fx_gpu_ops." #f " is NULL")
+    OP(alloc); OP(release); OP(upload); OP(download); OP(zero); OP(copy); OP(axpy); OP(copy_rows);
+    OP(matmul); OP(column_dot); OP(scale_cols); OP(scale_cols_add); OP(dropout_mask); OP(dropout_apply);
+    OP(dropout_accumulate); OP(embeddings_forward); OP(linear_forward); OP(linear_backward);
+    OP(residual_layernorm_forward); OP(layernorm_backward); OP(gelu_forward); OP(gelu_backward);
+    OP(tanh_forward); OP(tanh_backward); OP(attention_forward); OP(attention_backward); OP(loss); OP(adamw);
+#undef OP
+}
 
 static void poison(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = NAN; }
 
@@ -717,6 +782,8 @@ static void finite_differences(const gcase *k) {
 int main(void) {
     const char *q = getenv("FEDEX_GPU_QUICK");
     int quick = q && *q && strcmp(q, "0");
+    check_gpu_ops();
+    twin_on_cpu();
     if (!quick) {
         emulate_tolerances();
         fd_cpu_validation();
