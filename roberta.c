@@ -127,20 +127,17 @@ static void roberta_config_write(FILE *f, const fx_config *c, const char *const 
     /* HF counts labels by id2label; one label means regression (MSE). */
     fprintf(f, ",\n  \"problem_type\": \"%s\",\n",
             c->num_labels == 1 ? "regression" : "single_label_classification");
-    char dflt[24];
-    fprintf(f, "  \"id2label\": {");
-    for (int i = 0; i < c->num_labels; i++) {
-        snprintf(dflt, sizeof dflt, "LABEL_%d", i);
-        char *q = fx_json_quote(names ? names[i] : dflt);
-        fprintf(f, "%s\"%d\": %s", i ? ", " : "", i, q);
-        free(q);
-    }
-    fprintf(f, "},\n  \"label2id\": {");
-    for (int i = 0; i < c->num_labels; i++) {
-        snprintf(dflt, sizeof dflt, "LABEL_%d", i);
-        char *q = fx_json_quote(names ? names[i] : dflt);
-        fprintf(f, "%s%s: %d", i ? ", " : "", q, i);
-        free(q);
+    /* id2label then label2id: the same names (the task's, else LABEL_i), mapped both ways */
+    for (int way = 0; way < 2; way++) {
+        fprintf(f, way ? "},\n  \"label2id\": {" : "  \"id2label\": {");
+        for (int i = 0; i < c->num_labels; i++) {
+            char dflt[24];
+            snprintf(dflt, sizeof dflt, "LABEL_%d", i);
+            char *q = fx_json_quote(names ? names[i] : dflt);
+            if (way) fprintf(f, "%s%s: %d", i ? ", " : "", q, i);
+            else fprintf(f, "%s\"%d\": %s", i ? ", " : "", i, q);
+            free(q);
+        }
     }
     fprintf(f, "}\n}\n");
 }
