@@ -38,16 +38,31 @@ typedef struct {
     double *since;                   /* ... and since when (fx_now()), for --client-timeout */
 } shm_state;
 
-/* Waits for PID for up to GRACE seconds, then kills it (SIGKILL also ends a stopped process). */
-static void reap_within(pid_t pid, double grace) {
+/* How long a client that should be going (its pipe closed, or asked to stop) may take before it is killed. */
+#define GRACE_S 2.0
+#define STOP_GRACE_S 3.0 /* all clients together, once they were asked to stop (or signalled) */
+
+/* Waits for PID for up to GRACE seconds, then kills it (SIGKILL also ends a stopped process). Returns
+ * waitpid's result, the status in *ST. */
+static pid_t reap_within(pid_t pid, double grace, int *st) {
     double t0 = fx_now();
-    while (waitpid(pid, NULL, WNOHANG) == 0) {
-        if (fx_now() - t0 > grace) { kill(pid, SIGKILL); waitpid(pid, NULL, 0); return; }
+    pid_t w;
+    while ((w = waitpid(pid, st, WNOHANG)) == 0) {
+        if (fx_now() - t0 > grace) { kill(pid, SIGKILL); return waitpid(pid, st, 0); }
         struct timespec ts = {0, 10000000};
         nanosleep(&ts, NULL);
     }
+    return w;
 }
-static void reap(pid_t pid) { reap_within(pid, 2.0); }
+
+/* Reaps a client whose pipe closed (it lives on past GRACE_S: killed) and says how it ended. */
+static void describe_death(pid_t pid, char *buf, size_t n) {
+    int st = 0;
+    pid_t w = reap_within(pid, GRACE_S, &st);
+    if (w < 0) snprintf(buf, n, "vanished");
+    else if (WIFSIGNALED(st)) snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    else snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));
+}
 
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
 
@@ -177,8 +192,6 @@ static int shm_start(fx_run *R, int threads_total) {
  * Rounds
  * ============================================================================================ */
 
-static void describe_death(pid_t pid, char *buf, size_t n);
-
 /* Client C is gone (end-of-file on its pipe, or a failed write to it): reaped and reported. -1 when that
  * must stop the run (--strict), or when it left an error message (it failed rather than died). */
 static int client_gone(fx_run *R, int c, int round, const char *when) {
@@ -212,19 +225,6 @@ static int shm_send_round(fx_run *R, const fx_job *job) {
     return 0;
 }
 
-static void describe_death(pid_t pid, char *buf, size_t n) {
-    int st = 0;
-    double t0 = fx_now();
-    pid_t w;
-    while ((w = waitpid(pid, &st, WNOHANG)) == 0 && fx_now() - t0 < 2.0) {
-        struct timespec ts = {0, 10000000};
-        nanosleep(&ts, NULL);
-    }
-    if (w == 0) { kill(pid, SIGKILL); w = waitpid(pid, &st, 0); } /* its pipe closed, yet it lives on */
-    if (w < 0) snprintf(buf, n, "vanished");
-    else if (WIFSIGNALED(st)) snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
-    else snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));
-}
 
 static int shm_collect(fx_run *R, int round, int *done) {
     shm_state *S = R->tp_state;
@@ -259,7 +259,8 @@ static int shm_collect(fx_run *R, int round, int *done) {
             }
             if (k == 1 && ch == 'e') {
                 fx_seterr("client %d failed in round %d: %s", c, round, R->report[c].err);
-                reap(S->pid[c]);
+                int st;
+                reap_within(S->pid[c], GRACE_S, &st);
                 R->alive[c] = 0;
                 return -1;
             }
@@ -296,8 +297,9 @@ static void shm_stop(fx_run *R, int abort) {
     double t0 = fx_now();
     for (int c = 0; c < R->n; c++)
         if (R->alive[c]) {
-            double left = 3.0 - (fx_now() - t0);
-            reap_within(S->pid[c], left > 0 ? left : 0);
+            double left = STOP_GRACE_S - (fx_now() - t0);
+            int st;
+            reap_within(S->pid[c], left > 0 ? left : 0, &st);
             R->alive[c] = 0;
             close(S->cmd_fd[c]); close(S->res_fd[c]);
         }
