@@ -204,6 +204,17 @@ int fx_residual_init(fx_residual *r, const fx_model *m) {
     return 0;
 }
 
+void fx_residual_copy(fx_residual *dst, const fx_residual *src) {
+    size_t len = src->off[src->n];
+    *dst = *src;
+    dst->off = fx_malloc(sizeof(size_t) * ((size_t)src->n + 1));
+    memcpy(dst->off, src->off, sizeof(size_t) * ((size_t)src->n + 1));
+    dst->w0 = fx_malloc(sizeof(float) * (len ? len : 1));
+    dst->acc = fx_malloc(sizeof(float) * (len ? len : 1));
+    memcpy(dst->w0, src->w0, sizeof(float) * len);
+    memcpy(dst->acc, src->acc, sizeof(float) * len);
+}
+
 void fx_residual_free(fx_residual *r) {
     free(r->off); free(r->w0); free(r->acc);
     memset(r, 0, sizeof *r);

@@ -37,19 +37,6 @@ static uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
     return fx_rng_u64(&r);
 }
 
-static int copy_residual(fx_residual *dst, const fx_residual *src) {
-    dst->n = src->n;
-    dst->round = src->round;
-    size_t len = src->off[src->n] ? src->off[src->n] : 1;
-    dst->off = fx_malloc(sizeof(size_t) * ((size_t)src->n + 1));
-    memcpy(dst->off, src->off, sizeof(size_t) * ((size_t)src->n + 1));
-    dst->w0 = fx_malloc(sizeof(float) * len);
-    dst->acc = fx_malloc(sizeof(float) * len);
-    memcpy(dst->w0, src->w0, sizeof(float) * src->off[src->n]);
-    memcpy(dst->acc, src->acc, sizeof(float) * src->off[src->n]);
-    return 0;
-}
-
 fx_client *fx_client_open(const fx_client_setup *s) {
     fx_client *cl = fx_calloc(1, sizeof *cl);
     if (fx_model_create(&cl->m, s->mc, s->ac, s->base) != 0) { free(cl); return NULL; }
@@ -72,7 +59,7 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     int gpu = s->device && !strcmp(s->device, "cuda");
     cl->own_residual = gpu || s->check_frozen;
     if (cl->own_residual) {
-        copy_residual(&cl->res, s->residual);
+        fx_residual_copy(&cl->res, s->residual);
         size_t wmax = 1;
         for (int k = 0; k < cl->res.n; k++)
             if (cl->res.off[k + 1] - cl->res.off[k] > wmax) wmax = cl->res.off[k + 1] - cl->res.off[k];
@@ -113,13 +100,17 @@ void fx_client_close(fx_client *cl) {
 /* The round's residual into its own R_acc, then its frozen weights: onto the device (GPU clients), or
  * compared bit for bit with the shared ones the server formed (check_frozen). */
 static int follow_residual(fx_client *cl, const fx_residual_msg *msg, const float *payload) {
-    if (msg && msg->round > cl->res.round) {
+    int fresh = msg && msg->round > cl->res.round;
+    if (fresh) {
         fx_residual_apply(&cl->res, &cl->m, msg, payload);
         if (cl->drift && cl->res.n) { /* one ulp of the first frozen weight */
             float W = cl->res.w0[0] + cl->res.acc[0];
             cl->res.acc[0] += nextafterf(W, INFINITY) - W;
         }
     }
+    /* the device holds the weights it was created with, or the last ones uploaded: only a new message
+     * changes them (fedit, ffa: never) */
+    if (!fresh && !cl->check_frozen) return 0;
     for (int k = 0; k < cl->res.n; k++) {
         const fx_adapted *ad = &cl->m.ad[k];
         fx_residual_frozen(&cl->res, k, cl->wtmp);

@@ -78,6 +78,7 @@ void fx_json_free(fx_json *j);
 const fx_json *fx_json_get(const fx_json *obj, const char *key); /* NULL if absent or not an object */
 int fx_json_load(const char *path, fx_json *out); /* read + parse, errors prefixed with PATH */
 char *fx_json_quote(const char *s); /* "S" with JSON escapes, malloc'd: the one JSON string writer */
+void fx_json_num(FILE *f, double x); /* %.9g, or null when not finite (metrics, settings) */
 void fx_json_put_float(FILE *f, float x); /* the shortest decimal that reads back as X */
 
 /* UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF). fx_utf8_next decodes the
@@ -692,6 +693,7 @@ typedef struct {
 } fx_residual_msg;
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
 int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
+void fx_residual_copy(fx_residual *dst, const fx_residual *src); /* a deep copy: a receiver's own */
 void fx_residual_free(fx_residual *r);
 void fx_residual_frozen(const fx_residual *r, int k, float *W /* (out, in) */);
 void fx_residual_set_frozen(const fx_residual *r, fx_model *m); /* every adapted layer of M's base */
@@ -733,7 +735,6 @@ int fx_opts_parse(const fx_cmdline *cl, int argc, char **argv, void *dst, int *s
 int fx_opts_defaults(const fx_cmdline *cl, void *dst);
 int fx_opts_find(const fx_cmdline *cl, const char *name); /* index by either spelling, or -1 */
 void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the table */
-void fx_json_num(FILE *f, double x);                       /* %.9g, or null when not finite */
 
 typedef struct {
     const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;

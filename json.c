@@ -447,6 +447,11 @@ char *fx_json_quote(const char *s) {
 }
 
 /* The shortest decimal that reads back as the same float, so config files say 1e-05, not 1.00000001e-05. */
+void fx_json_num(FILE *f, double x) {
+    if (isfinite(x)) fprintf(f, "%.9g", x);
+    else fputs("null", f);
+}
+
 void fx_json_put_float(FILE *f, float x) {
     char buf[32];
     for (int p = 1; p <= 9; p++) {

@@ -310,11 +310,6 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
  * The settings file (DIR/config.json): written when a run starts, read by --resume and export
  * ============================================================================================ */
 
-void fx_json_num(FILE *f, double x) {
-    if (isfinite(x)) fprintf(f, "%.9g", x);
-    else fputs("null", f);
-}
-
 /* The saved settings as JSON members; without --rounds when ID (what names the run). */
 static void settings_members(FILE *f, const fx_settings *c, int id) {
     for (int i = 0; i < fx_train_cmdline.nopt; i++) {
