@@ -335,7 +335,7 @@ static int cmd_eval(int argc, char **argv) {
 static int cmd_train(int argc, char **argv) {
     static fx_run R;
     memset(&R, 0, sizeof R);
-    int set[64] = {0};
+    int set[FX_SETTINGS_MAX] = {0};
     int rc = parse_or_exit(&fx_train_cmdline, argc, argv, &R.cfg, set, NULL, NULL);
     if (rc >= 0) return rc;
     fx_json saved = {0};
@@ -392,7 +392,7 @@ static int cmd_demo(int argc, char **argv) {
     static const fx_agg_method ms[] = {FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX};
     enum { NM = 3 };
     fx_settings base;
-    int set[64] = {0};
+    int set[FX_SETTINGS_MAX] = {0};
     if (fx_opts_parse(&fx_train_cmdline, argc, argv, &base, set, NULL, NULL) != 0) {
         fprintf(stderr, "fedex demo: %s\n", fx_err());
         return 2;

@@ -748,6 +748,7 @@ typedef struct {
 } fx_settings;
 #define FX_SETTINGS_FILE "fedex_run.json"     /* a run's settings, beside its outputs */
 extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
+#define FX_SETTINGS_MAX 64    /* room for its SET flags: settings.c checks the table fits at compile time */
 int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
 /* Ranges and contradictions (SET: which options were given); parses agg. -1 with fx_err(). */
 int fx_settings_check(fx_settings *c, const int *set);

@@ -190,6 +190,8 @@ static const fx_opt train_opts[] = {
     {"--server-gpu", NULL, FX_OPT_INT, RC(server_gpu), "-1", "GPU for the server's evaluation (-1: CPU)", 0, 0},
 };
 
+_Static_assert(sizeof train_opts / sizeof train_opts[0] <= FX_SETTINGS_MAX, "FX_SETTINGS_MAX is too small");
+
 const fx_cmdline fx_train_cmdline = {
     "train", "[--model DIR --task T --data DIR] [options]",
     "\nFederated fine-tuning: forked clients train adapters on their shards, the server aggregates\n"
