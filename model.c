@@ -745,7 +745,7 @@ static void dec_reserve(decoder *d, int need) {
     fx_model *m = d->m;
     const fx_ops *op = m->ops;
     if (need <= d->cap) return;
-    int cap = d->cap ? d->cap : 64;
+    int cap = d->cap ? d->cap : 16;
     while (cap < need) cap *= 2;
     if (cap > m->c.max_positions) cap = m->c.max_positions;
     size_t H = m->c.hidden, bytes = (size_t)d->nslots * cap * H * sizeof(float);

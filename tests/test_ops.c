@@ -27,9 +27,11 @@ static void check_ops_complete(void) {
         (void *)o->copy, (void *)o->axpy, (void *)o->copy_rows, (void *)o->matmul, (void *)o->column_dot,
         (void *)o->scale_cols, (void *)o->scale_cols_add, (void *)o->dropout_mask, (void *)o->dropout_apply,
         (void *)o->dropout_accumulate, (void *)o->embeddings_forward, (void *)o->linear_forward,
-        (void *)o->linear_backward, (void *)o->residual_layernorm_forward, (void *)o->layernorm_backward,
-        (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->tanh_forward, (void *)o->tanh_backward,
-        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->adamw};
+        (void *)o->linear_backward, (void *)o->residual_layernorm_forward, (void *)o->layernorm_forward,
+        (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
+        (void *)o->gelu_tanh_backward, (void *)o->tanh_forward, (void *)o->tanh_backward,
+        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->lm_loss,
+        (void *)o->sumsq, (void *)o->scale, (void *)o->attention_decode, (void *)o->adamw};
     int n = (int)(sizeof entry / sizeof entry[0]);
     CHECK(sizeof(fx_ops) == (size_t)n * sizeof(void *), "fx_ops has %zu bytes, the list here %d entries",
           sizeof(fx_ops), n);
