@@ -233,10 +233,16 @@ static int family_supported(const fx_family *f, const fx_config *c) {
               f->head_kind == FX_HEAD_CLS_TANH && !f->tied_head;
     int dec = f->norm_place == FX_NORM_PRE && f->fused_qkv && f->causal && f->act == FX_ACT_GELU_TANH &&
               f->head_kind == FX_HEAD_LM && f->tied_head;
+    /* what differs from the block of its norm placement, named */
+    int pre = f->norm_place == FX_NORM_PRE;
     const char *what = f->norm != FX_NORM_LAYERNORM ? "RMSNorm"
                      : f->positions == FX_POS_ROPE || !f->position_ids ? "rotary positions"
                      : c->kv_heads && c->kv_heads != c->heads ? "grouped-query attention"
-                     : !enc && !dec ? "a block other than RoBERTa's encoder or GPT-2's decoder" : NULL;
+                     : enc || dec ? NULL
+                     : f->fused_qkv != pre ? (pre ? "pre-LN blocks with separate q, k, v" : "a fused qkv projection")
+                     : f->causal != pre ? (pre ? "bidirectional pre-LN blocks" : "causal attention")
+                     : f->act != (pre ? FX_ACT_GELU_TANH : FX_ACT_GELU) ? "another activation"
+                     : "another head";
     if (what) { fx_seterr("model: family \"%s\" needs %s, which model.c does not run yet", f->model_type, what); return -1; }
     return 0;
 }
