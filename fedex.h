@@ -44,6 +44,8 @@ int fx_write_file_atomic(const char *path, const void *data, size_t len);
 int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path);
 int fx_mkdir_p(const char *dir);
 double fx_now(void); /* seconds, monotonic */
+/* S seconds as "45s", "3m20s", "2h05m" ("?" when not finite or negative) into BUF. */
+const char *fx_duration_str(double s, char *buf, size_t n);
 double fx_sort_median(double *x, int n); /* sorts X ascending (timings), returns x[n/2] */
 
 /* Deterministic random numbers: splitmix64-seeded xoshiro256**. Same seed, same stream, any platform. */
@@ -921,6 +923,8 @@ struct fx_run {
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
     int lock_fd;                     /* the run folder's lock, held for the run */
     int settings_written;            /* with the first round's outputs */
+    double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
+    int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
@@ -930,6 +934,9 @@ int fx_run_live(void);               /* live progress lines: standard error is a
  * a client that finished (on standard output, unless the live lines show it on a terminal). */
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn);
 void fx_run_client_done(const fx_run *R, int round, int c, int tty);
+/* Seconds left in the run while round ROUND is FRAC (0..1) done, from the rounds timed so far; NAN when
+ * nothing is known yet. */
+double fx_run_remaining(const fx_run *R, int round, double frac);
 /* What a client needs to run: its setup from the run (shared base or not). */
 void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
 /* Restores a run's checkpoint DIR/state.safetensors into M (whose base holds the original W0): the

@@ -92,7 +92,7 @@ static double evaluate(fx_run *R, fx_metrics *mt) {
  * Aggregation: FedIT mean, then (FedEx) the residual, then the aggregation error of every layer
  * ============================================================================================ */
 
-static void aggregate(fx_run *R, const int *done, double *err, double *agg_seconds) {
+static void aggregate(fx_run *R, const int *done, double *err, double *dev, double *agg_seconds) {
     double t0 = fx_now();
     fx_model *m = &R->srv;
     const float *cl[256];
@@ -117,6 +117,12 @@ static void aggregate(fx_run *R, const int *done, double *err, double *agg_secon
     for (int k = 0; k < m->nadapted; k++)
         err[k] = fx_agg_error(m, k, R->r_old + R->res.off[k], R->res.acc + R->res.off[k], cl, w, n, R->global,
                               R->prev_global, R->err_work);
+    /* The deviation: FedIT's error on this round's clients, || dW(B̄, Ā) - sum_i w_i dW_i || / || sum_i w_i dW_i
+     * - dW(prev) ||, the same expression with no residual added (R_new = R_old). For FedIT it is its error
+     * above; for FedEx, the residual it added (what FedIT would have lost); FFA and one client give 0. */
+    for (int k = 0; k < m->nadapted; k++)
+        dev[k] = fx_agg_error(m, k, R->r_old + R->res.off[k], R->r_old + R->res.off[k], cl, w, n, R->global,
+                              R->prev_global, R->err_work);
 }
 
 /* Bytes that cross between server and client each round, from what travels: the trained tensors up
@@ -140,10 +146,22 @@ static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
  * Progress, as the transports report it
  * ============================================================================================ */
 
+/* Seconds left in the run while round ROUND is FRAC done: the rounds after it at the mean time of the
+ * rounds this process has timed (before the first, this round's pace), and what is left of this one. */
+double fx_run_remaining(const fx_run *R, int round, double frac) {
+    double in_round = fx_now() - R->t_round, per_round;
+    if (R->rounds_timed > 0) per_round = R->secs_rounds / R->rounds_timed;
+    else if (frac > 0) per_round = in_round / frac;
+    else return NAN;
+    double rest = frac >= 1 ? 0 : (frac > 0 ? in_round / frac - in_round : per_round - in_round);
+    return (rest > 0 ? rest : 0) + per_round * (R->cfg.rounds - round);
+}
+
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn) {
     if (!tty) return;
     if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
     *drawn = 0;
+    double frac = 1;
     for (int c = 0; c < R->n; c++) {
         if (!R->alive[c] && !pending[c]) continue;
         fx_report *s = &R->report[c];
@@ -156,8 +174,13 @@ void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *dra
         fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% %6.0f samples/s loss %.4f\n", round, c, bar,
                 (int)(100 * done / tot), done && dt > 0 ? (double)s->samples_done / dt : 0.0,
                 done ? s->loss_sum / (double)done : 0.0);
+        if (pending[c] && (double)done / tot < frac) frac = (double)done / tot; /* the slowest client's pace */
         (*drawn)++;
     }
+    char left[32];
+    fx_duration_str(fx_run_remaining(R, round, frac), left, sizeof left);
+    fprintf(stderr, "\r\033[Kround %d of %d: %s left in the run\n", round, R->cfg.rounds, left);
+    (*drawn)++;
     fflush(stderr);
 }
 
@@ -271,8 +294,26 @@ static int write_outputs(fx_run *R, int round, const int *done) {
     return write_state(R, round);
 }
 
+/* {"max": .., "mean": .., "layers": {"encoder.layer.0.attention.self.query": .., ...}}: one value per
+ * adapted layer, keyed by the layer's name, with their maximum and mean. */
+static void layer_values(FILE *f, const fx_run *R, const double *v) {
+    double mx = 0, mean = 0;
+    for (int k = 0; k < R->srv.nadapted; k++) { if (v[k] > mx || isnan(v[k])) mx = v[k]; mean += v[k]; }
+    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
+    fprintf(f, "{\"max\": ");
+    fx_json_num(f, mx);
+    fprintf(f, ", \"mean\": ");
+    fx_json_num(f, mean);
+    fprintf(f, ", \"layers\": {");
+    for (int k = 0; k < R->srv.nadapted; k++) {
+        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
+        fx_json_num(f, v[k]);
+    }
+    fprintf(f, "}}");
+}
+
 static char *metrics_line(fx_run *R, int round, const int *done, const fx_metrics *mt, double dev_loss,
-                          const double *err, double secs, double agg_s, double eval_s, double clients_s) {
+                          const double *err, const double *dev, double secs, double agg_s, double eval_s, double clients_s) {
     char *buf = NULL; size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) fx_die("open_memstream: %s", strerror(errno));
@@ -306,19 +347,11 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     fx_json_num(f, mt->main);
     fprintf(f, ", \"best\": ");
     fx_json_num(f, R->best);
-    fprintf(f, ", \"best_round\": %d, \"agg_error\": {\"max\": ", R->best_round);
-    double mx = 0, mean = 0;
-    for (int k = 0; k < R->srv.nadapted; k++) { if (err[k] > mx || isnan(err[k])) mx = err[k]; mean += err[k]; }
-    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
-    fx_json_num(f, mx);
-    fprintf(f, ", \"mean\": ");
-    fx_json_num(f, mean);
-    fprintf(f, ", \"layers\": {");
-    for (int k = 0; k < R->srv.nadapted; k++) {
-        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
-        fx_json_num(f, err[k]);
-    }
-    fprintf(f, "}}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
+    fprintf(f, ", \"best_round\": %d, \"agg_error\": ", R->best_round);
+    layer_values(f, R, err);
+    fprintf(f, ", \"deviation\": ");
+    layer_values(f, R, dev);
+    fprintf(f, ", \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
             (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
     fprintf(f, "\"memory_mb\": ");
     fx_json_num(f, R->tp->memory_mb(R));
@@ -681,10 +714,12 @@ int fx_run_federated(fx_run *R) {
     int status = 0;
     int *done = fx_calloc((size_t)R->n, sizeof(int));
     double *err = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
+    double *dev = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
     fx_metrics last = {0};
     int last_round = R->round0;
     for (int round = R->round0 + 1; round <= c->rounds; round++) {
         double t0 = fx_now();
+        R->t_round = t0;
         fx_job job = {.round = round, .local_epochs = c->local_epochs, .batch_size = c->batch_size,
                       .micro_batch = c->micro_batch, .lr = c->lr, .warmup_ratio = c->warmup_ratio,
                       .weight_decay = c->weight_decay, .seed = (uint64_t)c->seed};
@@ -704,7 +739,7 @@ int fx_run_federated(fx_run *R) {
         if (ndone == 0) { fprintf(stderr, "fedex: no client finished round %d\n", round); status = 1; break; }
         double tc = fx_now() - t0, agg_s, te;
         R->round_now = round;
-        aggregate(R, done, err, &agg_s);
+        aggregate(R, done, err, dev, &agg_s);
         te = fx_now();
         fx_metrics mt;
         double dev_loss = evaluate(R, &mt);
@@ -713,12 +748,16 @@ int fx_run_federated(fx_run *R) {
         double mx = 0;
         for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
         if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
-        char *line = metrics_line(R, round, done, &mt, dev_loss, err, fx_now() - t0, agg_s, eval_s, tc);
+        char *line = metrics_line(R, round, done, &mt, dev_loss, err, dev, fx_now() - t0, agg_s, eval_s, tc);
         R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
         R->lines[R->nlines++] = line;
+        R->secs_rounds += fx_now() - t0;
+        R->rounds_timed++;
+        char left[32];
+        fx_duration_str(fx_run_remaining(R, round, 1.0), left, sizeof left);
         if (!quiet)
-            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s\n", round,
-                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0);
+            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s, %s left\n", round,
+                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0, left);
         else
             printf("  %-6s round %d/%d: dev %s %.4f, aggregation error %.2e\n", fx_agg_name(c->agg), round,
                    c->rounds, mt.main_name, mt.main, mx);
@@ -736,7 +775,7 @@ int fx_run_federated(fx_run *R) {
     if (status == 0 && !quiet && last_round > 0 && last.main_name)
         printf("best dev %s %.4f at round %d; last %.4f (round %d)%s%s\n", last.main_name, R->best,
                R->best_round, last.main, last_round, c->out ? "; results in " : "", c->out ? c->out : "");
-    free(done); free(err);
+    free(done); free(err); free(dev);
     teardown_run(R);
     return status;
 }
