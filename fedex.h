@@ -959,4 +959,37 @@ double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step s
 
 extern const fx_transport fx_transport_shm;    /* the default */
 
+/* ============================================================================================
+ * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
+ * grid.c: every method on a list of tasks, skipping finished runs and resuming stopped ones.
+ * ============================================================================================ */
+
+typedef struct {
+    int round;
+    double value, best;              /* the task's dev metric this round, the best so far */
+    int best_round;
+    double dev_loss, train_loss;     /* train: the clients' mean weighted by samples */
+    double err_max, dev_max;         /* the method's aggregation error and the deviation, max over layers */
+} fx_log_round;
+typedef struct {
+    char *dir, *method, *task, *metric; /* method as metrics.jsonl names it; task "synthetic" without one */
+    int n;                           /* rounds read */
+    fx_log_round *r;                 /* (n) */
+    int nlayers;
+    char **layer;                    /* (nlayers) the adapted layers' names, in metrics.jsonl's order */
+    double *dev;                     /* (nlayers, n) deviation of layer k in round i at [k * n + i]; NAN where absent */
+    double best; int best_round;     /* from the last round read */
+    int rounds_planned;              /* the settings' --rounds */
+} fx_runlog;
+int fx_runlog_read(const char *dir, fx_runlog *L);  /* -1 with fx_err() naming the file and line */
+void fx_runlog_free(fx_runlog *L);
+/* The layer's depth, the first all-digit component of its name ("encoder.layer.3.attention.self.query"
+ * -> 3, TARGET "attention.self.query"); -1 (TARGET the whole name) when it has none. */
+int fx_layer_depth(const char *name, const char **target);
+/* Method rows, task columns: best dev metric (round), average. FORMAT "md" or "csv". */
+int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f);
+/* One SVG of the runs: dev metric per round, train and dev loss per round, and for each run with a
+ * deviation its layer x round heat map and its deviation by depth. Deterministic for the same input. */
+int fx_plot_svg(const fx_runlog *runs, int n, FILE *f);
+
 #endif
