@@ -166,8 +166,13 @@ typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
 int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *a, const char *b, int max_len,
                       int32_t **ids, int *n, int *cap);
-/* RoBERTa's template (fx_roberta.text): <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated
- * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
+/* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
+ * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
+ * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+const fx_text_template *fx_tok_template(const fx_tokenizer *t);
+/* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
+ * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
+ * count, -1 on error. */
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
 /* The same sequence appended to *ids as fx_tok_encode_tpl does; max_len 0 means no truncation. */
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
