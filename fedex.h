@@ -691,9 +691,17 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW);
 int fx_agg_residual_rank(const fx_model *m, int n);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
-double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
-                    const float *const *clients, const double *w, int n, const float *global,
-                    const float *prev_global, double *work);
+/* The aggregation error of adapted layer K: || W_global - sum_i w_i W_i || / || sum_i w_i W_i - W_prev ||,
+ * with this round's residual as its factors carry it when EXACT (FedEx), computed from the factors
+ * (agg.c has the equations). WORK: fx_agg_error_work(m, n) doubles. */
+double fx_agg_error(const fx_model *m, int k, int exact, const float *const *clients, const double *w, int n,
+                    const float *global, const float *prev_global, double *work);
+size_t fx_agg_error_work(const fx_model *m, int nclients);
+/* ||sum_j u_j v_j^T||_F for Q outer products, u_j = UC[j] (OUT), v_j = VR[j] (IN), in double; both are
+ * overwritten. HOW: FX_NORM_TRIANGULAR (Householder factors of U and V^T, cost (out + in) q^2 + q^3),
+ * FX_NORM_DENSE (the product row by row, out in q), or FX_NORM_AUTO (the cheaper). */
+enum { FX_NORM_AUTO, FX_NORM_DENSE, FX_NORM_TRIANGULAR };
+double fx_agg_norm_uv(double *Uc, double *Vr, int q, int out, int in, int how);
 
 /* The residual's one owner. Every party that computes with the global model holds an fx_residual: the
  * adapted layers' original W0 and the accumulated residual R_acc (layer k at off[k], (out, in) each),
@@ -713,7 +721,13 @@ typedef struct {
 typedef struct {
     int32_t round;               /* the round whose aggregation produced it; 0: none yet */
     int32_t q;                   /* inner dimension of the factors, 0 = dense */
+    int32_t form;                /* FX_RESIDUAL_*: with AUTO, each layer in the smaller of its two forms */
 } fx_residual_msg;
+/* How the residual travels (--residual): factors for every layer, the dense matrix for every layer, or per
+ * layer whichever is smaller (fx_residual_layer_dense says which, from the shapes and q alone). */
+enum { FX_RESIDUAL_FACTORED = 0, FX_RESIDUAL_DENSE = 1, FX_RESIDUAL_AUTO = 2 };
+int fx_residual_form_parse(const char *s, int *form); /* auto | factored | dense; -1 with fx_err() */
+int fx_residual_layer_dense(const fx_model *m, int k, int form, int q);
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
 int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
 void fx_residual_copy(fx_residual *dst, const fx_residual *src); /* a deep copy: a receiver's own */
@@ -722,9 +736,9 @@ void fx_residual_frozen(const fx_residual *r, int k, float *W /* (out, in) */);
 void fx_residual_set_frozen(const fx_residual *r, fx_model *m); /* every adapted layer of M's base */
 size_t fx_residual_msg_capacity(const fx_model *m, int nclients); /* payload floats, either form */
 size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* header + payload sent */
-/* The round's residual of every adapted layer (fx_agg_residual_factors; DENSE multiplies them out) into
- * PAYLOAD. SCRATCH holds one layer's factors (dense only). */
-void fx_residual_make(const fx_model *m, int dense, const float *const *clients, const double *w, int n,
+/* The round's residual of every adapted layer (fx_agg_residual_factors; a dense layer multiplies them out)
+ * into PAYLOAD, in FORM (FX_RESIDUAL_*). SCRATCH holds one layer's factors (dense layers only). */
+void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload);
@@ -761,7 +775,8 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the
 
 typedef struct {
     const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
-    const char *device, *precision, *client_gpus;
+    const char *device, *precision, *client_gpus, *transport;
+    int clients_per_round;       /* 0: all */
     int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
     int micro_batch, eval_batch, server_gpu;
     double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
@@ -783,7 +798,7 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
 #define FX_SYNTH_DEV 400
 #define FX_SYNTH_LEN 32
 void fx_embedded_config(fx_config *c);
-/* DIR/fedex_run.json: every setting but --resume, --threads, --out and --overwrite, and the run id. Read
+/* DIR/fedex_run.json: every setting but --resume, --threads, --out, --overwrite and --transport, and the run id. Read
  * back (from DIR/config.json for runs saved under that name before), strings point into J. */
 int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR holds a run's settings (PATH) */
 /* What names a run in its checkpoint: a hash of its saved settings but --rounds, so that a checkpoint is
@@ -894,13 +909,15 @@ typedef struct {
     const char *name;
     int (*open)(fx_run *R);                    /* the buffers below, sized from R's P, base_n, payload_n */
     int (*start)(fx_run *R, int threads);      /* launch the clients, THREADS cores in all */
-    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live client */
+    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live selected client */
     /* Waits for the clients the round was sent to: done[c] = 1 when its state and report are in
      * client[c] and report[c]. -1 on interrupt, a client's error, or a death under --strict. */
     int (*collect)(fx_run *R, int round, int *done);
     void (*stop)(fx_run *R, int abort);        /* abort: signal them; otherwise ask them to finish */
     void (*close)(fx_run *R);                  /* frees the buffers */
     double (*memory_mb)(const fx_run *R);      /* all the run's processes on this machine (PSS), or NAN */
+    /* The round's bytes per participant, as sent (NULL: run.c counts what travels from the sizes) */
+    void (*bytes)(const fx_run *R, int64_t *up, int64_t *down);
 } fx_transport;
 
 struct fx_run {
@@ -928,10 +945,10 @@ struct fx_run {
     fx_residual_msg *msg;            /* the last round's residual */
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
+    int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
-    float *r_old;                    /* R_acc before the round (aggregation error) */
     float *prev_global, *scratch;
     double *err_work;
     void *srv_gpu;                   /* --server-gpu: fx_gpu, the server's device copy for evaluation */

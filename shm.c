@@ -218,7 +218,7 @@ static int shm_send_round(fx_run *R, const fx_job *job) {
         fx_job j = *job;
         j.client = c;
         S->pending[c] = 0;
-        if (!R->alive[c]) continue;
+        if (!R->alive[c] || !R->selected[c]) continue;
         if (write(S->cmd_fd[c], &j, sizeof j) == (ssize_t)sizeof j) { S->pending[c] = 1; continue; }
         if (client_gone(R, c, job->round, "before") != 0) return -1;
     }
@@ -325,4 +325,4 @@ static double shm_memory_mb(const fx_run *R) {
 }
 
 const fx_transport fx_transport_shm = {"shm", shm_open_run, shm_start, shm_send_round, shm_collect, shm_stop,
-                                       shm_close_run, shm_memory_mb};
+                                       shm_close_run, shm_memory_mb, NULL};
