@@ -816,7 +816,8 @@ int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
 typedef struct {
     int32_t round, client;       /* round >= 1; a negative round tells the client to stop */
-    int32_t local_epochs, batch_size, micro_batch;
+    int32_t local_epochs;        /* 0: the client sits this round out (fx_client_follow) */
+    int32_t batch_size, micro_batch;
     double lr, warmup_ratio, weight_decay;
     uint64_t seed;
 } fx_job;
@@ -849,6 +850,9 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
  * -1 with fx_err() (and REP->err) on failure. */
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
+/* A round the client sits out (--clients-per-round): only MSG, applied when newer than what it holds, so
+ * that a client forming its frozen weights itself (GPU, check_frozen) misses no round's residual. */
+int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload);
 void fx_client_close(fx_client *cl);
 int fx_client_leaves(const fx_client *cl, int round); /* fault injection: leave after ROUND (tests) */
 

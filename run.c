@@ -177,7 +177,7 @@ void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *dra
     if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
     *drawn = 0;
     for (int c = 0; c < R->n; c++) {
-        if (!R->alive[c] && !pending[c]) continue;
+        if ((!R->alive[c] && !pending[c]) || !R->selected[c]) continue;
         fx_report *s = &R->report[c];
         int64_t done = s->steps_done, tot = s->steps_total > 0 ? s->steps_total : 1;
         char bar[21];
