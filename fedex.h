@@ -238,6 +238,7 @@ typedef struct {
     int32_t *ids;                /* (n, T) */
     uint8_t *mask;               /* (n, T) */
     float *labels;               /* (n) */
+    int32_t *targets; /* (n, T) HF-style labels aligned with ids, -100 ignored */
     int cap_rows, cap_tok;       /* allocation, managed by fx_batch_fill */
 } fx_batch;
 void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_batch *b);
@@ -611,6 +612,28 @@ void fx_adamw_reset(fx_model *m);
  * tensor (biases and head included) decays; adam_t counts steps from 1. */
 void fx_adamw_update(fx_model *m, float lr, float weight_decay);
 float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
+
+/* ============================================================================================
+ * generation: the decoder interface (model side: model.c's KV cache; search: generate.c)
+ * ============================================================================================
+ * A decoder runs a causal LM one position at a time over NSLOTS key/value caches (one per beam). The
+ * search sees only this table, so it can be tested against a toy decoder as well as a model. Every
+ * function returns 0, or -1 with fx_err(). */
+typedef struct {
+    void *ctx;
+    int vocab, max_len;   /* max_len: positions the model holds (n_positions) */
+    /* run ids[0..n-1] at positions 0..n-1 into slot 0's cache; write the last position's logits (vocab floats) */
+    int (*prefill)(void *ctx, const int *ids, int n, float *logits);
+    /* one new token per slot: tok[s] at position pos for slots 0..ns-1; logits (ns, vocab) */
+    int (*step)(void *ctx, int ns, const int *tok, int pos, float *logits);
+    /* slot s's cache becomes a copy of slot src[s]'s (positions < len), s = 0..ns-1 (src may repeat) */
+    int (*reorder)(void *ctx, int ns, const int *src, int len);
+} fx_decoder;
+/* A decoder over causal LM M (GPT-2) with NSLOTS caches of max_len positions each; M must outlive it
+ * and is not otherwise used while it decodes (they share M's workspace). The logits are the full
+ * forward's (fx_model_step) at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
+int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
+void fx_decoder_free(fx_decoder *d);
 
 /* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
