@@ -883,21 +883,6 @@ int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
 #endif
 
 /* ============================================================================================
- * generation: a model's decoder with a KV cache, seen by generate.c
- * ============================================================================================ */
-
-typedef struct {
-    void *ctx;
-    int vocab, max_len;   /* max_len: positions the model holds (n_positions) */
-    /* run ids[0..n-1] at positions 0..n-1 into slot 0's cache; write the last position's logits (vocab floats) */
-    int (*prefill)(void *ctx, const int *ids, int n, float *logits);
-    /* one new token per slot: tok[s] at position pos for slots 0..ns-1; logits (ns, vocab) */
-    int (*step)(void *ctx, int ns, const int *tok, int pos, float *logits);
-    /* slot s's cache becomes a copy of slot src[s]'s (positions < len), s = 0..ns-1 (src may repeat) */
-    int (*reorder)(void *ctx, int ns, const int *src, int len);
-} fx_decoder;
-
-/* ============================================================================================
  * generate.c: greedy and beam search over an fx_decoder, with Hugging Face generate()'s semantics
  * ============================================================================================
  * Deterministic: scores are float64 log-softmaxes of the decoder's float32 logits; equal scores are
