@@ -902,6 +902,31 @@ int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
 #endif
 
 /* ============================================================================================
+ * generate.c: greedy and beam search over an fx_decoder, with Hugging Face generate()'s semantics
+ * ============================================================================================
+ * Deterministic: scores are float64 log-softmaxes of the decoder's float32 logits; equal scores are
+ * ordered by (beam, token), lower first. */
+
+typedef enum { FX_STOP_HEURISTIC, FX_STOP_EARLY, FX_STOP_NEVER } fx_early_stop; /* HF early_stopping False, True, "never" */
+typedef struct {
+    int num_beams;              /* 1: greedy */
+    int max_new_tokens;         /* 1 or more */
+    int eos;                    /* end token; -1: none (every hypothesis runs to max_new_tokens) */
+    double length_penalty;      /* a finished hypothesis scores sum log p / generated_len^length_penalty */
+    fx_early_stop early_stopping;
+    int no_repeat_ngram;        /* 0: off; N: no N-gram occurs twice */
+    int no_repeat_generated;    /* 1: the N-grams of the generated tokens only (the prompt's may recur) */
+} fx_gen_cfg;
+void fx_gen_e2e(fx_gen_cfg *g, int eos); /* the LoRA paper's E2E decoding: beam 10, lp 0.8, no-repeat 4 over generated, 64 new */
+int fx_gen_check(const fx_gen_cfg *g, int vocab); /* -1 with fx_err() on a setting that cannot be run */
+/* Continues PROMPT[0..n) (n >= 1, n + max_new_tokens - 1 <= d->max_len): the generated ids into OUT
+ * (room for max_new_tokens), the end token included when a hypothesis ended with it, their count in
+ * *nout. *score (may be NULL): the chosen hypothesis's score (beam: length-penalised; greedy: sum log p).
+ * -1 with fx_err() when the decoder fails or its logits are not finite. */
+int fx_generate(const fx_decoder *d, const fx_gen_cfg *g, const int *prompt, int n, int *out, int *nout,
+                double *score);
+
+/* ============================================================================================
  * run.c: the server (rounds over a transport, aggregation, evaluation, outputs, checkpoint, resume)
  * ============================================================================================
  * A transport moves jobs and the global state to the clients and their states and reports back. It
