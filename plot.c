@@ -220,7 +220,7 @@ static void metric_panel(FILE *f, const fx_runlog *runs, int n, double top) {
         for (int j = 0; j < k; j++) seen |= !strcmp(runs[j].metric, runs[k].metric);
         if (!seen) p += snprintf(p, (size_t)(title + sizeof title - p), "%s%s", p == title + 4 ? "" : " / ", runs[k].metric);
     }
-    open_panel(f, &a, "metric", -1, "dev metric per round (higher is better)");
+    open_panel(f, &a, "metric", -1, "dev metric per round");
     draw_axes(f, &a, "round", title, 1);
     for (int k = 0; k < n; k++) series(f, &a, &runs[k], k, f_value, "value", 0, 0);
     fputs("</g>\n", f);
