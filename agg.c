@@ -40,6 +40,7 @@ const char *fx_agg_name(fx_agg_method m) {
 int fx_agg_is_vera(fx_agg_method m) {
     return m == FX_AGG_FEDEX_VERA || m == FX_AGG_FEDIT_VERA || m == FX_AGG_FFA_VERA;
 }
+int fx_agg_is_sorf(fx_agg_method m) { (void)m; return 0; }
 int fx_agg_is_exact(fx_agg_method m) { return m == FX_AGG_FEDEX || m == FX_AGG_FEDEX_VERA; }
 int fx_agg_freezes(fx_agg_method m) { return m == FX_AGG_FFA || m == FX_AGG_FFA_VERA; }
 
@@ -269,6 +270,15 @@ void fx_residual_make(const fx_model *m, int dense, const float *const *clients,
     }
     msg->round = round;
     msg->q = dense ? 0 : q;
+}
+
+/* The VeRA fork's inexact variants multiply the residual by a factor (its lr, or alpha/r): R (dense) or U
+ * (factored; V is the shared projection) times FACTOR. */
+void fx_residual_scale(const fx_model *m, const fx_residual_msg *msg, float *payload, float factor) {
+    if (factor == 1.0f || m->a.kind == FX_LORA) return;
+    size_t n = 0;
+    for (int k = 0; k < m->nadapted; k++) n += payload_len(m, k, msg->q);
+    for (size_t j = 0; j < n; j++) payload[j] *= factor;
 }
 
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload) {

@@ -110,6 +110,7 @@ static void aggregate(fx_run *R, const int *done, double *err, double *agg_secon
          * that follows it, then forms the shared frozen weights from it. */
         fx_residual_make(m, !strcmp(R->cfg.residual, "dense"), cl, w, n, R->global, R->round_now, R->msg,
                          R->payload, R->scratch);
+        fx_residual_scale(m, R->msg, R->payload, fx_settings_residual_scale(&R->cfg));
         fx_residual_apply(&R->res, m, R->msg, R->payload);
         fx_residual_set_frozen(&R->res, m);
     }
