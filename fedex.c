@@ -344,9 +344,10 @@ static int cmd_train(int argc, char **argv) {
         for (int i = 0; i < fx_train_cmdline.nopt; i++) {
             const char *name = fx_train_cmdline.opt[i].name;
             if (set[i] && strcmp(name, "--resume") && strcmp(name, "--threads") && strcmp(name, "--rounds") &&
+                strcmp(name, "--transport") &&
                 !(strcmp(name, "--out") == 0 && !strcmp(R.cfg.out, R.cfg.resume))) {
                 fprintf(stderr, "fedex train: --resume takes the run's own settings; %s cannot be changed "
-                        "(only --threads and --rounds)\n", name);
+                        "(only --threads, --rounds and --transport)\n", name);
                 return 2;
             }
         }
@@ -359,6 +360,7 @@ static int cmd_train(int argc, char **argv) {
         R.cfg.resume = given.resume;
         R.cfg.out = given.resume;
         R.cfg.threads = given.threads;
+        R.cfg.transport = given.transport;
         if (set[fx_settings_opt("--rounds")]) R.cfg.rounds = given.rounds;
     }
     if (fx_settings_check(&R.cfg, set) != 0) {

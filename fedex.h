@@ -244,6 +244,7 @@ typedef struct {
     int32_t *ids;                /* (n, T) */
     uint8_t *mask;               /* (n, T) */
     float *labels;               /* (n) */
+    int32_t *targets; /* (n, T) HF-style labels aligned with ids, -100 ignored */
     int cap_rows, cap_tok;       /* allocation, managed by fx_batch_fill */
 } fx_batch;
 void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_batch *b);
@@ -622,6 +623,28 @@ void fx_adamw_update(fx_model *m, float lr, float weight_decay);
 float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
 
 /* ============================================================================================
+ * generation: the decoder interface (model side: model.c's KV cache; search: generate.c)
+ * ============================================================================================
+ * A decoder runs a causal LM one position at a time over NSLOTS key/value caches (one per beam). The
+ * search sees only this table, so it can be tested against a toy decoder as well as a model. Every
+ * function returns 0, or -1 with fx_err(). */
+typedef struct {
+    void *ctx;
+    int vocab, max_len;   /* max_len: positions the model holds (n_positions) */
+    /* run ids[0..n-1] at positions 0..n-1 into slot 0's cache; write the last position's logits (vocab floats) */
+    int (*prefill)(void *ctx, const int *ids, int n, float *logits);
+    /* one new token per slot: tok[s] at position pos for slots 0..ns-1; logits (ns, vocab) */
+    int (*step)(void *ctx, int ns, const int *tok, int pos, float *logits);
+    /* slot s's cache becomes a copy of slot src[s]'s (positions < len), s = 0..ns-1 (src may repeat) */
+    int (*reorder)(void *ctx, int ns, const int *src, int len);
+} fx_decoder;
+/* A decoder over causal LM M (GPT-2) with NSLOTS caches of max_len positions each; M must outlive it
+ * and is not otherwise used while it decodes (they share M's workspace). The logits are the full
+ * forward's (fx_model_step) at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
+int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
+void fx_decoder_free(fx_decoder *d);
+
+/* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
  * ============================================================================================
  * fx_model_load accepts F32, F16 or BF16 tensors, names with or without the family's prefix ("roberta."),
@@ -678,9 +701,18 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW);
 int fx_agg_residual_rank(const fx_model *m, int n);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
-double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
-                    const float *const *clients, const double *w, int n, const float *global,
-                    const float *prev_global, double *work);
+/* The aggregation error of adapted layer K: || W_global - sum_i w_i W_i || / || sum_i w_i W_i - W_prev ||,
+ * with this round's residual as its factors carry it, times RESIDUAL (1: FedEx; the VeRA fork's lr or
+ * alpha/r; 0: no residual), computed from the factors (agg.c has the equations). WORK:
+ * fx_agg_error_work(m, n) doubles. */
+double fx_agg_error(const fx_model *m, int k, float residual, const float *const *clients, const double *w, int n,
+                    const float *global, const float *prev_global, double *work);
+size_t fx_agg_error_work(const fx_model *m, int nclients);
+/* ||sum_j u_j v_j^T||_F for Q outer products, u_j = UC[j] (OUT), v_j = VR[j] (IN), in double; both are
+ * overwritten. HOW: FX_NORM_TRIANGULAR (Householder factors of U and V^T, cost (out + in) q^2 + q^3),
+ * FX_NORM_DENSE (the product row by row, out in q), or FX_NORM_AUTO (the cheaper). */
+enum { FX_NORM_AUTO, FX_NORM_DENSE, FX_NORM_TRIANGULAR };
+double fx_agg_norm_uv(double *Uc, double *Vr, int q, int out, int in, int how);
 
 /* The residual's one owner. Every party that computes with the global model holds an fx_residual: the
  * adapted layers' original W0 and the accumulated residual R_acc (layer k at off[k], (out, in) each),
@@ -700,7 +732,13 @@ typedef struct {
 typedef struct {
     int32_t round;               /* the round whose aggregation produced it; 0: none yet */
     int32_t q;                   /* inner dimension of the factors, 0 = dense */
+    int32_t form;                /* FX_RESIDUAL_*: with AUTO, each layer in the smaller of its two forms */
 } fx_residual_msg;
+/* How the residual travels (--residual): factors for every layer, the dense matrix for every layer, or per
+ * layer whichever is smaller (fx_residual_layer_dense says which, from the shapes and q alone). */
+enum { FX_RESIDUAL_FACTORED = 0, FX_RESIDUAL_DENSE = 1, FX_RESIDUAL_AUTO = 2 };
+int fx_residual_form_parse(const char *s, int *form); /* auto | factored | dense; -1 with fx_err() */
+int fx_residual_layer_dense(const fx_model *m, int k, int form, int q);
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
 int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
 void fx_residual_copy(fx_residual *dst, const fx_residual *src); /* a deep copy: a receiver's own */
@@ -709,9 +747,9 @@ void fx_residual_frozen(const fx_residual *r, int k, float *W /* (out, in) */);
 void fx_residual_set_frozen(const fx_residual *r, fx_model *m); /* every adapted layer of M's base */
 size_t fx_residual_msg_capacity(const fx_model *m, int nclients); /* payload floats, either form */
 size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* header + payload sent */
-/* The round's residual of every adapted layer (fx_agg_residual_factors; DENSE multiplies them out) into
- * PAYLOAD. SCRATCH holds one layer's factors (dense only). */
-void fx_residual_make(const fx_model *m, int dense, const float *const *clients, const double *w, int n,
+/* The round's residual of every adapted layer (fx_agg_residual_factors; a dense layer multiplies them out)
+ * into PAYLOAD, in FORM (FX_RESIDUAL_*). SCRATCH holds one layer's factors (dense layers only). */
+void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
 /* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
@@ -750,7 +788,8 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the
 
 typedef struct {
     const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
-    const char *device, *precision, *client_gpus;
+    const char *device, *precision, *client_gpus, *transport;
+    int clients_per_round;       /* 0: all */
     int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
     int micro_batch, eval_batch, server_gpu;
     double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
@@ -783,7 +822,7 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
 #define FX_SYNTH_DEV 400
 #define FX_SYNTH_LEN 32
 void fx_embedded_config(fx_config *c);
-/* DIR/fedex_run.json: every setting but --resume, --threads, --out and --overwrite, and the run id. Read
+/* DIR/fedex_run.json: every setting but --resume, --threads, --out, --overwrite and --transport, and the run id. Read
  * back (from DIR/config.json for runs saved under that name before), strings point into J. */
 int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR holds a run's settings (PATH) */
 /* What names a run in its checkpoint: a hash of its saved settings but --rounds, so that a checkpoint is
@@ -801,7 +840,8 @@ int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
 typedef struct {
     int32_t round, client;       /* round >= 1; a negative round tells the client to stop */
-    int32_t local_epochs, batch_size, micro_batch;
+    int32_t local_epochs;        /* 0: the client sits this round out (fx_client_follow) */
+    int32_t batch_size, micro_batch;
     double lr, warmup_ratio, weight_decay;
     uint64_t seed;
 } fx_job;
@@ -834,6 +874,9 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
  * -1 with fx_err() (and REP->err) on failure. */
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
+/* A round the client sits out (--clients-per-round): only MSG, applied when newer than what it holds, so
+ * that a client forming its frozen weights itself (GPU, check_frozen) misses no round's residual. */
+int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload);
 void fx_client_close(fx_client *cl);
 int fx_client_leaves(const fx_client *cl, int round); /* fault injection: leave after ROUND (tests) */
 
@@ -883,6 +926,31 @@ int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
 #endif
 
 /* ============================================================================================
+ * generate.c: greedy and beam search over an fx_decoder, with Hugging Face generate()'s semantics
+ * ============================================================================================
+ * Deterministic: scores are float64 log-softmaxes of the decoder's float32 logits; equal scores are
+ * ordered by (beam, token), lower first. */
+
+typedef enum { FX_STOP_HEURISTIC, FX_STOP_EARLY, FX_STOP_NEVER } fx_early_stop; /* HF early_stopping False, True, "never" */
+typedef struct {
+    int num_beams;              /* 1: greedy */
+    int max_new_tokens;         /* 1 or more */
+    int eos;                    /* end token; -1: none (every hypothesis runs to max_new_tokens) */
+    double length_penalty;      /* a finished hypothesis scores sum log p / generated_len^length_penalty */
+    fx_early_stop early_stopping;
+    int no_repeat_ngram;        /* 0: off; N: no N-gram occurs twice */
+    int no_repeat_generated;    /* 1: the N-grams of the generated tokens only (the prompt's may recur) */
+} fx_gen_cfg;
+void fx_gen_e2e(fx_gen_cfg *g, int eos); /* the LoRA paper's E2E decoding: beam 10, lp 0.8, no-repeat 4 over generated, 64 new */
+int fx_gen_check(const fx_gen_cfg *g, int vocab); /* -1 with fx_err() on a setting that cannot be run */
+/* Continues PROMPT[0..n) (n >= 1, n + max_new_tokens - 1 <= d->max_len): the generated ids into OUT
+ * (room for max_new_tokens), the end token included when a hypothesis ended with it, their count in
+ * *nout. *score (may be NULL): the chosen hypothesis's score (beam: length-penalised; greedy: sum log p).
+ * -1 with fx_err() when the decoder fails or its logits are not finite. */
+int fx_generate(const fx_decoder *d, const fx_gen_cfg *g, const int *prompt, int n, int *out, int *nout,
+                double *score);
+
+/* ============================================================================================
  * run.c: the server (rounds over a transport, aggregation, evaluation, outputs, checkpoint, resume)
  * ============================================================================================
  * A transport moves jobs and the global state to the clients and their states and reports back. It
@@ -894,13 +962,15 @@ typedef struct {
     const char *name;
     int (*open)(fx_run *R);                    /* the buffers below, sized from R's P, base_n, payload_n */
     int (*start)(fx_run *R, int threads);      /* launch the clients, THREADS cores in all */
-    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live client */
+    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live selected client */
     /* Waits for the clients the round was sent to: done[c] = 1 when its state and report are in
      * client[c] and report[c]. -1 on interrupt, a client's error, or a death under --strict. */
     int (*collect)(fx_run *R, int round, int *done);
     void (*stop)(fx_run *R, int abort);        /* abort: signal them; otherwise ask them to finish */
     void (*close)(fx_run *R);                  /* frees the buffers */
     double (*memory_mb)(const fx_run *R);      /* all the run's processes on this machine (PSS), or NAN */
+    /* The round's bytes per participant, as sent (NULL: run.c counts what travels from the sizes) */
+    void (*bytes)(const fx_run *R, int64_t *up, int64_t *down);
 } fx_transport;
 
 struct fx_run {
@@ -928,10 +998,10 @@ struct fx_run {
     fx_residual_msg *msg;            /* the last round's residual */
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
+    int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
-    float *r_old;                    /* R_acc before the round (aggregation error) */
     float *prev_global, *scratch;
     double *err_work;
     void *srv_gpu;                   /* --server-gpu: fx_gpu, the server's device copy for evaluation */

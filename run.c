@@ -103,27 +103,60 @@ static void aggregate(fx_run *R, const int *done, double *err, double *agg_secon
     for (int i = 0; i < n; i++) w[i] /= wsum;
     memcpy(R->prev_global, R->global, sizeof(float) * R->P);
     fx_agg_mean(R->global, cl, w, n, R->P);
-    size_t wtot = R->res.off[R->res.n];
-    memcpy(R->r_old, R->res.acc, sizeof(float) * wtot);
-    if (fx_agg_is_exact(R->cfg.agg)) {
+    int exact = fx_agg_is_exact(R->cfg.agg);
+    if (exact) {
         /* The residual travels as R->msg; the server accumulates it with the same call as every client
          * that follows it, then forms the shared frozen weights from it. */
-        fx_residual_make(m, !strcmp(R->cfg.residual, "dense"), cl, w, n, R->global, R->round_now, R->msg,
-                         R->payload, R->scratch);
+        int form = FX_RESIDUAL_AUTO;
+        fx_residual_form_parse(R->cfg.residual, &form);
+        fx_residual_make(m, form, cl, w, n, R->global, R->round_now, R->msg, R->payload, R->scratch);
         fx_residual_scale(m, R->msg, R->payload, fx_settings_residual_scale(&R->cfg));
         fx_residual_apply(&R->res, m, R->msg, R->payload);
         fx_residual_set_frozen(&R->res, m);
     }
     *agg_seconds = fx_now() - t0;
     for (int k = 0; k < m->nadapted; k++)
-        err[k] = fx_agg_error(m, k, R->r_old + R->res.off[k], R->res.acc + R->res.off[k], cl, w, n, R->global,
+        err[k] = fx_agg_error(m, k, exact ? fx_settings_residual_scale(&R->cfg) : 0.0f, cl, w, n, R->global,
                               R->prev_global, R->err_work);
+}
+
+/* --clients-per-round M: M of the N clients, drawn each round from the run's seed and the round alone
+ * (the same on every transport and on resume), as FedAvg's participation fraction; all of them without it. */
+static void select_clients(fx_run *R, int round) {
+    int n = R->n, m = R->cfg.clients_per_round > 0 ? R->cfg.clients_per_round : n;
+    int *perm = fx_malloc(sizeof(int) * (size_t)n);
+    for (int c = 0; c < n; c++) { perm[c] = c; R->selected[c] = m == n; }
+    if (m < n) {
+        fx_rng g;
+        fx_rng_seed(&g, (uint64_t)R->cfg.seed ^ ((uint64_t)round * 0xd1342543de82ef95ULL) ^ 0x5851f42d4c957f2dULL);
+        for (int i = 0; i < m; i++) { /* a partial Fisher-Yates shuffle: the first M of a uniform permutation */
+            int j = i + (int)(fx_rng_u64(&g) % (uint64_t)(n - i));
+            int t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+            R->selected[perm[i]] = 1;
+        }
+    }
+    free(perm);
+}
+
+/* Which layers the residual sends factored and which dense, and what a round's message weighs, said once. */
+static void log_residual_form(const fx_run *R) {
+    const fx_model *m = &R->srv;
+    int form = FX_RESIDUAL_AUTO, np = R->cfg.clients_per_round > 0 ? R->cfg.clients_per_round : R->n;
+    fx_residual_form_parse(R->cfg.residual, &form);
+    int q = fx_agg_residual_rank(m, np), nd = 0;
+    for (int k = 0; k < m->nadapted; k++) nd += fx_residual_layer_dense(m, k, form, q);
+    fx_residual_msg msg = {.round = 1, .q = form == FX_RESIDUAL_DENSE ? 0 : q, .form = form};
+    fx_residual_msg dense = {.round = 1, .q = 0, .form = FX_RESIDUAL_DENSE};
+    printf("residual (%s): %d layer%s factored (inner dimension %d), %d dense: %.2f MB a round per client (dense "
+           "everywhere: %.2f MB)\n", R->cfg.residual, m->nadapted - nd, m->nadapted - nd == 1 ? "" : "s", q, nd,
+           fx_residual_msg_bytes(m, &msg) / 1e6, fx_residual_msg_bytes(m, &dense) / 1e6);
 }
 
 /* Bytes that cross between server and client each round, from what travels: the trained tensors up
  * (FFA's frozen A or lambda_d stays home) with the report, the global ones down with the job and the
  * residual message (FedEx) as it was sent. */
 static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
+    if (R->tp->bytes) { R->tp->bytes(R, up, down); return; } /* the transport counted what it sent */
     const fx_model *m = &R->srv;
     int64_t trained = (int64_t)m->head_n;
     for (int k = 0; k < m->nadapted; k++) {
@@ -146,7 +179,7 @@ void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *dra
     if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
     *drawn = 0;
     for (int c = 0; c < R->n; c++) {
-        if (!R->alive[c] && !pending[c]) continue;
+        if ((!R->alive[c] && !pending[c]) || !R->selected[c]) continue;
         fx_report *s = &R->report[c];
         int64_t done = s->steps_done, tot = s->steps_total > 0 ? s->steps_total : 1;
         char bar[21];
@@ -290,7 +323,12 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     }
     fprintf(f, "], \"dead_clients\": [");
     first = 1;
-    for (int c = 0; c < R->n; c++) if (!done[c]) { fprintf(f, "%s%d", first ? "" : ", ", c); first = 0; }
+    for (int c = 0; c < R->n; c++) if (R->selected[c] && !done[c]) { fprintf(f, "%s%d", first ? "" : ", ", c); first = 0; }
+    if (R->cfg.clients_per_round > 0) {
+        fprintf(f, "], \"participants\": [");
+        first = 1;
+        for (int c = 0; c < R->n; c++) if (R->selected[c]) { fprintf(f, "%s%d", first ? "" : ", ", c); first = 0; }
+    }
     fprintf(f, "], \"dev\": {");
     const char *names[] = {"accuracy", "f1", "mcc", "pearson", "spearman"};
     double vals[] = {mt->accuracy, mt->f1, mt->mcc, mt->pearson, mt->spearman};
@@ -567,16 +605,16 @@ static int setup_run(fx_run *R) {
     R->P = probe.train.n;
     R->base_n = fx_base_numel(&R->mc);
     R->payload_n = fx_residual_msg_capacity(&probe, R->n);
-    size_t wmax = 1, smax = 1;
+    size_t smax = 1;
     int q = fx_agg_residual_rank(&probe, R->n);
     for (int k = 0; k < probe.nadapted; k++) {
         size_t out = (size_t)probe.ad[k].out, in = (size_t)probe.ad[k].in;
-        if (out * in > wmax) wmax = out * in;
         if ((out + in) * (size_t)q > smax) smax = (out + in) * (size_t)q;
     }
+    R->err_work = fx_malloc(sizeof(double) * fx_agg_error_work(&probe, R->n));
     fx_model_free(&probe);
     R->scratch = fx_malloc(sizeof(float) * smax);
-    R->err_work = fx_malloc(sizeof(double) * 2 * wmax);
+    R->selected = fx_calloc((size_t)R->n, sizeof(int));
     R->prev_global = fx_malloc(sizeof(float) * R->P);
 
     if (R->tp->open(R) != 0) return -1;
@@ -584,7 +622,6 @@ static int setup_run(fx_run *R) {
     if (fx_run_init_weights(c, &R->srv) != 0) return -1;
     memcpy(R->global, R->srv.train.data, sizeof(float) * R->P);
     fx_residual_init(&R->res, &R->srv);
-    R->r_old = fx_malloc(sizeof(float) * (R->res.off[R->res.n] ? R->res.off[R->res.n] : 1));
     fx_residual_set_frozen(&R->res, &R->srv);
     R->best = -INFINITY;
     if (c->resume) {
@@ -621,7 +658,7 @@ static void teardown_run(fx_run *R) {
     if (R->res.off) fx_residual_free(&R->res);
     R->tp->close(R);
     for (int i = 0; R->rows && i < R->n; i++) free(R->rows[i]);
-    free(R->rows); free(R->counts); free(R->r_old); free(R->err_work); free(R->prev_global); free(R->scratch);
+    free(R->rows); free(R->counts); free(R->selected); free(R->err_work); free(R->prev_global); free(R->scratch);
     free(R->gpu_of);
     for (int i = 0; i < R->nlines; i++) free(R->lines[i]);
     free(R->lines);
@@ -675,9 +712,13 @@ int fx_run_federated(fx_run *R) {
         teardown_run(R);
         return 1;
     }
-    if (!quiet)
+    if (!quiet) {
         printf("%s: %d client%s, %d rounds x %d local epochs, %d trainable parameters, %d threads\n",
                fx_agg_name(c->agg), R->n, R->n > 1 ? "s" : "", c->rounds, c->local_epochs, (int)R->P, threads);
+        if (c->clients_per_round > 0)
+            printf("%d of the %d clients train each round, drawn with the seed\n", c->clients_per_round, R->n);
+        if (fx_agg_is_exact(c->agg)) log_residual_form(R);
+    }
     fflush(stdout);
     int status = 0;
     int *done = fx_calloc((size_t)R->n, sizeof(int));
@@ -689,6 +730,7 @@ int fx_run_federated(fx_run *R) {
         fx_job job = {.round = round, .local_epochs = c->local_epochs, .batch_size = c->batch_size,
                       .micro_batch = c->micro_batch, .lr = c->lr, .warmup_ratio = c->warmup_ratio,
                       .weight_decay = c->weight_decay, .seed = (uint64_t)c->seed};
+        select_clients(R, round);
         if (R->tp->send_round(R, &job) != 0 || R->tp->collect(R, round, done) != 0) {
             if (interrupted) {
                 fprintf(stderr, "\nfedex: interrupted in round %d; %s\n", round,

@@ -194,7 +194,9 @@ static const fx_opt train_opts[] = {
     {"--split", NULL, FX_OPT_STR, RC(split), "iid", "iid | dirichlet:ALPHA (label-skewed)", 0, 0},
     {"--weighted", NULL, FX_OPT_FLAG, RC(weighted), NULL, "weight clients by sample count (the paper uses a plain mean)", 0, 0},
     {"--targets", NULL, FX_OPT_STR, RC(targets), "query,value", "adapted layers: query,key,value,attention.output.dense,intermediate.dense,output.dense", 0, 0},
-    {"--residual", NULL, FX_OPT_STR, RC(residual), "factored", "how the FedEx residual travels: factored | dense", 0, 0},
+    {"--residual", NULL, FX_OPT_STR, RC(residual), "auto", "how the FedEx residual travels: auto (each layer in the smaller form) | factored | dense", 0, 0},
+    {"--clients-per-round", NULL, FX_OPT_INT, RC(clients_per_round), "0", "clients sampled (with the seed) to train each round, aggregated over them (0: all)", 0, 0},
+    {"--transport", NULL, FX_OPT_STR, RC(transport), "shm", "shm (forked clients on this machine) | mpi (ranks of `mpirun -np K fedex train ...`: rank 0 the server, the others clients)", 0, 0},
     {"--out", "--output_dir", FX_OPT_STR, RC(out), NULL, "write metrics.jsonl, config.json, adapter, residual and checkpoints here", 0, 0},
     {"--resume", NULL, FX_OPT_STR, RC(resume), NULL, "continue the run saved in this folder", 0, 0},
     {"--overwrite", NULL, FX_OPT_FLAG, RC(overwrite), NULL, "replace the run saved in --out (it stays resumable until this one's first round is saved)", 0, 0},
@@ -351,7 +353,11 @@ int fx_settings_check(fx_settings *c, const int *set) {
         {c->warmup_ratio < 0 || c->warmup_ratio > 1, "--warmup-ratio must be in [0, 1]"},
         {c->threads < 0, "--threads must be 0 (all cores) or more"},
         {!(c->client_timeout > 0), "--client-timeout must be a positive number of seconds"},
-        {strcmp(c->residual, "factored") && strcmp(c->residual, "dense"), "--residual must be factored or dense"},
+        {strcmp(c->residual, "auto") && strcmp(c->residual, "factored") && strcmp(c->residual, "dense"),
+         "--residual must be auto, factored or dense"},
+        {c->clients_per_round < 0 || c->clients_per_round > c->num_clients,
+         "--clients-per-round must be between 1 and --num-clients (0: all)"},
+        {strcmp(c->transport, "shm") && strcmp(c->transport, "mpi"), "--transport must be shm or mpi"},
         {strcmp(c->device, "cpu") && strcmp(c->device, "cuda"), "--device must be cpu or cuda"},
         {strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"),
          "--precision must be fp32, tf32 or bf16"},
@@ -467,7 +473,7 @@ static void settings_members(FILE *f, const fx_settings *c, int id) {
     for (int i = 0; i < fx_train_cmdline.nopt; i++) {
         const fx_opt *o = &train_opts[i];
         if (!strcmp(o->name, "--resume") || !strcmp(o->name, "--threads") || !strcmp(o->name, "--out") ||
-            !strcmp(o->name, "--overwrite") || (id && !strcmp(o->name, "--rounds")))
+            !strcmp(o->name, "--overwrite") || !strcmp(o->name, "--transport") || (id && !strcmp(o->name, "--rounds")))
             continue;
         const void *p = (const char *)c + o->off;
         fprintf(f, ",\n  \"%s\": ", o->name + 2);
