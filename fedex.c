@@ -92,8 +92,10 @@ static const fx_opt tokenize_opt[] = {
 };
 static const fx_cmdline tokenize_cl = {
     "tokenize", "--model DIR [--max-length N] TEXT [TEXT2]\n       fedex tokenize --model DIR --task TASK --file F.tsv [--max-length N]",
-    "Prints the token ids of <s> TEXT </s> (or <s> TEXT </s></s> TEXT2 </s>) on one line, space\n"
-    "separated; with --file, one such line per row of a GLUE file, in file order.\n",
+    "Prints the token ids of TEXT (or of the pair TEXT TEXT2) on one line, space separated, as Hugging\n"
+    "Face's tokenizer of the vocabulary gives them: RoBERTa's <s> TEXT </s> (<s> TEXT </s></s> TEXT2 </s>),\n"
+    "GPT-2's without any special token (<|endoftext|> written in a text is its id). With --file, one such\n"
+    "line per row of a GLUE file, in file order.\n",
     sizeof(tokenize_opts), tokenize_opt, 4, 0, 2, "texts"};
 
 /* Appends " ID" (no space before the first) for each id, then a newline, to stdout. */
@@ -117,14 +119,16 @@ static int cmd_tokenize(int argc, char **argv) {
     if (!o.model) return usage_error("tokenize", "--model DIR is required");
     if (o.file ? (!o.task || ntext) : (o.task || !ntext))
         return usage_error("tokenize", "give either TEXT [TEXT2], or --task and --file");
-    int room = (o.file ? 0 : ntext == 2) ? 4 : 2;
+    fx_tokenizer *tok = fx_tok_load(o.model);
+    if (!tok) fx_die("%s", fx_err());
+    const fx_text_template *tpl = fx_tok_template(tok);
+    int room = tpl->bos + tpl->eos_a + ((o.file ? 0 : ntext == 2) ? tpl->eos_b_lead + tpl->eos_b : 0);
     if (o.max_len > 0 && o.max_len < room) {
         fprintf(stderr, "fedex tokenize: --max-length %d leaves no room for %d special tokens\n", o.max_len, room);
+        fx_tok_free(tok);
         return 2;
     }
 
-    fx_tokenizer *tok = fx_tok_load(o.model);
-    if (!tok) fx_die("%s", fx_err());
     int32_t *ids = NULL;
     int n = 0, cap = 0;
     if (!o.file) {
@@ -136,8 +140,9 @@ static int cmd_tokenize(int argc, char **argv) {
         if (!t) { fx_tok_free(tok); fprintf(stderr, "fedex tokenize: unknown task '%s'\n", o.task); return 2; }
         fx_rows rows;
         if (fx_glue_read(t, o.file, &rows) != 0) fx_die("%s", fx_err());
-        if (t->col_b >= 0 && o.max_len > 0 && o.max_len < 4)
-            fx_die("tokenize: --max-length %d leaves no room for a pair's 4 special tokens", o.max_len);
+        int pair_room = room + (t->col_b >= 0 ? tpl->eos_b_lead + tpl->eos_b : 0);
+        if (o.max_len > 0 && o.max_len < pair_room)
+            fx_die("tokenize: --max-length %d leaves no room for a pair's %d special tokens", o.max_len, pair_room);
         for (int r = 0; r < rows.n; r++) {
             n = 0;
             if (fx_tok_encode_seq(tok, rows.a[r], rows.b ? rows.b[r] : NULL, o.max_len, &ids, &n, &cap) != 0)

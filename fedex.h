@@ -172,8 +172,13 @@ typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
 int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *a, const char *b, int max_len,
                       int32_t **ids, int *n, int *cap);
-/* RoBERTa's template (fx_roberta.text): <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated
- * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
+/* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
+ * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
+ * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+const fx_text_template *fx_tok_template(const fx_tokenizer *t);
+/* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
+ * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
+ * count, -1 on error. */
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
 /* The same sequence appended to *ids as fx_tok_encode_tpl does; max_len 0 means no truncation. */
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
@@ -213,6 +218,8 @@ typedef struct {
                                     (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
+    int lm;                      /* 1: language modelling on per-token targets (E2E, e2e.c's data), no
+                                    classes; num_labels 0 */
 } fx_task;
 
 const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */
@@ -226,13 +233,22 @@ void fx_rows_free(fx_rows *r);
 /* DATA_DIR/<task dir>/<split>.tsv, where split "train" or "dev" (dev maps to the task's dev_split). */
 int fx_glue_path(const fx_task *t, const char *data_dir, const char *split, char *out, size_t outsz);
 
+/* The label of a token that the loss ignores (Hugging Face's ignore_index). */
+#define FX_IGNORE (-100)
+
 /* A tokenised split, compact: row i's ids are ids[off[i] .. off[i+1]). */
 typedef struct {
     const fx_task *task;
     int n;
     int32_t *ids;
     size_t *off;                 /* n + 1 offsets */
-    float *labels;               /* class id as float, or the regression target */
+    float *labels;               /* class id as float, or the regression target; NULL for an lm task */
+    int32_t *targets;            /* lm tasks: per-token labels aligned with ids (same offsets), Hugging Face's
+                                    labels: the model scores position j's logits against targets[j + 1];
+                                    FX_IGNORE where no loss is taken. NULL for row-labelled tasks */
+    int *cls;                    /* (n) the class of each row for Dirichlet splits and the split report when
+                                    labels are not classes (E2E: the MR's slot count); NULL: from labels */
+    int nclass;                  /* classes in cls */
 } fx_dataset;
 int fx_dataset_build(const fx_task *t, const char *data_dir, const char *split, fx_tokenizer *tok,
                      int max_len, fx_dataset *d);
@@ -243,9 +259,12 @@ typedef struct {
     int n, T;
     int32_t *ids;                /* (n, T) */
     uint8_t *mask;               /* (n, T) */
-    float *labels;               /* (n) */
-    int32_t *targets; /* (n, T) HF-style labels aligned with ids, -100 ignored */
+    float *labels;               /* (n); 0 for a dataset without row labels */
+    int32_t *targets;            /* (n, T) the dataset's per-token labels (Hugging Face's, aligned with ids:
+                                    position t's logits are scored against targets[t + 1]), FX_IGNORE (-100)
+                                    on padding; NULL when the dataset has none */
     int cap_rows, cap_tok;       /* allocation, managed by fx_batch_fill */
+    int cap_targets;
 } fx_batch;
 void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_batch *b);
 void fx_batch_free(fx_batch *b);
@@ -254,6 +273,9 @@ void fx_batch_free(fx_batch *b);
  * "dirichlet:ALPHA" (per class, proportions drawn from Dirichlet(ALPHA)). rows[c] is malloc'd. */
 int fx_split_clients(const fx_dataset *d, int nclients, const char *spec, uint64_t seed,
                      int **rows, int *counts);
+/* Client splits for an lm task (E2E) work on its rows as GLUE's do on theirs: iid gives each row (one MR
+ * with one reference) a uniformly random client, as the reference code does; dirichlet:ALPHA skews the
+ * clients by the dataset's cls (E2E: the MR's slot count). */
 /* Regression targets are cut into this many quantile bins, which serve as classes for the Dirichlet
  * split and for the report. */
 #define FX_SPLIT_BINS 5
@@ -276,6 +298,38 @@ void fx_task_metrics(const fx_task *t, const float *logits, const float *labels,
  * tokens from [4, vocab). Label 1 iff the body holds strictly more tokens from the lower half
  * [4, 4 + (vocab-4)/2) than from the upper half. Needs vocab >= 6, max_len >= 8. */
 int fx_dataset_synthetic(int n, int vocab, int max_len, uint64_t seed, fx_dataset *d);
+
+/* ============================================================================================
+ * e2e.c: E2E NLG data: strict CSV reading, MR groups, training sequences with per-token targets
+ * ============================================================================================ */
+
+extern const fx_task fx_e2e_task;   /* fx_task_find("e2e"); lm: 1 */
+/* Rows of one E2E CSV file (`mr,ref`), validated with path:line errors. Rows that share an MR are
+ * adjacent; group g (one unique MR, in file order) is rows group[g] .. group[g+1]): its MR is
+ * mr[group[g]], its references ref[group[g]] .. ref[group[g+1] - 1]. line[i] is where row i starts. */
+typedef struct {
+    int n;
+    char **mr, **ref;            /* (n) the fields, unquoted, byte for byte */
+    int *line;                   /* (n) 1-based */
+    int ngroups;
+    int *group;                  /* (ngroups + 1) */
+} fx_e2e_rows;
+int fx_e2e_read(const char *path, fx_e2e_rows *r);
+void fx_e2e_rows_free(fx_e2e_rows *r);
+/* DATA_DIR/trainset.csv, devset.csv or testset_w_refs.csv for split train, dev or test; TRAIN_FILE (when
+ * not NULL) replaces the first. */
+int fx_e2e_path(const char *data_dir, const char *split, const char *train_file, char *out, size_t cap);
+int fx_e2e_slots(const char *mr);                /* attribute[value] items in an MR: its '[' count */
+#define FX_E2E_CLASSES 9                         /* slot counts 0 .. 8 (more count as 8): the split's classes */
+char *fx_e2e_prompt(const char *mr);             /* "{MR} ->", malloc'd: what generation starts from */
+char *fx_e2e_text(const char *mr, const char *ref); /* "{MR} -> {ref} <|endoftext|>", malloc'd */
+/* The training sequences of R's rows (PATH names the file in errors): the ids of fx_e2e_text under the
+ * tokenizer (<|endoftext|> is its special token; the space before it is its own token), truncated to
+ * MAX_LEN from the right; targets = ids on the reference, that space and the end token, FX_IGNORE on the
+ * prompt (the ids of fx_e2e_prompt, which open the sequence's). cls: the slot count. A row whose prompt
+ * fills MAX_LEN is refused (nothing would be learnt from it). */
+int fx_e2e_dataset(const fx_e2e_rows *r, const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d);
+int fx_e2e_load(const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d); /* read + dataset */
 
 /* ============================================================================================
  * matmul.c: the one matrix product of the CPU backend
@@ -789,10 +843,13 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the
 typedef struct {
     const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
     const char *device, *precision, *client_gpus, *transport;
+    const char *train_file;      /* E2E: the training CSV in place of DATA/trainset.csv */
     int clients_per_round;       /* 0: all */
     int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
     int micro_batch, eval_batch, server_gpu;
     double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
+    double label_smoothing;      /* eps of the LM loss: (1 - eps) nll + eps mean_v(-log p_v); 0: none */
+    double max_grad_norm;        /* each step's gradient clipped to this total L2 norm; 0: no clipping */
     long long seed;
     int rslora, weighted, strict, save_clients, overwrite;
     /* VeRA as PEFT names it, and the VeRA fork's spellings */
@@ -807,11 +864,15 @@ typedef struct {
 extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
 #define FX_SETTINGS_MAX 96    /* room for its SET flags: settings.c checks the table fits at compile time */
 int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
-/* Ranges and contradictions (SET: which options were given); parses agg. -1 with fx_err(). */
+/* Ranges and contradictions (SET: which options were given); parses agg. A new run (no --resume) first
+ * takes its task's defaults for the options not given (fx_settings_task_defaults). -1 with fx_err(). */
 int fx_settings_check(fx_settings *c, const int *set);
 /* What the run says once about options it accepts but does not need (--parallel_clients, the VeRA fork's
  * GPU ids on the CPU). */
 void fx_settings_notes(const fx_settings *c, const int *set, FILE *f);
+/* The task's own defaults (E2E: the reference's GPT-2 recipe) for every option SET says was not given;
+ * returns how many it changed, -1 on an unknown value in the table. */
+int fx_settings_task_defaults(fx_settings *c, const int *set);
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
 /* The factor on the VeRA residual: 1 (exact), or the VeRA fork's lr or alpha/r (--vera-scale). */
 float fx_settings_residual_scale(const fx_settings *c);

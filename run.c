@@ -37,27 +37,40 @@ static int by_length(const void *a, const void *b) {
     return li != lj ? (li < lj ? -1 : 1) : (i > j) - (i < j);
 }
 
+/* Tokens a batch's loss is the mean over: the per-token targets the model scores (position j's logits
+ * against targets[j + 1], so a row's first target never counts). */
+static int64_t scored_tokens(const fx_batch *b) {
+    int64_t k = 0;
+    for (int i = 0; i < b->n; i++)
+        for (int j = 1; j < b->T; j++) k += b->targets[(size_t)i * b->T + j] != FX_IGNORE;
+    return k;
+}
+
 double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits) {
     int n = d->n;
     int *order = fx_malloc(sizeof(int) * (size_t)(n ? n : 1));
-    float *out = fx_malloc(sizeof(float) * (size_t)bs * (size_t)L);
+    float *out = L ? fx_malloc(sizeof(float) * (size_t)bs * (size_t)L) : NULL;
     for (int i = 0; i < n; i++) order[i] = i;
     len_sort_data = d;
     qsort(order, (size_t)n, sizeof *order, by_length);
     fx_batch b = {0};
-    double loss = 0;
+    /* The split's loss: the mean over rows of GLUE's row losses; with per-token targets, the mean over
+     * every scored token of the split (each batch's mean weighted by its scored tokens). */
+    double loss = 0, weight = 0;
     for (int i = 0; i < n && !isnan(loss); i += bs) {
         int nb = n - i < bs ? n - i : bs;
         fx_batch_fill(d, order + i, nb, pad, &b);
         float l = step(backend, &b, out);
         if (isnan(l)) { fx_seterr("rows %d to %d (by length): %s", i, i + nb - 1, fx_err()); loss = NAN; }
-        loss += (double)l * nb;
-        for (int j = 0; j < nb; j++) memcpy(logits + (size_t)order[i + j] * L, out + (size_t)j * L, sizeof(float) * L);
+        double w = b.targets ? (double)scored_tokens(&b) : nb;
+        if (w > 0) loss += (double)l * w;
+        weight += w;
+        for (int j = 0; L && j < nb; j++) memcpy(logits + (size_t)order[i + j] * L, out + (size_t)j * L, sizeof(float) * L);
     }
     fx_batch_free(&b);
     free(out);
     free(order);
-    return n ? loss / n : NAN;
+    return weight > 0 ? loss / weight : NAN;
 }
 
 #ifdef FEDEX_CUDA
@@ -80,6 +93,11 @@ static double evaluate(fx_run *R, fx_metrics *mt) {
         backend = R->srv_gpu;
     }
 #endif
+    if (R->task->lm) { /* a language model: its dev loss is the round's figure (lower is better) */
+        double loss = fx_eval_split(&R->dev, R->cfg.eval_batch, R->pad_id, 0, step, backend, NULL);
+        *mt = (fx_metrics){NAN, NAN, NAN, NAN, NAN, loss, "dev_loss"};
+        return loss;
+    }
     int L = R->mc.num_labels;
     float *logits = fx_malloc(sizeof(float) * (size_t)(R->dev.n ? R->dev.n : 1) * L);
     double loss = fx_eval_split(&R->dev, R->cfg.eval_batch, R->pad_id, L, step, backend, logits);
@@ -488,8 +506,21 @@ static int load_data(fx_run *R) {
     fx_settings *c = &R->cfg;
     if (c->model) {
         if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
+        const fx_family *fam = fx_config_family(&R->mc);
+        if (R->task->lm != (fam->head_kind == FX_HEAD_LM)) {
+            fx_seterr(R->task->lm ? "--task %s trains a language model: %s is a %s, not a causal LM (GPT-2)"
+                                  : "--task %s classifies: %s is a %s language model", R->task->name, c->model,
+                      fam->model_type);
+            return -1;
+        }
+        if (fam->positions == FX_POS_FROM_ZERO) {
+            if (c->max_len > R->mc.max_positions) {
+                fx_seterr("--max-seq-length %d exceeds %s's %d positions", c->max_len, c->model, R->mc.max_positions);
+                return -1;
+            }
+        }
         /* RoBERTa's positions start after pad_id, so a row of T tokens needs pad_id + T < max_positions */
-        if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {
+        else if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {
             fx_seterr("--max-seq-length %d exceeds %s's %d positions (at most %d tokens)", c->max_len, c->model,
                       R->mc.max_positions, R->mc.max_positions - R->mc.pad_id - 1);
             return -1;
@@ -499,8 +530,17 @@ static int load_data(fx_run *R) {
         R->pad_id = fx_tok_pad(R->tok);
         printf("tokenising %s train and dev (max length %d)...\n", R->task->name, c->max_len);
         fflush(stdout);
-        if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
-        if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+        if (R->task->lm) {
+            char path[4096];
+            if (fx_e2e_path(c->data, "train", c->train_file, path, sizeof path) != 0 ||
+                fx_e2e_load(path, R->tok, c->max_len, &R->train) != 0 ||
+                fx_e2e_path(c->data, "dev", NULL, path, sizeof path) != 0 ||
+                fx_e2e_load(path, R->tok, c->max_len, &R->dev) != 0)
+                return -1;
+        } else {
+            if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
+            if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+        }
         if (check_ids(R, &R->train, "train") != 0 || check_ids(R, &R->dev, "dev") != 0) return -1;
     } else {
         R->pad_id = R->mc.pad_id;
@@ -752,7 +792,7 @@ int fx_run_federated(fx_run *R) {
         fx_metrics mt;
         double dev_loss = evaluate(R, &mt);
         double eval_s = fx_now() - te;
-        if (mt.main > R->best || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
+        if ((R->task->lm ? mt.main < R->best : mt.main > R->best) || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
         double mx = 0;
         for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
         if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
