@@ -373,6 +373,7 @@ static int cmd_train(int argc, char **argv) {
         fx_json_free(&saved);
         return 2;
     }
+    if (!R.cfg.resume) fx_settings_notes(&R.cfg, set, stdout);
 #ifndef FEDEX_CUDA
     if (!strcmp(R.cfg.device, "cuda")) {
         fprintf(stderr, "fedex train: --device cuda needs the CUDA build, fedex-cuda, beside this program "

@@ -55,6 +55,12 @@ uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
+/* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
+ * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
+typedef struct { uint32_t s[624]; int i; } fx_mt;
+void fx_mt_seed(fx_mt *g, uint32_t seed);
+uint32_t fx_mt_u32(fx_mt *g);
+void fx_mt_uniform(fx_mt *g, float *x, size_t n, double lo, double hi);
 
 /* ============================================================================================
  * json.c: a strict RFC 8259 reader (config.json, vocab.json, safetensors headers)
@@ -542,7 +548,10 @@ typedef struct {
     int freeze_a;                /* FFA-LoRA: A stays at its initial value */
     int freeze_d;                /* FFA-VeRA: lambda_d stays at its initial value */
     float d_initial;             /* VeRA lambda_d initial value */
-    uint64_t seed;               /* adapter initialisation and VeRA's shared projections */
+    uint64_t seed;               /* adapter initialisation and the dropout stream */
+    uint32_t proj_key;           /* VeRA: PEFT's projection_prng_key, the shared projections' seed */
+    int skip_projection;         /* VeRA: PEFT's save_projection=False (the adapter file holds no vera_A,
+                                    vera_B; they are redrawn from proj_key) */
 } fx_adapter_cfg;
 
 /* One adapted linear layer y = x W^T + b with W (out, in). */
@@ -641,8 +650,8 @@ typedef struct fx_model {
     int nadapted;
     fx_adapted *ad;
     float *vera_A, *vera_B;      /* VeRA's frozen shared projections (r, in_max), (out_max, r), drawn in
-                                    fx_model_create from a.seed: vera_A ~ U(+-1/sqrt(in_max)), then
-                                    vera_B ~ U(+-1/sqrt(r)), row-major (PEFT's kaiming_uniform bounds) */
+                                    fx_model_create as PEFT draws them from a.proj_key: vera_A ~
+                                    U(+-sqrt(6/in_max)), then vera_B ~ U(+-sqrt(6/r)), row-major */
     int vera_in, vera_out;       /* in_max, out_max over the adapted layers (0 without VeRA) */
     fx_rng drop;                 /* dropout stream, seeded from a.seed by fx_model_create */
     void *ws;                    /* activations and scratch, private to model.c */
@@ -736,7 +745,8 @@ typedef enum { FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX_VERA, FX_AGG
                FX_AGG_FFA_VERA, FX_AGG_CENTRAL } fx_agg_method;
 int fx_agg_parse(const char *s, fx_agg_method *m);  /* also the reference code's ours/normal/ffa/ours_vera */
 const char *fx_agg_name(fx_agg_method m);
-int fx_agg_is_vera(fx_agg_method m);
+int fx_agg_is_vera(fx_agg_method m);  /* fedex-vera, fedit-vera, ffa-vera */
+int fx_agg_is_sorf(fx_agg_method m);  /* sorf-vera, fedex-sorf-vera */
 int fx_agg_is_exact(fx_agg_method m);              /* adds the residual into W0 */
 int fx_agg_freezes(fx_agg_method m);               /* FFA: A (or lambda_d) frozen */
 
@@ -748,9 +758,10 @@ int fx_agg_residual_rank(const fx_model *m, int n);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
 /* The aggregation error of adapted layer K: || W_global - sum_i w_i W_i || / || sum_i w_i W_i - W_prev ||,
- * with this round's residual as its factors carry it when EXACT (FedEx), computed from the factors
- * (agg.c has the equations). WORK: fx_agg_error_work(m, n) doubles. */
-double fx_agg_error(const fx_model *m, int k, int exact, const float *const *clients, const double *w, int n,
+ * with this round's residual as its factors carry it, times RESIDUAL (1: FedEx; the VeRA fork's lr or
+ * alpha/r; 0: no residual), computed from the factors (agg.c has the equations). WORK:
+ * fx_agg_error_work(m, n) doubles. */
+double fx_agg_error(const fx_model *m, int k, float residual, const float *const *clients, const double *w, int n,
                     const float *global, const float *prev_global, double *work);
 size_t fx_agg_error_work(const fx_model *m, int nclients);
 /* ||sum_j u_j v_j^T||_F for Q outer products, u_j = UC[j] (OUT), v_j = VR[j] (IN), in double; both are
@@ -797,6 +808,8 @@ size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* 
 void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
+/* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
+void fx_residual_scale(const struct fx_model *m, const fx_residual_msg *msg, float *payload, float factor);
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload);
 
 /* ============================================================================================
@@ -841,19 +854,30 @@ typedef struct {
     double max_grad_norm;        /* each step's gradient clipped to this total L2 norm; 0: no clipping */
     long long seed;
     int rslora, weighted, strict, save_clients, overwrite;
-    fx_agg_method agg;           /* parsed from agg_name by fx_settings_check */
+    /* VeRA as PEFT names it, and the VeRA fork's spellings */
+    double vera_dropout;
+    long long projection_prng_key, sorf_seed;
+    const char *save_projection, *vera_scale, *fork_client_gpus;
+    const char *fan_in_fan_out, *bias, *modules_to_save, *init_weights, *layers_to_transform, *layers_pattern;
+    int vera, r_any, rsvera, fork_vera_scale, parallel_clients, fork_server_gpu;
+    fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
 #define FX_SETTINGS_FILE "fedex_run.json"     /* a run's settings, beside its outputs */
 extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
-#define FX_SETTINGS_MAX 64    /* room for its SET flags: settings.c checks the table fits at compile time */
+#define FX_SETTINGS_MAX 96    /* room for its SET flags: settings.c checks the table fits at compile time */
 int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
 /* Ranges and contradictions (SET: which options were given); parses agg. A new run (no --resume) first
  * takes its task's defaults for the options not given (fx_settings_task_defaults). -1 with fx_err(). */
 int fx_settings_check(fx_settings *c, const int *set);
+/* What the run says once about options it accepts but does not need (--parallel_clients, the VeRA fork's
+ * GPU ids on the CPU). */
+void fx_settings_notes(const fx_settings *c, const int *set, FILE *f);
 /* The task's own defaults (E2E: the reference's GPT-2 recipe) for every option SET says was not given;
  * returns how many it changed, -1 on an unknown value in the table. */
 int fx_settings_task_defaults(fx_settings *c, const int *set);
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
+/* The factor on the VeRA residual: 1 (exact), or the VeRA fork's lr or alpha/r (--vera-scale). */
+float fx_settings_residual_scale(const fx_settings *c);
 /* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
 int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task);
 /* The embedded model (no --model): a small random RoBERTa for the built-in synthetic task. */

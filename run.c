@@ -128,17 +128,19 @@ static void aggregate(fx_run *R, const int *done, double *err, double *dev, doub
         int form = FX_RESIDUAL_AUTO;
         fx_residual_form_parse(R->cfg.residual, &form);
         fx_residual_make(m, form, cl, w, n, R->global, R->round_now, R->msg, R->payload, R->scratch);
+        fx_residual_scale(m, R->msg, R->payload, fx_settings_residual_scale(&R->cfg));
         fx_residual_apply(&R->res, m, R->msg, R->payload);
         fx_residual_set_frozen(&R->res, m);
     }
     *agg_seconds = fx_now() - t0;
     for (int k = 0; k < m->nadapted; k++)
-        err[k] = fx_agg_error(m, k, exact, cl, w, n, R->global, R->prev_global, R->err_work);
+        err[k] = fx_agg_error(m, k, exact ? fx_settings_residual_scale(&R->cfg) : 0.0f, cl, w, n, R->global,
+                              R->prev_global, R->err_work);
     /* The deviation: FedIT's error on this round's clients, || dW(B̄, Ā) - sum_i w_i dW_i || / || sum_i w_i dW_i
      * - dW(prev) ||, the error without a residual. For FedIT it is its error above; for FedEx, the residual
      * it added (what FedIT would have lost); FFA's shared A and a single client make it zero up to rounding. */
     for (int k = 0; k < m->nadapted; k++)
-        dev[k] = fx_agg_error(m, k, 0, cl, w, n, R->global, R->prev_global, R->err_work);
+        dev[k] = fx_agg_error(m, k, 0.0f, cl, w, n, R->global, R->prev_global, R->err_work);
 }
 
 /* --clients-per-round M: M of the N clients, drawn each round from the run's seed and the round alone
