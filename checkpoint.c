@@ -815,7 +815,9 @@ int fx_adapter_load(fx_model *m, const char *path) {
     if (adapter_paths(path, file, cfg) != 0) return -1;
     if (stat(cfg, &st) == 0 && check_adapter_config(m, cfg) != 0) return -1;
     fx_adapter_cfg saved = {0};
-    int redraw = m->a.kind == FX_VERA && stat(cfg, &st) == 0 && load_adapter_config(cfg, m->c.layers, &saved) == 0 &&
+    const fx_family *saved_fam;
+    int redraw = m->a.kind == FX_VERA && stat(cfg, &st) == 0 &&
+                 load_adapter_config(cfg, m->c.layers, &saved, &saved_fam) == 0 &&
                  saved.skip_projection; /* save_projection false: the model's own, from the same key */
 
     fx_st_file f;
