@@ -101,7 +101,7 @@ static int seq_find(const seqtab *t, const uint32_t *s, int len, size_t *pos) {
     for (;; p = (p + 1) & m) {
         int id = t->slot[p] - 1;
         if (id < 0) { *pos = p; return -1; }
-        if (t->len[id] == len && memcmp(t->pool + t->off[id], s, (size_t)len * sizeof *s) == 0) return id;
+        if (t->len[id] == len && (!len || memcmp(t->pool + t->off[id], s, (size_t)len * sizeof *s) == 0)) return id;
     }
 }
 
@@ -133,7 +133,7 @@ static int seq_intern(seqtab *t, const uint32_t *s, int len, int prefix) {
         t->cpool = (t->npool + (size_t)len) * 2;
         t->pool = fx_realloc(t->pool, t->cpool * sizeof *t->pool);
     }
-    memcpy(t->pool + t->npool, s, (size_t)len * sizeof *s);
+    if (len) memcpy(t->pool + t->npool, s, (size_t)len * sizeof *s);
     t->off[t->n] = t->npool;
     t->len[t->n] = len;
     t->prefix[t->n] = prefix;
