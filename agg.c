@@ -40,6 +40,7 @@ const char *fx_agg_name(fx_agg_method m) {
 int fx_agg_is_vera(fx_agg_method m) {
     return m == FX_AGG_FEDEX_VERA || m == FX_AGG_FEDIT_VERA || m == FX_AGG_FFA_VERA;
 }
+int fx_agg_is_sorf(fx_agg_method m) { (void)m; return 0; }
 int fx_agg_is_exact(fx_agg_method m) { return m == FX_AGG_FEDEX || m == FX_AGG_FEDEX_VERA; }
 int fx_agg_freezes(fx_agg_method m) { return m == FX_AGG_FFA || m == FX_AGG_FFA_VERA; }
 
@@ -124,8 +125,11 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out
 
 int fx_agg_residual_rank(const fx_model *m, int n) { return m->a.kind == FX_LORA ? (n + 2) * m->a.r : m->a.r; }
 
-int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
-                            int n, const float *global, float *U /* (out, q) */, float *V /* (q, in) */) {
+/* The factors above in double, before their rounding to fp32: U (out, q) and, for LoRA, V (q, in); VeRA's
+ * U is M (out, r) and its V the shared projection. The fp32 factors that travel are these, rounded once;
+ * the aggregation error compares the two. */
+static void factors_d(const fx_model *m, int k, const float *const *clients, const double *w, int n,
+                      const float *global, double *U, double *V) {
     const fx_adapted *ad = &m->ad[k];
     int r = m->a.r, in = ad->in, out = ad->out;
     if (m->a.kind == FX_LORA) {
@@ -135,30 +139,29 @@ int fx_agg_residual_factors(const fx_model *m, int k, const float *const *client
         for (int o = 0; o < out; o++)
             for (int j = 0; j < r; j++) {
                 size_t e = (size_t)o * r + j;
-                float *u = U + (size_t)o * q;
+                double *u = U + (size_t)o * q;
                 double beta = 0;
                 for (int i = 0; i < n; i++) {
                     double d = (double)clients[i][ad->b_off + e] - Bb[e];
-                    u[i * r + j] = (float)(s * w[i] * d);
+                    u[i * r + j] = s * w[i] * d;
                     beta += w[i] * clients[i][ad->b_off + e];
                 }
-                u[n * r + j] = (float)(s * (beta - Bb[e]));
-                u[(n + 1) * r + j] = (float)(s * Bb[e]);
+                u[n * r + j] = s * (beta - Bb[e]);
+                u[(n + 1) * r + j] = s * Bb[e];
             }
         for (int j = 0; j < r; j++)
             for (int x = 0; x < in; x++) {
                 size_t e = (size_t)j * in + x;
                 double alpha = 0;
                 for (int i = 0; i < n; i++) {
-                    V[(size_t)(i * r + j) * in + x] = (float)((double)clients[i][ad->a_off + e] - Ab[e]);
+                    V[(size_t)(i * r + j) * in + x] = (double)clients[i][ad->a_off + e] - Ab[e];
                     alpha += w[i] * clients[i][ad->a_off + e];
                 }
                 V[(size_t)(n * r + j) * in + x] = Ab[e];
-                V[(size_t)((n + 1) * r + j) * in + x] = (float)(alpha - Ab[e]);
+                V[(size_t)((n + 1) * r + j) * in + x] = alpha - Ab[e];
             }
-        return q;
+        return;
     }
-    int in_max = m->vera_in;
     const float *db = global + ad->a_off, *bb = global + ad->b_off;
     for (int o = 0; o < out; o++)
         for (int j = 0; j < r; j++) {
@@ -166,10 +169,23 @@ int fx_agg_residual_factors(const fx_model *m, int k, const float *const *client
             for (int i = 0; i < n; i++)
                 acc += w[i] * (double)clients[i][ad->b_off + o] * clients[i][ad->a_off + j];
             acc -= (double)bb[o] * db[j];
-            U[(size_t)o * r + j] = (float)(m->vera_B[(size_t)o * r + j] * acc);
+            U[(size_t)o * r + j] = m->vera_B[(size_t)o * r + j] * acc;
         }
-    if (V) for (int j = 0; j < r; j++) memcpy(V + (size_t)j * in, m->vera_A + (size_t)j * in_max, sizeof(float) * in);
-    return fx_agg_residual_rank(m, n);
+}
+
+int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
+                            int n, const float *global, float *U /* (out, q) */, float *V /* (q, in) */) {
+    const fx_adapted *ad = &m->ad[k];
+    int in = ad->in, out = ad->out, q = fx_agg_residual_rank(m, n), lora = m->a.kind == FX_LORA;
+    size_t nu = (size_t)out * q, nv = lora ? (size_t)q * in : 0;
+    double *Ud = fx_malloc(sizeof(double) * (nu + nv + 1)), *Vd = Ud + nu;
+    factors_d(m, k, clients, w, n, global, Ud, Vd);
+    for (size_t j = 0; j < nu; j++) U[j] = (float)Ud[j];
+    if (lora) for (size_t j = 0; j < nv; j++) V[j] = (float)Vd[j];
+    else if (V)
+        for (int j = 0; j < q; j++) memcpy(V + (size_t)j * in, m->vera_A + (size_t)j * m->vera_in, sizeof(float) * in);
+    free(Ud);
+    return q;
 }
 
 /* ============================================================================================
@@ -236,6 +252,20 @@ static size_t payload_len(const fx_model *m, int k, int q) {
     return m->a.kind == FX_LORA ? (out + in) * (size_t)q : out * (size_t)q;
 }
 
+/* Factors of rank q outgrow the dense matrix once (out + in) q > out in (LoRA; VeRA: out q > out in), as
+ * happens with many clients: at roberta-base's 768 x 768 with r 64, from 4 clients on. FX_RESIDUAL_AUTO
+ * sends each layer in the smaller form, which every receiver works out from the shapes alone. */
+int fx_residual_layer_dense(const fx_model *m, int k, int form, int q) {
+    if (form == FX_RESIDUAL_DENSE || q == 0) return 1;
+    if (form == FX_RESIDUAL_FACTORED) return 0;
+    return payload_len(m, k, 0) <= payload_len(m, k, q);
+}
+
+/* The inner dimension layer K's payload has in MSG: 0 where it travels dense. */
+static int msg_layer_q(const fx_model *m, int k, const fx_residual_msg *msg) {
+    return fx_residual_layer_dense(m, k, msg->form, msg->q) ? 0 : msg->q;
+}
+
 size_t fx_residual_msg_capacity(const fx_model *m, int nclients) {
     size_t n = 0;
     int q = fx_agg_residual_rank(m, nclients);
@@ -248,16 +278,28 @@ size_t fx_residual_msg_capacity(const fx_model *m, int nclients) {
 
 size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg) {
     size_t n = 0;
-    for (int k = 0; k < m->nadapted; k++) n += payload_len(m, k, msg->q);
+    for (int k = 0; k < m->nadapted; k++) n += payload_len(m, k, msg_layer_q(m, k, msg));
     return sizeof *msg + sizeof(float) * n;
 }
 
-void fx_residual_make(const fx_model *m, int dense, const float *const *clients, const double *w, int n,
+int fx_residual_form_parse(const char *s, int *form) {
+    if (!strcmp(s, "auto")) *form = FX_RESIDUAL_AUTO;
+    else if (!strcmp(s, "factored")) *form = FX_RESIDUAL_FACTORED;
+    else if (!strcmp(s, "dense")) *form = FX_RESIDUAL_DENSE;
+    else { fx_seterr("--residual must be auto, factored or dense, not '%s'", s); return -1; }
+    return 0;
+}
+
+void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch) {
     int q = fx_agg_residual_rank(m, n);
+    msg->round = round;
+    msg->q = form == FX_RESIDUAL_DENSE ? 0 : q;
+    msg->form = form;
     float *p = payload;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
+        int dense = msg_layer_q(m, k, msg) == 0;
         float *U = dense ? scratch : p;
         float *V = m->a.kind == FX_LORA ? U + (size_t)ad->out * q : NULL;
         fx_agg_residual_factors(m, k, clients, w, n, global, U, V);
@@ -267,16 +309,23 @@ void fx_residual_make(const fx_model *m, int dense, const float *const *clients,
         }
         p += payload_len(m, k, dense ? 0 : q);
     }
-    msg->round = round;
-    msg->q = dense ? 0 : q;
+}
+
+/* The VeRA fork's inexact variants multiply the residual by a factor (its lr, or alpha/r): R (dense) or U
+ * (factored; V is the shared projection) times FACTOR. */
+void fx_residual_scale(const fx_model *m, const fx_residual_msg *msg, float *payload, float factor) {
+    if (factor == 1.0f || m->a.kind == FX_LORA) return;
+    size_t n = 0;
+    for (int k = 0; k < m->nadapted; k++) n += payload_len(m, k, msg_layer_q(m, k, msg));
+    for (size_t j = 0; j < n; j++) payload[j] *= factor;
 }
 
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload) {
     const float *p = payload;
-    int q = msg->q;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
         float *acc = r->acc + r->off[k];
+        int q = msg_layer_q(m, k, msg);
         if (q == 0) {
             size_t len = (size_t)ad->out * ad->in;
             for (size_t j = 0; j < len; j++) acc[j] += p[j];
@@ -295,37 +344,168 @@ void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg 
  * ============================================================================================
  * For an adapted layer whose frozen weight is W0 + R (R the residual accumulated so far), with
  * W_i = W0 + R_old + dW_i the clients' models, W_prev = W0 + R_old + dW(previous global) the model they
- * started from, and W_global = W0 + R_new + dW(global) the server's new model:
+ * started from, and W_global = W0 + R_old + R_t + dW(global) the server's new model (R_t this round's
+ * residual, as its factors carry it; 0 for the methods without one):
  *
  *     err = || W_global - sum_i w_i W_i ||_F  /  || sum_i w_i W_i - W_prev ||_F
- *         = || (R_new - R_old) + dW(global) - sum_i w_i dW_i ||_F  /  || sum_i w_i dW_i - dW(prev) ||_F
+ *         = || R_t + dW(global) - sum_i w_i dW_i ||_F  /  || sum_i w_i dW_i - dW(prev) ||_F
  *
- * the deviation from the exact mean, relative to how far the round moved the model. Computed in double
- * from the fp32 values the server stores (so the fp32 rounding of R and of the adapters counts). FedEx
- * sits at float rounding; FedIT's is the paper's deviation (its Figure 2). */
+ * the deviation from the exact mean, relative to how far the round moved the model; FedEx sits at float
+ * rounding, FedIT's is the paper's deviation (its Figure 2). Neither matrix is formed. Both are sums of
+ * outer products, X = sum_j u_j v_j^T = U V, and ||U V||_F = ||R_U R_V^T||_F where U = Q_U R_U and
+ * V^T = Q_V R_V (Householder, in double): R_U^T R_U is U's Gram matrix U^T U, obtained without forming it
+ * (which would square the conditioning of the stacked factors, whose columns B_i differ little). The cost
+ * is (out + in) q^2 + q^3 against out in q for the dense product; where the latter is smaller (the
+ * residual travels dense then too) the product is formed row by row instead. Same value either way.
+ *
+ * The numerator without cancellation: the centred factors U_d, V_d in double make R_t's exact value,
+ * U_d V_d = s (sum_i w_i B_i A_i - B̄ Ā) from the fp32 adapters; what travels is their fp32 rounding
+ * U = U_d + ΔU, V = V_d + ΔV. So for FedEx
+ *
+ *     R_t + dW(global) - sum_i w_i dW_i = U V - U_d V_d = ΔU V + U_d ΔV          (rank 2q, LoRA)
+ *                                       = (M - M_d) A                            (rank r, VeRA)
+ *
+ * and for the methods without a residual it is -U_d V_d (-M_d A). The fp32 rounding of accumulating R_t
+ * into R_acc (at most an ulp of R_acc per element) is not in it; the end-to-end tests bound it from the
+ * saved files. */
 
-double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
-                    const float *const *clients, const double *w, int n, const float *global,
-                    const float *prev_global, double *work /* 2 x (out, in) */) {
+/* ||U V||_F through the triangular factors: U as Q columns u_j (Uc: (q, out), row j = u_j), V as Q rows
+ * v_j (Vr: (q, in)); both are overwritten. */
+static void householder_r(double *C, int L, int Q) {
+    /* column j of the (L, Q) matrix is C[j*L .. j*L+L); afterwards its first min(j+1, L) entries are R's */
+    int k = L < Q ? L : Q;
+    for (int j = 0; j < k; j++) {
+        double *x = C + (size_t)j * L, nrm = 0;
+        for (int i = j; i < L; i++) nrm += x[i] * x[i];
+        nrm = sqrt(nrm);
+        if (nrm == 0) continue;
+        double alpha = x[j] > 0 ? -nrm : nrm;
+        x[j] -= alpha; /* v = x - alpha e_j, kept in x[j..L) */
+        double vv = 0;
+        for (int i = j; i < L; i++) vv += x[i] * x[i];
+        for (int c = j + 1; c < Q; c++) {
+            double *y = C + (size_t)c * L, dot = 0;
+            for (int i = j; i < L; i++) dot += x[i] * y[i];
+            double f = 2 * dot / vv;
+            for (int i = j; i < L; i++) y[i] -= f * x[i];
+        }
+        x[j] = alpha;
+    }
+}
+
+double fx_agg_norm_uv(double *Uc, double *Vr, int q, int out, int in, int how) {
+    if (q == 0) return 0;
+    int tri = how == FX_NORM_TRIANGULAR ||
+              (how == FX_NORM_AUTO && (double)(out + in) * q * q + (double)q * q * q < (double)out * in * q);
+    double sum = 0;
+    if (!tri) {
+        /* row o of U V is sum_j Uc[j][o] v_j; rows summed in order, so the result has one value */
+        double *rows = fx_malloc(sizeof(double) * (size_t)out);
+        #pragma omp parallel
+        {
+            double *row = fx_malloc(sizeof(double) * (size_t)(in ? in : 1));
+            #pragma omp for schedule(static)
+            for (int o = 0; o < out; o++) {
+                for (int i = 0; i < in; i++) row[i] = 0;
+                for (int j = 0; j < q; j++) {
+                    double u = Uc[(size_t)j * out + o];
+                    const double *v = Vr + (size_t)j * in;
+                    if (u != 0) for (int i = 0; i < in; i++) row[i] += u * v[i];
+                }
+                double s2 = 0;
+                for (int i = 0; i < in; i++) s2 += row[i] * row[i];
+                rows[o] = s2;
+            }
+            free(row);
+        }
+        for (int o = 0; o < out; o++) sum += rows[o];
+        free(rows);
+        return sqrt(sum);
+    }
+    householder_r(Uc, out, q); /* R_U (k1, q): entry (a, c) at Uc[c*out + a], a <= c */
+    householder_r(Vr, in, q);  /* R_V (k2, q): entry (b, c) at Vr[c*in + b], b <= c */
+    int k1 = out < q ? out : q, k2 = in < q ? in : q;
+    for (int a = 0; a < k1; a++)
+        for (int b = 0; b < k2; b++) {
+            double x = 0; /* (R_U R_V^T)[a][b] = sum_c R_U[a][c] R_V[b][c], c >= max(a, b) */
+            for (int c = a > b ? a : b; c < q; c++) x += Uc[(size_t)c * out + a] * Vr[(size_t)c * in + b];
+            sum += x * x;
+        }
+    return sqrt(sum);
+}
+
+size_t fx_agg_error_work(const fx_model *m, int n) {
+    size_t w = 1;
+    int q = fx_agg_residual_rank(m, n);
+    for (int k = 0; k < m->nadapted; k++) {
+        size_t out = (size_t)m->ad[k].out, in = (size_t)m->ad[k].in;
+        /* U_d, V_d (q each), then the stacked outer products (2q) */
+        size_t need = (out + in) * (size_t)q * 3;
+        if (need > w) w = need;
+    }
+    return w;
+}
+
+/* The update's outer products: s w_i B_i[:, j] (x) A_i[j, :] for every client, then -s B_p (x) A_p (LoRA);
+ * VeRA's M = sum_i w_i diag(b_i) B diag(d_i) - diag(b_p) B diag(d_p) against A's rows. Returns their count. */
+static int update_terms(const fx_model *m, int k, const float *const *clients, const double *w, int n,
+                        const float *prev, double *Uc, double *Vr) {
     const fx_adapted *ad = &m->ad[k];
-    size_t len = (size_t)ad->out * ad->in;
-    double *mean = work, *tmp = work + len;
-    for (size_t j = 0; j < len; j++) mean[j] = 0;
-    for (int i = 0; i < n; i++) {
-        fx_delta_w(m, k, clients[i], tmp);
-        for (size_t j = 0; j < len; j++) mean[j] += w[i] * tmp[j];
+    int r = m->a.r, in = ad->in, out = ad->out;
+    if (m->a.kind == FX_LORA) {
+        for (int i = 0; i <= n; i++) {
+            const float *T = i < n ? clients[i] : prev;
+            double f = m->scale * (i < n ? w[i] : -1.0);
+            for (int j = 0; j < r; j++) {
+                double *u = Uc + (size_t)(i * r + j) * out, *v = Vr + (size_t)(i * r + j) * in;
+                for (int o = 0; o < out; o++) u[o] = f * T[ad->b_off + (size_t)o * r + j];
+                for (int x = 0; x < in; x++) v[x] = T[ad->a_off + (size_t)j * in + x];
+            }
+        }
+        return (n + 1) * r;
     }
-    double num = 0, den = 0;
-    fx_delta_w(m, k, global, tmp);
-    for (size_t j = 0; j < len; j++) {
-        double e = ((double)R_new[j] - (double)R_old[j]) + tmp[j] - mean[j];
-        num += e * e;
+    for (int j = 0; j < r; j++) {
+        double *u = Uc + (size_t)j * out, *v = Vr + (size_t)j * in;
+        for (int o = 0; o < out; o++) {
+            double acc = 0;
+            for (int i = 0; i < n; i++) acc += w[i] * (double)clients[i][ad->b_off + o] * clients[i][ad->a_off + j];
+            acc -= (double)prev[ad->b_off + o] * prev[ad->a_off + j];
+            u[o] = m->vera_B[(size_t)o * r + j] * acc;
+        }
+        for (int x = 0; x < in; x++) v[x] = m->vera_A[(size_t)j * m->vera_in + x];
     }
-    fx_delta_w(m, k, prev_global, tmp);
-    for (size_t j = 0; j < len; j++) {
-        double e = mean[j] - tmp[j];
-        den += e * e;
+    return r;
+}
+
+double fx_agg_error(const fx_model *m, int k, float residual, const float *const *clients, const double *w, int n,
+                    const float *global, const float *prev_global, double *work) {
+    const fx_adapted *ad = &m->ad[k];
+    int exact = residual != 0; /* a residual is sent: fl(U_d), times RESIDUAL for VeRA (fx_residual_scale) */
+    int out = ad->out, in = ad->in, q = fx_agg_residual_rank(m, n), lora = m->a.kind == FX_LORA;
+    double *Ud = work, *Vd = Ud + (size_t)out * q, *Uc = Vd + (size_t)q * in, *Vr = Uc + (size_t)2 * q * out;
+    factors_d(m, k, clients, w, n, global, Ud, Vd);
+    int t = 0; /* outer products of the numerator */
+    for (int j = 0; j < q; j++, t++) {
+        double *u = Uc + (size_t)t * out, *v = Vr + (size_t)t * in;
+        for (int o = 0; o < out; o++) {
+            double x = Ud[(size_t)o * q + j];
+            float sent = lora ? (float)x : (float)x * residual;   /* what the message carries */
+            u[o] = exact ? (double)sent - x : -x;                 /* ΔU, or -U_d */
+        }
+        for (int x = 0; x < in; x++) {
+            double y = lora ? Vd[(size_t)j * in + x] : m->vera_A[(size_t)j * m->vera_in + x];
+            v[x] = exact && lora ? (double)(float)y : y;          /* V as sent, or V_d */
+        }
     }
+    if (exact && lora)
+        for (int j = 0; j < q; j++, t++) {
+            double *u = Uc + (size_t)t * out, *v = Vr + (size_t)t * in;
+            for (int o = 0; o < out; o++) u[o] = Ud[(size_t)o * q + j];
+            for (int x = 0; x < in; x++) { double y = Vd[(size_t)j * in + x]; v[x] = (double)(float)y - y; } /* ΔV */
+        }
+    double num = fx_agg_norm_uv(Uc, Vr, t, out, in, FX_NORM_AUTO);
+    t = update_terms(m, k, clients, w, n, prev_global, Uc, Vr);
+    double den = fx_agg_norm_uv(Uc, Vr, t, out, in, FX_NORM_AUTO);
     if (den == 0) return num == 0 ? 0.0 : INFINITY;
-    return sqrt(num / den);
+    return num / den;
 }

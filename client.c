@@ -130,6 +130,10 @@ static int follow_residual(fx_client *cl, const fx_residual_msg *msg, const floa
     return 0;
 }
 
+int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload) {
+    return cl->own_residual ? follow_residual(cl, msg, payload) : 0;
+}
+
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep) {
     fx_model *m = &cl->m;

@@ -44,6 +44,8 @@ int fx_write_file_atomic(const char *path, const void *data, size_t len);
 int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path);
 int fx_mkdir_p(const char *dir);
 double fx_now(void); /* seconds, monotonic */
+/* S seconds as "45s", "3m20s", "2h05m" ("?" when not finite or negative) into BUF. */
+const char *fx_duration_str(double s, char *buf, size_t n);
 double fx_sort_median(double *x, int n); /* sorts X ascending (timings), returns x[n/2] */
 
 /* Deterministic random numbers: splitmix64-seeded xoshiro256**. Same seed, same stream, any platform. */
@@ -53,6 +55,12 @@ uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
+/* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
+ * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
+typedef struct { uint32_t s[624]; int i; } fx_mt;
+void fx_mt_seed(fx_mt *g, uint32_t seed);
+uint32_t fx_mt_u32(fx_mt *g);
+void fx_mt_uniform(fx_mt *g, float *x, size_t n, double lo, double hi);
 
 /* ============================================================================================
  * json.c: a strict RFC 8259 reader (config.json, vocab.json, safetensors headers)
@@ -166,8 +174,13 @@ typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
 int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *a, const char *b, int max_len,
                       int32_t **ids, int *n, int *cap);
-/* RoBERTa's template (fx_roberta.text): <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated
- * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
+/* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
+ * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
+ * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+const fx_text_template *fx_tok_template(const fx_tokenizer *t);
+/* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
+ * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
+ * count, -1 on error. */
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
 /* The same sequence appended to *ids as fx_tok_encode_tpl does; max_len 0 means no truncation. */
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
@@ -207,6 +220,8 @@ typedef struct {
                                     (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
+    int lm;                      /* 1: language modelling on per-token targets (E2E, e2e.c's data), no
+                                    classes; num_labels 0 */
 } fx_task;
 
 const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */
@@ -220,13 +235,22 @@ void fx_rows_free(fx_rows *r);
 /* DATA_DIR/<task dir>/<split>.tsv, where split "train" or "dev" (dev maps to the task's dev_split). */
 int fx_glue_path(const fx_task *t, const char *data_dir, const char *split, char *out, size_t outsz);
 
+/* The label of a token that the loss ignores (Hugging Face's ignore_index). */
+#define FX_IGNORE (-100)
+
 /* A tokenised split, compact: row i's ids are ids[off[i] .. off[i+1]). */
 typedef struct {
     const fx_task *task;
     int n;
     int32_t *ids;
     size_t *off;                 /* n + 1 offsets */
-    float *labels;               /* class id as float, or the regression target */
+    float *labels;               /* class id as float, or the regression target; NULL for an lm task */
+    int32_t *targets;            /* lm tasks: per-token labels aligned with ids (same offsets), Hugging Face's
+                                    labels: the model scores position j's logits against targets[j + 1];
+                                    FX_IGNORE where no loss is taken. NULL for row-labelled tasks */
+    int *cls;                    /* (n) the class of each row for Dirichlet splits and the split report when
+                                    labels are not classes (E2E: the MR's slot count); NULL: from labels */
+    int nclass;                  /* classes in cls */
 } fx_dataset;
 int fx_dataset_build(const fx_task *t, const char *data_dir, const char *split, fx_tokenizer *tok,
                      int max_len, fx_dataset *d);
@@ -237,8 +261,12 @@ typedef struct {
     int n, T;
     int32_t *ids;                /* (n, T) */
     uint8_t *mask;               /* (n, T) */
-    float *labels;               /* (n) */
+    float *labels;               /* (n); 0 for a dataset without row labels */
+    int32_t *targets;            /* (n, T) the dataset's per-token labels (Hugging Face's, aligned with ids:
+                                    position t's logits are scored against targets[t + 1]), FX_IGNORE (-100)
+                                    on padding; NULL when the dataset has none */
     int cap_rows, cap_tok;       /* allocation, managed by fx_batch_fill */
+    int cap_targets;
 } fx_batch;
 void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_batch *b);
 void fx_batch_free(fx_batch *b);
@@ -247,6 +275,9 @@ void fx_batch_free(fx_batch *b);
  * "dirichlet:ALPHA" (per class, proportions drawn from Dirichlet(ALPHA)). rows[c] is malloc'd. */
 int fx_split_clients(const fx_dataset *d, int nclients, const char *spec, uint64_t seed,
                      int **rows, int *counts);
+/* Client splits for an lm task (E2E) work on its rows as GLUE's do on theirs: iid gives each row (one MR
+ * with one reference) a uniformly random client, as the reference code does; dirichlet:ALPHA skews the
+ * clients by the dataset's cls (E2E: the MR's slot count). */
 /* Regression targets are cut into this many quantile bins, which serve as classes for the Dirichlet
  * split and for the report. */
 #define FX_SPLIT_BINS 5
@@ -269,6 +300,38 @@ void fx_task_metrics(const fx_task *t, const float *logits, const float *labels,
  * tokens from [4, vocab). Label 1 iff the body holds strictly more tokens from the lower half
  * [4, 4 + (vocab-4)/2) than from the upper half. Needs vocab >= 6, max_len >= 8. */
 int fx_dataset_synthetic(int n, int vocab, int max_len, uint64_t seed, fx_dataset *d);
+
+/* ============================================================================================
+ * e2e.c: E2E NLG data: strict CSV reading, MR groups, training sequences with per-token targets
+ * ============================================================================================ */
+
+extern const fx_task fx_e2e_task;   /* fx_task_find("e2e"); lm: 1 */
+/* Rows of one E2E CSV file (`mr,ref`), validated with path:line errors. Rows that share an MR are
+ * adjacent; group g (one unique MR, in file order) is rows group[g] .. group[g+1]): its MR is
+ * mr[group[g]], its references ref[group[g]] .. ref[group[g+1] - 1]. line[i] is where row i starts. */
+typedef struct {
+    int n;
+    char **mr, **ref;            /* (n) the fields, unquoted, byte for byte */
+    int *line;                   /* (n) 1-based */
+    int ngroups;
+    int *group;                  /* (ngroups + 1) */
+} fx_e2e_rows;
+int fx_e2e_read(const char *path, fx_e2e_rows *r);
+void fx_e2e_rows_free(fx_e2e_rows *r);
+/* DATA_DIR/trainset.csv, devset.csv or testset_w_refs.csv for split train, dev or test; TRAIN_FILE (when
+ * not NULL) replaces the first. */
+int fx_e2e_path(const char *data_dir, const char *split, const char *train_file, char *out, size_t cap);
+int fx_e2e_slots(const char *mr);                /* attribute[value] items in an MR: its '[' count */
+#define FX_E2E_CLASSES 9                         /* slot counts 0 .. 8 (more count as 8): the split's classes */
+char *fx_e2e_prompt(const char *mr);             /* "{MR} ->", malloc'd: what generation starts from */
+char *fx_e2e_text(const char *mr, const char *ref); /* "{MR} -> {ref} <|endoftext|>", malloc'd */
+/* The training sequences of R's rows (PATH names the file in errors): the ids of fx_e2e_text under the
+ * tokenizer (<|endoftext|> is its special token; the space before it is its own token), truncated to
+ * MAX_LEN from the right; targets = ids on the reference, that space and the end token, FX_IGNORE on the
+ * prompt (the ids of fx_e2e_prompt, which open the sequence's). cls: the slot count. A row whose prompt
+ * fills MAX_LEN is refused (nothing would be learnt from it). */
+int fx_e2e_dataset(const fx_e2e_rows *r, const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d);
+int fx_e2e_load(const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d); /* read + dataset */
 
 /* ============================================================================================
  * matmul.c: the one matrix product of the CPU backend
@@ -485,7 +548,10 @@ typedef struct {
     int freeze_a;                /* FFA-LoRA: A stays at its initial value */
     int freeze_d;                /* FFA-VeRA: lambda_d stays at its initial value */
     float d_initial;             /* VeRA lambda_d initial value */
-    uint64_t seed;               /* adapter initialisation and VeRA's shared projections */
+    uint64_t seed;               /* adapter initialisation and the dropout stream */
+    uint32_t proj_key;           /* VeRA: PEFT's projection_prng_key, the shared projections' seed */
+    int skip_projection;         /* VeRA: PEFT's save_projection=False (the adapter file holds no vera_A,
+                                    vera_B; they are redrawn from proj_key) */
 } fx_adapter_cfg;
 
 /* One adapted linear layer y = x W^T + b with W (out, in). */
@@ -584,8 +650,8 @@ typedef struct fx_model {
     int nadapted;
     fx_adapted *ad;
     float *vera_A, *vera_B;      /* VeRA's frozen shared projections (r, in_max), (out_max, r), drawn in
-                                    fx_model_create from a.seed: vera_A ~ U(+-1/sqrt(in_max)), then
-                                    vera_B ~ U(+-1/sqrt(r)), row-major (PEFT's kaiming_uniform bounds) */
+                                    fx_model_create as PEFT draws them from a.proj_key: vera_A ~
+                                    U(+-sqrt(6/in_max)), then vera_B ~ U(+-sqrt(6/r)), row-major */
     int vera_in, vera_out;       /* in_max, out_max over the adapted layers (0 without VeRA) */
     fx_rng drop;                 /* dropout stream, seeded from a.seed by fx_model_create */
     void *ws;                    /* activations and scratch, private to model.c */
@@ -611,6 +677,28 @@ void fx_adamw_reset(fx_model *m);
  * tensor (biases and head included) decays; adam_t counts steps from 1. */
 void fx_adamw_update(fx_model *m, float lr, float weight_decay);
 float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
+
+/* ============================================================================================
+ * generation: the decoder interface (model side: model.c's KV cache; search: generate.c)
+ * ============================================================================================
+ * A decoder runs a causal LM one position at a time over NSLOTS key/value caches (one per beam). The
+ * search sees only this table, so it can be tested against a toy decoder as well as a model. Every
+ * function returns 0, or -1 with fx_err(). */
+typedef struct {
+    void *ctx;
+    int vocab, max_len;   /* max_len: positions the model holds (n_positions) */
+    /* run ids[0..n-1] at positions 0..n-1 into slot 0's cache; write the last position's logits (vocab floats) */
+    int (*prefill)(void *ctx, const int *ids, int n, float *logits);
+    /* one new token per slot: tok[s] at position pos for slots 0..ns-1; logits (ns, vocab) */
+    int (*step)(void *ctx, int ns, const int *tok, int pos, float *logits);
+    /* slot s's cache becomes a copy of slot src[s]'s (positions < len), s = 0..ns-1 (src may repeat) */
+    int (*reorder)(void *ctx, int ns, const int *src, int len);
+} fx_decoder;
+/* A decoder over causal LM M (GPT-2) with NSLOTS caches of max_len positions each; M must outlive it
+ * and is not otherwise used while it decodes (they share M's workspace). The logits are the full
+ * forward's (fx_model_step) at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
+int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
+void fx_decoder_free(fx_decoder *d);
 
 /* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
@@ -657,7 +745,8 @@ typedef enum { FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX_VERA, FX_AGG
                FX_AGG_FFA_VERA, FX_AGG_CENTRAL } fx_agg_method;
 int fx_agg_parse(const char *s, fx_agg_method *m);  /* also the reference code's ours/normal/ffa/ours_vera */
 const char *fx_agg_name(fx_agg_method m);
-int fx_agg_is_vera(fx_agg_method m);
+int fx_agg_is_vera(fx_agg_method m);  /* fedex-vera, fedit-vera, ffa-vera */
+int fx_agg_is_sorf(fx_agg_method m);  /* sorf-vera, fedex-sorf-vera */
 int fx_agg_is_exact(fx_agg_method m);              /* adds the residual into W0 */
 int fx_agg_freezes(fx_agg_method m);               /* FFA: A (or lambda_d) frozen */
 
@@ -668,9 +757,18 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW);
 int fx_agg_residual_rank(const fx_model *m, int n);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
-double fx_agg_error(const fx_model *m, int k, const float *R_old, const float *R_new,
-                    const float *const *clients, const double *w, int n, const float *global,
-                    const float *prev_global, double *work);
+/* The aggregation error of adapted layer K: || W_global - sum_i w_i W_i || / || sum_i w_i W_i - W_prev ||,
+ * with this round's residual as its factors carry it, times RESIDUAL (1: FedEx; the VeRA fork's lr or
+ * alpha/r; 0: no residual), computed from the factors (agg.c has the equations). WORK:
+ * fx_agg_error_work(m, n) doubles. */
+double fx_agg_error(const fx_model *m, int k, float residual, const float *const *clients, const double *w, int n,
+                    const float *global, const float *prev_global, double *work);
+size_t fx_agg_error_work(const fx_model *m, int nclients);
+/* ||sum_j u_j v_j^T||_F for Q outer products, u_j = UC[j] (OUT), v_j = VR[j] (IN), in double; both are
+ * overwritten. HOW: FX_NORM_TRIANGULAR (Householder factors of U and V^T, cost (out + in) q^2 + q^3),
+ * FX_NORM_DENSE (the product row by row, out in q), or FX_NORM_AUTO (the cheaper). */
+enum { FX_NORM_AUTO, FX_NORM_DENSE, FX_NORM_TRIANGULAR };
+double fx_agg_norm_uv(double *Uc, double *Vr, int q, int out, int in, int how);
 
 /* The residual's one owner. Every party that computes with the global model holds an fx_residual: the
  * adapted layers' original W0 and the accumulated residual R_acc (layer k at off[k], (out, in) each),
@@ -690,7 +788,13 @@ typedef struct {
 typedef struct {
     int32_t round;               /* the round whose aggregation produced it; 0: none yet */
     int32_t q;                   /* inner dimension of the factors, 0 = dense */
+    int32_t form;                /* FX_RESIDUAL_*: with AUTO, each layer in the smaller of its two forms */
 } fx_residual_msg;
+/* How the residual travels (--residual): factors for every layer, the dense matrix for every layer, or per
+ * layer whichever is smaller (fx_residual_layer_dense says which, from the shapes and q alone). */
+enum { FX_RESIDUAL_FACTORED = 0, FX_RESIDUAL_DENSE = 1, FX_RESIDUAL_AUTO = 2 };
+int fx_residual_form_parse(const char *s, int *form); /* auto | factored | dense; -1 with fx_err() */
+int fx_residual_layer_dense(const fx_model *m, int k, int form, int q);
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
 int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
 void fx_residual_copy(fx_residual *dst, const fx_residual *src); /* a deep copy: a receiver's own */
@@ -699,11 +803,13 @@ void fx_residual_frozen(const fx_residual *r, int k, float *W /* (out, in) */);
 void fx_residual_set_frozen(const fx_residual *r, fx_model *m); /* every adapted layer of M's base */
 size_t fx_residual_msg_capacity(const fx_model *m, int nclients); /* payload floats, either form */
 size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* header + payload sent */
-/* The round's residual of every adapted layer (fx_agg_residual_factors; DENSE multiplies them out) into
- * PAYLOAD. SCRATCH holds one layer's factors (dense only). */
-void fx_residual_make(const fx_model *m, int dense, const float *const *clients, const double *w, int n,
+/* The round's residual of every adapted layer (fx_agg_residual_factors; a dense layer multiplies them out)
+ * into PAYLOAD, in FORM (FX_RESIDUAL_*). SCRATCH holds one layer's factors (dense layers only). */
+void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
+/* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
+void fx_residual_scale(const struct fx_model *m, const fx_residual_msg *msg, float *payload, float factor);
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload);
 
 /* ============================================================================================
@@ -738,21 +844,40 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the
 
 typedef struct {
     const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
-    const char *device, *precision, *client_gpus;
+    const char *device, *precision, *client_gpus, *transport;
+    const char *train_file;      /* E2E: the training CSV in place of DATA/trainset.csv */
+    int clients_per_round;       /* 0: all */
     int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
     int micro_batch, eval_batch, server_gpu;
     double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
+    double label_smoothing;      /* eps of the LM loss: (1 - eps) nll + eps mean_v(-log p_v); 0: none */
+    double max_grad_norm;        /* each step's gradient clipped to this total L2 norm; 0: no clipping */
     long long seed;
     int rslora, weighted, strict, save_clients, overwrite;
-    fx_agg_method agg;           /* parsed from agg_name by fx_settings_check */
+    /* VeRA as PEFT names it, and the VeRA fork's spellings */
+    double vera_dropout;
+    long long projection_prng_key, sorf_seed;
+    const char *save_projection, *vera_scale, *fork_client_gpus;
+    const char *fan_in_fan_out, *bias, *modules_to_save, *init_weights, *layers_to_transform, *layers_pattern;
+    int vera, r_any, rsvera, fork_vera_scale, parallel_clients, fork_server_gpu;
+    fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
 #define FX_SETTINGS_FILE "fedex_run.json"     /* a run's settings, beside its outputs */
 extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
-#define FX_SETTINGS_MAX 64    /* room for its SET flags: settings.c checks the table fits at compile time */
+#define FX_SETTINGS_MAX 96    /* room for its SET flags: settings.c checks the table fits at compile time */
 int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
-/* Ranges and contradictions (SET: which options were given); parses agg. -1 with fx_err(). */
+/* Ranges and contradictions (SET: which options were given); parses agg. A new run (no --resume) first
+ * takes its task's defaults for the options not given (fx_settings_task_defaults). -1 with fx_err(). */
 int fx_settings_check(fx_settings *c, const int *set);
+/* What the run says once about options it accepts but does not need (--parallel_clients, the VeRA fork's
+ * GPU ids on the CPU). */
+void fx_settings_notes(const fx_settings *c, const int *set, FILE *f);
+/* The task's own defaults (E2E: the reference's GPT-2 recipe) for every option SET says was not given;
+ * returns how many it changed, -1 on an unknown value in the table. */
+int fx_settings_task_defaults(fx_settings *c, const int *set);
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
+/* The factor on the VeRA residual: 1 (exact), or the VeRA fork's lr or alpha/r (--vera-scale). */
+float fx_settings_residual_scale(const fx_settings *c);
 /* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
 int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task);
 /* The embedded model (no --model): a small random RoBERTa for the built-in synthetic task. */
@@ -760,7 +885,7 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
 #define FX_SYNTH_DEV 400
 #define FX_SYNTH_LEN 32
 void fx_embedded_config(fx_config *c);
-/* DIR/fedex_run.json: every setting but --resume, --threads, --out and --overwrite, and the run id. Read
+/* DIR/fedex_run.json: every setting but --resume, --threads, --out, --overwrite and --transport, and the run id. Read
  * back (from DIR/config.json for runs saved under that name before), strings point into J. */
 int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR holds a run's settings (PATH) */
 /* What names a run in its checkpoint: a hash of its saved settings but --rounds, so that a checkpoint is
@@ -778,7 +903,8 @@ int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
 typedef struct {
     int32_t round, client;       /* round >= 1; a negative round tells the client to stop */
-    int32_t local_epochs, batch_size, micro_batch;
+    int32_t local_epochs;        /* 0: the client sits this round out (fx_client_follow) */
+    int32_t batch_size, micro_batch;
     double lr, warmup_ratio, weight_decay;
     uint64_t seed;
 } fx_job;
@@ -811,6 +937,9 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
  * -1 with fx_err() (and REP->err) on failure. */
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
+/* A round the client sits out (--clients-per-round): only MSG, applied when newer than what it holds, so
+ * that a client forming its frozen weights itself (GPU, check_frozen) misses no round's residual. */
+int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload);
 void fx_client_close(fx_client *cl);
 int fx_client_leaves(const fx_client *cl, int round); /* fault injection: leave after ROUND (tests) */
 
@@ -860,6 +989,31 @@ int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
 #endif
 
 /* ============================================================================================
+ * generate.c: greedy and beam search over an fx_decoder, with Hugging Face generate()'s semantics
+ * ============================================================================================
+ * Deterministic: scores are float64 log-softmaxes of the decoder's float32 logits; equal scores are
+ * ordered by (beam, token), lower first. */
+
+typedef enum { FX_STOP_HEURISTIC, FX_STOP_EARLY, FX_STOP_NEVER } fx_early_stop; /* HF early_stopping False, True, "never" */
+typedef struct {
+    int num_beams;              /* 1: greedy */
+    int max_new_tokens;         /* 1 or more */
+    int eos;                    /* end token; -1: none (every hypothesis runs to max_new_tokens) */
+    double length_penalty;      /* a finished hypothesis scores sum log p / generated_len^length_penalty */
+    fx_early_stop early_stopping;
+    int no_repeat_ngram;        /* 0: off; N: no N-gram occurs twice */
+    int no_repeat_generated;    /* 1: the N-grams of the generated tokens only (the prompt's may recur) */
+} fx_gen_cfg;
+void fx_gen_e2e(fx_gen_cfg *g, int eos); /* the LoRA paper's E2E decoding: beam 10, lp 0.8, no-repeat 4 over generated, 64 new */
+int fx_gen_check(const fx_gen_cfg *g, int vocab); /* -1 with fx_err() on a setting that cannot be run */
+/* Continues PROMPT[0..n) (n >= 1, n + max_new_tokens - 1 <= d->max_len): the generated ids into OUT
+ * (room for max_new_tokens), the end token included when a hypothesis ended with it, their count in
+ * *nout. *score (may be NULL): the chosen hypothesis's score (beam: length-penalised; greedy: sum log p).
+ * -1 with fx_err() when the decoder fails or its logits are not finite. */
+int fx_generate(const fx_decoder *d, const fx_gen_cfg *g, const int *prompt, int n, int *out, int *nout,
+                double *score);
+
+/* ============================================================================================
  * run.c: the server (rounds over a transport, aggregation, evaluation, outputs, checkpoint, resume)
  * ============================================================================================
  * A transport moves jobs and the global state to the clients and their states and reports back. It
@@ -871,13 +1025,15 @@ typedef struct {
     const char *name;
     int (*open)(fx_run *R);                    /* the buffers below, sized from R's P, base_n, payload_n */
     int (*start)(fx_run *R, int threads);      /* launch the clients, THREADS cores in all */
-    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live client */
+    int (*send_round)(fx_run *R, const fx_job *job); /* the job (client id filled in) to every live selected client */
     /* Waits for the clients the round was sent to: done[c] = 1 when its state and report are in
      * client[c] and report[c]. -1 on interrupt, a client's error, or a death under --strict. */
     int (*collect)(fx_run *R, int round, int *done);
     void (*stop)(fx_run *R, int abort);        /* abort: signal them; otherwise ask them to finish */
     void (*close)(fx_run *R);                  /* frees the buffers */
     double (*memory_mb)(const fx_run *R);      /* all the run's processes on this machine (PSS), or NAN */
+    /* The round's bytes per participant, as sent (NULL: run.c counts what travels from the sizes) */
+    void (*bytes)(const fx_run *R, int64_t *up, int64_t *down);
 } fx_transport;
 
 struct fx_run {
@@ -905,10 +1061,10 @@ struct fx_run {
     fx_residual_msg *msg;            /* the last round's residual */
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
+    int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
-    float *r_old;                    /* R_acc before the round (aggregation error) */
     float *prev_global, *scratch;
     double *err_work;
     void *srv_gpu;                   /* --server-gpu: fx_gpu, the server's device copy for evaluation */
@@ -921,6 +1077,8 @@ struct fx_run {
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
     int lock_fd;                     /* the run folder's lock, held for the run */
     int settings_written;            /* with the first round's outputs */
+    double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
+    int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
@@ -930,6 +1088,9 @@ int fx_run_live(void);               /* live progress lines: standard error is a
  * a client that finished (on standard output, unless the live lines show it on a terminal). */
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn);
 void fx_run_client_done(const fx_run *R, int round, int c, int tty);
+/* Seconds left in the run while round ROUND is FRAC (0..1) done, from the rounds timed so far; NAN when
+ * nothing is known yet. */
+double fx_run_remaining(const fx_run *R, int round, double frac);
 /* What a client needs to run: its setup from the run (shared base or not). */
 void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
 /* Restores a run's checkpoint DIR/state.safetensors into M (whose base holds the original W0): the
@@ -1003,5 +1164,38 @@ int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+
+/* ============================================================================================
+ * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
+ * grid.c: every method on a list of tasks, skipping finished runs and resuming stopped ones.
+ * ============================================================================================ */
+
+typedef struct {
+    int round;
+    double value, best;              /* the task's dev metric this round, the best so far */
+    int best_round;
+    double dev_loss, train_loss;     /* train: the clients' mean weighted by samples */
+    double err_max, dev_max;         /* the method's aggregation error and the deviation, max over layers */
+} fx_log_round;
+typedef struct {
+    char *dir, *method, *task, *metric; /* method as metrics.jsonl names it; task "synthetic" without one */
+    int n;                           /* rounds read */
+    fx_log_round *r;                 /* (n) */
+    int nlayers;
+    char **layer;                    /* (nlayers) the adapted layers' names, in metrics.jsonl's order */
+    double *dev;                     /* (nlayers, n) deviation of layer k in round i at [k * n + i]; NAN where absent */
+    double best; int best_round;     /* from the last round read */
+    int rounds_planned;              /* the settings' --rounds */
+} fx_runlog;
+int fx_runlog_read(const char *dir, fx_runlog *L);  /* -1 with fx_err() naming the file and line */
+void fx_runlog_free(fx_runlog *L);
+/* The layer's depth, the first all-digit component of its name ("encoder.layer.3.attention.self.query"
+ * -> 3, TARGET "attention.self.query"); -1 (TARGET the whole name) when it has none. */
+int fx_layer_depth(const char *name, const char **target);
+/* Method rows, task columns: best dev metric (round), average. FORMAT "md" or "csv". */
+int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f);
+/* One SVG of the runs: dev metric per round, train and dev loss per round, and for each run with a
+ * deviation its layer x round heat map and its deviation by depth. Deterministic for the same input. */
+int fx_plot_svg(const fx_runlog *runs, int n, FILE *f);
 
 #endif

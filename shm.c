@@ -159,7 +159,9 @@ static _Noreturn void client_process(fx_run *R, int c, int in, int out, int thre
         fx_job job;
         ssize_t k = read(in, &job, sizeof job);
         if (k != (ssize_t)sizeof job || job.round < 0) _exit(0);
-        int rc = fx_client_round(cl, &job, R->global, R->msg, R->payload, R->client[c], rep);
+        int rc = job.local_epochs == 0 ? fx_client_follow(cl, R->msg, R->payload)
+                                       : fx_client_round(cl, &job, R->global, R->msg, R->payload, R->client[c], rep);
+        if (rc != 0 && job.local_epochs == 0) snprintf(rep->err, sizeof rep->err, "%s", fx_err());
         answer = rc == 0 ? 'o' : 'e';
         if (write(out, &answer, 1) != 1 || rc != 0) _exit(1);
         if (fx_client_leaves(cl, job.round)) _exit(0);
@@ -219,6 +221,7 @@ static int shm_send_round(fx_run *R, const fx_job *job) {
         j.client = c;
         S->pending[c] = 0;
         if (!R->alive[c]) continue;
+        if (!R->selected[c]) j.local_epochs = 0; /* it sits the round out, but follows the residual */
         if (write(S->cmd_fd[c], &j, sizeof j) == (ssize_t)sizeof j) { S->pending[c] = 1; continue; }
         if (client_gone(R, c, job->round, "before") != 0) return -1;
     }
@@ -253,8 +256,8 @@ static int shm_collect(fx_run *R, int round, int *done) {
             ssize_t k = read(S->res_fd[c], &ch, 1);
             pending[c] = 0;
             if (k == 1 && ch == 'o') {
-                done[c] = 1;
-                fx_run_client_done(R, round, c, tty);
+                done[c] = R->selected[c];
+                if (done[c]) fx_run_client_done(R, round, c, tty);
                 continue;
             }
             if (k == 1 && ch == 'e') {
@@ -325,4 +328,4 @@ static double shm_memory_mb(const fx_run *R) {
 }
 
 const fx_transport fx_transport_shm = {"shm", shm_open_run, shm_start, shm_send_round, shm_collect, shm_stop,
-                                       shm_close_run, shm_memory_mb};
+                                       shm_close_run, shm_memory_mb, NULL};

@@ -11,7 +11,14 @@ enum { NCL = 4 };
 static const double TOL_MEAN = 1e-7;      /* fp32 result of a double mean: half an ulp, relative */
 static const double TOL_RESIDUAL = 1e-5;  /* R from fp32 factors and one fp32 GEMM, relative to ||R||:
                                              centred factors keep the terms the size of R */
-static const double TOL_EXACT = 1e-5;     /* the bound on FedEx's aggregation error in fp32 */
+static const double TOL_EXACT = 1e-5;     /* the bound on FedEx's aggregation error in fp32 */
+/* FedEx's error from its factors against the dense reference: the reference forms U V - R in double from
+ * terms |U||V| up to ~1e3 times the difference (cancellation: ~1e-13 of it lost), the factored path has
+ * no cancellation; the error itself is ~1e-8, so 1e-4 of it and an absolute 1e-12 cover the reference. */
+static const double TOL_ERR_DENSE = 1e-4, TOL_ERR_ABS = 1e-12;
+/* ||U V||_F by triangular factors against the product formed: both in double, sums of q terms of which
+ * the result keeps ~1e-8 (the test's cancellation): 1e-16 / 1e-8 relative, with a margin. */
+static const double TOL_NORM = 1e-6;
 
 static void fill(float *x, size_t n, fx_rng *r, double scale) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(scale * (2 * fx_rng_uniform(r) - 1));
@@ -54,10 +61,13 @@ static int small_model(fx_model *m, fx_adapter_kind kind, int hidden, int inter,
     return 0;
 }
 
-static void run_case(fx_adapter_kind kind, int weighted) {
-    const char *name = kind == FX_LORA ? (weighted ? "LoRA weighted" : "LoRA") : (weighted ? "VeRA weighted" : "VeRA");
+/* HIDDEN 24: every layer's error is formed densely (the cheaper there); 256: query and value's go through
+ * triangular factors, intermediate.dense's (40 x 256) densely. */
+static void run_case(fx_adapter_kind kind, int weighted, int hidden) {
+    char name[64];
+    snprintf(name, sizeof name, "%s%s, hidden %d", kind == FX_LORA ? "LoRA" : "VeRA", weighted ? " weighted" : "", hidden);
     fx_model m;
-    if (small_model(&m, kind, 24, 40, FX_T_QUERY | FX_T_VALUE | FX_T_INTER, name) != 0) return;
+    if (small_model(&m, kind, hidden, 40, FX_T_QUERY | FX_T_VALUE | FX_T_INTER, name) != 0) return;
     const fx_adapter_cfg a = m.a;
     size_t P = m.train.n;
     fx_rng rng;
@@ -112,9 +122,9 @@ static void run_case(fx_adapter_kind kind, int weighted) {
             CHECK(rel_err(got, ref, len) > 0.1, "%s %s: the transposed residual matches too", name, ad->name);
         }
         /* aggregation error: FedEx (R added) at rounding, FedIT (nothing added) clearly not */
-        double *work = fx_malloc(sizeof(double) * 2 * len);
-        double ex = fx_agg_error(&m, k, zero, Rf, (const float *const *)cl, w, NCL, glob, start, work);
-        double it = fx_agg_error(&m, k, zero, zero, (const float *const *)cl, w, NCL, glob, start, work);
+        double *work = fx_malloc(sizeof(double) * fx_agg_error_work(&m, NCL));
+        double ex = fx_agg_error(&m, k, 1, (const float *const *)cl, w, NCL, glob, start, work);
+        double it = fx_agg_error(&m, k, 0, (const float *const *)cl, w, NCL, glob, start, work);
         CHECK(ex < TOL_EXACT, "%s %s: FedEx aggregation error %.3g", name, ad->name, ex);
         CHECK(it > 100 * TOL_EXACT, "%s %s: FedIT aggregation error %.3g is not clearly above FedEx's", name, ad->name, it);
         /* FedIT's error, recomputed: ||R|| / || sum_i w_i dW_i - dW(start) || */
@@ -128,6 +138,22 @@ static void run_case(fx_adapter_kind kind, int weighted) {
         for (size_t j = 0; j < len; j++) { num += ref[j] * ref[j]; den += (mean[j] - tmp[j]) * (mean[j] - tmp[j]); }
         double it_ref = sqrt(num / den);
         CHECK(fabs(it - it_ref) <= 1e-6 * it_ref, "%s %s: FedIT error %.9g, reference %.9g", name, ad->name, it, it_ref);
+        /* FedEx's error, recomputed densely: the residual as its fp32 factors carry it, U V in double,
+         * plus dW(global) minus the clients' mean, against the same update */
+        double ex_num = 0;
+        for (int o = 0; o < ad->out; o++)
+            for (int i = 0; i < ad->in; i++) {
+                double r = 0;
+                for (int j = 0; j < q; j++)
+                    r += (double)U[(size_t)o * q + j] *
+                         (kind == FX_LORA ? V[(size_t)j * ad->in + i] : m.vera_A[(size_t)j * m.vera_in + i]);
+                size_t e = (size_t)o * ad->in + i;
+                double d = r - ref[e]; /* ref = sum_i w_i dW_i - dW(global) */
+                ex_num += d * d;
+            }
+        double ex_ref = sqrt(ex_num / den);
+        CHECK(fabs(ex - ex_ref) <= TOL_ERR_DENSE * ex_ref + TOL_ERR_ABS, "%s %s: FedEx error %.9g, dense reference %.9g",
+              name, ad->name, ex, ex_ref);
         free(mean); free(dw); free(work);
         free(U); free(V); free(Rf); free(zero); free(ref); free(tmp); free(got);
     }
@@ -206,7 +232,49 @@ static void frozen_case(fx_adapter_kind kind, int dense) {
     fx_model_free(&srv); fx_model_free(&cli);
 }
 
+/* ||sum_j u_j v_j^T||_F through triangular factors equals the product formed densely, on a case that
+ * cancels as the aggregation error does: the outer products of clients' nearly equal factors minus the
+ * mean's, whose sum is ~1e-8 of its terms; also wide (q > out) and rank-deficient (repeated rows). */
+static void norm_case(int out, int in, int q, int repeat, const char *name) {
+    fx_rng g;
+    fx_rng_seed(&g, (uint64_t)(out * 131 + in * 7 + q));
+    size_t nu = (size_t)q * out, nv = (size_t)q * in;
+    double *U = fx_malloc(sizeof(double) * nu), *V = fx_malloc(sizeof(double) * nv);
+    double *U2 = fx_malloc(sizeof(double) * nu), *V2 = fx_malloc(sizeof(double) * nv);
+    int h = q / 2;
+    for (int j = 0; j < q; j++)
+        for (int o = 0; o < out; o++) U[(size_t)j * out + o] = j < h ? 2 * fx_rng_uniform(&g) - 1 : 0;
+    for (int j = 0; j < h; j++)
+        for (int x = 0; x < in; x++) V[(size_t)j * in + x] = repeat && j > 0 ? V[x] : 2 * fx_rng_uniform(&g) - 1;
+    /* second half: -u_j (x) (v_j + 1e-8 noise): the sum is 1e-8 of the terms */
+    for (int j = h; j < 2 * h; j++) {
+        for (int o = 0; o < out; o++) U[(size_t)j * out + o] = -U[(size_t)(j - h) * out + o];
+        for (int x = 0; x < in; x++) V[(size_t)j * in + x] = V[(size_t)(j - h) * in + x] + 1e-8 * (2 * fx_rng_uniform(&g) - 1);
+    }
+    for (int j = 2 * h; j < q; j++) for (int x = 0; x < in; x++) V[(size_t)j * in + x] = 0;
+    /* the reference, written here: (U V)[o][x] summed over j, squared, summed */
+    double ref = 0;
+    for (int o = 0; o < out; o++)
+        for (int x = 0; x < in; x++) {
+            double s = 0;
+            for (int j = 0; j < q; j++) s += U[(size_t)j * out + o] * V[(size_t)j * in + x];
+            ref += s * s;
+        }
+    ref = sqrt(ref);
+    memcpy(U2, U, sizeof(double) * nu); memcpy(V2, V, sizeof(double) * nv);
+    double tri = fx_agg_norm_uv(U2, V2, q, out, in, FX_NORM_TRIANGULAR);
+    memcpy(U2, U, sizeof(double) * nu); memcpy(V2, V, sizeof(double) * nv);
+    double dense = fx_agg_norm_uv(U2, V2, q, out, in, FX_NORM_DENSE);
+    CHECK(ref > 0 && fabs(tri - ref) <= TOL_NORM * ref, "%s: ||U V|| by triangular factors %.12g, formed %.12g", name, tri, ref);
+    CHECK(fabs(dense - ref) <= TOL_NORM * ref, "%s: ||U V|| row by row %.12g, formed %.12g", name, dense, ref);
+    free(U); free(V); free(U2); free(V2);
+}
+
 int main(void) {
+    norm_case(60, 50, 12, 0, "tall");
+    norm_case(9, 70, 24, 0, "wide (q > out)");
+    norm_case(40, 8, 20, 0, "wide (q > in)");
+    norm_case(50, 40, 16, 1, "repeated rows (rank-deficient V)");
     fx_agg_method mth;
     CHECK(fx_agg_parse("ours", &mth) == 0 && mth == FX_AGG_FEDEX, "ours is fedex");
     CHECK(fx_agg_parse("normal", &mth) == 0 && mth == FX_AGG_FEDIT, "normal is fedit");
@@ -215,9 +283,11 @@ int main(void) {
     CHECK(fx_agg_is_exact(FX_AGG_FEDEX) && fx_agg_is_exact(FX_AGG_FEDEX_VERA) && !fx_agg_is_exact(FX_AGG_FEDIT),
           "exact methods");
     for (int wgt = 0; wgt < 2; wgt++) {
-        run_case(FX_LORA, wgt);
-        run_case(FX_VERA, wgt);
+        run_case(FX_LORA, wgt, 24);
+        run_case(FX_VERA, wgt, 24);
     }
+    run_case(FX_LORA, 0, 256);
+    run_case(FX_VERA, 1, 256);
     for (int dense = 0; dense < 2; dense++) {
         frozen_case(FX_LORA, dense);
         frozen_case(FX_VERA, dense);

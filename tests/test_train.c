@@ -274,9 +274,13 @@ static void check_exact_layer(const char *agg, int vera, double s, int R, const 
           R, name, sqrt(e2 / u2), TOL_EXACT);
     CHECK(sqrt(e2 / r2) < TOL_RESIDUAL_REL, "%s round %d %s: ||residual - formula|| / ||formula|| = %.3g, want < "
           "%.0e (sum |terms| / |R| = %.3g)", agg, R, name, sqrt(e2 / r2), TOL_RESIDUAL_REL, sqrt(b2 / r2) / TOL_PRODUCT);
+    /* The run's agg_error takes this round's residual as its factors carry it (agg.c); ours takes it from
+     * the saved fp32 R_acc, which also holds the rounding of forming and accumulating it, at most BOUND
+     * elementwise: the two differ by no more than that (triangle inequality). */
     double mine = sqrt(a2 / u2), theirs = reported && reported->type == FX_JNUM ? reported->num : NAN;
-    CHECK(fabs(mine - theirs) <= TOL_METRIC * mine + 1e-15, "%s round %d %s: agg_error %.9g, recomputed %.9g", agg, R,
-          name, theirs, mine);
+    CHECK(fabs(mine - theirs) <= TOL_METRIC * mine + sqrt(b2 / u2) + 1e-15,
+          "%s round %d %s: agg_error %.9g, recomputed %.9g (apart by more than the accumulation's rounding, %.3g)", agg,
+          R, name, theirs, mine, sqrt(b2 / u2));
     if (r2 > SIGNIFICANT * SIGNIFICANT * b2) {
         (*significant)++;
         /* non-square layers: (in, out) cannot even be laid over (out, in) */
