@@ -545,7 +545,7 @@ static int client_gpus(fx_run *R) {
         p = *end ? end + 1 : end;
     }
     if (k == 1) for (int i = 1; i < R->n; i++) R->gpu_of[i] = R->gpu_of[0];
-    else if (k != R->n) {
+    else if (k != R->n && strcmp(R->cfg.transport, "mpi")) { /* under MPI: a device per client rank of a host */
         fx_seterr("--client-gpus '%s' names %d devices for %d clients", list, k, R->n);
         return -1;
     }
