@@ -194,6 +194,15 @@ static void test_partial_shm(void) {
 /* ---------------------------------------------------------------- the MPI transport */
 
 static char mpirun[1024];
+/* Under the sanitizers an MPI run takes ten times as long (OpenMPI's start above all): there the fedex and
+ * fedex-vera comparisons, the 16 clients and the fingerprint run, which cover every path of mpi.c that
+ * ends in MPI_Finalize (where leaks are checked); the dead rank and Ctrl-C end in an abort, checked by the
+ * release build's `make test`. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#else
+#define SANITIZED 0
+#endif
 
 /* mpirun from PATH, or 0. */
 static int find_mpirun(void) {
@@ -213,8 +222,9 @@ static int find_mpirun(void) {
 static pid_t mpi_spawn(const char *tag, const char *fault, int np, va_list ap) {
     static char nps[16];
     snprintf(nps, sizeof nps, "%d", np);
-    const char *args[96] = {"--oversubscribe", "--bind-to", "none", "-np", nps, "-x", "FEDEX_CHECK_FROZEN"};
-    int n = 7;
+    const char *args[96] = {"--oversubscribe", "--bind-to", "none", "-np", nps, "-x", "FEDEX_CHECK_FROZEN", "-x",
+                            "LSAN_OPTIONS"};
+    int n = 9;
     if (fault) { args[n++] = "-x"; args[n++] = "FEDEX_FAULT"; }
     const char *pre[] = {fedex_bin, "train", "--transport", "mpi", "--model", model, "--task", "RTE", "--data", glue,
                          "--max-seq-length", "32", "--batch-size", "32", "--local-epochs", "1", "--threads", "2", NULL};
@@ -272,6 +282,7 @@ static const struct { const char *tag, *agg, *residual; int vera; } same_runs[] 
 
 static void test_mpi_same(void) {
     for (size_t k = 0; k < sizeof same_runs / sizeof same_runs[0]; k++) {
+        if (SANITIZED && strcmp(same_runs[k].tag, "fedex") && strcmp(same_runs[k].tag, "fedex-vera")) continue;
         char a[1024], b[1024];
         snprintf(a, sizeof a, "%s/shm_%s", tmp, same_runs[k].tag);
         snprintf(b, sizeof b, "%s/mpi_%s", tmp, same_runs[k].tag);
@@ -338,7 +349,7 @@ static void test_mpi_dead(void) {
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", run, run2);
     CHECK(system(cmd) == 0, "copy of the stopped run");
-    const char *res[] = {"--oversubscribe", "--bind-to", "none", "-np", "4", "-x", "FEDEX_CHECK_FROZEN", fedex_bin, "train",
+    const char *res[] = {"--oversubscribe", "--bind-to", "none", "-np", "4", "-x", "FEDEX_CHECK_FROZEN", "-x", "LSAN_OPTIONS", fedex_bin, "train",
                          "--transport", "mpi", "--resume", run, "--rounds", "3", "--threads", "2", NULL};
     pid_t p = spawn_prog(mpirun, "dead_resume", NULL, res);
     rc = p < 0 ? -1 : finish("dead_resume", p);
@@ -354,7 +365,7 @@ static void test_mpi_dead(void) {
 static void test_mpi_interrupt(void) {
     char run[1024];
     snprintf(run, sizeof run, "%s/int", tmp);
-    const char *args[] = {"--oversubscribe", "--bind-to", "none", "-np", "3", "-x", "FEDEX_CHECK_FROZEN", fedex_bin,
+    const char *args[] = {"--oversubscribe", "--bind-to", "none", "-np", "3", "-x", "FEDEX_CHECK_FROZEN", "-x", "LSAN_OPTIONS", fedex_bin,
                           "train", "--transport", "mpi", "--model", model, "--task", "RTE", "--data", glue_wide,
                           "--max-seq-length", "32", "--batch-size", "32", "--threads", "2", "--local-epochs", "1",
                           "--rounds", "40", "--out", run, NULL};
@@ -427,12 +438,25 @@ int main(void) {
                 /* as root, OpenMPI's mpirun wants to be told that this is meant */
                 setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
                 setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+                /* under the sanitizers: OpenMPI's own allocations kept past MPI_Finalize are not fedex's leaks
+                 * (tests/lsan_mpi.supp says which and why) */
+                static char supp[4200];
+                char abs_supp[4096];
+                if (realpath("tests/lsan_mpi.supp", abs_supp)) {
+                    snprintf(supp, sizeof supp, "suppressions=%s:print_suppressions=0:fast_unwind_on_malloc=0", abs_supp);
+                    setenv("LSAN_OPTIONS", supp, 0);
+                }
+                setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
                 test_mpi_refusals();
                 test_mpi_same();
                 test_mpi_many();
                 test_mpi_frozen();
-                test_mpi_dead();
-                test_mpi_interrupt();
+                if (!SANITIZED) {
+                    test_mpi_dead();
+                    test_mpi_interrupt();
+                } else
+                    printf("skipped under the sanitizers: mpirun against shm for fedit, ffa and factored fedex, the dead "
+                           "rank and Ctrl-C under mpirun (they run in `make test`)\n");
             }
         }
     }
