@@ -108,16 +108,20 @@ void fx_adapter_build(fx_model *m) {
             }
         }
     if (a->kind == FX_VERA && m->nadapted) {
-        /* PEFT's kaiming_uniform(a=sqrt(5)) bound 1/sqrt(fan_in), fan_in = size(1). Every client with
-         * the same seed holds the same projections, which VeRA's aggregation relies on. */
+        /* PEFT's _init_vera_A_vera_B: one torch.Generator seeded with projection_prng_key draws vera_A
+         * (r, in_max) then vera_B (out_max, r), each with PEFT's _kaiming_init, uniform in +-bound with
+         * bound = sqrt(3) * sqrt(2) / sqrt(fan_in) = sqrt(6 / fan_in), fan_in = size(1): in_max for
+         * vera_A, r for vera_B. fx_mt reproduces torch's CPU stream, so these are PEFT's projections bit
+         * for bit, and every client holds the same ones, which VeRA's aggregation relies on. */
         size_t na = (size_t)m->a.r * m->vera_in, nb = (size_t)m->vera_out * m->a.r;
         m->vera_A = fx_malloc(na * sizeof(float));
         m->vera_B = fx_malloc(nb * sizeof(float));
-        fx_rng g;
-        fx_rng_seed(&g, a->seed);
-        double ba = 1.0 / sqrt((double)m->vera_in), bb = 1.0 / sqrt((double)m->a.r);
-        for (size_t i = 0; i < na; i++) m->vera_A[i] = (float)((2 * fx_rng_uniform(&g) - 1) * ba);
-        for (size_t i = 0; i < nb; i++) m->vera_B[i] = (float)((2 * fx_rng_uniform(&g) - 1) * bb);
+        fx_mt g;
+        fx_mt_seed(&g, a->proj_key);
+        double ba = sqrt(3.0) * (sqrt(2.0) / sqrt((double)m->vera_in));
+        double bb = sqrt(3.0) * (sqrt(2.0) / sqrt((double)m->a.r));
+        fx_mt_uniform(&g, m->vera_A, na, -ba, ba);
+        fx_mt_uniform(&g, m->vera_B, nb, -bb, bb);
     }
 }
 

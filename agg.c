@@ -40,6 +40,7 @@ const char *fx_agg_name(fx_agg_method m) {
 int fx_agg_is_vera(fx_agg_method m) {
     return m == FX_AGG_FEDEX_VERA || m == FX_AGG_FEDIT_VERA || m == FX_AGG_FFA_VERA;
 }
+int fx_agg_is_sorf(fx_agg_method m) { (void)m; return 0; }
 int fx_agg_is_exact(fx_agg_method m) { return m == FX_AGG_FEDEX || m == FX_AGG_FEDEX_VERA; }
 int fx_agg_freezes(fx_agg_method m) { return m == FX_AGG_FFA || m == FX_AGG_FFA_VERA; }
 
@@ -310,6 +311,15 @@ void fx_residual_make(const fx_model *m, int form, const float *const *clients, 
     }
 }
 
+/* The VeRA fork's inexact variants multiply the residual by a factor (its lr, or alpha/r): R (dense) or U
+ * (factored; V is the shared projection) times FACTOR. */
+void fx_residual_scale(const fx_model *m, const fx_residual_msg *msg, float *payload, float factor) {
+    if (factor == 1.0f || m->a.kind == FX_LORA) return;
+    size_t n = 0;
+    for (int k = 0; k < m->nadapted; k++) n += payload_len(m, k, msg_layer_q(m, k, msg));
+    for (size_t j = 0; j < n; j++) payload[j] *= factor;
+}
+
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload) {
     const float *p = payload;
     for (int k = 0; k < m->nadapted; k++) {
@@ -467,9 +477,10 @@ static int update_terms(const fx_model *m, int k, const float *const *clients, c
     return r;
 }
 
-double fx_agg_error(const fx_model *m, int k, int exact, const float *const *clients, const double *w, int n,
+double fx_agg_error(const fx_model *m, int k, float residual, const float *const *clients, const double *w, int n,
                     const float *global, const float *prev_global, double *work) {
     const fx_adapted *ad = &m->ad[k];
+    int exact = residual != 0; /* a residual is sent: fl(U_d), times RESIDUAL for VeRA (fx_residual_scale) */
     int out = ad->out, in = ad->in, q = fx_agg_residual_rank(m, n), lora = m->a.kind == FX_LORA;
     double *Ud = work, *Vd = Ud + (size_t)out * q, *Uc = Vd + (size_t)q * in, *Vr = Uc + (size_t)2 * q * out;
     factors_d(m, k, clients, w, n, global, Ud, Vd);
@@ -478,7 +489,8 @@ double fx_agg_error(const fx_model *m, int k, int exact, const float *const *cli
         double *u = Uc + (size_t)t * out, *v = Vr + (size_t)t * in;
         for (int o = 0; o < out; o++) {
             double x = Ud[(size_t)o * q + j];
-            u[o] = exact ? (double)(float)x - x : -x;            /* ΔU, or -U_d */
+            float sent = lora ? (float)x : (float)x * residual;   /* what the message carries */
+            u[o] = exact ? (double)sent - x : -x;                 /* ΔU, or -U_d */
         }
         for (int x = 0; x < in; x++) {
             double y = lora ? Vd[(size_t)j * in + x] : m->vera_A[(size_t)j * m->vera_in + x];

@@ -306,12 +306,12 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
         fprintf(f, ",\n  \"use_rslora\": %s,\n  \"use_dora\": false,\n", a->rslora ? "true" : "false");
         fprintf(f, "  \"init_lora_weights\": true,\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {}\n}\n");
     } else {
-        /* save_projection: vera_A and vera_B travel in the file, as fedex's own projections are not the ones
-         * PEFT would draw from projection_prng_key. */
+        /* fedex draws vera_A and vera_B as PEFT does from projection_prng_key, so with save_projection
+         * false PEFT redraws the same ones (on its CPU generator); by default they travel in the file. */
         fprintf(f, "  \"vera_dropout\": "); fx_json_put_float(f, a->dropout);
         fprintf(f, ",\n  \"d_initial\": "); fx_json_put_float(f, a->d_initial);
-        fprintf(f, ",\n  \"projection_prng_key\": %llu,\n  \"save_projection\": true,\n",
-                (unsigned long long)(a->seed & 0x7fffffffULL));
+        fprintf(f, ",\n  \"projection_prng_key\": %u,\n  \"save_projection\": %s,\n", (unsigned)a->proj_key,
+                a->skip_projection ? "false" : "true");
         fprintf(f, "  \"init_weights\": true\n}\n");
     }
     return fx_write_memstream_atomic(f, &buf, &len, path);
@@ -622,6 +622,18 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a)
     }
     if (a->kind == FX_LORA && !fx_json_get(&j, "lora_alpha")) a->alpha = 8; /* PEFT's default */
     if (a->kind == FX_VERA && !fx_json_get(&j, "d_initial")) a->d_initial = 0.1f;
+    if (a->kind == FX_VERA) {
+        const fx_json *key = fx_json_get(&j, "projection_prng_key");
+        int save = 1;
+        if (key && (key->type != FX_JNUM || !key->is_int || key->inum < 0 || key->inum > 0xffffffffLL)) {
+            fx_seterr("%s: projection_prng_key must be an integer in [0, 4294967295]", path);
+            goto done;
+        }
+        a->proj_key = key ? (uint32_t)key->inum : 0; /* PEFT's default */
+        if (json_flag(&j, "save_projection", &save, path) != 0) goto done;
+        if (!fx_json_get(&j, "save_projection")) save = 1;
+        a->skip_projection = !save;
+    }
     double r_all, alpha_all;
     if (resolve_pattern(&j, "rank_pattern", layers, a->targets, a->r, 1, &r_all, path) != 0 ||
         resolve_pattern(&j, "alpha_pattern", layers, a->targets, a->alpha, 0, &alpha_all, path) != 0)
@@ -669,7 +681,8 @@ int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model) 
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/adapter_model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
-    int vera = m->a.kind == FX_VERA, n = 2 * m->nadapted + m->fam->nhead + 2 * vera, rc = -1, i = 0;
+    int vera = m->a.kind == FX_VERA && !m->a.skip_projection, n = 2 * m->nadapted + m->fam->nhead + 2 * vera;
+    int rc = -1, i = 0;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
     char (*names)[192] = fx_calloc((size_t)n, sizeof *names);
     for (int k = 0; k < m->nadapted; k++)
@@ -724,6 +737,11 @@ static int check_adapter_config(const fx_model *m, const char *cfg_path) {
                   cfg_path, a.targets, m->a.targets);
         return -1;
     }
+    if (a.kind == FX_VERA && a.skip_projection && a.proj_key != m->a.proj_key) {
+        fx_seterr("%s: the adapter's projections come from projection_prng_key %u (not saved), the model's from %u",
+                  cfg_path, (unsigned)a.proj_key, (unsigned)m->a.proj_key);
+        return -1;
+    }
     if (a.kind == FX_LORA) {
         float s = a.rslora ? a.alpha / sqrtf((float)a.r) : a.alpha / (float)a.r;
         if (fabsf(s - m->scale) > 1e-6f * fabsf(m->scale)) {
@@ -740,6 +758,9 @@ int fx_adapter_load(fx_model *m, const char *path) {
     struct stat st;
     if (adapter_paths(path, file, cfg) != 0) return -1;
     if (stat(cfg, &st) == 0 && check_adapter_config(m, cfg) != 0) return -1;
+    fx_adapter_cfg saved = {0};
+    int redraw = m->a.kind == FX_VERA && stat(cfg, &st) == 0 && load_adapter_config(cfg, m->c.layers, &saved) == 0 &&
+                 saved.skip_projection; /* save_projection false: the model's own, from the same key */
 
     fx_st_file f;
     if (fx_st_open(file, &f) != 0) return -1;
@@ -772,8 +793,10 @@ int fx_adapter_load(fx_model *m, const char *path) {
         int vs[2][2] = {{m->a.r, in_max}, {out_max, m->a.r}};
         for (int s = 0; s < 2; s++) {
             const fx_st_tensor *t = fx_st_find(&f, vn[s]);
+            if (!t && redraw) continue;
             if (!t) {
-                fx_seterr("%s: no tensor '%s': VeRA adapters must be saved with save_projection=True", file, vn[s]);
+                fx_seterr("%s: no tensor '%s', and adapter_config.json beside it does not say save_projection false",
+                          file, vn[s]);
                 goto done;
             }
             if (check_shape(file, t, 2, vs[s], what) != 0) goto done;

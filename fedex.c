@@ -92,8 +92,10 @@ static const fx_opt tokenize_opt[] = {
 };
 static const fx_cmdline tokenize_cl = {
     "tokenize", "--model DIR [--max-length N] TEXT [TEXT2]\n       fedex tokenize --model DIR --task TASK --file F.tsv [--max-length N]",
-    "Prints the token ids of <s> TEXT </s> (or <s> TEXT </s></s> TEXT2 </s>) on one line, space\n"
-    "separated; with --file, one such line per row of a GLUE file, in file order.\n",
+    "Prints the token ids of TEXT (or of the pair TEXT TEXT2) on one line, space separated, as Hugging\n"
+    "Face's tokenizer of the vocabulary gives them: RoBERTa's <s> TEXT </s> (<s> TEXT </s></s> TEXT2 </s>),\n"
+    "GPT-2's without any special token (<|endoftext|> written in a text is its id). With --file, one such\n"
+    "line per row of a GLUE file, in file order.\n",
     sizeof(tokenize_opts), tokenize_opt, 4, 0, 2, "texts"};
 
 /* Appends " ID" (no space before the first) for each id, then a newline, to stdout. */
@@ -117,14 +119,16 @@ static int cmd_tokenize(int argc, char **argv) {
     if (!o.model) return usage_error("tokenize", "--model DIR is required");
     if (o.file ? (!o.task || ntext) : (o.task || !ntext))
         return usage_error("tokenize", "give either TEXT [TEXT2], or --task and --file");
-    int room = (o.file ? 0 : ntext == 2) ? 4 : 2;
+    fx_tokenizer *tok = fx_tok_load(o.model);
+    if (!tok) fx_die("%s", fx_err());
+    const fx_text_template *tpl = fx_tok_template(tok);
+    int room = tpl->bos + tpl->eos_a + ((o.file ? 0 : ntext == 2) ? tpl->eos_b_lead + tpl->eos_b : 0);
     if (o.max_len > 0 && o.max_len < room) {
         fprintf(stderr, "fedex tokenize: --max-length %d leaves no room for %d special tokens\n", o.max_len, room);
+        fx_tok_free(tok);
         return 2;
     }
 
-    fx_tokenizer *tok = fx_tok_load(o.model);
-    if (!tok) fx_die("%s", fx_err());
     int32_t *ids = NULL;
     int n = 0, cap = 0;
     if (!o.file) {
@@ -136,8 +140,9 @@ static int cmd_tokenize(int argc, char **argv) {
         if (!t) { fx_tok_free(tok); fprintf(stderr, "fedex tokenize: unknown task '%s'\n", o.task); return 2; }
         fx_rows rows;
         if (fx_glue_read(t, o.file, &rows) != 0) fx_die("%s", fx_err());
-        if (t->col_b >= 0 && o.max_len > 0 && o.max_len < 4)
-            fx_die("tokenize: --max-length %d leaves no room for a pair's 4 special tokens", o.max_len);
+        int pair_room = room + (t->col_b >= 0 ? tpl->eos_b_lead + tpl->eos_b : 0);
+        if (o.max_len > 0 && o.max_len < pair_room)
+            fx_die("tokenize: --max-length %d leaves no room for a pair's %d special tokens", o.max_len, pair_room);
         for (int r = 0; r < rows.n; r++) {
             n = 0;
             if (fx_tok_encode_seq(tok, rows.a[r], rows.b ? rows.b[r] : NULL, o.max_len, &ids, &n, &cap) != 0)
@@ -368,6 +373,7 @@ static int cmd_train(int argc, char **argv) {
         fx_json_free(&saved);
         return 2;
     }
+    if (!R.cfg.resume) fx_settings_notes(&R.cfg, set, stdout);
 #ifndef FEDEX_CUDA
     if (!strcmp(R.cfg.device, "cuda")) {
         fprintf(stderr, "fedex train: --device cuda needs the CUDA build, fedex-cuda, beside this program "
@@ -512,6 +518,165 @@ out:
 }
 
 /* ============================================================================================
+ * score
+ * ============================================================================================ */
+
+typedef struct { const char *hyp, *refs; int json, tokenized; } score_opts;
+static const fx_opt score_opt[] = {
+    {"--hyp", NULL, FX_OPT_STR, OPT(score_opts, hyp), NULL, "hypotheses, one a line (required)", 0, 0},
+    {"--refs", NULL, FX_OPT_STR, OPT(score_opts, refs), NULL,
+     "references: each item's lines, items separated by blank lines (required)", 0, 0},
+    {"--json", NULL, FX_OPT_FLAG, OPT(score_opts, json), NULL, "print one JSON object: BLEU, NIST, ROUGE_L, CIDEr", 0, 0},
+    {"--tokenized", NULL, FX_OPT_FLAG, OPT(score_opts, tokenized), NULL,
+     "the files are tokenised already: split at spaces only, no case folding", 0, 0},
+};
+static const fx_cmdline score_cl = CMDLINE("score", "--hyp F --refs F [--json] [--tokenized]",
+    "Scores hypotheses against references as e2e-metrics (measure_scores.py -p) does: BLEU and NIST as its\n"
+    "port of mteval-v13a, ROUGE-L and CIDEr-D as its pycocoevalcap on PTB-tokenised text. The files are in\n"
+    "the format its measure_scores.py reads. METEOR is not computed (it needs Java): run the official\n"
+    "scorer on the same files.\n", score_opts, score_opt);
+
+static int cmd_score(int argc, char **argv) {
+    score_opts o;
+    int set[4], rc = parse_or_exit(&score_cl, argc, argv, &o, set, NULL, NULL);
+    if (rc >= 0) return rc;
+    if (!o.hyp || !o.refs) return usage_error("score", "needs --hyp F and --refs F");
+    fx_e2e_scores s;
+    if (fx_e2e_score_files(o.hyp, o.refs, o.tokenized, &s) != 0) {
+        fprintf(stderr, "fedex score: %s\n", fx_err());
+        return 1;
+    }
+    static const char meteor[] =
+        "METEOR is not computed (the official scorer needs Java and its paraphrase tables): e2e-metrics'\n"
+        "  ./measure_scores.py -p %s %s\n"
+        "reads these same files and prints it with the other four.\n";
+    if (o.json) {
+        printf("{\"BLEU\": ");
+        fx_json_num(stdout, s.bleu);
+        printf(", \"NIST\": ");
+        fx_json_num(stdout, s.nist);
+        printf(", \"ROUGE_L\": ");
+        fx_json_num(stdout, s.rouge_l);
+        printf(", \"CIDEr\": ");
+        fx_json_num(stdout, s.cider);
+        printf("}\n");
+        fprintf(stderr, meteor, o.refs, o.hyp);
+    } else {
+        printf("BLEU     %.4f\n", s.bleu);
+        if (isnan(s.nist)) printf("NIST     undefined (the hypotheses are too short: e2e-metrics divides by zero)\n");
+        else printf("NIST     %.4f\n", s.nist);
+        printf("ROUGE_L  %.4f\n", s.rouge_l);
+        printf("CIDEr    %.4f\n", s.cider);
+        printf(meteor, o.refs, o.hyp);
+    }
+    return 0;
+}
+
+/* ============================================================================================
+ * plot, table
+ * ============================================================================================ */
+
+#define MAX_RUNS 256
+
+/* The runs named by the positional arguments, read; NULL (the error printed) when one does not read. */
+static fx_runlog *read_runs(const char *cmd, const char **dirs, int n) {
+    fx_runlog *runs = fx_calloc((size_t)n, sizeof *runs);
+    for (int i = 0; i < n; i++)
+        if (fx_runlog_read(dirs[i], &runs[i]) != 0) {
+            fprintf(stderr, "fedex %s: %s\n", cmd, fx_err());
+            for (int j = 0; j < i; j++) fx_runlog_free(&runs[j]);
+            free(runs);
+            return NULL;
+        }
+    return runs;
+}
+
+static void free_runs(fx_runlog *runs, int n) {
+    for (int i = 0; i < n; i++) fx_runlog_free(&runs[i]);
+    free(runs);
+}
+
+/* What WRITE puts into a memory stream, into PATH atomically (or standard output for NULL or "-"). */
+static int write_out(const char *path, int (*write)(const fx_runlog *, int, const char *, FILE *), const fx_runlog *runs,
+                     int n, const char *arg) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
+    int rc = write(runs, n, arg, f);
+    fclose(f);
+    if (rc == 0) {
+        if (!path || !strcmp(path, "-")) rc = fwrite(buf, 1, len, stdout) == len ? 0 : -1;
+        else rc = fx_write_file_atomic(path, buf, len);
+    }
+    free(buf);
+    return rc;
+}
+
+static int svg_write(const fx_runlog *runs, int n, const char *arg, FILE *f) { (void)arg; return fx_plot_svg(runs, n, f); }
+static int table_write(const fx_runlog *runs, int n, const char *format, FILE *f) { return fx_table_write(runs, n, format, f); }
+
+typedef struct { const char *out, *format; } plot_opts;
+static const fx_opt plot_opt[] = {
+    {"--out", NULL, FX_OPT_STR, OPT(plot_opts, out), NULL, "the SVG file to write (required; - for standard output)", 0, 0},
+    {"--format", NULL, FX_OPT_STR, OPT(plot_opts, format), "svg", "svg (png is not built in: render the SVG, see below)", 0, 0},
+};
+static const fx_cmdline plot_cl = {
+    "plot", "RUN... --out FILE.svg",
+    "Draws the runs in the folders RUN... as one SVG: the dev metric per round of every run (legend: method\n"
+    "and task), train and dev loss per round, and for each run that reports a deviation (FedIT's error on its\n"
+    "round's clients, per adapted layer) a layer x round heat map and the deviation by depth. Each plotted\n"
+    "point carries its metrics.jsonl value as data-value. For a PNG: chromium --headless --screenshot=F.png\n"
+    "--window-size=1000,H FILE.svg (H: the SVG's height), or rsvg-convert FILE.svg > F.png.\n",
+    sizeof(plot_opts), plot_opt, 2, 1, MAX_RUNS, "RUN"};
+
+static int cmd_plot(int argc, char **argv) {
+    plot_opts o;
+    const char *dirs[MAX_RUNS];
+    int set[2], n, rc = parse_or_exit(&plot_cl, argc, argv, &o, set, dirs, &n);
+    if (rc >= 0) return rc;
+    if (!o.out) return usage_error("plot", "--out FILE.svg is required");
+    if (!strcmp(o.format, "png")) {
+        fprintf(stderr, "fedex plot: --format png is not built in (it would need a rasteriser and fonts, a new "
+                "dependency); write the SVG and render it: chromium --headless --screenshot=F.png FILE.svg\n");
+        return 2;
+    }
+    if (strcmp(o.format, "svg")) return usage_error("plot", "--format takes svg");
+    fx_runlog *runs = read_runs("plot", dirs, n);
+    if (!runs) return 1;
+    rc = write_out(o.out, svg_write, runs, n, NULL);
+    if (rc != 0) fprintf(stderr, "fedex plot: %s\n", fx_err());
+    free_runs(runs, n);
+    return rc ? 1 : 0;
+}
+
+typedef struct { const char *out, *format; } table_opts;
+static const fx_opt table_opt[] = {
+    {"--format", NULL, FX_OPT_STR, OPT(table_opts, format), "md", "md (Markdown) | csv", 0, 0},
+    {"--out", NULL, FX_OPT_STR, OPT(table_opts, out), NULL, "the file to write (default: standard output)", 0, 0},
+};
+static const fx_cmdline table_cl = {
+    "table", "RUN... [--format md|csv] [--out FILE]",
+    "The paper's table of the runs in the folders RUN...: one row per method, one column per task, each cell\n"
+    "the run's best dev metric (the task's metric) and the round it came in, and the row's average over the\n"
+    "tasks (when it has them all). One run per method and task.\n",
+    sizeof(table_opts), table_opt, 2, 1, MAX_RUNS, "RUN"};
+
+static int cmd_table(int argc, char **argv) {
+    table_opts o;
+    const char *dirs[MAX_RUNS];
+    int set[2], n, rc = parse_or_exit(&table_cl, argc, argv, &o, set, dirs, &n);
+    if (rc >= 0) return rc;
+    if (strcmp(o.format, "md") && strcmp(o.format, "csv")) return usage_error("table", "--format takes md or csv");
+    fx_runlog *runs = read_runs("table", dirs, n);
+    if (!runs) return 1;
+    rc = write_out(o.out, table_write, runs, n, o.format);
+    if (rc != 0) fprintf(stderr, "fedex table: %s\n", fx_err());
+    free_runs(runs, n);
+    return rc ? 1 : 0;
+}
+
+/* ============================================================================================
  * main
  * ============================================================================================ */
 
@@ -525,6 +690,9 @@ static const command commands[] = {
     {"train", cmd_train, "federated fine-tuning with forked clients and exact aggregation"},
     {"demo", cmd_demo, "fedit, ffa and fedex side by side on the embedded model"},
     {"export", cmd_export, "write a run's global model as a Hugging Face checkpoint"},
+    {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr of generations as e2e-metrics computes them"},
+    {"plot", cmd_plot, "draw runs as one SVG: dev metric, losses, deviation per layer"},
+    {"table", cmd_table, "the paper's table of runs: best dev metric per method and task"},
 };
 
 static void usage(FILE *f) {

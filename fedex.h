@@ -44,6 +44,8 @@ int fx_write_file_atomic(const char *path, const void *data, size_t len);
 int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path);
 int fx_mkdir_p(const char *dir);
 double fx_now(void); /* seconds, monotonic */
+/* S seconds as "45s", "3m20s", "2h05m" ("?" when not finite or negative) into BUF. */
+const char *fx_duration_str(double s, char *buf, size_t n);
 double fx_sort_median(double *x, int n); /* sorts X ascending (timings), returns x[n/2] */
 
 /* Deterministic random numbers: splitmix64-seeded xoshiro256**. Same seed, same stream, any platform. */
@@ -53,6 +55,12 @@ uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
+/* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
+ * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
+typedef struct { uint32_t s[624]; int i; } fx_mt;
+void fx_mt_seed(fx_mt *g, uint32_t seed);
+uint32_t fx_mt_u32(fx_mt *g);
+void fx_mt_uniform(fx_mt *g, float *x, size_t n, double lo, double hi);
 
 /* ============================================================================================
  * json.c: a strict RFC 8259 reader (config.json, vocab.json, safetensors headers)
@@ -166,8 +174,13 @@ typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
 int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *a, const char *b, int max_len,
                       int32_t **ids, int *n, int *cap);
-/* RoBERTa's template (fx_roberta.text): <s> A </s> or <s> A </s></s> B </s> (B may be NULL), truncated
- * to max_len (> 0; 4 at least for a pair). OUT must hold max_len ids. Returns the count, -1 on error. */
+/* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
+ * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
+ * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+const fx_text_template *fx_tok_template(const fx_tokenizer *t);
+/* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
+ * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
+ * count, -1 on error. */
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out);
 /* The same sequence appended to *ids as fx_tok_encode_tpl does; max_len 0 means no truncation. */
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
@@ -207,6 +220,8 @@ typedef struct {
                                     (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
+    int lm;                      /* 1: language modelling on per-token targets (E2E, e2e.c's data), no
+                                    classes; num_labels 0 */
 } fx_task;
 
 const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */
@@ -220,13 +235,22 @@ void fx_rows_free(fx_rows *r);
 /* DATA_DIR/<task dir>/<split>.tsv, where split "train" or "dev" (dev maps to the task's dev_split). */
 int fx_glue_path(const fx_task *t, const char *data_dir, const char *split, char *out, size_t outsz);
 
+/* The label of a token that the loss ignores (Hugging Face's ignore_index). */
+#define FX_IGNORE (-100)
+
 /* A tokenised split, compact: row i's ids are ids[off[i] .. off[i+1]). */
 typedef struct {
     const fx_task *task;
     int n;
     int32_t *ids;
     size_t *off;                 /* n + 1 offsets */
-    float *labels;               /* class id as float, or the regression target */
+    float *labels;               /* class id as float, or the regression target; NULL for an lm task */
+    int32_t *targets;            /* lm tasks: per-token labels aligned with ids (same offsets), Hugging Face's
+                                    labels: the model scores position j's logits against targets[j + 1];
+                                    FX_IGNORE where no loss is taken. NULL for row-labelled tasks */
+    int *cls;                    /* (n) the class of each row for Dirichlet splits and the split report when
+                                    labels are not classes (E2E: the MR's slot count); NULL: from labels */
+    int nclass;                  /* classes in cls */
 } fx_dataset;
 int fx_dataset_build(const fx_task *t, const char *data_dir, const char *split, fx_tokenizer *tok,
                      int max_len, fx_dataset *d);
@@ -237,9 +261,12 @@ typedef struct {
     int n, T;
     int32_t *ids;                /* (n, T) */
     uint8_t *mask;               /* (n, T) */
-    float *labels;               /* (n) */
-    int32_t *targets; /* (n, T) HF-style labels aligned with ids, -100 ignored */
+    float *labels;               /* (n); 0 for a dataset without row labels */
+    int32_t *targets;            /* (n, T) the dataset's per-token labels (Hugging Face's, aligned with ids:
+                                    position t's logits are scored against targets[t + 1]), FX_IGNORE (-100)
+                                    on padding; NULL when the dataset has none */
     int cap_rows, cap_tok;       /* allocation, managed by fx_batch_fill */
+    int cap_targets;
 } fx_batch;
 void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_batch *b);
 void fx_batch_free(fx_batch *b);
@@ -248,6 +275,9 @@ void fx_batch_free(fx_batch *b);
  * "dirichlet:ALPHA" (per class, proportions drawn from Dirichlet(ALPHA)). rows[c] is malloc'd. */
 int fx_split_clients(const fx_dataset *d, int nclients, const char *spec, uint64_t seed,
                      int **rows, int *counts);
+/* Client splits for an lm task (E2E) work on its rows as GLUE's do on theirs: iid gives each row (one MR
+ * with one reference) a uniformly random client, as the reference code does; dirichlet:ALPHA skews the
+ * clients by the dataset's cls (E2E: the MR's slot count). */
 /* Regression targets are cut into this many quantile bins, which serve as classes for the Dirichlet
  * split and for the report. */
 #define FX_SPLIT_BINS 5
@@ -270,6 +300,38 @@ void fx_task_metrics(const fx_task *t, const float *logits, const float *labels,
  * tokens from [4, vocab). Label 1 iff the body holds strictly more tokens from the lower half
  * [4, 4 + (vocab-4)/2) than from the upper half. Needs vocab >= 6, max_len >= 8. */
 int fx_dataset_synthetic(int n, int vocab, int max_len, uint64_t seed, fx_dataset *d);
+
+/* ============================================================================================
+ * e2e.c: E2E NLG data: strict CSV reading, MR groups, training sequences with per-token targets
+ * ============================================================================================ */
+
+extern const fx_task fx_e2e_task;   /* fx_task_find("e2e"); lm: 1 */
+/* Rows of one E2E CSV file (`mr,ref`), validated with path:line errors. Rows that share an MR are
+ * adjacent; group g (one unique MR, in file order) is rows group[g] .. group[g+1]): its MR is
+ * mr[group[g]], its references ref[group[g]] .. ref[group[g+1] - 1]. line[i] is where row i starts. */
+typedef struct {
+    int n;
+    char **mr, **ref;            /* (n) the fields, unquoted, byte for byte */
+    int *line;                   /* (n) 1-based */
+    int ngroups;
+    int *group;                  /* (ngroups + 1) */
+} fx_e2e_rows;
+int fx_e2e_read(const char *path, fx_e2e_rows *r);
+void fx_e2e_rows_free(fx_e2e_rows *r);
+/* DATA_DIR/trainset.csv, devset.csv or testset_w_refs.csv for split train, dev or test; TRAIN_FILE (when
+ * not NULL) replaces the first. */
+int fx_e2e_path(const char *data_dir, const char *split, const char *train_file, char *out, size_t cap);
+int fx_e2e_slots(const char *mr);                /* attribute[value] items in an MR: its '[' count */
+#define FX_E2E_CLASSES 9                         /* slot counts 0 .. 8 (more count as 8): the split's classes */
+char *fx_e2e_prompt(const char *mr);             /* "{MR} ->", malloc'd: what generation starts from */
+char *fx_e2e_text(const char *mr, const char *ref); /* "{MR} -> {ref} <|endoftext|>", malloc'd */
+/* The training sequences of R's rows (PATH names the file in errors): the ids of fx_e2e_text under the
+ * tokenizer (<|endoftext|> is its special token; the space before it is its own token), truncated to
+ * MAX_LEN from the right; targets = ids on the reference, that space and the end token, FX_IGNORE on the
+ * prompt (the ids of fx_e2e_prompt, which open the sequence's). cls: the slot count. A row whose prompt
+ * fills MAX_LEN is refused (nothing would be learnt from it). */
+int fx_e2e_dataset(const fx_e2e_rows *r, const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d);
+int fx_e2e_load(const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d); /* read + dataset */
 
 /* ============================================================================================
  * matmul.c: the one matrix product of the CPU backend
@@ -486,7 +548,10 @@ typedef struct {
     int freeze_a;                /* FFA-LoRA: A stays at its initial value */
     int freeze_d;                /* FFA-VeRA: lambda_d stays at its initial value */
     float d_initial;             /* VeRA lambda_d initial value */
-    uint64_t seed;               /* adapter initialisation and VeRA's shared projections */
+    uint64_t seed;               /* adapter initialisation and the dropout stream */
+    uint32_t proj_key;           /* VeRA: PEFT's projection_prng_key, the shared projections' seed */
+    int skip_projection;         /* VeRA: PEFT's save_projection=False (the adapter file holds no vera_A,
+                                    vera_B; they are redrawn from proj_key) */
 } fx_adapter_cfg;
 
 /* One adapted linear layer y = x W^T + b with W (out, in). */
@@ -585,8 +650,8 @@ typedef struct fx_model {
     int nadapted;
     fx_adapted *ad;
     float *vera_A, *vera_B;      /* VeRA's frozen shared projections (r, in_max), (out_max, r), drawn in
-                                    fx_model_create from a.seed: vera_A ~ U(+-1/sqrt(in_max)), then
-                                    vera_B ~ U(+-1/sqrt(r)), row-major (PEFT's kaiming_uniform bounds) */
+                                    fx_model_create as PEFT draws them from a.proj_key: vera_A ~
+                                    U(+-sqrt(6/in_max)), then vera_B ~ U(+-sqrt(6/r)), row-major */
     int vera_in, vera_out;       /* in_max, out_max over the adapted layers (0 without VeRA) */
     fx_rng drop;                 /* dropout stream, seeded from a.seed by fx_model_create */
     void *ws;                    /* activations and scratch, private to model.c */
@@ -680,7 +745,8 @@ typedef enum { FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX_VERA, FX_AGG
                FX_AGG_FFA_VERA, FX_AGG_CENTRAL } fx_agg_method;
 int fx_agg_parse(const char *s, fx_agg_method *m);  /* also the reference code's ours/normal/ffa/ours_vera */
 const char *fx_agg_name(fx_agg_method m);
-int fx_agg_is_vera(fx_agg_method m);
+int fx_agg_is_vera(fx_agg_method m);  /* fedex-vera, fedit-vera, ffa-vera */
+int fx_agg_is_sorf(fx_agg_method m);  /* sorf-vera, fedex-sorf-vera */
 int fx_agg_is_exact(fx_agg_method m);              /* adds the residual into W0 */
 int fx_agg_freezes(fx_agg_method m);               /* FFA: A (or lambda_d) frozen */
 
@@ -692,9 +758,10 @@ int fx_agg_residual_rank(const fx_model *m, int n);
 int fx_agg_residual_factors(const fx_model *m, int k, const float *const *clients, const double *w,
                             int n, const float *global, float *U, float *V);
 /* The aggregation error of adapted layer K: || W_global - sum_i w_i W_i || / || sum_i w_i W_i - W_prev ||,
- * with this round's residual as its factors carry it when EXACT (FedEx), computed from the factors
- * (agg.c has the equations). WORK: fx_agg_error_work(m, n) doubles. */
-double fx_agg_error(const fx_model *m, int k, int exact, const float *const *clients, const double *w, int n,
+ * with this round's residual as its factors carry it, times RESIDUAL (1: FedEx; the VeRA fork's lr or
+ * alpha/r; 0: no residual), computed from the factors (agg.c has the equations). WORK:
+ * fx_agg_error_work(m, n) doubles. */
+double fx_agg_error(const fx_model *m, int k, float residual, const float *const *clients, const double *w, int n,
                     const float *global, const float *prev_global, double *work);
 size_t fx_agg_error_work(const fx_model *m, int nclients);
 /* ||sum_j u_j v_j^T||_F for Q outer products, u_j = UC[j] (OUT), v_j = VR[j] (IN), in double; both are
@@ -744,6 +811,8 @@ void fx_residual_make(const fx_model *m, int form, const float *const *clients, 
  * original W0 from R (not W0 + R_acc), and VeRA's projections. */
 uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
+/* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
+void fx_residual_scale(const struct fx_model *m, const fx_residual_msg *msg, float *payload, float factor);
 void fx_residual_apply(fx_residual *r, const fx_model *m, const fx_residual_msg *msg, const float *payload);
 
 /* ============================================================================================
@@ -779,21 +848,39 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f);          /* generated from the
 typedef struct {
     const char *model, *task, *data, *out, *resume, *split, *targets, *agg_name, *residual;
     const char *device, *precision, *client_gpus, *transport;
+    const char *train_file;      /* E2E: the training CSV in place of DATA/trainset.csv */
     int clients_per_round;       /* 0: all */
     int num_clients, rounds, local_epochs, batch_size, max_len, lora_r, vera_r, threads;
     int micro_batch, eval_batch, server_gpu;
     double lr, lora_alpha, lora_dropout, d_initial, warmup_ratio, weight_decay, client_timeout;
+    double label_smoothing;      /* eps of the LM loss: (1 - eps) nll + eps mean_v(-log p_v); 0: none */
+    double max_grad_norm;        /* each step's gradient clipped to this total L2 norm; 0: no clipping */
     long long seed;
     int rslora, weighted, strict, save_clients, overwrite;
-    fx_agg_method agg;           /* parsed from agg_name by fx_settings_check */
+    /* VeRA as PEFT names it, and the VeRA fork's spellings */
+    double vera_dropout;
+    long long projection_prng_key, sorf_seed;
+    const char *save_projection, *vera_scale, *fork_client_gpus;
+    const char *fan_in_fan_out, *bias, *modules_to_save, *init_weights, *layers_to_transform, *layers_pattern;
+    int vera, r_any, rsvera, fork_vera_scale, parallel_clients, fork_server_gpu;
+    fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
 #define FX_SETTINGS_FILE "fedex_run.json"     /* a run's settings, beside its outputs */
 extern const fx_cmdline fx_train_cmdline;                  /* train's table: every setting of a run */
-#define FX_SETTINGS_MAX 64    /* room for its SET flags: settings.c checks the table fits at compile time */
+#define FX_SETTINGS_MAX 96    /* room for its SET flags: settings.c checks the table fits at compile time */
 int fx_settings_opt(const char *name);                     /* index in fx_train_cmdline */
-/* Ranges and contradictions (SET: which options were given); parses agg. -1 with fx_err(). */
+/* Ranges and contradictions (SET: which options were given); parses agg. A new run (no --resume) first
+ * takes its task's defaults for the options not given (fx_settings_task_defaults). -1 with fx_err(). */
 int fx_settings_check(fx_settings *c, const int *set);
+/* What the run says once about options it accepts but does not need (--parallel_clients, the VeRA fork's
+ * GPU ids on the CPU). */
+void fx_settings_notes(const fx_settings *c, const int *set, FILE *f);
+/* The task's own defaults (E2E: the reference's GPT-2 recipe) for every option SET says was not given;
+ * returns how many it changed, -1 on an unknown value in the table. */
+int fx_settings_task_defaults(fx_settings *c, const int *set);
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
+/* The factor on the VeRA residual: 1 (exact), or the VeRA fork's lr or alpha/r (--vera-scale). */
+float fx_settings_residual_scale(const fx_settings *c);
 /* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
 int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task);
 /* The embedded model (no --model): a small random RoBERTa for the built-in synthetic task. */
@@ -996,6 +1083,8 @@ struct fx_run {
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
     int lock_fd;                     /* the run folder's lock, held for the run */
     int settings_written;            /* with the first round's outputs */
+    double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
+    int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
@@ -1005,6 +1094,9 @@ int fx_run_live(void);               /* live progress lines: standard error is a
  * a client that finished (on standard output, unless the live lines show it on a terminal). */
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn);
 void fx_run_client_done(const fx_run *R, int round, int c, int tty);
+/* Seconds left in the run while round ROUND is FRAC (0..1) done, from the rounds timed so far; NAN when
+ * nothing is known yet. */
+double fx_run_remaining(const fx_run *R, int round, double frac);
 /* What a client needs to run: its setup from the run (shared base or not). */
 void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
 /* Restores a run's checkpoint DIR/state.safetensors into M (whose base holds the original W0): the
@@ -1022,6 +1114,58 @@ float fx_eval_step_cpu(void *model, const fx_batch *b, float *logits);
 double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits);
 
 /* ============================================================================================
+ * score.c, ptb.c, case_tables.c: the E2E NLG metrics as e2e-metrics computes them
+ * ============================================================================================
+ * BLEU and NIST as its Python port of mteval-v13a (measure_scores.py -p): mteval's tokenisation, case
+ * folded, BLEU's brevity penalty against the closest reference length, NIST's information weights
+ * counted over all references. ROUGE-L (beta 1.2) and CIDEr-D (n 4, sigma 6, idf from the evaluated
+ * references) as the pycocoevalcap scorers it calls, on text tokenised as its Stanford PTB tokenizer
+ * 3.4.1 (-preserveLines -lowerCase) does, punctuation tokens dropped. METEOR is not computed. */
+
+typedef struct { double bleu, nist, rouge_l, cider; } fx_e2e_scores;
+/* n items: hyp[i] one hypothesis (UTF-8); refs[i][0..nref[i]-1] its references (nref[i] >= 1).
+ * tokenized: inputs already tokenised (split on spaces only, no case folding or mteval/PTB
+ * tokenisation). An empty hypothesis is scored as e2e-metrics scores an empty line. NIST is NAN where
+ * the reference's NIST divides by zero (some n <= 5 with the hypotheses' n-gram slots summing to zero).
+ * 0, or -1 with fx_seterr (invalid UTF-8, an item without references). */
+int fx_e2e_score(int n, char *const *hyp, char *const *const *refs, const int *nref, int tokenized,
+                 fx_e2e_scores *out);
+
+/* The files e2e-metrics' measure_scores.py reads in its default mode: hypotheses one a line; references
+ * grouped per item, groups separated by blank lines (a file without blank lines holds one reference per
+ * item). Lines are stripped of white space as it strips them. Errors name path:line. */
+typedef struct {
+    int n;           /* items */
+    char **text;     /* hypotheses: n; references: all of them, group after group */
+    char ***refs;    /* references: refs[i] points into text, nref[i] of them; NULL for hypotheses */
+    int *nref;
+    char *buf;       /* the file's bytes, which text[] points into */
+} fx_e2e_lines;
+int fx_e2e_read_hyps(const char *path, fx_e2e_lines *out);
+int fx_e2e_read_refs(const char *path, fx_e2e_lines *out);
+void fx_e2e_lines_free(fx_e2e_lines *l);
+/* Reads both files, checks the item counts agree, scores. */
+int fx_e2e_score_files(const char *hyp_path, const char *ref_path, int tokenized, fx_e2e_scores *out);
+
+/* ptb.c: the Stanford PTB tokenizer 3.4.1's rules as e2e-metrics runs it (-preserveLines -lowerCase) on
+ * CAPTIONS[0..n-1], which it joins with newlines (a rule's look-ahead sees the next caption, as there).
+ * OUT[i]: caption i's tokens, lower-cased, joined by single spaces, punctuation tokens removed as
+ * pycocoevalcap removes them (malloc'd). 0, or -1 with fx_seterr on invalid UTF-8. */
+int fx_ptb_tokenize(int n, const char *const *captions, char **out);
+
+/* case_tables.c, generated by tools/gen_case.py: str.lower()'s mapping and a few properties. */
+typedef struct { uint32_t lo, hi; int32_t delta; uint32_t step; } fx_case_run;
+extern const fx_case_run fx_lower_runs[];
+extern const int fx_lower_nruns;
+enum { FX_CP_CASED = 1, FX_CP_IGNORABLE = 2, FX_CP_DIGIT = 4, FX_CP_UPPER = 8 };
+extern const fx_uni_range fx_case_ranges[];
+extern const int fx_case_nranges;
+int fx_cp_flags(uint32_t cp);                       /* FX_CP_* of CP (score.c) */
+/* Lower-cases CP[0..n-1] as Python's str.lower and Java's toLowerCase do (U+0130 to two code points,
+ * the final-sigma rule); OUT has room for 2n; returns its length (score.c). */
+int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
+
+/* ============================================================================================
  * shm.c: the transport of forked clients on this machine, sharing one POSIX shared-memory segment
  * ============================================================================================ */
 
@@ -1037,5 +1181,38 @@ int fx_mpi_built(void);                        /* 1 when this build has MPI */
  * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
  * says how to get it and returns 2. */
 int fx_mpi_train(fx_run *R);
+
+/* ============================================================================================
+ * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
+ * grid.c: every method on a list of tasks, skipping finished runs and resuming stopped ones.
+ * ============================================================================================ */
+
+typedef struct {
+    int round;
+    double value, best;              /* the task's dev metric this round, the best so far */
+    int best_round;
+    double dev_loss, train_loss;     /* train: the clients' mean weighted by samples */
+    double err_max, dev_max;         /* the method's aggregation error and the deviation, max over layers */
+} fx_log_round;
+typedef struct {
+    char *dir, *method, *task, *metric; /* method as metrics.jsonl names it; task "synthetic" without one */
+    int n;                           /* rounds read */
+    fx_log_round *r;                 /* (n) */
+    int nlayers;
+    char **layer;                    /* (nlayers) the adapted layers' names, in metrics.jsonl's order */
+    double *dev;                     /* (nlayers, n) deviation of layer k in round i at [k * n + i]; NAN where absent */
+    double best; int best_round;     /* from the last round read */
+    int rounds_planned;              /* the settings' --rounds */
+} fx_runlog;
+int fx_runlog_read(const char *dir, fx_runlog *L);  /* -1 with fx_err() naming the file and line */
+void fx_runlog_free(fx_runlog *L);
+/* The layer's depth, the first all-digit component of its name ("encoder.layer.3.attention.self.query"
+ * -> 3, TARGET "attention.self.query"); -1 (TARGET the whole name) when it has none. */
+int fx_layer_depth(const char *name, const char **target);
+/* Method rows, task columns: best dev metric (round), average. FORMAT "md" or "csv". */
+int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f);
+/* One SVG of the runs: dev metric per round, train and dev loss per round, and for each run with a
+ * deviation its layer x round heat map and its deviation by depth. Deterministic for the same input. */
+int fx_plot_svg(const fx_runlog *runs, int n, FILE *f);
 
 #endif

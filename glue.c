@@ -22,30 +22,30 @@ static const fx_task tasks[] = {
      * names: the Hugging Face glue dataset's ClassLabel names in fedex's ids (MNLI's ids follow its label
      * strings, so its names are in that order, not the dataset's entailment, neutral, contradiction) */
     {"CoLA",    "CoLA",  "dev",             0, 4,  3, -1, 1,  2, {NULL, NULL, NULL},
-     {"unacceptable", "acceptable", NULL}, "mcc"},
+     {"unacceptable", "acceptable", NULL}, "mcc", 0},
     {"SST-2",   "SST-2", "dev",             1, 2,  0, -1, 1,  2, {NULL, NULL, NULL},
-     {"negative", "positive", NULL}, "accuracy"},
+     {"negative", "positive", NULL}, "accuracy", 0},
     {"MRPC",    "MRPC",  "dev",             1, 5,  3, 4,  0,  2, {NULL, NULL, NULL},
-     {"not_equivalent", "equivalent", NULL}, "f1"},
+     {"not_equivalent", "equivalent", NULL}, "f1", 0},
     {"STS-B",   "STS-B", "dev",             1, 10, 7, 8,  9,  1, {NULL, NULL, NULL},
-     {NULL, NULL, NULL}, "pearson"},
+     {NULL, NULL, NULL}, "pearson", 0},
     {"QQP",     "QQP",   "dev",             1, 6,  3, 4,  5,  2, {NULL, NULL, NULL},
-     {"not_duplicate", "duplicate", NULL}, "accuracy"},
+     {"not_duplicate", "duplicate", NULL}, "accuracy", 0},
     {"MNLI",    "MNLI",  "dev_matched",     1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"},
-     {"contradiction", "entailment", "neutral"}, "accuracy"},
+     {"contradiction", "entailment", "neutral"}, "accuracy", 0},
     {"MNLI-MM", "MNLI",  "dev_mismatched",  1, 0,  8, 9,  -1, 3, {"contradiction", "entailment", "neutral"},
-     {"contradiction", "entailment", "neutral"}, "accuracy"},
+     {"contradiction", "entailment", "neutral"}, "accuracy", 0},
     {"QNLI",    "QNLI",  "dev",             1, 4,  1, 2,  3,  2, {"entailment", "not_entailment", NULL},
-     {"entailment", "not_entailment", NULL}, "accuracy"},
+     {"entailment", "not_entailment", NULL}, "accuracy", 0},
     {"RTE",     "RTE",   "dev",             1, 4,  1, 2,  3,  2, {"entailment", "not_entailment", NULL},
-     {"entailment", "not_entailment", NULL}, "accuracy"},
+     {"entailment", "not_entailment", NULL}, "accuracy", 0},
     {"WNLI",    "WNLI",  "dev",             1, 4,  1, 2,  3,  2, {NULL, NULL, NULL},
-     {"not_entailment", "entailment", NULL}, "accuracy"},
+     {"not_entailment", "entailment", NULL}, "accuracy", 0},
 };
 
 /* Not a GLUE task: no folder, no files; see fx_dataset_synthetic. */
 static const fx_task synthetic_task = {"synthetic", NULL, NULL, 0, 0, 0, -1, 0, 2, {NULL, NULL, NULL},
-                                       {NULL, NULL, NULL}, "accuracy"};
+                                       {NULL, NULL, NULL}, "accuracy", 0};
 
 /* STS-B scores are similarity judgements on a 0..5 scale. */
 #define STSB_MIN 0.0
@@ -71,8 +71,10 @@ const fx_task *fx_task_find(const char *name) {
     }
     task_key(synthetic_task.name, have, sizeof have);
     if (!strcmp(want, have)) return &synthetic_task;
+    task_key(fx_e2e_task.name, have, sizeof have);
+    if (!strcmp(want, have) || !strcmp(want, "e2enlg")) return &fx_e2e_task;
     fx_seterr("unknown task '%s' (known: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-MM, QNLI, RTE, WNLI, "
-              "synthetic)", name);
+              "e2e, synthetic)", name);
     return NULL;
 }
 
@@ -206,7 +208,7 @@ fail:
  * ============================================================================================ */
 
 void fx_dataset_free(fx_dataset *d) {
-    free(d->ids); free(d->off); free(d->labels);
+    free(d->ids); free(d->off); free(d->labels); free(d->targets); free(d->cls);
     memset(d, 0, sizeof *d);
 }
 
@@ -268,6 +270,14 @@ void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_b
         b->mask = fx_realloc(b->mask, ntok);
         b->cap_tok = (int)ntok;
     }
+    if (!d->targets) {
+        free(b->targets);
+        b->targets = NULL;
+        b->cap_targets = 0;
+    } else if ((int)ntok > b->cap_targets || !b->targets) {
+        b->targets = fx_realloc(b->targets, (ntok ? ntok : 1) * sizeof *b->targets);
+        b->cap_targets = (int)ntok;
+    }
     b->n = n; b->T = T;
     for (int i = 0; i < n; i++) {
         const int32_t *src = d->ids + d->off[rows[i]];
@@ -278,12 +288,17 @@ void fx_batch_fill(const fx_dataset *d, const int *rows, int n, int pad_id, fx_b
             ids[j] = j < len ? src[j] : pad_id;
             mask[j] = j < len;
         }
-        b->labels[i] = d->labels[rows[i]];
+        if (d->targets) {
+            const int32_t *tsrc = d->targets + d->off[rows[i]];
+            int32_t *tgt = b->targets + (size_t)i * T;
+            for (int j = 0; j < T; j++) tgt[j] = j < len ? tsrc[j] : FX_IGNORE;
+        }
+        b->labels[i] = d->labels ? d->labels[rows[i]] : 0.0f;
     }
 }
 
 void fx_batch_free(fx_batch *b) {
-    free(b->ids); free(b->mask); free(b->labels);
+    free(b->ids); free(b->mask); free(b->labels); free(b->targets);
     memset(b, 0, sizeof *b);
 }
 
@@ -309,6 +324,18 @@ static int cmp_double(const void *a, const void *b) {
  * bin. -1 on a label outside the task's classes. */
 static int *example_classes(const fx_dataset *d, int *nclass) {
     int *cls = fx_malloc((size_t)(d->n ? d->n : 1) * sizeof *cls);
+    if (d->cls) { /* the dataset's own classes (E2E: the MR's slot count) */
+        for (int i = 0; i < d->n; i++) {
+            if (d->cls[i] < 0 || d->cls[i] >= d->nclass) {
+                fx_seterr("%s row %d: class %d outside [0, %d)", d->task->name, i, d->cls[i], d->nclass);
+                free(cls);
+                return NULL;
+            }
+            cls[i] = d->cls[i];
+        }
+        *nclass = d->nclass;
+        return cls;
+    }
     if (d->task->num_labels == 1) {
         double *v = fx_malloc((size_t)(d->n ? d->n : 1) * sizeof *v), cut[FX_SPLIT_BINS];
         for (int i = 0; i < d->n; i++) v[i] = d->labels[i];
@@ -428,16 +455,18 @@ void fx_split_report(FILE *f, const fx_dataset *d, int nclients, int *const *row
     int nclass = 0, *cls = example_classes(d, &nclass);
     if (!cls) { fprintf(f, "split report: %s\n", fx_err()); return; }
     int *hist = fx_calloc((size_t)nclass, sizeof *hist);
+    int *seen = fx_calloc((size_t)nclass, sizeof *seen); /* classes the data hold (d->cls may leave gaps) */
+    for (int i = 0; i < d->n; i++) seen[cls[i]] = 1;
     fprintf(f, "%d clients, %d examples; %s per client:\n", nclients, d->n,
-            d->task->num_labels == 1 ? "target quintile bins" : "label counts");
+            d->cls ? "class counts (MR slot counts)" : d->task->num_labels == 1 ? "target quintile bins" : "label counts");
     for (int c = 0; c < nclients; c++) {
         memset(hist, 0, (size_t)nclass * sizeof *hist);
         for (int i = 0; i < counts[c]; i++) hist[cls[rows[c][i]]]++;
         fprintf(f, "  client %3d: %7d examples |", c, counts[c]);
-        for (int k = 0; k < nclass; k++) fprintf(f, " %d:%d", k, hist[k]);
+        for (int k = 0; k < nclass; k++) if (!d->cls || seen[k]) fprintf(f, " %d:%d", k, hist[k]);
         fputc('\n', f);
     }
-    free(hist);
+    free(hist); free(seen);
     free(cls);
 }
 

@@ -37,27 +37,40 @@ static int by_length(const void *a, const void *b) {
     return li != lj ? (li < lj ? -1 : 1) : (i > j) - (i < j);
 }
 
+/* Tokens a batch's loss is the mean over: the per-token targets the model scores (position j's logits
+ * against targets[j + 1], so a row's first target never counts). */
+static int64_t scored_tokens(const fx_batch *b) {
+    int64_t k = 0;
+    for (int i = 0; i < b->n; i++)
+        for (int j = 1; j < b->T; j++) k += b->targets[(size_t)i * b->T + j] != FX_IGNORE;
+    return k;
+}
+
 double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits) {
     int n = d->n;
     int *order = fx_malloc(sizeof(int) * (size_t)(n ? n : 1));
-    float *out = fx_malloc(sizeof(float) * (size_t)bs * (size_t)L);
+    float *out = L ? fx_malloc(sizeof(float) * (size_t)bs * (size_t)L) : NULL;
     for (int i = 0; i < n; i++) order[i] = i;
     len_sort_data = d;
     qsort(order, (size_t)n, sizeof *order, by_length);
     fx_batch b = {0};
-    double loss = 0;
+    /* The split's loss: the mean over rows of GLUE's row losses; with per-token targets, the mean over
+     * every scored token of the split (each batch's mean weighted by its scored tokens). */
+    double loss = 0, weight = 0;
     for (int i = 0; i < n && !isnan(loss); i += bs) {
         int nb = n - i < bs ? n - i : bs;
         fx_batch_fill(d, order + i, nb, pad, &b);
         float l = step(backend, &b, out);
         if (isnan(l)) { fx_seterr("rows %d to %d (by length): %s", i, i + nb - 1, fx_err()); loss = NAN; }
-        loss += (double)l * nb;
-        for (int j = 0; j < nb; j++) memcpy(logits + (size_t)order[i + j] * L, out + (size_t)j * L, sizeof(float) * L);
+        double w = b.targets ? (double)scored_tokens(&b) : nb;
+        if (w > 0) loss += (double)l * w;
+        weight += w;
+        for (int j = 0; L && j < nb; j++) memcpy(logits + (size_t)order[i + j] * L, out + (size_t)j * L, sizeof(float) * L);
     }
     fx_batch_free(&b);
     free(out);
     free(order);
-    return n ? loss / n : NAN;
+    return weight > 0 ? loss / weight : NAN;
 }
 
 #ifdef FEDEX_CUDA
@@ -80,6 +93,11 @@ static double evaluate(fx_run *R, fx_metrics *mt) {
         backend = R->srv_gpu;
     }
 #endif
+    if (R->task->lm) { /* a language model: its dev loss is the round's figure (lower is better) */
+        double loss = fx_eval_split(&R->dev, R->cfg.eval_batch, R->pad_id, 0, step, backend, NULL);
+        *mt = (fx_metrics){NAN, NAN, NAN, NAN, NAN, loss, "dev_loss"};
+        return loss;
+    }
     int L = R->mc.num_labels;
     float *logits = fx_malloc(sizeof(float) * (size_t)(R->dev.n ? R->dev.n : 1) * L);
     double loss = fx_eval_split(&R->dev, R->cfg.eval_batch, R->pad_id, L, step, backend, logits);
@@ -92,7 +110,7 @@ static double evaluate(fx_run *R, fx_metrics *mt) {
  * Aggregation: FedIT mean, then (FedEx) the residual, then the aggregation error of every layer
  * ============================================================================================ */
 
-static void aggregate(fx_run *R, const int *done, double *err, double *agg_seconds) {
+static void aggregate(fx_run *R, const int *done, double *err, double *dev, double *agg_seconds) {
     double t0 = fx_now();
     fx_model *m = &R->srv;
     const float *cl[256];
@@ -110,12 +128,19 @@ static void aggregate(fx_run *R, const int *done, double *err, double *agg_secon
         int form = FX_RESIDUAL_AUTO;
         fx_residual_form_parse(R->cfg.residual, &form);
         fx_residual_make(m, form, cl, w, n, R->global, R->round_now, R->msg, R->payload, R->scratch);
+        fx_residual_scale(m, R->msg, R->payload, fx_settings_residual_scale(&R->cfg));
         fx_residual_apply(&R->res, m, R->msg, R->payload);
         fx_residual_set_frozen(&R->res, m);
     }
     *agg_seconds = fx_now() - t0;
     for (int k = 0; k < m->nadapted; k++)
-        err[k] = fx_agg_error(m, k, exact, cl, w, n, R->global, R->prev_global, R->err_work);
+        err[k] = fx_agg_error(m, k, exact ? fx_settings_residual_scale(&R->cfg) : 0.0f, cl, w, n, R->global,
+                              R->prev_global, R->err_work);
+    /* The deviation: FedIT's error on this round's clients, || dW(B̄, Ā) - sum_i w_i dW_i || / || sum_i w_i dW_i
+     * - dW(prev) ||, the error without a residual. For FedIT it is its error above; for FedEx, the residual
+     * it added (what FedIT would have lost); FFA's shared A and a single client make it zero up to rounding. */
+    for (int k = 0; k < m->nadapted; k++)
+        dev[k] = fx_agg_error(m, k, 0.0f, cl, w, n, R->global, R->prev_global, R->err_work);
 }
 
 /* --clients-per-round M: M of the N clients, drawn each round from the run's seed and the round alone
@@ -172,10 +197,22 @@ static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
  * Progress, as the transports report it
  * ============================================================================================ */
 
+/* Seconds left in the run while round ROUND is FRAC done: the rounds after it at the mean time of the
+ * rounds this process has timed (before the first, this round's pace), and what is left of this one. */
+double fx_run_remaining(const fx_run *R, int round, double frac) {
+    double in_round = fx_now() - R->t_round, per_round;
+    if (R->rounds_timed > 0) per_round = R->secs_rounds / R->rounds_timed;
+    else if (frac > 0) per_round = in_round / frac;
+    else return NAN;
+    double rest = frac >= 1 ? 0 : (frac > 0 ? in_round / frac - in_round : per_round - in_round);
+    return (rest > 0 ? rest : 0) + per_round * (R->cfg.rounds - round);
+}
+
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn) {
     if (!tty) return;
     if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
     *drawn = 0;
+    double frac = 1;
     for (int c = 0; c < R->n; c++) {
         if ((!R->alive[c] && !pending[c]) || !R->selected[c]) continue;
         fx_report *s = &R->report[c];
@@ -188,8 +225,13 @@ void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *dra
         fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% %6.0f samples/s loss %.4f\n", round, c, bar,
                 (int)(100 * done / tot), done && dt > 0 ? (double)s->samples_done / dt : 0.0,
                 done ? s->loss_sum / (double)done : 0.0);
+        if (pending[c] && (double)done / tot < frac) frac = (double)done / tot; /* the slowest client's pace */
         (*drawn)++;
     }
+    char left[32];
+    fx_duration_str(fx_run_remaining(R, round, frac), left, sizeof left);
+    fprintf(stderr, "\r\033[Kround %d of %d: %s left in the run\n", round, R->cfg.rounds, left);
+    (*drawn)++;
     fflush(stderr);
 }
 
@@ -303,8 +345,26 @@ static int write_outputs(fx_run *R, int round, const int *done) {
     return write_state(R, round);
 }
 
+/* {"max": .., "mean": .., "layers": {"encoder.layer.0.attention.self.query": .., ...}}: one value per
+ * adapted layer, keyed by the layer's name, with their maximum and mean. */
+static void layer_values(FILE *f, const fx_run *R, const double *v) {
+    double mx = 0, mean = 0;
+    for (int k = 0; k < R->srv.nadapted; k++) { if (v[k] > mx || isnan(v[k])) mx = v[k]; mean += v[k]; }
+    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
+    fprintf(f, "{\"max\": ");
+    fx_json_num(f, mx);
+    fprintf(f, ", \"mean\": ");
+    fx_json_num(f, mean);
+    fprintf(f, ", \"layers\": {");
+    for (int k = 0; k < R->srv.nadapted; k++) {
+        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
+        fx_json_num(f, v[k]);
+    }
+    fprintf(f, "}}");
+}
+
 static char *metrics_line(fx_run *R, int round, const int *done, const fx_metrics *mt, double dev_loss,
-                          const double *err, double secs, double agg_s, double eval_s, double clients_s) {
+                          const double *err, const double *dev, double secs, double agg_s, double eval_s, double clients_s) {
     char *buf = NULL; size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) fx_die("open_memstream: %s", strerror(errno));
@@ -343,19 +403,11 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     fx_json_num(f, mt->main);
     fprintf(f, ", \"best\": ");
     fx_json_num(f, R->best);
-    fprintf(f, ", \"best_round\": %d, \"agg_error\": {\"max\": ", R->best_round);
-    double mx = 0, mean = 0;
-    for (int k = 0; k < R->srv.nadapted; k++) { if (err[k] > mx || isnan(err[k])) mx = err[k]; mean += err[k]; }
-    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
-    fx_json_num(f, mx);
-    fprintf(f, ", \"mean\": ");
-    fx_json_num(f, mean);
-    fprintf(f, ", \"layers\": {");
-    for (int k = 0; k < R->srv.nadapted; k++) {
-        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
-        fx_json_num(f, err[k]);
-    }
-    fprintf(f, "}}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
+    fprintf(f, ", \"best_round\": %d, \"agg_error\": ", R->best_round);
+    layer_values(f, R, err);
+    fprintf(f, ", \"deviation\": ");
+    layer_values(f, R, dev);
+    fprintf(f, ", \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
             (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
     fprintf(f, "\"memory_mb\": ");
     fx_json_num(f, R->tp->memory_mb(R));
@@ -486,8 +538,21 @@ static int load_data(fx_run *R) {
     fx_settings *c = &R->cfg;
     if (c->model) {
         if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
+        const fx_family *fam = fx_config_family(&R->mc);
+        if (R->task->lm != (fam->head_kind == FX_HEAD_LM)) {
+            fx_seterr(R->task->lm ? "--task %s trains a language model: %s is a %s, not a causal LM (GPT-2)"
+                                  : "--task %s classifies: %s is a %s language model", R->task->name, c->model,
+                      fam->model_type);
+            return -1;
+        }
+        if (fam->positions == FX_POS_FROM_ZERO) {
+            if (c->max_len > R->mc.max_positions) {
+                fx_seterr("--max-seq-length %d exceeds %s's %d positions", c->max_len, c->model, R->mc.max_positions);
+                return -1;
+            }
+        }
         /* RoBERTa's positions start after pad_id, so a row of T tokens needs pad_id + T < max_positions */
-        if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {
+        else if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {
             fx_seterr("--max-seq-length %d exceeds %s's %d positions (at most %d tokens)", c->max_len, c->model,
                       R->mc.max_positions, R->mc.max_positions - R->mc.pad_id - 1);
             return -1;
@@ -497,8 +562,17 @@ static int load_data(fx_run *R) {
         R->pad_id = fx_tok_pad(R->tok);
         printf("tokenising %s train and dev (max length %d)...\n", R->task->name, c->max_len);
         fflush(stdout);
-        if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
-        if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+        if (R->task->lm) {
+            char path[4096];
+            if (fx_e2e_path(c->data, "train", c->train_file, path, sizeof path) != 0 ||
+                fx_e2e_load(path, R->tok, c->max_len, &R->train) != 0 ||
+                fx_e2e_path(c->data, "dev", NULL, path, sizeof path) != 0 ||
+                fx_e2e_load(path, R->tok, c->max_len, &R->dev) != 0)
+                return -1;
+        } else {
+            if (fx_dataset_build(R->task, c->data, "train", R->tok, c->max_len, &R->train) != 0) return -1;
+            if (fx_dataset_build(R->task, c->data, "dev", R->tok, c->max_len, &R->dev) != 0) return -1;
+        }
         if (check_ids(R, &R->train, "train") != 0 || check_ids(R, &R->dev, "dev") != 0) return -1;
     } else {
         R->pad_id = R->mc.pad_id;
@@ -721,10 +795,12 @@ int fx_run_federated(fx_run *R) {
     int status = 0;
     int *done = fx_calloc((size_t)R->n, sizeof(int));
     double *err = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
+    double *dev = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
     fx_metrics last = {0};
     int last_round = R->round0;
     for (int round = R->round0 + 1; round <= c->rounds; round++) {
         double t0 = fx_now();
+        R->t_round = t0;
         fx_job job = {.round = round, .local_epochs = c->local_epochs, .batch_size = c->batch_size,
                       .micro_batch = c->micro_batch, .lr = c->lr, .warmup_ratio = c->warmup_ratio,
                       .weight_decay = c->weight_decay, .seed = (uint64_t)c->seed};
@@ -749,21 +825,25 @@ int fx_run_federated(fx_run *R) {
         if (ndone == 0) { fprintf(stderr, "fedex: no client finished round %d\n", round); status = 1; break; }
         double tc = fx_now() - t0, agg_s, te;
         R->round_now = round;
-        aggregate(R, done, err, &agg_s);
+        aggregate(R, done, err, dev, &agg_s);
         te = fx_now();
         fx_metrics mt;
         double dev_loss = evaluate(R, &mt);
         double eval_s = fx_now() - te;
-        if (mt.main > R->best || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
+        if ((R->task->lm ? mt.main < R->best : mt.main > R->best) || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
         double mx = 0;
         for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
         if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
-        char *line = metrics_line(R, round, done, &mt, dev_loss, err, fx_now() - t0, agg_s, eval_s, tc);
+        char *line = metrics_line(R, round, done, &mt, dev_loss, err, dev, fx_now() - t0, agg_s, eval_s, tc);
         R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
         R->lines[R->nlines++] = line;
+        R->secs_rounds += fx_now() - t0;
+        R->rounds_timed++;
+        char left[32];
+        fx_duration_str(fx_run_remaining(R, round, 1.0), left, sizeof left);
         if (!quiet)
-            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s\n", round,
-                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0);
+            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s, %s left\n", round,
+                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0, left);
         else
             printf("  %-6s round %d/%d: dev %s %.4f, aggregation error %.2e\n", fx_agg_name(c->agg), round,
                    c->rounds, mt.main_name, mt.main, mx);
@@ -781,7 +861,7 @@ int fx_run_federated(fx_run *R) {
     if (status == 0 && !quiet && last_round > 0 && last.main_name)
         printf("best dev %s %.4f at round %d; last %.4f (round %d)%s%s\n", last.main_name, R->best,
                R->best_round, last.main, last_round, c->out ? "; results in " : "", c->out ? c->out : "");
-    free(done); free(err);
+    free(done); free(err); free(dev);
     teardown_run(R);
     return status;
 }

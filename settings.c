@@ -153,8 +153,9 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f) {
 #define RC(f) offsetof(fx_settings, f)
 static const fx_opt train_opts[] = {
     {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model", 0, 0},
-    {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI); none: the built-in synthetic task", 0, 0},
-    {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders", 0, 0},
+    {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI) or e2e (GPT-2 on E2E NLG); none: the built-in synthetic task", 0, 0},
+    {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders, or for e2e trainset.csv, devset.csv and testset_w_refs.csv", 0, 0},
+    {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv", 0, 0},
     {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera)", 0, 0},
     {"--num-clients", "--num_clients", FX_OPT_INT, RC(num_clients), "3", "number of clients", 0, 0},
     {"--rounds", NULL, FX_OPT_INT, RC(rounds), "50", "federated rounds", 0, 0},
@@ -170,8 +171,28 @@ static const fx_opt train_opts[] = {
     {"--lora-dropout", "--lora_dropout", FX_OPT_REAL, RC(lora_dropout), "0.1", "dropout on the adapter input", 0, 0},
     {"--rslora", NULL, FX_OPT_FLAG, RC(rslora), NULL, "rank-stabilised scale alpha/sqrt(r)", 0, 0},
     {"--vera-r", "--vera_r", FX_OPT_INT, RC(vera_r), "256", "VeRA rank", 0, 0},
-    {"--d-initial", "--d_initial", FX_OPT_REAL, RC(d_initial), "0.1", "VeRA lambda_d initial value", 0, 0},
+    {"--d-initial", "--d_initial", FX_OPT_REAL, RC(d_initial), "0.1", "VeRA lambda_d initial value (SORF-VeRA: the scale s)", 0, 0},
+    {"--vera-dropout", "--vera_dropout", FX_OPT_REAL, RC(vera_dropout), "0", "dropout on a VeRA adapter's input (PEFT's vera_dropout)", 0, 0},
+    {"--projection-prng-key", "--projection_prng_key", FX_OPT_SEED, RC(projection_prng_key), "0", "seed of VeRA's shared projections, drawn as PEFT draws them (0 to 4294967295)", 0, 0},
+    {"--save-projection", "--save_projection", FX_OPT_STR, RC(save_projection), "true", "true: vera_A and vera_B are saved in the adapter; false: PEFT redraws them from projection_prng_key", 0, 0},
+    {"--vera-scale", NULL, FX_OPT_STR, RC(vera_scale), "1", "factor on the VeRA residual: 1 (exact), lr or alpha/r (the VeRA fork's, not exact: the aggregation error shows by how much)", 0, 0},
+    {"--vera_scale", NULL, FX_OPT_FLAG, RC(fork_vera_scale), NULL, "the VeRA fork's flag: --vera-scale alpha/r", 0, 0},
+    {"--rsvera", NULL, FX_OPT_FLAG, RC(rsvera), NULL, "--vera-scale alpha/r uses alpha/sqrt(r) (the VeRA fork's RSVeRA scale)", 0, 0},
+    {"--vera", NULL, FX_OPT_FLAG, RC(vera), NULL, "VeRA adapters: --agg fedex, fedit, ffa (ours, normal, ffa) become fedex-vera, fedit-vera, ffa-vera", 0, 0},
+    {"--r", NULL, FX_OPT_INT, RC(r_any), "0", "rank of the method's adapter (the VeRA fork's --r: --lora-r or --vera-r; 0: those)", 0, 0},
+    {"--sorf-seed", "--sorf_seed", FX_OPT_SEED, RC(sorf_seed), "42", "seed of SORF-VeRA's orthonormal mixer S (its signs and permutations)", 0, 0},
+    {"--parallel_clients", NULL, FX_OPT_FLAG, RC(parallel_clients), NULL, "accepted: fedex's clients always run in parallel, one process each", 0, 0},
+    {"--server_gpu", NULL, FX_OPT_INT, RC(fork_server_gpu), "-1", "--server-gpu with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
+    {"--client_gpus", NULL, FX_OPT_STR, RC(fork_client_gpus), NULL, "--client-gpus with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
+    {"--fan_in_fan_out", NULL, FX_OPT_STR, RC(fan_in_fan_out), "false", "PEFT's fan_in_fan_out: false (RoBERTa's layers are nn.Linear); true is refused", 0, 0},
+    {"--bias", NULL, FX_OPT_STR, RC(bias), "none", "PEFT's bias: none (fedex trains no biases of the base); all and vera_only are refused", 0, 0},
+    {"--modules_to_save", NULL, FX_OPT_STR, RC(modules_to_save), NULL, "PEFT's modules_to_save: classifier (the head, always trained and saved); others are refused", 0, 0},
+    {"--init_weights", NULL, FX_OPT_STR, RC(init_weights), "true", "PEFT's init_weights: true (lambda_b = 0, lambda_d = d_initial); false is refused", 0, 0},
+    {"--layers_to_transform", NULL, FX_OPT_STR, RC(layers_to_transform), NULL, "PEFT's layers_to_transform: None (fedex adapts every layer); a list is refused", 0, 0},
+    {"--layers_pattern", NULL, FX_OPT_STR, RC(layers_pattern), NULL, "PEFT's layers_pattern: None; a pattern is refused", 0, 0},
     {"--warmup-ratio", "--warmup_ratio", FX_OPT_REAL, RC(warmup_ratio), "0.06", "linear warmup share of each round's steps (restarted every round)", 0, 0},
+    {"--label-smoothing", "--label_smoothing_factor", FX_OPT_REAL, RC(label_smoothing), "0", "LM loss label smoothing eps: (1-eps) nll + eps mean over the vocabulary of -log p (e2e: 0.1)", 0, 0},
+    {"--max-grad-norm", "--max_grad_norm", FX_OPT_REAL, RC(max_grad_norm), "0", "clip each step's gradient to this total norm (0: no clipping; e2e: 1.0)", 0, 0},
     {"--seed", NULL, FX_OPT_SEED, RC(seed), "42", "seed of splits, initialisation, shuffling and dropout", 0, 0},
     {"--split", NULL, FX_OPT_STR, RC(split), "iid", "iid | dirichlet:ALPHA (label-skewed)", 0, 0},
     {"--weighted", NULL, FX_OPT_FLAG, RC(weighted), NULL, "weight clients by sample count (the paper uses a plain mean)", 0, 0},
@@ -203,11 +224,151 @@ const fx_cmdline fx_train_cmdline = {
 
 int fx_settings_opt(const char *name) { return fx_opts_find(&fx_train_cmdline, name); }
 
+/* Without --data: ./data/glue or ./data when it holds TASK's folder (where the reference code's forks keep
+ * their GLUE copy), or NULL. */
+static const char *default_data(const char *task) {
+    const fx_task *t = fx_task_find(task);
+    static const char *dirs[] = {"data/glue", "data"};
+    char path[512];
+    for (int i = 0; t && t->dir && i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s/train.tsv", dirs[i], t->dir);
+        if (access(path, R_OK) == 0) return dirs[i];
+    }
+    return NULL;
+}
+
+/* Defaults that differ by task. E2E takes the reference's GPT-2 recipe (the LoRA paper's setup): r 4,
+ * alpha 32, dropout 0.1, c_attn and c_proj adapted, batch 8, AdamW with weight decay 0.01 (eps 1e-8 is
+ * fx_adamw_update's), a linear schedule with 10% warmup restarted every round, 3 clients, 5 local epochs,
+ * sequences up to 512 tokens, label smoothing 0.1 and gradient clipping at 1.0. Its learning rate stays
+ * the table's 1e-3: the reference passes --lr to a trainer that ignores it, so 1e-3 is what it ran. */
+static const struct { const char *task, *opt, *value; } task_defaults[] = {
+    {"e2e", "--lora-r", "4"}, {"e2e", "--lora-alpha", "32"}, {"e2e", "--lora-dropout", "0.1"},
+    {"e2e", "--targets", "c_attn,c_proj"}, {"e2e", "--batch-size", "8"}, {"e2e", "--micro-batch", "8"},
+    {"e2e", "--weight-decay", "0.01"}, {"e2e", "--warmup-ratio", "0.1"}, {"e2e", "--num-clients", "3"},
+    {"e2e", "--local-epochs", "5"}, {"e2e", "--lr", "1e-3"}, {"e2e", "--max-seq-length", "512"},
+    {"e2e", "--label-smoothing", "0.1"}, {"e2e", "--max-grad-norm", "1.0"},
+};
+
+int fx_settings_task_defaults(fx_settings *c, const int *set) {
+    const fx_task *t = c->task ? fx_task_find(c->task) : NULL;
+    int changed = 0;
+    for (size_t i = 0; t && i < sizeof task_defaults / sizeof task_defaults[0]; i++) {
+        if (strcmp(task_defaults[i].task, t->name)) continue;
+        int k = fx_settings_opt(task_defaults[i].opt);
+        if (k < 0) { fx_seterr("task default for unknown option %s", task_defaults[i].opt); return -1; }
+        if (set[k]) continue;
+        if (set_value(&train_opts[k], c, task_defaults[i].value) != 0) return -1;
+        changed++;
+    }
+    return changed;
+}
+
+/* A PEFT boolean as the VeRA fork passes it ("True", "False"; argparse's type=bool would read any
+ * non-empty string as true, fedex reads the word): 1, 0, or -1. */
+static int peft_bool(const char *v) {
+    if (!strcasecmp(v, "true") || !strcmp(v, "1")) return 1;
+    if (!strcasecmp(v, "false") || !strcmp(v, "0")) return 0;
+    return -1;
+}
+static int unset_str(const char *v) { return !v || !*v || !strcasecmp(v, "none") || !strcmp(v, "null"); }
+
+/* The VeRA fork's and PEFT's spellings: --vera turns a LoRA method into its VeRA twin, --r is the rank of
+ * whichever adapter the method trains, --vera_scale is --vera-scale alpha/r, and PEFT's pass-through
+ * settings are honoured where fedex has the setting and refused by name where it has not. */
+static int fork_options(fx_settings *c, const int *set) {
+#define WAS_SET(name) (set[fx_settings_opt(name)])
+    if (c->vera) {
+        static const fx_agg_method from[] = {FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA},
+                                   to[] = {FX_AGG_FEDEX_VERA, FX_AGG_FEDIT_VERA, FX_AGG_FFA_VERA};
+        if (c->agg == FX_AGG_CENTRAL) { fx_seterr("--vera: --agg centralized trains LoRA only"); return -1; }
+        for (int i = 0; i < 3; i++)
+            if (c->agg == from[i]) c->agg = to[i];
+    }
+    if (c->fork_vera_scale) {
+        if (WAS_SET("--vera-scale") && strcmp(c->vera_scale, "alpha/r")) {
+            fx_seterr("--vera_scale means --vera-scale alpha/r, but --vera-scale %s was given", c->vera_scale);
+            return -1;
+        }
+        c->vera_scale = "alpha/r";
+    }
+    if (WAS_SET("--r")) {
+        if (c->r_any < 1 || c->r_any > 65536) { fx_seterr("--r must be between 1 and 65536"); return -1; }
+        if (WAS_SET("--lora-r") || WAS_SET("--vera-r")) { fx_seterr("--r is --lora-r or --vera-r: give one of them"); return -1; }
+    }
+    if (c->r_any > 0) {
+        if (fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg)) c->vera_r = c->r_any;
+        else c->lora_r = c->r_any;
+    }
+    int b;
+    if ((b = peft_bool(c->save_projection)) < 0) { fx_seterr("--save-projection must be true or false, not '%s'", c->save_projection); return -1; }
+    if ((b = peft_bool(c->fan_in_fan_out)) != 0) {
+        fx_seterr(b < 0 ? "--fan_in_fan_out must be true or false, not '%s'"
+                        : "--fan_in_fan_out %s is not supported: RoBERTa's adapted layers are nn.Linear, stored "
+                          "(out, in) (PEFT itself resets it to false for them)", c->fan_in_fan_out);
+        return -1;
+    }
+    if ((b = peft_bool(c->init_weights)) != 1) {
+        fx_seterr(b < 0 ? "--init_weights must be true or false, not '%s'"
+                        : "--init_weights %s is not supported: adapters start as PEFT's init_weights=True starts them",
+                  c->init_weights);
+        return -1;
+    }
+    if (strcmp(c->bias, "none")) {
+        fx_seterr("--bias %s is not supported: fedex trains no biases of the base model (bias none)", c->bias);
+        return -1;
+    }
+    if (!unset_str(c->modules_to_save) && strcmp(c->modules_to_save, "classifier")) {
+        fx_seterr("--modules_to_save %s is not supported: fedex trains and saves the classifier head "
+                  "(modules_to_save classifier) and nothing else", c->modules_to_save);
+        return -1;
+    }
+    if (!unset_str(c->layers_to_transform)) {
+        fx_seterr("--layers_to_transform %s is not supported: fedex adapts every layer", c->layers_to_transform);
+        return -1;
+    }
+    if (!unset_str(c->layers_pattern)) {
+        fx_seterr("--layers_pattern %s is not supported: fedex adapts every layer", c->layers_pattern);
+        return -1;
+    }
+    if (c->projection_prng_key > 0xffffffffLL) {
+        fx_seterr("--projection-prng-key must be in [0, 4294967295] (torch's generator keeps 32 bits)");
+        return -1;
+    }
+    if (strcmp(c->vera_scale, "1") && strcmp(c->vera_scale, "lr") && strcmp(c->vera_scale, "alpha/r")) {
+        fx_seterr("--vera-scale must be 1, lr or alpha/r, not '%s'", c->vera_scale);
+        return -1;
+    }
+    if (!strcmp(c->device, "cuda")) {
+        if (WAS_SET("--server_gpu")) {
+            if (WAS_SET("--server-gpu")) { fx_seterr("--server_gpu and --server-gpu: give one"); return -1; }
+            c->server_gpu = c->fork_server_gpu;
+        }
+        if (WAS_SET("--client_gpus")) {
+            if (WAS_SET("--client-gpus")) { fx_seterr("--client_gpus and --client-gpus: give one"); return -1; }
+            c->client_gpus = c->fork_client_gpus;
+        }
+    }
+    return 0;
+#undef WAS_SET
+}
+
+void fx_settings_notes(const fx_settings *c, const int *set, FILE *f) {
+    if (c->parallel_clients) fprintf(f, "fedex: --parallel_clients: fedex's clients always run in parallel, one process each\n");
+    if (strcmp(c->device, "cuda") && (set[fx_settings_opt("--server_gpu")] || set[fx_settings_opt("--client_gpus")]))
+        fprintf(f, "fedex: --server_gpu/--client_gpus: this run is on the CPU, so they are ignored (as the VeRA fork "
+                "ignores them without CUDA); --device cuda places the clients on GPUs\n");
+}
+
 /* Ranges and contradictions: refuse what cannot be meant, with the reason. */
 int fx_settings_check(fx_settings *c, const int *set) {
 #define WAS_SET(name) (set[fx_settings_opt(name)])
+    if (!c->resume && fx_settings_task_defaults(c, set) < 0) return -1;
     if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
-    int vera = fx_agg_is_vera(c->agg);
+    if (fork_options(c, set) != 0) return -1;
+    const fx_task *task = c->task ? fx_task_find(c->task) : NULL;
+    int lm = task && task->lm;
+    int vera = fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg);
     struct { int bad; const char *msg; } rules[] = {
         {c->num_clients < 1 || c->num_clients > 256, "--num-clients must be between 1 and 256"},
         {c->rounds < 1, "--rounds must be at least 1"},
@@ -233,17 +394,31 @@ int fx_settings_check(fx_settings *c, const int *set) {
         {strcmp(c->device, "cpu") && strcmp(c->device, "cuda"), "--device must be cpu or cuda"},
         {strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"),
          "--precision must be fp32, tf32 or bf16"},
-        {vera && (WAS_SET("--lora-r") || WAS_SET("--lora-alpha") || WAS_SET("--rslora")),
-         "--lora-r, --lora-alpha and --rslora apply to LoRA; VeRA methods take --vera-r and --d-initial"},
-        {!vera && (WAS_SET("--vera-r") || WAS_SET("--d-initial")),
-         "--vera-r and --d-initial apply to VeRA methods (fedex-vera, fedit-vera, ffa-vera)"},
+        {vera && (WAS_SET("--lora-r") || WAS_SET("--rslora") || WAS_SET("--lora-dropout")),
+         "--lora-r, --lora-dropout and --rslora apply to LoRA; VeRA methods take --vera-r, --vera-dropout and --d-initial"},
+        {vera && WAS_SET("--lora-alpha") && strcmp(c->vera_scale, "alpha/r"),
+         "--lora-alpha applies to LoRA, and to VeRA only with --vera-scale alpha/r"},
+        {!vera && (WAS_SET("--vera-r") || WAS_SET("--d-initial") || WAS_SET("--vera-dropout") ||
+                   WAS_SET("--projection-prng-key") || WAS_SET("--vera-scale") || WAS_SET("--vera_scale") ||
+                   WAS_SET("--rsvera") || WAS_SET("--save-projection")),
+         "--vera-r, --vera-dropout, --d-initial, --projection-prng-key, --save-projection, --vera-scale and "
+         "--rsvera apply to VeRA methods (--vera, or fedex-vera, fedit-vera, ffa-vera, sorf-vera, fedex-sorf-vera)"},
+        {c->vera_dropout < 0 || c->vera_dropout >= 1, "--vera-dropout must be in [0, 1)"},
+        {strcmp(c->vera_scale, "1") && !fx_agg_is_exact(c->agg),
+         "--vera-scale scales the FedEx residual of fedex-vera or fedex-sorf-vera; this method has none"},
+        {!fx_agg_is_sorf(c->agg) && WAS_SET("--sorf-seed"), "--sorf-seed applies to sorf-vera and fedex-sorf-vera"},
         {c->agg == FX_AGG_CENTRAL && WAS_SET("--num-clients") && c->num_clients != 1,
          "--agg centralized trains one client on all the data; it takes no --num-clients"},
         {c->agg == FX_AGG_CENTRAL && WAS_SET("--split"), "--agg centralized does not split the data"},
         {!c->model && c->task && strcasecmp(c->task, "synthetic"),
          "--task needs --model: the embedded model trains only on the built-in synthetic task"},
         {c->model && !c->task, "--model needs --task"},
-        {c->task && strcasecmp(c->task, "synthetic") && !c->data, "--task needs --data (the folder of GLUE task folders)"},
+        {c->task && strcasecmp(c->task, "synthetic") && !c->data && (lm || !(c->data = default_data(c->task))),
+         lm ? "--task e2e needs --data (the folder of devset.csv and testset_w_refs.csv)"
+            : "--task needs --data (the folder of GLUE task folders; without it, data/glue or data when they hold the task)"},
+        {c->train_file && !lm, "--train-file applies to --task e2e (GLUE reads DATA/TASK/train.tsv)"},
+        {c->label_smoothing < 0 || c->label_smoothing >= 1, "--label-smoothing must be in [0, 1)"},
+        {c->max_grad_norm < 0, "--max-grad-norm must be 0 (no clipping) or more"},
         {(c->precision && WAS_SET("--precision") && !strcmp(c->device, "cpu")),
          "--precision applies to --device cuda (the CPU path is fp32)"},
         {(WAS_SET("--client-gpus") || WAS_SET("--server-gpu")) && !strcmp(c->device, "cpu"),
@@ -282,11 +457,23 @@ void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a) {
     a->r = vera ? c->vera_r : c->lora_r;
     a->alpha = (float)c->lora_alpha;
     a->rslora = c->rslora;
-    a->dropout = (float)c->lora_dropout;
+    a->dropout = (float)(vera ? c->vera_dropout : c->lora_dropout);
+    a->proj_key = (uint32_t)c->projection_prng_key;
+    a->skip_projection = peft_bool(c->save_projection) == 0;
+
     a->freeze_a = fx_agg_freezes(c->agg) && !vera;
     a->freeze_d = fx_agg_freezes(c->agg) && vera;
     a->d_initial = (float)c->d_initial;
     a->seed = (uint64_t)c->seed;
+}
+
+/* The VeRA fork's factor on the FedEx residual: its lr, or alpha/r (alpha/sqrt(r) with --rsvera); 1, the
+ * exact residual, by default. */
+float fx_settings_residual_scale(const fx_settings *c) {
+    double r = c->vera_r;
+    if (!strcmp(c->vera_scale, "lr")) return (float)c->lr;
+    if (!strcmp(c->vera_scale, "alpha/r")) return (float)(c->lora_alpha / (c->rsvera ? sqrt(r) : r));
+    return 1.0f;
 }
 
 /* The embedded model: a small RoBERTa with random weights for the built-in synthetic task, so a fresh
@@ -310,7 +497,7 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", c->model);
     if (fx_config_load(path, mc) != 0) return -1;
-    mc->num_labels = (*task)->num_labels;
+    if (!(*task)->lm) mc->num_labels = (*task)->num_labels; /* a language model keeps its config's */
     return 0;
 }
 
@@ -326,6 +513,12 @@ static void settings_members(FILE *f, const fx_settings *c, int id) {
             !strcmp(o->name, "--overwrite") || !strcmp(o->name, "--transport") || (id && !strcmp(o->name, "--rounds")))
             continue;
         const void *p = (const char *)c + o->off;
+        /* Options that came after runs were first saved stay out of the id at their defaults, so the id of
+         * a run saved before them (whose file lacks them) is what it was. */
+        if (id && (!strcmp(o->name, "--train-file") || !strcmp(o->name, "--label-smoothing") ||
+                   !strcmp(o->name, "--max-grad-norm"))) {
+            if (o->kind == FX_OPT_STR ? *(const char *const *)p == NULL : *(const double *)p == 0) continue;
+        }
         fprintf(f, ",\n  \"%s\": ", o->name + 2);
         switch (o->kind) {
         case FX_OPT_INT: fprintf(f, "%d", *(const int *)p); break;

@@ -152,6 +152,10 @@ static size_t pair_slot(const pairmap *m, uint64_t k) {
  * the tokenizer
  * ============================================================================================ */
 
+/* GPT-2's tokenizer adds nothing around a text (add_bos_token is false): a text is its own ids, a pair
+ * the two texts' ids one after the other. */
+static const fx_text_template no_specials = {0, 0, 0, 0};
+
 struct fx_tokenizer {
     int vocab_size;          /* largest id + 1 */
     char *dec;               /* the bytes every token stands for, back to back */
@@ -159,6 +163,7 @@ struct fx_tokenizer {
     uint8_t *present;        /* (vocab_size) 1 for ids vocab.json defines */
     uint8_t *special;        /* (vocab_size) 1 for <s>, </s>, <pad>, <unk>, <mask>, <|endoftext|> */
     int bos, eos, pad;
+    const fx_text_template *tpl; /* what Hugging Face's tokenizer of this vocabulary puts around a text */
     /* The special tokens Hugging Face splits text on before BPE ("<s>" typed in a sentence becomes id 0):
      * RoBERTa's <s> </s> <unk> <pad> <mask>, or GPT-2's <|endoftext|>. Only <mask> is lstrip: the white
      * space before it goes with it. */
@@ -345,8 +350,8 @@ fx_tokenizer *fx_tok_load(const char *dir) {
     }
     int s = vocab_id(&vocab, "<s>"), e = vocab_id(&vocab, "</s>"), eot = vocab_id(&vocab, "<|endoftext|>");
     int pad = vocab_id(&vocab, "<pad>");
-    if (s >= 0 && e >= 0) { t->bos = s; t->eos = e; }
-    else if (eot >= 0) { t->bos = t->eos = eot; }
+    if (s >= 0 && e >= 0) { t->bos = s; t->eos = e; t->tpl = &fx_roberta.text; }
+    else if (eot >= 0) { t->bos = t->eos = eot; t->tpl = &no_specials; }
     else {
         fx_seterr("%s: neither <s> and </s> (RoBERTa) nor <|endoftext|> (GPT-2) is in the vocabulary", vpath);
         goto fail;
@@ -386,6 +391,7 @@ void fx_tok_free(fx_tokenizer *t) {
 }
 
 int fx_tok_bos(const fx_tokenizer *t) { return t->bos; }
+const fx_text_template *fx_tok_template(const fx_tokenizer *t) { return t->tpl; }
 int fx_tok_eos(const fx_tokenizer *t) { return t->eos; }
 int fx_tok_pad(const fx_tokenizer *t) { return t->pad; }
 int fx_tok_vocab_size(const fx_tokenizer *t) { return t->vocab_size; }
@@ -699,7 +705,7 @@ int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *
 
 int fx_tok_encode_seq(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t **ids, int *n,
                       int *cap) {
-    return fx_tok_encode_tpl(t, &fx_roberta.text, a, b, max_len, ids, n, cap);
+    return fx_tok_encode_tpl(t, t->tpl, a, b, max_len, ids, n, cap);
 }
 
 int fx_tok_encode(fx_tokenizer *t, const char *a, const char *b, int max_len, int32_t *out) {

@@ -210,6 +210,14 @@ double fx_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+const char *fx_duration_str(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
+    else if (s < 59.5) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600 - 0.5) { long t = lround(s); snprintf(buf, n, "%ldm%02lds", t / 60, t % 60); }
+    else { long t = lround(s / 60); snprintf(buf, n, "%ldh%02ldm", t / 60, t % 60); }
+    return buf;
+}
+
 /* ---------------------------------------------------------------- timings */
 
 static int cmp_double(const void *a, const void *b) {
@@ -265,4 +273,36 @@ double fx_rng_gamma(fx_rng *r, double shape) {
         double u = fx_rng_uniform(r);
         if (log(1.0 - u) < 0.5 * x * x + d - d * v + d * log(v)) return d * v;
     }
+}
+
+/* The Mersenne Twister MT19937 (Matsumoto and Nishimura 1998) seeded by init_genrand: the generator
+ * behind PyTorch's CPU torch.Generator (manual_seed keeps the seed's low 32 bits), so that tensors PEFT
+ * draws from a seed can be drawn here bit for bit. */
+void fx_mt_seed(fx_mt *g, uint32_t seed) {
+    g->s[0] = seed;
+    for (int i = 1; i < 624; i++) g->s[i] = 1812433253u * (g->s[i - 1] ^ (g->s[i - 1] >> 30)) + (uint32_t)i;
+    g->i = 624;
+}
+
+uint32_t fx_mt_u32(fx_mt *g) {
+    if (g->i >= 624) {
+        for (int k = 0; k < 624; k++) {
+            uint32_t y = (g->s[k] & 0x80000000u) | (g->s[(k + 1) % 624] & 0x7fffffffu);
+            g->s[k] = g->s[(k + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+        }
+        g->i = 0;
+    }
+    uint32_t y = g->s[g->i++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+}
+
+/* torch's CPU Tensor.uniform_(lo, hi) on float32 (aten's uniform_real_distribution): the bounds rounded
+ * to float, then per element u = (32-bit draw & (2^24 - 1)) * 2^-24 and u (hi - lo) + lo in double,
+ * rounded to float, elements in row-major order. */
+void fx_mt_uniform(fx_mt *g, float *x, size_t n, double lo, double hi) {
+    double l = (float)lo, h = (float)hi;
+    for (size_t i = 0; i < n; i++) x[i] = (float)((double)(fx_mt_u32(g) & 0xffffffu) * 0x1.0p-24 * (h - l) + l);
 }

@@ -11,7 +11,8 @@ tests/fixtures/tok_classes.txt: the class the regex module gives every code poin
 
 In tok_cases.jsonl each line is one JSON object with "kind":
   "text":   model, text -> pieces (the pattern's matches) and ids (plain BPE, no specials)
-  "seq":    model, a, b (or null), max_len (0 = none) -> ids (<s> A </s></s> B </s>, longest_first)
+  "seq":    model, a, b (or null), max_len (0 = none) -> ids, longest_first (roberta-base: <s> A </s></s> B </s>;
+            gpt2: A B, no special tokens, as GPT2Tokenizer with add_bos_token False)
   "decode": model, ids, skip_special -> text (bytes decoded with errors="replace")
 """
 import json
@@ -52,6 +53,7 @@ class Tok:
         self.special = {self.enc[s] for s in ("<s>", "</s>", "<pad>", "<unk>", "<mask>", "<|endoftext|>") if s in self.enc}
         # the tokens PreTrainedTokenizer.tokenize() splits on: RobertaTokenizer's five, GPT2Tokenizer's one
         self.added = ["<s>", "</s>", "<unk>", "<pad>", "<mask>"] if "<s>" in self.enc else ["<|endoftext|>"]
+        self.roberta = "<s>" in self.enc
         self.cache = {}
 
     def bpe(self, token):  # GPT2Tokenizer.bpe, word for word in behaviour
@@ -99,7 +101,10 @@ class Tok:
     def seq(self, a, b, max_len):
         A = self.tokenize(a)
         B = self.tokenize(b) if b is not None else None
-        room = 2 if B is None else 4
+        if not self.roberta:  # GPT2Tokenizer adds no special token (add_bos_token False): A, or A B
+            room = 0
+        else:
+            room = 2 if B is None else 4
         if max_len and len(A) + (len(B) if B else 0) + room > max_len:
             n = len(A) + (len(B) if B else 0) + room - max_len
             if B is None:
@@ -112,6 +117,8 @@ class Tok:
                 else:
                     a_cut, b_cut = second // 2, first + second - second // 2
                 A, B = A[:len(A) - a_cut], B[:len(B) - b_cut]
+        if not self.roberta:
+            return A + ([] if B is None else B)
         return [self.bos] + A + [self.eos] + ([] if B is None else [self.eos] + B + [self.eos])
 
     def decode(self, ids, skip):
