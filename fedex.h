@@ -1155,6 +1155,13 @@ enum { FX_CP_CASED = 1, FX_CP_IGNORABLE = 2, FX_CP_DIGIT = 4, FX_CP_UPPER = 8 };
 extern const fx_uni_range fx_case_ranges[];
 extern const int fx_case_nranges;
 int fx_cp_flags(uint32_t cp);                       /* FX_CP_* of CP (score.c) */
+/* A growing buffer of code points (score.c). fx_cps_replace: every non-overlapping ASCII LIT (caseless:
+ * its letters in either case) replaced by REP, left to right, as re.sub and Java's replaceAll do;
+ * SCRATCH's storage is swapped in. */
+typedef struct { uint32_t *v; int n, cap; } fx_cps;
+void fx_cps_put(fx_cps *b, uint32_t c);
+void fx_cps_str(fx_cps *b, const char *ascii);
+void fx_cps_replace(fx_cps *b, fx_cps *scratch, const char *lit, const char *rep, int caseless);
 /* Lower-cases CP[0..n-1] as Python's str.lower and Java's toLowerCase do (U+0130 to two code points,
  * the final-sigma rule); OUT has room for 2n; returns its length (score.c). */
 int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
