@@ -7,6 +7,7 @@
  * once: a code point above U+FFFF is two untokenizable units, so it is deleted. It scores nothing. */
 #include "fedex.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,7 +201,6 @@ static void re_compile(re *r, const char *pat) {
     free(r->a);
     r->a = NULL;
 }
-static void re_free(re *r) { free(r->c); free(r->s); free(r->first); }
 
 static int named_match(uint32_t k, uint32_t cp) {
     if (k == 4) return 1;
@@ -556,6 +556,25 @@ static char *to_utf8(const uint32_t *v, int n) {
     return s;
 }
 
+/* The rules compiled once, shared read-only by every call (and thread). */
+static re body[NRULES], look[NRULES];
+static int maxstates;
+static pthread_once_t rules_once = PTHREAD_ONCE_INIT;
+static void compile_rules(void) {
+    sim m = {0};
+    for (int r = 0; r < NRULES; r++) {
+        re_compile(&body[r], rules[r].body);
+        re_prepare(&body[r], &m);
+        if (body[r].ns > maxstates) maxstates = body[r].ns;
+        if (rules[r].look) {
+            re_compile(&look[r], rules[r].look);
+            re_prepare(&look[r], &m);
+            if (look[r].ns > maxstates) maxstates = look[r].ns;
+        }
+    }
+    free(m.cur); free(m.nxt); free(m.mark);
+}
+
 int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
     /* The text the tokenizer reads: the captions joined by new lines; a line break inside one is a space. */
     fx_cps text = {0};
@@ -575,20 +594,9 @@ int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
         }
         if (i + 1 < n) fx_cps_put(&text, '\n');
     }
-    re body[NRULES], look[NRULES];
-    int maxstates = 0;
-    for (int r = 0; r < NRULES; r++) {
-        re_compile(&body[r], rules[r].body);
-        if (rules[r].look) re_compile(&look[r], rules[r].look);
-        if (body[r].ns > maxstates) maxstates = body[r].ns;
-        if (rules[r].look && look[r].ns > maxstates) maxstates = look[r].ns;
-    }
+    pthread_once(&rules_once, compile_rules);
     sim m = {0};
     sim_fit(&m, maxstates);
-    for (int r = 0; r < NRULES; r++) {
-        re_prepare(&body[r], &m);
-        if (rules[r].look) re_prepare(&look[r], &m);
-    }
     int *ends = fx_malloc(((size_t)text.n + 2) * sizeof *ends);
     fx_cps tok = {0}, scratch = {0}, cur = {0};
     uint32_t *low = NULL;
@@ -638,7 +646,6 @@ int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
     }
     if (!out[line]) out[line] = to_utf8(cur.v, cur.n);
     for (int i = 0; i < n; i++) if (!out[i]) out[i] = fx_strdup("");
-    for (int r = 0; r < NRULES; r++) { re_free(&body[r]); if (rules[r].look) re_free(&look[r]); }
     free(m.cur); free(m.nxt); free(m.mark);
     free(ends); free(tok.v); free(scratch.v); free(low); free(cur.v); free(text.v);
     return 0;
