@@ -381,6 +381,7 @@ static double mt_nist(const mt_acc *m) {
         if (m->nist_len[n] == 0) return NAN; /* the reference divides by zero here */
         sum += info[n] / (double)m->nist_len[n];
     }
+    if (m->avg_ref_len == 0) return NAN; /* tokenised references without a token: a division by zero there */
     double ratio = (double)m->nist_len[0] / m->avg_ref_len, bp;
     if (ratio >= 1) bp = 1;
     else if (ratio <= 0) bp = 0;

@@ -5,7 +5,10 @@ It imports the scorers of a checkout of e2e-metrics (github tuetschek/e2e-metric
 line: measure_scores.load_data reads the files, metrics.pymteval scores BLEU and NIST as `-p` does, and
 pycocoevalcap's PTBTokenizer, Rouge and Cider score ROUGE-L and CIDEr as COCOEvalCap.evaluate does (its
 METEOR step is left out: fedex does not compute METEOR). The tokenizer needs the Stanford CoreNLP 3.4.1
-jar that e2e-metrics ships; give its path (a jar built from CoreNLP's v3.4.1 sources serves). Nothing of
+jar that e2e-metrics ships; give its path. A jar built from CoreNLP's v3.4.1 sources serves: `javac
+--release 8 -sourcepath src -d classes src/edu/stanford/nlp/process/PTBTokenizer.java`, then `jar cf`
+(the generated Morpha.java, stored apart in that repository, may be a stub: the tokenizer never calls
+it). Java runs it, as e2e-metrics does. Nothing of
 e2e-metrics is copied here: the checkout is copied to a temporary folder with the jar beside its tokenizer.
 Where the checkout's optional imports are missing (the `future` package's past.utils, matplotlib and
 scikit-image, which pycocotools imports and these scorers never call) small stand-ins are put in their
