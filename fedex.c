@@ -641,7 +641,8 @@ static int cmd_grid(int argc, char **argv) {
         snprintf(model, sizeof model, "%s/model", o.out);
         char st[4096 + 64];
         snprintf(st, sizeof st, "%s/model.safetensors", model);
-        if (access(st, F_OK) != 0 && !o.dry_run) {
+        if (o.dry_run) dir_of(o.config, model, sizeof model); /* its shapes suffice for the estimate */
+        else if (access(st, F_OK) != 0) {
             char *iv[] = {"init", "--config", (char *)o.config, "--out", model, "--seed", "1", NULL};
             if ((rc = cmd_init(7, iv)) != 0) return rc;
         }

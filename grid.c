@@ -100,14 +100,19 @@ static void job_state(job *j) {
 #define STEP_OVER_GEMM 1.5
 
 static double matmul_rate(void) {
-    enum { N = 384 };
+    enum { N = 512 };
     float *a = fx_malloc(sizeof(float) * N * N), *b = fx_malloc(sizeof(float) * N * N), *c = fx_malloc(sizeof(float) * N * N);
     for (int i = 0; i < N * N; i++) { a[i] = (float)(i % 7) * 0.1f; b[i] = (float)(i % 5) * 0.1f; }
-    int reps = 0;
-    double t0 = fx_now(), t;
-    do { fx_matmul(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N); reps++; t = fx_now() - t0; } while (t < 0.2);
+    fx_matmul(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N); /* threads started, pages touched */
+    double best = INFINITY, t0 = fx_now();
+    do { /* the fastest of a few: what the machine does when it is not shared */
+        double t = fx_now();
+        fx_matmul(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N);
+        t = fx_now() - t;
+        if (t < best) best = t;
+    } while (fx_now() - t0 < 0.3);
     free(a); free(b); free(c);
-    return 2.0 * N * N * N * reps / t;
+    return 2.0 * N * N * N / best;
 }
 
 static double round_flops(const fx_config *mc, const fx_settings *c, double train_rows, double dev_rows, int synthetic) {
