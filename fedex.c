@@ -517,6 +517,61 @@ out:
 }
 
 /* ============================================================================================
+ * score
+ * ============================================================================================ */
+
+typedef struct { const char *hyp, *refs; int json, tokenized; } score_opts;
+static const fx_opt score_opt[] = {
+    {"--hyp", NULL, FX_OPT_STR, OPT(score_opts, hyp), NULL, "hypotheses, one a line (required)", 0, 0},
+    {"--refs", NULL, FX_OPT_STR, OPT(score_opts, refs), NULL,
+     "references: each item's lines, items separated by blank lines (required)", 0, 0},
+    {"--json", NULL, FX_OPT_FLAG, OPT(score_opts, json), NULL, "print one JSON object: BLEU, NIST, ROUGE_L, CIDEr", 0, 0},
+    {"--tokenized", NULL, FX_OPT_FLAG, OPT(score_opts, tokenized), NULL,
+     "the files are tokenised already: split at spaces only, no case folding", 0, 0},
+};
+static const fx_cmdline score_cl = CMDLINE("score", "--hyp F --refs F [--json] [--tokenized]",
+    "Scores hypotheses against references as e2e-metrics (measure_scores.py -p) does: BLEU and NIST as its\n"
+    "port of mteval-v13a, ROUGE-L and CIDEr-D as its pycocoevalcap on PTB-tokenised text. The files are in\n"
+    "the format its measure_scores.py reads. METEOR is not computed (it needs Java): run the official\n"
+    "scorer on the same files.\n", score_opts, score_opt);
+
+static int cmd_score(int argc, char **argv) {
+    score_opts o;
+    int set[4], rc = parse_or_exit(&score_cl, argc, argv, &o, set, NULL, NULL);
+    if (rc >= 0) return rc;
+    if (!o.hyp || !o.refs) return usage_error("score", "needs --hyp F and --refs F");
+    fx_e2e_scores s;
+    if (fx_e2e_score_files(o.hyp, o.refs, o.tokenized, &s) != 0) {
+        fprintf(stderr, "fedex score: %s\n", fx_err());
+        return 1;
+    }
+    static const char meteor[] =
+        "METEOR is not computed (the official scorer needs Java and its paraphrase tables): e2e-metrics'\n"
+        "  ./measure_scores.py -p %s %s\n"
+        "reads these same files and prints it with the other four.\n";
+    if (o.json) {
+        printf("{\"BLEU\": ");
+        fx_json_num(stdout, s.bleu);
+        printf(", \"NIST\": ");
+        fx_json_num(stdout, s.nist);
+        printf(", \"ROUGE_L\": ");
+        fx_json_num(stdout, s.rouge_l);
+        printf(", \"CIDEr\": ");
+        fx_json_num(stdout, s.cider);
+        printf("}\n");
+        fprintf(stderr, meteor, o.refs, o.hyp);
+    } else {
+        printf("BLEU     %.4f\n", s.bleu);
+        if (isnan(s.nist)) printf("NIST     undefined (the hypotheses are too short: e2e-metrics divides by zero)\n");
+        else printf("NIST     %.4f\n", s.nist);
+        printf("ROUGE_L  %.4f\n", s.rouge_l);
+        printf("CIDEr    %.4f\n", s.cider);
+        printf(meteor, o.refs, o.hyp);
+    }
+    return 0;
+}
+
+/* ============================================================================================
  * plot, table
  * ============================================================================================ */
 
@@ -670,6 +725,7 @@ static const command commands[] = {
     {"train", cmd_train, "federated fine-tuning with forked clients and exact aggregation"},
     {"demo", cmd_demo, "fedit, ffa and fedex side by side on the embedded model"},
     {"export", cmd_export, "write a run's global model as a Hugging Face checkpoint"},
+    {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr of generations as e2e-metrics computes them"},
     {"plot", cmd_plot, "draw runs as one SVG: dev metric, losses, deviation per layer"},
     {"table", cmd_table, "the paper's table of runs: best dev metric per method and task"},
     {"grid", cmd_grid, "every method on every task (the paper's grid), resumable, then table and plots"},
