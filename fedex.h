@@ -1266,5 +1266,19 @@ int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f);
 /* One SVG of the runs: dev metric per round, train and dev loss per round, and for each run with a
  * deviation its layer x round heat map and its deviation by depth. Deterministic for the same input. */
 int fx_plot_svg(const fx_runlog *runs, int n, FILE *f);
+/* The runs as WHAT ("svg", "md" or "csv") into PATH, atomically (NULL or "-": standard output). */
+int fx_runs_write(const char *path, const fx_runlog *runs, int n, const char *what);
+
+typedef struct {
+    const char *out;                 /* the grid's folder: runs/TASK/METHOD, table.md, table.csv, plots/ */
+    const char *model, *data;        /* NULL model: the embedded one and the synthetic task */
+    const char *tasks, *methods;     /* comma-separated; NULL: the paper's tasks, every method agg.c knows */
+    int quick, dry_run;              /* quick: a few short rounds; dry_run: the plan and the estimate only */
+    const char *exe;                 /* the fedex program that runs each `fedex train` */
+    const char *const *extra; int nextra; /* train options for every run (after `--`) */
+} fx_grid_opts;
+/* 0 when every run is complete and the results are written, 1 when interrupted (resumable), -1 with
+ * fx_err() on an error. */
+int fx_grid_run(const fx_grid_opts *o);
 
 #endif
