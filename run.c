@@ -249,25 +249,37 @@ void fx_run_client_done(const fx_run *R, int round, int c, int tty) {
 
 /* One entry per adapted layer, pointing into the accumulated residual, named after the base weight it is
  * added to (the family's prefix, the layer, ".weight": "roberta.encoder.layer.0.attention.self.query.weight"),
- * in residual.safetensors and the checkpoint alike. */
-static void residual_entries(const fx_run *R, fx_st_entry *e, char (*names)[128]) {
+ * in residual.safetensors and the checkpoint alike, and in that weight's orientation: a Conv1D layer's
+ * (GPT-2) as (in, out), a transposed copy in OWNED[k] (freed by the caller). */
+static void residual_entries(const fx_run *R, fx_st_entry *e, char (*names)[128], float **owned) {
     const fx_model *m = &R->srv;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
         snprintf(names[k], sizeof names[k], "%s%s.weight", m->fam->prefix, ad->name);
         e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
         e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = R->res.acc + R->res.off[k];
+        owned[k] = NULL;
+        if (ad->conv1d) {
+            owned[k] = fx_malloc((size_t)ad->out * ad->in * sizeof(float));
+            fx_transpose(owned[k], R->res.acc + R->res.off[k], ad->out, ad->in);
+            e[k].shape[0] = ad->in; e[k].shape[1] = ad->out; e[k].data = owned[k];
+        }
     }
+}
+static void free_owned(float **owned, int n) {
+    for (int k = 0; k < n; k++) free(owned[k]);
+    free(owned);
 }
 
 static int write_residual(const fx_run *R, const char *path) {
     int n = R->srv.nadapted;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
     char (*names)[128] = fx_calloc((size_t)n, sizeof *names);
-    residual_entries(R, e, names);
+    float **owned = fx_calloc((size_t)n + 1, sizeof *owned);
+    residual_entries(R, e, names, owned);
     const char *meta[] = {"format", "fedex-residual", "note", "merged weight = base weight + this tensor", NULL};
     int rc = fx_st_write(path, e, n, meta);
-    free(names); free(e);
+    free(names); free(e); free_owned(owned, n);
     return rc;
 }
 
@@ -279,7 +291,8 @@ static int write_state(const fx_run *R, int round) {
     fx_st_entry *e = fx_calloc((size_t)m->nadapted + 1, sizeof *e);
     char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
     e[0].name = "global"; e[0].dtype = FX_F32; e[0].ndim = 1; e[0].shape[0] = (int64_t)R->P; e[0].data = R->global;
-    residual_entries(R, e + 1, names);
+    float **owned = fx_calloc((size_t)m->nadapted + 1, sizeof *owned);
+    residual_entries(R, e + 1, names, owned);
     char rs[32], bs[64], br[32], path[4096];
     snprintf(rs, sizeof rs, "%d", round);
     snprintf(bs, sizeof bs, "%.17g", R->best);
@@ -289,7 +302,7 @@ static int write_state(const fx_run *R, int round) {
     const char *meta[] = {"round", rs, "best", bs, "best_round", br, "settings_id", id, NULL};
     snprintf(path, sizeof path, "%s/state.safetensors", R->cfg.out);
     int rc = fx_st_write(path, e, m->nadapted + 1, meta);
-    free(names); free(e);
+    free(names); free(e); free_owned(owned, m->nadapted);
     return rc;
 }
 
@@ -493,6 +506,13 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
         bad = copy_finite(res->acc + res->off[k], p, fx_st_numel(t), path, t->name);
         free(owned);
         if (bad) goto out;
+        if (m->ad[k].conv1d) { /* stored (in, out), as the Conv1D weight it is added to */
+            size_t nw = (size_t)m->ad[k].out * m->ad[k].in;
+            float *tmp = fx_malloc(nw * sizeof *tmp);
+            memcpy(tmp, res->acc + res->off[k], nw * sizeof *tmp);
+            fx_transpose(res->acc + res->off[k], tmp, m->ad[k].in, m->ad[k].out);
+            free(tmp);
+        }
     }
     fx_residual_set_frozen(res, m);
     rc = (int)round;
