@@ -157,7 +157,7 @@ static const fx_opt train_opts[] = {
     {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders, or for e2e trainset.csv, devset.csv and testset_w_refs.csv", 0, 0},
     {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv", 0, 0},
     {"--test-file", NULL, FX_OPT_STR, RC(test_file), NULL, "e2e: the test CSV whose MRs are generated and scored, in place of DATA/testset_w_refs.csv", 0, 0},
-    {"--eval-every", NULL, FX_OPT_INT, RC(eval_every), "0", "e2e: generate and score the test MRs every N rounds and at the last (0: the last only; -1: never)", 0, 0},
+    {"--eval-every", NULL, FX_OPT_INT, RC(eval_every), "0", "e2e: generate and score the test MRs every N rounds and at the last (0: the last only, when the test file is there; -1: never)", 0, 0},
     {"--test-mrs", NULL, FX_OPT_INT, RC(test_mrs), "0", "e2e: generate for the first N test MRs only (0: all)", 0, 0},
     {"--num-beams", NULL, FX_OPT_INT, RC(num_beams), "10", "e2e generation: beams (1: greedy)", 0, 0},
     {"--length-penalty", NULL, FX_OPT_REAL, RC(length_penalty), "0.8", "e2e generation: a finished beam scores sum log p / generated_length^X", 0, 0},
