@@ -341,7 +341,6 @@ static void mt_add(mt_acc *m, const sent *hyp, const sent *refs, int nref) {
         }
         int k = ngram_ids(&m->grams, hyp, n, m->ids);
         int *cnt = counter_at(&m->cnt, m->grams.n), *mx = counter_at(&m->maxref, m->grams.n);
-        counter_at(&m->total, m->grams.n);
         for (int i = 0; i < k; i++) cnt[m->ids[i]]++;
         long hits = 0;
         for (int i = 0; i < k; i++) {
@@ -350,7 +349,7 @@ static void mt_add(mt_acc *m, const sent *hyp, const sent *refs, int nref) {
             int h = cnt[g] < mx[g] ? cnt[g] : mx[g];
             cnt[g] = 0;
             hits += h;
-            if (h && n <= NIST_N) {
+            if (h) { /* a hit is a reference's n-gram: its totals (and its prefix's) are counted */
                 if (m->nhit == m->chit) {
                     m->chit = m->chit ? m->chit * 2 : 4096;
                     m->hit_id = fx_realloc(m->hit_id, (size_t)m->chit * sizeof *m->hit_id);
@@ -666,7 +665,7 @@ static int line_break(const char *s, size_t len, size_t i) {
 }
 
 /* The file's lines, each stripped of Python's white space and NUL-terminated in place. LINENO[k]: the
- * line's number counted in new lines, for messages. */
+ * line's number as an editor counts it (at \n, \r\n and \r), for messages. */
 static int read_lines(const char *path, char **buf, char ***line, int **lineno, int *nline) {
     size_t len;
     if (fx_read_file(path, buf, &len) != 0) return -1;
@@ -688,7 +687,6 @@ static int read_lines(const char *path, char **buf, char ***line, int **lineno, 
     }
     const char *nul = memchr(s, 0, len);
     if (nul) {
-        int ln = 1;
         for (const char *p = s; p < nul; p++) ln += *p == '\n';
         fx_seterr("%s:%d: holds a NUL byte", path, ln);
         free(s);
@@ -721,7 +719,7 @@ static int read_lines(const char *path, char **buf, char ***line, int **lineno, 
         }
         (*line)[*nline] = s + a;
         (*lineno)[(*nline)++] = ln;
-        if (br && (s[j] == '\n' || (br == 2 && s[j + 1] == '\n'))) ln++;
+        if (br && (s[j] == '\n' || s[j] == '\r')) ln++;
         s[e] = 0; /* e <= j: the break (or the buffer's NUL) is there */
         i = j + (size_t)br;
         if (br == 0) break;
