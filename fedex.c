@@ -382,7 +382,8 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
 #endif
-    rc = fx_run_federated(&R);
+    /* MPI starts only here, for --transport mpi: the shm transport forks before any thread exists */
+    rc = !strcmp(R.cfg.transport, "mpi") ? fx_mpi_train(&R) : fx_run_federated(&R);
     fx_json_free(&saved);
     return rc;
 }
@@ -766,9 +767,9 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
 #ifdef FEDEX_CUDA
-        printf("fedex %s (CPU and CUDA)\n", FX_VERSION);
+        printf("fedex %s (CPU and CUDA%s)\n", FX_VERSION, fx_mpi_built() ? "; MPI" : "");
 #else
-        printf("fedex %s (CPU)\n", FX_VERSION);
+        printf("fedex %s (CPU%s)\n", FX_VERSION, fx_mpi_built() ? "; MPI" : "");
 #endif
         return 0;
     }

@@ -876,6 +876,9 @@ size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* 
  * into PAYLOAD, in FORM (FX_RESIDUAL_*). SCRATCH holds one layer's factors (dense layers only). */
 void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
+/* A fingerprint of the frozen state every party must share: M's base weights with the adapted layers'
+ * original W0 from R (not W0 + R_acc), and VeRA's projections. */
+uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
 /* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
 void fx_residual_scale(const struct fx_model *m, const fx_residual_msg *msg, float *payload, float factor);
@@ -1006,6 +1009,9 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
  * -1 with fx_err() (and REP->err) on failure. */
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
+/* Another client's shard for the rounds that follow (a process that runs several clients in turn: the
+ * state that survives a round, frozen weights and residual, is the same for all of them). */
+void fx_client_set_shard(fx_client *cl, int id, const int *rows, int nrows);
 /* A round the client sits out (--clients-per-round): only MSG, applied when newer than what it holds, so
  * that a client forming its frozen weights itself (GPU, check_frozen) misses no round's residual. */
 int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload);
@@ -1240,6 +1246,17 @@ int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+
+/* ============================================================================================
+ * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)
+ * ============================================================================================ */
+
+extern const fx_transport fx_transport_mpi;    /* rank 0's side (only in an MPI build) */
+int fx_mpi_built(void);                        /* 1 when this build has MPI */
+/* `fedex train --transport mpi` on every rank: initialises MPI; rank 0 runs R (settings checked) over
+ * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
+ * says how to get it and returns 2. */
+int fx_mpi_train(fx_run *R);
 
 /* ============================================================================================
  * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
