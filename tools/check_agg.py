@@ -12,6 +12,8 @@ RUN/metrics.jsonl, for --weighted) and the run's options (RUN/fedex_run.json), t
       VeRA:  mean_i(diag(b_i) B diag(d_i) A) - diag(b̄) B diag(d̄) A  (A, B the shared projections)
     for FedEx, and zero for the other methods. B̄, Ā, b̄, d̄ are the global adapter's tensors as saved
     (float32 means), so that base + residual + the global adapter's update is the clients' mean model.
+    The residual is stored in its weight's orientation: transposed, (in, out), for GPT-2's Conv1D layers
+    (the adapter's adapter_config.json says fan_in_fan_out: true).
 Errors are relative to the largest entry of the expected tensor, so they read as digits lost; the files
 are float32, so about 1e-7 (a mean) to 1e-6 (a difference of two accumulated residuals) is exact.
 
@@ -71,6 +73,8 @@ def main():
         cl = [load(os.path.join(rdir, "client_%d" % i, "adapter_model.safetensors")) for i in ids]
         glob = load(os.path.join(rdir, "global", "adapter_model.safetensors"))
         res = load(os.path.join(rdir, "global", "residual.safetensors"))
+        with open(os.path.join(rdir, "global", "adapter_config.json")) as f:
+            conv1d = json.load(f).get("fan_in_fan_out", False)
         mean = lambda xs: sum(wi * x for wi, x in zip(w, xs))
         for k, g in glob.items():
             if k in ("base_model.vera_A", "base_model.vera_B"):
@@ -91,6 +95,8 @@ def main():
                 B = [c[mod + ".lora_B.weight"] for c in cl]
                 want = s * (mean([bi @ ai for bi, ai in zip(B, A)])
                             - glob[mod + ".lora_B.weight"] @ glob[mod + ".lora_A.weight"])
+            if conv1d:  # the Conv1D weight W (in, out) gets (B A)^T
+                want = want.T
             if not exact:
                 want = np.zeros_like(want)
             got = acc - (prev[name] if prev is not None else 0.0)
