@@ -1055,6 +1055,11 @@ void fx_gpu_get_base(fx_gpu *g, float *dst);                /* (base.n), residua
 /* Adapted layer K's frozen weight W (out, in), as fx_residual_frozen forms it, into the device's base
  * (and its bf16 twin). -1 on a bad K. */
 int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
+/* fx_model_decoder on the device twin (a GPT-2): the same decoder interface, caches in device memory,
+ * prompts up to the softmax kernels' 512 tokens. Freed with fx_gpu_decoder_free (not fx_decoder_free),
+ * before G. */
+int fx_gpu_decoder(fx_gpu *g, int nslots, fx_decoder *d);
+void fx_gpu_decoder_free(fx_decoder *d);
 #endif
 
 /* ============================================================================================
