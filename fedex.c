@@ -443,7 +443,8 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
 #endif
-    rc = fx_run_federated(&R);
+    /* MPI starts only here, for --transport mpi: the shm transport forks before any thread exists */
+    rc = !strcmp(R.cfg.transport, "mpi") ? fx_mpi_train(&R) : fx_run_federated(&R);
     fx_json_free(&saved);
     return rc;
 }
@@ -656,26 +657,6 @@ static void free_runs(fx_runlog *runs, int n) {
     free(runs);
 }
 
-/* What WRITE puts into a memory stream, into PATH atomically (or standard output for NULL or "-"). */
-static int write_out(const char *path, int (*write)(const fx_runlog *, int, const char *, FILE *), const fx_runlog *runs,
-                     int n, const char *arg) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
-    int rc = write(runs, n, arg, f);
-    fclose(f);
-    if (rc == 0) {
-        if (!path || !strcmp(path, "-")) rc = fwrite(buf, 1, len, stdout) == len ? 0 : -1;
-        else rc = fx_write_file_atomic(path, buf, len);
-    }
-    free(buf);
-    return rc;
-}
-
-static int svg_write(const fx_runlog *runs, int n, const char *arg, FILE *f) { (void)arg; return fx_plot_svg(runs, n, f); }
-static int table_write(const fx_runlog *runs, int n, const char *format, FILE *f) { return fx_table_write(runs, n, format, f); }
-
 typedef struct { const char *out, *format; } plot_opts;
 static const fx_opt plot_opt[] = {
     {"--out", NULL, FX_OPT_STR, OPT(plot_opts, out), NULL, "the SVG file to write (required; - for standard output)", 0, 0},
@@ -704,7 +685,7 @@ static int cmd_plot(int argc, char **argv) {
     if (strcmp(o.format, "svg")) return usage_error("plot", "--format takes svg");
     fx_runlog *runs = read_runs("plot", dirs, n);
     if (!runs) return 1;
-    rc = write_out(o.out, svg_write, runs, n, NULL);
+    rc = fx_runs_write(o.out, runs, n, "svg");
     if (rc != 0) fprintf(stderr, "fedex plot: %s\n", fx_err());
     free_runs(runs, n);
     return rc ? 1 : 0;
@@ -730,10 +711,66 @@ static int cmd_table(int argc, char **argv) {
     if (strcmp(o.format, "md") && strcmp(o.format, "csv")) return usage_error("table", "--format takes md or csv");
     fx_runlog *runs = read_runs("table", dirs, n);
     if (!runs) return 1;
-    rc = write_out(o.out, table_write, runs, n, o.format);
+    rc = fx_runs_write(o.out, runs, n, o.format);
     if (rc != 0) fprintf(stderr, "fedex table: %s\n", fx_err());
     free_runs(runs, n);
     return rc ? 1 : 0;
+}
+
+/* ============================================================================================
+ * grid
+ * ============================================================================================ */
+
+typedef struct { const char *out, *model, *config, *data, *tasks, *methods; int quick, dry_run; } grid_opts;
+static const fx_opt grid_opt[] = {
+    {"--out", NULL, FX_OPT_STR, OPT(grid_opts, out), NULL, "the grid's folder: runs/TASK/METHOD, table.md, table.csv, plots/ (required)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(grid_opts, model), NULL, "the pre-trained model folder (none: the embedded model on the synthetic task)", 0, 0},
+    {"--config", NULL, FX_OPT_STR, OPT(grid_opts, config), NULL, "instead of --model: a config.json whose random-weight model is made in OUT/model", 0, 0},
+    {"--data", NULL, FX_OPT_STR, OPT(grid_opts, data), NULL, "folder holding the GLUE task folders", 0, 0},
+    {"--tasks", NULL, FX_OPT_STR, OPT(grid_opts, tasks), NULL, "tasks, comma-separated (default: the paper's CoLA,SST-2,MRPC,STS-B,QNLI,RTE; --quick: RTE,MRPC,CoLA,STS-B)", 0, 0},
+    {"--methods", NULL, FX_OPT_STR, OPT(grid_opts, methods), NULL, "methods, comma-separated (default: every --agg method, centralized first)", 0, 0},
+    {"--quick", NULL, FX_OPT_FLAG, OPT(grid_opts, quick), NULL, "2 rounds x 1 epoch, batch 16, length 32, VeRA r 16: runs end to end in minutes", 0, 0},
+    {"--dry-run", NULL, FX_OPT_FLAG, OPT(grid_opts, dry_run), NULL, "print the plan and the estimated time, run nothing", 0, 0},
+};
+static const fx_cmdline grid_cl = {
+    "grid", "--out DIR [--model DIR | --config FILE] [--data DIR] [--tasks LIST] [--methods LIST] [--quick] [-- TRAIN OPTIONS]",
+    "Runs every method on every task, one `fedex train` after another in DIR/runs/TASK/METHOD (its output in\n"
+    "train.log there), with the paper's settings (train's defaults) or --quick's, and the train options after\n"
+    "`--` for every run. Runs already complete are skipped and interrupted ones resumed, so the same command\n"
+    "continues a stopped grid. Prints the estimated time first and a line per round with the time left, then\n"
+    "writes DIR/table.md, DIR/table.csv and DIR/plots/TASK.svg.\n",
+    sizeof(grid_opts), grid_opt, 8, 0, 0, NULL};
+
+static int cmd_grid(int argc, char **argv) {
+    int dd = argc;
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "--")) { dd = i; break; }
+    grid_opts o;
+    int set[8], rc = parse_or_exit(&grid_cl, dd, argv, &o, set, NULL, NULL);
+    if (rc >= 0) return rc;
+    if (!o.out) return usage_error("grid", "--out DIR is required");
+    if (o.model && o.config) return usage_error("grid", "give --model or --config, not both");
+    char self[4096], model[4096 + 16];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) { fprintf(stderr, "fedex grid: cannot find this program (/proc/self/exe): %s\n", strerror(errno)); return 1; }
+    self[n] = 0;
+    if (o.config) {
+        /* a random-weight model of the config's shapes, made once (seed 1) and kept for every run */
+        snprintf(model, sizeof model, "%s/model", o.out);
+        char st[4096 + 64];
+        snprintf(st, sizeof st, "%s/model.safetensors", model);
+        if (o.dry_run) dir_of(o.config, model, sizeof model); /* its shapes suffice for the estimate */
+        else if (access(st, F_OK) != 0) {
+            char *iv[] = {"init", "--config", (char *)o.config, "--out", model, "--seed", "1", NULL};
+            if ((rc = cmd_init(7, iv)) != 0) return rc;
+        }
+        o.model = model;
+    }
+    fx_grid_opts g = {.out = o.out, .model = o.model, .data = o.data, .tasks = o.tasks, .methods = o.methods,
+                      .quick = o.quick, .dry_run = o.dry_run, .exe = self, .extra = (const char *const *)argv + dd + 1,
+                      .nextra = dd < argc ? argc - dd - 1 : 0};
+    rc = fx_grid_run(&g);
+    if (rc < 0) { fprintf(stderr, "fedex grid: %s\n", fx_err()); return 1; }
+    return rc ? 130 : 0;
 }
 
 /* ============================================================================================
@@ -753,6 +790,7 @@ static const command commands[] = {
     {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr of generations as e2e-metrics computes them"},
     {"plot", cmd_plot, "draw runs as one SVG: dev metric, losses, deviation per layer"},
     {"table", cmd_table, "the paper's table of runs: best dev metric per method and task"},
+    {"grid", cmd_grid, "every method on every task (the paper's grid), resumable, then table and plots"},
 };
 
 static void usage(FILE *f) {
@@ -790,9 +828,9 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
 #ifdef FEDEX_CUDA
-        printf("fedex %s (CPU and CUDA)\n", FX_VERSION);
+        printf("fedex %s (CPU and CUDA%s)\n", FX_VERSION, fx_mpi_built() ? "; MPI" : "");
 #else
-        printf("fedex %s (CPU)\n", FX_VERSION);
+        printf("fedex %s (CPU%s)\n", FX_VERSION, fx_mpi_built() ? "; MPI" : "");
 #endif
         return 0;
     }

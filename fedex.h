@@ -876,6 +876,9 @@ size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* 
  * into PAYLOAD, in FORM (FX_RESIDUAL_*). SCRATCH holds one layer's factors (dense layers only). */
 void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
+/* A fingerprint of the frozen state every party must share: M's base weights with the adapted layers'
+ * original W0 from R (not W0 + R_acc), and VeRA's projections. */
+uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
 /* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
 void fx_residual_scale(const struct fx_model *m, const fx_residual_msg *msg, float *payload, float factor);
@@ -1006,6 +1009,9 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
  * -1 with fx_err() (and REP->err) on failure. */
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
+/* Another client's shard for the rounds that follow (a process that runs several clients in turn: the
+ * state that survives a round, frozen weights and residual, is the same for all of them). */
+void fx_client_set_shard(fx_client *cl, int id, const int *rows, int nrows);
 /* A round the client sits out (--clients-per-round): only MSG, applied when newer than what it holds, so
  * that a client forming its frozen weights itself (GPU, check_frozen) misses no round's residual. */
 int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload);
@@ -1229,6 +1235,13 @@ enum { FX_CP_CASED = 1, FX_CP_IGNORABLE = 2, FX_CP_DIGIT = 4, FX_CP_UPPER = 8 };
 extern const fx_uni_range fx_case_ranges[];
 extern const int fx_case_nranges;
 int fx_cp_flags(uint32_t cp);                       /* FX_CP_* of CP (score.c) */
+/* A growing buffer of code points (score.c). fx_cps_replace: every non-overlapping ASCII LIT (caseless:
+ * its letters in either case) replaced by REP, left to right, as re.sub and Java's replaceAll do;
+ * SCRATCH's storage is swapped in. */
+typedef struct { uint32_t *v; int n, cap; } fx_cps;
+void fx_cps_put(fx_cps *b, uint32_t c);
+void fx_cps_str(fx_cps *b, const char *ascii);
+void fx_cps_replace(fx_cps *b, fx_cps *scratch, const char *lit, const char *rep, int caseless);
 /* Lower-cases CP[0..n-1] as Python's str.lower and Java's toLowerCase do (U+0130 to two code points,
  * the final-sigma rule); OUT has room for 2n; returns its length (score.c). */
 int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
@@ -1238,6 +1251,17 @@ int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+
+/* ============================================================================================
+ * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)
+ * ============================================================================================ */
+
+extern const fx_transport fx_transport_mpi;    /* rank 0's side (only in an MPI build) */
+int fx_mpi_built(void);                        /* 1 when this build has MPI */
+/* `fedex train --transport mpi` on every rank: initialises MPI; rank 0 runs R (settings checked) over
+ * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
+ * says how to get it and returns 2. */
+int fx_mpi_train(fx_run *R);
 
 /* ============================================================================================
  * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
@@ -1271,5 +1295,19 @@ int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f);
 /* One SVG of the runs: dev metric per round, train and dev loss per round, and for each run with a
  * deviation its layer x round heat map and its deviation by depth. Deterministic for the same input. */
 int fx_plot_svg(const fx_runlog *runs, int n, FILE *f);
+/* The runs as WHAT ("svg", "md" or "csv") into PATH, atomically (NULL or "-": standard output). */
+int fx_runs_write(const char *path, const fx_runlog *runs, int n, const char *what);
+
+typedef struct {
+    const char *out;                 /* the grid's folder: runs/TASK/METHOD, table.md, table.csv, plots/ */
+    const char *model, *data;        /* NULL model: the embedded one and the synthetic task */
+    const char *tasks, *methods;     /* comma-separated; NULL: the paper's tasks, every method agg.c knows */
+    int quick, dry_run;              /* quick: a few short rounds; dry_run: the plan and the estimate only */
+    const char *exe;                 /* the fedex program that runs each `fedex train` */
+    const char *const *extra; int nextra; /* train options for every run (after `--`) */
+} fx_grid_opts;
+/* 0 when every run is complete and the results are written, 1 when interrupted (resumable), -1 with
+ * fx_err() on an error. */
+int fx_grid_run(const fx_grid_opts *o);
 
 #endif

@@ -7,6 +7,7 @@
  * once: a code point above U+FFFF is two untokenizable units, so it is deleted. It scores nothing. */
 #include "fedex.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,7 +201,6 @@ static void re_compile(re *r, const char *pat) {
     free(r->a);
     r->a = NULL;
 }
-static void re_free(re *r) { free(r->c); free(r->s); free(r->first); }
 
 static int named_match(uint32_t k, uint32_t cp) {
     if (k == 4) return 1;
@@ -462,108 +462,74 @@ enum { NRULES = (int)(sizeof rules / sizeof rules[0]) };
  * The lexer
  * ============================================================================================ */
 
-typedef struct { uint32_t *v; int n, cap; } cps;
-static void cps_put(cps *b, uint32_t c) {
-    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 256; b->v = fx_realloc(b->v, (size_t)b->cap * sizeof *b->v); }
-    b->v[b->n++] = c;
-}
-
-/* Replaces every case-insensitive occurrence of the ASCII LIT in T[0..n) by REP; returns the new length. */
-static int replace_lit(uint32_t *t, int n, const char *lit, const char *rep, int caseless) {
-    int l = (int)strlen(lit), r = (int)strlen(rep), k = 0;
-    uint32_t *o = fx_malloc(((size_t)n * (size_t)(r > l ? r : l) + 1) * sizeof *o);
-    for (int i = 0; i < n;) {
-        int m = i + l <= n;
-        for (int j = 0; m && j < l; j++) {
-            uint32_t c = t[i + j];
-            if (caseless && c < 128) c = (uint32_t)((c >= 'A' && c <= 'Z') ? c + 32 : c);
-            m = c == (uint32_t)lit[j];
-        }
-        if (m) { for (int j = 0; j < r; j++) o[k++] = (uint32_t)rep[j]; i += l; }
-        else o[k++] = t[i++];
-    }
-    memcpy(t, o, (size_t)k * sizeof *o);
-    free(o);
-    return k;
-}
-
 /* latexQuotes: ' and &apos; to ` (probably left) or '; " and &quot; to `` or ''; the curly and cp1252
- * quotes to their latex forms. T has room for twice its length. */
-static int latex_quotes(uint32_t *t, int n, int left) {
-    uint32_t o[64];
-    int k = 0;
-    n = replace_lit(t, n, "&apos;", "'", 0);
-    n = replace_lit(t, n, "&quot;", "\"", 0);
-    if (n > 32) return n; /* quotes are short; nothing longer reaches here */
-    for (int i = 0; i < n; i++) {
-        uint32_t c = t[i];
-        if (c == '\'') o[k++] = left ? '`' : '\'';
-        else if (c == '"') { o[k++] = left ? '`' : '\''; o[k++] = left ? '`' : '\''; }
-        else if (c == 0x91 || c == 0x2018 || c == 0x201B || c == 0x2039) o[k++] = '`';
-        else if (c == 0x92 || c == 0x2019 || c == 0x203A) o[k++] = '\'';
-        else if (c == 0x93 || c == 0x201C || c == 0xAB) { o[k++] = '`'; o[k++] = '`'; }
-        else if (c == 0x94 || c == 0x201D || c == 0xBB) { o[k++] = '\''; o[k++] = '\''; }
-        else o[k++] = c;
+ * quotes to their latex forms. */
+static void latex_quotes(fx_cps *t, fx_cps *w, int left) {
+    fx_cps_replace(t, w, "&apos;", "'", 0);
+    fx_cps_replace(t, w, "&quot;", "\"", 0);
+    w->n = 0;
+    for (int i = 0; i < t->n; i++) {
+        uint32_t c = t->v[i];
+        if (c == '\'') fx_cps_put(w, left ? '`' : '\'');
+        else if (c == '"') fx_cps_str(w, left ? "``" : "''");
+        else if (c == 0x91 || c == 0x2018 || c == 0x201B || c == 0x2039) fx_cps_put(w, '`');
+        else if (c == 0x92 || c == 0x2019 || c == 0x203A) fx_cps_put(w, '\'');
+        else if (c == 0x93 || c == 0x201C || c == 0xAB) fx_cps_str(w, "``");
+        else if (c == 0x94 || c == 0x201D || c == 0xBB) fx_cps_str(w, "''");
+        else fx_cps_put(w, c);
     }
-    memcpy(t, o, (size_t)k * sizeof *o);
-    return k;
+    fx_cps x = *t; *t = *w; *w = x;
 }
 
-/* Writes the ASCII S over T; its length. */
-static int cps_len_set(uint32_t *t, const char *s) {
-    int k = 0;
-    while (s[k]) { t[k] = (uint32_t)(unsigned char)s[k]; k++; }
-    return k;
-}
+/* T set to the ASCII S. */
+static void set(fx_cps *t, const char *s) { t->n = 0; fx_cps_str(t, s); }
 
-/* The token for rule action ACT on T[0..n) (room for 8n + 8), in place; its new length, -1 for none. */
-static int act(int a, uint32_t *t, int n) {
+/* The token for rule action A on T, in place (W: scratch); 0, or -1 for no token. */
+static int act(int a, fx_cps *t, fx_cps *w) {
     switch (a) {
-    case A_SGML: case A_FRAC:
-        for (int i = 0; i < n; i++) if (t[i] == ' ') t[i] = 0xA0;
-        return n;
-    case A_PHONE: {
-        for (int i = 0; i < n; i++) if (t[i] == ' ') t[i] = 0xA0;
-        n = replace_lit(t, n, "(", "-LRB-", 0);
-        return replace_lit(t, n, ")", "-RRB-", 0);
-    }
-    case A_SMILEY:
-        n = replace_lit(t, n, "(", "-LRB-", 0);
-        return replace_lit(t, n, ")", "-RRB-", 0);
-    case A_DASH: return cps_len_set(t, "--");
-    case A_AMP: return replace_lit(t, n, "&amp;", "&", 1);
+    case A_SGML: case A_FRAC: case A_PHONE: case A_SMILEY:
+        if (a != A_SMILEY) for (int i = 0; i < t->n; i++) if (t->v[i] == ' ') t->v[i] = 0xA0;
+        if (a == A_PHONE || a == A_SMILEY) {
+            fx_cps_replace(t, w, "(", "-LRB-", 0);
+            fx_cps_replace(t, w, ")", "-RRB-", 0);
+        }
+        return 0;
+    case A_DASH: set(t, "--"); return 0;
+    case A_AMP: fx_cps_replace(t, w, "&amp;", "&", 1); return 0;
     case A_WORD: { /* soft hyphens removed; a token of soft hyphens only is "-" */
         int k = 0;
-        for (int i = 0; i < n; i++) if (t[i] != 0xAD) t[k++] = t[i];
-        if (k == 0) t[k++] = '-';
-        return k;
+        for (int i = 0; i < t->n; i++) if (t->v[i] != 0xAD) t->v[k++] = t->v[i];
+        t->n = k;
+        if (k == 0) set(t, "-");
+        return 0;
     }
-    case A_QUOTE_R: case A_QUOTE_L: return latex_quotes(t, n, a == A_QUOTE_L);
+    case A_QUOTE_R: case A_QUOTE_L: latex_quotes(t, w, a == A_QUOTE_L); return 0;
     case A_FRAC2: {
         static const char *const frac[] = {"1/4", "1/2", "3/4"};
-        uint32_t c = t[0];
-        const char *s = c >= 0xBC && c <= 0xBE ? frac[c - 0xBC] : c == 0x2153 ? "1/3" : c == 0x2154 ? "2/3" : NULL;
-        return s ? cps_len_set(t, s) : n;
+        uint32_t c = t->v[0];
+        const char *f = c >= 0xBC && c <= 0xBE ? frac[c - 0xBC] : c == 0x2153 ? "1/3" : c == 0x2154 ? "2/3" : NULL;
+        if (f) set(t, f);
+        return 0;
     }
     case A_CURRENCY: {
-        uint32_t c = t[0];
-        if (c == 0xA2) return cps_len_set(t, "cents");
-        if (c == 0xA3) return cps_len_set(t, "#");
-        if (c == 0x80 || c == 0xA4 || c == 0x20A0 || c == 0x20AC) return cps_len_set(t, "$");
-        return n;
+        uint32_t c = t->v[0];
+        if (c == 0xA2) set(t, "cents");
+        else if (c == 0xA3) set(t, "#");
+        else if (c == 0x80 || c == 0xA4 || c == 0x20A0 || c == 0x20AC) set(t, "$");
+        return 0;
     }
-    case A_LT: return cps_len_set(t, "<");
-    case A_GT: return cps_len_set(t, ">");
-    case A_LCB: return cps_len_set(t, "-LCB-");
-    case A_RCB: return cps_len_set(t, "-RCB-");
-    case A_LSB: return cps_len_set(t, "-LSB-");
-    case A_RSB: return cps_len_set(t, "-RSB-");
-    case A_LRB: return cps_len_set(t, "-LRB-");
-    case A_RRB: return cps_len_set(t, "-RRB-");
-    case A_HYPHENS: return n >= 3 && n <= 4 ? cps_len_set(t, "--") : n;
-    case A_ELLIPSIS: return cps_len_set(t, "...");
+    case A_LT: set(t, "<"); return 0;
+    case A_GT: set(t, ">"); return 0;
+    case A_LCB: set(t, "-LCB-"); return 0;
+    case A_RCB: set(t, "-RCB-"); return 0;
+    case A_LSB: set(t, "-LSB-"); return 0;
+    case A_RSB: set(t, "-RSB-"); return 0;
+    case A_LRB: set(t, "-LRB-"); return 0;
+    case A_RRB: set(t, "-RRB-"); return 0;
+    case A_HYPHENS: if (t->n >= 3 && t->n <= 4) set(t, "--"); return 0;
+    case A_ELLIPSIS: set(t, "..."); return 0;
     case A_SKIP: case A_DELETE: case A_NEWLINE: return -1;
-    default: return n;
+    default: return 0;
     }
 }
 
@@ -590,9 +556,28 @@ static char *to_utf8(const uint32_t *v, int n) {
     return s;
 }
 
+/* The rules compiled once, shared read-only by every call (and thread). */
+static re body[NRULES], look[NRULES];
+static int maxstates;
+static pthread_once_t rules_once = PTHREAD_ONCE_INIT;
+static void compile_rules(void) {
+    sim m = {0};
+    for (int r = 0; r < NRULES; r++) {
+        re_compile(&body[r], rules[r].body);
+        re_prepare(&body[r], &m);
+        if (body[r].ns > maxstates) maxstates = body[r].ns;
+        if (rules[r].look) {
+            re_compile(&look[r], rules[r].look);
+            re_prepare(&look[r], &m);
+            if (look[r].ns > maxstates) maxstates = look[r].ns;
+        }
+    }
+    free(m.cur); free(m.nxt); free(m.mark);
+}
+
 int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
     /* The text the tokenizer reads: the captions joined by new lines; a line break inside one is a space. */
-    cps text = {0};
+    fx_cps text = {0};
     for (int i = 0; i < n; i++) {
         const char *c = captions[i];
         size_t len = strlen(c);
@@ -604,29 +589,18 @@ int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
                 free(text.v);
                 return -1;
             }
-            cps_put(&text, is_break(cp) ? ' ' : cp);
+            fx_cps_put(&text, is_break(cp) ? ' ' : cp);
             k += (size_t)b;
         }
-        if (i + 1 < n) cps_put(&text, '\n');
+        if (i + 1 < n) fx_cps_put(&text, '\n');
     }
-    re body[NRULES], look[NRULES];
-    int maxstates = 0;
-    for (int r = 0; r < NRULES; r++) {
-        re_compile(&body[r], rules[r].body);
-        if (rules[r].look) re_compile(&look[r], rules[r].look);
-        if (body[r].ns > maxstates) maxstates = body[r].ns;
-        if (rules[r].look && look[r].ns > maxstates) maxstates = look[r].ns;
-    }
+    pthread_once(&rules_once, compile_rules);
     sim m = {0};
     sim_fit(&m, maxstates);
-    for (int r = 0; r < NRULES; r++) {
-        re_prepare(&body[r], &m);
-        if (rules[r].look) re_prepare(&look[r], &m);
-    }
     int *ends = fx_malloc(((size_t)text.n + 2) * sizeof *ends);
-    uint32_t *tok = fx_malloc(((size_t)text.n * 8 + 16) * sizeof *tok), *low = NULL;
+    fx_cps tok = {0}, scratch = {0}, cur = {0};
+    uint32_t *low = NULL;
     int lowcap = 0, line = 0;
-    cps cur = {0};
     const uint32_t *s = text.v;
     for (int i = 0; i < text.n;) {
         int best = 0, brule = -1, blen = 0;
@@ -654,26 +628,25 @@ int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
         else if (a == A_ACRONYM) { if (blen == 2) tl = adv = 1; else adv = blen - 1; }
         else if (a == A_ABBREV_END) adv = blen - 1;
         if (a == A_NEWLINE) {
-            out[line < n ? line : n - 1] = to_utf8(cur.v, cur.n);
+            if (!out[line]) out[line] = to_utf8(cur.v, cur.n);
             if (line < n - 1) line++;
             cur.n = 0;
             i += adv;
             continue;
         }
-        memcpy(tok, s + i, (size_t)tl * sizeof *tok);
+        tok.n = 0;
+        for (int j = 0; j < tl; j++) fx_cps_put(&tok, s[i + j]);
         i += adv;
-        int k = act(a, tok, tl);
-        if (k < 0) continue;
-        if (2 * k > lowcap) { lowcap = 2 * k + 16; low = fx_realloc(low, (size_t)lowcap * sizeof *low); }
-        int lk = fx_lower_cps(tok, k, low);
+        if (act(a, &tok, &scratch) < 0) continue;
+        if (2 * tok.n > lowcap) { lowcap = 2 * tok.n + 16; low = fx_realloc(low, (size_t)lowcap * sizeof *low); }
+        int lk = fx_lower_cps(tok.v, tok.n, low);
         if (is_punct(low, lk)) continue;
-        if (cur.n) cps_put(&cur, ' ');
-        for (int j = 0; j < lk; j++) cps_put(&cur, low[j]);
+        if (cur.n) fx_cps_put(&cur, ' ');
+        for (int j = 0; j < lk; j++) fx_cps_put(&cur, low[j]);
     }
     if (!out[line]) out[line] = to_utf8(cur.v, cur.n);
     for (int i = 0; i < n; i++) if (!out[i]) out[i] = fx_strdup("");
-    for (int r = 0; r < NRULES; r++) { re_free(&body[r]); if (rules[r].look) re_free(&look[r]); }
     free(m.cur); free(m.nxt); free(m.mark);
-    free(ends); free(tok); free(low); free(cur.v); free(text.v);
+    free(ends); free(tok.v); free(scratch.v); free(low); free(cur.v); free(text.v);
     return 0;
 }

@@ -4,6 +4,7 @@
  * draws); it only reads what `fedex train` wrote. */
 #include "fedex.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,5 +218,24 @@ int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f) {
     rc = 0;
 out:
     free(meth); free(task); free(metric); free(cell);
+    return rc;
+}
+
+/* ============================================================================================
+ * Writing the table or the plot of runs
+ * ============================================================================================ */
+
+int fx_runs_write(const char *path, const fx_runlog *runs, int n, const char *what) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
+    int rc = !strcmp(what, "svg") ? fx_plot_svg(runs, n, f) : fx_table_write(runs, n, what, f);
+    fclose(f);
+    if (rc == 0) {
+        if (!path || !strcmp(path, "-")) rc = fwrite(buf, 1, len, stdout) == len ? 0 : -1;
+        else rc = fx_write_file_atomic(path, buf, len);
+    }
+    free(buf);
     return rc;
 }

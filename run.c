@@ -639,7 +639,7 @@ static int client_gpus(fx_run *R) {
         p = *end ? end + 1 : end;
     }
     if (k == 1) for (int i = 1; i < R->n; i++) R->gpu_of[i] = R->gpu_of[0];
-    else if (k != R->n) {
+    else if (k != R->n && strcmp(R->cfg.transport, "mpi")) { /* under MPI: a device per client rank of a host */
         fx_seterr("--client-gpus '%s' names %d devices for %d clients", list, k, R->n);
         return -1;
     }
@@ -827,11 +827,15 @@ int fx_run_federated(fx_run *R) {
         select_clients(R, round);
         if (R->tp->send_round(R, &job) != 0 || R->tp->collect(R, round, done) != 0) {
             if (interrupted) {
-                fprintf(stderr, "\nfedex: interrupted in round %d; %s\n", round,
-                        c->out && round > 1 ? "the last complete round is saved" : "nothing of this round was saved");
+                fprintf(stderr, "\nfedex: interrupted in round %d; %s%s%s\n", round,
+                        c->out && round > 1 ? "the last complete round is saved: --resume " : "nothing of this round was saved",
+                        c->out && round > 1 ? c->out : "", c->out && round > 1 ? " continues it" : "");
                 status = 130;
             } else {
                 fprintf(stderr, "fedex: %s\n", fx_err());
+                if (c->out && round > 1)
+                    fprintf(stderr, "fedex: stopped in round %d; the last complete round is saved: --resume %s continues it\n",
+                            round, c->out);
                 status = 1;
             }
             break;

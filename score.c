@@ -78,6 +78,28 @@ static int decode(const char *s, size_t len, uint32_t **out, int *n) {
     return 0;
 }
 
+void fx_cps_put(fx_cps *b, uint32_t c) {
+    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 256; b->v = fx_realloc(b->v, (size_t)b->cap * sizeof *b->v); }
+    b->v[b->n++] = c;
+}
+void fx_cps_str(fx_cps *b, const char *s) { while (*s) fx_cps_put(b, (uint32_t)(unsigned char)*s++); }
+
+void fx_cps_replace(fx_cps *b, fx_cps *scratch, const char *lit, const char *rep, int caseless) {
+    int l = (int)strlen(lit);
+    scratch->n = 0;
+    for (int i = 0; i < b->n;) {
+        int m = i + l <= b->n;
+        for (int j = 0; m && j < l; j++) {
+            uint32_t c = b->v[i + j];
+            if (caseless && c >= 'A' && c <= 'Z') c += 32;
+            m = c == (uint32_t)(unsigned char)lit[j];
+        }
+        if (m) { fx_cps_str(scratch, rep); i += l; }
+        else fx_cps_put(scratch, b->v[i++]);
+    }
+    fx_cps t = *b; *b = *scratch; *scratch = t;
+}
+
 /* ============================================================================================
  * Interned sequences: tokens (as code points) and n-grams (as token ids) get dense ids
  * ============================================================================================ */
@@ -177,27 +199,6 @@ static int ngram_ids(seqtab *g, const sent *s, int n, int *out) {
  * Tokenisation for BLEU and NIST: pymteval's tokenize(), then lower() per token
  * ============================================================================================ */
 
-typedef struct { uint32_t *v; int n, cap; } cpbuf;
-static void put(cpbuf *b, uint32_t c) {
-    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 256; b->v = fx_realloc(b->v, (size_t)b->cap * sizeof *b->v); }
-    b->v[b->n++] = c;
-}
-static int has_at(const uint32_t *s, int n, int i, const char *lit) {
-    for (int k = 0; lit[k]; k++)
-        if (i + k >= n || s[i + k] != (uint32_t)(unsigned char)lit[k]) return 0;
-    return 1;
-}
-/* Every non-overlapping LIT in S replaced by REP (re.sub of a literal). */
-static void sub_lit(cpbuf *in, cpbuf *out, const char *lit, const char *rep) {
-    out->n = 0;
-    int l = (int)strlen(lit);
-    for (int i = 0; i < in->n;) {
-        if (has_at(in->v, in->n, i, lit)) { for (const char *r = rep; *r; r++) put(out, (uint32_t)*r); i += l; }
-        else put(out, in->v[i++]);
-    }
-    cpbuf t = *in; *in = *out; *out = t;
-}
-
 static int is_digit(uint32_t c) { return c >= '0' && c <= '9'; }
 /* mteval's punctuation class [{-~[-` -&(-+:-@/]: ASCII punctuation but ' , - . */
 static int mt_punct(uint32_t c) {
@@ -207,17 +208,17 @@ static int mt_punct(uint32_t c) {
 
 /* re.sub of a two-character pattern (A)(B), scanned left to right without overlap: MODE 0 writes
  * "a b " (\1 \2 ), mode 1 " a b" ( \1 \2), mode 2 "a b " for the digit-dash rule. */
-static void sub_pair(cpbuf *in, cpbuf *out, int (*a)(uint32_t), int (*b)(uint32_t), int mode) {
+static void sub_pair(fx_cps *in, fx_cps *out, int (*a)(uint32_t), int (*b)(uint32_t), int mode) {
     out->n = 0;
     for (int i = 0; i < in->n;) {
         if (i + 1 < in->n && a(in->v[i]) && b(in->v[i + 1])) {
-            if (mode == 1) put(out, ' ');
-            put(out, in->v[i]); put(out, ' '); put(out, in->v[i + 1]);
-            if (mode != 1) put(out, ' ');
+            if (mode == 1) fx_cps_put(out, ' ');
+            fx_cps_put(out, in->v[i]); fx_cps_put(out, ' '); fx_cps_put(out, in->v[i + 1]);
+            if (mode != 1) fx_cps_put(out, ' ');
             i += 2;
-        } else put(out, in->v[i++]);
+        } else fx_cps_put(out, in->v[i++]);
     }
-    cpbuf t = *in; *in = *out; *out = t;
+    fx_cps t = *in; *in = *out; *out = t;
 }
 static int not_digit(uint32_t c) { return !is_digit(c); }
 static int dot_comma(uint32_t c) { return c == '.' || c == ','; }
@@ -225,27 +226,27 @@ static int dash(uint32_t c) { return c == '-'; }
 
 /* The tokens of CP[0..n) as pymteval's tokenize() gives them (an empty text gives one empty token),
  * each lower-cased unless TOKENIZED, where the text is only split at spaces. Interned into V. */
-static void mt_tokens(seqtab *v, const uint32_t *cp, int n, int tokenized, sent *s, cpbuf *a, cpbuf *b) {
+static void mt_tokens(seqtab *v, const uint32_t *cp, int n, int tokenized, sent *s, fx_cps *a, fx_cps *b) {
     a->n = 0;
-    for (int i = 0; i < n; i++) put(a, cp[i]);
+    for (int i = 0; i < n; i++) fx_cps_put(a, cp[i]);
     if (!tokenized) {
         /* In pymteval's order: <skipped>, hyphenated line ends, new lines, four SGML entities; the padding
          * spaces; punctuation (the padding included); period and comma unless beside a digit; the dash
          * after a digit. */
-        sub_lit(a, b, "<skipped>", "");
-        sub_lit(a, b, "-\n", "");
-        sub_lit(a, b, "\n", " ");
-        sub_lit(a, b, "&quot;", "\"");
-        sub_lit(a, b, "&amp;", "&");
-        sub_lit(a, b, "&lt;", "<");
-        sub_lit(a, b, "&gt;", ">");
+        fx_cps_replace(a, b, "<skipped>", "", 0);
+        fx_cps_replace(a, b, "-\n", "", 0);
+        fx_cps_replace(a, b, "\n", " ", 0);
+        fx_cps_replace(a, b, "&quot;", "\"", 0);
+        fx_cps_replace(a, b, "&amp;", "&", 0);
+        fx_cps_replace(a, b, "&lt;", "<", 0);
+        fx_cps_replace(a, b, "&gt;", ">", 0);
         b->n = 0;
         for (int i = -1; i <= a->n; i++) {
             uint32_t c = i < 0 || i == a->n ? ' ' : a->v[i];
-            if (mt_punct(c)) { put(b, ' '); put(b, c); put(b, ' '); }
-            else put(b, c);
+            if (mt_punct(c)) { fx_cps_put(b, ' '); fx_cps_put(b, c); fx_cps_put(b, ' '); }
+            else fx_cps_put(b, c);
         }
-        cpbuf t = *a; *a = *b; *b = t;
+        fx_cps t = *a; *a = *b; *b = t;
         sub_pair(a, b, not_digit, dot_comma, 0);
         sub_pair(a, b, dot_comma, not_digit, 1);
         sub_pair(a, b, is_digit, dash, 2);
@@ -380,6 +381,7 @@ static double mt_nist(const mt_acc *m) {
         if (m->nist_len[n] == 0) return NAN; /* the reference divides by zero here */
         sum += info[n] / (double)m->nist_len[n];
     }
+    if (m->avg_ref_len == 0) return NAN; /* tokenised references without a token: a division by zero there */
     double ratio = (double)m->nist_len[0] / m->avg_ref_len, bp;
     if (ratio >= 1) bp = 1;
     else if (ratio <= 0) bp = 0;
@@ -518,7 +520,7 @@ int fx_e2e_score(int n, char *const *hyp, char *const *const *refs, const int *n
     /* BLEU and NIST on mteval's tokens */
     seqtab vocab = {0};
     sent *mt = fx_calloc((size_t)total, sizeof *mt);
-    cpbuf a = {0}, b = {0};
+    fx_cps a = {0}, b = {0};
     for (int k = 0; k < total; k++) {
         uint32_t *cp; int m;
         decode(text[k], strlen(text[k]), &cp, &m); /* valid: checked above */

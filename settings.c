@@ -498,8 +498,7 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
     snprintf(path, sizeof path, "%s/config.json", c->model);
     if (fx_config_load(path, mc) != 0) return -1;
     if (!(*task)->lm) mc->num_labels = (*task)->num_labels; /* a language model keeps its config's */
-    /* the loss and the optimizer step read these from the model's configuration, which every client holds */
-    mc->label_smoothing = (float)c->label_smoothing;
+    mc->label_smoothing = (float)c->label_smoothing;         /* every client's model carries them */
     mc->max_grad_norm = (float)c->max_grad_norm;
     return 0;
 }

@@ -5,14 +5,18 @@ It imports the scorers of a checkout of e2e-metrics (github tuetschek/e2e-metric
 line: measure_scores.load_data reads the files, metrics.pymteval scores BLEU and NIST as `-p` does, and
 pycocoevalcap's PTBTokenizer, Rouge and Cider score ROUGE-L and CIDEr as COCOEvalCap.evaluate does (its
 METEOR step is left out: fedex does not compute METEOR). The tokenizer needs the Stanford CoreNLP 3.4.1
-jar that e2e-metrics ships; give its path (a jar built from CoreNLP's v3.4.1 sources serves). Nothing of
+jar that e2e-metrics ships; give its path. A jar built from CoreNLP's v3.4.1 sources serves: `javac
+--release 8 -sourcepath src -d classes src/edu/stanford/nlp/process/PTBTokenizer.java`, then `jar cf`
+(the generated Morpha.java, stored apart in that repository, may be a stub: the tokenizer never calls
+it). Java runs it, as e2e-metrics does. Nothing of
 e2e-metrics is copied here: the checkout is copied to a temporary folder with the jar beside its tokenizer.
 Where the checkout's optional imports are missing (the `future` package's past.utils, matplotlib and
 scikit-image, which pycocotools imports and these scorers never call) small stand-ins are put in their
 place.
 
 For each case it writes tests/fixtures/score_NAME.hyp and .refs (the measure_scores formats) and
-score_NAME.json with the four scores; NIST is null where pymteval divides by zero.
+score_NAME.json with the four scores; NIST is null where pymteval divides by zero. score_ptb.jsonl holds
+captions made of pieces that hit the tokenizer's rules, each with the tokens e2e-metrics' PTBTokenizer gives.
 
 usage: tests/make_score_fixtures.py E2E_METRICS_DIR CORENLP_JAR [E2E_DATA_DIR]
 """
@@ -168,6 +172,46 @@ def perturb(rng, text):
     return " ".join(out)
 
 
+# Pieces for the tokenizer's case: every kind of token its rules single out.
+PTB_PIECES = [
+    "The", "eagle", "isn't", "it's", "can't", "cannot", "gonna", "'tis", "'twas", "U.S.", "Mr.", "Jan.", "etc.",
+    "St.", "a.", "A.", "co.", "ltd", "pty.", "Inc.", "(", ")", "[", "]", "{", "}", "\"", "'", "`", "``", "''",
+    "\u2018", "\u2019", "\u201c", "\u201d", "...", ". . .", "\u2026", "--", "---", "-", "\u2013", "\u2014",
+    "&amp;", "&quot;", "&lt;", "&gt;", "&apos;", "&nbsp;", "\u00a320-25", "\u00a3", "$", "US$", "\u20ac5",
+    "\u00a2", "#", "#food", "@eagle", "info@x.com", "www.x.com", "http://x.org/a?b=1.", "x.com", "file.txt",
+    "5/5", "1/2", "3 1/2", "\u00bd", "1,000.50", "3.5", "-3", "+4", "12/12/2012", "01223 456789",
+    "(020) 123 4567", ":)", ":(", ";-)", "^_^", "c++", "c#", "y'all", "o'clock", "O'Neill", "d'Artagnan", "'90s",
+    "'em", "rock'n'roll", "'cause", "e-mail", "family-friendly", "high-priced", "and/or", "AT&T", "AT&amp;T",
+    "Q&A", "3-4", "x*y", "**", "\\*", "@@", "__", "=", ";", ":", ",", "?", "!", "?!", "\u00bf", "\u00a1",
+    "\u00ad", "soft\u00adhyphen", "caf\u00e9", "na\u00efve", "\u00c7a", "\u039f\u0394\u039f\u03a3",
+    "\u0130stanbul", "\u00df", "\u65e5\u672c\u8a9e", "\u4e2d\u6587\u3002", "\U0001F600", "a\U0001F600b",
+    "\u00a0", "\u2003", "\u200b", "\ufeff", "<b>", "</b>", "<br/>", "<a href='x'>", "<!DOC x>", "<<", ">>", "<",
+    ">", "%", "+", "~", "^", "|", "\\", "\u00b0", "\u00b2", "\u00d7", "\u2713", "\u2192", "\u2200", "\x7f",
+    "\x01", "n't", "'s", "'S", "'re", "'ll", "'d", "'m", "'ve", "N'T", "DON'T", "Don't", "I'm", "we've", "they'd",
+    "ol'", "somethin'", "Dunkin'", "l'", "cont'd", "ain't", "won't", "IT'S", "X.", "B.C.", "e.g.", "i.e.", "a.m.",
+    "Ph.D.", "ca.", "fig.", "no.", "No.", "5.", "5,", "food.It", "end.The", "area.", "Sept.", "Calif.", "vs.", "vs",
+    "Dr", "Mt.", "Ave.", "Blvd.", "Jr.", "Canada-U.S.", "U.S.-U.K.", "S&P-500", "-LRB-", "pro-", "anti-", "Cap'n",
+    "c'est", "A.B", "I.", "Z.", "x",
+]
+
+
+def ptb_case(rng, n=400):
+    """Captions of random pieces, tokenised by e2e-metrics' PTBTokenizer (the Java 3.4.1 tokenizer, then its
+    punctuation removal), as one run: the look-ahead of a rule reaches into the next caption, as there."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    caps = []
+    for _ in range(n):
+        s = ""
+        for _ in range(rng.randint(0, 12)):
+            s += rng.choice(PTB_PIECES) + rng.choice([" ", " ", " ", " ", "", "  ", "\t"])
+        caps.append(s.strip(" \t") if rng.random() < 0.9 else s)
+    got = PTBTokenizer().tokenize({0: [{"caption": c} for c in caps]})[0]
+    with open(os.path.join(OUT, "score_ptb.jsonl"), "w", encoding="utf-8") as f:
+        for c, t in zip(caps, got):
+            f.write(json.dumps({"text": c, "tokens": t}) + "\n")
+    print("ptb        %4d captions" % n, file=sys.stderr)
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
@@ -219,6 +263,8 @@ def main():
         # 6. one-word hypotheses: pymteval's NIST divides by zero (null), the others are defined
         sel = dev[330:340]
         write_case("oneword", [g[0].split()[0] for g in sel], sel)
+        # 7. the tokenizer alone, on captions made to hit its rules
+        ptb_case(rng)
     finally:
         shutil.rmtree(tmp)
 

@@ -44,6 +44,37 @@ static void golden(void) {
     }
 }
 
+/* The tokenizer alone: captions made of pieces that hit its rules, tokenised in one run as e2e-metrics
+ * runs the Java tokenizer, to the character. */
+static void ptb(void) {
+    char *buf;
+    size_t len;
+    if (fx_read_file("tests/fixtures/score_ptb.jsonl", &buf, &len) != 0) { CHECK(0, "%s", fx_err()); return; }
+    int n = 0, cap = 0;
+    fx_json *j = NULL;
+    for (char *p = buf, *q; *p; p = q + 1) {
+        q = strchr(p, '\n');
+        if (!q) q = p + strlen(p);
+        if (n == cap) { cap = cap ? cap * 2 : 256; j = fx_realloc(j, (size_t)cap * sizeof *j); }
+        if (fx_json_parse(p, (size_t)(q - p), &j[n]) != 0) { CHECK(0, "score_ptb.jsonl:%d: %s", n + 1, fx_err()); break; }
+        n++;
+        if (!*q) break;
+    }
+    const char **text = fx_malloc((size_t)n * sizeof *text);
+    char **out = fx_calloc((size_t)n, sizeof *out);
+    for (int i = 0; i < n; i++) text[i] = fx_json_get(&j[i], "text")->str;
+    CHECK(n >= 300 && fx_ptb_tokenize(n, text, out) == 0, "%d captions: %s", n, fx_err());
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        const char *want = fx_json_get(&j[i], "tokens")->str;
+        if (out[i] && !strcmp(out[i], want)) continue;
+        if (bad++ < 5) fprintf(stderr, "caption %d: got \"%s\" want \"%s\"\n", i + 1, out[i] ? out[i] : "(none)", want);
+    }
+    CHECK(bad == 0, "%d of %d captions tokenised otherwise than the Java tokenizer", bad, n);
+    for (int i = 0; i < n; i++) { free(out[i]); fx_json_free(&j[i]); }
+    free(out); free(text); free(j); free(buf);
+}
+
 /* The API on strings: the same item scored alone, errors for bad items. */
 static void api(void) {
     char *hyp[] = {"The Eagle is a coffee shop."};
@@ -130,6 +161,7 @@ static void cli(void) {
 
 int main(void) {
     golden();
+    ptb();
     api();
     readers();
     cli();

@@ -12,8 +12,8 @@ RUN/metrics.jsonl, for --weighted) and the run's options (RUN/fedex_run.json), t
       VeRA:  mean_i(diag(b_i) B diag(d_i) A) - diag(b̄) B diag(d̄) A  (A, B the shared projections)
     for FedEx, and zero for the other methods. B̄, Ā, b̄, d̄ are the global adapter's tensors as saved
     (float32 means), so that base + residual + the global adapter's update is the clients' mean model.
-    The residual is stored in its weight's orientation: transposed, (in, out), for GPT-2's Conv1D layers
-    (the adapter's adapter_config.json says fan_in_fan_out: true).
+    With "fan_in_fan_out": true in the adapter's config (GPT-2's Conv1D layers), the residual is stored in
+    the Conv1D weight's own (in, out) orientation, so the formula's (out, in) matrix is compared transposed.
 Errors are relative to the largest entry of the expected tensor, so they read as digits lost; the files
 are float32, so about 1e-7 (a mean) to 1e-6 (a difference of two accumulated residuals) is exact.
 
@@ -61,6 +61,8 @@ def main():
     r = cfg["lora-r"]
     s = cfg["lora-alpha"] / (np.sqrt(r) if cfg["rslora"] else r)
     exact = agg in ("fedex", "fedex-vera")
+    with open(os.path.join(run, "adapter_config.json")) as f:
+        conv1d = bool(json.load(f).get("fan_in_fan_out", False))  # every adapted layer is a Conv1D (GPT-2)
     prev, worst_mean, worst_res = None, 0.0, 0.0
     for line in lines:
         rd = line["round"]
@@ -73,8 +75,6 @@ def main():
         cl = [load(os.path.join(rdir, "client_%d" % i, "adapter_model.safetensors")) for i in ids]
         glob = load(os.path.join(rdir, "global", "adapter_model.safetensors"))
         res = load(os.path.join(rdir, "global", "residual.safetensors"))
-        with open(os.path.join(rdir, "global", "adapter_config.json")) as f:
-            conv1d = json.load(f).get("fan_in_fan_out", False)
         mean = lambda xs: sum(wi * x for wi, x in zip(w, xs))
         for k, g in glob.items():
             if k in ("base_model.vera_A", "base_model.vera_B"):
@@ -82,11 +82,12 @@ def main():
             worst_mean = max(worst_mean, rel(g, mean([c[k] for c in cl])))
         for name, acc in res.items():
             mod = "base_model.model." + name[:-len(".weight")]
+            out_in = acc.shape[::-1] if conv1d else acc.shape  # the layer's W (out, in)
             if vera:
                 A, B = glob["base_model.vera_A"], glob["base_model.vera_B"]
                 d = [c[mod + ".vera_lambda_d"] for c in cl]
                 b = [c[mod + ".vera_lambda_b"] for c in cl]
-                Bs, As = B[:acc.shape[0], :], A[:, :acc.shape[1]]
+                Bs, As = B[:out_in[0], :], A[:, :out_in[1]]
                 dw = lambda bi, di: (bi[:, None] * Bs * di[None, :]) @ As
                 want = mean([dw(bi, di) for bi, di in zip(b, d)]) - dw(glob[mod + ".vera_lambda_b"],
                                                                        glob[mod + ".vera_lambda_d"])
@@ -95,7 +96,7 @@ def main():
                 B = [c[mod + ".lora_B.weight"] for c in cl]
                 want = s * (mean([bi @ ai for bi, ai in zip(B, A)])
                             - glob[mod + ".lora_B.weight"] @ glob[mod + ".lora_A.weight"])
-            if conv1d:  # the Conv1D weight W (in, out) gets (B A)^T
+            if conv1d:
                 want = want.T
             if not exact:
                 want = np.zeros_like(want)
