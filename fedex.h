@@ -737,6 +737,7 @@ int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
  * come from m->drop, one draw per dropout site, each row of a site from its own stream, so they do not
  * depend on the thread count. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
+/* optim.c: the optimizer step on the model's ops */
 void fx_adamw_reset(fx_model *m);
 /* torch.nn.utils.clip_grad_norm_ over the trainable gradient (p = 2): scales it by min(1, max_norm /
  * (norm + 1e-6)); returns the norm before. fx_adamw_update calls it first when c.max_grad_norm > 0. */
