@@ -407,9 +407,9 @@ static int cmd_demo(int argc, char **argv) {
         return 2;
     }
     if (set[fx_settings_opt("--agg")] || set[fx_settings_opt("--model")] || set[fx_settings_opt("--task")] ||
-        set[fx_settings_opt("--resume")]) {
-        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model; use `fedex train` for --agg, "
-                "--model, --task or --resume\n");
+        set[fx_settings_opt("--resume")] || set[fx_settings_opt("--transport")]) {
+        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model with forked clients; use `fedex "
+                "train` for --agg, --model, --task, --resume or --transport\n");
         return 2;
     }
     /* the demo's own defaults: a short run that learns the synthetic task in about a minute */
