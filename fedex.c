@@ -357,7 +357,9 @@ static int cmd_train(int argc, char **argv) {
             }
         }
         fx_settings given = R.cfg;
-        if (fx_settings_read(given.resume, &R.cfg, &saved) != 0) {
+        /* a client rank of --transport mpi takes the run's settings from the server, whose host holds the run */
+        int client_rank = !strcmp(given.transport, "mpi") && fx_mpi_env_rank() > 0;
+        if (!client_rank && fx_settings_read(given.resume, &R.cfg, &saved) != 0) {
             fprintf(stderr, "fedex train: %s\n", fx_err());
             fx_json_free(&saved);
             return 2;

@@ -964,6 +964,9 @@ int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR hol
  * never resumed under the settings of the run that replaced it (16 hex digits). */
 void fx_settings_id(const fx_settings *c, char *out, size_t cap);
 int fx_settings_write(const fx_settings *c, const char *dir);
+char *fx_settings_text(const fx_settings *c, size_t *len);  /* the file's text, malloc'd */
+/* Settings from TEXT as fx_settings_text writes it (LABEL names it in errors); strings point into J. */
+int fx_settings_parse(const char *text, size_t len, const char *label, fx_settings *c, fx_json *j);
 int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
 /* ============================================================================================
@@ -1257,6 +1260,8 @@ int fx_mpi_built(void);                        /* 1 when this build has MPI */
  * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
  * says how to get it and returns 2. */
 int fx_mpi_train(fx_run *R);
+/* This process's rank as mpirun's environment gives it before MPI starts (OpenMPI, PMIx, PMI), or -1. */
+int fx_mpi_env_rank(void);
 
 /* ============================================================================================
  * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
