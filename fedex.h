@@ -750,6 +750,20 @@ typedef struct fx_model {
 } fx_model;
 
 size_t fx_base_numel(const fx_config *c);
+/* heads' width: head_dim, or hidden / heads when the config gives none */
+int fx_model_head_dim(const fx_config *c);
+/* What one layer's attention reads and writes while decoding (decode.c keeps the caches). */
+typedef struct {
+    float *kc, *vc;              /* (slots, cap, heads * head_dim) the layer's keys and values */
+    int cap, pos;                /* positions each slot holds; the step's position (-1: prefill of slot 0) */
+    float *scores;               /* (ns, heads, pos + 1) attention scratch */
+} fx_decode_at;
+/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask; no dropout) through every
+ * layer, layer l's keys and values also into AT[l]'s cache and, when AT[l].pos >= 0, its attention over
+ * the cache (AT NULL: neither); then the final norm and the LM head on ROWS rows from FIRST, LOGITS
+ * (rows, vocab) on the host. */
+void fx_model_decode_forward(fx_model *m, const int32_t *ids, const int32_t *pos, const uint8_t *mask, int ns,
+                             int T, const fx_decode_at *at, size_t first, int rows, float *logits);
 /* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
 void fx_model_free(fx_model *m);
@@ -776,7 +790,7 @@ void fx_adamw_update(fx_model *m, float lr, float weight_decay);
 float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
 
 /* ============================================================================================
- * generation: the decoder interface (model side: model.c's KV cache; search: generate.c)
+ * generation: the decoder interface (model side: decode.c's KV cache; search: generate.c)
  * ============================================================================================
  * A decoder runs a causal LM one position at a time over NSLOTS key/value caches (one per beam). The
  * search sees only this table, so it can be tested against a toy decoder as well as a model. Every
