@@ -357,7 +357,9 @@ static int cmd_train(int argc, char **argv) {
             }
         }
         fx_settings given = R.cfg;
-        if (fx_settings_read(given.resume, &R.cfg, &saved) != 0) {
+        /* a client rank of --transport mpi takes the run's settings from the server, whose host holds the run */
+        int client_rank = !strcmp(given.transport, "mpi") && fx_mpi_env_rank() > 0;
+        if (!client_rank && fx_settings_read(given.resume, &R.cfg, &saved) != 0) {
             fprintf(stderr, "fedex train: %s\n", fx_err());
             fx_json_free(&saved);
             return 2;
@@ -407,9 +409,9 @@ static int cmd_demo(int argc, char **argv) {
         return 2;
     }
     if (set[fx_settings_opt("--agg")] || set[fx_settings_opt("--model")] || set[fx_settings_opt("--task")] ||
-        set[fx_settings_opt("--resume")]) {
-        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model; use `fedex train` for --agg, "
-                "--model, --task or --resume\n");
+        set[fx_settings_opt("--resume")] || set[fx_settings_opt("--transport")]) {
+        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model with forked clients; use `fedex "
+                "train` for --agg, --model, --task, --resume or --transport\n");
         return 2;
     }
     /* the demo's own defaults: a short run that learns the synthetic task in about a minute */

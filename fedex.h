@@ -964,6 +964,9 @@ int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR hol
  * never resumed under the settings of the run that replaced it (16 hex digits). */
 void fx_settings_id(const fx_settings *c, char *out, size_t cap);
 int fx_settings_write(const fx_settings *c, const char *dir);
+char *fx_settings_text(const fx_settings *c, size_t *len);  /* the file's text, malloc'd */
+/* Settings from TEXT as fx_settings_text writes it (LABEL names it in errors); strings point into J. */
+int fx_settings_parse(const char *text, size_t len, const char *label, fx_settings *c, fx_json *j);
 int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
 /* ============================================================================================
@@ -1237,9 +1240,9 @@ typedef struct { uint32_t *v; int n, cap; } fx_cps;
 void fx_cps_put(fx_cps *b, uint32_t c);
 void fx_cps_str(fx_cps *b, const char *ascii);
 void fx_cps_replace(fx_cps *b, fx_cps *scratch, const char *lit, const char *rep, int caseless);
-/* Lower-cases CP[0..n-1] as Python's str.lower and Java's toLowerCase do (U+0130 to two code points,
- * the final-sigma rule); OUT has room for 2n; returns its length (score.c). */
-int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
+/* Lower-cases CP[0..n-1] as Python's str.lower (JAVA 0) or Java's toLowerCase (JAVA 1) does: U+0130 to
+ * two code points, the final-sigma rule each its way. OUT has room for 2n; returns its length (score.c). */
+int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
 
 /* ============================================================================================
  * shm.c: the transport of forked clients on this machine, sharing one POSIX shared-memory segment
@@ -1257,6 +1260,8 @@ int fx_mpi_built(void);                        /* 1 when this build has MPI */
  * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
  * says how to get it and returns 2. */
 int fx_mpi_train(fx_run *R);
+/* This process's rank as mpirun's environment gives it before MPI starts (OpenMPI, PMIx, PMI), or -1. */
+int fx_mpi_env_rank(void);
 
 /* ============================================================================================
  * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
