@@ -1355,6 +1355,7 @@ typedef struct {
     int best_round;
     double dev_loss, train_loss;     /* train: the clients' mean weighted by samples */
     double err_max, dev_max;         /* the method's aggregation error and the deviation, max over layers */
+    double seconds;                  /* the round's wall time */
 } fx_log_round;
 typedef struct {
     char *dir, *method, *task, *metric; /* method as metrics.jsonl names it; task "synthetic" without one */
