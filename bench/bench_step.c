@@ -170,10 +170,9 @@ static int bench_model(const char *model, int threads, int steps) {
            "%.1f ms\n", fx_total * 1e3, bound / fx_total, (step_s - fx_total) * 1e3);
     printf("peak memory of the process so far (ru_maxrss): %.2f GB (goal < 2.5)\n", peak_gb);
     fflush(stdout);
-    double torch = lm ? -1 : torch_seconds(config, threads, steps);
+    double torch = torch_seconds(config, threads, steps);
     if (torch > 0)
         printf("PyTorch step (bench/torch_step.py): %.1f ms; fedex / PyTorch = %.2f\n", torch * 1e3, step_s / torch);
-    if (lm) printf("skipped: a PyTorch peer for GPT-2 (bench/torch_step.py runs RoBERTa)\n");
 
     free(t);
     fx_batch_free(&b);

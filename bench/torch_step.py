@@ -1,8 +1,10 @@
 #!/usr/bin/python3
-"""bench/torch_step.py: one RoBERTa + LoRA training step in PyTorch, timed, as the yardstick for
+"""bench/torch_step.py: one RoBERTa or GPT-2 + LoRA training step in PyTorch, timed, as the yardstick for
 bench/bench_step.c. Written independently of fedex (plain torch, no transformers): random weights, the
-same shapes (config.json, torch's default random init, LoRA on query/value, hidden and attention dropout on, AdamW on the adapters and
-the classifier head). It measures time only. Prints "torch_step_ms MEDIAN" last.
+same shapes (config.json, torch's default random init, dropout on). RoBERTa: LoRA on query/value, AdamW
+on the adapters and the classifier head. GPT-2 (config.json's model_type "gpt2"): LoRA on c_attn and both
+c_proj, the tied LM head, the shifted loss with label smoothing 0.1 over every token, gradients clipped
+at norm 1.0, AdamW on the adapters. It measures time only. Prints "torch_step_ms MEDIAN" last.
 
 usage: torch_step.py CONFIG_JSON [--batch 8] [--tokens 128] [--rank 4] [--threads 2] [--steps 5]"""
 import argparse
@@ -94,6 +96,56 @@ class Model(nn.Module):
         return F.cross_entropy(self.out(h), labels)
 
 
+class GPT2Block(nn.Module):
+    """Pre-LN: x + attn(ln_1 x), then x + mlp(ln_2 x); causal attention, gelu tanh."""
+
+    def __init__(self, c, r, alpha):
+        super().__init__()
+        H = c["n_embd"]
+        I = c.get("n_inner") or 4 * H
+        eps, p = c["layer_norm_epsilon"], c["resid_pdrop"]
+        self.nh, self.p, self.p_a = c["n_head"], p, c["attn_pdrop"]
+        self.ln1, self.ln2 = nn.LayerNorm(H, eps=eps), nn.LayerNorm(H, eps=eps)
+        self.attn = LoRALinear(H, 3 * H, r, alpha)
+        self.proj = LoRALinear(H, H, r, alpha)
+        self.fc = nn.Linear(H, I)
+        self.mproj = LoRALinear(I, H, r, alpha)
+        for mod in (self.ln1, self.ln2, self.fc):
+            mod.requires_grad_(False)
+
+    def forward(self, x):
+        n, T, H = x.shape
+        q, k, v = self.attn(self.ln1(x)).split(H, dim=-1)
+        q, k, v = (t.view(n, T, self.nh, H // self.nh).transpose(1, 2) for t in (q, k, v))
+        s = q @ k.transpose(-1, -2) / math.sqrt(H // self.nh)
+        s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+        ctx = (F.dropout(s.softmax(-1), self.p_a, self.training) @ v).transpose(1, 2).reshape(n, T, H)
+        x = x + F.dropout(self.proj(ctx), self.p, self.training)
+        h = F.gelu(self.fc(self.ln2(x)), approximate="tanh")
+        return x + F.dropout(self.mproj(h), self.p, self.training)
+
+
+class GPT2(nn.Module):
+    def __init__(self, c, r, alpha):
+        super().__init__()
+        H = c["n_embd"]
+        self.wte = nn.Embedding(c["vocab_size"], H)
+        self.wpe = nn.Embedding(c["n_positions"], H)
+        self.blocks = nn.ModuleList([GPT2Block(c, r, alpha) for _ in range(c["n_layer"])])
+        self.lnf = nn.LayerNorm(H, eps=c["layer_norm_epsilon"])
+        self.p = c["embd_pdrop"]
+        for mod in (self.wte, self.wpe, self.lnf):
+            mod.requires_grad_(False)
+
+    def forward(self, ids, mask, labels):
+        x = F.dropout(self.wte(ids) + self.wpe(torch.arange(ids.shape[1])), self.p, self.training)
+        for b in self.blocks:
+            x = b(x)
+        logits = F.linear(self.lnf(x), self.wte.weight)  # the tied head
+        V = logits.shape[-1]
+        return F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), label_smoothing=0.1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
@@ -107,18 +159,24 @@ def main():
     torch.manual_seed(0)
     with open(a.config) as f:
         c = json.load(f)
-    m = Model(c, a.rank, 2.0 * a.rank).train()
+    gpt2 = c.get("model_type") == "gpt2"
+    m = (GPT2(c, a.rank, 32.0) if gpt2 else Model(c, a.rank, 2.0 * a.rank)).train()
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     ids = torch.randint(4, c["vocab_size"], (a.batch, a.tokens))
     mask = torch.ones(a.batch, a.tokens, dtype=torch.long)
     labels = torch.randint(0, 2, (a.batch,))
+    if gpt2:  # per-token labels, the first 32 of each row ignored (-100), as bench_step's batch
+        labels = ids.clone()
+        labels[:, :32] = -100
     times = []
     for step in range(a.steps + 1):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = m(ids, mask, labels)
         loss.backward()
+        if gpt2:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step > 0:  # the first step warms the allocator and the thread pool
             times.append(time.perf_counter() - t0)
