@@ -121,6 +121,10 @@ static void aggregate(fx_run *R, const int *done, double *err, double *agg_secon
     for (int i = 0; i < n; i++) w[i] /= wsum;
     memcpy(R->prev_global, R->global, sizeof(float) * R->P);
     fx_agg_mean(R->global, cl, w, n, R->P);
+    /* SORF-VeRA: the VeRA fork's server refits b, s, theta (the head and nothing else keeps the mean);
+     * fedex-sorf-vera's residual below then makes the global model the exact mean again */
+    if (fx_agg_is_sorf(R->cfg.agg))
+        for (int k = 0; k < m->nadapted; k++) fx_sorf_refit(m, k, cl, w, n, R->global, !strcmp(R->cfg.sorf_refit, "polar"));
     int exact = fx_agg_is_exact(R->cfg.agg);
     if (exact) {
         /* The residual travels as R->msg; the server accumulates it with the same call as every client

@@ -156,7 +156,7 @@ static const fx_opt train_opts[] = {
     {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI) or e2e (GPT-2 on E2E NLG); none: the built-in synthetic task", 0, 0},
     {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders, or for e2e trainset.csv, devset.csv and testset_w_refs.csv", 0, 0},
     {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv", 0, 0},
-    {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera)", 0, 0},
+    {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|sorf-vera|fedex-sorf-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera|sorf_vera|ours_sorf_vera)", 0, 0},
     {"--num-clients", "--num_clients", FX_OPT_INT, RC(num_clients), "3", "number of clients", 0, 0},
     {"--rounds", NULL, FX_OPT_INT, RC(rounds), "50", "federated rounds", 0, 0},
     {"--local-epochs", "--local_epochs", FX_OPT_INT, RC(local_epochs), "3", "epochs over its shard each client trains per round", 0, 0},
@@ -181,6 +181,7 @@ static const fx_opt train_opts[] = {
     {"--vera", NULL, FX_OPT_FLAG, RC(vera), NULL, "VeRA adapters: --agg fedex, fedit, ffa (ours, normal, ffa) become fedex-vera, fedit-vera, ffa-vera", 0, 0},
     {"--r", NULL, FX_OPT_INT, RC(r_any), "0", "rank of the method's adapter (the VeRA fork's --r: --lora-r or --vera-r; 0: those)", 0, 0},
     {"--sorf-seed", "--sorf_seed", FX_OPT_SEED, RC(sorf_seed), "42", "seed of SORF-VeRA's orthonormal mixer S (its signs and permutations)", 0, 0},
+    {"--sorf-refit", NULL, FX_OPT_STR, RC(sorf_refit), "svd", "how SORF-VeRA's server refits b, s, theta: svd (the VeRA fork's, from the mean dW) | polar (b kept, the mean Lambda_d's nearest scaled rotation)", 0, 0},
     {"--parallel_clients", NULL, FX_OPT_FLAG, RC(parallel_clients), NULL, "accepted: fedex's clients always run in parallel, one process each", 0, 0},
     {"--server_gpu", NULL, FX_OPT_INT, RC(fork_server_gpu), "-1", "--server-gpu with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
     {"--client_gpus", NULL, FX_OPT_STR, RC(fork_client_gpus), NULL, "--client-gpus with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
@@ -406,7 +407,10 @@ int fx_settings_check(fx_settings *c, const int *set) {
         {c->vera_dropout < 0 || c->vera_dropout >= 1, "--vera-dropout must be in [0, 1)"},
         {strcmp(c->vera_scale, "1") && !fx_agg_is_exact(c->agg),
          "--vera-scale scales the FedEx residual of fedex-vera or fedex-sorf-vera; this method has none"},
-        {!fx_agg_is_sorf(c->agg) && WAS_SET("--sorf-seed"), "--sorf-seed applies to sorf-vera and fedex-sorf-vera"},
+        {!fx_agg_is_sorf(c->agg) && (WAS_SET("--sorf-seed") || WAS_SET("--sorf-refit")),
+         "--sorf-seed and --sorf-refit apply to sorf-vera and fedex-sorf-vera"},
+        {strcmp(c->sorf_refit, "svd") && strcmp(c->sorf_refit, "polar"), "--sorf-refit must be svd or polar"},
+        {fx_agg_is_sorf(c->agg) && strcmp(c->vera_scale, "1") , "--vera-scale applies to fedex-vera"},
         {c->agg == FX_AGG_CENTRAL && WAS_SET("--num-clients") && c->num_clients != 1,
          "--agg centralized trains one client on all the data; it takes no --num-clients"},
         {c->agg == FX_AGG_CENTRAL && WAS_SET("--split"), "--agg centralized does not split the data"},
@@ -451,8 +455,9 @@ int fx_settings_check(fx_settings *c, const int *set) {
 
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a) {
     memset(a, 0, sizeof *a);
-    int vera = fx_agg_is_vera(c->agg);
-    a->kind = vera ? FX_VERA : FX_LORA;
+    int vera = fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg);
+    a->kind = fx_agg_is_sorf(c->agg) ? FX_SORF : vera ? FX_VERA : FX_LORA;
+    a->sorf_seed = (uint64_t)c->sorf_seed;
     fx_targets_parse(c->targets, &a->targets);
     a->r = vera ? c->vera_r : c->lora_r;
     a->alpha = (float)c->lora_alpha;
@@ -460,7 +465,6 @@ void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a) {
     a->dropout = (float)(vera ? c->vera_dropout : c->lora_dropout);
     a->proj_key = (uint32_t)c->projection_prng_key;
     a->skip_projection = peft_bool(c->save_projection) == 0;
-
     a->freeze_a = fx_agg_freezes(c->agg) && !vera;
     a->freeze_d = fx_agg_freezes(c->agg) && vera;
     a->d_initial = (float)c->d_initial;
