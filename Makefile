@@ -46,13 +46,29 @@ else
   BUILD_MSG := fedex: built for CPU only ($(NO_CUDA)); --device cuda will be refused
 endif
 
+# ---------------------------------------------------------------- MPI (optional)
+# mpicc is found the way nvcc is; with it mpi.c is built with FEDEX_MPI and the programs are linked by it
+# (the tests link no MPI: nothing they use calls mpi.c). Without it --transport mpi is refused.
+MPICC   ?= $(firstword $(shell command -v mpicc 2>/dev/null))
+ifneq ($(MPICC),)
+  LINK    := $(MPICC)
+  MPI_MSG := --transport mpi with $(MPICC)
+else
+  LINK    := $(CC)
+  MPI_MSG := no mpicc, so --transport mpi will be refused (Debian: apt-get install openmpi-bin libopenmpi-dev)
+endif
+
 .PHONY: all test debug fuzz bench clean
 all: $(FEDEX) $(FEDEX_CUDA)
-	@echo "$(BUILD_MSG)"
+	@echo "$(BUILD_MSG); $(MPI_MSG)"
 
 $(B)/%.o: %.c fedex.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/mpi.o: mpi.c fedex.h
+	@mkdir -p $(dir $@)
+	$(if $(MPICC),$(MPICC) $(CFLAGS) -DFEDEX_MPI,$(CC) $(CFLAGS)) -c $< -o $@
 
 $(B)/fedex-cuda.o: fedex.c fedex.h
 	@mkdir -p $(dir $@)
@@ -74,10 +90,10 @@ $(B)/libfedex.a: $(LIB_OBJ)
 # The CPU build links no CUDA library, so its commands start at once; the CUDA build is the same program
 # with gpu.cu (loading cuBLAS costs a start a third of a second).
 $(FEDEX): $(B)/fedex.o $(B)/libfedex.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(LINK) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(FEDEX_CUDA): $(B)/fedex-cuda.o $(DUAL_SRC:%.c=$(B)/cuda/%.o) $(GPU_OBJ) $(B)/libfedex.a
-	$(CC) $(CFLAGS) $^ -o $@ $(GPU_LIBS) $(LDLIBS)
+	$(LINK) $(CFLAGS) $^ -o $@ $(GPU_LIBS) $(LDLIBS)
 
 $(B)/tests/%: tests/%.c $(wildcard tests/*.h) $(B)/libfedex.a
 	@mkdir -p $(dir $@)

@@ -10,8 +10,9 @@
  * the target table
  * ============================================================================================ */
 
-/* Index t is the bit's position: FX_T_QUERY is 1 << 0, ..., FX_T_OUTPUT is 1 << 5. PEFT names the
- * attention projections by their last component and the dense layers by their path. */
+/* Index t is the bit's position: FX_T_QUERY is 1 << 0, ..., FX_T_QKV is 1 << 6. PEFT names the
+ * attention projections by their last component and the dense layers by their path. The names here are
+ * RoBERTa's (and GPT-2's c_attn); each family gives its own paths (fx_family.target_path). */
 const fx_target fx_targets[FX_NTARGETS] = {
     {FX_T_QUERY, "query", NULL, "query", "attention.self.query", 'H', 'H', FX_LT_QW, FX_LT_QB},
     {FX_T_KEY, "key", NULL, "key", "attention.self.key", 'H', 'H', FX_LT_KW, FX_LT_KB},
@@ -21,11 +22,20 @@ const fx_target fx_targets[FX_NTARGETS] = {
     {FX_T_INTER, "intermediate.dense", "intermediate", "intermediate.dense", "intermediate.dense", 'I', 'H',
      FX_LT_IW, FX_LT_IB},
     {FX_T_OUTPUT, "output.dense", "output", "output.dense", "output.dense", 'H', 'I', FX_LT_OW, FX_LT_OB},
+    {FX_T_QKV, "c_attn", NULL, "c_attn", "attn.c_attn", '3', 'H', FX_LT_QKVW, FX_LT_QKVB},
+};
+
+/* GPT-2's names for the targets it shares with RoBERTa's slots. PEFT's "c_proj" is a suffix of both
+ * attn.c_proj and mlp.c_proj, so it stands for the two. */
+static const struct { const char *name; unsigned bits; } gpt2_names[] = {
+    {"c_proj", FX_T_ATTN_OUT | FX_T_OUTPUT}, {"attn.c_proj", FX_T_ATTN_OUT}, {"mlp.c_proj", FX_T_OUTPUT},
+    {"c_fc", FX_T_INTER}, {"mlp.c_fc", FX_T_INTER}, {"attn.c_attn", FX_T_QKV},
 };
 
 void fx_target_dims(const fx_config *c, int t, int *out, int *in) {
-    *out = fx_targets[t].out == 'I' ? c->intermediate : c->hidden;
-    *in = fx_targets[t].in == 'I' ? c->intermediate : c->hidden;
+    char o = fx_targets[t].out, i = fx_targets[t].in;
+    *out = o == 'I' ? c->intermediate : o == '3' ? 3 * c->hidden : c->hidden;
+    *in = i == 'I' ? c->intermediate : c->hidden;
 }
 
 static int names(const char *name, const char *s, size_t e) {
@@ -40,16 +50,19 @@ int fx_targets_parse(const char *list, unsigned *mask) {
         size_t n = strcspn(s, ",");
         size_t e = n;
         while (e > 0 && s[e - 1] == ' ') e--;
-        int found = -1;
+        unsigned found = 0;
         for (int t = 0; t < FX_NTARGETS; t++)
-            if (names(fx_targets[t].name, s, e) || names(fx_targets[t].alias, s, e)) found = t;
-        if (found < 0) {
+            if (names(fx_targets[t].name, s, e) || names(fx_targets[t].alias, s, e)) found = fx_targets[t].bit;
+        for (size_t g = 0; g < sizeof gpt2_names / sizeof gpt2_names[0]; g++)
+            if (names(gpt2_names[g].name, s, e)) found = gpt2_names[g].bits;
+        if (!found) {
             fx_seterr("target modules \"%s\": unknown target \"%.*s\" (known: query, key, value, "
                       "attention.output.dense or attn_out, intermediate.dense or intermediate, "
-                      "output.dense or output)", list, (int)e, s);
+                      "output.dense or output; GPT-2's c_attn, c_proj, attn.c_proj, mlp.c_proj, c_fc)", list,
+                      (int)e, s);
             return -1;
         }
-        m |= 1u << found;
+        m |= found;
         if (s[n] == 0) break;
         s += n + 1;
     }
@@ -63,7 +76,7 @@ int fx_targets_parse(const char *list, unsigned *mask) {
 
 int fx_adapter_check(const fx_adapter_cfg *a) {
     if (a->kind != FX_LORA && a->kind != FX_VERA && a->kind != FX_SORF) { fx_seterr("adapter: unknown kind %d", (int)a->kind); return -1; }
-    if (a->targets & ~63u) { fx_seterr("adapter: unknown target bits 0x%x", a->targets); return -1; }
+    if (a->targets & ~((1u << FX_NTARGETS) - 1)) { fx_seterr("adapter: unknown target bits 0x%x", a->targets); return -1; }
     if (a->targets && (a->r < 1 || a->r > 65536)) { fx_seterr("adapter: rank %d must be in [1, 65536]", a->r); return -1; }
     if (!(a->dropout >= 0 && a->dropout < 1)) { fx_seterr("adapter: dropout %g must be in [0, 1)", a->dropout); return -1; }
     if (!isfinite(a->alpha) || !isfinite(a->d_initial)) { fx_seterr("adapter: alpha and d_initial must be finite"); return -1; }
@@ -83,7 +96,9 @@ int fx_adapter_build(fx_model *m) {
             fx_adapted *ad = &m->ad[m->nadapted];
             lv->ad = m->nadapted++;
             snprintf(pre, sizeof pre, m->fam->layer_fmt, l);
-            snprintf(ad->name, sizeof ad->name, "%s%s", pre, fx_targets[t].path);
+            snprintf(ad->name, sizeof ad->name, "%s%s", pre, m->fam->target_path[t]);
+            for (int i = 0; i < m->fam->nlayer; i++)
+                if (m->fam->layer[i].role == fx_targets[t].w_role) ad->conv1d = m->fam->layer[i].conv1d;
             ad->layer = l;
             ad->target = (int)fx_targets[t].bit;
             ad->out = lv->out;

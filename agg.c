@@ -528,3 +528,46 @@ double fx_agg_error(const fx_model *m, int k, float residual, const float *const
     if (den == 0) return num == 0 ? 0.0 : INFINITY;
     return num / den;
 }
+
+/* ============================================================================================
+ * The frozen state's fingerprint
+ * ============================================================================================
+ * Exact aggregation rests on every party computing with the same W0 (and VeRA's shared projections):
+ * a client whose checkpoint differs by one weight trains another model. Every party hashes what it holds
+ * (FNV-1a over 64-bit words): the base weights with the adapted layers' original W0 (not W0 + R_acc),
+ * then A and B of VeRA. */
+
+static uint64_t fnv_words(uint64_t h, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        uint64_t w;
+        memcpy(&w, x + i, sizeof w);
+        h = (h ^ w) * 0x100000001b3ULL;
+    }
+    for (; i < n; i++) {
+        uint32_t w;
+        memcpy(&w, x + i, sizeof w);
+        h = (h ^ w) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t at = 0;
+    /* the adapted layers' ranges in the order they lie in the base */
+    for (int done = 0; done < m->nadapted; done++) {
+        int k = -1;
+        for (int j = 0; j < m->nadapted; j++)
+            if (m->ad[j].w_off >= at && (k < 0 || m->ad[j].w_off < m->ad[k].w_off)) k = j;
+        if (k < 0) break;
+        size_t w = m->ad[k].w_off, len = r->off[k + 1] - r->off[k];
+        h = fnv_words(h, m->base.data + at, w - at);
+        h = fnv_words(h, r->w0 + r->off[k], len);
+        at = w + len;
+    }
+    h = fnv_words(h, m->base.data + at, m->base.n - at);
+    if (m->vera_A) h = fnv_words(h, m->vera_A, (size_t)m->a.r * m->vera_in);
+    if (m->vera_B) h = fnv_words(h, m->vera_B, (size_t)m->vera_out * m->a.r);
+    return h;
+}

@@ -70,6 +70,12 @@ static int check_shape(const char *path, const fx_st_tensor *t, int ndim, const 
     return 0;
 }
 
+/* The shape a base tensor has in a file: GPT-2's Conv1D weights are stored (in, out). */
+static void file_shape(const fx_tensor *bt, int *shape) {
+    shape[0] = bt->conv1d ? bt->shape[1] : bt->shape[0];
+    shape[1] = bt->conv1d ? bt->shape[0] : bt->shape[1];
+}
+
 /* T as fp32 into DST (numel floats), refusing NaN and infinities. */
 static int read_into(const fx_st_file *f, const fx_st_tensor *t, float *dst) {
     float *owned = NULL;
@@ -86,6 +92,16 @@ static int read_into(const fx_st_file *f, const fx_st_tensor *t, float *dst) {
         }
     if (rc == 0) memcpy(dst, src, n * sizeof(float));
     free(owned);
+    return rc;
+}
+
+/* read_into for base tensor BT: a Conv1D weight read (in, out) and stored (out, in). */
+static int read_base(const fx_st_file *f, const fx_st_tensor *t, const fx_tensor *bt, float *dst) {
+    if (!bt->conv1d) return read_into(f, t, dst);
+    float *tmp = fx_malloc(bt->n * sizeof(float));
+    int rc = read_into(f, t, tmp);
+    if (rc == 0) fx_transpose(dst, tmp, bt->shape[1], bt->shape[0]);
+    free(tmp);
     return rc;
 }
 
@@ -135,15 +151,20 @@ int fx_model_load(fx_model *m, const char *dir) {
         const fx_st_tensor *t = fx_st_find(&f, name);
         if (!t) t = fx_st_find(&f, bt->name);
         if (!t) {
-            fx_seterr("%s: no tensor '%s' (nor '%s'): not a RoBERTa checkpoint of config.json's shape",
-                      path, name, bt->name);
+            fx_seterr("%s: no tensor '%s' (nor '%s'): not a %s checkpoint of config.json's shape",
+                      path, name, bt->name, m->fam->architecture);
             goto done;
         }
-        if (check_shape(path, t, bt->ndim, bt->shape, "config.json says") != 0) goto done;
-        if (read_into(&f, t, m->base.data + bt->off) != 0) goto done;
+        int shape[2];
+        file_shape(bt, shape);
+        if (check_shape(path, t, bt->ndim, shape, bt->conv1d ? "config.json says (Conv1D: in, out)"
+                                                             : "config.json says") != 0) goto done;
+        if (read_base(&f, t, bt, m->base.data + bt->off) != 0) goto done;
     }
     /* The head, when the checkpoint has one of this model's shape (a fine-tuned classifier); a masked-LM
-     * checkpoint (lm_head.*) or one fine-tuned for another label count keeps the fresh head. */
+     * checkpoint (lm_head.*) or one fine-tuned for another label count keeps the fresh head. GPT-2's
+     * head is wte itself (lm_head.weight, when a file carries it, is the same tensor and is not read), as
+     * are older files' attn.bias / attn.masked_bias buffers. */
     const fx_st_tensor *ht[FX_HEAD_COUNT];
     const fx_tensor *mt[FX_HEAD_COUNT];
     int head = 1;
@@ -182,6 +203,7 @@ static int model_save(const fx_model *m, const char *dir, int merged, const char
         e[i].ndim = bt->ndim;
         for (int d = 0; d < bt->ndim; d++) e[i].shape[d] = bt->shape[d];
         e[i].data = m->base.data + bt->off;
+        if (bt->conv1d) { e[i].shape[0] = bt->shape[1]; e[i].shape[1] = bt->shape[0]; }
     }
     /* Merged: W = W0 + dW for each adapted layer (W0 already holds any FedEx residual), so the folder is a
      * plain fine-tuned model that needs no adapter code to run. */
@@ -197,6 +219,16 @@ static int model_save(const fx_model *m, const char *dir, int merged, const char
         const float *W0 = m->base.data + ad->w_off;
         for (size_t j = 0; j < nw; j++) merged_w[i][j] = (float)((double)W0[j] + dW[j]);
         e[i].data = merged_w[i];
+    }
+    /* Conv1D weights go out (in, out): transposed copies (of the merged weight where there is one). */
+    for (int i = 0; i < m->base.nt; i++) {
+        const fx_tensor *bt = &m->base.t[i];
+        if (!bt->conv1d) continue;
+        float *tw = fx_malloc(bt->n * sizeof(float));
+        fx_transpose(tw, e[i].data, bt->shape[0], bt->shape[1]);
+        free(merged_w[i]);
+        merged_w[i] = tw;
+        e[i].data = tw;
     }
     for (int j = 0; j < m->fam->nhead; j++) {
         const fx_tensor *t = head_tensor(m, j);
@@ -255,12 +287,25 @@ static void targets_regex(const fx_family *fam, unsigned mask, char *buf, size_t
         if (!(mask & fx_targets[t].bit)) continue;
         k += (size_t)snprintf(buf + k, cap - k, "%s", first ? "" : "|");
         first = 0;
-        regex_put(buf, cap, &k, fx_targets[t].path);
+        regex_put(buf, cap, &k, fam->target_path[t]);
     }
     if (k < cap) snprintf(buf + k, cap - k, ")");
 }
 
 static void put_targets(FILE *f, const fx_family *fam, unsigned mask) {
+    if (fam->tied_head) { /* GPT-2: PEFT's names; "c_proj", a suffix, stands for attn.c_proj and mlp.c_proj */
+        const unsigned both = FX_T_ATTN_OUT | FX_T_OUTPUT;
+        int first = 1;
+        fputc('[', f);
+        for (int t = FX_NTARGETS - 1; t >= 0; t--) { /* c_attn first, as PEFT's default list */
+            if (!(mask & fx_targets[t].bit) || ((mask & both) == both && fx_targets[t].bit == FX_T_OUTPUT)) continue;
+            const char *name = (mask & both) == both && fx_targets[t].bit == FX_T_ATTN_OUT ? "c_proj" : fam->target_peft[t];
+            fprintf(f, "%s\"%s\"", first ? "" : ", ", name);
+            first = 0;
+        }
+        fputc(']', f);
+        return;
+    }
     if ((mask & FX_T_OUTPUT) && !(mask & FX_T_ATTN_OUT)) {
         char re[512];
         targets_regex(fam, mask, re, sizeof re);
@@ -271,7 +316,7 @@ static void put_targets(FILE *f, const fx_family *fam, unsigned mask) {
     int first = 1;
     for (int t = 0; t < FX_NTARGETS; t++) {
         if (!(mask & fx_targets[t].bit)) continue;
-        fprintf(f, "%s\"%s\"", first ? "" : ", ", fx_targets[t].peft);
+        fprintf(f, "%s\"%s\"", first ? "" : ", ", fam->target_peft[t]);
         first = 0;
     }
     fputc(']', f);
@@ -286,9 +331,11 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
     if (!f) { fx_seterr("%s: cannot format the file: %s", path, strerror(errno)); return -1; }
     const fx_adapter_cfg *a = &m->a;
     int lora = a->kind == FX_LORA;
+    int lm = m->fam->head_kind == FX_HEAD_LM, fifo = 0;
+    for (int k = 0; k < m->nadapted; k++) fifo |= m->ad[k].conv1d;
     /* SORF-VeRA is no PEFT type (the VeRA fork builds it by patching PEFT's VeRA): fedex's own name */
-    fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"SEQ_CLS\",\n",
-            lora ? "LORA" : a->kind == FX_SORF ? "SORF_VERA" : "VERA");
+    fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"%s\",\n",
+            lora ? "LORA" : a->kind == FX_SORF ? "SORF_VERA" : "VERA", lm ? "CAUSAL_LM" : "SEQ_CLS");
     /* A local folder as an absolute path, so the file means the same from any directory; anything else
      * (a hub name such as "roberta-base") as given. */
     char abs[PATH_MAX];
@@ -300,8 +347,10 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
     fprintf(f, ",\n  \"revision\": null,\n  \"inference_mode\": true,\n");
     fprintf(f, "  \"r\": %d,\n  \"target_modules\": ", a->r);
     put_targets(f, m->fam, a->targets);
-    fprintf(f, ",\n  \"modules_to_save\": [\"classifier\"],\n  \"bias\": \"none\",\n");
-    fprintf(f, "  \"fan_in_fan_out\": false,\n  \"layers_to_transform\": null,\n  \"layers_pattern\": null,\n");
+    fprintf(f, ",\n  \"modules_to_save\": %s,\n  \"bias\": \"none\",\n", lm ? "null" : "[\"classifier\"]");
+    /* Conv1D layers (GPT-2) hold W as (in, out): PEFT applies (B A)^T to them */
+    fprintf(f, "  \"fan_in_fan_out\": %s,\n  \"layers_to_transform\": null,\n  \"layers_pattern\": null,\n",
+            fifo ? "true" : "false");
     if (lora) {
         fprintf(f, "  \"lora_alpha\": "); fx_json_put_float(f, a->alpha);
         fprintf(f, ",\n  \"lora_dropout\": "); fx_json_put_float(f, a->dropout);
@@ -345,24 +394,15 @@ static int json_flag(const fx_json *j, const char *key, int *out, const char *pa
     return 0;
 }
 
-/* adapter_config.json names no family of its own: its module names are RoBERTa's. PEFT walks every module
- * of RobertaForSequenceClassification (named_modules()) and adapts those that target_modules selects:
- * a list selects a module when one entry equals its name or is a suffix of it after a dot
- * (key == t or key.endswith("." + t)); a single string is a regular expression that must match the whole
- * name (re.fullmatch). fedex adapts the six linear layers of every encoder layer, so any other module
- * selected (the classifier's dense, a LayerNorm, a container) or a layer adapted in some layers only is
- * refused with the module's name. (The classifier is modules_to_save, trained whole; a LoRA inside it is
- * something PEFT's versions treat differently, and fedex does not attempt.) */
-static const char *const roberta_modules[] = {
-    "", "roberta", "roberta.embeddings", "roberta.embeddings.word_embeddings",
-    "roberta.embeddings.position_embeddings", "roberta.embeddings.token_type_embeddings",
-    "roberta.embeddings.LayerNorm", "roberta.embeddings.dropout", "roberta.encoder", "roberta.encoder.layer",
-    "classifier", "classifier.dense", "classifier.dropout", "classifier.out_proj", NULL};
-/* A layer's modules besides the six targets ("" is the layer itself). */
-static const char *const roberta_layer_modules[] = {
-    "", "attention", "attention.self", "attention.self.dropout", "attention.output", "attention.output.LayerNorm",
-    "attention.output.dropout", "intermediate", "intermediate.intermediate_act_fn", "output", "output.LayerNorm",
-    "output.dropout", NULL};
+/* adapter_config.json names no family of its own: fan_in_fan_out true says GPT-2 (PEFT sets it for
+ * Conv1D layers), false RoBERTa. PEFT walks every module of the model (named_modules()) and adapts those
+ * that target_modules selects: a list selects a module when one entry equals its name or is a suffix of
+ * it after a dot (key == t or key.endswith("." + t)); a single string is a regular expression that must
+ * match the whole name (re.fullmatch). fedex adapts the family's linear layers of every layer, so any
+ * other module selected (the classifier's dense, a LayerNorm, a container) or a layer adapted in some
+ * layers only is refused with the module's name. The family lists those other modules (fx_family.modules,
+ * layer_modules). (RoBERTa's classifier is modules_to_save, trained whole; a LoRA inside it is something
+ * PEFT's versions treat differently, and fedex does not attempt.) */
 
 /* Python's re syntax as POSIX extended syntax, for the subset whose meaning is the same in both: literals,
  * ".", escaped punctuation, \d \w \s, classes [...], groups ( ) and (?: ), |, * + ? {m,n}, ^ $. Anything
@@ -454,16 +494,16 @@ static int selects(const target_matcher *tm, const char *name) {
 }
 
 /* Module name of target T in layer L: "roberta.encoder.layer.3.attention.self.query" (T -1: SUB). */
-static void module_name(char *buf, size_t cap, int l, int t, const char *sub) {
+static void module_name(const fx_family *fam, char *buf, size_t cap, int l, int t, const char *sub) {
     char pre[64];
-    snprintf(pre, sizeof pre, fx_roberta.layer_fmt, l);
-    const char *s = t >= 0 ? fx_targets[t].path : sub;
-    size_t k = (size_t)snprintf(buf, cap, "%s%s%s", fx_roberta.prefix, pre, s);
+    snprintf(pre, sizeof pre, fam->layer_fmt, l);
+    const char *s = t >= 0 ? fam->target_path[t] : sub;
+    size_t k = (size_t)snprintf(buf, cap, "%s%s%s", fam->prefix, pre, s);
     if (!*s && k > 0 && k < cap) buf[k - 1] = 0; /* the layer itself: no trailing dot */
 }
 
-/* The targets V selects in a model of LAYERS encoder layers, as PEFT selects them. */
-static int parse_targets(const fx_json *v, int layers, unsigned *mask, const char *path) {
+/* The targets V selects in a FAM model of LAYERS layers, as PEFT selects them. */
+static int parse_targets(const fx_family *fam, const fx_json *v, int layers, unsigned *mask, const char *path) {
     target_matcher tm = {0};
     char name[256];
     int rc = -1, count[FX_NTARGETS] = {0};
@@ -481,19 +521,23 @@ static int parse_targets(const fx_json *v, int layers, unsigned *mask, const cha
         fx_seterr("%s: target_modules must be a non-empty list of module names or a regular expression", path);
         return -1;
     }
-    for (int g = 0; roberta_modules[g]; g++)
-        if (selects(&tm, roberta_modules[g])) {
-            const char *m = roberta_modules[g];
-            fx_seterr("%s: target_modules selects the module \"%s\"%s, which fedex does not adapt: it adapts the "
-                      "encoder's query, key, value, attention.output.dense, intermediate.dense and output.dense "
-                      "(name those, e.g. \"attention.output.dense\" rather than \"dense\")", path, m,
-                      !strncmp(m, "classifier", 10) ? " (part of the classifier head, which fedex trains whole "
-                                                      "as modules_to_save)" : "");
+    for (int g = 0; fam->modules[g]; g++)
+        if (selects(&tm, fam->modules[g])) {
+            const char *m = fam->modules[g];
+            if (fam->tied_head)
+                fx_seterr("%s: target_modules selects the module \"%s\", which fedex does not adapt: it adapts "
+                          "GPT-2's c_attn, c_proj (attn.c_proj and mlp.c_proj) and c_fc", path, m);
+            else
+                fx_seterr("%s: target_modules selects the module \"%s\"%s, which fedex does not adapt: it adapts "
+                          "the encoder's query, key, value, attention.output.dense, intermediate.dense and "
+                          "output.dense (name those, e.g. \"attention.output.dense\" rather than \"dense\")", path, m,
+                          !strncmp(m, "classifier", 10) ? " (part of the classifier head, which fedex trains whole "
+                                                          "as modules_to_save)" : "");
             goto done;
         }
     for (int l = 0; l < layers; l++) {
-        for (int s = 0; roberta_layer_modules[s]; s++) {
-            module_name(name, sizeof name, l, -1, roberta_layer_modules[s]);
+        for (int s = 0; fam->layer_modules[s]; s++) {
+            module_name(fam, name, sizeof name, l, -1, fam->layer_modules[s]);
             if (selects(&tm, name)) {
                 fx_seterr("%s: target_modules selects the module \"%s\", which is not a linear layer fedex can "
                           "adapt", path, name);
@@ -501,14 +545,15 @@ static int parse_targets(const fx_json *v, int layers, unsigned *mask, const cha
             }
         }
         for (int t = 0; t < FX_NTARGETS; t++) {
-            module_name(name, sizeof name, l, t, NULL);
+            if (!fam->target_path[t]) continue;
+            module_name(fam, name, sizeof name, l, t, NULL);
             count[t] += selects(&tm, name);
         }
     }
     for (int t = 0; t < FX_NTARGETS; t++) {
         if (count[t] && count[t] != layers) {
             fx_seterr("%s: target_modules selects %s in %d of the %d layers: fedex adapts a module in every "
-                      "layer or in none", path, fx_targets[t].path, count[t], layers);
+                      "layer or in none", path, fam->target_path[t], count[t], layers);
             goto done;
         }
         if (count[t]) *mask |= fx_targets[t].bit;
@@ -528,8 +573,8 @@ done:
  * get_pattern_key), other modules keep the default. fedex holds one rank and one scale for every adapted
  * layer, so a pattern is honoured when it gives every adapted module the same value, which then replaces
  * the default, and refused by name when it does not. */
-static int resolve_pattern(const fx_json *j, const char *key, int layers, unsigned mask, double dflt, int integer,
-                           double *out, const char *path) {
+static int resolve_pattern(const fx_family *fam, const fx_json *j, const char *key, int layers, unsigned mask,
+                           double dflt, int integer, double *out, const char *path) {
     const fx_json *p = fx_json_get(j, key);
     *out = dflt;
     if (!p || p->type == FX_JNULL) return 0;
@@ -552,7 +597,7 @@ static int resolve_pattern(const fx_json *j, const char *key, int layers, unsign
     for (int l = 0; l < layers; l++)
         for (int t = 0; t < FX_NTARGETS; t++) {
             if (!(mask & fx_targets[t].bit)) continue;
-            module_name(name, sizeof name, l, t, NULL);
+            module_name(fam, name, sizeof name, l, t, NULL);
             double val = dflt;
             for (size_t i = 0; i < p->n; i++)
                 if (regexec(&re[i], name, 0, NULL, 0) == 0) { val = p->kids[i].num; break; }
@@ -571,9 +616,9 @@ done:
     return rc;
 }
 
-/* adapter_config.json at WHERE as the adapter of a model of LAYERS encoder layers (its patterns and
- * target_modules are resolved for that many). */
-static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a) {
+/* adapter_config.json at WHERE as the adapter of a model of LAYERS layers (its patterns and
+ * target_modules are resolved for that many); *FAM the family it names by fan_in_fan_out. */
+static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a, const fx_family **fam) {
     char file[PATH_MAX_LEN], path[PATH_MAX_LEN];
     fx_json j;
     int rc = -1;
@@ -592,7 +637,13 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a)
         goto done;
     }
     a->r = (int)r->inum;
-    if (parse_targets(fx_json_get(&j, "target_modules"), layers, &a->targets, path) != 0) goto done;
+    int fifo = 0, dora = 0;
+    if (json_flag(&j, "fan_in_fan_out", &fifo, path) != 0 || json_flag(&j, "use_dora", &dora, path) != 0 ||
+        json_flag(&j, "use_rslora", &a->rslora, path) != 0)
+        goto done;
+    if (dora) { fx_seterr("%s: use_dora is not supported", path); goto done; }
+    *fam = fifo ? &fx_gpt2 : &fx_roberta;
+    if (parse_targets(*fam, fx_json_get(&j, "target_modules"), layers, &a->targets, path) != 0) goto done;
     const fx_json *ex = fx_json_get(&j, "exclude_modules");
     if (ex && ex->type != FX_JNULL && !(ex->type == FX_JARR && ex->n == 0)) {
         fx_seterr("%s: exclude_modules is not supported: list the modules to adapt in target_modules", path);
@@ -607,11 +658,6 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a)
         fx_seterr("%s: layers_to_transform must be null: fedex adapts every layer", path);
         goto done;
     }
-    int fifo = 0, dora = 0;
-    if (json_flag(&j, "fan_in_fan_out", &fifo, path) != 0 || json_flag(&j, "use_dora", &dora, path) != 0 ||
-        json_flag(&j, "use_rslora", &a->rslora, path) != 0)
-        goto done;
-    if (fifo || dora) { fx_seterr("%s: %s is not supported", path, fifo ? "fan_in_fan_out" : "use_dora"); goto done; }
     const char *numkeys[3] = {a->kind == FX_LORA ? "lora_alpha" : "d_initial",
                               a->kind == FX_LORA ? "lora_dropout" : "vera_dropout", NULL};
     float *dst[2] = {a->kind == FX_LORA ? &a->alpha : &a->d_initial, &a->dropout};
@@ -640,8 +686,8 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a)
         a->skip_projection = !save;
     }
     double r_all, alpha_all;
-    if (resolve_pattern(&j, "rank_pattern", layers, a->targets, a->r, 1, &r_all, path) != 0 ||
-        resolve_pattern(&j, "alpha_pattern", layers, a->targets, a->alpha, 0, &alpha_all, path) != 0)
+    if (resolve_pattern(*fam, &j, "rank_pattern", layers, a->targets, a->r, 1, &r_all, path) != 0 ||
+        resolve_pattern(*fam, &j, "alpha_pattern", layers, a->targets, a->alpha, 0, &alpha_all, path) != 0)
         goto done;
     if (a->kind == FX_VERA && (r_all != a->r || alpha_all != a->alpha)) {
         fx_seterr("%s: rank_pattern and alpha_pattern are LoRA's; a VeRA adapter has one rank", path);
@@ -664,7 +710,10 @@ done:
 
 /* Without the model, the patterns are resolved for one layer; fx_adapter_load checks them again for every
  * layer of the model it loads into. */
-int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) { return load_adapter_config(where, 1, a); }
+int fx_adapter_config_load(const char *where, fx_adapter_cfg *a) {
+    const fx_family *fam;
+    return load_adapter_config(where, 1, a, &fam);
+}
 
 /* ============================================================================================
  * PEFT adapters: adapter_model.safetensors
@@ -771,7 +820,13 @@ static const char *kind_name(fx_adapter_kind k) { return k == FX_LORA ? "LoRA" :
  * rank, the adapted layers and (LoRA) the scale s, which the tensors alone do not reveal. */
 static int check_adapter_config(const fx_model *m, const char *cfg_path) {
     fx_adapter_cfg a;
-    if (load_adapter_config(cfg_path, m->c.layers, &a) != 0) return -1;
+    const fx_family *fam;
+    if (load_adapter_config(cfg_path, m->c.layers, &a, &fam) != 0) return -1;
+    if (fam != m->fam) {
+        fx_seterr("%s: fan_in_fan_out is %s: the adapter is for a %s, the model is a %s", cfg_path,
+                  fam == &fx_gpt2 ? "true" : "false", fam->model_type, m->fam->model_type);
+        return -1;
+    }
     if (a.kind != m->a.kind) {
         fx_seterr("%s: the adapter is %s, the model was built for %s", cfg_path, kind_name(a.kind), kind_name(m->a.kind));
         return -1;
@@ -863,7 +918,9 @@ int fx_adapter_load(fx_model *m, const char *path) {
     if (adapter_paths(path, file, cfg) != 0) return -1;
     if (stat(cfg, &st) == 0 && check_adapter_config(m, cfg) != 0) return -1;
     fx_adapter_cfg saved = {0};
-    int redraw = m->a.kind == FX_VERA && stat(cfg, &st) == 0 && load_adapter_config(cfg, m->c.layers, &saved) == 0 &&
+    const fx_family *saved_fam;
+    int redraw = m->a.kind == FX_VERA && stat(cfg, &st) == 0 &&
+                 load_adapter_config(cfg, m->c.layers, &saved, &saved_fam) == 0 &&
                  saved.skip_projection; /* save_projection false: the model's own, from the same key */
     if (m->a.kind == FX_SORF) return sorf_load(m, file);
 
@@ -971,14 +1028,18 @@ int fx_residual_load(fx_model *m, const char *path) {
         if (!strncmp(nm, m->fam->prefix, np)) nm += np;
         dst[i] = fx_params_find(&m->base, nm);
         if (!dst[i]) { fx_seterr("%s: tensor '%s' names no base weight of the model", path, f.t[i].name); goto done; }
-        if (check_shape(path, &f.t[i], dst[i]->ndim, dst[i]->shape, "the model's weight has") != 0) goto done;
+        int shape[2];
+        file_shape(dst[i], shape);
+        if (check_shape(path, &f.t[i], dst[i]->ndim, shape, dst[i]->conv1d ? "the model's Conv1D weight (in, out) has"
+                                                                           : "the model's weight has") != 0)
+            goto done;
     }
     size_t total = 0;
     for (int i = 0; i < f.n; i++) total += dst[i]->n;
     R = fx_malloc(total * sizeof(float));
     float *p = R;
-    for (int i = 0; i < f.n; i++) {
-        if (read_into(&f, &f.t[i], p) != 0) goto done;
+    for (int i = 0; i < f.n; i++) { /* in the checkpoint's orientation, as the weight it is added to */
+        if (read_base(&f, &f.t[i], dst[i], p) != 0) goto done;
         p += dst[i]->n;
     }
     p = R;

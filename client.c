@@ -37,6 +37,22 @@ static uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
     return fx_rng_u64(&r);
 }
 
+/* FEDEX_FAULT's injected faults that concern client ID (tests). */
+static void faults(fx_client *cl, int id) {
+    const char *f = getenv("FEDEX_FAULT");
+    int fc, fr;
+    cl->kill_round = -1;
+    if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == id) cl->kill_round = fr;
+    cl->drift = f && sscanf(f, "drift:%d", &fc) == 1 && fc == id;
+    cl->gone_round = f && sscanf(f, "gone:%d:%d", &fc, &fr) == 2 && fc == id ? fr : -1;
+}
+
+void fx_client_set_shard(fx_client *cl, int id, const int *rows, int nrows) {
+    if (nrows > cl->nrows) cl->order = fx_realloc(cl->order, sizeof(int) * (size_t)nrows);
+    cl->rows = rows; cl->nrows = nrows;
+    faults(cl, id);
+}
+
 fx_client *fx_client_open(const fx_client_setup *s) {
     fx_client *cl = fx_calloc(1, sizeof *cl);
     if (fx_model_create(&cl->m, s->mc, s->ac, s->base) != 0) { free(cl); return NULL; }
@@ -45,12 +61,9 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     cl->order = fx_malloc(sizeof(int) * (size_t)(s->nrows ? s->nrows : 1));
     cl->acc = fx_malloc(sizeof(float) * cl->m.train.n);
     cl->check_frozen = s->check_frozen;
+    faults(cl, s->id);
     const char *f = getenv("FEDEX_FAULT");
-    int fc, fr;
-    cl->kill_round = -1;
-    if (f && sscanf(f, "kill:%d:%d", &fc, &fr) == 2 && fc == s->id) cl->kill_round = fr;
-    cl->drift = f && sscanf(f, "drift:%d", &fc) == 1 && fc == s->id;
-    cl->gone_round = f && sscanf(f, "gone:%d:%d", &fc, &fr) == 2 && fc == s->id ? fr : -1;
+    int fc;
     if (f && sscanf(f, "open:%d", &fc) == 1 && fc == s->id) {
         fx_seterr("injected start-up failure (FEDEX_FAULT=%s)", f);
         fx_client_close(cl);

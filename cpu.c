@@ -142,6 +142,13 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
         layernorm_row(out + o, mean + i, rstd + i, res + o, g, b, H, eps);
     }
 }
+/* Pre-LN blocks: out = LayerNorm(x) alone, its moments kept for backward. In place allowed. */
+static void layernorm_forward(float *out /* (N, H) */, float *mean /* (N) */, float *rstd /* (N) */,
+                              const float *x /* (N, H) */, const float *g, const float *b, int N, int H, float eps) {
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++)
+        layernorm_row(out + (size_t)i * H, mean + i, rstd + i, x + (size_t)i * H, g, b, H, eps);
+}
 /* With g frozen: dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g,
  * xh = (x - mean) * rstd. */
 static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
@@ -164,8 +171,9 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
     }
 }
 
-/* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])). Nothing before them
- * is trainable, so there is no backward and no LayerNorm state is kept. */
+/* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])), or without TE and
+ * LN_W (GPT-2) x0 = dropout(word[id] + pos[position]). Nothing before them is trainable, so there is no
+ * backward and no LayerNorm state is kept. */
 static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
                                const float *ln_w, const float *ln_b, int N, int H, float eps, float p, uint64_t site) {
@@ -173,8 +181,12 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     for (long i = 0; i < N; i++) {
         float *x = x0 + (size_t)i * H;
         const float *wr = we + (size_t)ids[i] * H, *pr = pe + (size_t)pos[i] * H;
+        if (!te) {
+            for (int j = 0; j < H; j++) x[j] = wr[j] + pr[j];
+            continue;
+        }
         for (int j = 0; j < H; j++) x[j] = (wr[j] + te[j]) + pr[j];
-        layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
+        if (ln_w) layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
     }
     if (p > 0) {
         float scale = 1.0f / (1.0f - p);
@@ -205,6 +217,26 @@ static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *
     }
 }
 
+/* --- gelu_new (GPT-2's NewGELUActivation, the tanh form):
+ *   y = 0.5 x (1 + tanh(u)),  u = c (x + 0.044715 x^3),  c = sqrt(2 / pi);
+ *   dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 0.044715 x^2). */
+#define GELU_TANH_C 0.7978845608028654f
+#define GELU_TANH_K 0.044715f
+static void gelu_tanh_forward(float *out, const float *in, size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) {
+        float x = in[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x)));
+    }
+}
+static void gelu_tanh_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) {
+        float x = in[i], t = tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x));
+        d[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_K * x * x);
+    }
+}
+
 /* Where head h of row b (bh = b nh + h) starts in an (N, H) matrix: its (T, hd) block, row stride H. */
 static size_t head_block(long bh, int T, int H, int nh) {
     long b = bh / nh, h = bh % nh;
@@ -213,12 +245,13 @@ static size_t head_block(long bh, int T, int H, int nh) {
 
 /* --- self-attention, per row b and head h (Q, K, V the (T, hd) column block h of row b):
  *   S = Q K^T / sqrt(hd) + (mask == 0 ? -FLT_MAX : 0),  P = softmax(S),  Pd = dropout(P),  ctx = Pd V.
- * -FLT_MAX is torch.finfo(float32).min, which Hugging Face adds on padded keys. */
+ * -FLT_MAX is torch.finfo(float32).min, which Hugging Face adds on padded keys. CAUSAL: keys j > i
+ * get probability exactly 0 (GPT-2 puts finfo.min there, whose exp underflows to 0 alike). */
 static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, T) */,
                               float *att_drop /* (n, nh, T, T), == att without dropout */,
                               const float *q, const float *k, const float *v /* (N, H) each */,
-                              const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh, float p,
-                              uint64_t site) {
+                              const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh, int causal,
+                              float p, uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
     #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
@@ -230,14 +263,16 @@ static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, 
         uint8_t keep[T];
         for (int i = 0; i < T; i++) {
             float *s = S + (size_t)i * T, mx = -INFINITY;
-            for (int j = 0; j < T; j++) {
+            int lim = causal ? i + 1 : T;
+            for (int j = 0; j < lim; j++) {
                 s[j] = s[j] / inv + (mask[b * T + j] ? 0.0f : -FLT_MAX);
                 if (s[j] > mx) mx = s[j];
             }
             double sum = 0;
-            for (int j = 0; j < T; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+            for (int j = 0; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
             float rs = (float)(1.0 / sum);
-            for (int j = 0; j < T; j++) s[j] *= rs;
+            for (int j = 0; j < lim; j++) s[j] *= rs;
+            for (int j = lim; j < T; j++) s[j] = 0.0f;
             if (Pd != S) {
                 dropout_row(keep, site, (size_t)bh * T + i, (size_t)T, p);
                 for (int j = 0; j < T; j++) Pd[(size_t)i * T + j] = keep[j] ? s[j] * scale : 0.0f;
@@ -246,6 +281,31 @@ static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, 
         fx_matmul(0, 0, T, hd, T, 1.0f, Pd, T, v + o, H, 0.0f, ctx + o, H);
     }
 }
+/* --- one query per slot against its key/value cache (the decode step), the same arithmetic as a row of
+ * attention_forward: s_j = (q . k_j) / sqrt(hd) for j < len, P = softmax(s), ctx = P V. */
+static void attention_decode(float *ctx /* (ns, H) */, float *scores /* (ns, nh, len) */, const float *q /* (ns, H) */,
+                             const float *kc, const float *vc /* (slots, max_len, H) */, int ns, int len, int max_len,
+                             int H, int nh) {
+    int hd = H / nh;
+    float inv = sqrtf((float)hd);
+    #pragma omp parallel for schedule(static) if ((long)ns * nh * len * hd >= PAR_MIN)
+    for (long sh = 0; sh < (long)ns * nh; sh++) {
+        long sl = sh / nh, h = sh % nh;
+        size_t co = (size_t)sl * max_len * H + (size_t)h * hd, qo = (size_t)sl * H + (size_t)h * hd;
+        float *s = scores + (size_t)sh * len, mx = -INFINITY;
+        fx_matmul(0, 1, 1, len, hd, 1.0f, q + qo, H, kc + co, H, 0.0f, s, len);
+        for (int j = 0; j < len; j++) {
+            s[j] = s[j] / inv;
+            if (s[j] > mx) mx = s[j];
+        }
+        double sum = 0;
+        for (int j = 0; j < len; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        float rs = (float)(1.0 / sum);
+        for (int j = 0; j < len; j++) s[j] *= rs;
+        fx_matmul(0, 0, 1, hd, len, 1.0f, s, len, vc + co, H, 0.0f, ctx + qo, H);
+    }
+}
+
 /* dPd = dctx V^T, dV = Pd^T dctx; dP = dPd * keep / (1 - p), where keep is Pd != 0 (exact: where P is 0
  * the softmax gradient below is 0 whatever dP is); dS = P * (dP - rowsum(dP * P)) / sqrt(hd);
  * dQ = dS K, dK = dS^T Q. */
@@ -303,6 +363,47 @@ static double loss_forward_backward(float *dlogits, const float *logits, const f
     return total / n;
 }
 
+/* --- the causal LM's loss (GPT2LMHeadModel's shift, transformers' LabelSmoother):
+ *   position t of row i predicts y = targets[i, t + 1] (-100: nothing); over the COUNT that predict,
+ *   loss = (1 - eps) mean nll + eps mean (sum_v -log p_v) / V,   nll = lse(z) - z_y,
+ *   dz_v = (p_v - (1 - eps) [v == y] - eps / V) / COUNT.
+ * Each position's share is summed in double in position order, so the thread count does not matter. */
+static double lm_loss(float *dlogits /* (n, T, V), may be LOGITS */, const float *logits /* (n, T, V) */,
+                      const int32_t *targets /* (n, T) */, int n, int T, int V, float eps, int count) {
+    long N = (long)n * T;
+    double *part = fx_malloc((size_t)N * sizeof *part);
+    #pragma omp parallel for schedule(static) if (N * V >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        const float *z = logits + (size_t)i * V;
+        float *d = dlogits + (size_t)i * V;
+        int y = i % T < T - 1 ? targets[i + 1] : -100;
+        part[i] = 0;
+        if (y < 0) { memset(d, 0, (size_t)V * sizeof *d); continue; }
+        double mx = z[0], s = 0, zsum = 0;
+        for (int j = 1; j < V; j++) if (z[j] > mx) mx = z[j];
+        for (int j = 0; j < V; j++) { s += exp(z[j] - mx); zsum += z[j]; }
+        double lse = mx + log(s), nll = lse - z[y], smooth = lse - zsum / V;
+        part[i] = (1 - (double)eps) * nll + (double)eps * smooth;
+        double a = (1 - (double)eps), e = (double)eps / V;
+        for (int j = 0; j < V; j++) d[j] = (float)((exp(z[j] - lse) - (j == y ? a : 0) - e) / count);
+    }
+    double total = 0;
+    for (long i = 0; i < N; i++) total += part[i];
+    free(part);
+    return total / count;
+}
+
+/* --- gradient clipping's pieces: the sum of squares in double, in order; and x *= a. */
+static double sumsq(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+static void scale(float *x, float a, size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) x[i] *= a;
+}
+
 /* --- AdamW on one tensor with the step's scalars (model.c forms them):
  *   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
  *   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
@@ -344,14 +445,21 @@ const fx_ops fx_cpu_ops = {
     .linear_forward = linear_forward,
     .linear_backward = linear_backward,
     .residual_layernorm_forward = residual_layernorm_forward,
+    .layernorm_forward = layernorm_forward,
     .layernorm_backward = layernorm_backward,
     .gelu_forward = gelu_forward,
     .gelu_backward = gelu_backward,
+    .gelu_tanh_forward = gelu_tanh_forward,
+    .gelu_tanh_backward = gelu_tanh_backward,
     .tanh_forward = tanh_forward,
     .tanh_backward = tanh_backward,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
+    .attention_decode = attention_decode,
     .loss = loss_forward_backward,
+    .lm_loss = lm_loss,
+    .sumsq = sumsq,
+    .scale = scale,
     .adamw = adamw,
     .fwht = fx_cpu_fwht,                  /* SORF-VeRA's ops live beside their math in sorf.c */
     .permute_cols = fx_cpu_permute_cols,

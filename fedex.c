@@ -382,7 +382,8 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
 #endif
-    rc = fx_run_federated(&R);
+    /* MPI starts only here, for --transport mpi: the shm transport forks before any thread exists */
+    rc = !strcmp(R.cfg.transport, "mpi") ? fx_mpi_train(&R) : fx_run_federated(&R);
     fx_json_free(&saved);
     return rc;
 }
@@ -517,6 +518,201 @@ out:
 }
 
 /* ============================================================================================
+ * score
+ * ============================================================================================ */
+
+typedef struct { const char *hyp, *refs; int json, tokenized; } score_opts;
+static const fx_opt score_opt[] = {
+    {"--hyp", NULL, FX_OPT_STR, OPT(score_opts, hyp), NULL, "hypotheses, one a line (required)", 0, 0},
+    {"--refs", NULL, FX_OPT_STR, OPT(score_opts, refs), NULL,
+     "references: each item's lines, items separated by blank lines (required)", 0, 0},
+    {"--json", NULL, FX_OPT_FLAG, OPT(score_opts, json), NULL, "print one JSON object: BLEU, NIST, ROUGE_L, CIDEr", 0, 0},
+    {"--tokenized", NULL, FX_OPT_FLAG, OPT(score_opts, tokenized), NULL,
+     "the files are tokenised already: split at spaces only, no case folding", 0, 0},
+};
+static const fx_cmdline score_cl = CMDLINE("score", "--hyp F --refs F [--json] [--tokenized]",
+    "Scores hypotheses against references as e2e-metrics (measure_scores.py -p) does: BLEU and NIST as its\n"
+    "port of mteval-v13a, ROUGE-L and CIDEr-D as its pycocoevalcap on PTB-tokenised text. The files are in\n"
+    "the format its measure_scores.py reads. METEOR is not computed (it needs Java): run the official\n"
+    "scorer on the same files.\n", score_opts, score_opt);
+
+static int cmd_score(int argc, char **argv) {
+    score_opts o;
+    int set[4], rc = parse_or_exit(&score_cl, argc, argv, &o, set, NULL, NULL);
+    if (rc >= 0) return rc;
+    if (!o.hyp || !o.refs) return usage_error("score", "needs --hyp F and --refs F");
+    fx_e2e_scores s;
+    if (fx_e2e_score_files(o.hyp, o.refs, o.tokenized, &s) != 0) {
+        fprintf(stderr, "fedex score: %s\n", fx_err());
+        return 1;
+    }
+    static const char meteor[] =
+        "METEOR is not computed (the official scorer needs Java and its paraphrase tables): e2e-metrics'\n"
+        "  ./measure_scores.py -p %s %s\n"
+        "reads these same files and prints it with the other four.\n";
+    if (o.json) {
+        printf("{\"BLEU\": ");
+        fx_json_num(stdout, s.bleu);
+        printf(", \"NIST\": ");
+        fx_json_num(stdout, s.nist);
+        printf(", \"ROUGE_L\": ");
+        fx_json_num(stdout, s.rouge_l);
+        printf(", \"CIDEr\": ");
+        fx_json_num(stdout, s.cider);
+        printf("}\n");
+        fprintf(stderr, meteor, o.refs, o.hyp);
+    } else {
+        printf("BLEU     %.4f\n", s.bleu);
+        if (isnan(s.nist)) printf("NIST     undefined (the hypotheses are too short: e2e-metrics divides by zero)\n");
+        else printf("NIST     %.4f\n", s.nist);
+        printf("ROUGE_L  %.4f\n", s.rouge_l);
+        printf("CIDEr    %.4f\n", s.cider);
+        printf(meteor, o.refs, o.hyp);
+    }
+    return 0;
+}
+
+/* ============================================================================================
+ * plot, table
+ * ============================================================================================ */
+
+#define MAX_RUNS 256
+
+/* The runs named by the positional arguments, read; NULL (the error printed) when one does not read. */
+static fx_runlog *read_runs(const char *cmd, const char **dirs, int n) {
+    fx_runlog *runs = fx_calloc((size_t)n, sizeof *runs);
+    for (int i = 0; i < n; i++)
+        if (fx_runlog_read(dirs[i], &runs[i]) != 0) {
+            fprintf(stderr, "fedex %s: %s\n", cmd, fx_err());
+            for (int j = 0; j < i; j++) fx_runlog_free(&runs[j]);
+            free(runs);
+            return NULL;
+        }
+    return runs;
+}
+
+static void free_runs(fx_runlog *runs, int n) {
+    for (int i = 0; i < n; i++) fx_runlog_free(&runs[i]);
+    free(runs);
+}
+
+typedef struct { const char *out, *format; } plot_opts;
+static const fx_opt plot_opt[] = {
+    {"--out", NULL, FX_OPT_STR, OPT(plot_opts, out), NULL, "the SVG file to write (required; - for standard output)", 0, 0},
+    {"--format", NULL, FX_OPT_STR, OPT(plot_opts, format), "svg", "svg (png is not built in: render the SVG, see below)", 0, 0},
+};
+static const fx_cmdline plot_cl = {
+    "plot", "RUN... --out FILE.svg",
+    "Draws the runs in the folders RUN... as one SVG: the dev metric per round of every run (legend: method\n"
+    "and task), train and dev loss per round, and for each run that reports a deviation (FedIT's error on its\n"
+    "round's clients, per adapted layer) a layer x round heat map and the deviation by depth. Each plotted\n"
+    "point carries its metrics.jsonl value as data-value. For a PNG: chromium --headless --screenshot=F.png\n"
+    "--window-size=1000,H FILE.svg (H: the SVG's height), or rsvg-convert FILE.svg > F.png.\n",
+    sizeof(plot_opts), plot_opt, 2, 1, MAX_RUNS, "RUN"};
+
+static int cmd_plot(int argc, char **argv) {
+    plot_opts o;
+    const char *dirs[MAX_RUNS];
+    int set[2], n, rc = parse_or_exit(&plot_cl, argc, argv, &o, set, dirs, &n);
+    if (rc >= 0) return rc;
+    if (!o.out) return usage_error("plot", "--out FILE.svg is required");
+    if (!strcmp(o.format, "png")) {
+        fprintf(stderr, "fedex plot: --format png is not built in (it would need a rasteriser and fonts, a new "
+                "dependency); write the SVG and render it: chromium --headless --screenshot=F.png FILE.svg\n");
+        return 2;
+    }
+    if (strcmp(o.format, "svg")) return usage_error("plot", "--format takes svg");
+    fx_runlog *runs = read_runs("plot", dirs, n);
+    if (!runs) return 1;
+    rc = fx_runs_write(o.out, runs, n, "svg");
+    if (rc != 0) fprintf(stderr, "fedex plot: %s\n", fx_err());
+    free_runs(runs, n);
+    return rc ? 1 : 0;
+}
+
+typedef struct { const char *out, *format; } table_opts;
+static const fx_opt table_opt[] = {
+    {"--format", NULL, FX_OPT_STR, OPT(table_opts, format), "md", "md (Markdown) | csv", 0, 0},
+    {"--out", NULL, FX_OPT_STR, OPT(table_opts, out), NULL, "the file to write (default: standard output)", 0, 0},
+};
+static const fx_cmdline table_cl = {
+    "table", "RUN... [--format md|csv] [--out FILE]",
+    "The paper's table of the runs in the folders RUN...: one row per method, one column per task, each cell\n"
+    "the run's best dev metric (the task's metric) and the round it came in, and the row's average over the\n"
+    "tasks (when it has them all). One run per method and task.\n",
+    sizeof(table_opts), table_opt, 2, 1, MAX_RUNS, "RUN"};
+
+static int cmd_table(int argc, char **argv) {
+    table_opts o;
+    const char *dirs[MAX_RUNS];
+    int set[2], n, rc = parse_or_exit(&table_cl, argc, argv, &o, set, dirs, &n);
+    if (rc >= 0) return rc;
+    if (strcmp(o.format, "md") && strcmp(o.format, "csv")) return usage_error("table", "--format takes md or csv");
+    fx_runlog *runs = read_runs("table", dirs, n);
+    if (!runs) return 1;
+    rc = fx_runs_write(o.out, runs, n, o.format);
+    if (rc != 0) fprintf(stderr, "fedex table: %s\n", fx_err());
+    free_runs(runs, n);
+    return rc ? 1 : 0;
+}
+
+/* ============================================================================================
+ * grid
+ * ============================================================================================ */
+
+typedef struct { const char *out, *model, *config, *data, *tasks, *methods; int quick, dry_run; } grid_opts;
+static const fx_opt grid_opt[] = {
+    {"--out", NULL, FX_OPT_STR, OPT(grid_opts, out), NULL, "the grid's folder: runs/TASK/METHOD, table.md, table.csv, plots/ (required)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(grid_opts, model), NULL, "the pre-trained model folder (none: the embedded model on the synthetic task)", 0, 0},
+    {"--config", NULL, FX_OPT_STR, OPT(grid_opts, config), NULL, "instead of --model: a config.json whose random-weight model is made in OUT/model", 0, 0},
+    {"--data", NULL, FX_OPT_STR, OPT(grid_opts, data), NULL, "folder holding the GLUE task folders", 0, 0},
+    {"--tasks", NULL, FX_OPT_STR, OPT(grid_opts, tasks), NULL, "tasks, comma-separated (default: the paper's CoLA,SST-2,MRPC,STS-B,QNLI,RTE; --quick: RTE,MRPC,CoLA,STS-B)", 0, 0},
+    {"--methods", NULL, FX_OPT_STR, OPT(grid_opts, methods), NULL, "methods, comma-separated (default: every --agg method, centralized first)", 0, 0},
+    {"--quick", NULL, FX_OPT_FLAG, OPT(grid_opts, quick), NULL, "2 rounds x 1 epoch, batch 16, length 32, VeRA r 16: runs end to end in minutes", 0, 0},
+    {"--dry-run", NULL, FX_OPT_FLAG, OPT(grid_opts, dry_run), NULL, "print the plan and the estimated time, run nothing", 0, 0},
+};
+static const fx_cmdline grid_cl = {
+    "grid", "--out DIR [--model DIR | --config FILE] [--data DIR] [--tasks LIST] [--methods LIST] [--quick] [-- TRAIN OPTIONS]",
+    "Runs every method on every task, one `fedex train` after another in DIR/runs/TASK/METHOD (its output in\n"
+    "train.log there), with the paper's settings (train's defaults) or --quick's, and the train options after\n"
+    "`--` for every run. Runs already complete are skipped and interrupted ones resumed, so the same command\n"
+    "continues a stopped grid. Prints the estimated time first and a line per round with the time left, then\n"
+    "writes DIR/table.md, DIR/table.csv and DIR/plots/TASK.svg.\n",
+    sizeof(grid_opts), grid_opt, 8, 0, 0, NULL};
+
+static int cmd_grid(int argc, char **argv) {
+    int dd = argc;
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "--")) { dd = i; break; }
+    grid_opts o;
+    int set[8], rc = parse_or_exit(&grid_cl, dd, argv, &o, set, NULL, NULL);
+    if (rc >= 0) return rc;
+    if (!o.out) return usage_error("grid", "--out DIR is required");
+    if (o.model && o.config) return usage_error("grid", "give --model or --config, not both");
+    char self[4096], model[4096 + 16];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) { fprintf(stderr, "fedex grid: cannot find this program (/proc/self/exe): %s\n", strerror(errno)); return 1; }
+    self[n] = 0;
+    if (o.config) {
+        /* a random-weight model of the config's shapes, made once (seed 1) and kept for every run */
+        snprintf(model, sizeof model, "%s/model", o.out);
+        char st[4096 + 64];
+        snprintf(st, sizeof st, "%s/model.safetensors", model);
+        if (o.dry_run) dir_of(o.config, model, sizeof model); /* its shapes suffice for the estimate */
+        else if (access(st, F_OK) != 0) {
+            char *iv[] = {"init", "--config", (char *)o.config, "--out", model, "--seed", "1", NULL};
+            if ((rc = cmd_init(7, iv)) != 0) return rc;
+        }
+        o.model = model;
+    }
+    fx_grid_opts g = {.out = o.out, .model = o.model, .data = o.data, .tasks = o.tasks, .methods = o.methods,
+                      .quick = o.quick, .dry_run = o.dry_run, .exe = self, .extra = (const char *const *)argv + dd + 1,
+                      .nextra = dd < argc ? argc - dd - 1 : 0};
+    rc = fx_grid_run(&g);
+    if (rc < 0) { fprintf(stderr, "fedex grid: %s\n", fx_err()); return 1; }
+    return rc ? 130 : 0;
+}
+
+/* ============================================================================================
  * main
  * ============================================================================================ */
 
@@ -530,6 +726,10 @@ static const command commands[] = {
     {"train", cmd_train, "federated fine-tuning with forked clients and exact aggregation"},
     {"demo", cmd_demo, "fedit, ffa and fedex side by side on the embedded model"},
     {"export", cmd_export, "write a run's global model as a Hugging Face checkpoint"},
+    {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr of generations as e2e-metrics computes them"},
+    {"plot", cmd_plot, "draw runs as one SVG: dev metric, losses, deviation per layer"},
+    {"table", cmd_table, "the paper's table of runs: best dev metric per method and task"},
+    {"grid", cmd_grid, "every method on every task (the paper's grid), resumable, then table and plots"},
 };
 
 static void usage(FILE *f) {
@@ -567,9 +767,9 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
 #ifdef FEDEX_CUDA
-        printf("fedex %s (CPU and CUDA)\n", FX_VERSION);
+        printf("fedex %s (CPU and CUDA%s)\n", FX_VERSION, fx_mpi_built() ? "; MPI" : "");
 #else
-        printf("fedex %s (CPU)\n", FX_VERSION);
+        printf("fedex %s (CPU%s)\n", FX_VERSION, fx_mpi_built() ? "; MPI" : "");
 #endif
         return 0;
     }

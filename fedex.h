@@ -44,6 +44,8 @@ int fx_write_file_atomic(const char *path, const void *data, size_t len);
 int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path);
 int fx_mkdir_p(const char *dir);
 double fx_now(void); /* seconds, monotonic */
+/* S seconds as "45s", "3m20s", "2h05m" ("?" when not finite or negative) into BUF. */
+const char *fx_duration_str(double s, char *buf, size_t n);
 double fx_sort_median(double *x, int n); /* sorts X ascending (timings), returns x[n/2] */
 
 /* Deterministic random numbers: splitmix64-seeded xoshiro256**. Same seed, same stream, any platform. */
@@ -398,7 +400,8 @@ typedef struct fx_ops {
     void (*dropout_mask)(uint8_t *keep, size_t rows, size_t cols, float p, uint64_t site);
     void (*dropout_apply)(float *out, const float *in, const uint8_t *keep, float p, size_t n);
     void (*dropout_accumulate)(float *dx, const float *d, const uint8_t *keep, float p, size_t n);
-    /* x0 (N, H) = dropout(LayerNorm((word[ids] + type[0]) + pos[pos])); p = 0: no dropout */
+    /* x0 (N, H) = dropout(LayerNorm((word[ids] + type[0]) + pos[pos])); p = 0: no dropout. TYPE NULL and
+     * LN_W NULL (GPT-2): x0 = dropout(word[ids] + pos[pos]) */
     void (*embeddings_forward)(float *x0, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *word /* (V, H) */, const float *posw /* (P, H) */,
                                const float *type /* (TV, H) */, const float *ln_w, const float *ln_b /* (H) */,
@@ -410,23 +413,43 @@ typedef struct fx_ops {
     void (*residual_layernorm_forward)(float *out, float *res, float *mean, float *rstd, const float *y,
                                        const uint8_t *keep, float p, const float *x, const float *g,
                                        const float *b, int N, int H, float eps);
+    /* out (N, H) = LayerNorm(x) with its mean, rstd (N) (pre-LN blocks; in place allowed) */
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *x, const float *g,
+                              const float *b, int N, int H, float eps);
     /* dx (N, H) from dy at LayerNorm(x), g frozen */
     void (*layernorm_backward)(float *dx, const float *dy, const float *x, const float *mean, const float *rstd,
                                const float *g, int N, int H);
     void (*gelu_forward)(float *out, const float *in, size_t n);          /* exact (erf) GELU */
     void (*gelu_backward)(float *d /* dout in, din out */, const float *in, size_t n);
+    void (*gelu_tanh_forward)(float *out, const float *in, size_t n);     /* gelu_new (tanh form) */
+    void (*gelu_tanh_backward)(float *d /* dout in, din out */, const float *in, size_t n);
     void (*tanh_forward)(float *x, size_t n);                             /* in place */
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
     /* ctx (N, H) = dropout(softmax(q k^T / sqrt(hd) + mask)) v per row and head; att, att_drop
-     * (n, nh, T, T) kept for backward (att_drop == att without dropout) */
+     * (n, nh, T, T) kept for backward (att_drop == att without dropout). CAUSAL: key j > query i has
+     * probability 0 as well */
     void (*attention_forward)(float *ctx, float *att, float *att_drop, const float *q, const float *k,
                               const float *v, const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh,
-                              float p, uint64_t site);
+                              int causal, float p, uint64_t site);
     void (*attention_backward)(float *dq, float *dk, float *dv, float *datt /* scratch (n, nh, T, T) */,
                                const float *dctx, const float *q, const float *k, const float *v,
                                const float *att, const float *att_drop, int n, int T, int H, int nh, float p);
     /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
     double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
+    /* The causal LM's loss over logits (n, T, V) and targets (n, T) aligned with the ids (-100 ignored):
+     * position t predicts targets[t + 1]; COUNT supervised positions (> 0) share the mean; with smoothing
+     * eps, (1 - eps) nll + eps mean_v(-log p). dlogits (n, T, V) may be LOGITS itself (overwritten in
+     * place); rows predicting nothing get zeros. */
+    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int n, int T, int V,
+                      float eps, int count);
+    /* sum of x^2 (accumulated in double), and x *= a: gradient clipping */
+    double (*sumsq)(const float *x, size_t n);
+    void (*scale)(float *x, float a, size_t n);
+    /* One query per slot against its cache: ctx (ns, H) = softmax(q k^T / sqrt(hd)) v over the cached
+     * positions 0 .. len-1 of slot s, per head; q (ns, H); kc, vc (slots, max_len, H); scores (ns, nh, len)
+     * scratch */
+    void (*attention_decode)(float *ctx, float *scores, const float *q, const float *kc, const float *vc, int ns,
+                             int len, int max_len, int H, int nh);
     /* one AdamW step on p, g, m, v (n) */
     void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s);
     /* SORF-VeRA (sorf.c has the math): x (rows, d) in place, each greedy power-of-two block of each row
@@ -459,22 +482,30 @@ typedef struct {
     int num_labels;              /* 1 = regression (MSE loss) */
     float layer_norm_eps, hidden_dropout, attention_dropout, initializer_range;
     float classifier_dropout;    /* "classifier_dropout", or hidden_dropout when absent or null (as HF) */
+    float embed_dropout;         /* GPT-2's embd_pdrop after wte + wpe (RoBERTa: hidden_dropout there) */
+    /* Training settings a run puts here, so that every client's model carries them (0: off, RoBERTa's) */
+    float label_smoothing;       /* the LM loss's epsilon, as transformers' LabelSmoother */
+    float max_grad_norm;         /* clip the trainable gradient to this total 2-norm before AdamW */
     int kv_heads;                /* grouped-query attention's key/value heads; 0: = heads (RoBERTa) */
     const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
 } fx_config;
 int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
 
 /* Roles of the tensors a family lists: the views (model.c) are filled by role, never by name. */
-enum { FX_EMB_WORD, FX_EMB_POS, FX_EMB_TYPE, FX_EMB_LN_W, FX_EMB_LN_B, FX_EMB_COUNT };
+enum { FX_EMB_WORD, FX_EMB_POS, FX_EMB_TYPE, FX_EMB_LN_W, FX_EMB_LN_B,
+       FX_EMB_LNF_W, FX_EMB_LNF_B, /* the final LayerNorm after the last layer (GPT-2's ln_f) */
+       FX_EMB_COUNT };
 enum { FX_LT_QW, FX_LT_QB, FX_LT_KW, FX_LT_KB, FX_LT_VW, FX_LT_VB, FX_LT_AOW, FX_LT_AOB, FX_LT_LN1W,
        FX_LT_LN1B, FX_LT_IW, FX_LT_IB, FX_LT_OW, FX_LT_OB, FX_LT_LN2W, FX_LT_LN2B,
        FX_LT_QKVW, FX_LT_QKVB,   /* fused q, k, v (GPT-2's c_attn) */
        FX_LT_GATEW,              /* SwiGLU's gate projection (Llama) */
        FX_LT_COUNT };
 enum { FX_HEAD_DW, FX_HEAD_DB, FX_HEAD_OW, FX_HEAD_OB, FX_HEAD_COUNT };
-enum { FX_INIT_NORMAL, FX_INIT_NORMAL_PAD, FX_INIT_ZERO, FX_INIT_ONE }; /* _PAD: padding_idx row zero */
+/* _PAD: padding_idx row zero; _RESID: N(0, initializer_range / sqrt(2 layers)), GPT-2's c_proj */
+enum { FX_INIT_NORMAL, FX_INIT_NORMAL_PAD, FX_INIT_ZERO, FX_INIT_ONE, FX_INIT_NORMAL_RESID };
 typedef struct {
-    const char *name;            /* Hugging Face's name, within a layer for the layer list */
+    const char *name;            /* Hugging Face's name, within a layer for the layer list (the embedding
+                                    list also holds what follows the last layer: GPT-2's ln_f) */
     int role;                    /* FX_EMB_*, FX_LT_* or FX_HEAD_* */
     char d0, d1;                 /* dims: 'V' vocab, 'P' positions, 'T' token types, 'H' hidden,
                                     'I' intermediate, '3' 3 hidden, 'L' labels; d1 0 for a vector */
@@ -508,6 +539,12 @@ typedef struct fx_family {
     fx_head_kind head_kind;
     int tied_head;               /* the LM head is the word embedding (an alias, not a copy) */
     fx_text_template text;       /* how one text or a pair becomes a sequence */
+    /* Each adaptable target's module path within a layer and PEFT's target_modules entry, by FX_TI_*;
+     * NULL where the family has no such layer. */
+    const char *target_path[7], *target_peft[7];
+    /* Every module of the model that is not an adaptable linear, for PEFT's target_modules selection:
+     * the model's own (with the prefix) and a layer's ("" the layer itself); NULL-terminated. */
+    const char *const *modules, *const *layer_modules;
     int (*config_load)(const char *path, fx_config *c);
     /* config.json's text for a saved model; id2label from NAMES (num_labels of them) or LABEL_i when NULL */
     void (*config_write)(FILE *f, const fx_config *c, const char *const *names);
@@ -516,6 +553,7 @@ typedef struct fx_family {
 } fx_family;
 
 extern const fx_family fx_roberta;
+extern const fx_family fx_gpt2;  /* gpt2.c */
 /* The family of C (fx_roberta when c->family is NULL). */
 const fx_family *fx_config_family(const fx_config *c);
 /* As HF's _init_weights, by each tensor's init rule in the family's list: matrices N(0,
@@ -524,26 +562,50 @@ const fx_family *fx_config_family(const fx_config *c);
 void fx_model_init_base(struct fx_model *m, uint64_t seed);
 /* Hugging Face's RoBERTa position ids: pad + running count of non-pad tokens, pad on pad tokens. */
 void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
+/* Config fields shared by the families' readers: KEY in [lo, hi] (absent or null: DFLT, or an error when
+ * REQUIRED); a real in [lo, hi] (hi excluded when HI_OPEN); a string that must read WANT when present. */
+int fx_cfg_int(const char *path, const fx_json *root, const char *key, int required, int dflt, int64_t lo,
+               int64_t hi, int *out);
+int fx_cfg_real(const char *path, const fx_json *root, const char *key, double dflt, double lo, double hi,
+                int hi_open, float *out);
+int fx_cfg_only(const char *path, const fx_json *root, const char *key, const char *want);
+
+/* ============================================================================================
+ * gpt2.c: the GPT-2 family as data (GPT2LMHeadModel): config keys, tensor list with Conv1D flags, block
+ * ============================================================================================
+ * Pre-LN blocks, fused c_attn, causal attention, gelu_new, learned positions from 0, ln_f, the LM head
+ * tied to wte. Conv1D weights (c_attn, c_proj, c_fc) are (in, out) in checkpoints and (out, in) inside
+ * fedex, like every other linear: checkpoint.c transposes them where files are read and written. */
+/* Positions 0 .. T-1 on every row (GPT2Model without position_ids: padding goes on the right). */
+void fx_positions_from_zero(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
+/* DST (cols, rows) = SRC (rows, cols) transposed: a Conv1D weight between file and model orientation. */
+void fx_transpose(float *dst, const float *src, int rows, int cols);
 
 /* ============================================================================================
  * adapter.c: LoRA, FFA-LoRA and VeRA: the target table, tensors, initialisation, forward, backward
  * ============================================================================================ */
 
 /* The linear layers of one block that may carry an adapter; target index t is bit 1 << t. */
-#define FX_NTARGETS 6
-enum { FX_TI_QUERY, FX_TI_KEY, FX_TI_VALUE, FX_TI_ATTN_OUT, FX_TI_INTER, FX_TI_OUTPUT };
-enum { FX_T_QUERY = 1, FX_T_KEY = 2, FX_T_VALUE = 4, FX_T_ATTN_OUT = 8, FX_T_INTER = 16, FX_T_OUTPUT = 32 };
+#define FX_NTARGETS 7
+/* GPT-2 uses ATTN_OUT (attn.c_proj), INTER (mlp.c_fc), OUTPUT (mlp.c_proj) and QKV (attn.c_attn, fused). */
+enum { FX_TI_QUERY, FX_TI_KEY, FX_TI_VALUE, FX_TI_ATTN_OUT, FX_TI_INTER, FX_TI_OUTPUT, FX_TI_QKV };
+enum { FX_T_QUERY = 1, FX_T_KEY = 2, FX_T_VALUE = 4, FX_T_ATTN_OUT = 8, FX_T_INTER = 16, FX_T_OUTPUT = 32,
+       FX_T_QKV = 64 };
 typedef struct {
     unsigned bit;                /* FX_T_* */
     const char *name, *alias;    /* fedex's --targets names ("attention.output.dense" or "attn_out") */
     const char *peft;            /* PEFT's target_modules entry */
-    const char *path;            /* the module within a layer: "attention.self.query" */
-    char out, in;                /* W (out, in): 'H' hidden or 'I' intermediate */
+    const char *path;            /* the module within a layer: "attention.self.query" (RoBERTa's; a family's
+                                    own are fx_family.target_path) */
+    char out, in;                /* W (out, in): 'H' hidden, 'I' intermediate, '3' 3 hidden */
     int w_role, b_role;          /* FX_LT_* of its weight and bias */
 } fx_target;
 extern const fx_target fx_targets[FX_NTARGETS];
 void fx_target_dims(const fx_config *c, int t, int *out, int *in);
-int fx_targets_parse(const char *list, unsigned *mask); /* "query,value,key,attention.output.dense,..." */
+/* "query,value,key,attention.output.dense,..." (RoBERTa) or "c_attn,c_proj" (GPT-2: c_proj, a suffix,
+ * is both attn.c_proj and mlp.c_proj; c_fc; attn.c_proj and mlp.c_proj alone). fx_model_create refuses
+ * a target its family does not have. */
+int fx_targets_parse(const char *list, unsigned *mask);
 
 typedef enum { FX_LORA, FX_VERA, FX_SORF } fx_adapter_kind; /* FX_SORF: SORF-VeRA (sorf.c) */
 typedef struct {
@@ -569,6 +631,7 @@ typedef struct {
     int layer, target;           /* encoder layer, FX_T_* bit */
     int in, out;
     size_t w_off;                /* W0 in base.data (out, in): FedEx's residual is added here */
+    int conv1d;                  /* the checkpoint stores W as (in, out): files hold the residual so */
     size_t a_off, b_off;         /* in train.data. LoRA: A (r, in), B (out, r).
                                     VeRA: lambda_d (r), lambda_b (out).
                                     SORF-VeRA: (s, theta) (1 + r(r-1)/2), b = (a, c) (out, frozen) */
@@ -616,6 +679,7 @@ typedef struct {
     char name[112]; int ndim; int shape[2]; size_t off, n;
     int frozen;                  /* no gradient, no update: every base tensor, lora_A under freeze_a,
                                     vera_lambda_d under freeze_d */
+    int conv1d;                  /* a (out, in) weight the checkpoint stores as (in, out) (GPT-2) */
 } fx_tensor;
 typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
 /* Lookup by name: for files (checkpoints, residuals, tests), never for a step. */
@@ -637,6 +701,7 @@ typedef struct {
     size_t pos;                  /* (P, H) */
     size_t type;                 /* (TV, H) */
     size_t ln_w, ln_b;           /* (H) */
+    size_t lnf_w, lnf_b;         /* (H) the final LayerNorm (GPT-2's ln_f) */
 } fx_embed_view;
 typedef struct {
     size_t dense_w, dense_b;     /* (H, H), (H) classifier.dense */
@@ -682,13 +747,18 @@ void fx_model_free(fx_model *m);
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
 /* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
- * LOGITS (n, num_labels) may be NULL. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
+ * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), its loss the mean over the
+ * positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does; label smoothing
+ * c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with
  * fx_err() set. TRAIN overwrites grad for every trainable tensor (zero for frozen ones). Dropout masks
  * come from m->drop, one draw per dropout site, each row of a site from its own stream, so they do not
  * depend on the thread count. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
 void fx_adamw_reset(fx_model *m);
+/* torch.nn.utils.clip_grad_norm_ over the trainable gradient (p = 2): scales it by min(1, max_norm /
+ * (norm + 1e-6)); returns the norm before. fx_adamw_update calls it first when c.max_grad_norm > 0. */
+double fx_clip_grad_norm(fx_model *m, float max_norm);
 /* torch.optim.AdamW: betas 0.9, 0.999, eps 1e-8, p *= 1 - lr wd first; every non-frozen trainable
  * tensor (biases and head included) decays; adam_t counts steps from 1. */
 void fx_adamw_update(fx_model *m, float lr, float weight_decay);
@@ -710,9 +780,10 @@ typedef struct {
     /* slot s's cache becomes a copy of slot src[s]'s (positions < len), s = 0..ns-1 (src may repeat) */
     int (*reorder)(void *ctx, int ns, const int *src, int len);
 } fx_decoder;
-/* A decoder over causal LM M (GPT-2) with NSLOTS caches of max_len positions each; M must outlive it
- * and is not otherwise used while it decodes (they share M's workspace). The logits are the full
- * forward's (fx_model_step) at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
+/* A decoder over causal LM M (GPT-2, adapters included, dropout off) with NSLOTS caches, which grow to
+ * max_len positions as needed. M must outlive it; they share M's workspace, which every call lays out
+ * anew, so steps of M and decoder calls may alternate. The logits are the full forward's (fx_model_step)
+ * at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
 int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
 void fx_decoder_free(fx_decoder *d);
 
@@ -848,6 +919,9 @@ size_t fx_residual_msg_bytes(const fx_model *m, const fx_residual_msg *msg); /* 
  * into PAYLOAD, in FORM (FX_RESIDUAL_*). SCRATCH holds one layer's factors (dense layers only). */
 void fx_residual_make(const fx_model *m, int form, const float *const *clients, const double *w, int n,
                       const float *global, int round, fx_residual_msg *msg, float *payload, float *scratch);
+/* A fingerprint of the frozen state every party must share: M's base weights with the adapted layers'
+ * original W0 from R (not W0 + R_acc), and VeRA's projections. */
+uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r);
 /* R_acc += the message's residual, the same arithmetic for every receiver. */
 /* VeRA's residual in MSG times FACTOR (the VeRA fork's inexact scalings; 1 leaves it exact). */
 void fx_residual_scale(const struct fx_model *m, const fx_residual_msg *msg, float *payload, float factor);
@@ -979,6 +1053,9 @@ fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() 
  * -1 with fx_err() (and REP->err) on failure. */
 int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const fx_residual_msg *msg,
                     const float *payload, float *state, fx_report *rep);
+/* Another client's shard for the rounds that follow (a process that runs several clients in turn: the
+ * state that survives a round, frozen weights and residual, is the same for all of them). */
+void fx_client_set_shard(fx_client *cl, int id, const int *rows, int nrows);
 /* A round the client sits out (--clients-per-round): only MSG, applied when newer than what it holds, so
  * that a client forming its frozen weights itself (GPU, check_frozen) misses no round's residual. */
 int fx_client_follow(fx_client *cl, const fx_residual_msg *msg, const float *payload);
@@ -1119,6 +1196,8 @@ struct fx_run {
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
     int lock_fd;                     /* the run folder's lock, held for the run */
     int settings_written;            /* with the first round's outputs */
+    double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
+    int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
@@ -1128,6 +1207,9 @@ int fx_run_live(void);               /* live progress lines: standard error is a
  * a client that finished (on standard output, unless the live lines show it on a terminal). */
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn);
 void fx_run_client_done(const fx_run *R, int round, int c, int tty);
+/* Seconds left in the run while round ROUND is FRAC (0..1) done, from the rounds timed so far; NAN when
+ * nothing is known yet. */
+double fx_run_remaining(const fx_run *R, int round, double frac);
 /* What a client needs to run: its setup from the run (shared base or not). */
 void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
 /* Restores a run's checkpoint DIR/state.safetensors into M (whose base holds the original W0): the
@@ -1145,9 +1227,126 @@ float fx_eval_step_cpu(void *model, const fx_batch *b, float *logits);
 double fx_eval_split(const fx_dataset *d, int bs, int pad, int L, fx_eval_step step, void *backend, float *logits);
 
 /* ============================================================================================
+ * score.c, ptb.c, case_tables.c: the E2E NLG metrics as e2e-metrics computes them
+ * ============================================================================================
+ * BLEU and NIST as its Python port of mteval-v13a (measure_scores.py -p): mteval's tokenisation, case
+ * folded, BLEU's brevity penalty against the closest reference length, NIST's information weights
+ * counted over all references. ROUGE-L (beta 1.2) and CIDEr-D (n 4, sigma 6, idf from the evaluated
+ * references) as the pycocoevalcap scorers it calls, on text tokenised as its Stanford PTB tokenizer
+ * 3.4.1 (-preserveLines -lowerCase) does, punctuation tokens dropped. METEOR is not computed. */
+
+typedef struct { double bleu, nist, rouge_l, cider; } fx_e2e_scores;
+/* n items: hyp[i] one hypothesis (UTF-8); refs[i][0..nref[i]-1] its references (nref[i] >= 1).
+ * tokenized: inputs already tokenised (split on spaces only, no case folding or mteval/PTB
+ * tokenisation). An empty hypothesis is scored as e2e-metrics scores an empty line. NIST is NAN where
+ * the reference's NIST divides by zero (some n <= 5 with the hypotheses' n-gram slots summing to zero).
+ * 0, or -1 with fx_seterr (invalid UTF-8, an item without references). */
+int fx_e2e_score(int n, char *const *hyp, char *const *const *refs, const int *nref, int tokenized,
+                 fx_e2e_scores *out);
+
+/* The files e2e-metrics' measure_scores.py reads in its default mode: hypotheses one a line; references
+ * grouped per item, groups separated by blank lines (a file without blank lines holds one reference per
+ * item). Lines are stripped of white space as it strips them. Errors name path:line. */
+typedef struct {
+    int n;           /* items */
+    char **text;     /* hypotheses: n; references: all of them, group after group */
+    char ***refs;    /* references: refs[i] points into text, nref[i] of them; NULL for hypotheses */
+    int *nref;
+    char *buf;       /* the file's bytes, which text[] points into */
+} fx_e2e_lines;
+int fx_e2e_read_hyps(const char *path, fx_e2e_lines *out);
+int fx_e2e_read_refs(const char *path, fx_e2e_lines *out);
+void fx_e2e_lines_free(fx_e2e_lines *l);
+/* Reads both files, checks the item counts agree, scores. */
+int fx_e2e_score_files(const char *hyp_path, const char *ref_path, int tokenized, fx_e2e_scores *out);
+
+/* ptb.c: the Stanford PTB tokenizer 3.4.1's rules as e2e-metrics runs it (-preserveLines -lowerCase) on
+ * CAPTIONS[0..n-1], which it joins with newlines (a rule's look-ahead sees the next caption, as there).
+ * OUT[i]: caption i's tokens, lower-cased, joined by single spaces, punctuation tokens removed as
+ * pycocoevalcap removes them (malloc'd). 0, or -1 with fx_seterr on invalid UTF-8. */
+int fx_ptb_tokenize(int n, const char *const *captions, char **out);
+
+/* case_tables.c, generated by tools/gen_case.py: str.lower()'s mapping and a few properties. */
+typedef struct { uint32_t lo, hi; int32_t delta; uint32_t step; } fx_case_run;
+extern const fx_case_run fx_lower_runs[];
+extern const int fx_lower_nruns;
+enum { FX_CP_CASED = 1, FX_CP_IGNORABLE = 2, FX_CP_DIGIT = 4, FX_CP_UPPER = 8 };
+extern const fx_uni_range fx_case_ranges[];
+extern const int fx_case_nranges;
+int fx_cp_flags(uint32_t cp);                       /* FX_CP_* of CP (score.c) */
+/* A growing buffer of code points (score.c). fx_cps_replace: every non-overlapping ASCII LIT (caseless:
+ * its letters in either case) replaced by REP, left to right, as re.sub and Java's replaceAll do;
+ * SCRATCH's storage is swapped in. */
+typedef struct { uint32_t *v; int n, cap; } fx_cps;
+void fx_cps_put(fx_cps *b, uint32_t c);
+void fx_cps_str(fx_cps *b, const char *ascii);
+void fx_cps_replace(fx_cps *b, fx_cps *scratch, const char *lit, const char *rep, int caseless);
+/* Lower-cases CP[0..n-1] as Python's str.lower and Java's toLowerCase do (U+0130 to two code points,
+ * the final-sigma rule); OUT has room for 2n; returns its length (score.c). */
+int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
+
+/* ============================================================================================
  * shm.c: the transport of forked clients on this machine, sharing one POSIX shared-memory segment
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+
+/* ============================================================================================
+ * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)
+ * ============================================================================================ */
+
+extern const fx_transport fx_transport_mpi;    /* rank 0's side (only in an MPI build) */
+int fx_mpi_built(void);                        /* 1 when this build has MPI */
+/* `fedex train --transport mpi` on every rank: initialises MPI; rank 0 runs R (settings checked) over
+ * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
+ * says how to get it and returns 2. */
+int fx_mpi_train(fx_run *R);
+
+/* ============================================================================================
+ * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.
+ * grid.c: every method on a list of tasks, skipping finished runs and resuming stopped ones.
+ * ============================================================================================ */
+
+typedef struct {
+    int round;
+    double value, best;              /* the task's dev metric this round, the best so far */
+    int best_round;
+    double dev_loss, train_loss;     /* train: the clients' mean weighted by samples */
+    double err_max, dev_max;         /* the method's aggregation error and the deviation, max over layers */
+} fx_log_round;
+typedef struct {
+    char *dir, *method, *task, *metric; /* method as metrics.jsonl names it; task "synthetic" without one */
+    int n;                           /* rounds read */
+    fx_log_round *r;                 /* (n) */
+    int nlayers;
+    char **layer;                    /* (nlayers) the adapted layers' names, in metrics.jsonl's order */
+    double *dev;                     /* (nlayers, n) deviation of layer k in round i at [k * n + i]; NAN where absent */
+    double best; int best_round;     /* from the last round read */
+    int rounds_planned;              /* the settings' --rounds */
+} fx_runlog;
+int fx_runlog_read(const char *dir, fx_runlog *L);  /* -1 with fx_err() naming the file and line */
+void fx_runlog_free(fx_runlog *L);
+/* The layer's depth, the first all-digit component of its name ("encoder.layer.3.attention.self.query"
+ * -> 3, TARGET "attention.self.query"); -1 (TARGET the whole name) when it has none. */
+int fx_layer_depth(const char *name, const char **target);
+/* Method rows, task columns: best dev metric (round), average. FORMAT "md" or "csv". */
+int fx_table_write(const fx_runlog *runs, int n, const char *format, FILE *f);
+/* One SVG of the runs: dev metric per round, train and dev loss per round, and for each run with a
+ * deviation its layer x round heat map and its deviation by depth. Deterministic for the same input. */
+int fx_plot_svg(const fx_runlog *runs, int n, FILE *f);
+/* The runs as WHAT ("svg", "md" or "csv") into PATH, atomically (NULL or "-": standard output). */
+int fx_runs_write(const char *path, const fx_runlog *runs, int n, const char *what);
+
+typedef struct {
+    const char *out;                 /* the grid's folder: runs/TASK/METHOD, table.md, table.csv, plots/ */
+    const char *model, *data;        /* NULL model: the embedded one and the synthetic task */
+    const char *tasks, *methods;     /* comma-separated; NULL: the paper's tasks, every method agg.c knows */
+    int quick, dry_run;              /* quick: a few short rounds; dry_run: the plan and the estimate only */
+    const char *exe;                 /* the fedex program that runs each `fedex train` */
+    const char *const *extra; int nextra; /* train options for every run (after `--`) */
+} fx_grid_opts;
+/* 0 when every run is complete and the results are written, 1 when interrupted (resumable), -1 with
+ * fx_err() on an error. */
+int fx_grid_run(const fx_grid_opts *o);
 
 #endif

@@ -86,14 +86,15 @@ __device__ static inline float warp_max(float v) {
  * kernels: embeddings and LayerNorm (one warp per row)
  * ============================================================================================ */
 
-/* x0 = (word[id] + type[0]) + pos[position], HF's order of the sums. */
+/* x0 = (word[id] + type[0]) + pos[position], HF's order of the sums; without TYPE (GPT-2) word + pos. */
 __global__ void embeddings_kernel(float *x0 /* (N, H) */, const int32_t *ids, const int32_t *pos /* (N) */,
                                   const float *word /* (V, H) */, const float *posw /* (P, H) */,
-                                  const float *type /* (TV, H): row 0 */, int N, int H) {
+                                  const float *type /* (TV, H): row 0, or NULL */, int N, int H) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * H) return;
     size_t t = i / H, c = i % H;
-    x0[i] = (word[(size_t)ids[t] * H + c] + type[c]) + posw[(size_t)pos[t] * H + c];
+    float w = word[(size_t)ids[t] * H + c];
+    x0[i] = (type ? w + type[c] : w) + posw[(size_t)pos[t] * H + c];
 }
 
 /* res = dropout(y) + x (Y NULL: RES already holds the input), out = (res - mean) rstd g + b with
@@ -157,6 +158,38 @@ __global__ void gelu_backward_kernel(float *d, const float *in, size_t n) {
     float x = in[i];
     float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f)), pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
     d[i] *= cdf + x * pdf;
+}
+/* gelu_new: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi); cpu.c's derivative */
+#define GELU_TANH_C 0.7978845608028654f
+#define GELU_TANH_K 0.044715f
+__global__ void gelu_tanh_forward_kernel(float *out, const float *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = in[i];
+    out[i] = 0.5f * x * (1.0f + tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x)));
+}
+__global__ void gelu_tanh_backward_kernel(float *d, const float *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = in[i], t = tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x));
+    d[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_K * x * x);
+}
+__global__ void scale_kernel(float *x, float a, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= a;
+}
+/* sum of x^2 in double, one block (a gradient's clipping: small), a tree over the threads' sums */
+__global__ void sumsq_kernel(double *out, const float *x, size_t n) {
+    __shared__ double part[THREADS];
+    double s = 0;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)x[i] * x[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = part[0];
 }
 __global__ void tanh_forward_kernel(float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -333,17 +366,18 @@ enum { ATT_TMAX = 512, ATT_PER_LANE = ATT_TMAX / 32, ATT_ROWS = 8 /* warps (rows
 /* ATT holds S on entry and P on exit; ATT_DROP (== ATT without dropout) gets P'; P16, when not NULL,
  * a bf16 copy of P' for the product P' V. */
 __global__ void softmax_forward_kernel(float *att, float *att_drop, bf16 *p16, const uint8_t *mask /* (n, T) */,
-                                       size_t rows, int nh, int T, float sq, float p, uint64_t site) {
+                                       size_t rows, int nh, int T, int causal, float sq, float p, uint64_t site) {
     int lane = threadIdx.x % 32;
     size_t r = (size_t)blockIdx.x * ATT_ROWS + threadIdx.x / 32;
     if (r >= rows) return;                                         /* a whole warp, no barrier below */
     float *s = att + r * T;
     const uint8_t *mk = mask + r / ((size_t)nh * T) * T;
     float v[ATT_PER_LANE], mx = -INFINITY, sum = 0.0f, scale = 1.0f / (1.0f - p);
+    int lim = causal ? (int)(r % T) + 1 : T;                       /* causal: keys after the query get 0 */
 #pragma unroll
     for (int k = 0; k < ATT_PER_LANE; k++) {
         int j = lane + 32 * k;
-        if (j < T) { v[k] = s[j] / sq + (mk[j] ? 0.0f : -FLT_MAX); mx = fmaxf(mx, v[k]); }
+        if (j < T) { v[k] = j < lim ? s[j] / sq + (mk[j] ? 0.0f : -FLT_MAX) : -INFINITY; mx = fmaxf(mx, v[k]); }
     }
     mx = warp_max(mx);
 #pragma unroll
@@ -411,6 +445,92 @@ __global__ void loss_kernel(float *loss /* (n) */, float *dlogits, const float *
     for (int c = 0; c < L; c++) s += expf(z[c] - mx);
     loss[b] = mx + logf(s) - z[y];
     for (int c = 0; c < L; c++) d[c] = (expf(z[c] - mx) / s - (c == y)) / n;
+}
+
+/* The causal LM's loss (cpu.c's lm_loss), one block per position: LOSS[i] its share, dlogits in place
+ * allowed. Position i of a row predicts targets[i + 1] unless it is the row's last (i % T == T - 1). */
+__global__ void lm_loss_kernel(float *loss /* (N) */, float *dlogits, const float *logits /* (N, V) */,
+                               const int32_t *targets /* (N) */, int T, int V, float eps, int count) {
+    __shared__ float red[THREADS];
+    size_t i = blockIdx.x;
+    const float *z = logits + i * V;
+    float *d = dlogits + i * V;
+    int y = (int)(i % T) < T - 1 ? targets[i + 1] : -100;
+    if (y < 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+        if (threadIdx.x == 0) loss[i] = 0.0f;
+        return;
+    }
+    float mx = -INFINITY, s = 0.0f, zs = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, z[j]);
+    red[threadIdx.x] = mx;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    for (int j = threadIdx.x; j < V; j += blockDim.x) { s += expf(z[j] - mx); zs += z[j]; }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    s = red[0];
+    __syncthreads();
+    red[threadIdx.x] = zs;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    zs = red[0];
+    float lse = mx + logf(s), zy = z[y];
+    __syncthreads();                                      /* every thread has read z[y] before d overwrites it */
+    if (threadIdx.x == 0) loss[i] = (1.0f - eps) * (lse - zy) + eps * (lse - zs / V);
+    float a = 1.0f - eps, e = eps / V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = (expf(z[j] - lse) - (j == y ? a : 0.0f) - e) / count;
+}
+
+/* The decode step's attention, one block per (slot, head): scores over the cached positions, softmax,
+ * ctx = P V; SCORES (ns, nh, len) global scratch. */
+__global__ void attention_decode_kernel(float *ctx, float *scores, const float *q, const float *kc, const float *vc,
+                                        int len, int max_len, int H, int nh) {
+    __shared__ float red[THREADS];
+    int sh = blockIdx.x, sl = sh / nh, h = sh % nh, hd = H / nh;
+    size_t co = (size_t)sl * max_len * H + (size_t)h * hd, qo = (size_t)sl * H + (size_t)h * hd;
+    float *sc = scores + (size_t)sh * len, sq = sqrtf((float)hd), mx = -INFINITY, sum = 0.0f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        const float *kr = kc + co + (size_t)j * H;
+        float dot = 0.0f;
+        for (int c = 0; c < hd; c++) dot += q[qo + c] * kr[c];
+        sc[j] = dot / sq;
+        mx = fmaxf(mx, sc[j]);
+    }
+    red[threadIdx.x] = mx;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    for (int j = threadIdx.x; j < len; j += blockDim.x) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+    red[threadIdx.x] = sum;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    sum = red[0];
+    __syncthreads();                                      /* the scores are complete before they are read */
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < len; j++) acc += sc[j] * vc[co + (size_t)j * H + c];
+        ctx[qo + c] = acc / sum;
+    }
 }
 
 /* cpu.c's adamw, element by element, each operation one separately rounded IEEE fp32 operation in the
@@ -574,8 +694,8 @@ static void gemm_heads(int ta, int tb, int M, int N, int K, bop A, bop B, float 
 }
 
 static void gpu_attention_forward(float *ctx, float *att, float *att_drop, const float *q, const float *k,
-                                  const float *v, const uint8_t *mask, int n, int T, int H, int nh, float p,
-                                  uint64_t site) {
+                                  const float *v, const uint8_t *mask, int n, int T, int H, int nh, int causal,
+                                  float p, uint64_t site) {
     if (T > ATT_TMAX) fx_die("gpu.cu: attention over %d tokens (the softmax kernels hold %d)", T, ATT_TMAX);
     int hd = H / nh;
     size_t NH = (size_t)n * T * H, rows = (size_t)n * nh * T;
@@ -586,7 +706,7 @@ static void gpu_attention_forward(float *ctx, float *att, float *att_drop, const
     bop P = {p16 ? (const void *)p16 : (const void *)att_drop, T, ss, tt};
     gemm_heads(0, 1, T, T, hd, Q, K, att, T, ss, tt, n, nh);                        /* S = Q K^T */
     LAUNCH(softmax_forward_kernel, (unsigned)((rows + ATT_ROWS - 1) / ATT_ROWS), ATT_ROWS * 32, 0, att, att_drop,
-           p16, mask, rows, nh, T, sqrtf((float)hd), p, site);
+           p16, mask, rows, nh, T, causal, sqrtf((float)hd), p, site);
     gemm_heads(0, 0, T, hd, T, P, V, ctx, H, th, hd, n, nh);                        /* ctx = P' V */
 }
 
@@ -663,8 +783,9 @@ static void gpu_embeddings_forward(float *x0, const int32_t *ids, const int32_t 
                                    int N, int H, float eps, float p, uint64_t site) {
     size_t n = (size_t)N * H;
     LAUNCH(embeddings_kernel, nblocks(n), THREADS, 0, x0, ids, pos, word, posw, type, N, H);
-    LAUNCH(layernorm_forward_kernel, row_blocks(N), THREADS, 0, x0, x0, (float *)NULL, (float *)NULL,
-           (const float *)NULL, (const uint8_t *)NULL, 1.0f, (const float *)NULL, ln_w, ln_b, N, H, eps);
+    if (ln_w)
+        LAUNCH(layernorm_forward_kernel, row_blocks(N), THREADS, 0, x0, x0, (float *)NULL, (float *)NULL,
+               (const float *)NULL, (const uint8_t *)NULL, 1.0f, (const float *)NULL, ln_w, ln_b, N, H, eps);
     if (p > 0) LAUNCH(dropout_hash_kernel, nblocks(n), THREADS, 0, x0, n, p, 1.0f / (1.0f - p), site);
 }
 /* y = b, then y += x W^T: the bias first, as cpu.c and PyTorch's addmm. */
@@ -681,6 +802,12 @@ static void gpu_residual_layernorm_forward(float *out, float *res, float *mean, 
     LAUNCH(layernorm_forward_kernel, row_blocks(N), THREADS, 0, out, res, mean, rstd, y, keep,
            keep ? 1.0f / (1.0f - p) : 1.0f, x, g, b, N, H, eps);
 }
+/* LayerNorm alone: the kernel with no residual reads its input from RES (X, not written). */
+static void gpu_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *g,
+                                  const float *b, int N, int H, float eps) {
+    LAUNCH(layernorm_forward_kernel, row_blocks(N), THREADS, 0, out, (float *)x, mean, rstd, (const float *)NULL,
+           (const uint8_t *)NULL, 1.0f, (const float *)NULL, g, b, N, H, eps);
+}
 static void gpu_layernorm_backward(float *dx, const float *dy, const float *x, const float *mean,
                                    const float *rstd, const float *g, int N, int H) {
     LAUNCH(layernorm_backward_kernel, row_blocks(N), THREADS, 0, dx, dy, x, mean, rstd, g, N, H);
@@ -690,6 +817,12 @@ static void gpu_gelu_forward(float *out, const float *in, size_t n) {
 }
 static void gpu_gelu_backward(float *d, const float *in, size_t n) {
     if (n) LAUNCH(gelu_backward_kernel, nblocks(n), THREADS, 0, d, in, n);
+}
+static void gpu_gelu_tanh_forward(float *out, const float *in, size_t n) {
+    if (n) LAUNCH(gelu_tanh_forward_kernel, nblocks(n), THREADS, 0, out, in, n);
+}
+static void gpu_gelu_tanh_backward(float *d, const float *in, size_t n) {
+    if (n) LAUNCH(gelu_tanh_backward_kernel, nblocks(n), THREADS, 0, d, in, n);
 }
 static void gpu_tanh_forward(float *x, size_t n) {
     if (n) LAUNCH(tanh_forward_kernel, nblocks(n), THREADS, 0, x, n);
@@ -712,6 +845,37 @@ static double gpu_loss(float *dlogits, const float *logits, const float *labels,
     double total = 0;
     for (int i = 0; i < n; i++) total += cur->h_losses[i];
     return total / n;
+}
+/* Per-position shares on the device, summed on the host in position order in double. */
+static double gpu_lm_loss(float *dlogits, const float *logits, const int32_t *targets, int n, int T, int V, float eps,
+                          int count) {
+    int N = n * T;
+    if (N > cur->loss_cap) {
+        dfree(cur->losses);
+        free(cur->h_losses);
+        cur->losses = (float *)dmalloc((size_t)N * sizeof(float));
+        cur->h_losses = (float *)fx_malloc((size_t)N * sizeof(float));
+        cur->loss_cap = N;
+    }
+    LAUNCH(lm_loss_kernel, (unsigned)N, THREADS, 0, cur->losses, dlogits, logits, targets, T, V, eps, count);
+    gpu_download(cur->h_losses, cur->losses, (size_t)N * sizeof(float));
+    double total = 0;
+    for (int i = 0; i < N; i++) total += cur->h_losses[i];
+    return total / count;
+}
+static double gpu_sumsq(const float *x, size_t n) {
+    double *d = (double *)dmalloc(sizeof(double)), h = 0;
+    LAUNCH(sumsq_kernel, 1, THREADS, 0, d, x, n);
+    gpu_download(&h, d, sizeof h);
+    dfree(d);
+    return h;
+}
+static void gpu_scale(float *x, float a, size_t n) {
+    if (n) LAUNCH(scale_kernel, nblocks(n), THREADS, 0, x, a, n);
+}
+static void gpu_attention_decode(float *ctx, float *scores, const float *q, const float *kc, const float *vc, int ns,
+                                 int len, int max_len, int H, int nh) {
+    LAUNCH(attention_decode_kernel, (unsigned)(ns * nh), THREADS, 0, ctx, scores, q, kc, vc, len, max_len, H, nh);
 }
 static void gpu_adamw(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s) {
     if (n) LAUNCH(adamw_kernel, nblocks(n), THREADS, 0, p, g, m, v, n, *s);
@@ -754,11 +918,14 @@ const fx_ops fx_gpu_ops = {
     .dropout_mask = gpu_dropout_mask, .dropout_apply = gpu_dropout_apply, .dropout_accumulate = gpu_dropout_accumulate,
     .embeddings_forward = gpu_embeddings_forward,
     .linear_forward = gpu_linear_forward, .linear_backward = gpu_linear_backward,
-    .residual_layernorm_forward = gpu_residual_layernorm_forward, .layernorm_backward = gpu_layernorm_backward,
+    .residual_layernorm_forward = gpu_residual_layernorm_forward, .layernorm_forward = gpu_layernorm_forward,
+    .layernorm_backward = gpu_layernorm_backward,
     .gelu_forward = gpu_gelu_forward, .gelu_backward = gpu_gelu_backward,
+    .gelu_tanh_forward = gpu_gelu_tanh_forward, .gelu_tanh_backward = gpu_gelu_tanh_backward,
     .tanh_forward = gpu_tanh_forward, .tanh_backward = gpu_tanh_backward,
     .attention_forward = gpu_attention_forward, .attention_backward = gpu_attention_backward,
-    .loss = gpu_loss, .adamw = gpu_adamw,
+    .loss = gpu_loss, .lm_loss = gpu_lm_loss, .sumsq = gpu_sumsq, .scale = gpu_scale,
+    .attention_decode = gpu_attention_decode, .adamw = gpu_adamw,
     .fwht = gpu_fwht, .permute_cols = gpu_permute_cols, .gamma_apply = gpu_gamma_apply,
     .givens_build = gpu_givens_build, .givens_backward = gpu_givens_backward,
 };

@@ -60,19 +60,22 @@ size_t fx_base_numel(const fx_config *c) {
  * workspace: activations kept for backward, and scratch; one buffer carved per step
  * ============================================================================================ */
 
-typedef struct {                /* one encoder layer, N = n*T tokens */
+typedef struct {                /* one layer, N = n*T tokens */
+    float *xn, *mean0, *rstd0;  /* pre-LN: (N, H) LayerNorm(x) before attention, its moments (N) */
+    float *qkv;                 /* pre-LN: (N, 3H) the fused projection, q | k | v */
     float *q, *k, *v;           /* (N, H) projections; head h is columns [h*hd, (h+1)*hd) */
     float *att;                 /* (n, nh, T, T) softmax probabilities */
     float *att_drop;            /* (n, nh, T, T) after attention dropout (== att without dropout) */
     float *ctx;                 /* (N, H) attention output, heads side by side */
     uint8_t *keep1;             /* (N, H) hidden-dropout keep mask after attention.output.dense, or NULL */
-    float *res1;                /* (N, H) dropout(dense(ctx)) + x: the first LayerNorm's input */
+    float *res1;                /* (N, H) dropout(dense(ctx)) + x: the first LayerNorm's input (post-LN),
+                                   the second's (pre-LN) */
     float *mean1, *rstd1;       /* (N) */
-    float *h1;                  /* (N, H) first LayerNorm's output */
+    float *h1;                  /* (N, H) that LayerNorm's output: the MLP's input */
     float *pre;                 /* (N, I) intermediate.dense output, before GELU */
     float *gelu;                /* (N, I) */
     uint8_t *keep2;             /* (N, H) hidden-dropout keep mask after output.dense, or NULL */
-    float *res2;                /* (N, H) dropout(dense(gelu)) + h1: the second LayerNorm's input */
+    float *res2;                /* (N, H) dropout(dense(gelu)) + h1: the second LayerNorm's input (post-LN) */
     float *mean2, *rstd2;       /* (N) */
     float *out;                 /* (N, H) the layer's output */
     uint8_t *akeep[FX_NTARGETS]; /* (N, in) adapter-dropout keep mask per adapted target, or NULL */
@@ -95,7 +98,9 @@ typedef struct {
     float *hx;                  /* (n, H) dropout(cls) */
     float *ht;                  /* (n, H) tanh(dense(hx)) */
     float *htd;                 /* (n, H) dropout(ht) */
-    float *logits, *dlogits;    /* (n, L) */
+    float *logits, *dlogits;    /* (n, L); a causal LM's (N, V), dlogits the same buffer */
+    int32_t *targets;           /* (N) a causal LM's targets */
+    float *xf, *meanf, *rstdf;  /* (N, H), (N), (N) the final LayerNorm (ln_f) and its moments */
     /* backward only */
     float *dout, *din;          /* (N, H) gradient at a layer's output and input */
     float *dres;                /* (N, H) gradient at a LayerNorm's input */
@@ -103,6 +108,7 @@ typedef struct {
     float *dh1;                 /* (N, H) */
     float *dI;                  /* (N, I) gradient at the GELU output, then at its input */
     float *dctx, *dq, *dk, *dv; /* (N, H) */
+    float *dqkv;                /* (N, 3H) pre-LN's fused projection */
     float *datt;                /* (n, nh, T, T) */
     float *dhx, *dht;           /* (n, H) the head's */
 } workspace;
@@ -119,7 +125,9 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     const fx_config *c = &m->c;
     size_t N = (size_t)n * T, H = c->hidden, I = c->intermediate, r = m->a.r, nL = c->num_labels;
     size_t att = (size_t)n * c->heads * T * T;
-    size_t in_max = H > I ? H : I, out_max = in_max; /* any adapted layer's in and out fit */
+    int pre = m->fam->norm_place == FX_NORM_PRE, lm = m->fam->head_kind == FX_HEAD_LM;
+    size_t in_max = H > I ? H : I, out_max = pre && 3 * H > in_max ? 3 * H : in_max; /* any adapted layer's fit */
+    size_t nlog = lm ? N * (size_t)c->vocab_size : (size_t)n * nL;
     int drop_h = train && c->hidden_dropout > 0, drop_a = train && c->attention_dropout > 0;
     int drop_c = train && c->classifier_dropout > 0, drop_ad = train && m->a.dropout > 0;
     size_t used = 0;
@@ -131,6 +139,8 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     for (int l = 0; l < c->layers; l++) {
         layer_acts *A = &w->L[l];
         if (l >= slots) { *A = w->L[l % 2]; continue; }
+        TAKE_IF(pre, A->xn, N * H); TAKE_IF(pre, A->mean0, N); TAKE_IF(pre, A->rstd0, N);
+        TAKE_IF(pre, A->qkv, N * 3 * H);
         TAKE(A->q, N * H); TAKE(A->k, N * H); TAKE(A->v, N * H);
         TAKE(A->att, att);
         TAKE_IF(drop_a, A->att_drop, att);
@@ -141,7 +151,7 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
         TAKE(A->h1, N * H);
         TAKE(A->pre, N * I); TAKE(A->gelu, N * I);
         TAKE_IF(drop_h, A->keep2, N * H);
-        TAKE(A->res2, N * H); TAKE(A->mean2, N); TAKE(A->rstd2, N);
+        TAKE_IF(!pre, A->res2, N * H); TAKE_IF(!pre, A->mean2, N); TAKE_IF(!pre, A->rstd2, N);
         TAKE(A->out, N * H);
         for (int t = 0; t < FX_NTARGETS; t++) {
             const fx_linear_view *lv = &m->layer[l].lin[t];
@@ -158,12 +168,17 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     TAKE_IF(drop_c, w->hkeep1, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep2, (size_t)n * H);
     TAKE(w->hx, (size_t)n * H); TAKE(w->ht, (size_t)n * H); TAKE(w->htd, (size_t)n * H);
-    TAKE(w->logits, n * nL); TAKE(w->dlogits, n * nL);
+    TAKE(w->logits, nlog);
+    TAKE_IF(!lm, w->dlogits, nlog);
+    if (lm) w->dlogits = w->logits;
+    TAKE_IF(lm, w->targets, N);
+    TAKE_IF(lm, w->xf, N * H); TAKE_IF(lm, w->meanf, N); TAKE_IF(lm, w->rstdf, N);
     TAKE_IF(train, w->dout, N * H); TAKE_IF(train, w->din, N * H);
     TAKE_IF(train, w->dres, N * H); TAKE_IF(train, w->dy, N * H); TAKE_IF(train, w->dh1, N * H);
     TAKE_IF(train, w->dI, N * I);
     TAKE_IF(train, w->dctx, N * H); TAKE_IF(train, w->dq, N * H);
     TAKE_IF(train, w->dk, N * H); TAKE_IF(train, w->dv, N * H);
+    TAKE_IF(train && pre, w->dqkv, N * 3 * H);
     TAKE_IF(train, w->datt, att);
     TAKE_IF(train, w->as.dxd, N * in_max);
     TAKE_IF(train, w->as.dz, N * r); TAKE_IF(train, w->as.du, N * r);
@@ -204,24 +219,32 @@ static size_t *layer_slot(fx_layer_view *v, int role) {
 }
 static size_t *embed_slot(fx_embed_view *v, int role) {
     return role == FX_EMB_WORD ? &v->word : role == FX_EMB_POS ? &v->pos : role == FX_EMB_TYPE ? &v->type
-         : role == FX_EMB_LN_W ? &v->ln_w : role == FX_EMB_LN_B ? &v->ln_b : NULL;
+         : role == FX_EMB_LN_W ? &v->ln_w : role == FX_EMB_LN_B ? &v->ln_b
+         : role == FX_EMB_LNF_W ? &v->lnf_w : role == FX_EMB_LNF_B ? &v->lnf_b : NULL;
 }
 static size_t *head_slot(fx_head_view *v, int role) {
     return role == FX_HEAD_DW ? &v->dense_w : role == FX_HEAD_DB ? &v->dense_b
          : role == FX_HEAD_OW ? &v->out_w : role == FX_HEAD_OB ? &v->out_b : NULL;
 }
 
-/* The block this file runs: post-LN LayerNorm, separate q/k/v, bidirectional, exact GELU, a tanh
- * classifier on token 0, learned positions from the family's rule. Other values are refused here. */
+/* The two blocks this file runs: the encoder (post-LN, separate q/k/v, bidirectional, exact GELU, a tanh
+ * classifier on token 0) and the decoder (pre-LN, fused qkv, causal, gelu_new, ln_f and an LM head tied
+ * to the word embedding), each with learned positions by the family's rule. Other values are refused. */
 static int family_supported(const fx_family *f, const fx_config *c) {
-    const char *what = f->norm_place != FX_NORM_POST ? "pre-LN blocks"
-                     : f->norm != FX_NORM_LAYERNORM ? "RMSNorm"
-                     : f->fused_qkv ? "a fused qkv projection"
-                     : f->causal ? "causal attention"
-                     : f->act != FX_ACT_GELU ? "an activation other than exact GELU"
-                     : f->head_kind != FX_HEAD_CLS_TANH || f->tied_head ? "a head other than a classifier"
+    int enc = f->norm_place == FX_NORM_POST && !f->fused_qkv && !f->causal && f->act == FX_ACT_GELU &&
+              f->head_kind == FX_HEAD_CLS_TANH && !f->tied_head;
+    int dec = f->norm_place == FX_NORM_PRE && f->fused_qkv && f->causal && f->act == FX_ACT_GELU_TANH &&
+              f->head_kind == FX_HEAD_LM && f->tied_head;
+    /* what differs from the block of its norm placement, named */
+    int pre = f->norm_place == FX_NORM_PRE;
+    const char *what = f->norm != FX_NORM_LAYERNORM ? "RMSNorm"
                      : f->positions == FX_POS_ROPE || !f->position_ids ? "rotary positions"
-                     : c->kv_heads && c->kv_heads != c->heads ? "grouped-query attention" : NULL;
+                     : c->kv_heads && c->kv_heads != c->heads ? "grouped-query attention"
+                     : enc || dec ? NULL
+                     : f->fused_qkv != pre ? (pre ? "pre-LN blocks with separate q, k, v" : "a fused qkv projection")
+                     : f->causal != pre ? (pre ? "bidirectional pre-LN blocks" : "causal attention")
+                     : f->act != (pre ? FX_ACT_GELU_TANH : FX_ACT_GELU) ? "another activation"
+                     : "another head";
     if (what) { fx_seterr("model: family \"%s\" needs %s, which model.c does not run yet", f->model_type, what); return -1; }
     return 0;
 }
@@ -233,14 +256,14 @@ static int add_specs(fx_params *p, const fx_config *c, const fx_tensor_spec *s, 
     if (l >= 0) snprintf(pre, sizeof pre, layer_fmt, l);
     for (int i = 0; i < n; i++) {
         size_t *dst = slot(view, s[i].role);
-        if (!dst || s[i].conv1d) {
-            fx_seterr("model: tensor %s%s (%s) is not one this model.c runs", pre, s[i].name,
-                      s[i].conv1d ? "a Conv1D weight" : "unknown role");
+        if (!dst) {
+            fx_seterr("model: tensor %s%s (unknown role) is not one this model.c runs", pre, s[i].name);
             return -1;
         }
         *dst = p->n;
         snprintf(name, sizeof name, "%s%s", pre, s[i].name);
         fx_params_add(p, name, spec_dim(c, s[i].d0), s[i].d1 ? spec_dim(c, s[i].d1) : 0, frozen);
+        p->t[p->nt - 1].conv1d = s[i].conv1d;
     }
     return 0;
 }
@@ -260,6 +283,17 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     if (fx_adapter_check(a) != 0) return -1;
     const fx_family *f = fx_config_family(c);
     if (family_supported(f, c) != 0) return -1;
+    for (int t = 0; t < FX_NTARGETS; t++)
+        if ((a->targets & fx_targets[t].bit) && !f->target_path[t]) {
+            char known[256] = "";
+            for (int u = 0; u < FX_NTARGETS; u++)
+                if (f->target_path[u])
+                    snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", *known ? ", " : "",
+                             f->target_path[u]);
+            fx_seterr("model: a %s has no layer \"%s\" to adapt (its layers: %s)", f->model_type, fx_targets[t].name,
+                      known);
+            return -1;
+        }
     m->c = *c;
     m->a = *a;
     m->fam = f;
@@ -332,16 +366,19 @@ void fx_model_free(fx_model *m) {
 static const float *W(const fx_model *m, size_t off) { return m->base.data + off; }
 static const float *P(const fx_model *m, size_t off) { return m->train.data + off; }
 
-/* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])). Nothing before them
- * is trainable, so backward stops at the first layer's input. */
+/* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])); pre-LN blocks (GPT-2)
+ * take x0 = dropout(word[id] + pos[position]) with their own embedding dropout. Nothing before them is
+ * trainable, so backward stops at the first layer's input. */
 static void embeddings_forward(fx_model *m, int N, int train) {
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_embed_view *e = &m->emb;
-    int drop = train && c->hidden_dropout > 0;
-    m->ops->embeddings_forward(w->x0, w->ids, w->pos, W(m, e->word), W(m, e->pos), W(m, e->type), W(m, e->ln_w),
-                               W(m, e->ln_b), N, c->hidden, c->layer_norm_eps, drop ? c->hidden_dropout : 0.0f,
-                               drop ? fx_rng_u64(&m->drop) : 0);
+    int pre = m->fam->norm_place == FX_NORM_PRE;
+    float p = pre ? c->embed_dropout : c->hidden_dropout;
+    int drop = train && p > 0;
+    m->ops->embeddings_forward(w->x0, w->ids, w->pos, W(m, e->word), W(m, e->pos), pre ? NULL : W(m, e->type),
+                               pre ? NULL : W(m, e->ln_w), pre ? NULL : W(m, e->ln_b), N, c->hidden,
+                               c->layer_norm_eps, drop ? p : 0.0f, drop ? fx_rng_u64(&m->drop) : 0);
 }
 
 /* A dense layer of encoder layer L, target T: frozen y = x W^T + b, plus the adapter when there is one. */
@@ -373,7 +410,7 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */, int n
     dense_forward(m, l, FX_TI_KEY, A->k, x, A, N);
     dense_forward(m, l, FX_TI_VALUE, A->v, x, A, N);
     uint64_t site = A->att_drop != A->att ? fx_rng_u64(&m->drop) : 0;
-    op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->k, A->v, w->mask, n, T, H, c->heads,
+    op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->k, A->v, w->mask, n, T, H, c->heads, 0,
                           c->attention_dropout, site);
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
     if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
@@ -416,6 +453,117 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     dense_backward(m, l, FX_TI_QUERY, dx, w->dq, x, A, N, 1);
     dense_backward(m, l, FX_TI_KEY, dx, w->dk, x, A, N, 1);
     dense_backward(m, l, FX_TI_VALUE, dx, w->dv, x, A, N, 1);
+}
+
+/* --- one decoder layer (GPT2Block, pre-LN), x the residual stream:
+ *   xn = LN1(x);  q | k | v = xn Wc^T + bc  (c_attn, fused; + adapter);  ctx = causal attention(q, k, v)
+ *   x1 = x + dropout(ctx Wp^T + bp)  (attn.c_proj);  h1 = LN2(x1)
+ *   out = x1 + dropout(gelu_new(h1 Wfc^T + bfc) Wp2^T + bp2)  (mlp.c_fc, mlp.c_proj)
+ * DEC (decoding, dropout off): k and v also go into the layer's cache; a step's queries attend to it. */
+typedef struct {
+    float *kc, *vc;             /* (slots, cap, H) this layer's cache */
+    int cap, pos;               /* positions each slot holds; the step's position (-1: prefill of slot 0) */
+    float *scores;              /* (ns, nh, pos + 1) */
+} decode_at;
+static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, int n, int T, const decode_at *dec) {
+    const fx_ops *op = m->ops;
+    workspace *w = m->ws;
+    const fx_config *c = &m->c;
+    const fx_layer_view *V = &m->layer[l];
+    layer_acts *A = &w->L[l];
+    int N = n * T, H = c->hidden, I = c->intermediate;
+    size_t NH = (size_t)N * H;
+    op->layernorm_forward(A->xn, A->mean0, A->rstd0, x, W(m, V->ln1_w), W(m, V->ln1_b), N, H, c->layer_norm_eps);
+    dense_forward(m, l, FX_TI_QKV, A->qkv, A->xn, A, N);
+    op->copy_rows(A->q, (size_t)H, A->qkv, 3 * (size_t)H, N, H);
+    op->copy_rows(A->k, (size_t)H, A->qkv + H, 3 * (size_t)H, N, H);
+    op->copy_rows(A->v, (size_t)H, A->qkv + 2 * H, 3 * (size_t)H, N, H);
+    if (dec && dec->pos >= 0) { /* one token per slot at dec->pos */
+        size_t stride = (size_t)dec->cap * H;
+        op->copy_rows(dec->kc + (size_t)dec->pos * H, stride, A->k, (size_t)H, n, H);
+        op->copy_rows(dec->vc + (size_t)dec->pos * H, stride, A->v, (size_t)H, n, H);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, n, dec->pos + 1, dec->cap, H, c->heads);
+    } else {
+        if (dec) { op->copy(dec->kc, A->k, NH); op->copy(dec->vc, A->v, NH); } /* slot 0, positions 0 .. T-1 */
+        uint64_t site = A->att_drop != A->att ? fx_rng_u64(&m->drop) : 0;
+        op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->k, A->v, w->mask, n, T, H, c->heads, 1,
+                              c->attention_dropout, site);
+    }
+    dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
+    if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
+    op->residual_layernorm_forward(A->h1, A->res1, A->mean1, A->rstd1, w->y, A->keep1, c->hidden_dropout, x,
+                                   W(m, V->ln2_w), W(m, V->ln2_b), N, H, c->layer_norm_eps);
+    dense_forward(m, l, FX_TI_INTER, A->pre, A->h1, A, N);
+    op->gelu_tanh_forward(A->gelu, A->pre, (size_t)N * I);
+    dense_forward(m, l, FX_TI_OUTPUT, w->y, A->gelu, A, N);
+    if (A->keep2) op->dropout_mask(A->keep2, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
+    op->dropout_apply(A->out, w->y, A->keep2, c->hidden_dropout, NH);
+    op->axpy(A->out, 1.0f, A->res1, NH); /* x1 + dropout(y): one fp32 addition, as PyTorch's */
+}
+
+/* Its backward from dout (N, H), the gradient at the residual stream after the layer; dx as above. */
+static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N, H) */,
+                               const float *x /* (N, H) */, int n, int T) {
+    const fx_ops *op = m->ops;
+    workspace *w = m->ws;
+    const fx_config *c = &m->c;
+    const fx_layer_view *V = &m->layer[l];
+    const layer_acts *A = &w->L[l];
+    int N = n * T, H = c->hidden, I = c->intermediate;
+    size_t NH = (size_t)N * H;
+    /* out = x1 + dropout(y2), y2 = dense(gelu(dense(h1))), h1 = LN2(x1) */
+    op->dropout_apply(w->dy, dout, A->keep2, c->hidden_dropout, NH);
+    dense_backward(m, l, FX_TI_OUTPUT, w->dI, w->dy, A->gelu, A, N, 0);
+    op->gelu_tanh_backward(w->dI, A->pre, (size_t)N * I);
+    dense_backward(m, l, FX_TI_INTER, w->dh1, w->dI, A->h1, A, N, 0);
+    op->layernorm_backward(w->dres, w->dh1, A->res1, A->mean1, A->rstd1, W(m, V->ln2_w), N, H);
+    op->axpy(w->dres, 1.0f, dout, NH); /* dx1: the LayerNorm's share plus the residual's */
+    /* x1 = x + dropout(y1), y1 = dense(ctx) */
+    op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
+    dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
+    op->attention_backward(w->dq, w->dk, w->dv, w->datt, w->dctx, A->q, A->k, A->v, A->att, A->att_drop, n, T, H,
+                           c->heads, c->attention_dropout);
+    op->copy_rows(w->dqkv, 3 * (size_t)H, w->dq, (size_t)H, N, H);
+    op->copy_rows(w->dqkv + H, 3 * (size_t)H, w->dk, (size_t)H, N, H);
+    op->copy_rows(w->dqkv + 2 * H, 3 * (size_t)H, w->dv, (size_t)H, N, H);
+    /* xn = LN1(x) feeds c_attn; x also feeds x1 directly */
+    dense_backward(m, l, FX_TI_QKV, dx ? w->dh1 : NULL, w->dqkv, A->xn, A, N, 0);
+    if (!dx) return;
+    op->layernorm_backward(dx, w->dh1, x, A->mean0, A->rstd0, W(m, V->ln1_w), N, H);
+    op->axpy(dx, 1.0f, w->dres, NH);
+}
+
+/* ============================================================================================
+ * the causal LM head (tied to the word embedding) and its loss
+ * ============================================================================================ */
+
+/* xf = ln_f(xL) for ROWS rows from FIRST, logits (rows, V) = xf wte^T: the head is the embedding itself. */
+static void lm_head_forward(fx_model *m, const float *xL /* (N, H) */, size_t first, int rows) {
+    const fx_ops *op = m->ops;
+    workspace *w = m->ws;
+    const fx_config *c = &m->c;
+    int H = c->hidden, V = c->vocab_size;
+    const float *xs = xL + first * H;
+    float *xf = w->xf + first * H;
+    op->layernorm_forward(xf, w->meanf + first, w->rstdf + first, xs, W(m, m->emb.lnf_w), W(m, m->emb.lnf_b), rows,
+                          H, c->layer_norm_eps);
+    op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, m->emb.word), H, 0.0f, w->logits, V);
+}
+/* From dlogits (N, V): dout (N, H) at the last layer's output (wte is frozen: no gradient of its own). */
+static void lm_head_backward(fx_model *m, int N, const float *xL, float *dout) {
+    const fx_ops *op = m->ops;
+    workspace *w = m->ws;
+    int H = m->c.hidden, V = m->c.vocab_size;
+    op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, m->emb.word), H, 0.0f, w->dres, H);
+    op->layernorm_backward(dout, w->dres, xL, w->meanf, w->rstdf, W(m, m->emb.lnf_w), N, H);
+}
+
+/* Positions that predict a token: t < T-1 whose next target is not -100. */
+static int lm_count(const fx_batch *b) {
+    int count = 0;
+    for (int i = 0; i < b->n; i++)
+        for (int t = 0; t + 1 < b->T; t++) count += b->targets[(size_t)i * b->T + t + 1] != -100;
+    return count;
 }
 
 /* ============================================================================================
@@ -464,12 +612,33 @@ static void head_backward(fx_model *m, int n, int T, float *dout /* (N, H) */) {
  * batch checks (shared by both backends, so they refuse the same batches alike)
  * ============================================================================================ */
 
+/* A causal LM's batch: ids in the vocabulary, T within the positions (they start at 0), targets (needed
+ * to train) each -100 or a token id. */
+static int lm_batch_check(const fx_config *c, const fx_batch *b, int train) {
+    if (b->T > c->max_positions) {
+        fx_seterr("batch: %d tokens exceed n_positions %d", b->T, c->max_positions);
+        return -1;
+    }
+    if (train && !b->targets) { fx_seterr("batch: training a causal LM needs per-token targets"); return -1; }
+    for (size_t i = 0; i < (size_t)b->n * b->T; i++) {
+        int32_t id = b->ids[i], y = b->targets ? b->targets[i] : -100;
+        if (id < 0 || id >= c->vocab_size || (y != -100 && (y < 0 || y >= c->vocab_size))) {
+            fx_seterr("batch: row %zu, token %zu: %s %d outside the vocabulary [0, %d)", i / b->T, i % b->T,
+                      id < 0 || id >= c->vocab_size ? "id" : "target", id < 0 || id >= c->vocab_size ? (int)id : (int)y,
+                      c->vocab_size);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide) {
     int n = b->n, T = b->T, L = c->num_labels;
     if (n < 1 || T < 1 || (size_t)n * T > (size_t)INT32_MAX / (size_t)wide) {
         fx_seterr("batch: %d rows of %d tokens is empty or too large", n, T);
         return -1;
     }
+    if (fx_config_family(c)->head_kind == FX_HEAD_LM) return lm_batch_check(c, b, train);
     if (train && !b->labels) { fx_seterr("batch: training needs labels"); return -1; }
     if (b->labels)
         for (int i = 0; i < n; i++) {
@@ -501,11 +670,46 @@ int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide) {
  * one step: validate, forward, loss, backward
  * ============================================================================================ */
 
+/* The causal LM's step: embeddings, pre-LN layers, ln_f and the tied head, the smoothed loss over the
+ * shifted targets; backward through the same. LOGITS (n, T, V). */
+static float lm_step(fx_model *m, const fx_batch *b, int train, float *logits) {
+    const fx_ops *op = m->ops;
+    const fx_config *c = &m->c;
+    int n = b->n, T = b->T, N = n * T, V = c->vocab_size;
+    ws_prepare(m, n, T, train);
+    workspace *w = m->ws;
+    m->fam->position_ids(c, b, w->hpos);
+    op->upload(w->ids, b->ids, (size_t)N * sizeof *w->ids);
+    op->upload(w->pos, w->hpos, (size_t)N * sizeof *w->pos);
+    op->upload(w->mask, b->mask, (size_t)N * sizeof *w->mask);
+    if (b->targets) op->upload(w->targets, b->targets, (size_t)N * sizeof *w->targets);
+    embeddings_forward(m, N, train);
+    for (int l = 0; l < c->layers; l++) layer_forward_pre(m, l, l ? w->L[l - 1].out : w->x0, n, T, NULL);
+    const float *xL = w->L[c->layers - 1].out;
+    lm_head_forward(m, xL, 0, N);
+    if (logits) op->download(logits, w->logits, (size_t)N * V * sizeof(float));
+    int count = b->targets ? lm_count(b) : 0;
+    /* no position predicts anything: loss 0 and no gradient (transformers would give 0/0) */
+    double loss = count ? op->lm_loss(w->dlogits, w->logits, w->targets, n, T, V, c->label_smoothing, count) : 0;
+    if (!train) return (float)loss;
+    if (!count) op->zero(w->dlogits, (size_t)N * V);
+    op->zero(m->grad, m->train.n);
+    lm_head_backward(m, N, xL, w->dout);
+    for (int l = c->layers - 1; l >= 0; l--) {
+        layer_backward_pre(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0, n, T);
+        float *t = w->dout; w->dout = w->din; w->din = t;
+    }
+    return (float)loss;
+}
+
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     const fx_ops *op = m->ops;
     const fx_config *c = &m->c;
     int n = b->n, T = b->T, H = c->hidden, L = c->num_labels, N = n * T;
-    if (fx_batch_check(c, b, train, H > c->intermediate ? H : c->intermediate) != 0) return NAN;
+    int wide = H > c->intermediate ? H : c->intermediate;
+    if (m->fam->fused_qkv && 3 * H > wide) wide = 3 * H;
+    if (fx_batch_check(c, b, train, wide) != 0) return NAN;
+    if (m->fam->head_kind == FX_HEAD_LM) return lm_step(m, b, train, logits);
     ws_prepare(m, n, T, train);
     workspace *w = m->ws;
     m->fam->position_ids(c, b, w->hpos);
@@ -530,8 +734,196 @@ float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
 }
 
 /* ============================================================================================
- * AdamW and the learning-rate schedule
+ * decoding with a key/value cache (the model side of fx_decoder)
+ * ============================================================================================
+ * Each layer keeps K and V of every slot, (slots, cap, H), cap growing by doubling up to n_positions. A
+ * step runs the same layer code as the full forward on one token per slot (N = ns), with attention
+ * reading the cache; so its logits are the full forward's at that position, to the rounding of products
+ * of other shapes. reorder copies slots into a spare cache and swaps the two. */
+
+typedef struct {
+    fx_model *m;
+    int nslots, cap;
+    float **kc, **vc, **sk, **sv;    /* (layers) caches and their spares, (nslots, cap, H) each */
+    float *scores; size_t scap;      /* (ns, nh, len) attention scratch */
+    int32_t *ids, *pos; uint8_t *mask; int hcap; /* host batch of the call */
+} decoder;
+
+/* Room for NEED positions per slot, keeping what the slots hold. */
+static void dec_reserve(decoder *d, int need) {
+    fx_model *m = d->m;
+    const fx_ops *op = m->ops;
+    if (need <= d->cap) return;
+    int cap = d->cap ? d->cap : 16;
+    while (cap < need) cap *= 2;
+    if (cap > m->c.max_positions) cap = m->c.max_positions;
+    size_t H = m->c.hidden, bytes = (size_t)d->nslots * cap * H * sizeof(float);
+    for (int l = 0; l < m->c.layers; l++) {
+        float *k = op->alloc(bytes), *v = op->alloc(bytes);
+        if (d->cap) {
+            op->copy_rows(k, (size_t)cap * H, d->kc[l], (size_t)d->cap * H, d->nslots, (int)((size_t)d->cap * H));
+            op->copy_rows(v, (size_t)cap * H, d->vc[l], (size_t)d->cap * H, d->nslots, (int)((size_t)d->cap * H));
+        }
+        op->release(d->kc[l]); op->release(d->vc[l]); op->release(d->sk[l]); op->release(d->sv[l]);
+        d->kc[l] = k; d->vc[l] = v;
+        d->sk[l] = op->alloc(bytes); d->sv[l] = op->alloc(bytes);
+    }
+    d->cap = cap;
+}
+
+/* Runs N = ns * T tokens (ids, positions already in d's host arrays) through the layers; POS as
+ * decode_at's. The last layer's output stays in the workspace. */
+static const float *dec_layers(decoder *d, int ns, int T, int pos) {
+    fx_model *m = d->m;
+    const fx_ops *op = m->ops;
+    int N = ns * T;
+    ws_prepare(m, ns, T, 0);
+    workspace *w = m->ws;
+    op->upload(w->ids, d->ids, (size_t)N * sizeof *w->ids);
+    op->upload(w->pos, d->pos, (size_t)N * sizeof *w->pos);
+    op->upload(w->mask, d->mask, (size_t)N);
+    size_t need = (size_t)ns * m->c.heads * (size_t)(pos + 1);
+    if (pos >= 0 && need > d->scap) {
+        op->release(d->scores);
+        d->scores = op->alloc(need * sizeof(float));
+        d->scap = need;
+    }
+    embeddings_forward(m, N, 0);
+    for (int l = 0; l < m->c.layers; l++) {
+        decode_at at = {d->kc[l], d->vc[l], d->cap, pos, d->scores};
+        layer_forward_pre(m, l, l ? w->L[l - 1].out : w->x0, ns, T, &at);
+    }
+    return w->L[m->c.layers - 1].out;
+}
+
+static int dec_host(decoder *d, int n, const int *ids, int pos0, int step) {
+    const fx_config *c = &d->m->c;
+    if (n > d->hcap) {
+        d->ids = fx_realloc(d->ids, (size_t)n * sizeof *d->ids);
+        d->pos = fx_realloc(d->pos, (size_t)n * sizeof *d->pos);
+        d->mask = fx_realloc(d->mask, (size_t)n);
+        d->hcap = n;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= c->vocab_size) {
+            fx_seterr("decode: token %d of %d is %d, outside the vocabulary [0, %d)", i, n, ids[i], c->vocab_size);
+            return -1;
+        }
+        d->ids[i] = ids[i];
+        d->pos[i] = step ? pos0 : pos0 + i;
+        d->mask[i] = 1;
+    }
+    return 0;
+}
+
+static int dec_prefill(void *ctx, const int *ids, int n, float *logits) {
+    decoder *d = ctx;
+    fx_model *m = d->m;
+    if (n < 1 || n > m->c.max_positions) {
+        fx_seterr("decode: a prompt of %d tokens (the model holds 1 to %d)", n, m->c.max_positions);
+        return -1;
+    }
+    if (dec_host(d, n, ids, 0, 0) != 0) return -1;
+    dec_reserve(d, n);
+    const float *xL = dec_layers(d, 1, n, -1);
+    lm_head_forward(m, xL, (size_t)n - 1, 1);
+    m->ops->download(logits, ((workspace *)m->ws)->logits, (size_t)m->c.vocab_size * sizeof(float));
+    return 0;
+}
+
+static int dec_step(void *ctx, int ns, const int *tok, int pos, float *logits) {
+    decoder *d = ctx;
+    fx_model *m = d->m;
+    if (ns < 1 || ns > d->nslots || pos < 1 || pos >= m->c.max_positions) {
+        fx_seterr("decode: step of %d slots at position %d (slots 1 to %d, positions 1 to %d)", ns, pos, d->nslots,
+                  m->c.max_positions - 1);
+        return -1;
+    }
+    if (dec_host(d, ns, tok, pos, 1) != 0) return -1;
+    dec_reserve(d, pos + 1);
+    const float *xL = dec_layers(d, ns, 1, pos);
+    lm_head_forward(m, xL, 0, ns);
+    m->ops->download(logits, ((workspace *)m->ws)->logits, (size_t)ns * m->c.vocab_size * sizeof(float));
+    return 0;
+}
+
+static int dec_reorder(void *ctx, int ns, const int *src, int len) {
+    decoder *d = ctx;
+    fx_model *m = d->m;
+    const fx_ops *op = m->ops;
+    if (ns < 1 || ns > d->nslots || len < 0 || len > d->cap) {
+        fx_seterr("decode: reorder of %d slots over %d positions (slots 1 to %d, %d positions held)", ns, len,
+                  d->nslots, d->cap);
+        return -1;
+    }
+    for (int s = 0; s < ns; s++)
+        if (src[s] < 0 || src[s] >= d->nslots) {
+            fx_seterr("decode: reorder: slot %d's source %d is not a slot", s, src[s]);
+            return -1;
+        }
+    size_t H = m->c.hidden, stride = (size_t)d->cap * H, n = (size_t)len * H;
+    for (int l = 0; l < m->c.layers; l++) {
+        for (int s = 0; s < d->nslots; s++) { /* slots past ns keep their own */
+            size_t from = (size_t)(s < ns ? src[s] : s) * stride;
+            op->copy(d->sk[l] + (size_t)s * stride, d->kc[l] + from, n);
+            op->copy(d->sv[l] + (size_t)s * stride, d->vc[l] + from, n);
+        }
+        float *t = d->kc[l]; d->kc[l] = d->sk[l]; d->sk[l] = t;
+        t = d->vc[l]; d->vc[l] = d->sv[l]; d->sv[l] = t;
+    }
+    return 0;
+}
+
+int fx_model_decoder(fx_model *m, int nslots, fx_decoder *out) {
+    memset(out, 0, sizeof *out);
+    if (m->fam->head_kind != FX_HEAD_LM || !m->fam->causal) {
+        fx_seterr("decode: a %s is not a causal LM", m->fam->model_type);
+        return -1;
+    }
+    if (nslots < 1 || nslots > 4096) { fx_seterr("decode: %d slots (1 to 4096)", nslots); return -1; }
+    decoder *d = fx_calloc(1, sizeof *d);
+    d->m = m;
+    d->nslots = nslots;
+    int L = m->c.layers;
+    d->kc = fx_calloc((size_t)L, sizeof *d->kc); d->vc = fx_calloc((size_t)L, sizeof *d->vc);
+    d->sk = fx_calloc((size_t)L, sizeof *d->sk); d->sv = fx_calloc((size_t)L, sizeof *d->sv);
+    *out = (fx_decoder){.ctx = d, .vocab = m->c.vocab_size, .max_len = m->c.max_positions,
+                        .prefill = dec_prefill, .step = dec_step, .reorder = dec_reorder};
+    return 0;
+}
+
+void fx_decoder_free(fx_decoder *fd) {
+    decoder *d = fd->ctx;
+    if (d) {
+        const fx_ops *op = d->m->ops;
+        for (int l = 0; l < d->m->c.layers; l++) {
+            op->release(d->kc[l]); op->release(d->vc[l]); op->release(d->sk[l]); op->release(d->sv[l]);
+        }
+        op->release(d->scores);
+        free(d->kc); free(d->vc); free(d->sk); free(d->sv);
+        free(d->ids); free(d->pos); free(d->mask);
+        free(d);
+    }
+    memset(fd, 0, sizeof *fd);
+}
+
+/* ============================================================================================
+ * gradient clipping, AdamW and the learning-rate schedule
  * ============================================================================================ */
+
+/* torch.nn.utils.clip_grad_norm_(trainable, max_norm): total = sqrt(sum over tensors of ||g||^2), then
+ * every gradient times min(1, max_norm / (total + 1e-6)). Frozen tensors' gradients are zero, so they
+ * count nothing. Returns the total norm before clipping. */
+double fx_clip_grad_norm(fx_model *m, float max_norm) {
+    double ss = 0;
+    for (int i = 0; i < m->train.nt; i++)
+        if (!m->train.t[i].frozen) ss += m->ops->sumsq(m->grad + m->train.t[i].off, m->train.t[i].n);
+    double total = sqrt(ss), coef = (double)max_norm / (total + 1e-6);
+    if (coef < 1)
+        for (int i = 0; i < m->train.nt; i++)
+            if (!m->train.t[i].frozen) m->ops->scale(m->grad + m->train.t[i].off, (float)coef, m->train.t[i].n);
+    return total;
+}
 
 void fx_adamw_reset(fx_model *m) {
     m->ops->zero(m->adam_m, m->train.n);
@@ -545,6 +937,7 @@ void fx_adamw_reset(fx_model *m) {
  * Scalars are formed here once, in double (Python floats), and used as fp32 by the op, as PyTorch does. */
 void fx_adamw_update(fx_model *m, float lr, float weight_decay) {
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    if (m->c.max_grad_norm > 0) fx_clip_grad_norm(m, m->c.max_grad_norm);
     int t = ++m->adam_t;
     double bc1 = 1 - pow(b1, t), bc2 = 1 - pow(b2, t);
     fx_adamw_scalars s = {.step = (float)((double)lr / bc1), .bc2s = (float)sqrt(bc2),

@@ -12,7 +12,7 @@
  * ============================================================================================ */
 
 /* Integer field KEY in [lo, hi]; absent or null takes DFLT, or is an error when REQUIRED. */
-static int cfg_int(const char *path, const fx_json *root, const char *key, int required, int dflt,
+int fx_cfg_int(const char *path, const fx_json *root, const char *key, int required, int dflt,
                    int64_t lo, int64_t hi, int *out) {
     const fx_json *v = fx_json_get(root, key);
     if (!v || v->type == FX_JNULL) {
@@ -29,8 +29,8 @@ static int cfg_int(const char *path, const fx_json *root, const char *key, int r
 }
 
 /* Real field KEY in [lo, hi] (hi_open: hi excluded); absent or null takes DFLT. */
-static int cfg_real(const char *path, const fx_json *root, const char *key, double dflt, double lo,
-                    double hi, int hi_open, float *out) {
+int fx_cfg_real(const char *path, const fx_json *root, const char *key, double dflt, double lo, double hi,
+                int hi_open, float *out) {
     const fx_json *v = fx_json_get(root, key);
     if (!v || v->type == FX_JNULL) { *out = (float)dflt; return 0; }
     if (v->type != FX_JNUM || !(v->num >= lo) || v->num > hi || (hi_open && v->num == hi)) {
@@ -42,7 +42,7 @@ static int cfg_real(const char *path, const fx_json *root, const char *key, doub
 }
 
 /* A string field that, when present, must read WANT (the only variant this model implements). */
-static int cfg_only(const char *path, const fx_json *root, const char *key, const char *want) {
+int fx_cfg_only(const char *path, const fx_json *root, const char *key, const char *want) {
     const fx_json *v = fx_json_get(root, key);
     if (!v || v->type == FX_JNULL) return 0;
     if (v->type != FX_JSTR || strcmp(v->str, want) != 0) {
@@ -59,22 +59,22 @@ static int roberta_config_load(const char *path, fx_config *c) {
     int rc = -1;
     if (root.type != FX_JOBJ) { fx_seterr("%s: not a JSON object", path); goto out; }
     /* Architecture: required. Bounds keep every product of two sizes far inside size_t. */
-    if (cfg_int(path, &root, "vocab_size", 1, 0, 1, 1 << 24, &k.vocab_size) ||
-        cfg_int(path, &root, "hidden_size", 1, 0, 1, 1 << 16, &k.hidden) ||
-        cfg_int(path, &root, "num_hidden_layers", 1, 0, 1, 1024, &k.layers) ||
-        cfg_int(path, &root, "num_attention_heads", 1, 0, 1, 1 << 16, &k.heads) ||
-        cfg_int(path, &root, "intermediate_size", 1, 0, 1, 1 << 18, &k.intermediate) ||
-        cfg_int(path, &root, "max_position_embeddings", 1, 0, 3, 1 << 20, &k.max_positions) ||
+    if (fx_cfg_int(path, &root, "vocab_size", 1, 0, 1, 1 << 24, &k.vocab_size) ||
+        fx_cfg_int(path, &root, "hidden_size", 1, 0, 1, 1 << 16, &k.hidden) ||
+        fx_cfg_int(path, &root, "num_hidden_layers", 1, 0, 1, 1024, &k.layers) ||
+        fx_cfg_int(path, &root, "num_attention_heads", 1, 0, 1, 1 << 16, &k.heads) ||
+        fx_cfg_int(path, &root, "intermediate_size", 1, 0, 1, 1 << 18, &k.intermediate) ||
+        fx_cfg_int(path, &root, "max_position_embeddings", 1, 0, 3, 1 << 20, &k.max_positions) ||
         /* The rest: Hugging Face's RobertaConfig defaults when absent. */
-        cfg_int(path, &root, "type_vocab_size", 0, 2, 1, 1 << 16, &k.type_vocab_size) ||
-        cfg_int(path, &root, "pad_token_id", 0, 1, 0, (1 << 24) - 1, &k.pad_id) ||
-        cfg_real(path, &root, "layer_norm_eps", 1e-12, 0, 1, 0, &k.layer_norm_eps) ||
-        cfg_real(path, &root, "hidden_dropout_prob", 0.1, 0, 1, 1, &k.hidden_dropout) ||
-        cfg_real(path, &root, "attention_probs_dropout_prob", 0.1, 0, 1, 1, &k.attention_dropout) ||
-        cfg_real(path, &root, "initializer_range", 0.02, 0, 10, 0, &k.initializer_range) ||
-        cfg_real(path, &root, "classifier_dropout", k.hidden_dropout, 0, 1, 1, &k.classifier_dropout) ||
-        cfg_only(path, &root, "hidden_act", "gelu") ||
-        cfg_only(path, &root, "position_embedding_type", "absolute"))
+        fx_cfg_int(path, &root, "type_vocab_size", 0, 2, 1, 1 << 16, &k.type_vocab_size) ||
+        fx_cfg_int(path, &root, "pad_token_id", 0, 1, 0, (1 << 24) - 1, &k.pad_id) ||
+        fx_cfg_real(path, &root, "layer_norm_eps", 1e-12, 0, 1, 0, &k.layer_norm_eps) ||
+        fx_cfg_real(path, &root, "hidden_dropout_prob", 0.1, 0, 1, 1, &k.hidden_dropout) ||
+        fx_cfg_real(path, &root, "attention_probs_dropout_prob", 0.1, 0, 1, 1, &k.attention_dropout) ||
+        fx_cfg_real(path, &root, "initializer_range", 0.02, 0, 10, 0, &k.initializer_range) ||
+        fx_cfg_real(path, &root, "classifier_dropout", k.hidden_dropout, 0, 1, 1, &k.classifier_dropout) ||
+        fx_cfg_only(path, &root, "hidden_act", "gelu") ||
+        fx_cfg_only(path, &root, "position_embedding_type", "absolute"))
         goto out;
     if (!(k.layer_norm_eps > 0)) { fx_seterr("%s: \"layer_norm_eps\" must be > 0", path); goto out; }
     if (k.hidden % k.heads != 0) {
@@ -90,7 +90,7 @@ static int roberta_config_load(const char *path, fx_config *c) {
     /* num_labels as HF's PretrainedConfig: explicit, else the size of id2label, else 2. */
     const fx_json *id2label = fx_json_get(&root, "id2label");
     if (fx_json_get(&root, "num_labels")) {
-        if (cfg_int(path, &root, "num_labels", 1, 2, 1, 1 << 16, &k.num_labels)) goto out;
+        if (fx_cfg_int(path, &root, "num_labels", 1, 2, 1, 1 << 16, &k.num_labels)) goto out;
     } else if (id2label && id2label->type != FX_JNULL) {
         if (id2label->type != FX_JOBJ || id2label->n < 1 || id2label->n > (1 << 16)) {
             fx_seterr("%s: \"id2label\" must be an object with 1 to 65536 entries", path);
@@ -172,8 +172,16 @@ static void roberta_special_tokens_write(FILE *f, const fx_config *c) {
     fprintf(f, "}\n");
 }
 
-/* One family today; a second would be chosen here by config.json's "model_type". */
-int fx_config_load(const char *path, fx_config *c) { return roberta_config_load(path, c); }
+/* The family is config.json's "model_type": "gpt2", else RoBERTa (the reader checks the keys; older
+ * fedex folders named none). */
+int fx_config_load(const char *path, fx_config *c) {
+    fx_json root;
+    if (fx_json_load(path, &root) != 0) return -1;
+    const fx_json *t = fx_json_get(&root, "model_type");
+    int gpt2 = t && t->type == FX_JSTR && !strcmp(t->str, fx_gpt2.model_type);
+    fx_json_free(&root);
+    return gpt2 ? fx_gpt2.config_load(path, c) : roberta_config_load(path, c);
+}
 
 const fx_family *fx_config_family(const fx_config *c) { return c->family ? c->family : &fx_roberta; }
 
@@ -234,7 +242,8 @@ static const fx_tensor_spec *base_spec(const fx_family *f, int i) {
 
 /* Fills one tensor by its rule, drawing from G only for the normal ones (row-major). */
 static void init_tensor(float *d, const fx_tensor *t, int init, double sd, const fx_config *c, fx_rng *g) {
-    if (init == FX_INIT_NORMAL || init == FX_INIT_NORMAL_PAD) {
+    if (init == FX_INIT_NORMAL_RESID) sd /= sqrt(2.0 * c->layers);
+    if (init == FX_INIT_NORMAL || init == FX_INIT_NORMAL_PAD || init == FX_INIT_NORMAL_RESID) {
         for (size_t j = 0; j < t->n; j++) d[j] = (float)(sd * fx_rng_normal(g));
         if (init == FX_INIT_NORMAL_PAD) memset(d + (size_t)c->pad_id * c->hidden, 0, (size_t)c->hidden * sizeof *d);
     } else {
@@ -257,6 +266,17 @@ void fx_model_init_base(fx_model *m, uint64_t seed) {
 
 #define COUNT(a) ((int)(sizeof a / sizeof a[0]))
 
+/* Every module of RobertaForSequenceClassification but the layers' six linears, for PEFT's selection. */
+static const char *const roberta_modules[] = {
+    "", "roberta", "roberta.embeddings", "roberta.embeddings.word_embeddings",
+    "roberta.embeddings.position_embeddings", "roberta.embeddings.token_type_embeddings",
+    "roberta.embeddings.LayerNorm", "roberta.embeddings.dropout", "roberta.encoder", "roberta.encoder.layer",
+    "classifier", "classifier.dense", "classifier.dropout", "classifier.out_proj", NULL};
+static const char *const roberta_layer_modules[] = {
+    "", "attention", "attention.self", "attention.self.dropout", "attention.output", "attention.output.LayerNorm",
+    "attention.output.dropout", "intermediate", "intermediate.intermediate_act_fn", "output", "output.LayerNorm",
+    "output.dropout", NULL};
+
 const fx_family fx_roberta = {
     .model_type = "roberta",
     .architecture = "RobertaForSequenceClassification",
@@ -275,6 +295,10 @@ const fx_family fx_roberta = {
     .head_kind = FX_HEAD_CLS_TANH,
     .tied_head = 0,
     .text = {.bos = 1, .eos_a = 1, .eos_b_lead = 1, .eos_b = 1}, /* <s> A </s></s> B </s> */
+    .target_path = {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                    "intermediate.dense", "output.dense", NULL},
+    .target_peft = {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense", NULL},
+    .modules = roberta_modules, .layer_modules = roberta_layer_modules,
     .config_load = roberta_config_load,
     .config_write = roberta_config_write,
     .tokenizer_config_write = roberta_tokenizer_config_write,

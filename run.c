@@ -110,7 +110,7 @@ static double evaluate(fx_run *R, fx_metrics *mt) {
  * Aggregation: FedIT mean, then (FedEx) the residual, then the aggregation error of every layer
  * ============================================================================================ */
 
-static void aggregate(fx_run *R, const int *done, double *err, double *agg_seconds) {
+static void aggregate(fx_run *R, const int *done, double *err, double *dev, double *agg_seconds) {
     double t0 = fx_now();
     fx_model *m = &R->srv;
     const float *cl[256];
@@ -140,6 +140,11 @@ static void aggregate(fx_run *R, const int *done, double *err, double *agg_secon
     for (int k = 0; k < m->nadapted; k++)
         err[k] = fx_agg_error(m, k, exact ? fx_settings_residual_scale(&R->cfg) : 0.0f, cl, w, n, R->global,
                               R->prev_global, R->err_work);
+    /* The deviation: FedIT's error on this round's clients, || dW(B̄, Ā) - sum_i w_i dW_i || / || sum_i w_i dW_i
+     * - dW(prev) ||, the error without a residual. For FedIT it is its error above; for FedEx, the residual
+     * it added (what FedIT would have lost); FFA's shared A and a single client make it zero up to rounding. */
+    for (int k = 0; k < m->nadapted; k++)
+        dev[k] = fx_agg_error(m, k, 0.0f, cl, w, n, R->global, R->prev_global, R->err_work);
 }
 
 /* --clients-per-round M: M of the N clients, drawn each round from the run's seed and the round alone
@@ -180,15 +185,18 @@ static void log_residual_form(const fx_run *R) {
 static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
     if (R->tp->bytes) { R->tp->bytes(R, up, down); return; } /* the transport counted what it sent */
     const fx_model *m = &R->srv;
-    int64_t trained = (int64_t)m->head_n;
+    int64_t trained = (int64_t)m->head_n, gamma = 0;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
-        int64_t a = m->a.kind == FX_LORA ? (int64_t)m->a.r * ad->in : m->a.r;
-        int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : ad->out;
+        /* SORF-VeRA: (s, theta) up and down; Gamma's b (out) only down, the server's (counted below) */
+        int64_t a = m->a.kind == FX_LORA ? (int64_t)m->a.r * ad->in
+                    : m->a.kind == FX_SORF ? 1 + (int64_t)m->a.r * (m->a.r - 1) / 2 : m->a.r;
+        int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : m->a.kind == FX_SORF ? 0 : ad->out;
         trained += b + (m->a.freeze_a || m->a.freeze_d ? 0 : a);
+        if (m->a.kind == FX_SORF) gamma += ad->out;
     }
     *up = 4 * trained + (int64_t)sizeof(fx_report);
-    *down = 4 * trained + (int64_t)sizeof(fx_job) +
+    *down = 4 * (trained + gamma) + (int64_t)sizeof(fx_job) +
             (fx_agg_is_exact(R->cfg.agg) ? (int64_t)fx_residual_msg_bytes(m, R->msg) : 0);
 }
 
@@ -196,10 +204,22 @@ static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
  * Progress, as the transports report it
  * ============================================================================================ */
 
+/* Seconds left in the run while round ROUND is FRAC done: the rounds after it at the mean time of the
+ * rounds this process has timed (before the first, this round's pace), and what is left of this one. */
+double fx_run_remaining(const fx_run *R, int round, double frac) {
+    double in_round = fx_now() - R->t_round, per_round;
+    if (R->rounds_timed > 0) per_round = R->secs_rounds / R->rounds_timed;
+    else if (frac > 0) per_round = in_round / frac;
+    else return NAN;
+    double rest = frac >= 1 ? 0 : (frac > 0 ? in_round / frac - in_round : per_round - in_round);
+    return (rest > 0 ? rest : 0) + per_round * (R->cfg.rounds - round);
+}
+
 void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *drawn) {
     if (!tty) return;
     if (*drawn) fprintf(stderr, "\033[%dA", *drawn);
     *drawn = 0;
+    double frac = 1;
     for (int c = 0; c < R->n; c++) {
         if ((!R->alive[c] && !pending[c]) || !R->selected[c]) continue;
         fx_report *s = &R->report[c];
@@ -212,8 +232,13 @@ void fx_run_progress(fx_run *R, int round, const int *pending, int tty, int *dra
         fprintf(stderr, "\r\033[Kround %d client %d [%s] %3d%% %6.0f samples/s loss %.4f\n", round, c, bar,
                 (int)(100 * done / tot), done && dt > 0 ? (double)s->samples_done / dt : 0.0,
                 done ? s->loss_sum / (double)done : 0.0);
+        if (pending[c] && (double)done / tot < frac) frac = (double)done / tot; /* the slowest client's pace */
         (*drawn)++;
     }
+    char left[32];
+    fx_duration_str(fx_run_remaining(R, round, frac), left, sizeof left);
+    fprintf(stderr, "\r\033[Kround %d of %d: %s left in the run\n", round, R->cfg.rounds, left);
+    (*drawn)++;
     fflush(stderr);
 }
 
@@ -231,25 +256,37 @@ void fx_run_client_done(const fx_run *R, int round, int c, int tty) {
 
 /* One entry per adapted layer, pointing into the accumulated residual, named after the base weight it is
  * added to (the family's prefix, the layer, ".weight": "roberta.encoder.layer.0.attention.self.query.weight"),
- * in residual.safetensors and the checkpoint alike. */
-static void residual_entries(const fx_run *R, fx_st_entry *e, char (*names)[128]) {
+ * in residual.safetensors and the checkpoint alike, and in that weight's orientation: a Conv1D layer's
+ * (GPT-2) as (in, out), a transposed copy in OWNED[k] (freed by the caller). */
+static void residual_entries(const fx_run *R, fx_st_entry *e, char (*names)[128], float **owned) {
     const fx_model *m = &R->srv;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
         snprintf(names[k], sizeof names[k], "%s%s.weight", m->fam->prefix, ad->name);
         e[k].name = names[k]; e[k].dtype = FX_F32; e[k].ndim = 2;
         e[k].shape[0] = ad->out; e[k].shape[1] = ad->in; e[k].data = R->res.acc + R->res.off[k];
+        owned[k] = NULL;
+        if (ad->conv1d) {
+            owned[k] = fx_malloc((size_t)ad->out * ad->in * sizeof(float));
+            fx_transpose(owned[k], R->res.acc + R->res.off[k], ad->out, ad->in);
+            e[k].shape[0] = ad->in; e[k].shape[1] = ad->out; e[k].data = owned[k];
+        }
     }
+}
+static void free_owned(float **owned, int n) {
+    for (int k = 0; k < n; k++) free(owned[k]);
+    free(owned);
 }
 
 static int write_residual(const fx_run *R, const char *path) {
     int n = R->srv.nadapted;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
     char (*names)[128] = fx_calloc((size_t)n, sizeof *names);
-    residual_entries(R, e, names);
+    float **owned = fx_calloc((size_t)n + 1, sizeof *owned);
+    residual_entries(R, e, names, owned);
     const char *meta[] = {"format", "fedex-residual", "note", "merged weight = base weight + this tensor", NULL};
     int rc = fx_st_write(path, e, n, meta);
-    free(names); free(e);
+    free(names); free(e); free_owned(owned, n);
     return rc;
 }
 
@@ -261,7 +298,8 @@ static int write_state(const fx_run *R, int round) {
     fx_st_entry *e = fx_calloc((size_t)m->nadapted + 1, sizeof *e);
     char (*names)[128] = fx_calloc((size_t)m->nadapted, sizeof *names);
     e[0].name = "global"; e[0].dtype = FX_F32; e[0].ndim = 1; e[0].shape[0] = (int64_t)R->P; e[0].data = R->global;
-    residual_entries(R, e + 1, names);
+    float **owned = fx_calloc((size_t)m->nadapted + 1, sizeof *owned);
+    residual_entries(R, e + 1, names, owned);
     char rs[32], bs[64], br[32], path[4096];
     snprintf(rs, sizeof rs, "%d", round);
     snprintf(bs, sizeof bs, "%.17g", R->best);
@@ -271,7 +309,7 @@ static int write_state(const fx_run *R, int round) {
     const char *meta[] = {"round", rs, "best", bs, "best_round", br, "settings_id", id, NULL};
     snprintf(path, sizeof path, "%s/state.safetensors", R->cfg.out);
     int rc = fx_st_write(path, e, m->nadapted + 1, meta);
-    free(names); free(e);
+    free(names); free(e); free_owned(owned, m->nadapted);
     return rc;
 }
 
@@ -327,8 +365,26 @@ static int write_outputs(fx_run *R, int round, const int *done) {
     return write_state(R, round);
 }
 
+/* {"max": .., "mean": .., "layers": {"encoder.layer.0.attention.self.query": .., ...}}: one value per
+ * adapted layer, keyed by the layer's name, with their maximum and mean. */
+static void layer_values(FILE *f, const fx_run *R, const double *v) {
+    double mx = 0, mean = 0;
+    for (int k = 0; k < R->srv.nadapted; k++) { if (v[k] > mx || isnan(v[k])) mx = v[k]; mean += v[k]; }
+    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
+    fprintf(f, "{\"max\": ");
+    fx_json_num(f, mx);
+    fprintf(f, ", \"mean\": ");
+    fx_json_num(f, mean);
+    fprintf(f, ", \"layers\": {");
+    for (int k = 0; k < R->srv.nadapted; k++) {
+        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
+        fx_json_num(f, v[k]);
+    }
+    fprintf(f, "}}");
+}
+
 static char *metrics_line(fx_run *R, int round, const int *done, const fx_metrics *mt, double dev_loss,
-                          const double *err, double secs, double agg_s, double eval_s, double clients_s) {
+                          const double *err, const double *dev, double secs, double agg_s, double eval_s, double clients_s) {
     char *buf = NULL; size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) fx_die("open_memstream: %s", strerror(errno));
@@ -367,19 +423,11 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     fx_json_num(f, mt->main);
     fprintf(f, ", \"best\": ");
     fx_json_num(f, R->best);
-    fprintf(f, ", \"best_round\": %d, \"agg_error\": {\"max\": ", R->best_round);
-    double mx = 0, mean = 0;
-    for (int k = 0; k < R->srv.nadapted; k++) { if (err[k] > mx || isnan(err[k])) mx = err[k]; mean += err[k]; }
-    mean = R->srv.nadapted ? mean / R->srv.nadapted : 0;
-    fx_json_num(f, mx);
-    fprintf(f, ", \"mean\": ");
-    fx_json_num(f, mean);
-    fprintf(f, ", \"layers\": {");
-    for (int k = 0; k < R->srv.nadapted; k++) {
-        fprintf(f, "%s\"%s\": ", k ? ", " : "", R->srv.ad[k].name); /* names are [a-z0-9._]: no escapes */
-        fx_json_num(f, err[k]);
-    }
-    fprintf(f, "}}, \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
+    fprintf(f, ", \"best_round\": %d, \"agg_error\": ", R->best_round);
+    layer_values(f, R, err);
+    fprintf(f, ", \"deviation\": ");
+    layer_values(f, R, dev);
+    fprintf(f, ", \"bytes_up\": %lld, \"bytes_down\": %lld, \"residual\": \"%s\", ", (long long)up,
             (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
     fprintf(f, "\"memory_mb\": ");
     fx_json_num(f, R->tp->memory_mb(R));
@@ -465,6 +513,13 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
         bad = copy_finite(res->acc + res->off[k], p, fx_st_numel(t), path, t->name);
         free(owned);
         if (bad) goto out;
+        if (m->ad[k].conv1d) { /* stored (in, out), as the Conv1D weight it is added to */
+            size_t nw = (size_t)m->ad[k].out * m->ad[k].in;
+            float *tmp = fx_malloc(nw * sizeof *tmp);
+            memcpy(tmp, res->acc + res->off[k], nw * sizeof *tmp);
+            fx_transpose(res->acc + res->off[k], tmp, m->ad[k].in, m->ad[k].out);
+            free(tmp);
+        }
     }
     fx_residual_set_frozen(res, m);
     rc = (int)round;
@@ -591,7 +646,7 @@ static int client_gpus(fx_run *R) {
         p = *end ? end + 1 : end;
     }
     if (k == 1) for (int i = 1; i < R->n; i++) R->gpu_of[i] = R->gpu_of[0];
-    else if (k != R->n) {
+    else if (k != R->n && strcmp(R->cfg.transport, "mpi")) { /* under MPI: a device per client rank of a host */
         fx_seterr("--client-gpus '%s' names %d devices for %d clients", list, k, R->n);
         return -1;
     }
@@ -767,21 +822,27 @@ int fx_run_federated(fx_run *R) {
     int status = 0;
     int *done = fx_calloc((size_t)R->n, sizeof(int));
     double *err = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
+    double *dev = fx_calloc((size_t)(R->srv.nadapted ? R->srv.nadapted : 1), sizeof(double));
     fx_metrics last = {0};
     int last_round = R->round0;
     for (int round = R->round0 + 1; round <= c->rounds; round++) {
         double t0 = fx_now();
+        R->t_round = t0;
         fx_job job = {.round = round, .local_epochs = c->local_epochs, .batch_size = c->batch_size,
                       .micro_batch = c->micro_batch, .lr = c->lr, .warmup_ratio = c->warmup_ratio,
                       .weight_decay = c->weight_decay, .seed = (uint64_t)c->seed};
         select_clients(R, round);
         if (R->tp->send_round(R, &job) != 0 || R->tp->collect(R, round, done) != 0) {
             if (interrupted) {
-                fprintf(stderr, "\nfedex: interrupted in round %d; %s\n", round,
-                        c->out && round > 1 ? "the last complete round is saved" : "nothing of this round was saved");
+                fprintf(stderr, "\nfedex: interrupted in round %d; %s%s%s\n", round,
+                        c->out && round > 1 ? "the last complete round is saved: --resume " : "nothing of this round was saved",
+                        c->out && round > 1 ? c->out : "", c->out && round > 1 ? " continues it" : "");
                 status = 130;
             } else {
                 fprintf(stderr, "fedex: %s\n", fx_err());
+                if (c->out && round > 1)
+                    fprintf(stderr, "fedex: stopped in round %d; the last complete round is saved: --resume %s continues it\n",
+                            round, c->out);
                 status = 1;
             }
             break;
@@ -791,7 +852,7 @@ int fx_run_federated(fx_run *R) {
         if (ndone == 0) { fprintf(stderr, "fedex: no client finished round %d\n", round); status = 1; break; }
         double tc = fx_now() - t0, agg_s, te;
         R->round_now = round;
-        aggregate(R, done, err, &agg_s);
+        aggregate(R, done, err, dev, &agg_s);
         te = fx_now();
         fx_metrics mt;
         double dev_loss = evaluate(R, &mt);
@@ -800,12 +861,16 @@ int fx_run_federated(fx_run *R) {
         double mx = 0;
         for (int k = 0; k < R->srv.nadapted; k++) if (err[k] > mx) mx = err[k];
         if (R->hist_metric) { R->hist_metric[round - 1] = mt.main; R->hist_err[round - 1] = mx; }
-        char *line = metrics_line(R, round, done, &mt, dev_loss, err, fx_now() - t0, agg_s, eval_s, tc);
+        char *line = metrics_line(R, round, done, &mt, dev_loss, err, dev, fx_now() - t0, agg_s, eval_s, tc);
         R->lines = fx_realloc(R->lines, sizeof(char *) * (size_t)(R->nlines + 1));
         R->lines[R->nlines++] = line;
+        R->secs_rounds += fx_now() - t0;
+        R->rounds_timed++;
+        char left[32];
+        fx_duration_str(fx_run_remaining(R, round, 1.0), left, sizeof left);
         if (!quiet)
-            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s\n", round,
-                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0);
+            printf("round %3d  dev %s %.4f  (best %.4f @ %d)  agg error max %.2e  %.1f s, %s left\n", round,
+                   mt.main_name, mt.main, R->best, R->best_round, mx, fx_now() - t0, left);
         else
             printf("  %-6s round %d/%d: dev %s %.4f, aggregation error %.2e\n", fx_agg_name(c->agg), round,
                    c->rounds, mt.main_name, mt.main, mx);
@@ -823,7 +888,7 @@ int fx_run_federated(fx_run *R) {
     if (status == 0 && !quiet && last_round > 0 && last.main_name)
         printf("best dev %s %.4f at round %d; last %.4f (round %d)%s%s\n", last.main_name, R->best,
                R->best_round, last.main, last_round, c->out ? "; results in " : "", c->out ? c->out : "");
-    free(done); free(err);
+    free(done); free(err); free(dev);
     teardown_run(R);
     return status;
 }

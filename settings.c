@@ -185,7 +185,7 @@ static const fx_opt train_opts[] = {
     {"--parallel_clients", NULL, FX_OPT_FLAG, RC(parallel_clients), NULL, "accepted: fedex's clients always run in parallel, one process each", 0, 0},
     {"--server_gpu", NULL, FX_OPT_INT, RC(fork_server_gpu), "-1", "--server-gpu with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
     {"--client_gpus", NULL, FX_OPT_STR, RC(fork_client_gpus), NULL, "--client-gpus with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
-    {"--fan_in_fan_out", NULL, FX_OPT_STR, RC(fan_in_fan_out), "false", "PEFT's fan_in_fan_out: false (RoBERTa's layers are nn.Linear); true is refused", 0, 0},
+    {"--fan_in_fan_out", NULL, FX_OPT_STR, RC(fan_in_fan_out), "false", "PEFT's fan_in_fan_out: accepted; fedex takes it from the model's layers, as PEFT resets it (true for GPT-2's Conv1D, false for nn.Linear)", 0, 0},
     {"--bias", NULL, FX_OPT_STR, RC(bias), "none", "PEFT's bias: none (fedex trains no biases of the base); all and vera_only are refused", 0, 0},
     {"--modules_to_save", NULL, FX_OPT_STR, RC(modules_to_save), NULL, "PEFT's modules_to_save: classifier (the head, always trained and saved); others are refused", 0, 0},
     {"--init_weights", NULL, FX_OPT_STR, RC(init_weights), "true", "PEFT's init_weights: true (lambda_b = 0, lambda_d = d_initial); false is refused", 0, 0},
@@ -303,12 +303,7 @@ static int fork_options(fx_settings *c, const int *set) {
     }
     int b;
     if ((b = peft_bool(c->save_projection)) < 0) { fx_seterr("--save-projection must be true or false, not '%s'", c->save_projection); return -1; }
-    if ((b = peft_bool(c->fan_in_fan_out)) != 0) {
-        fx_seterr(b < 0 ? "--fan_in_fan_out must be true or false, not '%s'"
-                        : "--fan_in_fan_out %s is not supported: RoBERTa's adapted layers are nn.Linear, stored "
-                          "(out, in) (PEFT itself resets it to false for them)", c->fan_in_fan_out);
-        return -1;
-    }
+    if (peft_bool(c->fan_in_fan_out) < 0) { fx_seterr("--fan_in_fan_out must be true or false, not '%s'", c->fan_in_fan_out); return -1; }
     if ((b = peft_bool(c->init_weights)) != 1) {
         fx_seterr(b < 0 ? "--init_weights must be true or false, not '%s'"
                         : "--init_weights %s is not supported: adapters start as PEFT's init_weights=True starts them",
@@ -355,6 +350,8 @@ static int fork_options(fx_settings *c, const int *set) {
 }
 
 void fx_settings_notes(const fx_settings *c, const int *set, FILE *f) {
+    if (set[fx_settings_opt("--fan_in_fan_out")])
+        fprintf(f, "fedex: --fan_in_fan_out: taken from the model's layers (Conv1D or nn.Linear), as PEFT resets it\n");
     if (c->parallel_clients) fprintf(f, "fedex: --parallel_clients: fedex's clients always run in parallel, one process each\n");
     if (strcmp(c->device, "cuda") && (set[fx_settings_opt("--server_gpu")] || set[fx_settings_opt("--client_gpus")]))
         fprintf(f, "fedex: --server_gpu/--client_gpus: this run is on the CPU, so they are ignored (as the VeRA fork "
@@ -502,6 +499,8 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
     snprintf(path, sizeof path, "%s/config.json", c->model);
     if (fx_config_load(path, mc) != 0) return -1;
     if (!(*task)->lm) mc->num_labels = (*task)->num_labels; /* a language model keeps its config's */
+    mc->label_smoothing = (float)c->label_smoothing;         /* every client's model carries them */
+    mc->max_grad_norm = (float)c->max_grad_norm;
     return 0;
 }
 

@@ -210,6 +210,14 @@ double fx_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+const char *fx_duration_str(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
+    else if (s < 59.5) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600 - 0.5) { long t = lround(s); snprintf(buf, n, "%ldm%02lds", t / 60, t % 60); }
+    else { long t = lround(s / 60); snprintf(buf, n, "%ldh%02ldm", t / 60, t % 60); }
+    return buf;
+}
+
 /* ---------------------------------------------------------------- timings */
 
 static int cmp_double(const void *a, const void *b) {

@@ -77,13 +77,13 @@ static inline int copy_lines(const char *src, const char *dst, int n) {
     return rc;
 }
 
-/* Starts $FEDEX ARGS (NULL-terminated, without argv[0]) in a process group of its own (so that it can be
+/* Starts PROG ARGS (NULL-terminated, without argv[0]) in a process group of its own (so that it can be
  * interrupted or killed with all its clients), stdout and stderr in tmp/TAG.out and tmp/TAG.err,
  * FEDEX_FAULT set to FAULT (or unset). Returns the pid, which is also the group's id. */
-static inline pid_t spawn(const char *tag, const char *fault, const char *const *args) {
+static inline pid_t spawn_prog(const char *prog, const char *tag, const char *fault, const char *const *args) {
     const char *argv[96];
     int n = 0;
-    argv[n++] = fedex_bin;
+    argv[n++] = prog;
     for (int i = 0; args[i] && n < 95; i++) argv[n++] = args[i];
     argv[n] = NULL;
     fflush(stdout); fflush(stderr);
@@ -95,12 +95,17 @@ static inline pid_t spawn(const char *tag, const char *fault, const char *const 
         int e = open(P("%s/%s.err", tmp, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0) _exit(126);
         if (fault) setenv("FEDEX_FAULT", fault, 1); else unsetenv("FEDEX_FAULT");
-        execv(fedex_bin, (char *const *)argv);
+        execv(prog, (char *const *)argv);
         _exit(127);
     }
     setpgid(p, p); /* as the child does: whichever runs first */
     if (nservers < (int)(sizeof servers / sizeof servers[0])) servers[nservers++] = p;
     return p;
+}
+
+/* PROG is $FEDEX: `fedex ARGS`. */
+static inline pid_t spawn(const char *tag, const char *fault, const char *const *args) {
+    return spawn_prog(fedex_bin, tag, fault, args);
 }
 
 /* Waits for P at most WAIT_RUN_S; past that, kills its group and fails. Returns the exit status,

@@ -27,9 +27,11 @@ static void check_ops_complete(void) {
         (void *)o->copy, (void *)o->axpy, (void *)o->copy_rows, (void *)o->matmul, (void *)o->column_dot,
         (void *)o->scale_cols, (void *)o->scale_cols_add, (void *)o->dropout_mask, (void *)o->dropout_apply,
         (void *)o->dropout_accumulate, (void *)o->embeddings_forward, (void *)o->linear_forward,
-        (void *)o->linear_backward, (void *)o->residual_layernorm_forward, (void *)o->layernorm_backward,
-        (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->tanh_forward, (void *)o->tanh_backward,
-        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->adamw};
+        (void *)o->linear_backward, (void *)o->residual_layernorm_forward, (void *)o->layernorm_forward,
+        (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
+        (void *)o->gelu_tanh_backward, (void *)o->tanh_forward, (void *)o->tanh_backward,
+        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->lm_loss,
+        (void *)o->sumsq, (void *)o->scale, (void *)o->attention_decode, (void *)o->adamw};
     int n = (int)(sizeof entry / sizeof entry[0]);
     CHECK(sizeof(fx_ops) == (size_t)n * sizeof(void *), "fx_ops has %zu bytes, the list here %d entries",
           sizeof(fx_ops), n);
@@ -95,6 +97,7 @@ static void check_views(fx_adapter_kind kind) {
     for (int l = 0; l < c.layers; l++) {
         const fx_layer_view *v = &m.layer[l];
         for (int j = 0; j < FX_NTARGETS; j++) {
+            if (!fx_roberta.target_path[j]) continue; /* GPT-2's fused c_attn */
             char w[160], b[160];
             snprintf(w, sizeof w, "encoder.layer.%%d.%s.weight", fx_targets[j].path);
             snprintf(b, sizeof b, "encoder.layer.%%d.%s.bias", fx_targets[j].path);
@@ -224,7 +227,8 @@ static void check_targets(void) {
         {FX_T_VALUE, "value", "attention.self.value", 'H', 'H'},
         {FX_T_ATTN_OUT, "attention.output.dense", "attention.output.dense", 'H', 'H'},
         {FX_T_INTER, "intermediate.dense", "intermediate.dense", 'I', 'H'},
-        {FX_T_OUTPUT, "output.dense", "output.dense", 'H', 'I'}};
+        {FX_T_OUTPUT, "output.dense", "output.dense", 'H', 'I'},
+        {FX_T_QKV, "c_attn", "attn.c_attn", '3', 'H'}}; /* GPT-2's fused q, k, v */
     fx_config c = tiny();
     for (int t = 0; t < FX_NTARGETS; t++) {
         const fx_target *g = &fx_targets[t];
@@ -233,14 +237,16 @@ static void check_targets(void) {
               "target %d: %s / %s", t, g->peft, g->path);
         int out, in;
         fx_target_dims(&c, t, &out, &in);
-        CHECK(out == (want[t].out == 'I' ? 32 : 16) && in == (want[t].in == 'I' ? 32 : 16), "%s dims", g->path);
+        CHECK(out == (want[t].out == 'I' ? 32 : want[t].out == '3' ? 48 : 16) && in == (want[t].in == 'I' ? 32 : 16),
+              "%s dims", g->path);
         /* its weight and bias are the family's tensors of the same path */
+        const fx_family *fam = fx_roberta.target_path[t] ? &fx_roberta : &fx_gpt2;
         char w[160];
         snprintf(w, sizeof w, "%s.weight", g->path);
         int found = 0;
-        for (int i = 0; i < fx_roberta.nlayer; i++)
-            if (fx_roberta.layer[i].role == g->w_role)
-                found = !strcmp(fx_roberta.layer[i].name, w) && fx_roberta.layer[i + 1].role == g->b_role;
+        for (int i = 0; i < fam->nlayer; i++)
+            if (fam->layer[i].role == g->w_role)
+                found = !strcmp(fam->layer[i].name, w) && fam->layer[i + 1].role == g->b_role;
         CHECK(found, "%s: roles do not name %s", g->path, w);
         unsigned mask;
         CHECK(fx_targets_parse(g->name, &mask) == 0 && mask == g->bit, "parse %s", g->name);

@@ -91,7 +91,7 @@ static void test_settings(void) {
     CHECK(parse_train(&s, set, lr) == 0 && fabsf(fx_settings_residual_scale(&s) - 2e-3f) < 1e-9f, "--vera-scale lr");
     struct { const char *args[6]; const char *want; } bad[] = {
         {{"--vera", "--bias", "all", NULL}, "--bias all"},
-        {{"--vera", "--fan_in_fan_out", "True", NULL}, "--fan_in_fan_out True"},
+        {{"--vera", "--fan_in_fan_out", "yes", NULL}, "--fan_in_fan_out"},
         {{"--vera", "--init_weights", "False", NULL}, "--init_weights False"},
         {{"--vera", "--modules_to_save", "dense", NULL}, "--modules_to_save dense"},
         {{"--vera", "--layers_to_transform", "0,1", NULL}, "--layers_to_transform 0,1"},

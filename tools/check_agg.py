@@ -18,6 +18,8 @@ RUN/metrics.jsonl, for --weighted) and the run's options (RUN/fedex_run.json), t
     VeRA fork's fit of b, s and θ, or with --sorf-refit polar the scaled rotation nearest the mean Λ),
     and the head is checked as the mean. B̄, Ā, b̄, d̄ are the global adapter's tensors as saved
     (float32 means), so that base + residual + the global adapter's update is the clients' mean model.
+    With "fan_in_fan_out": true in the adapter's config (GPT-2's Conv1D layers), the residual is stored in
+    the Conv1D weight's own (in, out) orientation, so the formula's (out, in) matrix is compared transposed.
 Errors are relative to the largest entry of the expected tensor, so they read as digits lost; the files
 are float32, so about 1e-7 (a mean) to 1e-6 (a difference of two accumulated residuals) is exact.
 
@@ -160,6 +162,8 @@ def main():
     r = cfg["vera-r"] if sorf else cfg["lora-r"]
     s = cfg["lora-alpha"] / (np.sqrt(r) if cfg["rslora"] else r)
     exact = agg in ("fedex", "fedex-vera", "fedex-sorf-vera")
+    with open(os.path.join(run, "adapter_config.json")) as f:
+        conv1d = bool(json.load(f).get("fan_in_fan_out", False))  # every adapted layer is a Conv1D (GPT-2)
     prev, worst_mean, worst_res, worst_refit, worst_ortho, worst_gap = None, 0.0, 0.0, 0.0, 0.0, 0.0
     for line in lines:
         rd = line["round"]
@@ -185,6 +189,7 @@ def main():
             worst_mean = max(worst_mean, rel(g, mean([c[k] for c in cl])))
         for name, acc in res.items():
             mod = "base_model.model." + name[:-len(".weight")]
+            out_in = acc.shape[::-1] if conv1d else acc.shape  # the layer's W (out, in)
             if sorf:
                 A, B = glob["base_model.vera_A"], glob["base_model.vera_B"]
                 out, inn = acc.shape
@@ -206,7 +211,7 @@ def main():
                 A, B = glob["base_model.vera_A"], glob["base_model.vera_B"]
                 d = [c[mod + ".vera_lambda_d"] for c in cl]
                 b = [c[mod + ".vera_lambda_b"] for c in cl]
-                Bs, As = B[:acc.shape[0], :], A[:, :acc.shape[1]]
+                Bs, As = B[:out_in[0], :], A[:, :out_in[1]]
                 dw = lambda bi, di: (bi[:, None] * Bs * di[None, :]) @ As
                 want = mean([dw(bi, di) for bi, di in zip(b, d)]) - dw(glob[mod + ".vera_lambda_b"],
                                                                        glob[mod + ".vera_lambda_d"])
@@ -215,6 +220,8 @@ def main():
                 B = [c[mod + ".lora_B.weight"] for c in cl]
                 want = s * (mean([bi @ ai for bi, ai in zip(B, A)])
                             - glob[mod + ".lora_B.weight"] @ glob[mod + ".lora_A.weight"])
+            if conv1d:
+                want = want.T
             if not exact:
                 want = np.zeros_like(want)
             got = acc - (prev[name] if prev is not None else 0.0)
