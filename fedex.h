@@ -1281,9 +1281,9 @@ typedef struct { uint32_t *v; int n, cap; } fx_cps;
 void fx_cps_put(fx_cps *b, uint32_t c);
 void fx_cps_str(fx_cps *b, const char *ascii);
 void fx_cps_replace(fx_cps *b, fx_cps *scratch, const char *lit, const char *rep, int caseless);
-/* Lower-cases CP[0..n-1] as Python's str.lower and Java's toLowerCase do (U+0130 to two code points,
- * the final-sigma rule); OUT has room for 2n; returns its length (score.c). */
-int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out);
+/* Lower-cases CP[0..n-1] as Python's str.lower (JAVA 0) or Java's toLowerCase (JAVA 1) does: U+0130 to
+ * two code points, the final-sigma rule each its way. OUT has room for 2n; returns its length (score.c). */
+int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
 
 /* ============================================================================================
  * shm.c: the transport of forked clients on this machine, sharing one POSIX shared-memory segment

@@ -273,9 +273,8 @@ static int dev_range(const fx_runlog *L, double *lo, double *hi) {
 
 static const char legend_of_dev[] = "deviation ||dW(mean B, mean A) - mean dW_i|| / ||mean dW_i - dW_prev||";
 
-static void heat_panel(FILE *f, const fx_runlog *L, int run, double top, double h, const char *label) {
-    double lo, hi;
-    dev_range(L, &lo, &hi);
+/* LO..HI: log10 of the colour scale, shared by every run's heat map in the drawing so that colours compare. */
+static void heat_panel(FILE *f, const fx_runlog *L, int run, double top, double h, const char *label, double lo, double hi) {
     /* x: rounds as columns centred on their number; y: layers top (first) to bottom; colour: log10 dev */
     double xmin = L->r[0].round - 0.5, xmax = L->r[L->n - 1].round + 0.5;
     axes a = panel_axes(COL0, top, h, xmin, xmax, 0, L->nlayers, 0, MR + BAR_W + 44);
@@ -413,10 +412,12 @@ int fx_plot_svg(const fx_runlog *runs, int n, FILE *f) {
         if (runs[k].n == 0) { fx_seterr("%s: no round finished yet: nothing to plot", runs[k].dir); return -1; }
     int legend_rows = (n + 2) / 3;
     double height = HEADER + PANEL_H + legend_rows * LEGEND_ROW + ROW_GAP;
-    double *hh = fx_calloc((size_t)n, sizeof(double));
+    double *hh = fx_calloc((size_t)n, sizeof(double)), glo = INFINITY, ghi = -INFINITY;
     for (int k = 0; k < n; k++) {
         double lo, hi;
         if (runs[k].nlayers > 0 && dev_range(&runs[k], &lo, &hi)) {
+            if (lo < glo) glo = lo;
+            if (hi > ghi) ghi = hi;
             double need = MT + MB + 9.0 * runs[k].nlayers; /* at least 9 px a layer */
             hh[k] = need > PANEL_H ? need : PANEL_H;
             height += hh[k] + ROW_GAP;
@@ -448,7 +449,7 @@ int fx_plot_svg(const fx_runlog *runs, int n, FILE *f) {
         if (hh[k] == 0) continue;
         char lab[300];
         run_label(runs, n, k, lab, sizeof lab);
-        heat_panel(f, &runs[k], k, top, hh[k], lab);
+        heat_panel(f, &runs[k], k, top, hh[k], lab, glo, ghi);
         depth_panel(f, &runs[k], k, top, hh[k], lab);
         top += hh[k] + ROW_GAP;
     }

@@ -639,7 +639,7 @@ int fx_ptb_tokenize(int n, const char *const *captions, char **out) {
         i += adv;
         if (act(a, &tok, &scratch) < 0) continue;
         if (2 * tok.n > lowcap) { lowcap = 2 * tok.n + 16; low = fx_realloc(low, (size_t)lowcap * sizeof *low); }
-        int lk = fx_lower_cps(tok.v, tok.n, low);
+        int lk = fx_lower_cps(tok.v, tok.n, 1, low);
         if (is_punct(low, lk)) continue;
         if (cur.n) fx_cps_put(&cur, ' ');
         for (int j = 0; j < lk; j++) fx_cps_put(&cur, low[j]);

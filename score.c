@@ -36,10 +36,35 @@ static uint32_t lower1(uint32_t cp) {
     return cp;
 }
 
-/* Unicode's Final_Sigma: a capital sigma preceded by a cased letter and not followed by one (letters
- * that are Case_Ignorable skipped on both sides) lowers to the final form. */
-static int final_sigma(const uint32_t *s, int n, int i) {
-    int j = i - 1;
+/* The final-sigma rule: a capital sigma lowers to the final form when a cased letter comes before it
+ * and none after it. Python (Unicode's Final_Sigma) looks past Case_Ignorable characters on each side;
+ * Java looks through the rest of the word as its BreakIterator cuts words: letters, digits and marks,
+ * with a dash, soft hyphen, ' " . or U+2027 inside a word between two letters. */
+static int java_mid(uint32_t c) {
+    return c == '-' || c == '\'' || c == '"' || c == '.' || c == 0xAD || c == 0x2027 || c == 0x58A || c == 0x5BE ||
+           c == 0x1400 || c == 0x1806 || (c >= 0x2010 && c <= 0x2015) || c == 0x2E17 || c == 0x2E1A ||
+           c == 0x2E3A || c == 0x2E3B || c == 0x2E40 || c == 0x301C || c == 0x3030 || c == 0x30A0 || c == 0xFE31 ||
+           c == 0xFE32 || c == 0xFE58 || c == 0xFE63 || c == 0xFF0D;
+}
+static int java_letter(uint32_t c) {
+    return fx_uni_class(c) != FX_UNI_OTHER && fx_uni_class(c) != FX_UNI_SPACE
+               ? 1 : c > 0x7F && (fx_cp_flags(c) & FX_CP_IGNORABLE) && !java_mid(c) && c != 0xB7 && c != 0x387 &&
+                     c != 0x55F && c != 0x5F4 && c != 0x2018 && c != 0x2019 && c != 0x2024 && c != 0xFE13 &&
+                     c != 0xFE52 && c != 0xFE55 && c != 0xFF07 && c != 0xFF0E && c != 0xFF1A;
+}
+static int word_char(const uint32_t *s, int n, int i) {
+    if (java_letter(s[i])) return 1;
+    return java_mid(s[i]) && i > 0 && i + 1 < n && fx_uni_class(s[i - 1]) == FX_UNI_LETTER &&
+           fx_uni_class(s[i + 1]) == FX_UNI_LETTER;
+}
+static int final_sigma(const uint32_t *s, int n, int i, int java) {
+    int j = i - 1, cased = 0;
+    if (java) {
+        for (; j >= 0 && word_char(s, n, j) && !cased; j--) cased = fx_cp_flags(s[j]) & FX_CP_CASED;
+        if (!cased) return 0;
+        for (j = i + 1; j < n && word_char(s, n, j); j++) if (fx_cp_flags(s[j]) & FX_CP_CASED) return 0;
+        return 1;
+    }
     while (j >= 0 && (fx_cp_flags(s[j]) & FX_CP_IGNORABLE)) j--;
     if (j < 0 || !(fx_cp_flags(s[j]) & FX_CP_CASED)) return 0;
     j = i + 1;
@@ -47,11 +72,11 @@ static int final_sigma(const uint32_t *s, int n, int i) {
     return j == n || !(fx_cp_flags(s[j]) & FX_CP_CASED);
 }
 
-int fx_lower_cps(const uint32_t *cp, int n, uint32_t *out) {
+int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out) {
     int k = 0;
     for (int i = 0; i < n; i++) {
         if (cp[i] == 0x130) { out[k++] = 'i'; out[k++] = 0x307; }
-        else if (cp[i] == 0x3A3) out[k++] = final_sigma(cp, n, i) ? 0x3C2 : 0x3C3;
+        else if (cp[i] == 0x3A3) out[k++] = final_sigma(cp, n, i, java) ? 0x3C2 : 0x3C3;
         else out[k++] = lower1(cp[i]);
     }
     return k;
@@ -262,7 +287,7 @@ static void mt_tokens(seqtab *v, const uint32_t *cp, int n, int tokenized, sent 
         while (j < a->n && !(tokenized ? a->v[j] == ' ' : py_space(a->v[j]))) j++;
         if (j > i) {
             int m = tokenized ? (memcpy(low, a->v + i, (size_t)(j - i) * sizeof *low), j - i)
-                              : fx_lower_cps(a->v + i, j - i, low);
+                              : fx_lower_cps(a->v + i, j - i, 0, low);
             if (s->n == cap) { cap = cap ? cap * 2 : 32; s->id = fx_realloc(s->id, (size_t)cap * sizeof *s->id); }
             s->id[s->n++] = (uint32_t)seq_intern(v, low, m, -1);
             any = 1;
@@ -316,7 +341,6 @@ static void mt_add(mt_acc *m, const sent *hyp, const sent *refs, int nref) {
         }
         int k = ngram_ids(&m->grams, hyp, n, m->ids);
         int *cnt = counter_at(&m->cnt, m->grams.n), *mx = counter_at(&m->maxref, m->grams.n);
-        counter_at(&m->total, m->grams.n);
         for (int i = 0; i < k; i++) cnt[m->ids[i]]++;
         long hits = 0;
         for (int i = 0; i < k; i++) {
@@ -325,7 +349,7 @@ static void mt_add(mt_acc *m, const sent *hyp, const sent *refs, int nref) {
             int h = cnt[g] < mx[g] ? cnt[g] : mx[g];
             cnt[g] = 0;
             hits += h;
-            if (h && n <= NIST_N) {
+            if (h) { /* a hit is a reference's n-gram: its totals (and its prefix's) are counted */
                 if (m->nhit == m->chit) {
                     m->chit = m->chit ? m->chit * 2 : 4096;
                     m->hit_id = fx_realloc(m->hit_id, (size_t)m->chit * sizeof *m->hit_id);
@@ -641,7 +665,7 @@ static int line_break(const char *s, size_t len, size_t i) {
 }
 
 /* The file's lines, each stripped of Python's white space and NUL-terminated in place. LINENO[k]: the
- * line's number counted in new lines, for messages. */
+ * line's number as an editor counts it (at \n, \r\n and \r), for messages. */
 static int read_lines(const char *path, char **buf, char ***line, int **lineno, int *nline) {
     size_t len;
     if (fx_read_file(path, buf, &len) != 0) return -1;
@@ -663,7 +687,6 @@ static int read_lines(const char *path, char **buf, char ***line, int **lineno, 
     }
     const char *nul = memchr(s, 0, len);
     if (nul) {
-        int ln = 1;
         for (const char *p = s; p < nul; p++) ln += *p == '\n';
         fx_seterr("%s:%d: holds a NUL byte", path, ln);
         free(s);
@@ -696,7 +719,7 @@ static int read_lines(const char *path, char **buf, char ***line, int **lineno, 
         }
         (*line)[*nline] = s + a;
         (*lineno)[(*nline)++] = ln;
-        if (br && (s[j] == '\n' || (br == 2 && s[j + 1] == '\n'))) ln++;
+        if (br && (s[j] == '\n' || s[j] == '\r')) ln++;
         s[e] = 0; /* e <= j: the break (or the buffer's NUL) is there */
         i = j + (size_t)br;
         if (br == 0) break;

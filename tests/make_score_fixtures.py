@@ -191,7 +191,8 @@ PTB_PIECES = [
     "ol'", "somethin'", "Dunkin'", "l'", "cont'd", "ain't", "won't", "IT'S", "X.", "B.C.", "e.g.", "i.e.", "a.m.",
     "Ph.D.", "ca.", "fig.", "no.", "No.", "5.", "5,", "food.It", "end.The", "area.", "Sept.", "Calif.", "vs.", "vs",
     "Dr", "Mt.", "Ave.", "Blvd.", "Jr.", "Canada-U.S.", "U.S.-U.K.", "S&P-500", "-LRB-", "pro-", "anti-", "Cap'n",
-    "c'est", "A.B", "I.", "Z.", "x",
+    "c'est", "A.B", "I.", "Z.", "x", "\u039f\u0394\u039f\u03a33D", "\u03a3\u03a3-\u0391\u03a3\u03a3",
+    "\u03a3\u03a3'\u03a3\u03a3", "\u0391\u03a3\u00b7\u0392", "\u0391\u03a3\u2019\u03a3", "\u0391\u03a3:\u03a3",
 ]
 
 
@@ -231,7 +232,7 @@ def main():
         edge_h = [
             "", "Aromi", "...", "The Eagle is a coffee shop - its price range is £20-25 (moderate).",
             "THE EAGLE ISN'T CHEAP; IT'S RATED 5 OUT OF 5!", "It's 3.5/5, i.e. ok, near St. John's etc. OK",
-            "Café Rouge \u2019s food is \u201cgreat\u201d \u2014 ça va? Ça va.", "ΟΔΟΣ Σ σοφός İstanbul ß",
+            "Café Rouge \u2019s food is \u201cgreat\u201d \u2014 ça va? Ça va.", "ΟΔΟΣ Σ σοφός İstanbul ß ΟΔΟΣ3D ΣΣ-ΑΣΣ",
             "Visit www.example.com or mail info@example.com :) #food @eagle", "cannot gonna 'tis 1,000.50 1/2 ½ €5",
             "emoji \U0001F600 inside wor\U0001F600d and \u00a0nbsp\u2003em", "a.b.c. U.S. Mr. Smith. Jan. The",
             "<b>bold</b> &amp; &quot;quoted&quot; &lt;x&gt; -- --- ----", "x" * 3,
@@ -243,7 +244,7 @@ def main():
             ["The Eagle isn't cheap. It's rated 5 out of 5.", "The Eagle is not cheap", "It is rated 5 out of 5."],
             ["It's rated 3.5 out of 5 near St. John's.", "Rated 3.5/5, ok."],
             ["Café Rouge's food is \"great\" - ça va?", "The food at Café Rouge is great."],
-            ["Οδος σοφος istanbul ss", "ΟΔΟΣ σοφός İSTANBUL ẞ"],
+            ["Οδος σοφος istanbul ss οδος3d σς-ασς", "ΟΔΟΣ σοφός İSTANBUL ẞ οδοσ3d σσ-ασς"],
             ["Visit www.example.com :)", "Mail info@example.com #food"],
             ["You can not go 1,000.50 1/2 €5", "cannot gonna tis"],
             ["emoji inside word and nbsp em", "emoji inside wor d"],

@@ -79,6 +79,9 @@ static void test_interrupted_then_resumed(void) {
     CHECK(svg && strstr(svg, "<svg") && strstr(svg, "class=\"cell\"") && strstr(svg, "fedit \xc2\xb7 synthetic"),
           "plots/synthetic.svg lacks the runs or the heat map");
     free(md); free(csv); free(svg);
+    char *log = slurp(P("%s/runs/synthetic/fedit/train.log", grid));
+    CHECK(log && strstr(log, "round   3  dev accuracy") && strstr(log, " left\n"), "train's round lines do not say the time left");
+    free(log);
 
     /* and once more: every run complete, none started */
     rc = run_argv("g3", NULL, (const char *[]){"grid", "--out", grid, "--methods", "fedex,fedit", "--quick", "--", "--rounds", "3",
