@@ -233,16 +233,17 @@ static int cmd_init(int argc, char **argv) {
  * eval
  * ============================================================================================ */
 
-typedef struct { const char *model, *adapter, *residual, *task, *data, *logits; int max_len, batch, threads; } eval_opts;
+typedef struct { const char *model, *adapter, *residual, *task, *data, *logits; int max_len, batch, threads, rows; } eval_opts;
 static const fx_opt eval_opt[] = {
     {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, vocab.json, merges.txt)", 0, 0},
-    {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task", 0, 0},
+    {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task (e2e for a GPT-2)", 0, 0},
     {"--data", NULL, FX_OPT_STR, OPT(eval_opts, data), NULL, "folder holding the GLUE task folders", 0, 0},
     {"--adapter", NULL, FX_OPT_STR, OPT(eval_opts, adapter), NULL, "a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file", 0, 0},
     {"--residual", NULL, FX_OPT_STR, OPT(eval_opts, residual), NULL, "tensors added into the base weights of the same names (a FedEx residual)", 0, 0},
     {"--max-length", NULL, FX_OPT_INT, OPT(eval_opts, max_len), "128", "truncate token sequences to this length", 4, 1000000},
     {"--batch-size", NULL, FX_OPT_INT, OPT(eval_opts, batch), "32", "rows per batch", 1, 1000000},
-    {"--logits", NULL, FX_OPT_STR, OPT(eval_opts, logits), NULL, "also write the logits (n, num_labels) as tensor 'logits' of a safetensors file", 0, 0},
+    {"--logits", NULL, FX_OPT_STR, OPT(eval_opts, logits), NULL, "also write the logits (n, num_labels) as tensor 'logits' of a safetensors file; a causal LM's (tokens, vocab) of every row's positions, row i's from offsets[i] to offsets[i+1]", 0, 0},
+    {"--rows", NULL, FX_OPT_INT, OPT(eval_opts, rows), "0", "a causal LM's --logits: of the first N rows only (0: all; each token's logits are the whole vocabulary)", 0, 1000000000},
     {"--threads", NULL, FX_OPT_INT, OPT(eval_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
 };
 static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data DIR [--adapter PATH] [--residual FILE] [options]",
@@ -263,9 +264,68 @@ static int checkpoint_labels(const char *dir) {
     return n;
 }
 
+/* A causal LM (GPT-2) on E2E's dev split: its loss (the mean cross-entropy over the scored tokens, no
+ * label smoothing), and with --logits every position's logits of the first --rows rows, (tokens, vocab)
+ * with the rows' offsets. */
+static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
+    if (!task->lm) fx_die("eval: %s is a causal LM; --task %s is a classification task (use --task e2e)", o->model, task->name);
+    if (o->max_len > c->max_positions)
+        fx_die("eval: --max-length %d exceeds the model's %d positions", o->max_len, c->max_positions);
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
+    if (o->adapter && fx_adapter_config_load(o->adapter, &a) != 0) fx_die("%s", fx_err());
+    fx_model m;
+    if (fx_model_create(&m, c, &a, NULL) != 0) fx_die("%s: %s", o->model, fx_err());
+    fx_model_init_base(&m, 0);
+    if (fx_model_load(&m, o->model) < 0) fx_die("%s", fx_err());
+    if (o->adapter && fx_adapter_load(&m, o->adapter) != 0) fx_die("%s", fx_err());
+    if (o->residual && fx_residual_load(&m, o->residual) != 0) fx_die("%s", fx_err());
+    fx_tokenizer *tok = fx_tok_load(o->model);
+    if (!tok) fx_die("%s", fx_err());
+    char path[4096];
+    fx_dataset d;
+    if (fx_e2e_path(o->data, "dev", NULL, path, sizeof path) != 0 || fx_e2e_load(path, tok, o->max_len, &d) != 0)
+        fx_die("%s", fx_err());
+    double t0 = fx_now();
+    double loss = fx_eval_split(&d, o->batch, fx_tok_pad(tok), 0, fx_eval_step_cpu, &m, NULL);
+    if (isnan(loss)) fx_die("eval: %s", fx_err());
+    printf("%s dev: n %d, loss %.4f (%.1f s)\n", task->name, d.n, loss, fx_now() - t0);
+    if (o->logits) {
+        int n = o->rows > 0 && o->rows < d.n ? o->rows : d.n, V = c->vocab_size;
+        size_t tokens = d.off[n] - d.off[0], bytes;
+        if (fx_mul_size(tokens, (size_t)V * sizeof(float), &bytes) != 0 || bytes > ((size_t)1 << 34))
+            fx_die("eval: the logits of %d rows (%zu tokens x %d) would take %.1f GB: limit them with --rows", n, tokens,
+                   V, (double)tokens * V * 4 / 1e9);
+        float *all = fx_malloc(bytes ? bytes : 1), *z = NULL;
+        int64_t *off = fx_malloc(sizeof(int64_t) * (size_t)(n + 1));
+        fx_batch b = {0};
+        for (int i = 0; i < n; i += o->batch) { /* rows in order; each row's own positions kept */
+            int nb = n - i < o->batch ? n - i : o->batch, rows[nb];
+            for (int j = 0; j < nb; j++) rows[j] = i + j;
+            fx_batch_fill(&d, rows, nb, fx_tok_pad(tok), &b);
+            z = fx_realloc(z, (size_t)nb * b.T * V * sizeof(float));
+            if (isnan(fx_model_step(&m, &b, 0, z))) fx_die("eval: %s", fx_err());
+            for (int j = 0; j < nb; j++) {
+                size_t len = d.off[i + j + 1] - d.off[i + j];
+                memcpy(all + (d.off[i + j] - d.off[0]) * V, z + (size_t)j * b.T * V, len * V * sizeof(float));
+            }
+        }
+        for (int i = 0; i <= n; i++) off[i] = (int64_t)(d.off[i] - d.off[0]);
+        fx_st_entry e[2] = {{.name = "logits", .dtype = FX_F32, .ndim = 2, .shape = {(int64_t)tokens, V}, .data = all},
+                            {.name = "offsets", .dtype = FX_I64, .ndim = 1, .shape = {n + 1}, .data = off}};
+        const char *meta[] = {"task", task->name, NULL};
+        if (fx_st_write(o->logits, e, 2, meta) != 0) fx_die("%s", fx_err());
+        fx_batch_free(&b);
+        free(z); free(all); free(off);
+    }
+    fx_dataset_free(&d);
+    fx_tok_free(tok);
+    fx_model_free(&m);
+    return 0;
+}
+
 static int cmd_eval(int argc, char **argv) {
     eval_opts o;
-    int set[9], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
+    int set[10], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
     if (rc >= 0) return rc;
     if (!o.model || !o.task || !o.data) return usage_error("eval", "--model, --task and --data are required");
     if (o.threads) fx_set_threads(o.threads);
@@ -276,6 +336,7 @@ static int cmd_eval(int argc, char **argv) {
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("eval: path too long");
     fx_config c;
     if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    if (fx_config_family(&c)->head_kind == FX_HEAD_LM) return eval_lm(&o, &c, task);
     /* A base without a classifier (a stock masked-LM checkpoint) gets a fresh head of the task's labels,
      * as Hugging Face creates it; a checkpoint's own head must match the task. */
     int head_labels = checkpoint_labels(o.model);
@@ -357,7 +418,9 @@ static int cmd_train(int argc, char **argv) {
             }
         }
         fx_settings given = R.cfg;
-        if (fx_settings_read(given.resume, &R.cfg, &saved) != 0) {
+        /* a client rank of --transport mpi takes the run's settings from the server, whose host holds the run */
+        int client_rank = !strcmp(given.transport, "mpi") && fx_mpi_env_rank() > 0;
+        if (!client_rank && fx_settings_read(given.resume, &R.cfg, &saved) != 0) {
             fprintf(stderr, "fedex train: %s\n", fx_err());
             fx_json_free(&saved);
             return 2;
@@ -407,9 +470,9 @@ static int cmd_demo(int argc, char **argv) {
         return 2;
     }
     if (set[fx_settings_opt("--agg")] || set[fx_settings_opt("--model")] || set[fx_settings_opt("--task")] ||
-        set[fx_settings_opt("--resume")]) {
-        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model; use `fedex train` for --agg, "
-                "--model, --task or --resume\n");
+        set[fx_settings_opt("--resume")] || set[fx_settings_opt("--transport")]) {
+        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model with forked clients; use `fedex "
+                "train` for --agg, --model, --task, --resume or --transport\n");
         return 2;
     }
     /* the demo's own defaults: a short run that learns the synthetic task in about a minute */

@@ -755,6 +755,7 @@ int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
  * come from m->drop, one draw per dropout site, each row of a site from its own stream, so they do not
  * depend on the thread count. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
+/* optim.c: the optimizer step on the model's ops */
 void fx_adamw_reset(fx_model *m);
 /* torch.nn.utils.clip_grad_norm_ over the trainable gradient (p = 2): scales it by min(1, max_norm /
  * (norm + 1e-6)); returns the norm before. fx_adamw_update calls it first when c.max_grad_norm > 0. */
@@ -1008,6 +1009,9 @@ int fx_settings_find(const char *dir, char *path, size_t cap); /* 1 when DIR hol
  * never resumed under the settings of the run that replaced it (16 hex digits). */
 void fx_settings_id(const fx_settings *c, char *out, size_t cap);
 int fx_settings_write(const fx_settings *c, const char *dir);
+char *fx_settings_text(const fx_settings *c, size_t *len);  /* the file's text, malloc'd */
+/* Settings from TEXT as fx_settings_text writes it (LABEL names it in errors); strings point into J. */
+int fx_settings_parse(const char *text, size_t len, const char *label, fx_settings *c, fx_json *j);
 int fx_settings_read(const char *dir, fx_settings *c, fx_json *j);
 
 /* ============================================================================================
@@ -1105,6 +1109,11 @@ void fx_gpu_get_base(fx_gpu *g, float *dst);                /* (base.n), residua
 /* Adapted layer K's frozen weight W (out, in), as fx_residual_frozen forms it, into the device's base
  * (and its bf16 twin). -1 on a bad K. */
 int fx_gpu_set_frozen(fx_gpu *g, int k, const float *W);
+/* fx_model_decoder on the device twin (a GPT-2): the same decoder interface, caches in device memory,
+ * prompts up to the softmax kernels' 512 tokens. Freed with fx_gpu_decoder_free (not fx_decoder_free),
+ * before G. */
+int fx_gpu_decoder(fx_gpu *g, int nslots, fx_decoder *d);
+void fx_gpu_decoder_free(fx_decoder *d);
 #endif
 
 /* ============================================================================================
@@ -1301,6 +1310,8 @@ int fx_mpi_built(void);                        /* 1 when this build has MPI */
  * fx_transport_mpi, the other ranks serve its clients. Returns the exit status; without MPI in the build,
  * says how to get it and returns 2. */
 int fx_mpi_train(fx_run *R);
+/* This process's rank as mpirun's environment gives it before MPI starts (OpenMPI, PMIx, PMI), or -1. */
+int fx_mpi_env_rank(void);
 
 /* ============================================================================================
  * report.c: a run read back from its folder; the paper-style table. plot.c: the SVG charts.

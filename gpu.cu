@@ -1100,8 +1100,9 @@ static float step(fx_gpu *g, const fx_batch *b, int train, float *logits, float 
     enter(g);
     fx_model *t = &g->m;
     /* fx_model_step's own checks first, so that the softmax kernels' limit is only the last reason */
-    if (fx_batch_check(&t->c, b, train, t->c.hidden > t->c.intermediate ? t->c.hidden : t->c.intermediate) != 0)
-        return NAN;
+    int wide = t->c.hidden > t->c.intermediate ? t->c.hidden : t->c.intermediate;
+    if (t->fam->fused_qkv && 3 * t->c.hidden > wide) wide = 3 * t->c.hidden;
+    if (fx_batch_check(&t->c, b, train, wide) != 0) return NAN;
     if (b->T > ATT_TMAX) {
         fx_seterr("batch: %d tokens per row exceed the GPU softmax kernels' %d (registers per lane)", b->T, ATT_TMAX);
         return NAN;
@@ -1139,6 +1140,58 @@ float fx_gpu_step_accum(fx_gpu *g, const fx_batch *b, float weight, int accumula
         CUDA_CHECK(cudaStreamSynchronize(g->st));
     }
     return loss;
+}
+
+/* ============================================================================================
+ * public interface: decoding (model.c's KV-cache decoder on the twin)
+ * ============================================================================================ */
+
+/* Each call makes G current, runs model.c's decoder on the twin and drains the stream. */
+typedef struct { fx_gpu *g; fx_decoder inner; } gpu_decoder;
+static int gd_prefill(void *ctx, const int *ids, int n, float *logits) {
+    gpu_decoder *d = (gpu_decoder *)ctx;
+    enter(d->g);
+    if (n > ATT_TMAX) { fx_seterr("decode: a prompt of %d tokens exceeds the GPU softmax kernels' %d", n, ATT_TMAX); return -1; }
+    int rc = d->inner.prefill(d->inner.ctx, ids, n, logits);
+    CUDA_CHECK(cudaStreamSynchronize(d->g->st));
+    return rc;
+}
+static int gd_step(void *ctx, int ns, const int *tok, int pos, float *logits) {
+    gpu_decoder *d = (gpu_decoder *)ctx;
+    enter(d->g);
+    int rc = d->inner.step(d->inner.ctx, ns, tok, pos, logits);
+    CUDA_CHECK(cudaStreamSynchronize(d->g->st));
+    return rc;
+}
+static int gd_reorder(void *ctx, int ns, const int *src, int len) {
+    gpu_decoder *d = (gpu_decoder *)ctx;
+    enter(d->g);
+    int rc = d->inner.reorder(d->inner.ctx, ns, src, len);
+    CUDA_CHECK(cudaStreamSynchronize(d->g->st));
+    return rc;
+}
+
+int fx_gpu_decoder(fx_gpu *g, int nslots, fx_decoder *d) {
+    enter(g);
+    gpu_decoder *x = (gpu_decoder *)fx_calloc(1, sizeof *x);
+    x->g = g;
+    if (fx_model_decoder(&g->m, nslots, &x->inner) != 0) { free(x); memset(d, 0, sizeof *d); return -1; }
+    *d = x->inner;
+    d->ctx = x;
+    d->prefill = gd_prefill;
+    d->step = gd_step;
+    d->reorder = gd_reorder;
+    return 0;
+}
+
+void fx_gpu_decoder_free(fx_decoder *d) {
+    gpu_decoder *x = (gpu_decoder *)d->ctx;
+    if (x) {
+        enter(x->g);
+        fx_decoder_free(&x->inner);
+        free(x);
+    }
+    memset(d, 0, sizeof *d);
 }
 
 /* ============================================================================================

@@ -7,7 +7,7 @@
  * participant's report and trained state. What a client does is client.c's, what the server does
  * run.c's. Built only where mpicc is found (FEDEX_MPI); elsewhere --transport mpi is refused.
  *
- * Every rank loads the model folder itself and forms its frozen weights fl(W0 + R_acc) from the messages
+ * Every rank takes the server's settings (sent at the start), loads the model folder itself and forms its frozen weights fl(W0 + R_acc) from the messages
  * with agg.c's one function, so all ranks compute with the server's bits; a fingerprint of W0 (and VeRA's
  * projections) from every rank is compared with the server's before the first round.
  *
@@ -23,6 +23,15 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+int fx_mpi_env_rank(void) {
+    const char *names[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(names[i]);
+        if (v && *v) return atoi(v);
+    }
+    return -1;
+}
 
 #ifdef FEDEX_MPI
 #include <mpi.h>
@@ -171,6 +180,13 @@ static int mpi_start(fx_run *R, int threads) {
     mpi_header h = {.kind = MSG_START, .n = R->n, .round0 = R->round0, .P = (int64_t)R->P,
                     .base_n = (int64_t)R->base_n, .acc_n = (int64_t)acc_n, .pad_id = R->pad_id};
     MPI_Bcast(&h, (int)sizeof h, MPI_BYTE, 0, MPI_COMM_WORLD);
+    /* the run's settings: the ranks compute with the server's (on --resume, those saved in its folder) */
+    size_t slen;
+    char *text = fx_settings_text(&R->cfg, &slen);
+    int64_t sl = (int64_t)slen;
+    MPI_Bcast(&sl, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    MPI_Bcast(text, (int)sl, MPI_CHAR, 0, MPI_COMM_WORLD);
+    free(text);
     if (acc_n) MPI_Bcast(R->res.acc, (int)acc_n, MPI_FLOAT, 0, MPI_COMM_WORLD);
     for (int rk = 1; rk < S->size; rk++) send_shards(R, rk, S->size);
     mpi_hello mine = {.ok = 1, .hash = fx_frozen_hash(&R->srv, &R->res)};
@@ -347,10 +363,20 @@ static int local_gpu(const char *list, int local) {
     return k == 1 ? last : -1;
 }
 
-static int client_rank(const fx_settings *cfg, int rank, int local, int threads) {
+static int client_rank(int rank, int local, int threads) {
     mpi_header h;
     MPI_Bcast(&h, (int)sizeof h, MPI_BYTE, 0, MPI_COMM_WORLD);
     if (h.kind != MSG_START) return 0; /* the server stopped before the first round */
+    int64_t sl;
+    MPI_Bcast(&sl, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    char *text = fx_malloc((size_t)sl + 1);
+    MPI_Bcast(text, (int)sl, MPI_CHAR, 0, MPI_COMM_WORLD);
+    text[sl] = 0;
+    fx_settings server;
+    fx_json sj = {0};
+    const fx_settings *cfg = &server;
+    int bad_settings = fx_settings_parse(text, (size_t)sl, "the server's settings", &server, &sj) != 0;
+    free(text);
     float *acc = NULL;
     if (h.acc_n) {
         acc = fx_malloc(sizeof(float) * (size_t)h.acc_n);
@@ -369,7 +395,7 @@ static int client_rank(const fx_settings *cfg, int rank, int local, int threads)
     fx_dataset d = {0};
     int32_t *ids = NULL;
     int *rows = NULL, nmine = 0;
-    if (fx_settings_model(cfg, &mc, &task) != 0) task = NULL; /* said in the answer below */
+    if (bad_settings || fx_settings_model(cfg, &mc, &task) != 0) task = NULL; /* said in the answer below */
     recv_shards(&d, task, &ids, &rows, &nmine);
     const char *fault = getenv("FEDEX_FAULT");
     int frank;
@@ -450,6 +476,7 @@ static int client_rank(const fx_settings *cfg, int rank, int local, int threads)
     if (have_model) fx_model_free(&m);
     fx_dataset_free(&d);
     free(ids); free(rows); free(global); free(state); free(payload); free(sel);
+    fx_json_free(&sj);
     return 0;
 }
 
@@ -478,7 +505,10 @@ int fx_mpi_train(fx_run *R) {
     int cores = R->cfg.threads > 0 ? R->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     int threads = cores / nlocal > 0 ? cores / nlocal : 1;
     int status = 0;
-    if (size < 2 || size - 1 > R->cfg.num_clients) {
+    /* rank 0's settings decide (a client rank's may be the defaults, on --resume) */
+    int too_many = size - 1 > R->cfg.num_clients;
+    MPI_Bcast(&too_many, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (size < 2 || too_many) {
         if (rank == 0)
             fprintf(stderr, "fedex train: --transport mpi runs as %s (rank 0 the server, every other rank clients): "
                     "give mpirun -np between 2 and --num-clients + 1 (%d)\n",
@@ -494,7 +524,7 @@ int fx_mpi_train(fx_run *R) {
         if (!released) bcast_stop(); /* it stopped before the first round: the ranks wait for the start */
     } else {
         /* a client rank ends with the job: mpirun's signals take their default course */
-        status = client_rank(&R->cfg, rank, client_local, threads);
+        status = client_rank(rank, client_local, threads);
     }
     MPI_Finalize();
     return status;

@@ -548,17 +548,27 @@ void fx_settings_id(const fx_settings *c, char *out, size_t cap) {
     snprintf(out, cap, "%016llx", (unsigned long long)h);
 }
 
-int fx_settings_write(const fx_settings *c, const char *dir) {
-    char *buf = NULL; size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) { fx_seterr("open_memstream: %s", strerror(errno)); return -1; }
+char *fx_settings_text(const fx_settings *c, size_t *len) {
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, len);
+    if (!f) fx_die("open_memstream: %s", strerror(errno));
     fprintf(f, "{\n  \"fedex_run\": 1");
     settings_members(f, c, 0);
     fprintf(f, "\n}\n");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/" FX_SETTINGS_FILE, dir);
-    return fx_write_memstream_atomic(f, &buf, &len, path);
+    fclose(f);
+    return buf;
 }
+
+int fx_settings_write(const fx_settings *c, const char *dir) {
+    size_t len;
+    char *buf = fx_settings_text(c, &len), path[4096];
+    snprintf(path, sizeof path, "%s/" FX_SETTINGS_FILE, dir);
+    int rc = fx_write_file_atomic(path, buf, len);
+    free(buf);
+    return rc;
+}
+
+static int settings_from_json(const fx_json *j, const char *path, fx_settings *c);
 
 int fx_settings_find(const char *dir, char *path, size_t cap) {
     snprintf(path, cap, "%s/" FX_SETTINGS_FILE, dir);
@@ -575,6 +585,15 @@ int fx_settings_read(const char *dir, fx_settings *c, fx_json *j) {
     char path[4096];
     if (!fx_settings_find(dir, path, sizeof path)) snprintf(path, sizeof path, "%s/" FX_SETTINGS_FILE, dir);
     if (fx_json_load(path, j) != 0) return -1;
+    return settings_from_json(j, path, c);
+}
+
+int fx_settings_parse(const char *text, size_t len, const char *label, fx_settings *c, fx_json *j) {
+    if (fx_json_parse(text, len, j) != 0) { fx_seterr("%s: %s", label, fx_err()); return -1; }
+    return settings_from_json(j, label, c);
+}
+
+static int settings_from_json(const fx_json *j, const char *path, fx_settings *c) {
     if (!fx_json_get(j, "fedex_run")) { fx_seterr("%s: not the settings of a fedex run", path); return -1; }
     if (fx_opts_defaults(&fx_train_cmdline, c) != 0) return -1;
     for (int i = 0; i < fx_train_cmdline.nopt; i++) {

@@ -1,9 +1,11 @@
-/* bench/bench_step.c: one LoRA training step of RoBERTa-base on the CPU (fx_model_step with train=1, then
- * fx_adamw_update), batch 8 x 128 tokens, LoRA r=4 on query/value, random weights, all 2 threads. It
- * prints the step time against two yardsticks measured in the same run: the "GEMM bound" (every matrix
- * product of the step, timed with OpenBLAS on its own shape) and the same step in PyTorch
- * (bench/torch_step.py, skipped with a visible line without python3/torch), and the step's peak memory.
- * It measures speed only; correctness is the tests' job. Usage: bench_step [threads] [steps] */
+/* bench/bench_step.c: one LoRA training step on the CPU (fx_model_step with train=1, then
+ * fx_adamw_update), batch 8 x 128 tokens, random weights, all 2 threads, of RoBERTa-base (LoRA r=4 on
+ * query/value, a classification loss) and of GPT-2 small (LoRA r=4 on c_attn and c_proj, the causal LM
+ * loss with label smoothing 0.1 over 96 supervised tokens a row, clipping at 1.0). It prints each step's
+ * time against yardsticks measured in the same run: the "GEMM bound" (every matrix product of the step,
+ * timed with OpenBLAS on its own shape) and, for RoBERTa, the same step in PyTorch (bench/torch_step.py,
+ * skipped with a visible line without python3/torch), and the peak memory. It measures speed only;
+ * correctness is the tests' job. Usage: bench_step [threads] [steps] [roberta|gpt2|all] */
 #include "../fedex.h"
 
 #include <cblas.h>
@@ -21,8 +23,9 @@ static const char *shared(void) {
     return d ? d : "../shared";
 }
 
-/* A full batch of random tokens (no padding) with random binary labels. */
-static void make_batch(fx_batch *b, int vocab, uint64_t seed) {
+/* A full batch of random tokens (no padding) with random binary labels; LM: targets the ids but the
+ * first 32 of a row (an E2E prompt). */
+static void make_batch(fx_batch *b, int vocab, int lm, uint64_t seed) {
     fx_rng r; fx_rng_seed(&r, seed);
     memset(b, 0, sizeof *b);
     b->n = BATCH; b->T = TOKENS; b->cap_rows = BATCH; b->cap_tok = BATCH * TOKENS;
@@ -34,6 +37,9 @@ static void make_batch(fx_batch *b, int vocab, uint64_t seed) {
         b->mask[i] = 1;
     }
     for (int i = 0; i < BATCH; i++) b->labels[i] = (float)(fx_rng_u64(&r) & 1);
+    if (!lm) return;
+    b->targets = fx_malloc((size_t)BATCH * TOKENS * sizeof *b->targets);
+    for (int i = 0; i < BATCH * TOKENS; i++) b->targets[i] = i % TOKENS < 32 ? -100 : b->ids[i];
 }
 
 static double step(fx_model *m, const fx_batch *b) {
@@ -108,29 +114,25 @@ static double torch_seconds(const char *config, int threads, int steps) {
 
 /* ---------------------------------------------------------------- main */
 
-int main(int argc, char **argv) {
-    int threads = argc > 1 ? atoi(argv[1]) : 2;
-    int steps = argc > 2 ? atoi(argv[2]) : 5;
-    if (threads < 1) threads = 1;
-    if (steps < 1) steps = 1;
+/* One model's benchmark: MODEL "roberta-base" or "gpt2" (a folder of ../shared/models). */
+static int bench_model(const char *model, int threads, int steps) {
     char config[512];
-    snprintf(config, sizeof config, "%s/models/roberta-base/config.json", shared());
+    snprintf(config, sizeof config, "%s/models/%s/config.json", shared(), model);
     fx_config c;
     if (fx_config_load(config, &c) != 0) {
-        printf("skipped: bench_step (%s)\n", fx_err());
+        printf("skipped: bench_step %s (%s)\n", model, fx_err());
         return 0;
     }
-    fx_set_threads(threads);
-    openblas_set_num_threads(threads);
-
-    fx_adapter_cfg a = {.kind = FX_LORA, .targets = FX_T_QUERY | FX_T_VALUE, .r = RANK, .alpha = 2.0f * RANK,
-                        .seed = 1};
+    int lm = fx_config_family(&c)->head_kind == FX_HEAD_LM;
+    if (lm) { c.label_smoothing = 0.1f; c.max_grad_norm = 1.0f; }
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = lm ? FX_T_QKV | FX_T_ATTN_OUT | FX_T_OUTPUT : FX_T_QUERY | FX_T_VALUE,
+                        .r = RANK, .alpha = lm ? 32.0f : 2.0f * RANK, .seed = 1};
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) { fprintf(stderr, "bench_step: %s\n", fx_err()); return 1; }
     fx_model_init_base(&m, 1);
     fx_model_init_adapters(&m, 2);
     fx_batch b;
-    make_batch(&b, c.vocab_size, 3);
+    make_batch(&b, c.vocab_size, lm, 3);
 
     /* One step to warm up (workspace, page faults), logging its products; then the timed ones. */
     fx_matmul_log_start();
@@ -145,8 +147,9 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     double peak_gb = ru.ru_maxrss * 1024.0 / 1e9;
 
-    printf("RoBERTa-base LoRA r=%d (query, value), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s\n",
-           RANK, BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename());
+    printf("%s LoRA r=%d (%s), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s\n",
+           lm ? "GPT-2 small" : "RoBERTa-base", RANK, lm ? "c_attn, c_proj; LM loss, smoothing 0.1, clip 1.0"
+           : "query, value", BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename());
     printf("%2s %2s %5s %5s %5s %6s %6s %9s %10s %9s %8s\n", "ta", "tb", "M", "N", "K", "nested", "calls",
            "blas GF/s", "bound ms", "fx GF/s", "fx ms");
     double bound = 0, fx_total = 0, flops_all = 0;
@@ -165,14 +168,29 @@ int main(int argc, char **argv) {
            step_s / bound);
     printf("the same products with fx_matmul: %.1f ms (fx / OpenBLAS throughput %.2f); the rest of the step: "
            "%.1f ms\n", fx_total * 1e3, bound / fx_total, (step_s - fx_total) * 1e3);
-    printf("peak memory (ru_maxrss): %.2f GB (goal < 2.5)\n", peak_gb);
+    printf("peak memory of the process so far (ru_maxrss): %.2f GB (goal < 2.5)\n", peak_gb);
     fflush(stdout);
-    double torch = torch_seconds(config, threads, steps);
+    double torch = lm ? -1 : torch_seconds(config, threads, steps);
     if (torch > 0)
         printf("PyTorch step (bench/torch_step.py): %.1f ms; fedex / PyTorch = %.2f\n", torch * 1e3, step_s / torch);
+    if (lm) printf("skipped: a PyTorch peer for GPT-2 (bench/torch_step.py runs RoBERTa)\n");
 
     free(t);
     fx_batch_free(&b);
     fx_model_free(&m);
     return 0;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 2;
+    int steps = argc > 2 ? atoi(argv[2]) : 5;
+    const char *which = argc > 3 ? argv[3] : "all";
+    if (threads < 1) threads = 1;
+    if (steps < 1) steps = 1;
+    fx_set_threads(threads);
+    openblas_set_num_threads(threads);
+    int rc = 0;
+    if (!strcmp(which, "all") || !strcmp(which, "roberta")) rc |= bench_model("roberta-base", threads, steps);
+    if (!strcmp(which, "all") || !strcmp(which, "gpt2")) rc |= bench_model("gpt2", threads, steps);
+    return rc;
 }

@@ -555,6 +555,72 @@ static void test_config(void) {
     }
 }
 
+/* ============================================================================================
+ * fedex init + fedex eval --logits on a tiny GPT-2 of the real vocabulary, end to end
+ * ============================================================================================ */
+
+static void test_eval_cli(void) {
+    const char *fedex = getenv("FEDEX"), *sh = shared_dir("fedex eval on a GPT-2 (GPT-2's tokenizer)");
+    if (!fedex) { printf("skipped: fedex eval on a GPT-2 (FEDEX, the fedex binary, is not set: run `make test`)\n"); return; }
+    if (!sh) return;
+    char cmd[2048], out[4096], dir[256], data[256];
+    snprintf(dir, sizeof dir, "%s", tmp_path("g2"));
+    snprintf(data, sizeof data, "%s", tmp_path("e2e"));
+    /* a tiny GPT-2 with the real vocabulary; E2E rows with a repeated MR */
+    const char *cfg = "{\"model_type\": \"gpt2\", \"vocab_size\": 50257, \"n_embd\": 8, \"n_layer\": 1, "
+                      "\"n_head\": 2, \"n_positions\": 64}";
+    const char *csv = "mr,ref\n\"name[Aromi], eatType[pub]\",\"Aromi is a pub.\"\n"
+                      "\"name[Aromi], eatType[pub]\",The pub Aromi.\n\"name[Bibimbap House], food[Chinese]\","
+                      "\"Bibimbap House serves Chinese food, it's cheap.\"\n";
+    char p1[300], p2[300];
+    snprintf(p1, sizeof p1, "%s.json", dir);
+    fx_mkdir_p(data);
+    snprintf(p2, sizeof p2, "%s/devset.csv", data);
+    CHECK(fx_write_file_atomic(p1, cfg, strlen(cfg)) == 0 && fx_write_file_atomic(p2, csv, strlen(csv)) == 0, "%s", fx_err());
+    snprintf(cmd, sizeof cmd, "%s init --config %s --out %s --seed 4 >/dev/null 2>&1 && cp %s/models/gpt2/vocab.json "
+             "%s/models/gpt2/merges.txt %s/ && %s eval --model %s --task e2e --data %s --max-length 64 --batch-size 2 "
+             "--logits %s/logits.safetensors 2>&1", fedex, p1, dir, sh, sh, dir, fedex, dir, data, dir);
+    int rc = check_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "e2e dev: n 3, loss"), "fedex eval on a GPT-2: %d: %s", rc, out);
+    if (rc != 0) return;
+    /* the file's logits are the model's, row by row */
+    fx_config c;
+    snprintf(p1, sizeof p1, "%s/config.json", dir);
+    fx_adapter_cfg a = {.kind = FX_LORA, .r = 1, .alpha = 1};
+    fx_model m;
+    fx_tokenizer *tok = fx_tok_load(dir);
+    fx_dataset d;
+    fx_st_file f;
+    snprintf(p1, sizeof p1, "%s/config.json", dir);
+    snprintf(cmd, sizeof cmd, "%s/logits.safetensors", dir);
+    if (fx_config_load(p1, &c) != 0 || fx_model_create(&m, &c, &a, NULL) != 0) { CHECK(0, "%s", fx_err()); return; }
+    if (tok && fx_model_load(&m, dir) >= 0 && fx_e2e_load(p2, tok, 64, &d) == 0 && fx_st_open(cmd, &f) == 0) {
+        const fx_st_tensor *lt = fx_st_find(&f, "logits"), *ot = fx_st_find(&f, "offsets");
+        CHECK(lt && ot && ot->dtype == FX_I64 && ot->shape[0] == d.n + 1 && lt->shape[0] == (int64_t)d.off[d.n] &&
+              lt->shape[1] == c.vocab_size, "the logits file's shapes");
+        if (lt && lt->shape[0] == (int64_t)d.off[d.n]) {
+            float *ow;
+            const float *got = fx_st_f32(&f, lt, &ow);
+            for (int i = 0; i < d.n; i++) {
+                int len = (int)(d.off[i + 1] - d.off[i]);
+                int32_t ids[64]; uint8_t mk[64];
+                for (int t = 0; t < len; t++) { ids[t] = d.ids[d.off[i] + t]; mk[t] = 1; }
+                fx_batch b = {.n = 1, .T = len, .ids = ids, .mask = mk};
+                float *z = logits_of(&m, &b);
+                char what[64];
+                snprintf(what, sizeof what, "eval --logits row %d", i);
+                CLOSE_SCALED(what, got + d.off[i] * c.vocab_size, z, (size_t)len * c.vocab_size, T_DECODE);
+                free(z);
+            }
+            free(ow);
+        }
+        fx_st_close(&f);
+        fx_dataset_free(&d);
+    } else CHECK(0, "%s", fx_err());
+    fx_tok_free(tok);
+    fx_model_free(&m);
+}
+
 int main(void) {
     snprintf(tmp_root, sizeof tmp_root, "/tmp/fedex_test_gpt2_XXXXXX");
     if (!mkdtemp(tmp_root)) { perror("mkdtemp"); return 1; }
@@ -564,6 +630,7 @@ int main(void) {
     test_decoder();
     test_orientation();
     test_config();
+    test_eval_cli();
     nftw(tmp_root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     return check_done();
 }

@@ -783,6 +783,94 @@ static void finite_differences(const gcase *k) {
     fixture_close(&f);
 }
 
+/* ---------------------------------------------------------------- GPT-2: the decoder's ops
+ *
+ * The gpt2_a fixture (tests/make_gpt2_fixtures.py: 2 pre-LN layers, LoRA on c_attn and c_proj, label
+ * smoothing 0.1, clipping at 1.0) on the device in fp32 against the CPU: logits (causal attention,
+ * gelu_new, ln_f, the tied head), the LM loss, every gradient; AdamW with the clipping (the device's
+ * norm); and the KV-cache decoder (prefill, steps of two slots, a reorder) step by step. fp32's tolerance
+ * holds: the block is as deep as the RoBERTa cases', its products no longer. */
+static void gpt2_parity(void) {
+    fx_st_file cf;
+    fx_config c;
+    if (fx_st_open("tests/fixtures/gpt2_a_case.safetensors", &cf) != 0 ||
+        fx_config_load("tests/fixtures/gpt2_a/config.json", &c) != 0) {
+        CHECK(0, "gpt2 fixture: %s", fx_err());
+        return;
+    }
+    c.label_smoothing = 0.1f;
+    c.max_grad_norm = 1.0f;
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = FX_T_QKV | FX_T_ATTN_OUT | FX_T_OUTPUT, .r = 4, .alpha = 32, .seed = 1};
+    fx_model m;
+    if (fx_model_create(&m, &c, &a, NULL) != 0 || fx_model_load(&m, "tests/fixtures/gpt2_a") < 0) {
+        CHECK(0, "gpt2 model: %s", fx_err());
+        fx_st_close(&cf);
+        return;
+    }
+    for (int i = 0; i < m.train.nt; i++) {
+        const fx_st_tensor *t = fx_st_find(&cf, m.train.t[i].name);
+        float *ow = NULL;
+        const float *p = t && fx_st_numel(t) == m.train.t[i].n ? fx_st_f32(&cf, t, &ow) : NULL;
+        CHECK(p != NULL, "gpt2 fixture: %s", m.train.t[i].name);
+        if (p) memcpy(m.train.data + m.train.t[i].off, p, m.train.t[i].n * sizeof(float));
+        free(ow);
+    }
+    const fx_st_tensor *ti = fx_st_find(&cf, "ids");
+    fx_batch b = {.n = (int)ti->shape[0], .T = (int)ti->shape[1]};
+    b.ids = (int32_t *)(cf.data + ti->begin);
+    b.mask = (uint8_t *)(cf.data + fx_st_find(&cf, "mask")->begin);
+    b.targets = (int32_t *)(cf.data + fx_st_find(&cf, "targets")->begin);
+    size_t nl = (size_t)b.n * b.T * c.vocab_size, tn = m.train.n;
+    float *lc = malloc(sizeof(float) * nl), *lg = malloc(sizeof(float) * nl), *gc = malloc(sizeof(float) * tn);
+    float *gg = malloc(sizeof(float) * tn), *pc = malloc(sizeof(float) * tn), *pg = malloc(sizeof(float) * tn);
+    float loss_c = fx_model_step(&m, &b, 1, lc);
+    memcpy(gc, m.grad, sizeof(float) * tn);
+    fx_gpu *g = fx_gpu_create(&m, 0, FX_GPU_FP32);
+    CHECK(g != NULL, "gpt2: fx_gpu_create: %s", fx_err());
+    if (g) {
+        poison(lg, nl);
+        poison(gg, tn);
+        float loss_g = fx_gpu_step(g, &b, 1, lg);
+        fx_gpu_get_grad(g, gg);
+        compare_step(&m, lg, lc, nl, loss_g, loss_c, gg, gc, "gpt2_a fp32", PRECS[0].tol, 1);
+        /* AdamW with clipping, both fed the GPU's gradient: the norms' sums differ in order only */
+        memcpy(m.grad, gg, sizeof(float) * tn);
+        fx_adamw_update(&m, 1e-2f, 0.01f);
+        fx_gpu_adamw(g, 1e-2f, 0.01f);
+        memcpy(pc, m.train.data, sizeof(float) * tn);
+        fx_gpu_get_train(g, pg);
+        check_err("gpt2_a AdamW after clipping", tensor_err(pg, pc, tn, 0), PRECS[0].tol);
+        /* the decoder: prefill, two slots from one, steps, a swap */
+        fx_gpu_set_train(g, m.train.data);
+        fx_decoder dc, dg;
+        int V = c.vocab_size, ok = fx_model_decoder(&m, 2, &dc) == 0 && fx_gpu_decoder(g, 2, &dg) == 0;
+        CHECK(ok, "gpt2 decoders: %s", fx_err());
+        if (ok) {
+            float *zc = malloc(sizeof(float) * 2 * V), *zg = malloc(sizeof(float) * 2 * V);
+            int prompt[5] = {3, 17, 4, 40, 9}, len = 5, src[2] = {0, 0}, swap[2] = {1, 0};
+            ok = dc.prefill(dc.ctx, prompt, len, zc) == 0 && dg.prefill(dg.ctx, prompt, len, zg) == 0;
+            check_err("gpt2 decode: prefill logits", tensor_err(zg, zc, (size_t)V, 0), PRECS[0].tol);
+            ok = ok && dc.reorder(dc.ctx, 2, src, len) == 0 && dg.reorder(dg.ctx, 2, src, len) == 0;
+            for (int s = 0; ok && s < 6; s++, len++) {
+                int tok[2] = {(5 * s + 1) % V, (7 * s + 2) % V};
+                ok = dc.step(dc.ctx, 2, tok, len, zc) == 0 && dg.step(dg.ctx, 2, tok, len, zg) == 0;
+                char what[64];
+                snprintf(what, sizeof what, "gpt2 decode: step %d logits", s);
+                check_err(what, tensor_err(zg, zc, (size_t)2 * V, 0), PRECS[0].tol);
+                if (s == 2) ok = dc.reorder(dc.ctx, 2, swap, len + 1) == 0 && dg.reorder(dg.ctx, 2, swap, len + 1) == 0;
+            }
+            CHECK(ok, "gpt2 decoding: %s", fx_err());
+            free(zc); free(zg);
+        }
+        fx_decoder_free(&dc);
+        fx_gpu_decoder_free(&dg);
+        fx_gpu_free(g);
+    }
+    free(lc); free(lg); free(gc); free(gg); free(pc); free(pg);
+    fx_model_free(&m);
+    fx_st_close(&cf);
+}
+
 /* FEDEX_GPU_QUICK=1 (for compute-sanitizer, which slows every kernel a hundredfold): the GPU checks of
  * the small cases only, without the CPU-side checks, the large cases and the finite differences. */
 int main(void) {
@@ -809,6 +897,7 @@ int main(void) {
             if (!k->fp32_only || p == FX_GPU_FP32) compare_case(k, p, PRECS[p].tol);
         }
     printf("parity: %.1f s\n", fx_now() - t0);
+    gpt2_parity();
     check_accumulation(&CASES[0], 2);             /* 3 rows: 2 + 1 */
     check_accumulation(&CASES[3], 1);             /* VeRA, one row at a time */
     for (size_t i = 0; !quick && i < sizeof FD_CASES / sizeof FD_CASES[0]; i++) finite_differences(&FD_CASES[i]);
