@@ -395,6 +395,171 @@ static int cmd_eval(int argc, char **argv) {
 }
 
 /* ============================================================================================
+ * generate
+ * ============================================================================================ */
+
+typedef struct {
+    const char *model, *adapter, *residual, *file, *stop, *scope;
+    int beams, max_new, ngram, eos, ids, prompt_ids, threads;
+    double lp;
+} generate_opts;
+static const fx_opt generate_opt[] = {
+    {"--model", NULL, FX_OPT_STR, OPT(generate_opts, model), NULL, "a causal LM folder (config.json, model.safetensors; vocab.json and merges.txt for text)", 0, 0},
+    {"--adapter", NULL, FX_OPT_STR, OPT(generate_opts, adapter), NULL, "a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file", 0, 0},
+    {"--residual", NULL, FX_OPT_STR, OPT(generate_opts, residual), NULL, "tensors added into the base weights of the same names (a FedEx residual)", 0, 0},
+    {"--file", NULL, FX_OPT_STR, OPT(generate_opts, file), NULL, "prompts, one per line (- reads standard input)", 0, 0},
+    {"--prompt-ids", NULL, FX_OPT_FLAG, OPT(generate_opts, prompt_ids), NULL, "each prompt is token ids, space separated (no tokenizer needed)", 0, 0},
+    {"--ids", NULL, FX_OPT_FLAG, OPT(generate_opts, ids), NULL, "print the generated token ids (the end token included) instead of the text", 0, 0},
+    {"--num-beams", NULL, FX_OPT_INT, OPT(generate_opts, beams), "10", "beams (1: greedy search)", 1, 1024},
+    {"--length-penalty", NULL, FX_OPT_REAL, OPT(generate_opts, lp), "0.8", "a finished beam scores sum log p / generated_length^X", 0, 0},
+    {"--early-stopping", NULL, FX_OPT_STR, OPT(generate_opts, stop), "false", "false (HF's heuristic) | true (at num-beams finished) | never", 0, 0},
+    {"--no-repeat-ngram-size", NULL, FX_OPT_INT, OPT(generate_opts, ngram), "4", "no N-gram twice (0: off)", 0, 1000000},
+    {"--no-repeat-scope", NULL, FX_OPT_STR, OPT(generate_opts, scope), "generated", "generated (the LoRA paper's: the prompt's n-grams may recur) | row (HF's: prompt included)", 0, 0},
+    {"--max-new-tokens", NULL, FX_OPT_INT, OPT(generate_opts, max_new), "64", "tokens generated at most per prompt", 1, 1000000},
+    {"--eos", NULL, FX_OPT_INT, OPT(generate_opts, eos), NULL, "end token id, -1 for none [default: config.json's eos_token_id, else the tokenizer's]", -1, 1 << 30},
+    {"--threads", NULL, FX_OPT_INT, OPT(generate_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
+};
+static const fx_cmdline generate_cl = {
+    "generate", "--model DIR [options] PROMPT...\n       fedex generate --model DIR --file F|- [options]\n"
+    "       fedex generate --model DIR --prompt-ids [--ids] \"ID ID ...\"...",
+    "Continues each prompt with a causal LM (GPT-2) by beam search or greedy search over a KV cache, with\n"
+    "Hugging Face generate()'s semantics; the defaults are the LoRA paper's E2E decoding. Prints one line\n"
+    "per prompt, in order: the generated text (special tokens dropped, line breaks as spaces), or with --ids\n"
+    "the generated ids. Prompts are not padded.\n",
+    sizeof(generate_opts), generate_opt, (int)(sizeof generate_opt / sizeof generate_opt[0]), 0, 1 << 20, "prompts"};
+
+/* config.json's eos_token_id, or -2 when it has none. */
+static int config_eos(const char *path) {
+    fx_json j;
+    if (fx_json_load(path, &j) != 0) return -2;
+    const fx_json *e = fx_json_get(&j, "eos_token_id");
+    int eos = e && e->type == FX_JNUM && e->is_int && e->inum >= 0 && e->inum < (1 << 30) ? (int)e->inum : -2;
+    fx_json_free(&j);
+    return eos;
+}
+
+/* One prompt's ids from the text "ID ID ..." (WHERE names it in errors), into *ids (realloc'd). */
+static int parse_prompt_ids(const char *s, const char *where, int vocab, int32_t **ids, int *n, int *cap) {
+    *n = 0;
+    for (const char *p = s;;) {
+        while (*p == ' ' || *p == '\t') p++;
+        if (!*p || *p == '\n' || *p == '\r') break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
+            int len = 0;
+            while (p[len] && p[len] != ' ' && p[len] != '\t' && p[len] != '\n' && len < 40) len++;
+            fx_seterr("%s: '%.*s' is not a token id", where, len, p);
+            return -1;
+        }
+        if (v < 0 || v >= vocab) { fx_seterr("%s: token id %ld is outside the vocabulary of %d", where, v, vocab); return -1; }
+        if (*n == *cap) { *cap = *cap ? 2 * *cap : 64; *ids = fx_realloc(*ids, (size_t)*cap * sizeof **ids); }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = end;
+    }
+    if (!*n) { fx_seterr("%s: no token ids", where); return -1; }
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    generate_opts o;
+    const char **prompts = fx_malloc((size_t)(argc > 1 ? argc : 1) * sizeof *prompts);
+    int set[sizeof generate_opt / sizeof generate_opt[0]], np = 0;
+    int rc = parse_or_exit(&generate_cl, argc, argv, &o, set, prompts, &np);
+    if (rc >= 0) { free(prompts); return rc; }
+    rc = 2;
+    fx_gen_cfg g = {o.beams, o.max_new, -1, o.lp, FX_STOP_HEURISTIC, o.ngram, 1};
+    if (!o.model) { free(prompts); return usage_error("generate", "--model DIR is required"); }
+    if (o.file ? np != 0 : np == 0) { free(prompts); return usage_error("generate", "give prompts as arguments or --file F, not both"); }
+    if (fx_gen_stop_parse(o.stop, &g.early_stopping) != 0 || fx_gen_scope_parse(o.scope, &g.no_repeat_generated) != 0) {
+        fprintf(stderr, "fedex generate: %s\n", fx_err());
+        free(prompts);
+        return 2;
+    }
+    if (o.threads) fx_set_threads(o.threads);
+
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("generate: path too long");
+    fx_config c;
+    if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
+    if (o.adapter && fx_adapter_config_load(o.adapter, &a) != 0) fx_die("%s", fx_err());
+    fx_model m;
+    if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", path, fx_err());
+    fx_model_init_base(&m, 0);
+    if (fx_model_load(&m, o.model) < 0) fx_die("%s", fx_err());
+    if (o.adapter && fx_adapter_load(&m, o.adapter) != 0) fx_die("%s", fx_err());
+    if (o.residual && fx_residual_load(&m, o.residual) != 0) fx_die("%s", fx_err());
+    fx_decoder d;
+    if (fx_model_decoder(&m, g.num_beams, &d) != 0) fx_die("generate: %s: %s", o.model, fx_err());
+
+    /* The tokenizer: needed for text prompts and text output; ids in and out need none. */
+    fx_tokenizer *tok = NULL;
+    if (!o.prompt_ids || !o.ids) {
+        tok = fx_tok_load(o.model);
+        if (!tok) fx_die("generate: %s (--prompt-ids with --ids needs no tokenizer)", fx_err());
+    }
+    int cfg_eos = config_eos(path);
+    g.eos = set[fx_opts_find(&generate_cl, "--eos")] ? o.eos : cfg_eos >= 0 ? cfg_eos : tok ? fx_tok_eos(tok) : -1;
+    if (fx_gen_check(&g, d.vocab) != 0) fx_die("generate: %s", fx_err());
+
+    /* The prompts: arguments, or the lines of --file. */
+    char *text = NULL, **lines = NULL;
+    int nlines = 0;
+    if (o.file) {
+        size_t len;
+        if (fx_read_file(o.file, &text, &len) != 0) fx_die("%s", fx_err());
+        if (strlen(text) != len) fx_die("generate: %s holds a NUL byte", o.file);
+        lines = fx_malloc((len + 1) * sizeof *lines);
+        for (char *p = text; *p;) {
+            lines[nlines++] = p;
+            char *e = strchr(p, '\n');
+            if (!e) break;
+            if (e > p && e[-1] == '\r') e[-1] = 0;
+            *e = 0;
+            p = e + 1;
+        }
+        if (!nlines) fx_die("generate: %s holds no prompt", o.file);
+        free(prompts);
+        prompts = (const char **)lines;
+        np = nlines;
+    }
+
+    int32_t *ids = NULL;
+    int n = 0, cap = 0, *out = fx_malloc((size_t)g.max_new_tokens * sizeof *out);
+    for (int i = 0; i < np; i++) {
+        char where[4200];
+        if (o.file) snprintf(where, sizeof where, "%s:%d", o.file, i + 1);
+        else snprintf(where, sizeof where, "prompt %d", i + 1);
+        if (o.prompt_ids) {
+            if (parse_prompt_ids(prompts[i], where, d.vocab, &ids, &n, &cap) != 0) fx_die("generate: %s", fx_err());
+        } else {
+            static const fx_text_template plain = {0, 0, 0, 0};
+            n = 0;
+            if (fx_tok_encode_tpl(tok, &plain, prompts[i], NULL, 0, &ids, &n, &cap) != 0)
+                fx_die("generate: %s: %s", where, fx_err());
+            if (!n) fx_die("generate: %s: the prompt is empty", where);
+        }
+        int nout;
+        if (fx_generate(&d, &g, ids, n, out, &nout, NULL) != 0) fx_die("%s: %s", where, fx_err());
+        if (o.ids) print_ids(out, nout);
+        else {
+            char *s = fx_gen_text(tok, out, nout);
+            puts(s);
+            free(s);
+        }
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) fx_die("generate: writing standard output failed");
+    rc = 0;
+    free(out); free(ids); free(text); free(prompts);
+    if (tok) fx_tok_free(tok);
+    fx_decoder_free(&d);
+    fx_model_free(&m);
+    return rc;
+}
+
+/* ============================================================================================
  * train, demo
  * ============================================================================================ */
 
@@ -786,6 +951,7 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "print token ids of a text pair or of every row of a GLUE file"},
     {"init", cmd_init, "write a randomly initialised model of a config's shapes"},
     {"eval", cmd_eval, "evaluate a model (and adapter) on a GLUE dev split"},
+    {"generate", cmd_generate, "continue prompts with a causal LM: beam or greedy search"},
     {"train", cmd_train, "federated fine-tuning with forked clients and exact aggregation"},
     {"demo", cmd_demo, "fedit, ffa and fedex side by side on the embedded model"},
     {"export", cmd_export, "write a run's global model as a Hugging Face checkpoint"},

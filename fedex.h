@@ -977,6 +977,10 @@ typedef struct {
     const char *fan_in_fan_out, *bias, *modules_to_save, *init_weights, *layers_to_transform, *layers_pattern;
     int vera, r_any, rsvera, fork_vera_scale, parallel_clients, fork_server_gpu;
     const char *sorf_refit;      /* svd (the VeRA fork's) | polar */
+    /* E2E: generation on the test MRs, scored every eval_every rounds and at the last (generate.c) */
+    const char *test_file, *early_stopping, *no_repeat_scope;
+    int eval_every, test_mrs, num_beams, no_repeat_ngram, max_new_tokens;
+    double length_penalty;
     fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
 #define FX_SETTINGS_FILE "fedex_run.json"     /* a run's settings, beside its outputs */
@@ -1140,6 +1144,21 @@ int fx_gen_check(const fx_gen_cfg *g, int vocab); /* -1 with fx_err() on a setti
  * -1 with fx_err() when the decoder fails or its logits are not finite. */
 int fx_generate(const fx_decoder *d, const fx_gen_cfg *g, const int *prompt, int n, int *out, int *nout,
                 double *score);
+int fx_gen_stop_parse(const char *s, fx_early_stop *out);  /* "false", "true", "never" */
+int fx_gen_scope_parse(const char *s, int *generated_only); /* "generated" (the LoRA paper's), "row" (HF's) */
+/* The text of generated IDS, malloc'd: special tokens dropped, line breaks made spaces (one generation, one
+ * line), spaces at either end trimmed. */
+char *fx_gen_text(const fx_tokenizer *tok, const int *ids, int n);
+/* E2E NLG (R from fx_e2e_read; the first NGROUPS of its MRs): the continuation of each MR's prompt
+ * (fx_e2e_prompt, not padded) as text, one malloc'd string per MR into PRED. -1 with fx_err() naming the
+ * MR's line, nothing left allocated. */
+int fx_e2e_generate(const fx_decoder *d, fx_tokenizer *tok, const fx_gen_cfg *g, const fx_e2e_rows *r, int ngroups,
+                    char **pred);
+/* The files e2e-metrics' measure_scores.py reads (each written atomically; either path may be NULL):
+ * PRED_PATH one prediction a line, in MR order; REFS_PATH each MR's references one a line, the MRs'
+ * groups separated by a blank line. Line breaks inside a text become spaces. */
+int fx_e2e_write_outputs(const char *pred_path, const char *refs_path, const fx_e2e_rows *r, int ngroups,
+                         char *const *pred);
 
 /* ============================================================================================
  * run.c: the server (rounds over a transport, aggregation, evaluation, outputs, checkpoint, resume)
@@ -1205,6 +1224,8 @@ struct fx_run {
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
     int lock_fd;                     /* the run folder's lock, held for the run */
     int settings_written;            /* with the first round's outputs */
+    /* E2E: the test MRs the global model continues (e2e_run.c) */
+    struct fx_e2e_test *e2e;         /* NULL: no test generation (not an lm task, or --eval-every -1) */
     double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
     int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
@@ -1227,6 +1248,15 @@ void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
  * with fx_err(). */
 int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round,
                       const char *id /* fx_settings_id of the settings beside it, checked when the checkpoint has one */);
+/* e2e_run.c: the server's test generation for E2E runs: the test MRs read once (fx_run_e2e_open; nothing
+ * for other tasks or --eval-every -1), then at the rounds due (every --eval-every and the last) one beam
+ * search per MR with the global model, scored (BLEU, NIST, ROUGE-L, CIDEr), OUT/e2e_predictions_round<N>.txt
+ * and OUT/e2e_references.txt written; fx_run_e2e_json adds the round's scores and the best round by BLEU
+ * to its metrics line. */
+int fx_run_e2e_open(fx_run *R);
+int fx_run_e2e_round(fx_run *R, int round);      /* generates and scores when ROUND is due; -1 with fx_err() */
+void fx_run_e2e_json(const fx_run *R, FILE *f);  /* `, "test": {...}, "best_bleu": x, "best_bleu_round": r` */
+void fx_run_e2e_close(fx_run *R);
 /* Base weights as a run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
 int fx_run_init_weights(const fx_settings *c, fx_model *m);
 /* LOGITS (n, L) of every row of D, in D's order, and the mean loss (NAN with fx_err() on a bad batch).
@@ -1268,6 +1298,8 @@ int fx_e2e_read_refs(const char *path, fx_e2e_lines *out);
 void fx_e2e_lines_free(fx_e2e_lines *l);
 /* Reads both files, checks the item counts agree, scores. */
 int fx_e2e_score_files(const char *hyp_path, const char *ref_path, int tokenized, fx_e2e_scores *out);
+/* fx_e2e_score of PRED (one per MR, the first NGROUPS of R's) against each MR's references in R (generate.c). */
+int fx_e2e_score_rows(const fx_e2e_rows *r, int ngroups, char *const *pred, fx_e2e_scores *s);
 
 /* ptb.c: the Stanford PTB tokenizer 3.4.1's rules as e2e-metrics runs it (-preserveLines -lowerCase) on
  * CAPTIONS[0..n-1], which it joins with newlines (a rule's look-ahead sees the next caption, as there).
@@ -1324,6 +1356,7 @@ typedef struct {
     int best_round;
     double dev_loss, train_loss;     /* train: the clients' mean weighted by samples */
     double err_max, dev_max;         /* the method's aggregation error and the deviation, max over layers */
+    double seconds;                  /* the round's wall time */
 } fx_log_round;
 typedef struct {
     char *dir, *method, *task, *metric; /* method as metrics.jsonl names it; task "synthetic" without one */

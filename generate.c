@@ -269,3 +269,103 @@ int fx_generate(const fx_decoder *d, const fx_gen_cfg *g, const int *prompt, int
     }
     return g->num_beams == 1 ? greedy(d, g, prompt, n, out, nout, score) : beam(d, g, prompt, n, out, nout, score);
 }
+
+/* ============================================================================================
+ * Settings as the command line spells them, and text out
+ * ============================================================================================ */
+
+int fx_gen_stop_parse(const char *s, fx_early_stop *out) {
+    if (!strcmp(s, "false")) *out = FX_STOP_HEURISTIC;
+    else if (!strcmp(s, "true")) *out = FX_STOP_EARLY;
+    else if (!strcmp(s, "never")) *out = FX_STOP_NEVER;
+    else { fx_seterr("--early-stopping must be false, true or never, not '%s'", s); return -1; }
+    return 0;
+}
+
+int fx_gen_scope_parse(const char *s, int *generated_only) {
+    if (!strcmp(s, "generated")) *generated_only = 1;
+    else if (!strcmp(s, "row")) *generated_only = 0;
+    else { fx_seterr("--no-repeat-scope must be generated or row, not '%s'", s); return -1; }
+    return 0;
+}
+
+char *fx_gen_text(const fx_tokenizer *tok, const int *ids, int n) {
+    char *s = fx_tok_decode(tok, ids, n, 1);
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    size_t a = 0, b = strlen(s);
+    while (a < b && (s[a] == ' ' || s[a] == '\t')) a++;
+    while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t')) b--;
+    memmove(s, s + a, b - a);
+    s[b - a] = 0;
+    return s;
+}
+
+/* ============================================================================================
+ * E2E NLG: one generation per unique MR, the files e2e-metrics reads, their scores
+ * ============================================================================================ */
+
+int fx_e2e_generate(const fx_decoder *d, fx_tokenizer *tok, const fx_gen_cfg *g, const fx_e2e_rows *r, int ngroups,
+                    char **pred) {
+    static const fx_text_template plain = {0, 0, 0, 0};
+    int32_t *ids = NULL;
+    int cap = 0, rc = 0, *out = fx_malloc((size_t)g->max_new_tokens * sizeof *out);
+    for (int k = 0; k < ngroups; k++) pred[k] = NULL;
+    for (int k = 0; k < ngroups && rc == 0; k++) {
+        const char *mr = r->mr[r->group[k]];
+        char *prompt = fx_e2e_prompt(mr);
+        int n = 0, nout;
+        rc = fx_tok_encode_tpl(tok, &plain, prompt, NULL, 0, &ids, &n, &cap);
+        if (rc == 0) rc = fx_generate(d, g, ids, n, out, &nout, NULL);
+        if (rc == 0) pred[k] = fx_gen_text(tok, out, nout);
+        else {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", fx_err());
+            fx_seterr("the MR of line %d: %s", r->line[r->group[k]], msg);
+        }
+        free(prompt);
+    }
+    if (rc != 0)
+        for (int k = 0; k < ngroups; k++) { free(pred[k]); pred[k] = NULL; }
+    free(ids);
+    free(out);
+    return rc;
+}
+
+/* One line of the output: TEXT with line breaks as spaces, so that a line is one item. */
+static void put_line(FILE *f, const char *text) {
+    for (const char *p = text; *p; p++) fputc(*p == '\n' || *p == '\r' ? ' ' : *p, f);
+    fputc('\n', f);
+}
+
+int fx_e2e_write_outputs(const char *pred_path, const char *refs_path, const fx_e2e_rows *r, int ngroups,
+                         char *const *pred) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f;
+    if (pred_path) {
+        if (!(f = open_memstream(&buf, &len))) { fx_seterr("open_memstream failed"); return -1; }
+        for (int k = 0; k < ngroups; k++) put_line(f, pred[k]);
+        if (fx_write_memstream_atomic(f, &buf, &len, pred_path) != 0) return -1;
+    }
+    if (refs_path) {
+        if (!(f = open_memstream(&buf, &len))) { fx_seterr("open_memstream failed"); return -1; }
+        for (int k = 0; k < ngroups; k++) {
+            if (k) fputc('\n', f);
+            for (int i = r->group[k]; i < r->group[k + 1]; i++) put_line(f, r->ref[i]);
+        }
+        if (fx_write_memstream_atomic(f, &buf, &len, refs_path) != 0) return -1;
+    }
+    return 0;
+}
+
+int fx_e2e_score_rows(const fx_e2e_rows *r, int ngroups, char *const *pred, fx_e2e_scores *s) {
+    char **refs[1];
+    char ***rp = ngroups ? fx_malloc((size_t)ngroups * sizeof *rp) : refs;
+    int *nref = fx_malloc((size_t)(ngroups ? ngroups : 1) * sizeof *nref);
+    for (int k = 0; k < ngroups; k++) { rp[k] = r->ref + r->group[k]; nref[k] = r->group[k + 1] - r->group[k]; }
+    int rc = fx_e2e_score(ngroups, pred, (char *const *const *)rp, nref, 0, s);
+    if (ngroups) free(rp);
+    free(nref);
+    return rc;
+}

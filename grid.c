@@ -28,6 +28,7 @@ typedef struct {
     const char *task, *method;
     char dir[4096];
     int done_rounds, rounds;          /* rounds saved (0: none), rounds the run is to make */
+    double seconds;                   /* the saved rounds' wall time */
     int has_state;                    /* a checkpoint to resume */
     double train_rows, dev_rows;      /* for the estimate */
     double flops_round;               /* one round's arithmetic, estimated */
@@ -80,9 +81,11 @@ static void job_state(job *j) {
     snprintf(p, sizeof p, "%s/state.safetensors", j->dir);
     j->has_state = access(p, F_OK) == 0;
     j->done_rounds = 0;
+    j->seconds = 0;
     fx_runlog L;
     if (j->has_state && fx_runlog_read(j->dir, &L) == 0) {
         j->done_rounds = L.n ? L.r[L.n - 1].round : 0;
+        for (int i = 0; i < L.n; i++) if (isfinite(L.r[i].seconds)) j->seconds += L.r[i].seconds;
         if (L.rounds_planned > 0 && L.rounds_planned != j->rounds) j->rounds = j->rounds > L.rounds_planned ? j->rounds : L.rounds_planned;
         fx_runlog_free(&L);
     }
@@ -269,7 +272,7 @@ int fx_grid_run(const fx_grid_opts *o) {
     int nj = nm * nt;
     if (nj > MAX_JOBS) { fx_seterr("%d runs: at most %d in one grid", nj, MAX_JOBS); goto out; }
     jobs = fx_calloc((size_t)nj, sizeof *jobs);
-    double flops_left = 0;
+    double flops_left = 0, flops_saved = 0, secs_saved = 0;
     int todo = 0, resume = 0;
     for (int m = 0; m < nm; m++)
         for (int t = 0; t < nt; t++) {
@@ -281,19 +284,28 @@ int fx_grid_run(const fx_grid_opts *o) {
             job_state(j);
             task_rows(o, tasks[t], &j->train_rows, &j->dev_rows);
             j->flops_round = round_flops(&mc, &cfg, j->train_rows, j->dev_rows, !o->model);
+            flops_saved += j->flops_round * j->done_rounds;
+            secs_saved += j->seconds;
             if (j->done_rounds < j->rounds) {
                 todo++;
                 resume += j->has_state;
                 flops_left += j->flops_round * (j->rounds - j->done_rounds);
             }
         }
-    double rate = matmul_rate() / STEP_OVER_GEMM;
+    /* the pace of the rounds this grid has saved already, when it has some: it counts what the arithmetic
+     * leaves out (processes, tokenising, aggregation, evaluation's padding) */
+    double rate = flops_saved > 0 && secs_saved > 0 ? flops_saved / secs_saved : matmul_rate() / STEP_OVER_GEMM;
     char est[32];
     printf("fedex grid: %d method%s x %d task%s = %d runs of %d rounds (%s); %d complete, %d to resume, %d to start\n", nm,
            nm > 1 ? "s" : "", nt, nt > 1 ? "s" : "", nj, cfg.rounds, o->quick ? "quick" : "the paper's settings", nj - todo,
            resume, todo - resume);
-    printf("estimated time: %s (%.3g Tflop at %.1f Gflop/s, this machine's matrix-product rate / %.1f)\n",
-           fx_duration_str(flops_left / rate, est, sizeof est), flops_left / 1e12, rate / 1e9, STEP_OVER_GEMM);
+    if (flops_saved > 0 && secs_saved > 0)
+        printf("estimated time: %s (%.3g Tflop at %.2f Gflop/s, the pace of the rounds already saved here)\n",
+               fx_duration_str(flops_left / rate, est, sizeof est), flops_left / 1e12, rate / 1e9);
+    else
+        printf("estimated time: %s (%.3g Tflop at %.1f Gflop/s, this machine's matrix-product rate / %.1f; "
+               "arithmetic only)\n", fx_duration_str(flops_left / rate, est, sizeof est), flops_left / 1e12, rate / 1e9,
+               STEP_OVER_GEMM);
     fflush(stdout);
     if (o->dry_run) { rc = 0; goto out; }
     if (fx_mkdir_p(o->out) != 0) goto out;

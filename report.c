@@ -48,6 +48,7 @@ static int read_line(fx_runlog *L, const fx_json *j, const char *path, int linen
     }
     r->value = jnum(j, "value");
     r->dev_loss = jnum(j, "dev_loss");
+    r->seconds = jnum(j, "seconds");
     r->best = jnum(j, "best");
     double br = jnum(j, "best_round");
     r->best_round = br >= 0 ? (int)br : 0;

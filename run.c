@@ -423,7 +423,9 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     fx_json_num(f, mt->main);
     fprintf(f, ", \"best\": ");
     fx_json_num(f, R->best);
-    fprintf(f, ", \"best_round\": %d, \"agg_error\": ", R->best_round);
+    fprintf(f, ", \"best_round\": %d", R->best_round);
+    fx_run_e2e_json(R, f);
+    fprintf(f, ", \"agg_error\": ");
     layer_values(f, R, err);
     fprintf(f, ", \"deviation\": ");
     layer_values(f, R, dev);
@@ -736,6 +738,7 @@ static int setup_run(fx_run *R) {
         load_lines(R, R->round0);
         printf("resuming %s after round %d\n", c->out, R->round0);
     }
+    if (fx_run_e2e_open(R) != 0) return -1;
     return split_shards(R) != 0 || client_gpus(R) != 0 ? -1 : 0;
 }
 
@@ -753,6 +756,7 @@ static void teardown_run(fx_run *R) {
 #ifdef FEDEX_CUDA
     if (R->srv_gpu) fx_gpu_free(R->srv_gpu);
 #endif
+    fx_run_e2e_close(R);
     fx_model_free(&R->srv);
     if (R->res.off) fx_residual_free(&R->res);
     R->tp->close(R);
@@ -856,6 +860,7 @@ int fx_run_federated(fx_run *R) {
         te = fx_now();
         fx_metrics mt;
         double dev_loss = evaluate(R, &mt);
+        if (fx_run_e2e_round(R, round) != 0) { fprintf(stderr, "fedex: test generation: %s\n", fx_err()); status = 1; break; }
         double eval_s = fx_now() - te;
         if ((R->task->lm ? mt.main < R->best : mt.main > R->best) || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
         double mx = 0;

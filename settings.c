@@ -156,6 +156,15 @@ static const fx_opt train_opts[] = {
     {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI) or e2e (GPT-2 on E2E NLG); none: the built-in synthetic task", 0, 0},
     {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders, or for e2e trainset.csv, devset.csv and testset_w_refs.csv", 0, 0},
     {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv", 0, 0},
+    {"--test-file", NULL, FX_OPT_STR, RC(test_file), NULL, "e2e: the test CSV whose MRs are generated and scored, in place of DATA/testset_w_refs.csv", 0, 0},
+    {"--eval-every", NULL, FX_OPT_INT, RC(eval_every), "0", "e2e: generate and score the test MRs every N rounds and at the last (0: the last only, when the test file is there; -1: never)", 0, 0},
+    {"--test-mrs", NULL, FX_OPT_INT, RC(test_mrs), "0", "e2e: generate for the first N test MRs only (0: all)", 0, 0},
+    {"--num-beams", NULL, FX_OPT_INT, RC(num_beams), "10", "e2e generation: beams (1: greedy)", 0, 0},
+    {"--length-penalty", NULL, FX_OPT_REAL, RC(length_penalty), "0.8", "e2e generation: a finished beam scores sum log p / generated_length^X", 0, 0},
+    {"--early-stopping", NULL, FX_OPT_STR, RC(early_stopping), "false", "e2e generation: false (HF's heuristic) | true | never", 0, 0},
+    {"--no-repeat-ngram-size", NULL, FX_OPT_INT, RC(no_repeat_ngram), "4", "e2e generation: no N-gram twice (0: off)", 0, 0},
+    {"--no-repeat-scope", NULL, FX_OPT_STR, RC(no_repeat_scope), "generated", "e2e generation: generated (the prompt's n-grams may recur) | row (HF's: prompt included)", 0, 0},
+    {"--max-new-tokens", NULL, FX_OPT_INT, RC(max_new_tokens), "64", "e2e generation: tokens generated at most per MR", 0, 0},
     {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|sorf-vera|fedex-sorf-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera|sorf_vera|ours_sorf_vera)", 0, 0},
     {"--num-clients", "--num_clients", FX_OPT_INT, RC(num_clients), "3", "number of clients", 0, 0},
     {"--rounds", NULL, FX_OPT_INT, RC(rounds), "50", "federated rounds", 0, 0},
@@ -418,6 +427,19 @@ int fx_settings_check(fx_settings *c, const int *set) {
          lm ? "--task e2e needs --data (the folder of devset.csv and testset_w_refs.csv)"
             : "--task needs --data (the folder of GLUE task folders; without it, data/glue or data when they hold the task)"},
         {c->train_file && !lm, "--train-file applies to --task e2e (GLUE reads DATA/TASK/train.tsv)"},
+        {!lm && (WAS_SET("--test-file") || WAS_SET("--eval-every") || WAS_SET("--test-mrs") || WAS_SET("--num-beams") ||
+                 WAS_SET("--length-penalty") || WAS_SET("--early-stopping") || WAS_SET("--no-repeat-ngram-size") ||
+                 WAS_SET("--no-repeat-scope") || WAS_SET("--max-new-tokens")),
+         "--test-file, --eval-every, --test-mrs and the generation options apply to --task e2e"},
+        {c->eval_every < -1, "--eval-every must be -1 (never), 0 (the last round) or a number of rounds"},
+        {c->test_mrs < 0, "--test-mrs must be 0 (all) or more"},
+        {c->num_beams < 1 || c->num_beams > 1024, "--num-beams must be between 1 and 1024"},
+        {c->max_new_tokens < 1, "--max-new-tokens must be at least 1"},
+        {c->no_repeat_ngram < 0, "--no-repeat-ngram-size must be 0 (off) or more"},
+        {strcmp(c->early_stopping, "false") && strcmp(c->early_stopping, "true") && strcmp(c->early_stopping, "never"),
+         "--early-stopping must be false, true or never"},
+        {strcmp(c->no_repeat_scope, "generated") && strcmp(c->no_repeat_scope, "row"),
+         "--no-repeat-scope must be generated or row"},
         {c->label_smoothing < 0 || c->label_smoothing >= 1, "--label-smoothing must be in [0, 1)"},
         {c->max_grad_norm < 0, "--max-grad-norm must be 0 (no clipping) or more"},
         {(c->precision && WAS_SET("--precision") && !strcmp(c->device, "cpu")),
@@ -516,6 +538,12 @@ static void settings_members(FILE *f, const fx_settings *c, int id) {
             !strcmp(o->name, "--overwrite") || !strcmp(o->name, "--transport") || (id && !strcmp(o->name, "--rounds")))
             continue;
         const void *p = (const char *)c + o->off;
+        /* What the test generation does changes no training: not part of the id. */
+        static const char *const eval_only[] = {"--test-file", "--eval-every", "--test-mrs", "--num-beams",
+            "--length-penalty", "--early-stopping", "--no-repeat-ngram-size", "--no-repeat-scope", "--max-new-tokens"};
+        int skip = 0;
+        for (size_t k = 0; id && k < sizeof eval_only / sizeof eval_only[0]; k++) skip |= !strcmp(o->name, eval_only[k]);
+        if (skip) continue;
         /* Options that came after runs were first saved stay out of the id at their defaults, so the id of
          * a run saved before them (whose file lacks them) is what it was. */
         if (id && (!strcmp(o->name, "--train-file") || !strcmp(o->name, "--label-smoothing") ||

@@ -206,6 +206,7 @@ static int client_gone(fx_run *R, int c, int round, const char *when) {
     S->pending[c] = 0;
     close(S->cmd_fd[c]); close(S->res_fd[c]);
     if (failed) { fx_seterr("client %d failed %s round %d: %s", c, when, round, R->report[c].err); return -1; }
+    if (fx_run_interrupted()) return -1; /* Ctrl-C reached the clients too: the run stops, no death to report */
     fprintf(stderr, "fedex: client %d (pid %d) died %s round %d: %s\n", c, (int)S->pid[c], when, round, why);
     if (R->cfg.strict) {
         fx_seterr("client %d died %s round %d (--strict): stopping; the last complete round is saved", c, when, round);

@@ -266,10 +266,274 @@ static void e2e_defaults(void) {
           "E2E defaults");
 }
 
+
+/* ============================================================================================
+ * The tiny random GPT-2s: the model's KV-cache decoder under the search, against the float64
+ * reference's full forward with the same Python search (tests/make_gpt2_generate_fixtures.py)
+ * ============================================================================================ */
+
+static int load_gpt2(const char *dir, fx_model *m) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    fx_config c;
+    fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
+    if (fx_config_load(path, &c) != 0 || fx_model_create(m, &c, &a, NULL) != 0) return -1;
+    fx_model_init_base(m, 0);
+    if (fx_model_load(m, dir) < 0) { fx_model_free(m); return -1; }
+    return 0;
+}
+
+static void gpt2_cases(void) {
+    const char *path = "tests/fixtures/gpt2_generate.txt";
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "%s: cannot open (run tests/make_gpt2_generate_fixtures.py)", path);
+    if (!f) return;
+    char line[4096], name[128], shape[8], loaded[8] = "";
+    fx_model m;
+    int have = 0, ncase = 0, nbeam = 0;
+    const char *bin = getenv("FEDEX");
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#') continue;
+        int beams, max_new, early, nrep, genonly, eos;
+        double lp;
+        if (sscanf(line, "case %127s %7s %d %d %lf %d %d %d %d", name, shape, &beams, &max_new, &lp, &early, &nrep,
+                   &genonly, &eos) != 9) { CHECK(0, "%s: not a case line: %s", path, line); break; }
+        int prompt[64], want[64], got[64], np = -1, nw = -1;
+        char *p;
+        if (fgets(line, sizeof line, f) && !strncmp(line, "prompt ", 7)) { p = line + 7; np = read_ids(&p, prompt, 64); }
+        if (fgets(line, sizeof line, f) && !strncmp(line, "want ", 5)) { p = line + 5; nw = read_ids(&p, want, 64); }
+        if (!fgets(line, sizeof line, f) || np < 1 || nw < 0 || max_new > 64) { CHECK(0, "%s: bad case %s", path, name); break; }
+        char dir[64];
+        snprintf(dir, sizeof dir, "tests/fixtures/gpt2_%s", shape);
+        if (strcmp(loaded, shape)) {
+            if (have) fx_model_free(&m);
+            have = load_gpt2(dir, &m) == 0;
+            CHECK(have, "%s: %s", dir, fx_err());
+            if (!have) break;
+            snprintf(loaded, sizeof loaded, "%s", shape);
+        }
+        fx_decoder d;
+        if (fx_model_decoder(&m, beams, &d) != 0) { CHECK(0, "%s: decoder: %s", name, fx_err()); break; }
+        fx_gen_cfg g = {beams, max_new, eos, lp, (fx_early_stop)early, nrep, genonly};
+        int ng = -1, rc = fx_generate(&d, &g, prompt, np, got, &ng, NULL);
+        CHECK(rc == 0 && ng == nw && !memcmp(got, want, (size_t)nw * sizeof *got), "%s: tokens differ (%s)", name,
+              rc ? fx_err() : "");
+        fx_decoder_free(&d);
+        /* The same through the command line, for one case of every shape and setting kind. */
+        if (bin && (ncase % 3 == 0)) {
+            static const char *stop[] = {"false", "true", "never"};
+            char cmd[2048], outbuf[4096], ids[512] = "", wants[512] = "";
+            for (int i = 0; i < np; i++) snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", i ? " " : "", prompt[i]);
+            for (int i = 0; i < nw; i++) snprintf(wants + strlen(wants), sizeof wants - strlen(wants), "%s%d", i ? " " : "", want[i]);
+            snprintf(cmd, sizeof cmd, "%s generate --model %s --prompt-ids --ids --num-beams %d --max-new-tokens %d "
+                     "--length-penalty %.17g --early-stopping %s --no-repeat-ngram-size %d --no-repeat-scope %s --eos %d '%s' 2>&1",
+                     bin, dir, beams, max_new, lp, stop[early], nrep, genonly ? "generated" : "row", eos, ids);
+            int st = check_run(cmd, outbuf, sizeof outbuf);
+            strcat(wants, "\n");
+            CHECK(st == 0 && !strcmp(outbuf, wants), "%s: fedex generate printed '%s' (exit %d), want '%s'", name, outbuf,
+                  st, wants);
+        }
+        ncase++;
+        nbeam += beams > 1;
+    }
+    if (have) fx_model_free(&m);
+    fclose(f);
+    printf("%d GPT-2 cases (%d beam searches)%s\n", ncase, nbeam, bin ? "" : "; skipped: the command line (FEDEX is not set: run `make test`)");
+    CHECK(ncase >= 20 && nbeam >= 12, "the GPT-2 fixture covers too little");
+}
+
+/* ============================================================================================
+ * The command line's errors
+ * ============================================================================================ */
+
+static void cli_errors(void) {
+    const char *bin = getenv("FEDEX");
+    if (!bin) { printf("skipped: fedex generate's errors (FEDEX is not set: run `make test`)\n"); return; }
+    struct { const char *args, *want; int status; } cases[] = {
+        {"--prompt-ids --ids '1 2'", "--model DIR is required", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids", "give prompts", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --file - '1 2' </dev/null", "not both", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 4 '1 x 2'", "prompt 1: 'x' is not a token id", 1},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 4 '1 2' '53'", "prompt 2: token id 53 is outside the vocabulary of 53", 1},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 4 ' '", "prompt 1: no token ids", 1},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids '1 2'", "need 65 positions; the model holds 24", 1},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --early-stopping maybe '1'", "--early-stopping must be false, true or never", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --no-repeat-scope all '1'", "--no-repeat-scope must be generated or row", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --num-beams 0 '1'", "--num-beams", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --eos 99 --max-new-tokens 4 '1'", "end token 99 is outside", 1},
+        {"--model tests/fixtures/gpt2_a --prompt-ids 'x'", "vocab.json", 1},
+        {"--model tests/fixtures/nowhere --prompt-ids --ids '1'", "tests/fixtures/nowhere", 1},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 4 --file tests/fixtures/nowhere.txt", "nowhere.txt", 1},
+        {"train --num-beams 3", "the generation options apply to --task e2e", 2},
+        {"train --task e2e --model M --data D --eval-every -2", "--eval-every must be -1 (never)", 2},
+        {"train --task e2e --model M --data D --early-stopping soon", "--early-stopping must be false, true or never", 2},
+        {"train --task e2e --model M --data D --num-beams 0", "--num-beams must be between 1 and 1024", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char cmd[2048], outbuf[4096];
+        snprintf(cmd, sizeof cmd, "%s generate %s 2>&1", bin, cases[i].args);
+        if (!strncmp(cases[i].args, "train ", 6)) snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, cases[i].args);
+        int st = check_run(cmd, outbuf, sizeof outbuf);
+        CHECK(st == cases[i].status && strstr(outbuf, cases[i].want), "`fedex generate %s`: exit %d, '%s' (want %d, '%s')",
+              cases[i].args, st, outbuf, cases[i].status, cases[i].want);
+    }
+    /* --file, from standard input: a line per prompt, a line per result, CRLF accepted; a bad line named. */
+    char cmd[2048], a[4096], b[4096];
+    snprintf(cmd, sizeof cmd, "printf '1 2\\r\\n5\\n' | %s generate --model tests/fixtures/gpt2_a --prompt-ids --ids "
+             "--max-new-tokens 5 --file - 2>&1", bin);
+    int st = check_run(cmd, a, sizeof a);
+    snprintf(cmd, sizeof cmd, "%s generate --model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 5 '1 2' 5 2>&1", bin);
+    int st2 = check_run(cmd, b, sizeof b);
+    CHECK(st == 0 && st2 == 0 && !strcmp(a, b) && strchr(a, '\n') != strrchr(a, '\n'), "--file - gave '%s', arguments '%s'", a, b);
+    snprintf(cmd, sizeof cmd, "printf '1 2\\n\\n' | %s generate --model tests/fixtures/gpt2_a --prompt-ids --ids "
+             "--max-new-tokens 5 --file - 2>&1", bin);
+    st = check_run(cmd, a, sizeof a);
+    CHECK(st == 1 && strstr(a, "-:2: no token ids"), "an empty line of --file: exit %d, '%s'", st, a);
+}
+
+
+/* ============================================================================================
+ * An E2E run's test generation: the tiny GPT-2 of DIR/m on a few rows of ../shared's E2E files
+ * ============================================================================================
+ * Two rounds, generating every round: metrics.jsonl carries each round's scores and the best round by
+ * BLEU; the predictions are what `fedex generate` gives with the run's adapter and residual, one line per
+ * MR; the references come grouped per MR; the scores are `fedex score`'s of those files. */
+static void e2e_run(const char *bin, const char *sh, const char *dir) {
+    char cmd[8192], a[65536], b[65536];
+    snprintf(cmd, sizeof cmd, "mkdir %s/d && head -13 %s/data/e2e/devset.csv > %s/d/trainset.csv && "
+             "head -5 %s/data/e2e/devset.csv > %s/d/devset.csv && head -8 %s/data/e2e/testset_w_refs.csv > %s/d/testset_w_refs.csv && "
+             "%s train --model %s/m --task e2e --data %s/d --rounds 2 --local-epochs 1 --batch-size 4 --max-seq-length 64 "
+             "--eval-every 1 --num-beams 3 --max-new-tokens 8 --threads 2 --out %s/run > %s/log 2>&1",
+             dir, sh, dir, sh, dir, sh, dir, bin, dir, dir, dir, dir);
+    int st = system(cmd);
+    CHECK(st == 0, "the E2E run failed: see %s/log", dir);
+    if (st) return;
+    /* The test MRs of those rows, as prompts. */
+    fx_e2e_rows r;
+    snprintf(cmd, sizeof cmd, "%s/d/testset_w_refs.csv", dir);
+    CHECK(fx_e2e_read(cmd, &r) == 0 && r.ngroups >= 2, "%s: %s", cmd, fx_err());
+    snprintf(cmd, sizeof cmd, "%s/prompts.txt", dir);
+    FILE *f = fopen(cmd, "w");
+    for (int k = 0; f && k < r.ngroups; k++) { char *p = fx_e2e_prompt(r.mr[r.group[k]]); fprintf(f, "%s\n", p); free(p); }
+    if (f) fclose(f);
+    snprintf(cmd, sizeof cmd, "%s generate --model %s/m --adapter %s/run --residual %s/run/residual.safetensors "
+             "--num-beams 3 --max-new-tokens 8 --file %s/prompts.txt 2>&1", bin, dir, dir, dir, dir);
+    CHECK(check_run(cmd, a, sizeof a) == 0, "fedex generate: %s", a);
+    char path[512];
+    size_t n;
+    char *pred = NULL, *refs = NULL, *metrics = NULL;
+    snprintf(path, sizeof path, "%s/run/e2e_predictions_round2.txt", dir);
+    CHECK(fx_read_file(path, &pred, &n) == 0 && !strcmp(pred, a), "%s:\n%s\nfedex generate:\n%s", path, pred ? pred : "", a);
+    int lines = 0;
+    for (char *p = pred; p && *p; p++) lines += *p == '\n';
+    CHECK(lines == r.ngroups, "%d predictions for %d MRs", lines, r.ngroups);
+    snprintf(path, sizeof path, "%s/run/e2e_references.txt", dir);
+    CHECK(fx_read_file(path, &refs, &n) == 0, "%s", fx_err());
+    int blank = 0, nref = 0;
+    for (char *p = refs; p && *p; p++) if (*p == '\n') { if (p[1] == '\n') blank++; else nref++; }
+    CHECK(blank == r.ngroups - 1 && nref == r.n, "references: %d blank lines, %d references (want %d, %d)", blank, nref,
+          r.ngroups - 1, r.n);
+    /* Both rounds scored, the best by BLEU named; the last round's BLEU is fedex score's of the files. */
+    snprintf(path, sizeof path, "%s/run/metrics.jsonl", dir);
+    CHECK(fx_read_file(path, &metrics, &n) == 0, "%s", fx_err());
+    char *second = metrics ? strchr(metrics, '\n') : NULL;
+    CHECK(second && strstr(metrics, "\"test\": {\"BLEU\": ") && strstr(second, "\"test\": {\"BLEU\": ") &&
+          strstr(second, "\"best_bleu_round\": "), "metrics.jsonl lacks the test scores:\n%s", metrics ? metrics : "");
+    snprintf(cmd, sizeof cmd, "%s score --hyp %s/run/e2e_predictions_round2.txt --refs %s/run/e2e_references.txt --json 2>/dev/null",
+             bin, dir, dir);
+    CHECK(check_run(cmd, b, sizeof b) == 0, "fedex score: %s", b);
+    fx_json j, jm;
+    if (second && fx_json_parse(b, strlen(b), &j) == 0) {
+        if (fx_json_parse(second + 1, strlen(second + 1) - 1, &jm) == 0) {
+            const fx_json *t = fx_json_get(&jm, "test");
+            const char *keys[] = {"BLEU", "NIST", "ROUGE_L", "CIDEr"};
+            for (int k = 0; k < 4; k++) {
+                const fx_json *x = t ? fx_json_get(t, keys[k]) : NULL, *y = fx_json_get(&j, keys[k]);
+                /* metrics.jsonl and fedex score both print %.9g of the same double */
+                CHECK(x && y && x->num == y->num, "%s: metrics.jsonl %g, fedex score %g", keys[k], x ? x->num : NAN,
+                      y ? y->num : NAN);
+            }
+            fx_json_free(&jm);
+        } else CHECK(0, "metrics.jsonl's second line is not JSON: %s", fx_err());
+        fx_json_free(&j);
+    } else CHECK(0, "fedex score --json printed '%s'", b);
+    free(pred); free(refs); free(metrics);
+    fx_e2e_rows_free(&r);
+}
+
+/* ============================================================================================
+ * Text in and out: a tiny random GPT-2 with GPT-2's own tokenizer (../shared/models/gpt2)
+ * ============================================================================================ */
+
+static void text_mode(void) {
+    const char *sh = shared_dir("text prompts with GPT-2's tokenizer");
+    if (!sh) return;
+    char vocab[512];
+    snprintf(vocab, sizeof vocab, "%s/models/gpt2", sh);
+    fx_tokenizer *tok = fx_tok_load(vocab);
+    CHECK(tok != NULL, "%s: %s", vocab, fx_err());
+    if (!tok) return;
+    /* fx_gen_text: specials dropped, line breaks as spaces, the ends trimmed. */
+    int32_t *ids = NULL;
+    int n = 0, cap = 0;
+    static const fx_text_template plain = {0, 0, 0, 0};
+    CHECK(fx_tok_encode_tpl(tok, &plain, " The Eagle\nis a pub.<|endoftext|>", NULL, 0, &ids, &n, &cap) == 0, "%s", fx_err());
+    CHECK(n > 2 && ids[n - 1] == 50256, "<|endoftext|> is the end token");
+    char *s = fx_gen_text(tok, ids, n);
+    CHECK(!strcmp(s, "The Eagle is a pub."), "fx_gen_text gave '%s'", s);
+    free(s);
+    free(ids);
+    fx_tok_free(tok);
+
+    const char *bin = getenv("FEDEX");
+    if (!bin) { printf("skipped: text through fedex generate (FEDEX is not set: run `make test`)\n"); return; }
+    char dir[] = "/tmp/fedex_test_generate.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    char cmd[4096], a[8192], b[8192], c[8192];
+    snprintf(cmd, sizeof cmd, "sed 's/\"n_embd\": 768/\"n_embd\": 8/; s/\"n_layer\": 12/\"n_layer\": 1/; "
+             "s/\"n_head\": 12/\"n_head\": 2/; s/\"n_positions\": 1024/\"n_positions\": 96/' %s/config.json > %s/config.json && "
+             "cp %s/vocab.json %s/merges.txt %s/ && %s init --config %s/config.json --out %s/m >/dev/null 2>&1",
+             vocab, dir, vocab, vocab, dir, bin, dir, dir);
+    CHECK(system(cmd) == 0, "fedex init of a tiny GPT-2 failed: %s", cmd);
+    const char *prompt = "name[The Eagle], food[Indian] ->";
+    snprintf(cmd, sizeof cmd, "%s generate --model %s/m --max-new-tokens 12 '%s' 2>&1", bin, dir, prompt);
+    int st1 = check_run(cmd, a, sizeof a);
+    snprintf(cmd, sizeof cmd, "%s generate --model %s/m --max-new-tokens 12 --ids '%s' 2>&1", bin, dir, prompt);
+    int st2 = check_run(cmd, b, sizeof b);
+    CHECK(st1 == 0 && st2 == 0, "fedex generate: '%s' '%s'", a, b);
+    /* The text is the decoded ids; the prompt's ids as --prompt-ids give the same ids. */
+    tok = fx_tok_load(vocab);
+    int gen[64], ng = 0;
+    for (char *p = b, *e; ng < 64; p = e) {
+        long v = strtol(p, &e, 10);
+        if (e == p) break;
+        gen[ng++] = (int)v;
+    }
+    s = fx_gen_text(tok, gen, ng);
+    size_t la = strlen(a);
+    if (la && a[la - 1] == '\n') a[la - 1] = 0;
+    CHECK(ng > 0 && !strcmp(s, a), "text '%s', decoded ids '%s'", a, s);
+    free(s);
+    ids = NULL; n = 0; cap = 0;
+    fx_tok_encode_tpl(tok, &plain, prompt, NULL, 0, &ids, &n, &cap);
+    char list[1024] = "";
+    for (int i = 0; i < n; i++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? " " : "", ids[i]);
+    snprintf(cmd, sizeof cmd, "%s generate --model %s/m --max-new-tokens 12 --ids --prompt-ids '%s' 2>&1", bin, dir, list);
+    CHECK(check_run(cmd, c, sizeof c) == 0 && !strcmp(b, c), "--prompt-ids '%s' gave '%s', the text prompt '%s'", list, c, b);
+    free(ids);
+    fx_tok_free(tok);
+    e2e_run(bin, sh, dir);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
 int main(void) {
     fixture_cases();
     errors();
     not_finite();
     e2e_defaults();
+    gpt2_cases();
+    cli_errors();
+    text_mode();
     return check_done();
 }

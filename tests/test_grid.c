@@ -62,6 +62,7 @@ static void test_interrupted_then_resumed(void) {
     o = slurp(P("%s/g2.out", tmp));
     CHECK(o && strstr(o, "synthetic fedex: resuming after round") && !strstr(o, "synthetic fedex: starting"),
           "the interrupted run was not resumed");
+    CHECK(o && strstr(o, "the pace of the rounds already saved here"), "the resumed grid's estimate is not from its saved rounds");
     CHECK(o && strstr(o, "round 3/3") && strstr(o, "% of the grid, ") && strstr(o, " left\n"),
           "no progress line with the grid's share done and the time left");
     free(o);
