@@ -10,7 +10,7 @@
  * the target table
  * ============================================================================================ */
 
-/* Index t is the bit's position: FX_T_QUERY is 1 << 0, ..., FX_T_QKV is 1 << 6. PEFT names the
+/* Index t is the bit's position: FX_T_QUERY is 1 << 0, ..., FX_T_GATE is 1 << 7. PEFT names the
  * attention projections by their last component and the dense layers by their path. The names here are
  * RoBERTa's (and GPT-2's c_attn); each family gives its own paths (fx_family.target_path). */
 const fx_target fx_targets[FX_NTARGETS] = {
@@ -23,19 +23,30 @@ const fx_target fx_targets[FX_NTARGETS] = {
      FX_LT_IW, FX_LT_IB},
     {FX_T_OUTPUT, "output.dense", "output", "output.dense", "output.dense", 'H', 'I', FX_LT_OW, FX_LT_OB},
     {FX_T_QKV, "c_attn", NULL, "c_attn", "attn.c_attn", '3', 'H', FX_LT_QKVW, FX_LT_QKVB},
+    {FX_T_GATE, "gate_proj", NULL, "gate_proj", "mlp.gate_proj", 'I', 'H', FX_LT_GATEW, FX_LT_GATEB},
 };
 
-/* GPT-2's names for the targets it shares with RoBERTa's slots. PEFT's "c_proj" is a suffix of both
+/* GPT-2's and Llama's names for the targets they share with RoBERTa's slots. PEFT's "c_proj" is a suffix of both
  * attn.c_proj and mlp.c_proj, so it stands for the two. */
-static const struct { const char *name; unsigned bits; } gpt2_names[] = {
+static const struct { const char *name; unsigned bits; } family_names[] = {
     {"c_proj", FX_T_ATTN_OUT | FX_T_OUTPUT}, {"attn.c_proj", FX_T_ATTN_OUT}, {"mlp.c_proj", FX_T_OUTPUT},
     {"c_fc", FX_T_INTER}, {"mlp.c_fc", FX_T_INTER}, {"attn.c_attn", FX_T_QKV},
+    /* Llama's PEFT names (q, k, v, o_proj in self_attn; gate, up, down_proj in mlp) */
+    {"q_proj", FX_T_QUERY}, {"k_proj", FX_T_KEY}, {"v_proj", FX_T_VALUE}, {"o_proj", FX_T_ATTN_OUT},
+    {"up_proj", FX_T_INTER}, {"down_proj", FX_T_OUTPUT},
 };
 
+/* The table's 'H' is the hidden width for RoBERTa and GPT-2. With grouped-query attention and a head_dim
+ * of its own (Llama), q is (heads hd, H), k and v (kv_heads hd, H) and the attention output (H, heads hd);
+ * without them these are all H. */
 void fx_target_dims(const fx_config *c, int t, int *out, int *in) {
     char o = fx_targets[t].out, i = fx_targets[t].in;
+    int hd = c->head_dim ? c->head_dim : c->hidden / c->heads, kv = c->kv_heads ? c->kv_heads : c->heads;
     *out = o == 'I' ? c->intermediate : o == '3' ? 3 * c->hidden : c->hidden;
     *in = i == 'I' ? c->intermediate : c->hidden;
+    if (t == FX_TI_QUERY) *out = c->heads * hd;
+    if (t == FX_TI_KEY || t == FX_TI_VALUE) *out = kv * hd;
+    if (t == FX_TI_ATTN_OUT) *in = c->heads * hd;
 }
 
 static int names(const char *name, const char *s, size_t e) {
@@ -53,12 +64,13 @@ int fx_targets_parse(const char *list, unsigned *mask) {
         unsigned found = 0;
         for (int t = 0; t < FX_NTARGETS; t++)
             if (names(fx_targets[t].name, s, e) || names(fx_targets[t].alias, s, e)) found = fx_targets[t].bit;
-        for (size_t g = 0; g < sizeof gpt2_names / sizeof gpt2_names[0]; g++)
-            if (names(gpt2_names[g].name, s, e)) found = gpt2_names[g].bits;
+        for (size_t g = 0; g < sizeof family_names / sizeof family_names[0]; g++)
+            if (names(family_names[g].name, s, e)) found = family_names[g].bits;
         if (!found) {
             fx_seterr("target modules \"%s\": unknown target \"%.*s\" (known: query, key, value, "
                       "attention.output.dense or attn_out, intermediate.dense or intermediate, "
-                      "output.dense or output; GPT-2's c_attn, c_proj, attn.c_proj, mlp.c_proj, c_fc)", list,
+                      "output.dense or output; GPT-2's c_attn, c_proj, attn.c_proj, mlp.c_proj, c_fc; Llama's q_proj, "
+                      "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", list,
                       (int)e, s);
             return -1;
         }

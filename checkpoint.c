@@ -195,8 +195,9 @@ static int model_save(const fx_model *m, const char *dir, int merged, const char
     double *dW = NULL;
     for (int i = 0; i < m->base.nt; i++) {
         const fx_tensor *bt = &m->base.t[i];
-        names[i] = fx_malloc(strlen(m->fam->prefix) + strlen(bt->name) + 1);
-        strcpy(names[i], m->fam->prefix);
+        const char *pre = bt->untied ? "" : m->fam->prefix; /* lm_head.weight sits outside "model." */
+        names[i] = fx_malloc(strlen(pre) + strlen(bt->name) + 1);
+        strcpy(names[i], pre);
         strcat(names[i], bt->name);
         e[i].name = names[i];
         e[i].dtype = FX_F32;
@@ -524,7 +525,10 @@ static int parse_targets(const fx_family *fam, const fx_json *v, int layers, uns
     for (int g = 0; fam->modules[g]; g++)
         if (selects(&tm, fam->modules[g])) {
             const char *m = fam->modules[g];
-            if (fam->tied_head)
+            if (fam == &fx_llama)
+                fx_seterr("%s: target_modules selects the module \"%s\", which fedex does not adapt: it adapts "
+                          "Llama's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj and down_proj", path, m);
+            else if (fam->tied_head)
                 fx_seterr("%s: target_modules selects the module \"%s\", which fedex does not adapt: it adapts "
                           "GPT-2's c_attn, c_proj (attn.c_proj and mlp.c_proj) and c_fc", path, m);
             else
@@ -616,6 +620,17 @@ done:
     return rc;
 }
 
+/* A file names no model type, so the family is told by fan_in_fan_out (GPT-2's Conv1D) and, for
+ * nn.Linear models, by the target names: Llama's all end in "_proj" (a list entry, or the regex). */
+static int names_llama(const fx_json *v) {
+    if (v && v->type == FX_JSTR) return strstr(v->str, "_proj") != NULL;
+    for (size_t i = 0; v && v->type == FX_JARR && i < v->n; i++) {
+        const fx_json *e = &v->kids[i];
+        if (e->type == FX_JSTR && e->slen >= 5 && !strcmp(e->str + e->slen - 5, "_proj")) return 1;
+    }
+    return 0;
+}
+
 /* adapter_config.json at WHERE as the adapter of a model of LAYERS layers (its patterns and
  * target_modules are resolved for that many); *FAM the family it names by fan_in_fan_out. */
 static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a, const fx_family **fam) {
@@ -642,7 +657,7 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a,
         json_flag(&j, "use_rslora", &a->rslora, path) != 0)
         goto done;
     if (dora) { fx_seterr("%s: use_dora is not supported", path); goto done; }
-    *fam = fifo ? &fx_gpt2 : &fx_roberta;
+    *fam = fifo ? &fx_gpt2 : names_llama(fx_json_get(&j, "target_modules")) ? &fx_llama : &fx_roberta;
     if (parse_targets(*fam, fx_json_get(&j, "target_modules"), layers, &a->targets, path) != 0) goto done;
     const fx_json *ex = fx_json_get(&j, "exclude_modules");
     if (ex && ex->type != FX_JNULL && !(ex->type == FX_JARR && ex->n == 0)) {
@@ -823,8 +838,8 @@ static int check_adapter_config(const fx_model *m, const char *cfg_path) {
     const fx_family *fam;
     if (load_adapter_config(cfg_path, m->c.layers, &a, &fam) != 0) return -1;
     if (fam != m->fam) {
-        fx_seterr("%s: fan_in_fan_out is %s: the adapter is for a %s, the model is a %s", cfg_path,
-                  fam == &fx_gpt2 ? "true" : "false", fam->model_type, m->fam->model_type);
+        fx_seterr("%s: fan_in_fan_out is %s and target_modules are %s's: the adapter is for a %s, the model is a %s",
+                  cfg_path, fam == &fx_gpt2 ? "true" : "false", fam->model_type, fam->model_type, m->fam->model_type);
         return -1;
     }
     if (a.kind != m->a.kind) {

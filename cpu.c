@@ -35,6 +35,11 @@ static void cpu_axpy(float *y, float alpha, const float *x, size_t n) {
 static void cpu_copy_rows(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols) {
     for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * ds, src + (size_t)i * ss, (size_t)cols * sizeof(float));
 }
+static void cpu_add_rows(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols) {
+    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
+    for (long i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) dst[(size_t)i * ds + j] += src[(size_t)i * ss + j];
+}
 
 /* ============================================================================================
  * elementwise and reductions
@@ -102,9 +107,10 @@ static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, f
  * ============================================================================================ */
 
 /* --- frozen dense layer: y = x W^T + b. The bias goes in first and the product is added to it, as in
- * PyTorch's addmm. */
+ * PyTorch's addmm. B NULL (Llama's bias-free linears): y = x W^T. */
 static void linear_forward(float *y /* (N, out) */, const float *x /* (N, in) */, const float *W /* (out, in) */,
-                           const float *b /* (out) */, int N, int in, int out) {
+                           const float *b /* (out) or NULL */, int N, int in, int out) {
+    if (!b) { fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out); return; }
     #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
     for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
     fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
@@ -172,7 +178,8 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
 }
 
 /* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])), or without TE and
- * LN_W (GPT-2) x0 = dropout(word[id] + pos[position]). Nothing before them is trainable, so there is no
+ * LN_W (GPT-2) x0 = dropout(word[id] + pos[position]), or without PE as well (Llama, whose positions
+ * are rotations inside attention) x0 = word[id]. Nothing before them is trainable, so there is no
  * backward and no LayerNorm state is kept. */
 static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
@@ -180,7 +187,11 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         float *x = x0 + (size_t)i * H;
-        const float *wr = we + (size_t)ids[i] * H, *pr = pe + (size_t)pos[i] * H;
+        const float *wr = we + (size_t)ids[i] * H, *pr = pe ? pe + (size_t)pos[i] * H : NULL;
+        if (!pe) {
+            memcpy(x, wr, (size_t)H * sizeof *x);
+            continue;
+        }
         if (!te) {
             for (int j = 0; j < H; j++) x[j] = wr[j] + pr[j];
             continue;
@@ -234,6 +245,75 @@ static void gelu_tanh_backward(float *d /* in: dL/dout, out: dL/din */, const fl
     for (long i = 0; i < (long)n; i++) {
         float x = in[i], t = tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x));
         d[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_K * x * x);
+    }
+}
+
+/* --- RMSNorm (LlamaRMSNorm, in fp32): out = g * (x * rstd), rstd = 1 / sqrt(mean(x^2) + eps), the mean
+ * of squares in double. Backward with g frozen, xh = x * rstd, dxh = dy * g:
+ *   dx = rstd * (dxh - xh * mean(dxh * xh)). */
+static void rmsnorm_forward(float *out /* (N, H) */, float *rstd /* (N) */, const float *x /* (N, H) */,
+                            const float *g /* (H) */, int N, int H, float eps) {
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        const float *xi = x + (size_t)i * H;
+        float *oi = out + (size_t)i * H;
+        double ss = 0;
+        for (int j = 0; j < H; j++) ss += (double)xi[j] * xi[j];
+        float rs = (float)(1.0 / sqrt(ss / H + eps));
+        for (int j = 0; j < H; j++) oi[j] = g[j] * (xi[j] * rs);
+        if (rstd) rstd[i] = rs;
+    }
+}
+static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
+                             const float *rstd /* (N) */, const float *g /* (H) */, int N, int H) {
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
+        float *dxi = dx + (size_t)i * H;
+        double s = 0;
+        for (int j = 0; j < H; j++) s += (double)dyi[j] * g[j] * ((double)xi[j] * rstd[i]);
+        float m = (float)(s / H);
+        for (int j = 0; j < H; j++) dxi[j] = rstd[i] * (dyi[j] * g[j] - xi[j] * rstd[i] * m);
+    }
+}
+
+/* --- rotary positions as Hugging Face's Llama applies them (rotate_half): per head, for i < hd/2,
+ *   a = pos * theta^(-2i/hd),  y_i = x_i cos a - x_{i+hd/2} sin a,  y_{i+hd/2} = x_{i+hd/2} cos a + x_i sin a.
+ * The rotation is orthogonal, so its backward is the same rotation by -a. Angles in double. */
+static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd, float theta,
+                 int inverse) {
+    int half = hd / 2;
+    #pragma omp parallel for schedule(static) if ((long)N * nh * hd >= PAR_MIN)
+    for (long t = 0; t < N; t++) {
+        for (int i = 0; i < half; i++) {
+            double a = (double)pos[t] * pow((double)theta, -2.0 * i / hd);
+            float c = (float)cos(a), s = (float)(inverse ? -sin(a) : sin(a));
+            for (int h = 0; h < nh; h++) {
+                float *xh = x + (size_t)t * nh * hd + (size_t)h * hd;
+                float x1 = xh[i], x2 = xh[i + half];
+                xh[i] = x1 * c - x2 * s;
+                xh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+/* --- SwiGLU (LlamaMLP's act_fn(gate) * up with SiLU): silu(g) = g sigmoid(g);
+ *   d gate = dout * up * sigmoid(g) (1 + g (1 - sigmoid(g))),  d up = dout * silu(g). */
+static void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                            size_t n) {
+    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) {
+        float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
+        dup[i] = d * (g * sg);
+        dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
     }
 }
 
@@ -451,6 +531,12 @@ const fx_ops fx_cpu_ops = {
     .gelu_backward = gelu_backward,
     .gelu_tanh_forward = gelu_tanh_forward,
     .gelu_tanh_backward = gelu_tanh_backward,
+    .rmsnorm_forward = rmsnorm_forward,
+    .rmsnorm_backward = rmsnorm_backward,
+    .rope = rope,
+    .swiglu_forward = swiglu_forward,
+    .swiglu_backward = swiglu_backward,
+    .add_rows = cpu_add_rows,
     .tanh_forward = tanh_forward,
     .tanh_backward = tanh_backward,
     .attention_forward = attention_forward,

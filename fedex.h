@@ -423,6 +423,21 @@ typedef struct fx_ops {
     void (*gelu_backward)(float *d /* dout in, din out */, const float *in, size_t n);
     void (*gelu_tanh_forward)(float *out, const float *in, size_t n);     /* gelu_new (tanh form) */
     void (*gelu_tanh_backward)(float *d /* dout in, din out */, const float *in, size_t n);
+    /* Llama's pieces. RMSNorm: out (N, H) = g * (x * rstd), rstd (N) = 1 / sqrt(mean(x^2) + eps), in
+     * place allowed; its backward with g frozen */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *x, const float *g, int N, int H, float eps);
+    void (*rmsnorm_backward)(float *dx, const float *dy, const float *x, const float *rstd, const float *g,
+                             int N, int H);
+    /* RoPE in place on x (N, nh * hd) at positions pos (N), HF's rotate-half pairing (i, i + hd/2), angle
+     * pos * theta^(-2i/hd); INVERSE rotates by minus the angle (the backward, as the rotation is orthogonal) */
+    void (*rope)(float *x, const int32_t *pos, int N, int nh, int hd, float theta, int inverse);
+    /* SwiGLU: out (n) = silu(gate) * up; backward: dgate, dup (n) from dout (n) */
+    void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
+    void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                            size_t n);
+    /* rows x cols floats of SRC (row stride ss) added to DST (row stride ds): grouped-query attention's
+     * key/value gradient summed over the query heads that share a key/value head */
+    void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols);
     void (*tanh_forward)(float *x, size_t n);                             /* in place */
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
     /* ctx (N, H) = dropout(softmax(q k^T / sqrt(hd) + mask)) v per row and head; att, att_drop
@@ -487,6 +502,10 @@ typedef struct {
     float label_smoothing;       /* the LM loss's epsilon, as transformers' LabelSmoother */
     float max_grad_norm;         /* clip the trainable gradient to this total 2-norm before AdamW */
     int kv_heads;                /* grouped-query attention's key/value heads; 0: = heads (RoBERTa) */
+    int head_dim;                /* per-head width; 0: hidden / heads (Llama's "head_dim" may differ) */
+    float rope_theta;            /* RoPE's base (Llama); unused by learned positions */
+    int sliding_window;          /* Mistral's window; 0 none. Sequences longer than it are refused */
+    int untied_head;             /* the LM head has its own weight (lm_head.weight), not the embedding */
     const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
 } fx_config;
 int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
@@ -494,11 +513,12 @@ int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_label
 /* Roles of the tensors a family lists: the views (model.c) are filled by role, never by name. */
 enum { FX_EMB_WORD, FX_EMB_POS, FX_EMB_TYPE, FX_EMB_LN_W, FX_EMB_LN_B,
        FX_EMB_LNF_W, FX_EMB_LNF_B, /* the final LayerNorm after the last layer (GPT-2's ln_f) */
+       FX_EMB_HEAD,              /* an untied LM head's weight (Llama's lm_head.weight) */
        FX_EMB_COUNT };
 enum { FX_LT_QW, FX_LT_QB, FX_LT_KW, FX_LT_KB, FX_LT_VW, FX_LT_VB, FX_LT_AOW, FX_LT_AOB, FX_LT_LN1W,
        FX_LT_LN1B, FX_LT_IW, FX_LT_IB, FX_LT_OW, FX_LT_OB, FX_LT_LN2W, FX_LT_LN2B,
        FX_LT_QKVW, FX_LT_QKVB,   /* fused q, k, v (GPT-2's c_attn) */
-       FX_LT_GATEW,              /* SwiGLU's gate projection (Llama) */
+       FX_LT_GATEW, FX_LT_GATEB, /* SwiGLU's gate projection (Llama) */
        FX_LT_COUNT };
 enum { FX_HEAD_DW, FX_HEAD_DB, FX_HEAD_OW, FX_HEAD_OB, FX_HEAD_COUNT };
 /* _PAD: padding_idx row zero; _RESID: N(0, initializer_range / sqrt(2 layers)), GPT-2's c_proj */
@@ -508,10 +528,13 @@ typedef struct {
                                     list also holds what follows the last layer: GPT-2's ln_f) */
     int role;                    /* FX_EMB_*, FX_LT_* or FX_HEAD_* */
     char d0, d1;                 /* dims: 'V' vocab, 'P' positions, 'T' token types, 'H' hidden,
-                                    'I' intermediate, '3' 3 hidden, 'L' labels; d1 0 for a vector */
+                                    'I' intermediate, '3' 3 hidden, 'L' labels, 'Q' heads * head_dim,
+                                    'K' kv_heads * head_dim; d1 0 for a vector */
     char init;                   /* FX_INIT_*: the family's _init_weights rule for it */
     char conv1d;                 /* stored (in, out) in checkpoints (GPT-2's Conv1D): transposed where
                                     files are read and written, never inside the model */
+    char untied;                 /* the untied LM head (Llama's lm_head.weight): present only when
+                                    c.untied_head, and named outside the body's prefix in checkpoints */
 } fx_tensor_spec;
 
 typedef enum { FX_NORM_POST, FX_NORM_PRE } fx_norm_place;     /* LayerNorm after / before the residual */
@@ -519,6 +542,9 @@ typedef enum { FX_NORM_LAYERNORM, FX_NORM_RMSNORM } fx_norm_kind;
 typedef enum { FX_POS_PAD_CUMSUM, FX_POS_FROM_ZERO, FX_POS_ROPE } fx_pos_rule;
 typedef enum { FX_ACT_GELU, FX_ACT_GELU_TANH, FX_ACT_SWIGLU } fx_act_kind;
 typedef enum { FX_HEAD_CLS_TANH, FX_HEAD_LM } fx_head_kind;
+
+/* The linear layers of one block that may carry an adapter (adapter.c's table); target t is bit 1 << t. */
+#define FX_NTARGETS 8
 
 typedef struct fx_family {
     const char *model_type;      /* config.json's "model_type" */
@@ -541,7 +567,7 @@ typedef struct fx_family {
     fx_text_template text;       /* how one text or a pair becomes a sequence */
     /* Each adaptable target's module path within a layer and PEFT's target_modules entry, by FX_TI_*;
      * NULL where the family has no such layer. */
-    const char *target_path[7], *target_peft[7];
+    const char *target_path[FX_NTARGETS], *target_peft[FX_NTARGETS];
     /* Every module of the model that is not an adaptable linear, for PEFT's target_modules selection:
      * the model's own (with the prefix) and a layer's ("" the layer itself); NULL-terminated. */
     const char *const *modules, *const *layer_modules;
@@ -554,6 +580,7 @@ typedef struct fx_family {
 
 extern const fx_family fx_roberta;
 extern const fx_family fx_gpt2;  /* gpt2.c */
+extern const fx_family fx_llama; /* llama.c */
 /* The family of C (fx_roberta when c->family is NULL). */
 const fx_family *fx_config_family(const fx_config *c);
 /* As HF's _init_weights, by each tensor's init rule in the family's list: matrices N(0,
@@ -585,12 +612,12 @@ void fx_transpose(float *dst, const float *src, int rows, int cols);
  * adapter.c: LoRA, FFA-LoRA and VeRA: the target table, tensors, initialisation, forward, backward
  * ============================================================================================ */
 
-/* The linear layers of one block that may carry an adapter; target index t is bit 1 << t. */
-#define FX_NTARGETS 7
-/* GPT-2 uses ATTN_OUT (attn.c_proj), INTER (mlp.c_fc), OUTPUT (mlp.c_proj) and QKV (attn.c_attn, fused). */
-enum { FX_TI_QUERY, FX_TI_KEY, FX_TI_VALUE, FX_TI_ATTN_OUT, FX_TI_INTER, FX_TI_OUTPUT, FX_TI_QKV };
+/* FX_NTARGETS (above, with the family): the adaptable linears of a block; target index t is bit 1 << t. */
+/* GPT-2 uses ATTN_OUT (attn.c_proj), INTER (mlp.c_fc), OUTPUT (mlp.c_proj) and QKV (attn.c_attn, fused).
+ * Llama uses QUERY..OUTPUT (q, k, v, o_proj, up_proj, down_proj) and GATE (gate_proj). */
+enum { FX_TI_QUERY, FX_TI_KEY, FX_TI_VALUE, FX_TI_ATTN_OUT, FX_TI_INTER, FX_TI_OUTPUT, FX_TI_QKV, FX_TI_GATE };
 enum { FX_T_QUERY = 1, FX_T_KEY = 2, FX_T_VALUE = 4, FX_T_ATTN_OUT = 8, FX_T_INTER = 16, FX_T_OUTPUT = 32,
-       FX_T_QKV = 64 };
+       FX_T_QKV = 64, FX_T_GATE = 128 };
 typedef struct {
     unsigned bit;                /* FX_T_* */
     const char *name, *alias;    /* fedex's --targets names ("attention.output.dense" or "attn_out") */
@@ -680,6 +707,7 @@ typedef struct {
     int frozen;                  /* no gradient, no update: every base tensor, lora_A under freeze_a,
                                     vera_lambda_d under freeze_d */
     int conv1d;                  /* a (out, in) weight the checkpoint stores as (in, out) (GPT-2) */
+    int untied;                  /* named without the family's prefix in checkpoints (lm_head.weight) */
 } fx_tensor;
 typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
 /* Lookup by name: for files (checkpoints, residuals, tests), never for a step. */
@@ -701,7 +729,8 @@ typedef struct {
     size_t pos;                  /* (P, H) */
     size_t type;                 /* (TV, H) */
     size_t ln_w, ln_b;           /* (H) */
-    size_t lnf_w, lnf_b;         /* (H) the final LayerNorm (GPT-2's ln_f) */
+    size_t lnf_w, lnf_b;         /* (H) the final LayerNorm (GPT-2's ln_f; Llama's model.norm, no bias) */
+    size_t head;                 /* (V, H) an untied LM head (Llama's lm_head.weight) */
 } fx_embed_view;
 typedef struct {
     size_t dense_w, dense_b;     /* (H, H), (H) classifier.dense */
@@ -739,6 +768,20 @@ typedef struct fx_model {
 } fx_model;
 
 size_t fx_base_numel(const fx_config *c);
+/* heads' width: head_dim, or hidden / heads when the config gives none */
+int fx_model_head_dim(const fx_config *c);
+/* What one layer's attention reads and writes while decoding (decode.c keeps the caches). */
+typedef struct {
+    float *kc, *vc;              /* (slots, cap, heads * head_dim) the layer's keys and values */
+    int cap, pos;                /* positions each slot holds; the step's position (-1: prefill of slot 0) */
+    float *scores;               /* (ns, heads, pos + 1) attention scratch */
+} fx_decode_at;
+/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask; no dropout) through every
+ * layer, layer l's keys and values also into AT[l]'s cache and, when AT[l].pos >= 0, its attention over
+ * the cache (AT NULL: neither); then the final norm and the LM head on ROWS rows from FIRST, LOGITS
+ * (rows, vocab) on the host. */
+void fx_model_decode_forward(fx_model *m, const int32_t *ids, const int32_t *pos, const uint8_t *mask, int ns,
+                             int T, const fx_decode_at *at, size_t first, int rows, float *logits);
 /* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
 void fx_model_free(fx_model *m);
@@ -766,7 +809,7 @@ void fx_adamw_update(fx_model *m, float lr, float weight_decay);
 float fx_linear_schedule(int step, int warmup, int total, float lr); /* HF linear warmup then decay */
 
 /* ============================================================================================
- * generation: the decoder interface (model side: model.c's KV cache; search: generate.c)
+ * generation: the decoder interface (model side: decode.c's KV cache; search: generate.c)
  * ============================================================================================
  * A decoder runs a causal LM one position at a time over NSLOTS key/value caches (one per beam). The
  * search sees only this table, so it can be tested against a toy decoder as well as a model. Every
@@ -1232,6 +1275,7 @@ struct fx_run {
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
 int fx_run_interrupted(void);        /* SIGINT/SIGTERM seen by the server */
+void fx_run_interrupt(int sig);      /* as if the server had seen SIG (a client died of the group's Ctrl-C) */
 int fx_run_live(void);               /* live progress lines: standard error is a terminal, TERM is not dumb */
 /* For the transports while they wait: the live per-client lines (TTY: fx_run_live()), and the line for
  * a client that finished (on standard output, unless the live lines show it on a terminal). */

@@ -124,13 +124,13 @@ void fx_transpose(float *dst, const float *src, int rows, int cols) {
  * Weights and embeddings N(0, initializer_range), c_proj weights N(0, initializer_range / sqrt(2 n_layer)),
  * biases 0, LayerNorm 1 and 0. lm_head.weight is wte itself, so it is no tensor of its own. */
 
-#define CONV1D(path, w, b, out, in, init) {path ".weight", w, out, in, init, 1}, {path ".bias", b, out, 0, FX_INIT_ZERO, 0}
-#define NORM(path, w, b) {path ".weight", w, 'H', 0, FX_INIT_ONE, 0}, {path ".bias", b, 'H', 0, FX_INIT_ZERO, 0}
+#define CONV1D(path, w, b, out, in, init) {path ".weight", w, out, in, init, 1, 0}, {path ".bias", b, out, 0, FX_INIT_ZERO, 0, 0}
+#define NORM(path, w, b) {path ".weight", w, 'H', 0, FX_INIT_ONE, 0, 0}, {path ".bias", b, 'H', 0, FX_INIT_ZERO, 0, 0}
 
 /* wte, wpe, and ln_f (after the layers in the file; here with the embeddings, as nothing else is). */
 static const fx_tensor_spec gpt2_embed[] = {
-    {"wte.weight", FX_EMB_WORD, 'V', 'H', FX_INIT_NORMAL, 0},
-    {"wpe.weight", FX_EMB_POS, 'P', 'H', FX_INIT_NORMAL, 0},
+    {"wte.weight", FX_EMB_WORD, 'V', 'H', FX_INIT_NORMAL, 0, 0},
+    {"wpe.weight", FX_EMB_POS, 'P', 'H', FX_INIT_NORMAL, 0, 0},
     NORM("ln_f", FX_EMB_LNF_W, FX_EMB_LNF_B),
 };
 

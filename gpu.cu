@@ -922,6 +922,9 @@ const fx_ops fx_gpu_ops = {
     .layernorm_backward = gpu_layernorm_backward,
     .gelu_forward = gpu_gelu_forward, .gelu_backward = gpu_gelu_backward,
     .gelu_tanh_forward = gpu_gelu_tanh_forward, .gelu_tanh_backward = gpu_gelu_tanh_backward,
+    /* Llama's ops are CPU-only so far: fx_gpu_create refuses an RMSNorm family before any runs */
+    .rmsnorm_forward = NULL, .rmsnorm_backward = NULL, .rope = NULL, .swiglu_forward = NULL,
+    .swiglu_backward = NULL, .add_rows = NULL,
     .tanh_forward = gpu_tanh_forward, .tanh_backward = gpu_tanh_backward,
     .attention_forward = gpu_attention_forward, .attention_backward = gpu_attention_backward,
     .loss = gpu_loss, .lm_loss = gpu_lm_loss, .sumsq = gpu_sumsq, .scale = gpu_scale,
@@ -1009,6 +1012,11 @@ fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
     if (prop.major < MIN_MAJOR) {
         fx_seterr("gpu: device %d (%s) is sm_%d%d; this build runs on sm_%d0 and later", device, prop.name,
                   prop.major, prop.minor, MIN_MAJOR);
+        return NULL;
+    }
+    if (fx_config_family(&m->c)->norm == FX_NORM_RMSNORM) {
+        fx_seterr("gpu: the %s family's ops (RMSNorm, RoPE, SwiGLU, grouped-query attention) run on the CPU "
+                  "only so far: use --device cpu", fx_config_family(&m->c)->model_type);
         return NULL;
     }
     fx_gpu *g = (fx_gpu *)fx_calloc(1, sizeof *g);

@@ -1,7 +1,7 @@
 /* model.c: the transformer written once as calls on a backend's ops table: tensor tables and per-layer
- * views built once from the family's list, the workspace carve, the encoder and decoder blocks forward and
- * backward, the heads and losses, the KV-cache decoder. It reads no activation or weight itself; no file
- * I/O, no family names; the optimizer step is optim.c's. */
+ * views built once from the family's list, the workspace carve, the blocks forward and backward (RoBERTa's
+ * encoder, GPT-2's and Llama's decoders), the heads and losses. It reads no activation or weight itself; no
+ * file I/O, no family names; the optimizer step is optim.c's, the KV cache's bookkeeping decode.c's. */
 #include "fedex.h"
 
 #include <math.h>
@@ -33,6 +33,10 @@ const fx_tensor *fx_params_find(const fx_params *p, const char *name) {
     return NULL;
 }
 
+static int head_dim(const fx_config *c) { return c->head_dim ? c->head_dim : c->hidden / c->heads; }
+/* A tensor of the list this config has: the untied LM head only when the config unties it. */
+static int spec_present(const fx_config *c, const fx_tensor_spec *s) { return !s->untied || c->untied_head; }
+
 /* A dimension letter of the family's tensor list (fx_tensor_spec) as a size. */
 static int spec_dim(const fx_config *c, char d) {
     switch (d) {
@@ -43,12 +47,15 @@ static int spec_dim(const fx_config *c, char d) {
     case 'I': return c->intermediate;
     case '3': return 3 * c->hidden;
     case 'L': return c->num_labels;
+    case 'Q': return c->heads * head_dim(c);
+    case 'K': return (c->kv_heads ? c->kv_heads : c->heads) * head_dim(c);
     default: return 0;
     }
 }
 static size_t spec_numel(const fx_config *c, const fx_tensor_spec *s, int n) {
     size_t total = 0;
-    for (int i = 0; i < n; i++) total += (size_t)spec_dim(c, s[i].d0) * (size_t)(s[i].d1 ? spec_dim(c, s[i].d1) : 1);
+    for (int i = 0; i < n; i++)
+        if (spec_present(c, &s[i])) total += (size_t)spec_dim(c, s[i].d0) * (size_t)(s[i].d1 ? spec_dim(c, s[i].d1) : 1);
     return total;
 }
 
@@ -64,7 +71,10 @@ size_t fx_base_numel(const fx_config *c) {
 typedef struct {                /* one layer, N = n*T tokens */
     float *xn, *mean0, *rstd0;  /* pre-LN: (N, H) LayerNorm(x) before attention, its moments (N) */
     float *qkv;                 /* pre-LN: (N, 3H) the fused projection, q | k | v */
-    float *q, *k, *v;           /* (N, H) projections; head h is columns [h*hd, (h+1)*hd) */
+    float *q, *k, *v;           /* (N, H) projections; head h is columns [h*hd, (h+1)*hd). Llama: q (N, Hq),
+                                   k, v (N, Hk) with Hq = heads hd, Hk = kv_heads hd, after RoPE */
+    float *kf, *vf;             /* Llama: (N, Hq) k and v repeated to every query head (== k, v when
+                                   kv_heads == heads), the attention's keys and values */
     float *att;                 /* (n, nh, T, T) softmax probabilities */
     float *att_drop;            /* (n, nh, T, T) after attention dropout (== att without dropout) */
     float *ctx;                 /* (N, H) attention output, heads side by side */
@@ -73,8 +83,9 @@ typedef struct {                /* one layer, N = n*T tokens */
                                    the second's (pre-LN) */
     float *mean1, *rstd1;       /* (N) */
     float *h1;                  /* (N, H) that LayerNorm's output: the MLP's input */
-    float *pre;                 /* (N, I) intermediate.dense output, before GELU */
-    float *gelu;                /* (N, I) */
+    float *pre;                 /* (N, I) intermediate.dense output, before GELU (Llama: gate_proj's) */
+    float *up;                  /* (N, I) Llama's up_proj output */
+    float *gelu;                /* (N, I) the activation's output (Llama: silu(gate) * up) */
     uint8_t *keep2;             /* (N, H) hidden-dropout keep mask after output.dense, or NULL */
     float *res2;                /* (N, H) dropout(dense(gelu)) + h1: the second LayerNorm's input (post-LN) */
     float *mean2, *rstd2;       /* (N) */
@@ -108,7 +119,9 @@ typedef struct {
     float *dy;                  /* (N, H) gradient at a dense output (after dropout backward) */
     float *dh1;                 /* (N, H) */
     float *dI;                  /* (N, I) gradient at the GELU output, then at its input */
-    float *dctx, *dq, *dk, *dv; /* (N, H) */
+    float *dctx, *dq, *dk, *dv; /* (N, H); Llama (N, Hq), dk and dv per query head */
+    float *dks, *dvs;           /* Llama: (N, Hk) dk, dv summed over the heads sharing them (== dk, dv in MHA) */
+    float *dup;                 /* (N, I) Llama: gradient at up_proj's output */
     float *dqkv;                /* (N, 3H) pre-LN's fused projection */
     float *datt;                /* (n, nh, T, T) */
     float *dhx, *dht;           /* (n, H) the head's */
@@ -127,7 +140,11 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     size_t N = (size_t)n * T, H = c->hidden, I = c->intermediate, r = m->a.r, nL = c->num_labels;
     size_t att = (size_t)n * c->heads * T * T;
     int pre = m->fam->norm_place == FX_NORM_PRE, lm = m->fam->head_kind == FX_HEAD_LM;
-    size_t in_max = H > I ? H : I, out_max = pre && 3 * H > in_max ? 3 * H : in_max; /* any adapted layer's fit */
+    int llama = m->fam->norm == FX_NORM_RMSNORM, gqa = llama && c->kv_heads && c->kv_heads != c->heads;
+    size_t Hq = (size_t)c->heads * head_dim(c), Hk = (size_t)(c->kv_heads ? c->kv_heads : c->heads) * head_dim(c);
+    size_t in_max = H > I ? H : I;
+    if (Hq > in_max) in_max = Hq;
+    size_t out_max = pre && 3 * H > in_max ? 3 * H : in_max; /* any adapted layer's fit */
     size_t nlog = lm ? N * (size_t)c->vocab_size : (size_t)n * nL;
     int drop_h = train && c->hidden_dropout > 0, drop_a = train && c->attention_dropout > 0;
     int drop_c = train && c->classifier_dropout > 0, drop_ad = train && m->a.dropout > 0;
@@ -142,15 +159,17 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
         if (l >= slots) { *A = w->L[l % 2]; continue; }
         TAKE_IF(pre, A->xn, N * H); TAKE_IF(pre, A->mean0, N); TAKE_IF(pre, A->rstd0, N);
         TAKE_IF(pre, A->qkv, N * 3 * H);
-        TAKE(A->q, N * H); TAKE(A->k, N * H); TAKE(A->v, N * H);
+        TAKE(A->q, N * Hq); TAKE(A->k, N * Hk); TAKE(A->v, N * Hk);
+        TAKE_IF(gqa, A->kf, N * Hq); TAKE_IF(gqa, A->vf, N * Hq);
+        if (!gqa) { A->kf = A->k; A->vf = A->v; }
         TAKE(A->att, att);
         TAKE_IF(drop_a, A->att_drop, att);
         if (!drop_a) A->att_drop = A->att;
-        TAKE(A->ctx, N * H);
+        TAKE(A->ctx, N * Hq);
         TAKE_IF(drop_h, A->keep1, N * H);
         TAKE(A->res1, N * H); TAKE(A->mean1, N); TAKE(A->rstd1, N);
         TAKE(A->h1, N * H);
-        TAKE(A->pre, N * I); TAKE(A->gelu, N * I);
+        TAKE(A->pre, N * I); TAKE_IF(llama, A->up, N * I); TAKE(A->gelu, N * I);
         TAKE_IF(drop_h, A->keep2, N * H);
         TAKE_IF(!pre, A->res2, N * H); TAKE_IF(!pre, A->mean2, N); TAKE_IF(!pre, A->rstd2, N);
         TAKE(A->out, N * H);
@@ -177,8 +196,11 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     TAKE_IF(train, w->dout, N * H); TAKE_IF(train, w->din, N * H);
     TAKE_IF(train, w->dres, N * H); TAKE_IF(train, w->dy, N * H); TAKE_IF(train, w->dh1, N * H);
     TAKE_IF(train, w->dI, N * I);
-    TAKE_IF(train, w->dctx, N * H); TAKE_IF(train, w->dq, N * H);
-    TAKE_IF(train, w->dk, N * H); TAKE_IF(train, w->dv, N * H);
+    TAKE_IF(train, w->dctx, N * Hq); TAKE_IF(train, w->dq, N * Hq);
+    TAKE_IF(train, w->dk, N * Hq); TAKE_IF(train, w->dv, N * Hq);
+    TAKE_IF(train && gqa, w->dks, N * Hk); TAKE_IF(train && gqa, w->dvs, N * Hk);
+    if (!gqa) { w->dks = w->dk; w->dvs = w->dv; }
+    TAKE_IF(train && llama, w->dup, N * I);
     TAKE_IF(train && pre, w->dqkv, N * 3 * H);
     TAKE_IF(train, w->datt, att);
     TAKE_IF(train, w->as.dxd, N * in_max);
@@ -210,6 +232,7 @@ static void ws_prepare(fx_model *m, int n, int T, int train) {
  * ============================================================================================ */
 
 /* Where a layer tensor of ROLE goes in the view, or NULL when this model.c does not run such a tensor. */
+#define NO_BIAS ((size_t)-1) /* a linear view's b when the linear has no bias */
 static size_t *layer_slot(fx_layer_view *v, int role) {
     for (int t = 0; t < FX_NTARGETS; t++) {
         if (role == fx_targets[t].w_role) return &v->lin[t].w;
@@ -221,7 +244,8 @@ static size_t *layer_slot(fx_layer_view *v, int role) {
 static size_t *embed_slot(fx_embed_view *v, int role) {
     return role == FX_EMB_WORD ? &v->word : role == FX_EMB_POS ? &v->pos : role == FX_EMB_TYPE ? &v->type
          : role == FX_EMB_LN_W ? &v->ln_w : role == FX_EMB_LN_B ? &v->ln_b
-         : role == FX_EMB_LNF_W ? &v->lnf_w : role == FX_EMB_LNF_B ? &v->lnf_b : NULL;
+         : role == FX_EMB_LNF_W ? &v->lnf_w : role == FX_EMB_LNF_B ? &v->lnf_b
+         : role == FX_EMB_HEAD ? &v->head : NULL;
 }
 static size_t *head_slot(fx_head_view *v, int role) {
     return role == FX_HEAD_DW ? &v->dense_w : role == FX_HEAD_DB ? &v->dense_b
@@ -236,6 +260,10 @@ static int family_supported(const fx_family *f, const fx_config *c) {
               f->head_kind == FX_HEAD_CLS_TANH && !f->tied_head;
     int dec = f->norm_place == FX_NORM_PRE && f->fused_qkv && f->causal && f->act == FX_ACT_GELU_TANH &&
               f->head_kind == FX_HEAD_LM && f->tied_head;
+    /* Llama's: pre-norm RMSNorm, separate q, k, v (grouped-query), RoPE, SwiGLU, an LM head tied or not */
+    int llama = f->norm_place == FX_NORM_PRE && f->norm == FX_NORM_RMSNORM && !f->fused_qkv && f->causal &&
+                f->positions == FX_POS_ROPE && f->position_ids && f->act == FX_ACT_SWIGLU && f->head_kind == FX_HEAD_LM;
+    if (llama) return 0;
     /* what differs from the block of its norm placement, named */
     int pre = f->norm_place == FX_NORM_PRE;
     const char *what = f->norm != FX_NORM_LAYERNORM ? "RMSNorm"
@@ -256,6 +284,7 @@ static int add_specs(fx_params *p, const fx_config *c, const fx_tensor_spec *s, 
     char name[160], pre[64] = "";
     if (l >= 0) snprintf(pre, sizeof pre, layer_fmt, l);
     for (int i = 0; i < n; i++) {
+        if (!spec_present(c, &s[i])) continue;
         size_t *dst = slot(view, s[i].role);
         if (!dst) {
             fx_seterr("model: tensor %s%s (unknown role) is not one this model.c runs", pre, s[i].name);
@@ -265,6 +294,7 @@ static int add_specs(fx_params *p, const fx_config *c, const fx_tensor_spec *s, 
         snprintf(name, sizeof name, "%s%s", pre, s[i].name);
         fx_params_add(p, name, spec_dim(c, s[i].d0), s[i].d1 ? spec_dim(c, s[i].d1) : 0, frozen);
         p->t[p->nt - 1].conv1d = s[i].conv1d;
+        p->t[p->nt - 1].untied = s[i].untied;
     }
     return 0;
 }
@@ -274,7 +304,8 @@ static size_t *head_slot_v(void *v, int role) { return head_slot(v, role); }
 
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base) {
     memset(m, 0, sizeof *m);
-    if (c->hidden < 1 || c->heads < 1 || c->hidden % c->heads || c->layers < 1 || c->intermediate < 1 ||
+    if (c->hidden < 1 || c->heads < 1 || (!c->head_dim && c->hidden % c->heads) || c->head_dim < 0 ||
+        c->kv_heads < 0 || (c->kv_heads && c->heads % c->kv_heads) || c->layers < 1 || c->intermediate < 1 ||
         c->vocab_size < 1 || c->max_positions < 2 || c->type_vocab_size < 1 || c->num_labels < 1 ||
         c->pad_id < 0 || c->pad_id >= c->vocab_size) {
         fx_seterr("model config: inconsistent sizes (hidden %d, heads %d, layers %d, labels %d)", c->hidden,
@@ -305,6 +336,8 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
 
     /* Base table and its views, the family's order; each linear's (out, in) from the target table. */
     m->layer = fx_calloc((size_t)c->layers, sizeof *m->layer);
+    for (int l = 0; l < c->layers; l++)
+        for (int t = 0; t < FX_NTARGETS; t++) m->layer[l].lin[t].b = NO_BIAS; /* until the list gives one */
     int rc = add_specs(&m->base, c, f->embed, f->nembed, -1, 1, embed_slot_v, &m->emb, NULL);
     for (int l = 0; rc == 0 && l < c->layers; l++) {
         rc = add_specs(&m->base, c, f->layer, f->nlayer, l, 1, layer_slot_v, &m->layer[l], f->layer_fmt);
@@ -363,8 +396,10 @@ void fx_model_free(fx_model *m) {
  * the block, forward and backward, on the model's ops
  * ============================================================================================ */
 
-/* A weight of the base (frozen) and of the trainable buffer at a view's offset. */
+/* A weight of the base (frozen) and of the trainable buffer at a view's offset; a linear's bias, or NULL
+ * for a linear without one (Llama's). */
 static const float *W(const fx_model *m, size_t off) { return m->base.data + off; }
+static const float *Bias(const fx_model *m, size_t off) { return off == NO_BIAS ? NULL : m->base.data + off; }
 static const float *P(const fx_model *m, size_t off) { return m->train.data + off; }
 
 /* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])); pre-LN blocks (GPT-2)
@@ -377,7 +412,8 @@ static void embeddings_forward(fx_model *m, int N, int train) {
     int pre = m->fam->norm_place == FX_NORM_PRE;
     float p = pre ? c->embed_dropout : c->hidden_dropout;
     int drop = train && p > 0;
-    m->ops->embeddings_forward(w->x0, w->ids, w->pos, W(m, e->word), W(m, e->pos), pre ? NULL : W(m, e->type),
+    const float *posw = m->fam->positions == FX_POS_ROPE ? NULL : W(m, e->pos); /* RoPE: in attention */
+    m->ops->embeddings_forward(w->x0, w->ids, w->pos, W(m, e->word), posw, pre ? NULL : W(m, e->type),
                                pre ? NULL : W(m, e->ln_w), pre ? NULL : W(m, e->ln_b), N, c->hidden,
                                c->layer_norm_eps, drop ? p : 0.0f, drop ? fx_rng_u64(&m->drop) : 0);
 }
@@ -385,7 +421,7 @@ static void embeddings_forward(fx_model *m, int N, int train) {
 /* A dense layer of encoder layer L, target T: frozen y = x W^T + b, plus the adapter when there is one. */
 static void dense_forward(fx_model *m, int l, int t, float *y, const float *x, layer_acts *A, int N) {
     const fx_linear_view *lv = &m->layer[l].lin[t];
-    m->ops->linear_forward(y, x, W(m, lv->w), W(m, lv->b), N, lv->in, lv->out);
+    m->ops->linear_forward(y, x, W(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
     if (lv->ad >= 0) fx_adapter_forward(m, lv->ad, y, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
 }
 /* dx = dy W (+ dx when ACC) plus the adapter's share; adapter gradients. DX NULL: adapter gradients only. */
@@ -461,12 +497,7 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
  *   x1 = x + dropout(ctx Wp^T + bp)  (attn.c_proj);  h1 = LN2(x1)
  *   out = x1 + dropout(gelu_new(h1 Wfc^T + bfc) Wp2^T + bp2)  (mlp.c_fc, mlp.c_proj)
  * DEC (decoding, dropout off): k and v also go into the layer's cache; a step's queries attend to it. */
-typedef struct {
-    float *kc, *vc;             /* (slots, cap, H) this layer's cache */
-    int cap, pos;               /* positions each slot holds; the step's position (-1: prefill of slot 0) */
-    float *scores;              /* (ns, nh, pos + 1) */
-} decode_at;
-static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, int n, int T, const decode_at *dec) {
+static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, int n, int T, const fx_decode_at *dec) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
@@ -534,11 +565,117 @@ static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL *
     op->axpy(dx, 1.0f, w->dres, NH);
 }
 
+/* --- one Llama decoder layer (LlamaDecoderLayer), x the residual stream, Hq = heads hd, Hk = kv_heads hd:
+ *   xn = RMSNorm1(x);  q = xn Wq^T, k = xn Wk^T, v = xn Wv^T  (+ adapters);  q, k = RoPE(q, k)
+ *   k, v repeated to every query head (HF's repeat_kv: query head h reads key/value head h / (nh / nkv))
+ *   x1 = x + causal attention(q, k, v) Wo^T;  h1 = RMSNorm2(x1)
+ *   out = x1 + (silu(h1 Wg^T) * (h1 Wu^T)) Wd^T  (gate_proj, up_proj, down_proj)
+ * No biases and no dropout but attention's. DEC as layer_forward_pre's (the cache holds repeated, rotated
+ * keys: (slots, cap, Hq)). */
+static void repeat_kv(const fx_model *m, float *full /* (N, Hq) */, const float *kv /* (N, Hk) */, int N) {
+    int hd = head_dim(&m->c), nh = m->c.heads, nkv = m->c.kv_heads, rep = nh / nkv;
+    for (int h = 0; h < nh; h++)
+        m->ops->copy_rows(full + (size_t)h * hd, (size_t)nh * hd, kv + (size_t)(h / rep) * hd, (size_t)nkv * hd, N, hd);
+}
+/* Its backward: d (N, Hk) = the sum over the query heads sharing each key/value head, in head order. */
+static void repeat_kv_backward(const fx_model *m, float *d /* (N, Hk) */, const float *dfull /* (N, Hq) */, int N) {
+    int hd = head_dim(&m->c), nh = m->c.heads, nkv = m->c.kv_heads, rep = nh / nkv;
+    for (int h = 0; h < nh; h++) {
+        float *dst = d + (size_t)(h / rep) * hd;
+        const float *src = dfull + (size_t)h * hd;
+        if (h % rep == 0) m->ops->copy_rows(dst, (size_t)nkv * hd, src, (size_t)nh * hd, N, hd);
+        else m->ops->add_rows(dst, (size_t)nkv * hd, src, (size_t)nh * hd, N, hd);
+    }
+}
+static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */, int n, int T, const fx_decode_at *dec) {
+    const fx_ops *op = m->ops;
+    workspace *w = m->ws;
+    const fx_config *c = &m->c;
+    const fx_layer_view *V = &m->layer[l];
+    layer_acts *A = &w->L[l];
+    int N = n * T, H = c->hidden, I = c->intermediate, hd = head_dim(c), nh = c->heads;
+    int nkv = c->kv_heads ? c->kv_heads : nh, Hq = nh * hd;
+    size_t NH = (size_t)N * H;
+    op->rmsnorm_forward(A->xn, A->rstd0, x, W(m, V->ln1_w), N, H, c->layer_norm_eps);
+    dense_forward(m, l, FX_TI_QUERY, A->q, A->xn, A, N);
+    dense_forward(m, l, FX_TI_KEY, A->k, A->xn, A, N);
+    dense_forward(m, l, FX_TI_VALUE, A->v, A->xn, A, N);
+    op->rope(A->q, w->pos, N, nh, hd, c->rope_theta, 0);
+    op->rope(A->k, w->pos, N, nkv, hd, c->rope_theta, 0);
+    if (A->kf != A->k) { repeat_kv(m, A->kf, A->k, N); repeat_kv(m, A->vf, A->v, N); }
+    if (dec && dec->pos >= 0) { /* one token per slot at dec->pos */
+        size_t stride = (size_t)dec->cap * Hq;
+        op->copy_rows(dec->kc + (size_t)dec->pos * Hq, stride, A->kf, (size_t)Hq, n, Hq);
+        op->copy_rows(dec->vc + (size_t)dec->pos * Hq, stride, A->vf, (size_t)Hq, n, Hq);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, n, dec->pos + 1, dec->cap, Hq, nh);
+    } else {
+        if (dec) { op->copy(dec->kc, A->kf, (size_t)N * Hq); op->copy(dec->vc, A->vf, (size_t)N * Hq); }
+        uint64_t site = A->att_drop != A->att ? fx_rng_u64(&m->drop) : 0;
+        op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->kf, A->vf, w->mask, n, T, Hq, nh, 1,
+                              c->attention_dropout, site);
+    }
+    dense_forward(m, l, FX_TI_ATTN_OUT, A->res1, A->ctx, A, N);
+    op->axpy(A->res1, 1.0f, x, NH); /* x1 = x + o_proj(ctx): one fp32 addition */
+    op->rmsnorm_forward(A->h1, A->rstd1, A->res1, W(m, V->ln2_w), N, H, c->layer_norm_eps);
+    dense_forward(m, l, FX_TI_GATE, A->pre, A->h1, A, N);
+    dense_forward(m, l, FX_TI_INTER, A->up, A->h1, A, N);
+    op->swiglu_forward(A->gelu, A->pre, A->up, (size_t)N * I);
+    dense_forward(m, l, FX_TI_OUTPUT, A->out, A->gelu, A, N);
+    op->axpy(A->out, 1.0f, A->res1, NH);
+}
+
+/* Its backward from dout (N, H); dx as layer_backward's. RoPE is a rotation, so its backward rotates the
+ * gradient back (by minus the angle). */
+static void layer_backward_llama(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N, H) */,
+                                 const float *x /* (N, H) */, int n, int T) {
+    const fx_ops *op = m->ops;
+    workspace *w = m->ws;
+    const fx_config *c = &m->c;
+    const fx_layer_view *V = &m->layer[l];
+    const layer_acts *A = &w->L[l];
+    int N = n * T, H = c->hidden, I = c->intermediate, hd = head_dim(c), nh = c->heads;
+    int nkv = c->kv_heads ? c->kv_heads : nh, Hq = nh * hd;
+    size_t NH = (size_t)N * H;
+    /* out = x1 + down(silu(gate(h1)) * up(h1)), h1 = RMSNorm2(x1) */
+    dense_backward(m, l, FX_TI_OUTPUT, w->dI, dout, A->gelu, A, N, 0);
+    op->swiglu_backward(w->dI, w->dup, w->dI, A->pre, A->up, (size_t)N * I);
+    dense_backward(m, l, FX_TI_GATE, w->dh1, w->dI, A->h1, A, N, 0);
+    dense_backward(m, l, FX_TI_INTER, w->dh1, w->dup, A->h1, A, N, 1);
+    op->rmsnorm_backward(w->dres, w->dh1, A->res1, A->rstd1, W(m, V->ln2_w), N, H);
+    op->axpy(w->dres, 1.0f, dout, NH); /* dx1: the norm's share plus the residual's */
+    /* x1 = x + o_proj(attention(RoPE(q), RoPE(k), v)) */
+    dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dres, A->ctx, A, N, 0);
+    op->attention_backward(w->dq, w->dk, w->dv, w->datt, w->dctx, A->q, A->kf, A->vf, A->att, A->att_drop, n, T, Hq,
+                           nh, c->attention_dropout);
+    if (w->dks != w->dk) { repeat_kv_backward(m, w->dks, w->dk, N); repeat_kv_backward(m, w->dvs, w->dv, N); }
+    op->rope(w->dq, w->pos, N, nh, hd, c->rope_theta, 1);
+    op->rope(w->dks, w->pos, N, nkv, hd, c->rope_theta, 1);
+    /* xn = RMSNorm1(x) feeds q, k, v; x also feeds x1 directly */
+    float *dxn = dx ? w->dh1 : NULL;
+    dense_backward(m, l, FX_TI_QUERY, dxn, w->dq, A->xn, A, N, 0);
+    dense_backward(m, l, FX_TI_KEY, dxn, w->dks, A->xn, A, N, 1);
+    dense_backward(m, l, FX_TI_VALUE, dxn, w->dvs, A->xn, A, N, 1);
+    if (!dx) return;
+    op->rmsnorm_backward(dx, w->dh1, x, A->rstd0, W(m, V->ln1_w), N, H);
+    op->axpy(dx, 1.0f, w->dres, NH);
+}
+
+/* The decoder layer of the model's family. */
+static void block_forward(fx_model *m, int l, const float *x, int n, int T, const fx_decode_at *dec) {
+    if (m->fam->norm == FX_NORM_RMSNORM) layer_forward_llama(m, l, x, n, T, dec);
+    else layer_forward_pre(m, l, x, n, T, dec);
+}
+static void block_backward(fx_model *m, int l, float *dx, const float *dout, const float *x, int n, int T) {
+    if (m->fam->norm == FX_NORM_RMSNORM) layer_backward_llama(m, l, dx, dout, x, n, T);
+    else layer_backward_pre(m, l, dx, dout, x, n, T);
+}
+
 /* ============================================================================================
  * the causal LM head (tied to the word embedding) and its loss
  * ============================================================================================ */
 
-/* xf = ln_f(xL) for ROWS rows from FIRST, logits (rows, V) = xf wte^T: the head is the embedding itself. */
+/* xf = ln_f(xL) for ROWS rows from FIRST, logits (rows, V) = xf wte^T: the head is the embedding itself.
+ * Llama: xf = RMSNorm(xL) (model.norm), the head lm_head.weight unless tied to embed_tokens. */
 static void lm_head_forward(fx_model *m, const float *xL /* (N, H) */, size_t first, int rows) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
@@ -546,17 +683,22 @@ static void lm_head_forward(fx_model *m, const float *xL /* (N, H) */, size_t fi
     int H = c->hidden, V = c->vocab_size;
     const float *xs = xL + first * H;
     float *xf = w->xf + first * H;
-    op->layernorm_forward(xf, w->meanf + first, w->rstdf + first, xs, W(m, m->emb.lnf_w), W(m, m->emb.lnf_b), rows,
-                          H, c->layer_norm_eps);
-    op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, m->emb.word), H, 0.0f, w->logits, V);
+    if (m->fam->norm == FX_NORM_RMSNORM)
+        op->rmsnorm_forward(xf, w->rstdf + first, xs, W(m, m->emb.lnf_w), rows, H, c->layer_norm_eps);
+    else
+        op->layernorm_forward(xf, w->meanf + first, w->rstdf + first, xs, W(m, m->emb.lnf_w), W(m, m->emb.lnf_b),
+                              rows, H, c->layer_norm_eps);
+    op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, c->untied_head ? m->emb.head : m->emb.word), H, 0.0f, w->logits, V);
 }
 /* From dlogits (N, V): dout (N, H) at the last layer's output (wte is frozen: no gradient of its own). */
 static void lm_head_backward(fx_model *m, int N, const float *xL, float *dout) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     int H = m->c.hidden, V = m->c.vocab_size;
-    op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, m->emb.word), H, 0.0f, w->dres, H);
-    op->layernorm_backward(dout, w->dres, xL, w->meanf, w->rstdf, W(m, m->emb.lnf_w), N, H);
+    op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, m->c.untied_head ? m->emb.head : m->emb.word), H, 0.0f,
+               w->dres, H);
+    if (m->fam->norm == FX_NORM_RMSNORM) op->rmsnorm_backward(dout, w->dres, xL, w->rstdf, W(m, m->emb.lnf_w), N, H);
+    else op->layernorm_backward(dout, w->dres, xL, w->meanf, w->rstdf, W(m, m->emb.lnf_w), N, H);
 }
 
 /* Positions that predict a token: t < T-1 whose next target is not -100. */
@@ -618,6 +760,11 @@ static void head_backward(fx_model *m, int n, int T, float *dout /* (N, H) */) {
 static int lm_batch_check(const fx_config *c, const fx_batch *b, int train) {
     if (b->T > c->max_positions) {
         fx_seterr("batch: %d tokens exceed n_positions %d", b->T, c->max_positions);
+        return -1;
+    }
+    if (c->sliding_window && b->T > c->sliding_window) {
+        fx_seterr("batch: %d tokens exceed sliding_window %d (attention beyond the window is not implemented)", b->T,
+                  c->sliding_window);
         return -1;
     }
     if (train && !b->targets) { fx_seterr("batch: training a causal LM needs per-token targets"); return -1; }
@@ -685,7 +832,7 @@ static float lm_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     op->upload(w->mask, b->mask, (size_t)N * sizeof *w->mask);
     if (b->targets) op->upload(w->targets, b->targets, (size_t)N * sizeof *w->targets);
     embeddings_forward(m, N, train);
-    for (int l = 0; l < c->layers; l++) layer_forward_pre(m, l, l ? w->L[l - 1].out : w->x0, n, T, NULL);
+    for (int l = 0; l < c->layers; l++) block_forward(m, l, l ? w->L[l - 1].out : w->x0, n, T, NULL);
     const float *xL = w->L[c->layers - 1].out;
     lm_head_forward(m, xL, 0, N);
     if (logits) op->download(logits, w->logits, (size_t)N * V * sizeof(float));
@@ -697,7 +844,7 @@ static float lm_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     op->zero(m->grad, m->train.n);
     lm_head_backward(m, N, xL, w->dout);
     for (int l = c->layers - 1; l >= 0; l--) {
-        layer_backward_pre(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0, n, T);
+        block_backward(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0, n, T);
         float *t = w->dout; w->dout = w->din; w->din = t;
     }
     return (float)loss;
@@ -709,6 +856,7 @@ float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     int n = b->n, T = b->T, H = c->hidden, L = c->num_labels, N = n * T;
     int wide = H > c->intermediate ? H : c->intermediate;
     if (m->fam->fused_qkv && 3 * H > wide) wide = 3 * H;
+    if (c->heads * head_dim(c) > wide) wide = c->heads * head_dim(c);
     if (fx_batch_check(c, b, train, wide) != 0) return NAN;
     if (m->fam->head_kind == FX_HEAD_LM) return lm_step(m, b, train, logits);
     ws_prepare(m, n, T, train);
@@ -735,175 +883,22 @@ float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
 }
 
 /* ============================================================================================
- * decoding with a key/value cache (the model side of fx_decoder)
- * ============================================================================================
- * Each layer keeps K and V of every slot, (slots, cap, H), cap growing by doubling up to n_positions. A
- * step runs the same layer code as the full forward on one token per slot (N = ns), with attention
- * reading the cache; so its logits are the full forward's at that position, to the rounding of products
- * of other shapes. reorder copies slots into a spare cache and swaps the two. */
+ * the forward the KV-cache decoder runs (decode.c)
+ * ============================================================================================ */
 
-typedef struct {
-    fx_model *m;
-    int nslots, cap;
-    float **kc, **vc, **sk, **sv;    /* (layers) caches and their spares, (nslots, cap, H) each */
-    float *scores; size_t scap;      /* (ns, nh, len) attention scratch */
-    int32_t *ids, *pos; uint8_t *mask; int hcap; /* host batch of the call */
-} decoder;
+int fx_model_head_dim(const fx_config *c) { return head_dim(c); }
 
-/* Room for NEED positions per slot, keeping what the slots hold. */
-static void dec_reserve(decoder *d, int need) {
-    fx_model *m = d->m;
-    const fx_ops *op = m->ops;
-    if (need <= d->cap) return;
-    int cap = d->cap ? d->cap : 16;
-    while (cap < need) cap *= 2;
-    if (cap > m->c.max_positions) cap = m->c.max_positions;
-    size_t H = m->c.hidden, bytes = (size_t)d->nslots * cap * H * sizeof(float);
-    for (int l = 0; l < m->c.layers; l++) {
-        float *k = op->alloc(bytes), *v = op->alloc(bytes);
-        if (d->cap) {
-            op->copy_rows(k, (size_t)cap * H, d->kc[l], (size_t)d->cap * H, d->nslots, (int)((size_t)d->cap * H));
-            op->copy_rows(v, (size_t)cap * H, d->vc[l], (size_t)d->cap * H, d->nslots, (int)((size_t)d->cap * H));
-        }
-        op->release(d->kc[l]); op->release(d->vc[l]); op->release(d->sk[l]); op->release(d->sv[l]);
-        d->kc[l] = k; d->vc[l] = v;
-        d->sk[l] = op->alloc(bytes); d->sv[l] = op->alloc(bytes);
-    }
-    d->cap = cap;
-}
-
-/* Runs N = ns * T tokens (ids, positions already in d's host arrays) through the layers; POS as
- * decode_at's. The last layer's output stays in the workspace. */
-static const float *dec_layers(decoder *d, int ns, int T, int pos) {
-    fx_model *m = d->m;
+void fx_model_decode_forward(fx_model *m, const int32_t *ids, const int32_t *pos, const uint8_t *mask, int ns, int T,
+                             const fx_decode_at *at, size_t first, int rows, float *logits) {
     const fx_ops *op = m->ops;
     int N = ns * T;
     ws_prepare(m, ns, T, 0);
     workspace *w = m->ws;
-    op->upload(w->ids, d->ids, (size_t)N * sizeof *w->ids);
-    op->upload(w->pos, d->pos, (size_t)N * sizeof *w->pos);
-    op->upload(w->mask, d->mask, (size_t)N);
-    size_t need = (size_t)ns * m->c.heads * (size_t)(pos + 1);
-    if (pos >= 0 && need > d->scap) {
-        op->release(d->scores);
-        d->scores = op->alloc(need * sizeof(float));
-        d->scap = need;
-    }
+    op->upload(w->ids, ids, (size_t)N * sizeof *w->ids);
+    op->upload(w->pos, pos, (size_t)N * sizeof *w->pos);
+    op->upload(w->mask, mask, (size_t)N);
     embeddings_forward(m, N, 0);
-    for (int l = 0; l < m->c.layers; l++) {
-        decode_at at = {d->kc[l], d->vc[l], d->cap, pos, d->scores};
-        layer_forward_pre(m, l, l ? w->L[l - 1].out : w->x0, ns, T, &at);
-    }
-    return w->L[m->c.layers - 1].out;
-}
-
-static int dec_host(decoder *d, int n, const int *ids, int pos0, int step) {
-    const fx_config *c = &d->m->c;
-    if (n > d->hcap) {
-        d->ids = fx_realloc(d->ids, (size_t)n * sizeof *d->ids);
-        d->pos = fx_realloc(d->pos, (size_t)n * sizeof *d->pos);
-        d->mask = fx_realloc(d->mask, (size_t)n);
-        d->hcap = n;
-    }
-    for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= c->vocab_size) {
-            fx_seterr("decode: token %d of %d is %d, outside the vocabulary [0, %d)", i, n, ids[i], c->vocab_size);
-            return -1;
-        }
-        d->ids[i] = ids[i];
-        d->pos[i] = step ? pos0 : pos0 + i;
-        d->mask[i] = 1;
-    }
-    return 0;
-}
-
-static int dec_prefill(void *ctx, const int *ids, int n, float *logits) {
-    decoder *d = ctx;
-    fx_model *m = d->m;
-    if (n < 1 || n > m->c.max_positions) {
-        fx_seterr("decode: a prompt of %d tokens (the model holds 1 to %d)", n, m->c.max_positions);
-        return -1;
-    }
-    if (dec_host(d, n, ids, 0, 0) != 0) return -1;
-    dec_reserve(d, n);
-    const float *xL = dec_layers(d, 1, n, -1);
-    lm_head_forward(m, xL, (size_t)n - 1, 1);
-    m->ops->download(logits, ((workspace *)m->ws)->logits, (size_t)m->c.vocab_size * sizeof(float));
-    return 0;
-}
-
-static int dec_step(void *ctx, int ns, const int *tok, int pos, float *logits) {
-    decoder *d = ctx;
-    fx_model *m = d->m;
-    if (ns < 1 || ns > d->nslots || pos < 1 || pos >= m->c.max_positions) {
-        fx_seterr("decode: step of %d slots at position %d (slots 1 to %d, positions 1 to %d)", ns, pos, d->nslots,
-                  m->c.max_positions - 1);
-        return -1;
-    }
-    if (dec_host(d, ns, tok, pos, 1) != 0) return -1;
-    dec_reserve(d, pos + 1);
-    const float *xL = dec_layers(d, ns, 1, pos);
-    lm_head_forward(m, xL, 0, ns);
-    m->ops->download(logits, ((workspace *)m->ws)->logits, (size_t)ns * m->c.vocab_size * sizeof(float));
-    return 0;
-}
-
-static int dec_reorder(void *ctx, int ns, const int *src, int len) {
-    decoder *d = ctx;
-    fx_model *m = d->m;
-    const fx_ops *op = m->ops;
-    if (ns < 1 || ns > d->nslots || len < 0 || len > d->cap) {
-        fx_seterr("decode: reorder of %d slots over %d positions (slots 1 to %d, %d positions held)", ns, len,
-                  d->nslots, d->cap);
-        return -1;
-    }
-    for (int s = 0; s < ns; s++)
-        if (src[s] < 0 || src[s] >= d->nslots) {
-            fx_seterr("decode: reorder: slot %d's source %d is not a slot", s, src[s]);
-            return -1;
-        }
-    size_t H = m->c.hidden, stride = (size_t)d->cap * H, n = (size_t)len * H;
-    for (int l = 0; l < m->c.layers; l++) {
-        for (int s = 0; s < d->nslots; s++) { /* slots past ns keep their own */
-            size_t from = (size_t)(s < ns ? src[s] : s) * stride;
-            op->copy(d->sk[l] + (size_t)s * stride, d->kc[l] + from, n);
-            op->copy(d->sv[l] + (size_t)s * stride, d->vc[l] + from, n);
-        }
-        float *t = d->kc[l]; d->kc[l] = d->sk[l]; d->sk[l] = t;
-        t = d->vc[l]; d->vc[l] = d->sv[l]; d->sv[l] = t;
-    }
-    return 0;
-}
-
-int fx_model_decoder(fx_model *m, int nslots, fx_decoder *out) {
-    memset(out, 0, sizeof *out);
-    if (m->fam->head_kind != FX_HEAD_LM || !m->fam->causal) {
-        fx_seterr("decode: a %s is not a causal LM", m->fam->model_type);
-        return -1;
-    }
-    if (nslots < 1 || nslots > 4096) { fx_seterr("decode: %d slots (1 to 4096)", nslots); return -1; }
-    decoder *d = fx_calloc(1, sizeof *d);
-    d->m = m;
-    d->nslots = nslots;
-    int L = m->c.layers;
-    d->kc = fx_calloc((size_t)L, sizeof *d->kc); d->vc = fx_calloc((size_t)L, sizeof *d->vc);
-    d->sk = fx_calloc((size_t)L, sizeof *d->sk); d->sv = fx_calloc((size_t)L, sizeof *d->sv);
-    *out = (fx_decoder){.ctx = d, .vocab = m->c.vocab_size, .max_len = m->c.max_positions,
-                        .prefill = dec_prefill, .step = dec_step, .reorder = dec_reorder};
-    return 0;
-}
-
-void fx_decoder_free(fx_decoder *fd) {
-    decoder *d = fd->ctx;
-    if (d) {
-        const fx_ops *op = d->m->ops;
-        for (int l = 0; l < d->m->c.layers; l++) {
-            op->release(d->kc[l]); op->release(d->vc[l]); op->release(d->sk[l]); op->release(d->sv[l]);
-        }
-        op->release(d->scores);
-        free(d->kc); free(d->vc); free(d->sk); free(d->sv);
-        free(d->ids); free(d->pos); free(d->mask);
-        free(d);
-    }
-    memset(fd, 0, sizeof *fd);
+    for (int l = 0; l < m->c.layers; l++) block_forward(m, l, l ? w->L[l - 1].out : w->x0, ns, T, at ? &at[l] : NULL);
+    lm_head_forward(m, w->L[m->c.layers - 1].out, first, rows);
+    op->download(logits, w->logits, (size_t)rows * m->c.vocab_size * sizeof(float));
 }

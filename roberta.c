@@ -172,15 +172,16 @@ static void roberta_special_tokens_write(FILE *f, const fx_config *c) {
     fprintf(f, "}\n");
 }
 
-/* The family is config.json's "model_type": "gpt2", else RoBERTa (the reader checks the keys; older
+/* The family is config.json's "model_type": "gpt2", "llama" (or "mistral"), else RoBERTa (the reader checks the keys; older
  * fedex folders named none). */
 int fx_config_load(const char *path, fx_config *c) {
     fx_json root;
     if (fx_json_load(path, &root) != 0) return -1;
     const fx_json *t = fx_json_get(&root, "model_type");
     int gpt2 = t && t->type == FX_JSTR && !strcmp(t->str, fx_gpt2.model_type);
+    int llama = t && t->type == FX_JSTR && (!strcmp(t->str, fx_llama.model_type) || !strcmp(t->str, "mistral"));
     fx_json_free(&root);
-    return gpt2 ? fx_gpt2.config_load(path, c) : roberta_config_load(path, c);
+    return gpt2 ? fx_gpt2.config_load(path, c) : llama ? fx_llama.config_load(path, c) : roberta_config_load(path, c);
 }
 
 const fx_family *fx_config_family(const fx_config *c) { return c->family ? c->family : &fx_roberta; }
@@ -208,13 +209,13 @@ void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (
  * embeddings zeroed, biases 0, LayerNorm 1 and 0. The head (a new classifier in HF) follows the same. */
 
 /* A linear layer's weight (out, in) and bias (out); a LayerNorm's weight and bias (H). */
-#define LINEAR(path, w, b, out, in) {path ".weight", w, out, in, FX_INIT_NORMAL, 0}, {path ".bias", b, out, 0, FX_INIT_ZERO, 0}
-#define NORM(path, w, b) {path ".weight", w, 'H', 0, FX_INIT_ONE, 0}, {path ".bias", b, 'H', 0, FX_INIT_ZERO, 0}
+#define LINEAR(path, w, b, out, in) {path ".weight", w, out, in, FX_INIT_NORMAL, 0, 0}, {path ".bias", b, out, 0, FX_INIT_ZERO, 0, 0}
+#define NORM(path, w, b) {path ".weight", w, 'H', 0, FX_INIT_ONE, 0, 0}, {path ".bias", b, 'H', 0, FX_INIT_ZERO, 0, 0}
 
 static const fx_tensor_spec roberta_embed[] = {
-    {"embeddings.word_embeddings.weight", FX_EMB_WORD, 'V', 'H', FX_INIT_NORMAL_PAD, 0},
-    {"embeddings.position_embeddings.weight", FX_EMB_POS, 'P', 'H', FX_INIT_NORMAL_PAD, 0},
-    {"embeddings.token_type_embeddings.weight", FX_EMB_TYPE, 'T', 'H', FX_INIT_NORMAL, 0},
+    {"embeddings.word_embeddings.weight", FX_EMB_WORD, 'V', 'H', FX_INIT_NORMAL_PAD, 0, 0},
+    {"embeddings.position_embeddings.weight", FX_EMB_POS, 'P', 'H', FX_INIT_NORMAL_PAD, 0, 0},
+    {"embeddings.token_type_embeddings.weight", FX_EMB_TYPE, 'T', 'H', FX_INIT_NORMAL, 0, 0},
     NORM("embeddings.LayerNorm", FX_EMB_LN_W, FX_EMB_LN_B),
 };
 

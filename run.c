@@ -18,6 +18,7 @@
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 int fx_run_interrupted(void) { return interrupted != 0; }
+void fx_run_interrupt(int sig) { interrupted = sig; }
 
 int fx_run_live(void) {
     const char *term = getenv("TERM");
@@ -574,9 +575,14 @@ static int load_data(fx_run *R) {
                       fam->model_type);
             return -1;
         }
-        if (fam->positions == FX_POS_FROM_ZERO) {
+        if (fam->positions == FX_POS_FROM_ZERO || fam->positions == FX_POS_ROPE) {
             if (c->max_len > R->mc.max_positions) {
                 fx_seterr("--max-seq-length %d exceeds %s's %d positions", c->max_len, c->model, R->mc.max_positions);
+                return -1;
+            }
+            if (R->mc.sliding_window && c->max_len > R->mc.sliding_window) {
+                fx_seterr("--max-seq-length %d exceeds %s's sliding_window %d (attention past the window is not "
+                          "implemented)", c->max_len, c->model, R->mc.sliding_window);
                 return -1;
             }
         }

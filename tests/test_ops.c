@@ -29,7 +29,8 @@ static void check_ops_complete(void) {
         (void *)o->dropout_accumulate, (void *)o->embeddings_forward, (void *)o->linear_forward,
         (void *)o->linear_backward, (void *)o->residual_layernorm_forward, (void *)o->layernorm_forward,
         (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
-        (void *)o->gelu_tanh_backward, (void *)o->tanh_forward, (void *)o->tanh_backward,
+        (void *)o->gelu_tanh_backward, (void *)o->rmsnorm_forward, (void *)o->rmsnorm_backward, (void *)o->rope,
+        (void *)o->swiglu_forward, (void *)o->swiglu_backward, (void *)o->add_rows, (void *)o->tanh_forward, (void *)o->tanh_backward,
         (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->lm_loss,
         (void *)o->sumsq, (void *)o->scale, (void *)o->attention_decode, (void *)o->adamw, (void *)o->fwht,
         (void *)o->permute_cols, (void *)o->gamma_apply, (void *)o->givens_build, (void *)o->givens_backward};
@@ -229,7 +230,8 @@ static void check_targets(void) {
         {FX_T_ATTN_OUT, "attention.output.dense", "attention.output.dense", 'H', 'H'},
         {FX_T_INTER, "intermediate.dense", "intermediate.dense", 'I', 'H'},
         {FX_T_OUTPUT, "output.dense", "output.dense", 'H', 'I'},
-        {FX_T_QKV, "c_attn", "attn.c_attn", '3', 'H'}}; /* GPT-2's fused q, k, v */
+        {FX_T_QKV, "c_attn", "attn.c_attn", '3', 'H'}, /* GPT-2's fused q, k, v */
+        {FX_T_GATE, "gate_proj", "mlp.gate_proj", 'I', 'H'}}; /* Llama's SwiGLU gate */
     fx_config c = tiny();
     for (int t = 0; t < FX_NTARGETS; t++) {
         const fx_target *g = &fx_targets[t];
@@ -241,13 +243,14 @@ static void check_targets(void) {
         CHECK(out == (want[t].out == 'I' ? 32 : want[t].out == '3' ? 48 : 16) && in == (want[t].in == 'I' ? 32 : 16),
               "%s dims", g->path);
         /* its weight and bias are the family's tensors of the same path */
-        const fx_family *fam = fx_roberta.target_path[t] ? &fx_roberta : &fx_gpt2;
+        const fx_family *fam = fx_roberta.target_path[t] ? &fx_roberta : fx_gpt2.target_path[t] ? &fx_gpt2 : &fx_llama;
         char w[160];
         snprintf(w, sizeof w, "%s.weight", g->path);
         int found = 0;
         for (int i = 0; i < fam->nlayer; i++)
             if (fam->layer[i].role == g->w_role)
-                found = !strcmp(fam->layer[i].name, w) && fam->layer[i + 1].role == g->b_role;
+                found = !strcmp(fam->layer[i].name, w) &&
+                        (fam == &fx_llama || fam->layer[i + 1].role == g->b_role); /* Llama: no biases */
         CHECK(found, "%s: roles do not name %s", g->path, w);
         unsigned mask;
         CHECK(fx_targets_parse(g->name, &mask) == 0 && mask == g->bit, "parse %s", g->name);
