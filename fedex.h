@@ -1231,6 +1231,7 @@ struct fx_run {
 /* Runs R (cfg set and checked) to the end; returns the exit status: 0, 1 (error), 130 (interrupted). */
 int fx_run_federated(fx_run *R);
 int fx_run_interrupted(void);        /* SIGINT/SIGTERM seen by the server */
+void fx_run_interrupt(int sig);      /* as if the server had seen SIG (a client died of the group's Ctrl-C) */
 int fx_run_live(void);               /* live progress lines: standard error is a terminal, TERM is not dumb */
 /* For the transports while they wait: the live per-client lines (TTY: fx_run_live()), and the line for
  * a client that finished (on standard output, unless the live lines show it on a terminal). */

@@ -18,6 +18,7 @@
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 int fx_run_interrupted(void) { return interrupted != 0; }
+void fx_run_interrupt(int sig) { interrupted = sig; }
 
 int fx_run_live(void) {
     const char *term = getenv("TERM");

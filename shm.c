@@ -56,12 +56,14 @@ static pid_t reap_within(pid_t pid, double grace, int *st) {
 }
 
 /* Reaps a client whose pipe closed (it lives on past GRACE_S: killed) and says how it ended. */
-static void describe_death(pid_t pid, char *buf, size_t n) {
+/* Reaps PID and says how it ended; returns the signal that killed it, or 0. */
+static int describe_death(pid_t pid, char *buf, size_t n) {
     int st = 0;
     pid_t w = reap_within(pid, GRACE_S, &st);
     if (w < 0) snprintf(buf, n, "vanished");
     else if (WIFSIGNALED(st)) snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
     else snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));
+    return w > 0 && WIFSIGNALED(st) ? WTERMSIG(st) : 0;
 }
 
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
@@ -201,10 +203,13 @@ static int client_gone(fx_run *R, int c, int round, const char *when) {
     char ch = 0;
     int failed = read(S->res_fd[c], &ch, 1) == 1 && ch == 'e';
     char why[160];
-    describe_death(S->pid[c], why, sizeof why);
+    int sig = describe_death(S->pid[c], why, sizeof why);
     R->alive[c] = 0;
     S->pending[c] = 0;
     close(S->cmd_fd[c]); close(S->res_fd[c]);
+    /* A client killed by SIGINT was hit by the terminal's Ctrl-C, which signals the whole process group:
+     * the server's own copy may not have arrived yet, so it counts as the interrupt, not as a death. */
+    if (sig == SIGINT) { fx_run_interrupt(SIGINT); return -1; }
     if (failed) { fx_seterr("client %d failed %s round %d: %s", c, when, round, R->report[c].err); return -1; }
     if (fx_run_interrupted()) return -1; /* Ctrl-C reached the clients too: the run stops, no death to report */
     fprintf(stderr, "fedex: client %d (pid %d) died %s round %d: %s\n", c, (int)S->pid[c], when, round, why);
