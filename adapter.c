@@ -1,6 +1,6 @@
-/* adapter.c: LoRA, FFA-LoRA and VeRA: the one table of adaptable targets (fedex's and PEFT's names, dims),
+/* adapter.c: LoRA, FFA-LoRA, VeRA and SORF-VeRA: the one table of adaptable targets (fedex's and PEFT's names, dims),
  * the adapter tensors and their initialisation, each adapter's forward and backward as calls on the ops.
- * No file I/O (checkpoint.c) and no dW (agg.c's fx_delta_w). */
+ * No file I/O (checkpoint.c), no dW (agg.c's fx_delta_w) and no SORF math beyond calling it (sorf.c). */
 #include "fedex.h"
 
 #include <math.h>
@@ -87,7 +87,7 @@ int fx_targets_parse(const char *list, unsigned *mask) {
  * ============================================================================================ */
 
 int fx_adapter_check(const fx_adapter_cfg *a) {
-    if (a->kind != FX_LORA && a->kind != FX_VERA) { fx_seterr("adapter: unknown kind %d", (int)a->kind); return -1; }
+    if (a->kind != FX_LORA && a->kind != FX_VERA && a->kind != FX_SORF) { fx_seterr("adapter: unknown kind %d", (int)a->kind); return -1; }
     if (a->targets & ~((1u << FX_NTARGETS) - 1)) { fx_seterr("adapter: unknown target bits 0x%x", a->targets); return -1; }
     if (a->targets && (a->r < 1 || a->r > 65536)) { fx_seterr("adapter: rank %d must be in [1, 65536]", a->r); return -1; }
     if (!(a->dropout >= 0 && a->dropout < 1)) { fx_seterr("adapter: dropout %g must be in [0, 1)", a->dropout); return -1; }
@@ -95,7 +95,7 @@ int fx_adapter_check(const fx_adapter_cfg *a) {
     return 0;
 }
 
-void fx_adapter_build(fx_model *m) {
+int fx_adapter_build(fx_model *m) {
     const fx_config *c = &m->c;
     const fx_adapter_cfg *a = &m->a;
     char name[160], pre[32];
@@ -123,6 +123,26 @@ void fx_adapter_build(fx_model *m) {
                 snprintf(name, sizeof name, "%s.lora_B", ad->name);
                 ad->b_off = m->train.n;
                 fx_params_add(&m->train, name, ad->out, a->r, 0);
+            } else if (a->kind == FX_SORF) {
+                /* the VeRA fork's names; b (Gamma's a, then c) is set by the server, frozen on clients */
+                if (ad->out % 2 || a->r > ad->out || a->r > ad->in) {
+                    fx_seterr("SORF-VeRA on %s (%d x %d): needs an even output width (Gamma's 2x2 blocks) and "
+                              "r %d <= both widths (the server's refit)", ad->name, ad->out, ad->in, a->r);
+                    return -1;
+                }
+                snprintf(name, sizeof name, "%s.sorf_d_scale", ad->name);
+                ad->a_off = m->train.n;
+                fx_params_add(&m->train, name, 1, 0, 0);
+                snprintf(name, sizeof name, "%s.sorf_d_angles", ad->name);
+                fx_params_add(&m->train, name, a->r * (a->r - 1) / 2, 0, 0);
+                snprintf(name, sizeof name, "%s.sorf_b_real", ad->name);
+                ad->b_off = m->train.n;
+                fx_params_add(&m->train, name, ad->out / 2, 0, 1);
+                snprintf(name, sizeof name, "%s.sorf_b_imag", ad->name);
+                fx_params_add(&m->train, name, ad->out / 2, 0, 1);
+                if (ad->in > m->vera_in) m->vera_in = ad->in;
+                if (ad->out > m->vera_out) m->vera_out = ad->out;
+                if (!fx_sorf_of(m, ad->out)) fx_sorf_mixer_build(&m->sorf[m->nsorf++], ad->out, a->sorf_seed);
             } else {
                 snprintf(name, sizeof name, "%s.vera_lambda_d", ad->name);
                 ad->a_off = m->train.n;
@@ -134,7 +154,7 @@ void fx_adapter_build(fx_model *m) {
                 if (ad->out > m->vera_out) m->vera_out = ad->out;
             }
         }
-    if (a->kind == FX_VERA && m->nadapted) {
+    if (a->kind != FX_LORA && m->nadapted) {
         /* PEFT's _init_vera_A_vera_B: one torch.Generator seeded with projection_prng_key draws vera_A
          * (r, in_max) then vera_B (out_max, r), each with PEFT's _kaiming_init, uniform in +-bound with
          * bound = sqrt(3) * sqrt(2) / sqrt(fan_in) = sqrt(6 / fan_in), fan_in = size(1): in_max for
@@ -150,6 +170,7 @@ void fx_adapter_build(fx_model *m) {
         fx_mt_uniform(&g, m->vera_A, na, -ba, ba);
         fx_mt_uniform(&g, m->vera_B, nb, -bb, bb);
     }
+    return 0;
 }
 
 void fx_model_init_adapters(fx_model *m, uint64_t seed) {
@@ -162,6 +183,11 @@ void fx_model_init_adapters(fx_model *m, uint64_t seed) {
             double bound = 1.0 / sqrt((double)ad->in); /* kaiming_uniform(a=sqrt(5)) on (r, in) */
             for (size_t j = 0; j < (size_t)m->a.r * ad->in; j++) A[j] = (float)((2 * fx_rng_uniform(&g) - 1) * bound);
             memset(B, 0, (size_t)ad->out * m->a.r * sizeof *B);
+        } else if (m->a.kind == FX_SORF) {
+            /* s = d_initial, theta = 0, Gamma = I: dW starts at d_initial S B_l A_l, not at zero */
+            A[0] = m->a.d_initial;
+            memset(A + 1, 0, sizeof *A * (size_t)(m->a.r * (m->a.r - 1) / 2));
+            for (int j = 0; j < ad->out; j++) B[j] = j < ad->out / 2 ? 1.0f : 0.0f;
         } else {
             for (int j = 0; j < m->a.r; j++) A[j] = m->a.d_initial;
             memset(B, 0, (size_t)ad->out * sizeof *B);
@@ -176,6 +202,7 @@ void fx_model_init_adapters(fx_model *m, uint64_t seed) {
 /* Adapter K on one dense layer, added to its output y (N, out) for input x (N, in):
  *   LoRA: y += s * (xd A^T) B^T,                        A (r, in), B (out, r)
  *   VeRA: y += lambda_b * ((lambda_d * (xd A_l^T)) B_l^T), A_l = vera_A[:, :in], B_l = vera_B[:out, :]
+ *   SORF-VeRA: y += (((xd A_l^T) Lambda^T) B_l^T) Gamma^T S^T, Lambda = s G(theta) (r, r)
  * with xd = dropout(x) and z = xd A^T (N, r) kept for backward. */
 void fx_adapter_forward(fx_model *m, int k, float *y /* (N, out) */, const float *x /* (N, in) */,
                         uint8_t *keep /* (N, in) or NULL */, float *z /* (N, r) */, int N,
@@ -193,6 +220,15 @@ void fx_adapter_forward(fx_model *m, int k, float *y /* (N, out) */, const float
         const float *A = m->train.data + ad->a_off, *B = m->train.data + ad->b_off;
         op->matmul(0, 1, N, r, in, 1.0f, xd, in, A, in, 0.0f, z, r);
         op->matmul(0, 1, N, out, r, m->scale, z, r, B, r, 1.0f, y, out);
+    } else if (m->a.kind == FX_SORF) {
+        const float *sd = m->train.data + ad->a_off, *b = m->train.data + ad->b_off;
+        op->matmul(0, 1, N, r, in, 1.0f, xd, in, m->vera_A, m->vera_in, 0.0f, z, r);
+        op->givens_build(w->lam, sd, r);
+        op->matmul(0, 1, N, r, r, 1.0f, z, r, w->lam, r, 0.0f, w->u, r);
+        op->matmul(0, 1, N, out, r, 1.0f, w->u, r, m->vera_B, r, 0.0f, w->w, out);
+        op->gamma_apply(w->w2, w->w, b, N, out, 0);
+        fx_sorf_mix(op, fx_sorf_of(m, out), w->w2, w->w, w->w2, N, 0);
+        op->axpy(y, 1.0f, w->w2, (size_t)N * out);
     } else {
         const float *ld = m->train.data + ad->a_off, *lb = m->train.data + ad->b_off;
         op->matmul(0, 1, N, r, in, 1.0f, xd, in, m->vera_A, m->vera_in, 0.0f, z, r);
@@ -226,6 +262,18 @@ void fx_adapter_backward(fx_model *m, int k, float *dx /* (N, in) or NULL */, co
             if (keep) { op->dropout_apply(w->xd, x, keep, m->a.dropout, (size_t)N * in); xd = w->xd; }
             op->matmul(1, 0, r, in, N, 1.0f, w->dz, r, xd, in, 0.0f, gA, in);
         }
+    } else if (m->a.kind == FX_SORF) {
+        /* g = S^T dy, dw = Gamma^T g, du = dw B_l, dLambda = du^T z, dz = du Lambda; (s, theta) from dLambda */
+        const float *sd = m->train.data + ad->a_off, *b = m->train.data + ad->b_off;
+        A = m->vera_A;
+        lda = m->vera_in;
+        fx_sorf_mix(op, fx_sorf_of(m, out), w->w2, w->w, dy, N, 1);
+        op->gamma_apply(w->w, w->w2, b, N, out, 1);
+        op->matmul(0, 0, N, r, out, 1.0f, w->w, out, m->vera_B, r, 0.0f, w->du, r);
+        op->matmul(1, 0, r, r, N, 1.0f, w->du, r, z, r, 0.0f, w->dlam, r);
+        op->givens_backward(gA, w->dlam, sd, r);
+        op->givens_build(w->lam, sd, r);
+        op->matmul(0, 0, N, r, r, 1.0f, w->du, r, w->lam, r, 0.0f, w->dz, r);
     } else {
         const float *ld = m->train.data + ad->a_off, *lb = m->train.data + ad->b_off;
         A = m->vera_A;

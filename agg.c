@@ -21,13 +21,15 @@ static const struct { const char *name, *alias; fx_agg_method m; } methods[] = {
     {"fedit-vera", "normal_vera", FX_AGG_FEDIT_VERA},
     {"ffa-vera", "ffa_vera", FX_AGG_FFA_VERA},
     {"centralized", "centralised", FX_AGG_CENTRAL},
+    {"sorf-vera", "sorf_vera", FX_AGG_SORF_VERA},
+    {"fedex-sorf-vera", "ours_sorf_vera", FX_AGG_FEDEX_SORF_VERA},
 };
 
 int fx_agg_parse(const char *s, fx_agg_method *m) {
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (!strcmp(s, methods[i].name) || !strcmp(s, methods[i].alias)) { *m = methods[i].m; return 0; }
-    fx_seterr("unknown aggregation '%s' (expected fedex, fedit, ffa, fedex-vera, fedit-vera, ffa-vera "
-              "or centralized)", s);
+    fx_seterr("unknown aggregation '%s' (expected fedex, fedit, ffa, fedex-vera, fedit-vera, ffa-vera, "
+              "sorf-vera, fedex-sorf-vera or centralized)", s);
     return -1;
 }
 
@@ -40,8 +42,8 @@ const char *fx_agg_name(fx_agg_method m) {
 int fx_agg_is_vera(fx_agg_method m) {
     return m == FX_AGG_FEDEX_VERA || m == FX_AGG_FEDIT_VERA || m == FX_AGG_FFA_VERA;
 }
-int fx_agg_is_sorf(fx_agg_method m) { (void)m; return 0; }
-int fx_agg_is_exact(fx_agg_method m) { return m == FX_AGG_FEDEX || m == FX_AGG_FEDEX_VERA; }
+int fx_agg_is_sorf(fx_agg_method m) { return m == FX_AGG_SORF_VERA || m == FX_AGG_FEDEX_SORF_VERA; }
+int fx_agg_is_exact(fx_agg_method m) { return m == FX_AGG_FEDEX || m == FX_AGG_FEDEX_VERA || m == FX_AGG_FEDEX_SORF_VERA; }
 int fx_agg_freezes(fx_agg_method m) { return m == FX_AGG_FFA || m == FX_AGG_FFA_VERA; }
 
 /* ============================================================================================
@@ -68,6 +70,7 @@ void fx_agg_mean(float *out, const float *const *x, const double *w, int n, size
 void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out, in) */) {
     const fx_adapted *ad = &m->ad[k];
     int r = m->a.r, in = ad->in, out = ad->out;
+    if (m->a.kind == FX_SORF) { fx_sorf_delta_w(m, k, train, dW); return; } /* S Gamma B_l Lambda A_l */
     if (m->a.kind == FX_LORA) {
         const float *A = train + ad->a_off, *B = train + ad->b_off;
         for (int o = 0; o < out; o++) {
@@ -120,7 +123,12 @@ void fx_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out
  *     R = M A,   M[o][j] = B[o][j] ( sum_i w_i b_i[o] d_i[j]  -  b̄[o] d̄[j] )              (VeRA)
  *
  * with rank at most r and only M (out, r) to send, as A is the shared frozen projection (no scale);
- * M is accumulated in double. Returns q, the inner dimension of U V. For VeRA, V may be NULL: it is the
+ * M is accumulated in double. SORF-VeRA (dW_i = S Gamma(b) B Lambda_i A, b shared in a round)
+ * factors the same way, with the server's refit (b', Lambda') in place of the means (sorf.c):
+ *
+ *     R = M A,   M = S Gamma(b) B sum_i w_i Lambda_i  -  S Gamma(b') B Lambda'          (SORF-VeRA)
+ *
+ * which also carries the change of Gamma. Returns q, the inner dimension of U V. For VeRA, V may be NULL: it is the
  * shared projection, which every receiver holds already. */
 
 int fx_agg_residual_rank(const fx_model *m, int n) { return m->a.kind == FX_LORA ? (n + 2) * m->a.r : m->a.r; }
@@ -162,6 +170,7 @@ static void factors_d(const fx_model *m, int k, const float *const *clients, con
             }
         return;
     }
+    if (m->a.kind == FX_SORF) { fx_sorf_residual_d(m, k, clients, w, n, global, U); return; } /* sorf.c */
     const float *db = global + ad->a_off, *bb = global + ad->b_off;
     for (int o = 0; o < out; o++)
         for (int j = 0; j < r; j++) {
@@ -463,6 +472,16 @@ static int update_terms(const fx_model *m, int k, const float *const *clients, c
             }
         }
         return (n + 1) * r;
+    }
+    if (m->a.kind == FX_SORF) { /* S Gamma B_l (mean_i Lambda_i - Lambda_p) against A's rows */
+        double *P = fx_malloc(sizeof(double) * (size_t)out * r);
+        fx_sorf_residual_d(m, k, clients, w, n, prev, P);
+        for (int j = 0; j < r; j++) {
+            for (int o = 0; o < out; o++) Uc[(size_t)j * out + o] = P[(size_t)o * r + j];
+            for (int x = 0; x < in; x++) Vr[(size_t)j * in + x] = m->vera_A[(size_t)j * m->vera_in + x];
+        }
+        free(P);
+        return r;
     }
     for (int j = 0; j < r; j++) {
         double *u = Uc + (size_t)j * out, *v = Vr + (size_t)j * in;

@@ -334,8 +334,9 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
     int lora = a->kind == FX_LORA;
     int lm = m->fam->head_kind == FX_HEAD_LM, fifo = 0;
     for (int k = 0; k < m->nadapted; k++) fifo |= m->ad[k].conv1d;
-    fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"%s\",\n", lora ? "LORA" : "VERA",
-            lm ? "CAUSAL_LM" : "SEQ_CLS");
+    /* SORF-VeRA is no PEFT type (the VeRA fork builds it by patching PEFT's VeRA): fedex's own name */
+    fprintf(f, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"%s\",\n",
+            lora ? "LORA" : a->kind == FX_SORF ? "SORF_VERA" : "VERA", lm ? "CAUSAL_LM" : "SEQ_CLS");
     /* A local folder as an absolute path, so the file means the same from any directory; anything else
      * (a hub name such as "roberta-base") as given. */
     char abs[PATH_MAX];
@@ -362,7 +363,8 @@ static int write_adapter_config(const fx_model *m, const char *dir, const char *
         fprintf(f, "  \"vera_dropout\": "); fx_json_put_float(f, a->dropout);
         fprintf(f, ",\n  \"d_initial\": "); fx_json_put_float(f, a->d_initial);
         fprintf(f, ",\n  \"projection_prng_key\": %u,\n  \"save_projection\": %s,\n", (unsigned)a->proj_key,
-                a->skip_projection ? "false" : "true");
+                a->skip_projection && a->kind == FX_VERA ? "false" : "true");
+        if (a->kind == FX_SORF) fprintf(f, "  \"sorf_seed\": %llu,\n", (unsigned long long)a->sorf_seed);
         fprintf(f, "  \"init_weights\": true\n}\n");
     }
     return fx_write_memstream_atomic(f, &buf, &len, path);
@@ -638,11 +640,13 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a,
     if (adapter_paths(where, file, path) != 0 || fx_json_load(path, &j) != 0) return -1;
     memset(a, 0, sizeof *a);
     const fx_json *pt = fx_json_get(&j, "peft_type"), *r = fx_json_get(&j, "r");
-    if (!pt || pt->type != FX_JSTR || (strcmp(pt->str, "LORA") && strcmp(pt->str, "VERA"))) {
-        fx_seterr("%s: peft_type must be \"LORA\" or \"VERA\"", path);
+    if (!pt || pt->type != FX_JSTR || (strcmp(pt->str, "LORA") && strcmp(pt->str, "VERA") && strcmp(pt->str, "SORF_VERA"))) {
+        fx_seterr("%s: peft_type must be \"LORA\", \"VERA\" or fedex's \"SORF_VERA\"", path);
         goto done;
     }
-    a->kind = strcmp(pt->str, "LORA") ? FX_VERA : FX_LORA;
+    a->kind = !strcmp(pt->str, "LORA") ? FX_LORA : !strcmp(pt->str, "VERA") ? FX_VERA : FX_SORF;
+    int sorf = a->kind == FX_SORF;
+    if (sorf) a->kind = FX_VERA; /* read as VeRA's fields, then marked */
     if (!r || r->type != FX_JNUM || !r->is_int || r->inum < 1 || r->inum > 65536) {
         fx_seterr("%s: r must be an integer from 1 to 65536", path);
         goto done;
@@ -706,6 +710,13 @@ static int load_adapter_config(const char *where, int layers, fx_adapter_cfg *a,
     }
     a->r = (int)r_all;
     if (a->kind == FX_LORA) a->alpha = (float)alpha_all;
+    if (sorf) {
+        const fx_json *ss = fx_json_get(&j, "sorf_seed");
+        if (!ss || ss->type != FX_JNUM || !ss->is_int || ss->inum < 0) { fx_seterr("%s: sorf_seed must be an integer", path); goto done; }
+        a->sorf_seed = (uint64_t)ss->inum;
+        a->kind = FX_SORF;
+        a->skip_projection = 0;
+    }
     rc = 0;
 done:
     fx_json_free(&j);
@@ -742,10 +753,43 @@ static int adapter_shape(const fx_model *m, int k, int second, int *shape) {
     return 2;
 }
 
+/* SORF-VeRA's file: every trainable tensor by its model.c name under PEFT's prefixes (the VeRA fork's
+ * sorf_d_scale, sorf_d_angles, sorf_b_real, sorf_b_imag, then the head), vera_A and vera_B, and each
+ * mixer's signs (3, 3, d) and permutations (3, d) as base_model.sorf_S_<d>.signs / .perm, so that the
+ * file alone gives dW (tools/check_agg.py rebuilds S from them). */
+static int sorf_save(const fx_model *m, const char *path) {
+    int n = m->train.nt + 2 + 2 * m->nsorf, rc;
+    fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
+    char (*names)[192] = fx_calloc((size_t)n, sizeof *names);
+    int i = 0;
+    for (int t = 0; t < m->train.nt; t++, i++) {
+        const fx_tensor *tt = &m->train.t[t];
+        snprintf(names[i], sizeof names[i], PEFT_PREFIX "%s%s", t < m->head.t ? m->fam->prefix : "", tt->name);
+        e[i] = (fx_st_entry){.name = names[i], .dtype = FX_F32, .ndim = tt->ndim, .data = m->train.data + tt->off};
+        for (int d = 0; d < tt->ndim; d++) e[i].shape[d] = tt->shape[d];
+    }
+    e[i++] = (fx_st_entry){.name = "base_model.vera_A", .dtype = FX_F32, .ndim = 2, .shape = {m->a.r, m->vera_in}, .data = m->vera_A};
+    e[i++] = (fx_st_entry){.name = "base_model.vera_B", .dtype = FX_F32, .ndim = 2, .shape = {m->vera_out, m->a.r}, .data = m->vera_B};
+    for (int k = 0; k < m->nsorf; k++) {
+        const fx_sorf_mixer *S = &m->sorf[k];
+        snprintf(names[i], sizeof names[i], "base_model.sorf_S_%d.signs", S->d);
+        e[i] = (fx_st_entry){.name = names[i], .dtype = FX_F32, .ndim = 3, .shape = {3, 3, S->d}, .data = S->signs};
+        i++;
+        snprintf(names[i], sizeof names[i], "base_model.sorf_S_%d.perm", S->d);
+        e[i] = (fx_st_entry){.name = names[i], .dtype = FX_I32, .ndim = 2, .shape = {3, S->d}, .data = S->perm};
+        i++;
+    }
+    const char *meta[] = {"format", "pt", NULL};
+    rc = fx_st_write(path, e, n, meta);
+    free(e); free(names);
+    return rc;
+}
+
 int fx_adapter_save(const fx_model *m, const char *dir, const char *base_model) {
     char path[PATH_MAX_LEN];
     if (fmt(path, sizeof path, dir, "%s/adapter_model.safetensors", dir) != 0) return -1;
     if (fx_mkdir_p(dir) != 0) return -1;
+    if (m->a.kind == FX_SORF) return sorf_save(m, path) != 0 ? -1 : write_adapter_config(m, dir, base_model);
     int vera = m->a.kind == FX_VERA && !m->a.skip_projection, n = 2 * m->nadapted + m->fam->nhead + 2 * vera;
     int rc = -1, i = 0;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
@@ -785,7 +829,7 @@ done:
     return rc;
 }
 
-static const char *kind_name(fx_adapter_kind k) { return k == FX_LORA ? "LoRA" : "VeRA"; }
+static const char *kind_name(fx_adapter_kind k) { return k == FX_LORA ? "LoRA" : k == FX_VERA ? "VeRA" : "SORF-VeRA"; }
 
 /* adapter_config.json beside the tensors must describe the adapter the model was built for: the kind, the
  * rank, the adapted layers and (LoRA) the scale s, which the tensors alone do not reveal. */
@@ -808,6 +852,12 @@ static int check_adapter_config(const fx_model *m, const char *cfg_path) {
                   cfg_path, a.targets, m->a.targets);
         return -1;
     }
+    if (a.kind == FX_SORF && (a.sorf_seed != m->a.sorf_seed || a.proj_key != m->a.proj_key)) {
+        fx_seterr("%s: sorf_seed %llu and projection_prng_key %u, the model's %llu and %u", cfg_path,
+                  (unsigned long long)a.sorf_seed, (unsigned)a.proj_key, (unsigned long long)m->a.sorf_seed,
+                  (unsigned)m->a.proj_key);
+        return -1;
+    }
     if (a.kind == FX_VERA && a.skip_projection && a.proj_key != m->a.proj_key) {
         fx_seterr("%s: the adapter's projections come from projection_prng_key %u (not saved), the model's from %u",
                   cfg_path, (unsigned)a.proj_key, (unsigned)m->a.proj_key);
@@ -824,6 +874,59 @@ static int check_adapter_config(const fx_model *m, const char *cfg_path) {
     return 0;
 }
 
+/* SORF-VeRA's file as sorf_save writes it: every tensor present with its shape, the projections and mixers
+ * equal to the model's own (drawn from the same projection_prng_key and sorf_seed), then copied. */
+static int sorf_load(fx_model *m, const char *file) {
+    fx_st_file f;
+    if (fx_st_open(file, &f) != 0) return -1;
+    int rc = -1, nt = m->train.nt;
+    float *scratch = fx_malloc(sizeof(float) * (m->train.n + (size_t)m->a.r * m->vera_in + (size_t)m->vera_out * m->a.r + 1));
+    char key[256];
+    size_t used = 0;
+    for (int t = 0; t < nt; t++) {
+        const fx_tensor *tt = &m->train.t[t];
+        snprintf(key, sizeof key, PEFT_PREFIX "%s%s", t < m->head.t ? m->fam->prefix : "", tt->name);
+        const fx_st_tensor *x = fx_st_find(&f, key);
+        if (!x) { fx_seterr("%s: no tensor '%s', which the model's SORF-VeRA adapter has", file, key); goto done; }
+        if (check_shape(file, x, tt->ndim, tt->shape, "the model's has") != 0 || read_into(&f, x, scratch + tt->off) != 0) goto done;
+        used++;
+    }
+    const char *vn[2] = {"base_model.vera_A", "base_model.vera_B"};
+    const float *mine[2] = {m->vera_A, m->vera_B};
+    size_t vsz[2] = {(size_t)m->a.r * m->vera_in, (size_t)m->vera_out * m->a.r};
+    for (int v = 0; v < 2; v++) {
+        const fx_st_tensor *x = fx_st_find(&f, vn[v]);
+        if (!x || fx_st_numel(x) != vsz[v] || read_into(&f, x, scratch + m->train.n) != 0 ||
+            memcmp(scratch + m->train.n, mine[v], sizeof(float) * vsz[v])) {
+            fx_seterr("%s: '%s' is missing or not the model's (projection_prng_key %u)", file, vn[v], (unsigned)m->a.proj_key);
+            goto done;
+        }
+        used++;
+    }
+    for (int k = 0; k < m->nsorf; k++) {
+        const fx_sorf_mixer *S = &m->sorf[k];
+        snprintf(key, sizeof key, "base_model.sorf_S_%d.signs", S->d);
+        const fx_st_tensor *sg = fx_st_find(&f, key);
+        snprintf(key, sizeof key, "base_model.sorf_S_%d.perm", S->d);
+        const fx_st_tensor *pm = fx_st_find(&f, key);
+        if (!sg || !pm || sg->dtype != FX_F32 || pm->dtype != FX_I32 || fx_st_numel(sg) != (size_t)9 * S->d ||
+            fx_st_numel(pm) != (size_t)3 * S->d || memcmp(f.data + sg->begin, S->signs, sizeof(float) * 9 * S->d) ||
+            memcmp(f.data + pm->begin, S->perm, sizeof(int32_t) * 3 * S->d)) {
+            fx_seterr("%s: the mixer S of width %d is missing or not the model's (sorf_seed %llu)", file, S->d,
+                      (unsigned long long)m->a.sorf_seed);
+            goto done;
+        }
+        used += 2;
+    }
+    if (used != (size_t)f.n) { fx_seterr("%s: %zu tensors that are not the model's SORF-VeRA adapter", file, (size_t)f.n - used); goto done; }
+    memcpy(m->train.data, scratch, sizeof(float) * m->train.n);
+    rc = 0;
+done:
+    free(scratch);
+    fx_st_close(&f);
+    return rc;
+}
+
 int fx_adapter_load(fx_model *m, const char *path) {
     char file[PATH_MAX_LEN], cfg[PATH_MAX_LEN], key[192];
     struct stat st;
@@ -834,6 +937,7 @@ int fx_adapter_load(fx_model *m, const char *path) {
     int redraw = m->a.kind == FX_VERA && stat(cfg, &st) == 0 &&
                  load_adapter_config(cfg, m->c.layers, &saved, &saved_fam) == 0 &&
                  saved.skip_projection; /* save_projection false: the model's own, from the same key */
+    if (m->a.kind == FX_SORF) return sorf_load(m, file);
 
     fx_st_file f;
     if (fx_st_open(file, &f) != 0) return -1;

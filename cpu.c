@@ -547,4 +547,9 @@ const fx_ops fx_cpu_ops = {
     .sumsq = sumsq,
     .scale = scale,
     .adamw = adamw,
+    .fwht = fx_cpu_fwht,                  /* SORF-VeRA's ops live beside their math in sorf.c */
+    .permute_cols = fx_cpu_permute_cols,
+    .gamma_apply = fx_cpu_gamma_apply,
+    .givens_build = fx_cpu_givens_build,
+    .givens_backward = fx_cpu_givens_backward,
 };

@@ -467,6 +467,16 @@ typedef struct fx_ops {
                              int len, int max_len, int H, int nh);
     /* one AdamW step on p, g, m, v (n) */
     void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s);
+    /* SORF-VeRA (sorf.c has the math): x (rows, d) in place, each greedy power-of-two block of each row
+     * times the normalised Walsh-Hadamard matrix; out (rows, d) = in with its columns scattered
+     * (out[., perm[j]] = in[., j]) or gathered (out[., i] = in[., perm[i]]), out != in; out (rows, d) =
+     * Gamma(b) in per row (Gamma^T with TRANSPOSE), b = (a (d/2), c (d/2)); M (r, r) = sd[0] G(sd[1..]) and
+     * the gradient of sd (1 + r(r-1)/2) from dM */
+    void (*fwht)(float *x, int rows, int d);
+    void (*permute_cols)(float *out, const float *in, const int32_t *perm, int rows, int d, int scatter);
+    void (*gamma_apply)(float *out, const float *in, const float *b, int rows, int d, int transpose);
+    void (*givens_build)(float *M, const float *sd, int r);
+    void (*givens_backward)(float *gsd, const float *dM, const float *sd, int r);
 } fx_ops;
 
 extern const fx_ops fx_cpu_ops;
@@ -624,7 +634,7 @@ void fx_target_dims(const fx_config *c, int t, int *out, int *in);
  * a target its family does not have. */
 int fx_targets_parse(const char *list, unsigned *mask);
 
-typedef enum { FX_LORA, FX_VERA } fx_adapter_kind;
+typedef enum { FX_LORA, FX_VERA, FX_SORF } fx_adapter_kind; /* FX_SORF: SORF-VeRA (sorf.c) */
 typedef struct {
     fx_adapter_kind kind;
     unsigned targets;            /* FX_T_* bits */
@@ -636,7 +646,8 @@ typedef struct {
     int freeze_d;                /* FFA-VeRA: lambda_d stays at its initial value */
     float d_initial;             /* VeRA lambda_d initial value */
     uint64_t seed;               /* adapter initialisation and the dropout stream */
-    uint32_t proj_key;           /* VeRA: PEFT's projection_prng_key, the shared projections' seed */
+    uint32_t proj_key;           /* VeRA, SORF-VeRA: PEFT's projection_prng_key, the projections' seed */
+    uint64_t sorf_seed;          /* SORF-VeRA: the mixer S's signs and permutations */
     int skip_projection;         /* VeRA: PEFT's save_projection=False (the adapter file holds no vera_A,
                                     vera_B; they are redrawn from proj_key) */
 } fx_adapter_cfg;
@@ -649,14 +660,15 @@ typedef struct {
     size_t w_off;                /* W0 in base.data (out, in): FedEx's residual is added here */
     int conv1d;                  /* the checkpoint stores W as (in, out): files hold the residual so */
     size_t a_off, b_off;         /* in train.data. LoRA: A (r, in), B (out, r).
-                                    VeRA: lambda_d (r), lambda_b (out) */
+                                    VeRA: lambda_d (r), lambda_b (out).
+                                    SORF-VeRA: (s, theta) (1 + r(r-1)/2), b = (a, c) (out, frozen) */
 } fx_adapted;
 
 /* 0, or -1 with fx_err() when A cannot be built (kind, target bits, rank, dropout, finite values). */
 int fx_adapter_check(const fx_adapter_cfg *a);
 /* Appends every adapter tensor to m->train (layer by layer, target by target) and fills m->ad; draws
  * VeRA's shared projections. Called by fx_model_create once the base table and views exist. */
-void fx_adapter_build(struct fx_model *m);
+int fx_adapter_build(struct fx_model *m); /* -1 with fx_err(): SORF-VeRA's shapes (even out, r <= in, out) */
 /* LoRA: A ~ U(+-1/sqrt(in)) (row-major, tensors in table order, one stream), B = 0.
  * VeRA: lambda_d = d_initial, lambda_b = 0. The head is left alone. */
 void fx_model_init_adapters(struct fx_model *m, uint64_t seed);
@@ -664,8 +676,12 @@ void fx_model_init_adapters(struct fx_model *m, uint64_t seed);
 typedef struct {
     float *xd, *dxd;             /* (N, in_max) dropout(x) and its gradient */
     float *u, *dz, *du;          /* (N, r) */
-    float *w;                    /* (N, out_max) */
+    float *w, *w2;               /* (N, out_max) */
+    float *lam, *dlam;           /* (r, r) SORF-VeRA's Lambda_d and its gradient */
 } fx_adapter_scratch;
+/* SORF-VeRA's mixer S (d, d): per stage t of 3 the diagonals D1, D2, D3 (signs[(3t + k) d ..], k = 0, 1, 2)
+ * and the permutation perm[t d ..]. Host memory in a model, device memory in its GPU twin. */
+typedef struct { int d; float *signs; int32_t *perm; } fx_sorf_mixer;
 /* Adapted layer K on y (N, out) for input x (N, in): y += adapter(dropout(x)); z (N, r) kept. */
 void fx_adapter_forward(struct fx_model *m, int k, float *y, const float *x, uint8_t *keep /* (N, in) or NULL */,
                         float *z, int N, const fx_adapter_scratch *s);
@@ -745,6 +761,8 @@ typedef struct fx_model {
                                     fx_model_create as PEFT draws them from a.proj_key: vera_A ~
                                     U(+-sqrt(6/in_max)), then vera_B ~ U(+-sqrt(6/r)), row-major */
     int vera_in, vera_out;       /* in_max, out_max over the adapted layers (0 without VeRA) */
+    fx_sorf_mixer sorf[FX_NTARGETS]; /* SORF-VeRA: one mixer S per output width of the adapted layers */
+    int nsorf;
     fx_rng drop;                 /* dropout stream, seeded from a.seed by fx_model_create */
     void *ws;                    /* activations and scratch, private to model.c */
 } fx_model;
@@ -851,11 +869,36 @@ int fx_adapter_config_load(const char *path, fx_adapter_cfg *a);
 int fx_residual_load(fx_model *m, const char *path);
 
 /* ============================================================================================
+ * sorf.c: SORF-VeRA: the mixer S, Gamma, Givens rotations, their CPU ops, dW, the server's refit
+ * ============================================================================================
+ * dW = S Gamma(b) B_l Lambda_d A_l, Lambda_d = s G(theta); the equations are in sorf.c. */
+void fx_sorf_mixer_build(fx_sorf_mixer *S, int d, uint64_t seed);
+void fx_sorf_mixer_free(fx_sorf_mixer *S);
+const fx_sorf_mixer *fx_sorf_of(const fx_model *m, int d);      /* the model's mixer of width D, or NULL */
+/* y (N, d) = x S^T (S^T: x S) on OP, TMP (N, d) scratch; y may be x. S's pointers are OP's memory. */
+void fx_sorf_mix(const fx_ops *op, const fx_sorf_mixer *S, float *y, float *tmp, const float *x, int N, int transpose);
+void fx_sorf_mix_d(const fx_sorf_mixer *S, double *v, double *tmp, int transpose); /* v (d) = S v, host, double */
+void fx_sorf_givens_d(double *G, const float *theta, int r);    /* G(theta) (r, r), double */
+void fx_cpu_fwht(float *x, int rows, int d);
+void fx_cpu_permute_cols(float *out, const float *in, const int32_t *perm, int rows, int d, int scatter);
+void fx_cpu_gamma_apply(float *out, const float *in, const float *b, int rows, int d, int transpose);
+void fx_cpu_givens_build(float *M, const float *sd, int r);
+void fx_cpu_givens_backward(float *gsd, const float *dM, const float *sd, int r);
+void fx_sorf_delta_w(const fx_model *m, int k, const float *train, double *dW /* (out, in) */);
+/* U (out, r), U A_l = mean_i dW_i - dW(GLOBAL), the clients sharing client 0's b. */
+void fx_sorf_residual_d(const fx_model *m, int k, const float *const *clients, const double *w, int n,
+                        const float *global, double *U);
+/* The VeRA fork's server: b, s, theta of layer K in GLOBAL refitted from the SVD of the clients' mean dW;
+ * POLAR: b kept, s, theta the scaled rotation nearest the mean Lambda_d. */
+void fx_sorf_refit(const fx_model *m, int k, const float *const *clients, const double *w, int n, float *global,
+                   int polar);
+
+/* ============================================================================================
  * agg.c: aggregation math (FedIT mean, FedEx residual, VeRA, aggregation error); the residual's owner
  * ============================================================================================ */
 
 typedef enum { FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA, FX_AGG_FEDEX_VERA, FX_AGG_FEDIT_VERA,
-               FX_AGG_FFA_VERA, FX_AGG_CENTRAL } fx_agg_method;
+               FX_AGG_FFA_VERA, FX_AGG_CENTRAL, FX_AGG_SORF_VERA, FX_AGG_FEDEX_SORF_VERA } fx_agg_method;
 int fx_agg_parse(const char *s, fx_agg_method *m);  /* also the reference code's ours/normal/ffa/ours_vera */
 const char *fx_agg_name(fx_agg_method m);
 int fx_agg_is_vera(fx_agg_method m);  /* fedex-vera, fedit-vera, ffa-vera */
@@ -976,6 +1019,7 @@ typedef struct {
     const char *save_projection, *vera_scale, *fork_client_gpus;
     const char *fan_in_fan_out, *bias, *modules_to_save, *init_weights, *layers_to_transform, *layers_pattern;
     int vera, r_any, rsvera, fork_vera_scale, parallel_clients, fork_server_gpu;
+    const char *sorf_refit;      /* svd (the VeRA fork's) | polar */
     /* E2E: generation on the test MRs, scored every eval_every rounds and at the last (generate.c) */
     const char *test_file, *early_stopping, *no_repeat_scope;
     int eval_every, test_mrs, num_beams, no_repeat_ngram, max_new_tokens;

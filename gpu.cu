@@ -230,6 +230,104 @@ __global__ void axpy_kernel(float *y, float alpha, const float *x, size_t n) {  
     if (i < n) y[i] += alpha * x[i];
 }
 
+/* --- SORF-VeRA (sorf.c is the specification) ---------------------------------------------
+ * FWHT: one block per row, the greedy power-of-two blocks of the row one after another, one butterfly
+ * level at a time between barriers, in place; then 1/sqrt(n). */
+__global__ void fwht_kernel(float *x, int d) {
+    float *row = x + (size_t)blockIdx.x * d;
+    for (int o = 0; o < d;) {
+        int n = 1;
+        while (2 * n <= d - o) n *= 2;
+        float *b = row + o;
+        for (int h = 1; h < n; h *= 2) {
+            for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
+                int i = (t / h) * 2 * h + t % h;
+                float u = b[i], v = b[i + h];
+                b[i] = u + v;
+                b[i + h] = u - v;
+            }
+            __syncthreads();
+        }
+        float f = (float)(1.0 / sqrt((double)n));
+        for (int t = threadIdx.x; t < n; t += blockDim.x) b[t] *= f;
+        __syncthreads();
+        o += n;
+    }
+}
+__global__ void permute_cols_kernel(float *out, const float *in, const int32_t *perm, size_t n, int d, int scatter) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    size_t row = i / d * d;
+    int j = (int)(i % d);
+    if (scatter) out[row + perm[j]] = in[i];
+    else out[i] = in[row + perm[j]];
+}
+__global__ void gamma_kernel(float *out, const float *in, const float *b, size_t npairs, int d, float sg) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= npairs) return;
+    int h = d / 2, j = (int)(i % h);
+    float a = b[j], c = sg * b[h + j], u = in[2 * i], v = in[2 * i + 1];
+    out[2 * i] = a * u - c * v;
+    out[2 * i + 1] = c * u + a * v;
+}
+/* G(theta) in double, one thread per column: a rotation of rows p, q touches each column alone, so the
+ * K rotations run down each column without barriers, applied from the last pair to the first. */
+__device__ void givens_columns(double *G, const float *theta, int r) {
+    for (int j = threadIdx.x; j < r; j += blockDim.x) {
+        for (int i = 0; i < r; i++) G[(size_t)i * r + j] = i == j;
+        int k = r * (r - 1) / 2;
+        for (int p = r - 2; p >= 0; p--)
+            for (int q = r - 1; q > p; q--) {
+                double t = theta[--k], c = cos(t), s = sin(t), a = G[(size_t)p * r + j], b = G[(size_t)q * r + j];
+                G[(size_t)p * r + j] = c * a - s * b;
+                G[(size_t)q * r + j] = s * a + c * b;
+            }
+    }
+    __syncthreads();
+}
+__global__ void givens_build_kernel(float *M, const float *sd, int r, double *G) {
+    givens_columns(G, sd + 1, r);
+    for (size_t i = threadIdx.x; i < (size_t)r * r; i += blockDim.x) M[i] = (float)((double)sd[0] * G[i]);
+}
+/* The block's sum of V (every thread's value), returned to every thread. */
+__device__ double block_sum(double v, double *part) {
+    part[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    double s = part[0];
+    __syncthreads();
+    return s;
+}
+/* fx_cpu_givens_backward, one thread per column, one block sum per rotation. */
+__global__ void givens_backward_kernel(float *gsd, const float *dM, const float *sd, int r, double *G) {
+    __shared__ double part[THREADS];
+    double *gG = G + (size_t)r * r;
+    givens_columns(G, sd + 1, r);
+    double ds = 0;
+    for (size_t i = threadIdx.x; i < (size_t)r * r; i += blockDim.x) { ds += (double)dM[i] * G[i]; gG[i] = (double)sd[0] * dM[i]; }
+    ds = block_sum(ds, part);
+    if (threadIdx.x == 0) gsd[0] = (float)ds;
+    int k = 0;
+    for (int p = 0; p < r - 1; p++)
+        for (int q = p + 1; q < r; q++, k++) {
+            double t = sd[1 + k], c = cos(t), s = sin(t), dt = 0;
+            for (int j = threadIdx.x; j < r; j += blockDim.x) {
+                double *gp = G + (size_t)p * r + j, *gq = G + (size_t)q * r + j;
+                double *hp = gG + (size_t)p * r + j, *hq = gG + (size_t)q * r + j;
+                double a = c * *gp + s * *gq, b = -s * *gp + c * *gq;
+                dt += *hp * (-s * a - c * b) + *hq * (c * a - s * b);
+                *gp = a; *gq = b;
+                double u = *hp, v = *hq;
+                *hp = c * u + s * v; *hq = -s * u + c * v;
+            }
+            dt = block_sum(dt, part);
+            if (threadIdx.x == 0) gsd[1 + k] = (float)dt;
+        }
+}
+
 /* db[c] = sum over rows of a (* b when not NULL): one block per column, a tree over its rows. */
 __global__ void column_dot_kernel(float *db, const float *a, const float *b, int rows, int cols) {
     __shared__ float part[THREADS];
@@ -481,6 +579,8 @@ struct fx_gpu {
     size_t scr_cap[NSCR];
     float *losses, *h_losses;    /* (loss_cap) per-row losses, device and host */
     int loss_cap;
+    double *gscr;                /* SORF-VeRA's Lambda_d scratch (gscr_cap bytes) */
+    size_t gscr_cap;
 };
 
 static void *dmalloc(size_t bytes) {
@@ -781,6 +881,34 @@ static void gpu_adamw(float *p, const float *g, float *m, float *v, size_t n, co
     if (n) LAUNCH(adamw_kernel, nblocks(n), THREADS, 0, p, g, m, v, n, *s);
 }
 
+static void gpu_fwht(float *x, int rows, int d) {
+    if (rows > 0) LAUNCH(fwht_kernel, (unsigned)rows, THREADS, 0, x, d);
+}
+static void gpu_permute_cols(float *out, const float *in, const int32_t *perm, int rows, int d, int scatter) {
+    size_t n = (size_t)rows * d;
+    if (n) LAUNCH(permute_cols_kernel, nblocks(n), THREADS, 0, out, in, perm, n, d, scatter);
+}
+static void gpu_gamma_apply(float *out, const float *in, const float *b, int rows, int d, int transpose) {
+    size_t n = (size_t)rows * (d / 2);
+    if (n) LAUNCH(gamma_kernel, nblocks(n), THREADS, 0, out, in, b, n, d, transpose ? -1.0f : 1.0f);
+}
+/* Lambda_d's double scratch (2 r x r), grown on demand. */
+static double *givens_scratch(int r) {
+    size_t need = (size_t)2 * r * r * sizeof(double);
+    if (need > cur->gscr_cap) {
+        dfree(cur->gscr);
+        cur->gscr = (double *)dmalloc(need);
+        cur->gscr_cap = need;
+    }
+    return cur->gscr;
+}
+static void gpu_givens_build(float *M, const float *sd, int r) {
+    LAUNCH(givens_build_kernel, 1, THREADS, 0, M, sd, r, givens_scratch(r));
+}
+static void gpu_givens_backward(float *gsd, const float *dM, const float *sd, int r) {
+    LAUNCH(givens_backward_kernel, 1, THREADS, 0, gsd, dM, sd, r, givens_scratch(r));
+}
+
 /* In fx_ops's order, grouped as fedex.h groups them. */
 const fx_ops fx_gpu_ops = {
     .name = "cuda",
@@ -801,6 +929,8 @@ const fx_ops fx_gpu_ops = {
     .attention_forward = gpu_attention_forward, .attention_backward = gpu_attention_backward,
     .loss = gpu_loss, .lm_loss = gpu_lm_loss, .sumsq = gpu_sumsq, .scale = gpu_scale,
     .attention_decode = gpu_attention_decode, .adamw = gpu_adamw,
+    .fwht = gpu_fwht, .permute_cols = gpu_permute_cols, .gamma_apply = gpu_gamma_apply,
+    .givens_build = gpu_givens_build, .givens_backward = gpu_givens_backward,
 };
 
 /* ============================================================================================
@@ -923,6 +1053,16 @@ fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
         to_device(&t->vera_A, m->vera_A, na);
         to_device(&t->vera_B, m->vera_B, nb);
     }
+    for (int i = 0; i < t->nsorf; i++) { /* SORF-VeRA's mixers: the host's signs and permutations */
+        fx_sorf_mixer *S = &t->sorf[i];
+        size_t ns = (size_t)3 * 3 * S->d, np = (size_t)3 * S->d;
+        float *signs = (float *)dmalloc(ns * sizeof(float));
+        int32_t *perm = (int32_t *)dmalloc(np * sizeof(int32_t));
+        gpu_upload(signs, fx_sorf_of(m, S->d)->signs, ns * sizeof(float));
+        gpu_upload(perm, fx_sorf_of(m, S->d)->perm, np * sizeof(int32_t));
+        free(S->signs); free(S->perm);
+        S->signs = signs; S->perm = perm;
+    }
     if (precision == FX_GPU_BF16) {
         g->base16 = (bf16 *)dmalloc(t->base.n * sizeof(bf16));
         to_bf16(g->base16, t->base.data, t->base.n);
@@ -943,6 +1083,8 @@ void fx_gpu_free(fx_gpu *g) {
     fx_model *t = &g->m;
     float **dev[] = {&t->base.data, &t->train.data, &t->grad, &t->adam_m, &t->adam_v, &t->vera_A, &t->vera_B};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) { dfree(*dev[i]); *dev[i] = NULL; }
+    for (int i = 0; i < t->nsorf; i++) { dfree(t->sorf[i].signs); dfree(t->sorf[i].perm); t->sorf[i].signs = NULL; t->sorf[i].perm = NULL; }
+    dfree(g->gscr);
     fx_model_free(t);                     /* the host tables, and the workspace through gpu_release */
     void *more[] = {g->grad_mb, g->base16, g->vA16, g->vB16, g->losses};
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) dfree(more[i]);

@@ -182,6 +182,8 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     TAKE(w->y, N * H);
     TAKE(w->as.xd, N * in_max);
     TAKE(w->as.u, N * r); TAKE(w->as.w, N * out_max);
+    int sorf = m->a.kind == FX_SORF;
+    TAKE_IF(sorf, w->as.w2, N * out_max); TAKE_IF(sorf, w->as.lam, r * r); TAKE_IF(sorf && train, w->as.dlam, r * r);
     TAKE(w->cls, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep1, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep2, (size_t)n * H);
@@ -329,7 +331,7 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     m->fam = f;
     m->ops = &fx_cpu_ops;
     if (!a->targets) m->a.r = 1; /* keeps workspace sizes positive; no adapter reads it */
-    m->scale = a->kind == FX_VERA ? 1.0f
+    m->scale = a->kind != FX_LORA ? 1.0f
                : a->rslora ? (float)(a->alpha / sqrt((double)a->r)) : (float)((double)a->alpha / a->r);
 
     /* Base table and its views, the family's order; each linear's (out, in) from the target table. */
@@ -345,7 +347,7 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     if (m->base.n != fx_base_numel(c)) fx_die("model.c: base table (%zu) and fx_base_numel disagree", m->base.n);
 
     /* Trainable table: adapters layer by layer, target by target, then the head. */
-    fx_adapter_build(m);
+    if (fx_adapter_build(m) != 0) { fx_model_free(m); return -1; }
     m->head_off = m->train.n;
     m->head.t = m->train.nt;
     if (add_specs(&m->train, c, f->head, f->nhead, -1, 0, head_slot_v, &m->head, NULL) != 0) {
@@ -379,6 +381,7 @@ void fx_model_free(fx_model *m) {
     free(m->layer);
     free(m->vera_A);
     free(m->vera_B);
+    for (int i = 0; i < m->nsorf; i++) fx_sorf_mixer_free(&m->sorf[i]);
     workspace *w = m->ws;
     if (w) {
         free(w->L);

@@ -122,6 +122,10 @@ static void aggregate(fx_run *R, const int *done, double *err, double *dev, doub
     for (int i = 0; i < n; i++) w[i] /= wsum;
     memcpy(R->prev_global, R->global, sizeof(float) * R->P);
     fx_agg_mean(R->global, cl, w, n, R->P);
+    /* SORF-VeRA: the VeRA fork's server refits b, s, theta (the head and nothing else keeps the mean);
+     * fedex-sorf-vera's residual below then makes the global model the exact mean again */
+    if (fx_agg_is_sorf(R->cfg.agg))
+        for (int k = 0; k < m->nadapted; k++) fx_sorf_refit(m, k, cl, w, n, R->global, !strcmp(R->cfg.sorf_refit, "polar"));
     int exact = fx_agg_is_exact(R->cfg.agg);
     if (exact) {
         /* The residual travels as R->msg; the server accumulates it with the same call as every client
@@ -182,15 +186,18 @@ static void log_residual_form(const fx_run *R) {
 static void comm_bytes(const fx_run *R, int64_t *up, int64_t *down) {
     if (R->tp->bytes) { R->tp->bytes(R, up, down); return; } /* the transport counted what it sent */
     const fx_model *m = &R->srv;
-    int64_t trained = (int64_t)m->head_n;
+    int64_t trained = (int64_t)m->head_n, gamma = 0;
     for (int k = 0; k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
-        int64_t a = m->a.kind == FX_LORA ? (int64_t)m->a.r * ad->in : m->a.r;
-        int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : ad->out;
+        /* SORF-VeRA: (s, theta) up and down; Gamma's b (out) only down, the server's (counted below) */
+        int64_t a = m->a.kind == FX_LORA ? (int64_t)m->a.r * ad->in
+                    : m->a.kind == FX_SORF ? 1 + (int64_t)m->a.r * (m->a.r - 1) / 2 : m->a.r;
+        int64_t b = m->a.kind == FX_LORA ? (int64_t)ad->out * m->a.r : m->a.kind == FX_SORF ? 0 : ad->out;
         trained += b + (m->a.freeze_a || m->a.freeze_d ? 0 : a);
+        if (m->a.kind == FX_SORF) gamma += ad->out;
     }
     *up = 4 * trained + (int64_t)sizeof(fx_report);
-    *down = 4 * trained + (int64_t)sizeof(fx_job) +
+    *down = 4 * (trained + gamma) + (int64_t)sizeof(fx_job) +
             (fx_agg_is_exact(R->cfg.agg) ? (int64_t)fx_residual_msg_bytes(m, R->msg) : 0);
 }
 

@@ -165,7 +165,7 @@ static const fx_opt train_opts[] = {
     {"--no-repeat-ngram-size", NULL, FX_OPT_INT, RC(no_repeat_ngram), "4", "e2e generation: no N-gram twice (0: off)", 0, 0},
     {"--no-repeat-scope", NULL, FX_OPT_STR, RC(no_repeat_scope), "generated", "e2e generation: generated (the prompt's n-grams may recur) | row (HF's: prompt included)", 0, 0},
     {"--max-new-tokens", NULL, FX_OPT_INT, RC(max_new_tokens), "64", "e2e generation: tokens generated at most per MR", 0, 0},
-    {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera)", 0, 0},
+    {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|sorf-vera|fedex-sorf-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera|sorf_vera|ours_sorf_vera)", 0, 0},
     {"--num-clients", "--num_clients", FX_OPT_INT, RC(num_clients), "3", "number of clients", 0, 0},
     {"--rounds", NULL, FX_OPT_INT, RC(rounds), "50", "federated rounds", 0, 0},
     {"--local-epochs", "--local_epochs", FX_OPT_INT, RC(local_epochs), "3", "epochs over its shard each client trains per round", 0, 0},
@@ -190,10 +190,11 @@ static const fx_opt train_opts[] = {
     {"--vera", NULL, FX_OPT_FLAG, RC(vera), NULL, "VeRA adapters: --agg fedex, fedit, ffa (ours, normal, ffa) become fedex-vera, fedit-vera, ffa-vera", 0, 0},
     {"--r", NULL, FX_OPT_INT, RC(r_any), "0", "rank of the method's adapter (the VeRA fork's --r: --lora-r or --vera-r; 0: those)", 0, 0},
     {"--sorf-seed", "--sorf_seed", FX_OPT_SEED, RC(sorf_seed), "42", "seed of SORF-VeRA's orthonormal mixer S (its signs and permutations)", 0, 0},
+    {"--sorf-refit", NULL, FX_OPT_STR, RC(sorf_refit), "svd", "how SORF-VeRA's server refits b, s, theta: svd (the VeRA fork's, from the mean dW) | polar (b kept, the mean Lambda_d's nearest scaled rotation)", 0, 0},
     {"--parallel_clients", NULL, FX_OPT_FLAG, RC(parallel_clients), NULL, "accepted: fedex's clients always run in parallel, one process each", 0, 0},
     {"--server_gpu", NULL, FX_OPT_INT, RC(fork_server_gpu), "-1", "--server-gpu with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
     {"--client_gpus", NULL, FX_OPT_STR, RC(fork_client_gpus), NULL, "--client-gpus with --device cuda; on the CPU accepted and ignored, as the VeRA fork does without CUDA", 0, 0},
-    {"--fan_in_fan_out", NULL, FX_OPT_STR, RC(fan_in_fan_out), "false", "PEFT's fan_in_fan_out: false (RoBERTa's layers are nn.Linear); true is refused", 0, 0},
+    {"--fan_in_fan_out", NULL, FX_OPT_STR, RC(fan_in_fan_out), "false", "PEFT's fan_in_fan_out: accepted; fedex takes it from the model's layers, as PEFT resets it (true for GPT-2's Conv1D, false for nn.Linear)", 0, 0},
     {"--bias", NULL, FX_OPT_STR, RC(bias), "none", "PEFT's bias: none (fedex trains no biases of the base); all and vera_only are refused", 0, 0},
     {"--modules_to_save", NULL, FX_OPT_STR, RC(modules_to_save), NULL, "PEFT's modules_to_save: classifier (the head, always trained and saved); others are refused", 0, 0},
     {"--init_weights", NULL, FX_OPT_STR, RC(init_weights), "true", "PEFT's init_weights: true (lambda_b = 0, lambda_d = d_initial); false is refused", 0, 0},
@@ -311,12 +312,7 @@ static int fork_options(fx_settings *c, const int *set) {
     }
     int b;
     if ((b = peft_bool(c->save_projection)) < 0) { fx_seterr("--save-projection must be true or false, not '%s'", c->save_projection); return -1; }
-    if ((b = peft_bool(c->fan_in_fan_out)) != 0) {
-        fx_seterr(b < 0 ? "--fan_in_fan_out must be true or false, not '%s'"
-                        : "--fan_in_fan_out %s is not supported: RoBERTa's adapted layers are nn.Linear, stored "
-                          "(out, in) (PEFT itself resets it to false for them)", c->fan_in_fan_out);
-        return -1;
-    }
+    if (peft_bool(c->fan_in_fan_out) < 0) { fx_seterr("--fan_in_fan_out must be true or false, not '%s'", c->fan_in_fan_out); return -1; }
     if ((b = peft_bool(c->init_weights)) != 1) {
         fx_seterr(b < 0 ? "--init_weights must be true or false, not '%s'"
                         : "--init_weights %s is not supported: adapters start as PEFT's init_weights=True starts them",
@@ -363,6 +359,8 @@ static int fork_options(fx_settings *c, const int *set) {
 }
 
 void fx_settings_notes(const fx_settings *c, const int *set, FILE *f) {
+    if (set[fx_settings_opt("--fan_in_fan_out")])
+        fprintf(f, "fedex: --fan_in_fan_out: taken from the model's layers (Conv1D or nn.Linear), as PEFT resets it\n");
     if (c->parallel_clients) fprintf(f, "fedex: --parallel_clients: fedex's clients always run in parallel, one process each\n");
     if (strcmp(c->device, "cuda") && (set[fx_settings_opt("--server_gpu")] || set[fx_settings_opt("--client_gpus")]))
         fprintf(f, "fedex: --server_gpu/--client_gpus: this run is on the CPU, so they are ignored (as the VeRA fork "
@@ -415,7 +413,10 @@ int fx_settings_check(fx_settings *c, const int *set) {
         {c->vera_dropout < 0 || c->vera_dropout >= 1, "--vera-dropout must be in [0, 1)"},
         {strcmp(c->vera_scale, "1") && !fx_agg_is_exact(c->agg),
          "--vera-scale scales the FedEx residual of fedex-vera or fedex-sorf-vera; this method has none"},
-        {!fx_agg_is_sorf(c->agg) && WAS_SET("--sorf-seed"), "--sorf-seed applies to sorf-vera and fedex-sorf-vera"},
+        {!fx_agg_is_sorf(c->agg) && (WAS_SET("--sorf-seed") || WAS_SET("--sorf-refit")),
+         "--sorf-seed and --sorf-refit apply to sorf-vera and fedex-sorf-vera"},
+        {strcmp(c->sorf_refit, "svd") && strcmp(c->sorf_refit, "polar"), "--sorf-refit must be svd or polar"},
+        {fx_agg_is_sorf(c->agg) && strcmp(c->vera_scale, "1") , "--vera-scale applies to fedex-vera"},
         {c->agg == FX_AGG_CENTRAL && WAS_SET("--num-clients") && c->num_clients != 1,
          "--agg centralized trains one client on all the data; it takes no --num-clients"},
         {c->agg == FX_AGG_CENTRAL && WAS_SET("--split"), "--agg centralized does not split the data"},
@@ -473,8 +474,9 @@ int fx_settings_check(fx_settings *c, const int *set) {
 
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a) {
     memset(a, 0, sizeof *a);
-    int vera = fx_agg_is_vera(c->agg);
-    a->kind = vera ? FX_VERA : FX_LORA;
+    int vera = fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg);
+    a->kind = fx_agg_is_sorf(c->agg) ? FX_SORF : vera ? FX_VERA : FX_LORA;
+    a->sorf_seed = (uint64_t)c->sorf_seed;
     fx_targets_parse(c->targets, &a->targets);
     a->r = vera ? c->vera_r : c->lora_r;
     a->alpha = (float)c->lora_alpha;
@@ -482,7 +484,6 @@ void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a) {
     a->dropout = (float)(vera ? c->vera_dropout : c->lora_dropout);
     a->proj_key = (uint32_t)c->projection_prng_key;
     a->skip_projection = peft_bool(c->save_projection) == 0;
-
     a->freeze_a = fx_agg_freezes(c->agg) && !vera;
     a->freeze_d = fx_agg_freezes(c->agg) && vera;
     a->d_initial = (float)c->d_initial;

@@ -212,6 +212,47 @@ static void test_weighted_and_resume(void) {
     free(ma); free(mb);
 }
 
+/* ---------------------------------------------------------------- a tiny Llama, federated */
+
+/* The same task on a tiny random Llama (grouped-query, untied head, the byte vocabulary) with PEFT's seven
+ * Llama targets: FedEx aggregates exactly (agg_error at float rounding, tools/check_agg.py agrees), FedIT
+ * does not. */
+static void test_llama(void) {
+    static const char cfg[] =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 257, "
+        "\"hidden_size\": 16, \"intermediate_size\": 32, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+        "\"num_key_value_heads\": 2, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-5, "
+        "\"tie_word_embeddings\": false, \"eos_token_id\": 256}\n";
+    const char *lcfg = P("%s/lcfg", tmp), *lmodel = P("%s/llama", tmp);
+    if (fx_mkdir_p(lcfg) != 0 || fx_write_file_atomic(P("%s/config.json", lcfg), cfg, strlen(cfg)) != 0 ||
+        write_byte_vocab(lcfg) != 0) { CHECK(0, "llama setup: %s", fx_err()); return; }
+    int rc = fedex("init_llama", NULL, "init", "--config", P("%s/config.json", lcfg), "--out", lmodel, "--seed", "1", NULL);
+    CHECK(rc == 0, "fedex init (Llama) exited %d", rc);
+    if (rc != 0) { show_err("init_llama"); return; }
+    const char *aggs[2] = {"fedex", "fedit"};
+    for (int k = 0; k < 2; k++) {
+        const char *out = P("%s/run_llama_%s", tmp, aggs[k]), *tag = P("llama_%s", aggs[k]);
+        rc = fedex(tag, NULL, "train", "--model", lmodel, "--task", "e2e", "--data", data, "--local-epochs", "1",
+                   "--threads", "2", "--targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "--agg",
+                   aggs[k], "--lr", "5e-3", "--rounds", "2", "--out", out, "--save-clients", NULL);
+        CHECK(rc == 0, "Llama --agg %s: exit status %d", aggs[k], rc);
+        if (rc != 0) { show_err(tag); continue; }
+        metrics m;
+        double worst = 0;
+        CHECK(metrics_load(out, &m) == 0 && m.n == 2, "Llama --agg %s: metrics.jsonl is not 2 JSON lines", aggs[k]);
+        for (int r = 0; r < m.n; r++) {
+            double e = num(fx_json_get(&m.line[r], "agg_error"), "max");
+            if (!(e <= worst)) worst = e;
+        }
+        metrics_free(&m);
+        if (k == 0) CHECK(worst < TOL_EXACT, "Llama fedex: agg_error max %.3g, want < %.0e", worst, TOL_EXACT);
+        else CHECK(worst > FEDIT_ERR_MIN, "Llama fedit: agg_error max %.3g, want > %.0e", worst, FEDIT_ERR_MIN);
+        double em, er;
+        if (k == 0 && check_agg(out, tag, &em, &er))
+            CHECK(em < TOL_CHECK_AGG && er < TOL_CHECK_AGG, "Llama fedex: check_agg.py: %.3g, %.3g", em, er);
+    }
+}
+
 /* ---------------------------------------------------------------- defaults, options, refusals */
 
 static void test_settings(void) {
@@ -279,6 +320,7 @@ int main(void) {
             test_methods();
             test_weighted_and_resume();
             test_settings();
+            test_llama();
         }
     }
     printf("fedex train --task e2e end to end: %.1f s\n", fx_now() - t0);

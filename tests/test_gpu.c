@@ -167,6 +167,8 @@ static const gcase CASES[] = {
     {"ffa", FX_LORA, FX_T_QUERY | FX_T_VALUE, 4, 16.0f, 0, 1, 0, 3, 64, 4, 2, 3, 37, 0, 0},
     {"vera_all", FX_VERA, ALL, 8, 0.0f, 0, 0, 0, 3, 64, 4, 2, 3, 37, 0, 0},
     {"vera_ffa", FX_VERA, ALL, 8, 0.0f, 0, 0, 1, 2, 80, 2, 2, 3, 37, 0, 0},
+    /* SORF-VeRA: widths 48 = 32 + 16 and 192 = 128 + 64, the mixers' FWHT, Gamma and Givens ops */
+    {"sorf_qvi", FX_SORF, FX_T_QUERY | FX_T_VALUE | FX_T_INTER, 6, 0.0f, 0, 0, 0, 3, 48, 4, 2, 3, 37, 0, 0},
     {"residual", FX_LORA, FX_T_QUERY | FX_T_INTER, 2, 4.0f, 0, 0, 0, 3, 64, 4, 2, 3, 37, 1, 0},
     {"head_only", FX_LORA, 0, 4, 8.0f, 0, 0, 0, 3, 64, 4, 2, 3, 37, 0, 0},
     /* rows of 300 tokens: ten keys per lane in the softmax kernels */
@@ -201,7 +203,7 @@ static int case_model(fx_model *m, const gcase *k, float drop, uint64_t seed);
  * saturated softmax), embeddings N(0, 0.25), LayerNorm weight 1 + N(0, 0.01), vectors N(0, 0.01). LoRA
  * A as the runtime initialises it (kaiming-uniform, bound 1/sqrt(in)), B N(0, 0.01): the adapter term
  * s (x A^T) B^T ~ 0.2 of the base term, as after some training (B starts at 0). VeRA lambdas
- * 0.5 + N(0, 0.09): an adapter term ~ 0.1 of the base. */
+ * 0.5 + N(0, 0.09): an adapter term ~ 0.1 of the base; SORF-VeRA's s, theta and b alike. */
 static void randomize(fx_model *m, uint64_t seed) {
     fx_model_init_adapters(m, seed ^ 0x5bd1e995u);
     fx_rng g;
@@ -215,7 +217,7 @@ static void randomize(fx_model *m, uint64_t seed) {
             double mean = strstr(t->name, "LayerNorm.weight") ? 1.0 : 0.0;
             int lora_a = adapter && m->a.kind == FX_LORA && strstr(t->name, "lora_A");
             if (lora_a) continue;                 /* the runtime's initialisation */
-            if (adapter) { sd = m->a.kind == FX_VERA ? 0.3 : 0.1; mean = m->a.kind == FX_VERA ? 0.5 : 0.0; }
+            if (adapter) { sd = m->a.kind != FX_LORA ? 0.3 : 0.1; mean = m->a.kind != FX_LORA ? 0.5 : 0.0; }
             for (size_t j = 0; j < t->n; j++) p->data[t->off + j] = (float)(mean + sd * fx_rng_normal(&g));
         }
     }
@@ -535,6 +537,7 @@ static void check_twin_on_cpu(const gcase *k) {
 static void twin_on_cpu(void) {
     check_twin_on_cpu(&CASES[0]);                 /* LoRA */
     check_twin_on_cpu(&CASES[3]);                 /* VeRA */
+    check_twin_on_cpu(&CASES[5]);                 /* SORF-VeRA */
 }
 
 #ifndef FEDEX_CUDA
@@ -557,8 +560,8 @@ _Static_assert(FX_GPU_FP32 == 0 && FX_GPU_TF32 == 1 && FX_GPU_BF16 == 2, "PRECS 
 
 /* Every entry of fx_gpu_ops that RoBERTa's and GPT-2's blocks call is set; Llama's six (RMSNorm, RoPE,
  * SwiGLU, add_rows) are NULL until written, and fx_gpu_create refuses an RMSNorm family. The assertion
- * keeps the list below complete (a name and 41 function pointers; a new entry must be added here). */
-_Static_assert(sizeof(fx_ops) == 42 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
+ * keeps the list below complete (a name and 46 function pointers; a new entry must be added here). */
+_Static_assert(sizeof(fx_ops) == 47 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
 static void check_gpu_ops(void) {
     const fx_ops *o = &fx_gpu_ops;
     CHECK(o->name && strcmp(o->name, "cuda") == 0, "fx_gpu_ops.name is %s", o->name ? o->name : "NULL");
@@ -570,6 +573,7 @@ static void check_gpu_ops(void) {
     OP(tanh_forward); OP(tanh_backward); OP(attention_forward); OP(attention_backward); OP(loss); OP(adamw);
     OP(layernorm_forward); OP(gelu_tanh_forward); OP(gelu_tanh_backward); OP(lm_loss); OP(sumsq); OP(scale);
     OP(attention_decode);
+    OP(fwht); OP(permute_cols); OP(gamma_apply); OP(givens_build); OP(givens_backward);
 #undef OP
     CHECK(!o->rmsnorm_forward && !o->rmsnorm_backward && !o->rope && !o->swiglu_forward && !o->swiglu_backward &&
           !o->add_rows, "a Llama op is set in fx_gpu_ops: test it against cpu.c's and let fx_gpu_create take Llamas");

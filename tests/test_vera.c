@@ -91,7 +91,7 @@ static void test_settings(void) {
     CHECK(parse_train(&s, set, lr) == 0 && fabsf(fx_settings_residual_scale(&s) - 2e-3f) < 1e-9f, "--vera-scale lr");
     struct { const char *args[6]; const char *want; } bad[] = {
         {{"--vera", "--bias", "all", NULL}, "--bias all"},
-        {{"--vera", "--fan_in_fan_out", "True", NULL}, "--fan_in_fan_out True"},
+        {{"--vera", "--fan_in_fan_out", "yes", NULL}, "--fan_in_fan_out"},
         {{"--vera", "--init_weights", "False", NULL}, "--init_weights False"},
         {{"--vera", "--modules_to_save", "dense", NULL}, "--modules_to_save dense"},
         {{"--vera", "--layers_to_transform", "0,1", NULL}, "--layers_to_transform 0,1"},
@@ -197,6 +197,37 @@ static void test_fork_command(const char *shared) {
     if (chdir(cwd) != 0) CHECK(0, "chdir back to %s", cwd);
 }
 
+/* SORF-VeRA end to end: fedex-sorf-vera keeps the global model the clients' mean (the aggregation error at
+ * the fp32 rounding of its residual, which the fork's refit makes large next to the round's move), sorf-vera
+ * does not, and tools/check_agg.py recomputes the saved rounds (refit included) independently. */
+static void test_sorf_runs(void) {
+    const char *dirs[2] = {P("%s/sorf_exact", tmp), P("%s/sorf_fork", tmp)};
+    const char *aggs[2] = {"fedex-sorf-vera", "sorf_vera"};
+    for (int i = 0; i < 2; i++) {
+        int rc = train(aggs[i], NULL, "--agg", aggs[i], "--vera-r", "4", "--rounds", "2", "--save-clients", "--out", dirs[i], NULL);
+        CHECK(rc == 0, "%s exited %d", aggs[i], rc);
+        if (rc != 0) { show_err(aggs[i]); return; }
+        double e = max_err(dirs[i]);
+        CHECK(i == 0 ? e < 1e-4 : e > 1e-2, "%s: aggregation error %g (%s)", aggs[i], e,
+              i == 0 ? "exact: fp32 rounding of the residual expected" : "the fork's refit is approximate");
+    }
+    if (access("/usr/bin/python3", X_OK) != 0 || system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
+        printf("SKIP tools/check_agg.py on SORF-VeRA runs: /usr/bin/python3 with numpy is not installed\n");
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        char cmd[1024], out[8192];
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 tools/check_agg.py %s 2>&1", dirs[i]);
+        int rc = check_run(cmd, out, sizeof out);
+        const char *w = strstr(out, "worst: global adapter "), *f = strstr(out, "refit: ");
+        double gm = w ? strtod(w + 22, NULL) : NAN, res = w && strstr(w, "residual ") ? strtod(strstr(w, "residual ") + 9, NULL) : NAN;
+        double fit = f ? strtod(f + 7, NULL) : NAN;
+        CHECK(rc == 0 && gm < 1e-6 && res < 1e-5 && fit < 1e-5,
+              "check_agg.py %s: exit %d, head %g, residual %g, refit %g (float32 rounding expected)\n%s", aggs[i], rc, gm,
+              res, fit, out);
+    }
+}
+
 int main(void) {
     test_projections();
     test_settings();
@@ -207,7 +238,7 @@ int main(void) {
     }
     test_save_projection();
     const char *shared = shared_dir("the VeRA fork's command needs roberta-base's tokenizer and GLUE RTE");
-    if (shared && setup(shared) == 0) test_fork_command(shared);
+    if (shared && setup(shared) == 0) { test_fork_command(shared); test_sorf_runs(); }
     else if (shared) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
     run_harness_end();
     return check_done();
