@@ -345,7 +345,7 @@ int fx_grid_run(const fx_grid_opts *o) {
             fx_agg_parse(j->method, &am);
             for (int c = 0; c < nc; c++) {
                 /* train refuses VeRA's options for the other methods */
-                if (c < nquick && !strcmp(common[c], "--vera-r") && !fx_agg_is_vera(am)) { c++; continue; }
+                if (c < nquick && !strcmp(common[c], "--vera-r") && !fx_agg_is_vera(am) && !fx_agg_is_sorf(am)) { c++; continue; }
                 args[na++] = (char *)common[c];
             }
         }

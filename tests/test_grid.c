@@ -108,6 +108,26 @@ static void test_refusals(void) {
     free(o);
 }
 
+/* Every method of the default list, one quick round each: all complete and all in the table (the VeRA and
+ * SORF-VeRA methods take the quick VeRA rank, which the tiny model's widths allow). */
+static void test_every_method(void) {
+    const char *dir = P("%s/every", tmp);
+    char d[1024];
+    snprintf(d, sizeof d, "%s", dir);
+    int rc = fedex("every", NULL, "grid", "--out", d, "--quick", "--", "--rounds", "1", "--threads", "2", NULL);
+    CHECK(rc == 0, "a quick grid of every method: exit %d", rc);
+    if (rc != 0) show_err("every");
+    char *t = slurp(P("%s/table.md", d));
+    const char *methods[] = {"centralized", "fedex", "fedit", "ffa", "fedex-vera", "fedit-vera", "ffa-vera",
+                             "sorf-vera", "fedex-sorf-vera"};
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
+        char row[64];
+        snprintf(row, sizeof row, "| %s |", methods[i]);
+        CHECK(t && strstr(t, row), "the every-method grid's table has no row for %s", methods[i]);
+    }
+    free(t);
+}
+
 int main(void) {
     if (run_harness_start("grid") != 0) {
         printf("skipped: fedex grid end to end (FEDEX, the path of the fedex binary, is not set: run `make test`)\n");
@@ -116,6 +136,7 @@ int main(void) {
     snprintf(grid, sizeof grid, "%s/grid", tmp);
     test_interrupted_then_resumed();
     test_refusals();
+    test_every_method();
     run_harness_end();
     return check_done();
 }
