@@ -81,6 +81,41 @@ __device__ static inline float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+/* Block-wide sums and maximum of V (every thread's value) through the shared array PART (blockDim.x
+ * entries), a tree over the threads in a fixed order; returned to every thread, PART free again after. */
+__device__ double block_sum(double v, double *part) {
+    part[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    double s = part[0];
+    __syncthreads();
+    return s;
+}
+__device__ float block_sum_f(float v, float *part) {
+    part[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    float s = part[0];
+    __syncthreads();
+    return s;
+}
+__device__ float block_max_f(float v, float *part) {
+    part[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] = fmaxf(part[threadIdx.x], part[threadIdx.x + w]);
+        __syncthreads();
+    }
+    float m = part[0];
+    __syncthreads();
+    return m;
+}
 
 /* ============================================================================================
  * kernels: embeddings and LayerNorm (one warp per row)
@@ -183,13 +218,8 @@ __global__ void sumsq_kernel(double *out, const float *x, size_t n) {
     __shared__ double part[THREADS];
     double s = 0;
     for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)x[i] * x[i];
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *out = part[0];
+    s = block_sum(s, part);
+    if (threadIdx.x == 0) *out = s;
 }
 __global__ void tanh_forward_kernel(float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -289,18 +319,6 @@ __global__ void givens_build_kernel(float *M, const float *sd, int r, double *G)
     givens_columns(G, sd + 1, r);
     for (size_t i = threadIdx.x; i < (size_t)r * r; i += blockDim.x) M[i] = (float)((double)sd[0] * G[i]);
 }
-/* The block's sum of V (every thread's value), returned to every thread. */
-__device__ double block_sum(double v, double *part) {
-    part[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-        __syncthreads();
-    }
-    double s = part[0];
-    __syncthreads();
-    return s;
-}
 /* fx_cpu_givens_backward, one thread per column, one block sum per rotation. */
 __global__ void givens_backward_kernel(float *gsd, const float *dM, const float *sd, int r, double *G) {
     __shared__ double part[THREADS];
@@ -337,13 +355,8 @@ __global__ void column_dot_kernel(float *db, const float *a, const float *b, int
         size_t i = (size_t)r * cols + c;
         s += b ? a[i] * b[i] : a[i];
     }
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) db[c] = part[0];
+    s = block_sum_f(s, part);
+    if (threadIdx.x == 0) db[c] = s;
 }
 
 __global__ void to_bf16_kernel(bf16 *out, const float *in, size_t n) {   /* round to nearest even */
@@ -463,30 +476,10 @@ __global__ void lm_loss_kernel(float *loss /* (N) */, float *dlogits, const floa
     }
     float mx = -INFINITY, s = 0.0f, zs = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, z[j]);
-    red[threadIdx.x] = mx;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
-        __syncthreads();
-    }
-    mx = red[0];
-    __syncthreads();
+    mx = block_max_f(mx, red);
     for (int j = threadIdx.x; j < V; j += blockDim.x) { s += expf(z[j] - mx); zs += z[j]; }
-    red[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
-        __syncthreads();
-    }
-    s = red[0];
-    __syncthreads();
-    red[threadIdx.x] = zs;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
-        __syncthreads();
-    }
-    zs = red[0];
+    s = block_sum_f(s, red);
+    zs = block_sum_f(zs, red);
     float lse = mx + logf(s), zy = z[y];
     __syncthreads();                                      /* every thread has read z[y] before d overwrites it */
     if (threadIdx.x == 0) loss[i] = (1.0f - eps) * (lse - zy) + eps * (lse - zs / V);
@@ -509,23 +502,9 @@ __global__ void attention_decode_kernel(float *ctx, float *scores, const float *
         sc[j] = dot / sq;
         mx = fmaxf(mx, sc[j]);
     }
-    red[threadIdx.x] = mx;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
-        __syncthreads();
-    }
-    mx = red[0];
-    __syncthreads();
+    mx = block_max_f(mx, red);
     for (int j = threadIdx.x; j < len; j += blockDim.x) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-    red[threadIdx.x] = sum;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
-        __syncthreads();
-    }
-    sum = red[0];
-    __syncthreads();                                      /* the scores are complete before they are read */
+    sum = block_sum_f(sum, red);                          /* its barriers: the scores are complete before they are read */
     for (int c = threadIdx.x; c < hd; c += blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j < len; j++) acc += sc[j] * vc[co + (size_t)j * H + c];
