@@ -84,8 +84,12 @@ static int load(const char *dir, const fx_config *c, fx_model *m) {
     fx_adapter_cfg none = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
     if (fx_model_create(m, c, &none, NULL) != 0) { CHECK(0, "%s", fx_err()); return 0; }
     fx_model_init_base(m, 7);
-    if (fx_model_load(m, dir) < 0) return 0;
-    return 1;
+    if (fx_model_load(m, dir) >= 0) return 1;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", fx_err());
+    fx_model_free(m);
+    fx_seterr("%s", why);
+    return 0;
 }
 
 static void test_same_as_single(void) {
