@@ -373,6 +373,28 @@ void fx_matmul_log_start(void);
 int fx_matmul_log_stop(fx_matmul_shape *out, int max);
 
 /* ============================================================================================
+ * matmul_bf16.c: products with bf16 frozen weights (--precision bf16), and bf16 numbers
+ * ============================================================================================ */
+
+/* bf16: the top 16 bits of an fp32. fx_bf16_round rounds to nearest, ties to even (torch's
+ * .to(torch.bfloat16); NaN stays NaN); widening is exact. */
+uint16_t fx_bf16_round(float x);
+float fx_bf16_widen(uint16_t h);
+void fx_bf16_from_f32(uint16_t *dst, const float *src, size_t n);
+void fx_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+/* C (M x N) = A (M x K) op(B) + beta C, row-major: A fp32 with each element rounded to bf16 (RNE) first,
+ * B bf16, op(B) = B (K x N, ldb >= N) or B^T when tb (B stored N x K, ldb >= K); the products summed in
+ * fp32. beta == 0 writes C without reading it. The results do not depend on the thread count; the two
+ * kernels ("avx512bf16": VDPBF16PS, when the CPU has it; "fallback": B widened, fx_matmul) agree up to the
+ * order of the fp32 sums (and VDPBF16PS flushing subnormals). FEDEX_BF16_KERNEL=fallback, or
+ * fx_matmul_bf16_force, picks the fallback; force returns -1 with fx_seterr on an unknown name or a CPU
+ * without the instructions. */
+void fx_matmul_bf16(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float beta,
+                    float *C, int ldc);
+const char *fx_matmul_bf16_kernel(void);
+int fx_matmul_bf16_force(const char *name);
+
+/* ============================================================================================
  * cpu.c: the CPU ops table: every layer op's forward and backward in plain fp32 C (the specification)
  * ============================================================================================
  * model.c writes the transformer once as calls on a table of ops; a backend supplies the table. Every
