@@ -3,8 +3,9 @@
  * classification loss) and of GPT-2 small (LoRA r=4 on c_attn and c_proj, the causal LM loss with label
  * smoothing 0.1 over 96 supervised tokens a row, clipping at 1.0), on full batches of 8 x 128 random
  * tokens and, for RoBERTa, on real batches of 8 RTE training rows padded to their longest as training
- * pads them. Its yardsticks run in the same process tree, paired and interleaved with fedex's step (fedex,
- * PyTorch, bound, peak; fedex, PyTorch, ...): the same step in PyTorch (bench/torch_step.py kept running
+ * pads them; fedex's step runs in fp32 (and in bf16 where the build has a bf16 precision). Its yardsticks
+ * run in the same process tree, paired and interleaved with fedex's steps (fedex fp32, bf16, PyTorch, bound,
+ * peak; fedex fp32, ...): the same step in PyTorch (bench/torch_step.py kept running
  * over a pipe, in the fastest of the thread settings it tries first; skipped with a visible line without
  * python3/torch), the "GEMM bound" (every matrix product of fedex's step timed with OpenBLAS on its own
  * shape) and the fp32 FMA peak of the machine. It prints each pair, the medians, the median of the pairs'
@@ -138,8 +139,9 @@ static int write_batches(const char *path, const fx_batch *b, int count) {
 typedef struct { const char *name; fx_model m; int on; } variant;
 
 /* The bf16 variant: sets C to the model config's bf16 precision and returns 1, or returns 0 where this
- * build has none (then the bf16 line says so). BF16: when fx_config has its precision setting, set it
- * here (c->precision = <bf16>; return 1). */
+ * build has none (then the bf16 line says so). BF16: once fx_config has its precision (--precision
+ * bf16), this is `c->precision = FX_PREC_BF16; return 1;`, and the header line below names
+ * fx_matmul_bf16_kernel() and calls fx_precision_note(cb.precision, stdout). */
 static int bf16_config(fx_config *c) {
     (void)c;
     return 0;
@@ -580,26 +582,34 @@ static int bench_model(const char *model, int threads, int pairs) {
     variant v[2] = {{.name = "fp32", .on = 1}, {.name = "bf16"}};
     fx_config cb = c;
     v[1].on = bf16_config(&cb);
+    fx_batch full;
+    make_batch(&full, c.vocab_size, lm, 3);
+    printf("%s LoRA r=%d (%s), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s; fedex fp32",
+           lm ? "GPT-2 small" : "RoBERTa-base", RANK, lm ? "c_attn, c_proj; LM loss, smoothing 0.1, clip 1.0"
+           : "query, value", BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename());
+    printf(v[1].on ? " and bf16\n" : " (no bf16 precision in this build)\n");
+
+    /* the fp32 model and the products of one full-batch step (each against fx_matmul below, once); the
+     * peak memory of a process holding it alone; then the bf16 model beside it */
+    static product prods[MAX_SHAPES];
+    fx_matmul_shape shapes[MAX_SHAPES];
+    int nprods = -1;
+    double rss[2] = {0, 0};
     for (int i = 0; i < 2; i++) {
         if (!v[i].on) continue;
         if (fx_model_create(&v[i].m, i ? &cb : &c, &a, NULL) != 0) { fprintf(stderr, "bench_step: %s\n", fx_err()); return 1; }
         fx_model_init_base(&v[i].m, 1);
         fx_model_init_adapters(&v[i].m, 2);
+        if (i == 0 && (nprods = logged_step(&v[0].m, &full, shapes)) < 0) return 1;
+        if (i == 1) step(&v[1].m, &full);
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        rss[i] = ru.ru_maxrss * 1024.0 / 1e9;
     }
-    fx_batch full;
-    make_batch(&full, c.vocab_size, lm, 3);
-    printf("%s LoRA r=%d (%s), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s; fedex fp32%s\n",
-           lm ? "GPT-2 small" : "RoBERTa-base", RANK, lm ? "c_attn, c_proj; LM loss, smoothing 0.1, clip 1.0"
-           : "query, value", BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename(),
-           v[1].on ? " and bf16" : " (no bf16 precision in this build)");
-
-    /* the products of one full-batch step, each against fx_matmul, once */
-    static product prods[MAX_SHAPES];
-    fx_matmul_shape shapes[MAX_SHAPES];
-    int nprods = logged_step(&v[0].m, &full, shapes);
-    if (nprods < 0) return 1;
     to_products(prods, shapes, nprods);
-    if (v[1].on) step(&v[1].m, &full);
+    printf("peak memory (ru_maxrss) after the fp32 model's first step: %.2f GB (goal < 2.5)", rss[0]);
+    if (v[1].on) printf("; with the bf16 model beside it: %.2f GB", rss[1]);
+    printf("\n");
     double s0 = step(&v[0].m, &full);
     product_table(prods, nprods, threads, s0);
     fflush(stdout);
@@ -631,10 +641,7 @@ static int bench_model(const char *model, int threads, int pairs) {
         summary("RTE batches", rte_p, nrte, v[1].on, fd >= 0 && pe.pid != 0, 0, isa);
     }
     peer_stop(&pe);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("peak memory of the process so far (ru_maxrss): %.2f GB (goal < 2.5 for one model)\n\n",
-           ru.ru_maxrss * 1024.0 / 1e9);
+    printf("\n");
     for (int k = 0; k < nrte; k++) fx_batch_free(&rte[k]);
     fx_batch_free(&full);
     for (int i = 0; i < 2; i++)
