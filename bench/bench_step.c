@@ -195,7 +195,7 @@ __attribute__((target("avx2,fma"))) static float fma_avx2(long iters) {
 
 static volatile float fma_sink;
 
-/* GFLOP/s of all THREADS running FMA chains, best of 3 rounds of >= 20 ms; -1 without AVX2/AVX-512.
+/* GFLOP/s of all THREADS running FMA chains, best of 5 rounds of >= 20 ms; -1 without AVX2/AVX-512.
  * ISA names the instructions used. */
 static double fma_gflops(int threads, const char **isa) {
     float (*f)(long) = NULL;
@@ -208,7 +208,7 @@ static double fma_gflops(int threads, const char **isa) {
     if (!f) return -1;
     static long iters = 1 << 14; /* kept between calls: later calls start at a round's length */
     double best = 0;
-    for (int round = 0; round < 3;) {
+    for (int round = 0; round < 5;) {
         float sum = 0;
         double t0 = fx_now();
         #pragma omp parallel num_threads(threads) reduction(+ : sum)
