@@ -327,7 +327,9 @@ static void swiglu_backward(float *dgate, float *dup, const float *dout, const f
  * maximum and 1 / sum per (token, head), KEEP (N, nh, 2), from which the backward recomputes P with the
  * same products in the same blocks (so the same bits). Attention dropout: query i of row b, head h draws
  * its keys' mask from the stream (off[b] + i) nh + h of SITE. */
-enum { ATT_BQ = 64 };
+/* 256 queries a block: a GLUE row (<= 256 tokens) is one block, the unblocked products; a long row keeps
+ * 3 (256, T) fp32 scratch blocks per thread (6 MB at T = 2048). */
+enum { ATT_BQ = 256 };
 static size_t attention_keep(int n, int T, int N, int nh, int drop) {
     (void)n; (void)T; (void)drop;
     return (size_t)N * nh * 2;
