@@ -210,21 +210,37 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     }
 }
 
-/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x). */
+/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x).
+ * erf and exp come from vmath.c (within 1 ulp of libm's erff and expf), a chunk at a time so that the
+ * arguments and results stay in L1; the float arithmetic around them is the formula's, in its order. */
+enum { VCHUNK = 1024 };
+#define VCHUNKS(n) ((long)(((n) + VCHUNK - 1) / VCHUNK))
+
 static void gelu_forward(float *out, const float *in, size_t n) {
     #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float x = in[i];
-        out[i] = x * 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        const float *x = in + o;
+        float e[VCHUNK];
+        for (size_t j = 0; j < len; j++) e[j] = x[j] * (float)M_SQRT1_2;
+        fx_erf(e, e, len);
+        for (size_t j = 0; j < len; j++) out[o + j] = x[j] * 0.5f * (1.0f + e[j]);
     }
 }
 static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
     #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float x = in[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)), pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
-        d[i] *= cdf + x * pdf;
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        const float *x = in + o;
+        float e[VCHUNK], g[VCHUNK];
+        for (size_t j = 0; j < len; j++) { e[j] = x[j] * (float)M_SQRT1_2; g[j] = -0.5f * x[j] * x[j]; }
+        fx_erf(e, e, len);
+        fx_exp(g, g, len);
+        for (size_t j = 0; j < len; j++) {
+            float cdf = 0.5f * (1.0f + e[j]), pdf = g[j] * inv_sqrt_2pi;
+            d[o + j] *= cdf + x[j] * pdf;
+        }
     }
 }
 
@@ -302,18 +318,28 @@ static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int 
  *   d gate = dout * up * sigmoid(g) (1 + g (1 - sigmoid(g))),  d up = dout * silu(g). */
 static void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
     #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        float e[VCHUNK];
+        for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
+        fx_exp(e, e, len);
+        for (size_t j = 0; j < len; j++) out[o + j] = gate[o + j] / (1.0f + e[j]) * up[o + j];
     }
 }
 static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                             size_t n) {
     #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
-        dup[i] = d * (g * sg);
-        dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        float e[VCHUNK];
+        for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
+        fx_exp(e, e, len);
+        for (size_t j = 0; j < len; j++) {
+            size_t i = o + j;
+            float g = gate[i], sg = 1.0f / (1.0f + e[j]), d = dout[i];
+            dup[i] = d * (g * sg);
+            dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+        }
     }
 }
 

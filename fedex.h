@@ -357,6 +357,17 @@ void fx_matmul_log_start(void);
 int fx_matmul_log_stop(fx_matmul_shape *out, int max);
 
 /* ============================================================================================
+ * vmath.c: erf and exp over float arrays (the CPU ops' GELU and SiLU)
+ * ============================================================================================ */
+/* y[i] = erf(x[i]) or exp(x[i]), within 1 ulp of libm's erff/expf (vmath.c says why); y == x allowed.
+ * AVX-512 where the CPU has it, plain C otherwise; fx_vmath_force("avx512" or "c") switches (tests),
+ * -1 with fx_seterr when unknown or not runnable here. */
+void fx_erf(float *y, const float *x, size_t n);
+void fx_exp(float *y, const float *x, size_t n);
+const char *fx_vmath_path(void);
+int fx_vmath_force(const char *name);
+
+/* ============================================================================================
  * cpu.c: the CPU ops table: every layer op's forward and backward in plain fp32 C (the specification)
  * ============================================================================================
  * model.c writes the transformer once as calls on a table of ops; a backend supplies the table. Every
