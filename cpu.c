@@ -83,7 +83,7 @@ static void tanh_backward(float *d, const float *y, size_t n) {
 static void dropout_row(uint8_t *keep /* (cols) */, uint64_t site, size_t row, size_t cols, float p) {
     fx_rng g;
     fx_rng_seed(&g, site ^ (0x9e3779b97f4a7c15ULL * (row + 1)));
-    for (size_t j = 0; j < cols; j++) keep[j] = fx_rng_uniform(&g) >= p;
+    fx_rng_keep(&g, keep, cols, p);
 }
 static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t cols, float p, uint64_t site) {
     #pragma omp parallel for schedule(static) if ((long)(rows * cols) >= PAR_MIN)

@@ -53,6 +53,8 @@ typedef struct { uint64_t s[4]; } fx_rng;
 void fx_rng_seed(fx_rng *r, uint64_t seed);
 uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
+/* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
+void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
 /* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
