@@ -438,6 +438,7 @@ static void scale_c(int M, int N, float beta, float *C, size_t ldc) {
 typedef struct {
     const kernel *kn;
     int ta, tb, M, N, K, npanels;
+    int split_m;                                 /* rectangles of whole rows (1) or whole columns (0) */
     float alpha, beta;
     const float *A, *B;
     size_t lda, ldb;
@@ -451,18 +452,17 @@ static void pack_b_one(const product *g, int p) {
     pack_b_panel(g->tb, g->B, g->ldb, 0, g->K, p * NR, cols, NR, g->bpack + (size_t)p * g->K * NR);
 }
 
-/* Thread T of NT: the blocked loops above over its rectangle of C, the tiles of C split along M, or along
- * N when C has fewer row tiles than column tiles (the split depends on the shape and NT alone). */
-static void gemm_part(const product *g, int t, int nt) {
+/* The blocked loops above over one rectangle of C: row tiles LO..HI (all columns) when the product is
+ * split along M, column panels LO..HI (all rows) when along N. Tiles sit on the one MR x NR grid whatever
+ * the rectangle, and each C element is summed by the same kernel in the same order, so how C is cut into
+ * rectangles, and which thread takes which, changes no bit. */
+static void gemm_part(const product *g, int lo, int hi) {
     const kernel *kn = g->kn;
     const int MR = kn->mr, NR = kn->nr, KC = kn->kc, MC = kn->mc, NC = kn->nc;
     const int M = g->M, N = g->N, K = g->K;
     const size_t rs = g->rs, cs = g->cs;
-    int mtiles = (M + MR - 1) / MR, split_m = mtiles >= g->npanels;
-    int tiles = split_m ? mtiles : g->npanels;
-    int lo = (int)((long)tiles * t / nt), hi = (int)((long)tiles * (t + 1) / nt);
-    int m0 = 0, m1 = M, n0 = 0, n1 = N;          /* this thread's rectangle of C */
-    if (split_m) { m0 = lo * MR; m1 = hi * MR < M ? hi * MR : M; }
+    int m0 = 0, m1 = M, n0 = 0, n1 = N;          /* the rectangle of C */
+    if (g->split_m) { m0 = lo * MR; m1 = hi * MR < M ? hi * MR : M; }
     else { n0 = lo * NR; n1 = hi * NR < N ? hi * NR : N; }
     int kcb = K < KC ? K : KC;
     int mcb = m1 - m0 < MC ? (m1 - m0 + MR - 1) / MR * MR : MC;
@@ -507,10 +507,12 @@ static void gemm_part(const product *g, int t, int nt) {
 
 static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float alpha, const float *A, size_t lda,
                  const float *B, size_t ldb, float beta, float *C, size_t rs, size_t cs) {
-    int npanels = (N + kn->nr - 1) / kn->nr;
+    int npanels = (N + kn->nr - 1) / kn->nr, mtiles = (M + kn->mr - 1) / kn->mr;
     scratch *mine = my_scratch();
-    product g = {kn, ta, tb, M, N, K, npanels, alpha, beta, A, B, lda, ldb, C, rs, cs,
+    /* C is cut along M, or along N when it has fewer row tiles than column panels */
+    product g = {kn, ta, tb, M, N, K, npanels, mtiles >= npanels, alpha, beta, A, B, lda, ldb, C, rs, cs,
                  grow(&mine->b, &mine->nb, (size_t)npanels * K * kn->nr)};
+    int tiles = g.split_m ? mtiles : npanels;
 
     /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
      * else's parallel region (one per attention head, say): we are one of its threads already. Those
@@ -518,15 +520,21 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
     int nt = (double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 : omp_get_max_threads();
     if (nt == 1) {
         for (int p = 0; p < npanels; p++) pack_b_one(&g, p);
-        gemm_part(&g, 0, 1);
+        gemm_part(&g, 0, tiles);
         return;
     }
+    /* Threads take rectangles of PER tiles (about 8 per thread, at most an A block's rows) as they come
+     * free, so one that the OS preempts holds up the other by one rectangle, not by half the product. */
+    int per = (tiles + 8 * nt - 1) / (8 * nt), cap = g.split_m ? kn->mc / kn->mr : tiles;
+    per = per < 1 ? 1 : per > cap ? cap : per;
+    int units = (tiles + per - 1) / per;
     #pragma omp parallel num_threads(nt)
     {
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, 1)
         for (int p = 0; p < npanels; p++) pack_b_one(&g, p);
         /* (the implied barrier: every panel is packed before anyone reads one; the only one) */
-        gemm_part(&g, omp_get_thread_num(), omp_get_num_threads());
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (int u = 0; u < units; u++) gemm_part(&g, u * per, (u + 1) * per < tiles ? (u + 1) * per : tiles);
     }
 }
 
