@@ -225,8 +225,10 @@ static void gelu_forward(float *out, const float *in, size_t n) {
         size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
         const float *x = in + o;
         float e[VCHUNK];
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) e[j] = x[j] * (float)M_SQRT1_2;
         fx_erf(e, e, len);
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) out[o + j] = x[j] * 0.5f * (1.0f + e[j]);
     }
 }
@@ -237,9 +239,11 @@ static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *
         size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
         const float *x = in + o;
         float e[VCHUNK], g[VCHUNK];
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) { e[j] = x[j] * (float)M_SQRT1_2; g[j] = -0.5f * x[j] * x[j]; }
         fx_erf(e, e, len);
         fx_exp(g, g, len);
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) {
             float cdf = 0.5f * (1.0f + e[j]), pdf = g[j] * inv_sqrt_2pi;
             d[o + j] *= cdf + x[j] * pdf;
@@ -324,8 +328,10 @@ static void swiglu_forward(float *out, const float *gate, const float *up, size_
     for (long c = 0; c < VCHUNKS(n); c++) {
         size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
         float e[VCHUNK];
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
         fx_exp(e, e, len);
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) out[o + j] = gate[o + j] / (1.0f + e[j]) * up[o + j];
     }
 }
@@ -335,8 +341,10 @@ static void swiglu_backward(float *dgate, float *dup, const float *dout, const f
     for (long c = 0; c < VCHUNKS(n); c++) {
         size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
         float e[VCHUNK];
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
         fx_exp(e, e, len);
+        #pragma omp simd
         for (size_t j = 0; j < len; j++) {
             size_t i = o + j;
             float g = gate[i], sg = 1.0f / (1.0f + e[j]), d = dout[i];

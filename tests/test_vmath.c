@@ -81,14 +81,14 @@ static size_t window(float *x, float a, float b) {
 }
 
 static void test_path(const char *path) {
-    /* the whole finite line, 1 float in 251 (about 17 million of each sign) */
-    size_t cap = 2 * ((size_t)0x7f7fffffu / 251 + 2); /* the larger of the two sweeps */
+    /* the whole finite line, 1 float in 1021 (about 2 million of each sign) */
+    size_t cap = 2 * ((size_t)0x41200000u / 257 + 2); /* the larger of the two sweeps */
     float *x = fx_malloc(cap * sizeof *x);
-    size_t n = sweep(x, 0, 0x7f7fffffu, 251);
-    for (int f = 0; f < 2; f++) compare(path, &FNS[f], x, n, "the float line by 251");
-    /* [-10, 10] more densely, 1 in 131 */
-    n = sweep(x, 0, 0x41200000u, 131);
-    for (int f = 0; f < 2; f++) compare(path, &FNS[f], x, n, "[-10, 10] by 131");
+    size_t n = sweep(x, 0, 0x7f7fffffu, 1021);
+    for (int f = 0; f < 2; f++) compare(path, &FNS[f], x, n, "the float line by 1021");
+    /* [-10, 10] more densely, 1 in 257 */
+    n = sweep(x, 0, 0x41200000u, 257);
+    for (int f = 0; f < 2; f++) compare(path, &FNS[f], x, n, "[-10, 10] by 257");
     free(x);
 
     /* every float of the windows where a method changes */
