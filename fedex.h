@@ -1076,6 +1076,9 @@ typedef struct {
     /* E2E: generation on the test MRs, scored every eval_every rounds and at the last (generate.c) */
     const char *test_file, *early_stopping, *no_repeat_scope;
     int eval_every, test_mrs, num_beams, no_repeat_ngram, max_new_tokens;
+    /* instruct, gsm8k, mc (instruct.c): the prompt format; the dev rows generated (gsm8k) or scored (mc) */
+    const char *chat_template;
+    int eval_rows;
     double length_penalty;
     fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
@@ -1355,6 +1358,26 @@ int fx_run_e2e_open(fx_run *R);
 int fx_run_e2e_round(fx_run *R, int round);      /* generates and scores when ROUND is due; -1 with fx_err() */
 void fx_run_e2e_json(const fx_run *R, FILE *f);  /* `, "test": {...}, "best_bleu": x, "best_bleu_round": r` */
 void fx_run_e2e_close(fx_run *R);
+/* instruct_run.c: the instruction tasks in a run: train and dev from DATA/train.jsonl (or --train-file) and
+ * DATA/dev.jsonl in the model's prompt format (fx_run_inst_load, from load_data); for gsm8k and mc the
+ * dev rows' test metric at the rounds due (every --eval-every and the last), with the best round, in the
+ * round's metrics line as "gsm8k": {"exact_match"} or "mc": {"acc", "acc_norm"}; gsm8k's answers in
+ * OUT/gsm8k_predictions_round<N>.jsonl. */
+int fx_run_inst_load(fx_run *R);
+int fx_run_inst_open(fx_run *R);
+int fx_run_inst_round(fx_run *R, int round);
+void fx_run_inst_json(const fx_run *R, FILE *f);
+void fx_run_inst_close(fx_run *R);
+/* The test metric of the model behind D on the first N rows of R (task T): gsm8k's exact match of greedy
+ * answers of up to MAX_NEW tokens (each answer a JSON line into PRED when not NULL), or mc's acc and
+ * acc_norm (every choice's log-likelihood, row by row, into LL when not NULL). -1 with fx_err() naming
+ * the row's line. */
+typedef struct { int rows; double exact_match, acc, acc_norm; } fx_inst_scores;
+/* The choice picked among N by their log-likelihoods LL: the largest LL (LEN NULL: acc) or LL / LEN
+ * (acc_norm, LEN the choices' lengths in characters); the first of equals. */
+int fx_mc_pick(const double *ll, const double *len, int n);
+int fx_inst_evaluate(const fx_decoder *d, fx_tokenizer *tok, const fx_task *t, const fx_inst_rows *r, int n, int max_new,
+                     FILE *pred, double *ll, fx_inst_scores *s);
 /* Base weights as a run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
 int fx_run_init_weights(const fx_settings *c, fx_model *m);
 /* LOGITS (n, L) of every row of D, in D's order, and the mean loss (NAN with fx_err() on a bad batch).

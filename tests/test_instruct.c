@@ -7,6 +7,15 @@
 #include "fedex.h"
 #include "check.h"
 
+/* A choice's log-likelihood, fp32 model against the float64 reference: a sum of up to 6 log-softmaxes
+ * over 47-53 logits of a 2-layer model, each off by fp32 rounding (~1e-6 relative on logits of size ~10);
+ * measured worst 3.7e-6 absolute, so 1e-4 leaves room while any wrong token or position (errors of 0.1
+ * and more) fails. */
+#define TOL_LOGLIK 1e-4
+#define WAIT_LINE_S 60.0
+#define WAIT_RUN_S 60.0
+#include "run_harness.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -217,29 +226,6 @@ static void test_reader(void) {
 
 /* ---------------------------------------------------------------- sequences, targets, the template */
 
-/* GPT-2's byte-level vocabulary without merges (every byte one token), 256 <|endoftext|>. */
-static int write_byte_vocab(const char *dir) {
-    char *buf = NULL; size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return -1;
-    fputc('{', f);
-    int next = 256;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        char u[5] = {0};
-        fx_utf8_put(u, printable ? (uint32_t)b : (uint32_t)next++);
-        char *q = fx_json_quote(u);
-        fprintf(f, "%s%s: %d", b ? ", " : "", q, b);
-        free(q);
-    }
-    fprintf(f, ", \"<|endoftext|>\": 256}\n");
-    char m[512];
-    snprintf(m, sizeof m, "%s/merges.txt", dir);
-    char v[512];
-    snprintf(v, sizeof v, "%s/vocab.json", dir);
-    return fx_write_memstream_atomic(f, &buf, &len, v) || fx_write_file_atomic(m, "#version: 0.2\n", 14) ? -1 : 0;
-}
-
 static void test_dataset(void) {
     const char *dir = tpath("tok");
     if (fx_mkdir_p(dir) != 0 || write_byte_vocab(dir) != 0) { CHECK(0, "vocab: %s", fx_err()); return; }
@@ -295,6 +281,65 @@ out:
     fx_tok_free(tok);
 }
 
+/* ---------------------------------------------------------------- choices against float64 PyTorch */
+
+static void test_mc_loglik(void) {
+    fx_json j;
+    if (fx_json_load("tests/fixtures/mc_cases.json", &j) != 0) { CHECK(0, "%s", fx_err()); return; }
+    double worst = 0;
+    int rows = 0;
+    for (size_t m = 0; m < j.n; m++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "tests/fixtures/%s", j.keys[m]);
+        fx_config c;
+        fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
+        fx_model model;
+        char cp[300];
+        snprintf(cp, sizeof cp, "%s/config.json", dir);
+        if (fx_config_load(cp, &c) != 0 || fx_model_create(&model, &c, &a, NULL) != 0) { CHECK(0, "%s: %s", dir, fx_err()); continue; }
+        fx_model_init_base(&model, 0);
+        fx_decoder d;
+        if (fx_model_load(&model, dir) < 0 || fx_model_decoder(&model, 1, &d) != 0) {
+            CHECK(0, "%s: %s", dir, fx_err());
+            fx_model_free(&model);
+            continue;
+        }
+        const fx_json *R = &j.kids[m];
+        for (size_t i = 0; i < R->n; i++, rows++) {
+            const fx_json *ctx = fx_json_get(&R->kids[i], "ctx"), *ch = fx_json_get(&R->kids[i], "choices");
+            const fx_json *want = fx_json_get(&R->kids[i], "ll"), *chars = fx_json_get(&R->kids[i], "chars");
+            int32_t x[64], y[64];
+            double got[8], len[8];
+            for (size_t k = 0; k < ctx->n; k++) x[k] = (int32_t)ctx->kids[k].inum;
+            for (size_t k = 0; k < ch->n; k++) {
+                const fx_json *cc = &ch->kids[k];
+                for (size_t t = 0; t < cc->n; t++) y[t] = (int32_t)cc->kids[t].inum;
+                got[k] = NAN;
+                CHECK(fx_loglik(&d, x, (int)ctx->n, y, (int)cc->n, &got[k]) == 0, "%s row %zu: %s", dir, i, fx_err());
+                double e = fabs(got[k] - want->kids[k].num);
+                if (!(e <= worst)) worst = e;
+                CHECK(e <= TOL_LOGLIK, "%s row %zu choice %zu: log-likelihood %.9g, float64 %.9g", dir, i, k, got[k],
+                      want->kids[k].num);
+                len[k] = chars->kids[k].num;
+            }
+            CHECK(fx_mc_pick(got, NULL, (int)ch->n) == (int)fx_json_get(&R->kids[i], "acc_pick")->inum &&
+                  fx_mc_pick(got, len, (int)ch->n) == (int)fx_json_get(&R->kids[i], "norm_pick")->inum,
+                  "%s row %zu: the picks (acc, acc_norm) differ from the reference's", dir, i);
+        }
+        /* a context and a choice longer than the model's positions are refused */
+        int32_t big[64] = {0};
+        double v;
+        CHECK(fx_loglik(&d, big, d.max_len, big, 2, &v) == -1 && strstr(fx_err(), "do not fit"), "too long: %s", fx_err());
+        fx_decoder_free(&d);
+        fx_model_free(&model);
+    }
+    CHECK(rows >= 12, "only %d choice rows read", rows);
+    printf("choice log-likelihoods: %d rows, worst error %.3g against float64 PyTorch\n", rows, worst);
+    double tie[3] = {-1, -1, -2}, tl[3] = {1, 2, 1};
+    CHECK(fx_mc_pick(tie, NULL, 3) == 0 && fx_mc_pick(tie, tl, 3) == 1, "ties go to the first choice");
+    fx_json_free(&j);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/fedex_instruct_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -302,6 +347,7 @@ int main(void) {
     test_gsm8k();
     test_reader();
     test_dataset();
+    test_mc_loglik();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
