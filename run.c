@@ -570,8 +570,8 @@ static int load_data(fx_run *R) {
     if (c->model) {
         if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
         const fx_family *fam = fx_config_family(&R->mc);
-        if (R->task->lm != (fam->head_kind == FX_HEAD_LM)) {
-            fx_seterr(R->task->lm ? "--task %s trains a language model: %s is a %s, not a causal LM (GPT-2)"
+        if ((R->task->lm != 0) != (fam->head_kind == FX_HEAD_LM)) {
+            fx_seterr(R->task->lm ? "--task %s trains a language model: %s is a %s, not a causal LM (GPT-2, Llama)"
                                   : "--task %s classifies: %s is a %s language model", R->task->name, c->model,
                       fam->model_type);
             return -1;

@@ -378,7 +378,7 @@ int fx_settings_check(fx_settings *c, const int *set) {
     if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
     if (fork_options(c, set) != 0) return -1;
     const fx_task *task = c->task ? fx_task_find(c->task) : NULL;
-    int lm = task && task->lm;
+    int lm = task ? task->lm : 0;
     int vera = fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg);
     struct { int bad; const char *msg; } rules[] = {
         {c->num_clients < 1 || c->num_clients > 256, "--num-clients must be between 1 and 256"},
