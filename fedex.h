@@ -881,7 +881,7 @@ typedef struct {
  * at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
 int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
 void fx_decoder_free(fx_decoder *d);
-/* instruct.c: log p(CONT | CTX) on D's slot 0, the sum of the continuation tokens' float64 log-softmaxes. */
+/* log p(CONT | CTX) on D's slot 0, the sum of the continuation tokens' float64 log-softmaxes. */
 int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *cont, int ncont, double *ll);
 
 /* ============================================================================================

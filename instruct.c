@@ -1,12 +1,11 @@
 /* instruct.c: instruction data for causal LMs: strict JSON Lines reading (prompt/completion, Alpaca's
  * instruction/input/output, GSM8K's question/answer, multiple-choice rows), the prompt through the
  * model's chat template (jinja.c) or a plain format, the training sequences with the loss on the
- * completion only, GSM8K's final-answer extraction and a choice's log-likelihood. It does not train,
- * generate or aggregate (client.c, generate.c, run.c do; instruct_run.c evaluates a run's rounds). */
+ * completion only and GSM8K's final-answer extraction. It does not train, generate, score a choice
+ * (generate.c's fx_loglik) or aggregate (client.c, generate.c, run.c do; instruct_run.c evaluates a run's rounds). */
 #include "fedex.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -448,38 +447,4 @@ int fx_gsm8k_extract(const char *text, int reference, char *out, size_t cap) {
     normalise(best, best_n, out, cap);
     /* "$-5" and "-$5" alike; a lone "-" cannot survive (a digit was seen) */
     return out[0] != 0;
-}
-
-/* ============================================================================================
- * A continuation's log-likelihood
- * ============================================================================================
- * log p(cont | ctx) = sum_j log softmax(logits after ctx, cont[0..j))[cont[j]], each log-softmax in
- * float64 from the decoder's float32 logits (as generate.c scores). Slot 0 of D is used. */
-
-int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *cont, int ncont, double *ll) {
-    if (nctx < 1 || ncont < 1 || nctx + ncont - 1 > d->max_len) {
-        fx_seterr("a context of %d and a continuation of %d tokens do not fit the model's %d positions", nctx, ncont,
-                  d->max_len);
-        return -1;
-    }
-    float *logits = fx_malloc(sizeof(float) * (size_t)d->vocab);
-    int *ids = fx_malloc(sizeof(int) * (size_t)nctx);
-    for (int k = 0; k < nctx; k++) ids[k] = ctx[k];
-    int rc = d->prefill(d->ctx, ids, nctx, logits);
-    double sum = 0;
-    for (int j = 0; j < ncont && rc == 0; j++) {
-        double m = -INFINITY, s = 0;
-        for (int v = 0; v < d->vocab; v++) if (logits[v] > m) m = logits[v];
-        if (!isfinite(m)) { fx_seterr("the model's logits are not finite"); rc = -1; break; }
-        for (int v = 0; v < d->vocab; v++) s += exp((double)logits[v] - m);
-        if (cont[j] < 0 || cont[j] >= d->vocab) { fx_seterr("token %d outside the vocabulary", cont[j]); rc = -1; break; }
-        sum += (double)logits[cont[j]] - m - log(s);
-        if (j + 1 < ncont) {
-            int tok = cont[j];
-            rc = d->step(d->ctx, 1, &tok, nctx + j, logits);
-        }
-    }
-    free(logits); free(ids);
-    if (rc == 0) *ll = sum;
-    return rc;
 }

@@ -90,6 +90,17 @@ static inline int write_byte_vocab(const char *dir) {
            fx_write_file_atomic(P("%s/merges.txt", dir), "#version: 0.2\n", 14) ? -1 : 0;
 }
 
+/* tools/check_agg.py RUN: 1 (and its worst errors) when it ran, 0 when python3 with numpy is absent. */
+static inline int check_agg(const char *run, const char *tag, double *mean_err, double *res_err) {
+    char cmd[2048], out[8192];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import numpy' 2>/dev/null && /usr/bin/python3 tools/check_agg.py %s "
+             "2>&1 | tail -1", run);
+    if (check_run(cmd, out, sizeof out) != 0 || !*out) return 0;
+    const char *w = strstr(out, "global adapter ");
+    CHECK(w && sscanf(w, "global adapter %lf, residual %lf", mean_err, res_err) == 2, "%s: check_agg.py: %s", tag, out);
+    return 1;
+}
+
 static inline int copy_lines(const char *src, const char *dst, int n) {
     char *d; size_t len;
     if (fx_read_file(src, &d, &len) != 0) return -1;

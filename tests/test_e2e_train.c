@@ -102,17 +102,6 @@ static int e2e_line_ok(const fx_json *l, int round, int nclients, double best_be
     return v > 0 && isfinite(v) && v == num(l, "dev_loss") && best == want_best;
 }
 
-/* tools/check_agg.py RUN: 1 (and its worst errors) when it ran, 0 when python3 with numpy is absent. */
-static int check_agg(const char *run, const char *tag, double *mean_err, double *res_err) {
-    char cmd[2048], out[8192];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import numpy' 2>/dev/null && /usr/bin/python3 tools/check_agg.py %s "
-             "2>&1 | tail -1", run);
-    if (check_run(cmd, out, sizeof out) != 0 || !*out) return 0;
-    const char *w = strstr(out, "global adapter ");
-    CHECK(w && sscanf(w, "global adapter %lf, residual %lf", mean_err, res_err) == 2, "%s: check_agg.py: %s", tag, out);
-    return 1;
-}
-
 /* ---------------------------------------------------------------- every method */
 
 static const struct { const char *agg; int vera, exact, nclients; } methods[] = {

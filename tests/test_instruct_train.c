@@ -94,17 +94,6 @@ static int setup_model(const char *cfg, const char *name, char *out, size_t cap,
     return 0;
 }
 
-/* tools/check_agg.py RUN: 1 (and its worst errors) when it ran, 0 when python3 with numpy is absent. */
-static int check_agg(const char *run, const char *tag, double *mean_err, double *res_err) {
-    char cmd[2048], out[8192];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import numpy' 2>/dev/null && /usr/bin/python3 tools/check_agg.py %s "
-             "2>&1 | tail -1", run);
-    if (check_run(cmd, out, sizeof out) != 0 || !*out) return 0;
-    const char *w = strstr(out, "global adapter ");
-    CHECK(w && sscanf(w, "global adapter %lf, residual %lf", mean_err, res_err) == 2, "%s: check_agg.py: %s", tag, out);
-    return 1;
-}
-
 static const char *gpt2_targets = "c_attn,c_proj,c_fc";
 static const char *llama_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
 
@@ -210,6 +199,31 @@ static void test_methods(void) {
     free(o);
 }
 
+/* One round, then --resume to two: the same metrics (the test metric and its best round included) as the
+ * two rounds in one go; --eval-rows limits the rows scored. */
+static void test_resume(void) {
+    const char *a = P("%s/run_llama_mc_fedex", tmp), *b = P("%s/run_llama_mc_res", tmp);
+    int rc = fedex("res1", NULL, "train", "--model", lmodel, "--task", "mc", "--data", d_mc, "--targets", llama_targets,
+                   "--agg", "fedex", "--rounds", "1", "--local-epochs", "1", "--lr", "5e-3", "--batch-size", "2",
+                   "--micro-batch", "2", "--threads", "2", "--max-seq-length", "256", "--out", b, "--save-clients",
+                   "--num-clients", "3", NULL);
+    int rc2 = rc == 0 ? fedex("res2", NULL, "train", "--resume", b, "--rounds", "2", "--threads", "2", NULL) : -1;
+    CHECK(rc == 0 && rc2 == 0, "mc resume: exit statuses %d, %d", rc, rc2);
+    if (rc2) show_err(rc ? "res1" : "res2");
+    char *ma = metrics_untimed(a), *mb = metrics_untimed(b);
+    CHECK(ma && mb && !strcmp(ma, mb), "a resumed mc run's metrics differ from an uninterrupted one's");
+    free(ma); free(mb);
+
+    const char *e = P("%s/run_gsm_rows", tmp);
+    rc = fedex("rows", NULL, "train", "--model", gmodel, "--task", "gsm8k", "--data", d_gsm, "--targets", "c_attn",
+               "--rounds", "1", "--local-epochs", "1", "--threads", "2", "--max-seq-length", "256", "--eval-rows", "3",
+               "--max-new-tokens", "3", "--out", e, NULL);
+    metrics m;
+    CHECK(rc == 0 && metrics_load(e, &m) == 0 && m.n == 1 && num(fx_json_get(&m.line[0], "gsm8k"), "rows") == 3,
+          "--eval-rows 3: exit %d", rc);
+    if (rc == 0) metrics_free(&m);
+}
+
 static void test_eval_and_refusals(void) {
     /* fedex eval on the tasks, the base model and the saved adapter */
     int rc = fedex("eval_gsm", NULL, "eval", "--model", lmodel, "--task", "gsm8k", "--data", d_gsm, "--max-new-tokens", "4",
@@ -256,6 +270,7 @@ int main(void) {
         CHECK(0, "setting up the models and data in %s failed: %s", tmp, fx_err());
     else {
         test_methods();
+        test_resume();
         test_eval_and_refusals();
     }
     printf("fedex train --task instruct/gsm8k/mc end to end: %.1f s\n", fx_now() - t0);
