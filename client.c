@@ -134,7 +134,11 @@ static int follow_residual(fx_client *cl, const fx_residual_msg *msg, const floa
             continue;
         }
 #endif
-        if (cl->check_frozen && memcmp(cl->wtmp, cl->m.base.data + ad->w_off, sizeof(float) * len) != 0) {
+        int same = 1;
+        if (cl->m.base.bf) /* --precision bf16: the shared weight is bf16(fl(W0 + R_acc)) */
+            for (size_t j = 0; same && j < len; j++) same = fx_bf16_round(cl->wtmp[j]) == cl->m.base.bf[ad->w_off + j];
+        else same = memcmp(cl->wtmp, cl->m.base.data + ad->w_off, sizeof(float) * len) == 0;
+        if (cl->check_frozen && !same) {
             fx_seterr("the frozen weight of %s rebuilt from the residual messages differs from the server's "
                       "(round %d)", ad->name, cl->res.round);
             return -1;

@@ -120,6 +120,18 @@ static void linear_backward(float *dx /* (N, in) */, const float *dy /* (N, out)
                             int N, int in, int out, float beta) {
     fx_matmul(0, 0, N, in, out, 1.0f, dy, out, W, in, beta, dx, in);
 }
+/* The pair with W in bf16 (--precision bf16): x and dy rounded to bf16 by fx_matmul_bf16, fp32 sums. */
+static void linear_forward_bf16(float *y /* (N, out) */, const float *x /* (N, in) */, const uint16_t *W /* (out, in) */,
+                                const float *b /* (out) or NULL */, int N, int in, int out) {
+    if (!b) { fx_matmul_bf16(1, N, out, in, x, in, W, in, 0.0f, y, out); return; }
+    #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
+    for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
+    fx_matmul_bf16(1, N, out, in, x, in, W, in, 1.0f, y, out);
+}
+static void linear_backward_bf16(float *dx /* (N, in) */, const float *dy /* (N, out) */,
+                                 const uint16_t *W /* (out, in) */, int N, int in, int out, float beta) {
+    fx_matmul_bf16(0, N, in, out, dy, out, W, in, beta, dx, in);
+}
 
 /* --- LayerNorm over the last dimension: out = (x - mean) * rstd * g + b, rstd = 1/sqrt(var + eps),
  * var the biased variance. Moments in double. */
@@ -181,6 +193,17 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
  * LN_W (GPT-2) x0 = dropout(word[id] + pos[position]), or without PE as well (Llama, whose positions
  * are rotations inside attention) x0 = word[id]. Nothing before them is trainable, so there is no
  * backward and no LayerNorm state is kept. */
+/* x0 (N, H) = dropout(x0), row i's mask from its own stream of SITE; p = 0: unchanged. */
+static void embeddings_dropout(float *x0, int N, int H, float p, uint64_t site) {
+    if (p <= 0) return;
+    float scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        uint8_t keep[H];
+        dropout_row(keep, site, (size_t)i, (size_t)H, p);
+        for (int j = 0; j < H; j++) x0[(size_t)i * H + j] = keep[j] ? x0[(size_t)i * H + j] * scale : 0.0f;
+    }
+}
 static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
                                const float *ln_w, const float *ln_b, int N, int H, float eps, float p, uint64_t site) {
@@ -199,15 +222,25 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
         for (int j = 0; j < H; j++) x[j] = (wr[j] + te[j]) + pr[j];
         if (ln_w) layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
     }
-    if (p > 0) {
-        float scale = 1.0f / (1.0f - p);
-        #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
-        for (long i = 0; i < N; i++) {
-            uint8_t keep[H];
-            dropout_row(keep, site, (size_t)i, (size_t)H, p);
-            for (int j = 0; j < H; j++) x0[(size_t)i * H + j] = keep[j] ? x0[(size_t)i * H + j] * scale : 0.0f;
+    embeddings_dropout(x0, N, H, p, site);
+}
+/* The same with bf16 tables: each row widened (exactly), then the same fp32 sums, LayerNorm, dropout. */
+static void embeddings_forward_bf16(float *x0 /* (N, H) */, const int32_t *ids, const int32_t *pos,
+                                    const uint16_t *we /* (V, H) */, const uint16_t *pe /* (P, H) */,
+                                    const uint16_t *te /* (TV, H) */, const float *ln_w, const float *ln_b, int N,
+                                    int H, float eps, float p, uint64_t site) {
+    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        float *x = x0 + (size_t)i * H;
+        const uint16_t *wr = we + (size_t)ids[i] * H, *pr = pe ? pe + (size_t)pos[i] * H : NULL;
+        if (!pe) for (int j = 0; j < H; j++) x[j] = fx_bf16_widen(wr[j]);
+        else if (!te) for (int j = 0; j < H; j++) x[j] = fx_bf16_widen(wr[j]) + fx_bf16_widen(pr[j]);
+        else {
+            for (int j = 0; j < H; j++) x[j] = (fx_bf16_widen(wr[j]) + fx_bf16_widen(te[j])) + fx_bf16_widen(pr[j]);
+            if (ln_w) layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
         }
     }
+    embeddings_dropout(x0, N, H, p, site);
 }
 
 /* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x). */
@@ -524,6 +557,9 @@ const fx_ops fx_cpu_ops = {
     .embeddings_forward = embeddings_forward,
     .linear_forward = linear_forward,
     .linear_backward = linear_backward,
+    .linear_forward_bf16 = linear_forward_bf16,
+    .linear_backward_bf16 = linear_backward_bf16,
+    .embeddings_forward_bf16 = embeddings_forward_bf16,
     .residual_layernorm_forward = residual_layernorm_forward,
     .layernorm_forward = layernorm_forward,
     .layernorm_backward = layernorm_backward,

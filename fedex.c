@@ -233,7 +233,7 @@ static int cmd_init(int argc, char **argv) {
  * eval
  * ============================================================================================ */
 
-typedef struct { const char *model, *adapter, *residual, *task, *data, *logits; int max_len, batch, threads, rows; } eval_opts;
+typedef struct { const char *model, *adapter, *residual, *task, *data, *logits, *precision; int max_len, batch, threads, rows; } eval_opts;
 static const fx_opt eval_opt[] = {
     {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, vocab.json, merges.txt)", 0, 0},
     {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task (e2e for a GPT-2)", 0, 0},
@@ -245,6 +245,7 @@ static const fx_opt eval_opt[] = {
     {"--logits", NULL, FX_OPT_STR, OPT(eval_opts, logits), NULL, "also write the logits (n, num_labels) as tensor 'logits' of a safetensors file; a causal LM's (tokens, vocab) of every row's positions, row i's from offsets[i] to offsets[i+1]", 0, 0},
     {"--rows", NULL, FX_OPT_INT, OPT(eval_opts, rows), "0", "a causal LM's --logits: of the first N rows only (0: all; each token's logits are the whole vocabulary)", 0, 1000000000},
     {"--threads", NULL, FX_OPT_INT, OPT(eval_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
+    {"--precision", NULL, FX_OPT_STR, OPT(eval_opts, precision), "fp32", "fp32 | bf16: the frozen base held in bf16, its products in bf16 with fp32 sums", 0, 0},
 };
 static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data DIR [--adapter PATH] [--residual FILE] [options]",
     "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv) and prints its metrics on\n"
@@ -325,7 +326,7 @@ static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
 
 static int cmd_eval(int argc, char **argv) {
     eval_opts o;
-    int set[10], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
+    int set[sizeof eval_opt / sizeof eval_opt[0]], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
     if (rc >= 0) return rc;
     if (!o.model || !o.task || !o.data) return usage_error("eval", "--model, --task and --data are required");
     if (o.threads) fx_set_threads(o.threads);
@@ -336,6 +337,8 @@ static int cmd_eval(int argc, char **argv) {
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("eval: path too long");
     fx_config c;
     if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    if (fx_precision_parse(o.precision, &c.precision) != 0) { fprintf(stderr, "fedex eval: %s\n", fx_err()); return 2; }
+    fx_precision_note(c.precision, stderr);
     if (fx_config_family(&c)->head_kind == FX_HEAD_LM) return eval_lm(&o, &c, task);
     /* A base without a classifier (a stock masked-LM checkpoint) gets a fresh head of the task's labels,
      * as Hugging Face creates it; a checkpoint's own head must match the task. */
@@ -399,7 +402,7 @@ static int cmd_eval(int argc, char **argv) {
  * ============================================================================================ */
 
 typedef struct {
-    const char *model, *adapter, *residual, *file, *stop, *scope;
+    const char *model, *adapter, *residual, *file, *stop, *scope, *precision;
     int beams, max_new, ngram, eos, ids, prompt_ids, threads;
     double lp;
 } generate_opts;
@@ -418,6 +421,7 @@ static const fx_opt generate_opt[] = {
     {"--max-new-tokens", NULL, FX_OPT_INT, OPT(generate_opts, max_new), "64", "tokens generated at most per prompt", 1, 1000000},
     {"--eos", NULL, FX_OPT_INT, OPT(generate_opts, eos), NULL, "end token id, -1 for none [default: config.json's eos_token_id, else the tokenizer's]", -1, 1 << 30},
     {"--threads", NULL, FX_OPT_INT, OPT(generate_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
+    {"--precision", NULL, FX_OPT_STR, OPT(generate_opts, precision), "fp32", "fp32 | bf16: the frozen base held in bf16, its products in bf16 with fp32 sums", 0, 0},
 };
 static const fx_cmdline generate_cl = {
     "generate", "--model DIR [options] PROMPT...\n       fedex generate --model DIR --file F|- [options]\n"
@@ -483,6 +487,12 @@ static int cmd_generate(int argc, char **argv) {
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("generate: path too long");
     fx_config c;
     if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    if (fx_precision_parse(o.precision, &c.precision) != 0) {
+        fprintf(stderr, "fedex generate: %s\n", fx_err());
+        free(prompts);
+        return 2;
+    }
+    fx_precision_note(c.precision, stderr);
     fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
     if (o.adapter && fx_adapter_config_load(o.adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
@@ -602,6 +612,7 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
     if (!R.cfg.resume) fx_settings_notes(&R.cfg, set, stdout);
+    fx_precision_note(fx_settings_precision(&R.cfg), stdout);
 #ifndef FEDEX_CUDA
     if (!strcmp(R.cfg.device, "cuda")) {
         fprintf(stderr, "fedex train: --device cuda needs the CUDA build, fedex-cuda, beside this program "

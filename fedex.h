@@ -431,6 +431,13 @@ typedef struct fx_ops {
     /* frozen linear: y (N, out) = x (N, in) W^T + b, W (out, in); dx (N, in) = dy W + beta dx */
     void (*linear_forward)(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
     void (*linear_backward)(float *dx, const float *dy, const float *W, int N, int in, int out, float beta);
+    /* the same three with the frozen tables in bf16 (FX_PREC_BF16): products as fx_matmul_bf16 (x, dy
+     * rounded to bf16), embedding rows widened; NULL where the backend has no bf16 base (the GPU's) */
+    void (*linear_forward_bf16)(float *y, const float *x, const uint16_t *W, const float *b, int N, int in, int out);
+    void (*linear_backward_bf16)(float *dx, const float *dy, const uint16_t *W, int N, int in, int out, float beta);
+    void (*embeddings_forward_bf16)(float *x0, const int32_t *ids, const int32_t *pos, const uint16_t *word,
+                                    const uint16_t *posw, const uint16_t *type, const float *ln_w, const float *ln_b,
+                                    int N, int H, float eps, float p, uint64_t site);
     /* res (N, H) = dropout(y) + x, out = LayerNorm(res) with its mean, rstd (N); g, b (H) */
     void (*residual_layernorm_forward)(float *out, float *res, float *mean, float *rstd, const float *y,
                                        const uint8_t *keep, float p, const float *x, const float *g,
@@ -528,6 +535,7 @@ typedef struct {
     float rope_theta;            /* RoPE's base (Llama); unused by learned positions */
     int sliding_window;          /* Mistral's window; 0 none. Sequences longer than it are refused */
     int untied_head;             /* the LM head has its own weight (lm_head.weight), not the embedding */
+    int precision;               /* FX_PREC_*: how the base's matrices are held (--precision, CPU); 0 fp32 */
     const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
 } fx_config;
 int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
@@ -730,8 +738,11 @@ typedef struct {
                                     vera_lambda_d under freeze_d */
     int conv1d;                  /* a (out, in) weight the checkpoint stores as (in, out) (GPT-2) */
     int untied;                  /* named without the family's prefix in checkpoints (lm_head.weight) */
+    int bf16;                    /* held in bf16: off counts in fx_params.bf, not data */
 } fx_tensor;
-typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
+/* BF16 set before the table is built (FX_PREC_BF16): every 2-D tensor is held in bf16, in BF (NBF
+ * elements); vectors stay fp32 in DATA (N floats). Views keep one size_t offset into whichever buffer. */
+typedef struct { float *data; size_t n; int nt; fx_tensor *t; int bf16; uint16_t *bf; size_t nbf; } fx_params;
 /* Lookup by name: for files (checkpoints, residuals, tests), never for a step. */
 const fx_tensor *fx_params_find(const fx_params *p, const char *name);
 /* Appends a tensor (d1 0: a vector) at the end of P's layout (P starts zeroed). */
@@ -790,6 +801,21 @@ typedef struct fx_model {
 } fx_model;
 
 size_t fx_base_numel(const fx_config *c);
+/* --precision on the CPU. FX_PREC_BF16: the base's matrices (every linear's weight, the embeddings, an
+ * untied LM head) held in bf16, once, and every product with them run by fx_matmul_bf16 (activations rounded
+ * to bf16, fp32 sums); norms' weights and biases, adapters, gradients, optimizer state and the residual stay
+ * fp32. The frozen weight of an adapted layer is then bf16(fl(W0 + R_acc)) for every party. */
+enum { FX_PREC_FP32 = 0, FX_PREC_BF16 = 1 };
+int fx_precision_parse(const char *s, int *prec);   /* "fp32" | "bf16"; -1 with fx_err() */
+/* One line on F when PREC is bf16 and this CPU lacks AVX-512 BF16 (the products then run by the fallback). */
+void fx_precision_note(int prec, FILE *f);
+/* Bytes of the buffer fx_model_create takes as BASE: the fp32 vectors, then (bf16) the matrices at the next
+ * 64-byte boundary. fp32: fx_base_numel() floats. */
+size_t fx_base_bytes(const fx_config *c);
+/* A 2-D base tensor's elements [OFF, OFF + N) (OFF: its fx_tensor.off, or an adapted layer's w_off) as
+ * fp32 into DST (widened from bf16 where it is held so), and back from SRC (rounded to bf16, nearest even). */
+void fx_base_read(const struct fx_model *m, size_t off, size_t n, float *dst);
+void fx_base_write(struct fx_model *m, size_t off, size_t n, const float *src);
 /* heads' width: head_dim, or hidden / heads when the config gives none */
 int fx_model_head_dim(const fx_config *c);
 /* What one layer's attention reads and writes while decoding (decode.c keeps the caches). */
@@ -804,9 +830,10 @@ typedef struct {
  * (rows, vocab) on the host. */
 void fx_model_decode_forward(fx_model *m, const int32_t *ids, const int32_t *pos, const uint8_t *mask, int ns,
                              int T, const fx_decode_at *at, size_t first, int rows, float *logits);
-/* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
+/* Builds the tables. BASE: NULL to allocate it here, or fx_base_bytes() bytes used in place. */
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
 void fx_model_free(fx_model *m);
+size_t fx_model_workspace_bytes(const fx_model *m); /* activations and scratch of the largest step so far */
 /* Checks a batch against a model's configuration (rows and tokens, WIDE = the widest activation row,
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
@@ -974,6 +1001,7 @@ enum { FX_RESIDUAL_FACTORED = 0, FX_RESIDUAL_DENSE = 1, FX_RESIDUAL_AUTO = 2 };
 int fx_residual_form_parse(const char *s, int *form); /* auto | factored | dense; -1 with fx_err() */
 int fx_residual_layer_dense(const fx_model *m, int k, int form, int q);
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
+void fx_frozen_weight_bf16(uint16_t *W, const float *W0, const float *R, size_t n); /* bf16(fl(W0 + R)) */
 int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
 void fx_residual_copy(fx_residual *dst, const fx_residual *src); /* a deep copy: a receiver's own */
 void fx_residual_free(fx_residual *r);
@@ -1064,7 +1092,11 @@ int fx_settings_task_defaults(fx_settings *c, const int *set);
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
 /* The factor on the VeRA residual: 1 (exact), or the VeRA fork's lr or alpha/r (--vera-scale). */
 float fx_settings_residual_scale(const fx_settings *c);
-/* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
+/* FX_PREC_BF16 for --precision bf16 on the CPU (the base held in bf16), else FX_PREC_FP32 (the GPU's
+ * precision is its own: fx_gpu_precision_parse). */
+int fx_settings_precision(const fx_settings *c);
+/* The model's configuration: the folder's config.json with the task's label count, or the embedded one;
+ * its precision from fx_settings_precision. */
 int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task);
 /* The embedded model (no --model): a small random RoBERTa for the built-in synthetic task. */
 #define FX_SYNTH_TRAIN 1200
@@ -1263,6 +1295,7 @@ struct fx_run {
     int *gpu_of;                     /* (n) device of each client (--client-gpus) */
     /* sizes of the buffers */
     size_t P, base_n, payload_n;     /* trainable floats, base floats, residual payload floats */
+    size_t base_bytes;               /* fx_base_bytes: the base buffer (bf16 matrices under --precision bf16) */
     /* the transport and the buffers it owns */
     const fx_transport *tp;
     void *tp_state;

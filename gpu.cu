@@ -897,6 +897,7 @@ const fx_ops fx_gpu_ops = {
     .dropout_mask = gpu_dropout_mask, .dropout_apply = gpu_dropout_apply, .dropout_accumulate = gpu_dropout_accumulate,
     .embeddings_forward = gpu_embeddings_forward,
     .linear_forward = gpu_linear_forward, .linear_backward = gpu_linear_backward,
+    .linear_forward_bf16 = NULL, .linear_backward_bf16 = NULL, .embeddings_forward_bf16 = NULL, /* no bf16 host base */
     .residual_layernorm_forward = gpu_residual_layernorm_forward, .layernorm_forward = gpu_layernorm_forward,
     .layernorm_backward = gpu_layernorm_backward,
     .gelu_forward = gpu_gelu_forward, .gelu_backward = gpu_gelu_backward,
@@ -975,6 +976,11 @@ static void to_device(float **p, const float *src, size_t n) {
 }
 
 fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
+    if (m->base.bf) { /* the twin uploads an fp32 base; --precision is the device's own there */
+        fx_seterr("gpu: this model's base is held in bf16 on the host (--precision bf16 --device cpu); "
+                  "the GPU takes an fp32 host model and its own --precision");
+        return NULL;
+    }
     if (precision < FX_GPU_FP32 || precision > FX_GPU_BF16) {
         fx_seterr("gpu: unknown precision %d (0 fp32, 1 tf32, 2 bf16)", precision);
         return NULL;

@@ -22,9 +22,11 @@ void fx_params_add(fx_params *p, const char *name, int d0, int d1, int frozen) {
     t->shape[0] = d0;
     t->shape[1] = d1;
     t->n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
-    t->off = p->n;
     t->frozen = frozen;
-    p->n += t->n;
+    t->bf16 = p->bf16 && d1;
+    size_t *at = t->bf16 ? &p->nbf : &p->n;
+    t->off = *at;
+    *at += t->n;
 }
 
 const fx_tensor *fx_params_find(const fx_params *p, const char *name) {
@@ -62,6 +64,56 @@ static size_t spec_numel(const fx_config *c, const fx_tensor_spec *s, int n) {
 size_t fx_base_numel(const fx_config *c) {
     const fx_family *f = fx_config_family(c);
     return spec_numel(c, f->embed, f->nembed) + (size_t)c->layers * spec_numel(c, f->layer, f->nlayer);
+}
+
+/* ============================================================================================
+ * the base's storage under --precision
+ * ============================================================================================ */
+
+int fx_precision_parse(const char *s, int *prec) {
+    if (s && !strcmp(s, "fp32")) { *prec = FX_PREC_FP32; return 0; }
+    if (s && !strcmp(s, "bf16")) { *prec = FX_PREC_BF16; return 0; }
+    fx_seterr("--precision must be fp32 or bf16 on the CPU, not \"%s\"", s ? s : "");
+    return -1;
+}
+
+void fx_precision_note(int prec, FILE *f) {
+    if (prec == FX_PREC_BF16 && strcmp(fx_matmul_bf16_kernel(), "avx512bf16"))
+        fprintf(f, "fedex: --precision bf16: this CPU has no AVX-512 BF16 (or FEDEX_BF16_KERNEL=fallback), so the "
+                   "bf16 products run by the fallback: the same products, widened to fp32, slower\n");
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+/* fp32 elements and bf16 elements of C's base (the vectors and the matrices under bf16). */
+static void base_split(const fx_config *c, size_t *n32, size_t *n16) {
+    *n32 = fx_base_numel(c);
+    *n16 = 0;
+    if (c->precision != FX_PREC_BF16) return;
+    const fx_family *f = fx_config_family(c);
+    for (int pass = 0; pass < 2; pass++) {
+        const fx_tensor_spec *s = pass ? f->layer : f->embed;
+        int n = pass ? f->nlayer : f->nembed;
+        size_t times = pass ? (size_t)c->layers : 1;
+        for (int i = 0; i < n; i++)
+            if (s[i].d1 && spec_present(c, &s[i])) *n16 += times * spec_dim(c, s[i].d0) * spec_dim(c, s[i].d1);
+    }
+    *n32 -= *n16;
+}
+
+size_t fx_base_bytes(const fx_config *c) {
+    size_t n32, n16;
+    base_split(c, &n32, &n16);
+    return n16 ? align64(n32 * sizeof(float)) + n16 * sizeof(uint16_t) : n32 * sizeof(float);
+}
+
+void fx_base_read(const fx_model *m, size_t off, size_t n, float *dst) {
+    if (m->base.bf) fx_bf16_to_f32(dst, m->base.bf + off, n);
+    else memcpy(dst, m->base.data + off, n * sizeof(float));
+}
+
+void fx_base_write(fx_model *m, size_t off, size_t n, const float *src) {
+    if (m->base.bf) fx_bf16_from_f32(m->base.bf + off, src, n);
+    else memcpy(m->base.data + off, src, n * sizeof(float));
 }
 
 /* ============================================================================================
@@ -290,9 +342,9 @@ static int add_specs(fx_params *p, const fx_config *c, const fx_tensor_spec *s, 
             fx_seterr("model: tensor %s%s (unknown role) is not one this model.c runs", pre, s[i].name);
             return -1;
         }
-        *dst = p->n;
         snprintf(name, sizeof name, "%s%s", pre, s[i].name);
         fx_params_add(p, name, spec_dim(c, s[i].d0), s[i].d1 ? spec_dim(c, s[i].d1) : 0, frozen);
+        *dst = p->t[p->nt - 1].off;
         p->t[p->nt - 1].conv1d = s[i].conv1d;
         p->t[p->nt - 1].untied = s[i].untied;
     }
@@ -338,13 +390,22 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     m->layer = fx_calloc((size_t)c->layers, sizeof *m->layer);
     for (int l = 0; l < c->layers; l++)
         for (int t = 0; t < FX_NTARGETS; t++) m->layer[l].lin[t].b = NO_BIAS; /* until the list gives one */
+    if (c->precision != FX_PREC_FP32 && c->precision != FX_PREC_BF16) {
+        fx_seterr("model config: unknown precision %d", c->precision);
+        fx_model_free(m);
+        return -1;
+    }
+    m->base.bf16 = c->precision == FX_PREC_BF16;
     int rc = add_specs(&m->base, c, f->embed, f->nembed, -1, 1, embed_slot_v, &m->emb, NULL);
     for (int l = 0; rc == 0 && l < c->layers; l++) {
         rc = add_specs(&m->base, c, f->layer, f->nlayer, l, 1, layer_slot_v, &m->layer[l], f->layer_fmt);
         for (int t = 0; t < FX_NTARGETS; t++) fx_target_dims(c, t, &m->layer[l].lin[t].out, &m->layer[l].lin[t].in);
     }
     if (rc != 0) { fx_model_free(m); return -1; }
-    if (m->base.n != fx_base_numel(c)) fx_die("model.c: base table (%zu) and fx_base_numel disagree", m->base.n);
+    size_t n32, n16;
+    base_split(c, &n32, &n16);
+    if (m->base.n != n32 || m->base.nbf != n16)
+        fx_die("model.c: base table (%zu + %zu) and fx_base_numel disagree", m->base.n, m->base.nbf);
 
     /* Trainable table: adapters layer by layer, target by target, then the head. */
     if (fx_adapter_build(m) != 0) { fx_model_free(m); return -1; }
@@ -360,7 +421,8 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     m->ws = w;
     w->L = fx_calloc((size_t)c->layers, sizeof *w->L);
     m->base_owned = base == NULL;
-    m->base.data = base ? base : fx_calloc(m->base.n, sizeof(float));
+    m->base.data = base ? base : fx_calloc(fx_base_bytes(c), 1);
+    if (m->base.bf16) m->base.bf = (uint16_t *)((char *)m->base.data + align64(m->base.n * sizeof(float)));
     m->train.data = fx_calloc(m->train.n, sizeof(float));
     m->grad = fx_calloc(m->train.n, sizeof(float));
     m->adam_m = fx_calloc(m->train.n, sizeof(float));
@@ -368,6 +430,8 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     fx_rng_seed(&m->drop, a->seed ^ 0xd50a0d50a0d50aULL);
     return 0;
 }
+
+size_t fx_model_workspace_bytes(const fx_model *m) { return m->ws ? ((const workspace *)m->ws)->cap : 0; }
 
 void fx_model_free(fx_model *m) {
     if (m->base_owned) free(m->base.data);
@@ -401,6 +465,8 @@ void fx_model_free(fx_model *m) {
 static const float *W(const fx_model *m, size_t off) { return m->base.data + off; }
 static const float *Bias(const fx_model *m, size_t off) { return off == NO_BIAS ? NULL : m->base.data + off; }
 static const float *P(const fx_model *m, size_t off) { return m->train.data + off; }
+/* A base matrix held in bf16 (FX_PREC_BF16), or NULL when the base is fp32. */
+static const uint16_t *W16(const fx_model *m, size_t off) { return m->base.bf ? m->base.bf + off : NULL; }
 
 /* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])); pre-LN blocks (GPT-2)
  * take x0 = dropout(word[id] + pos[position]) with their own embedding dropout. Nothing before them is
@@ -412,7 +478,15 @@ static void embeddings_forward(fx_model *m, int N, int train) {
     int pre = m->fam->norm_place == FX_NORM_PRE;
     float p = pre ? c->embed_dropout : c->hidden_dropout;
     int drop = train && p > 0;
-    const float *posw = m->fam->positions == FX_POS_ROPE ? NULL : W(m, e->pos); /* RoPE: in attention */
+    int rope = m->fam->positions == FX_POS_ROPE; /* RoPE: positions in attention */
+    if (m->base.bf) {
+        m->ops->embeddings_forward_bf16(w->x0, w->ids, w->pos, W16(m, e->word), rope ? NULL : W16(m, e->pos),
+                                        pre ? NULL : W16(m, e->type), pre ? NULL : W(m, e->ln_w),
+                                        pre ? NULL : W(m, e->ln_b), N, c->hidden, c->layer_norm_eps,
+                                        drop ? p : 0.0f, drop ? fx_rng_u64(&m->drop) : 0);
+        return;
+    }
+    const float *posw = rope ? NULL : W(m, e->pos);
     m->ops->embeddings_forward(w->x0, w->ids, w->pos, W(m, e->word), posw, pre ? NULL : W(m, e->type),
                                pre ? NULL : W(m, e->ln_w), pre ? NULL : W(m, e->ln_b), N, c->hidden,
                                c->layer_norm_eps, drop ? p : 0.0f, drop ? fx_rng_u64(&m->drop) : 0);
@@ -421,14 +495,16 @@ static void embeddings_forward(fx_model *m, int N, int train) {
 /* A dense layer of encoder layer L, target T: frozen y = x W^T + b, plus the adapter when there is one. */
 static void dense_forward(fx_model *m, int l, int t, float *y, const float *x, layer_acts *A, int N) {
     const fx_linear_view *lv = &m->layer[l].lin[t];
-    m->ops->linear_forward(y, x, W(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
+    if (m->base.bf) m->ops->linear_forward_bf16(y, x, W16(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
+    else m->ops->linear_forward(y, x, W(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
     if (lv->ad >= 0) fx_adapter_forward(m, lv->ad, y, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
 }
 /* dx = dy W (+ dx when ACC) plus the adapter's share; adapter gradients. DX NULL: adapter gradients only. */
 static void dense_backward(fx_model *m, int l, int t, float *dx, const float *dy, const float *x,
                            const layer_acts *A, int N, int acc) {
     const fx_linear_view *lv = &m->layer[l].lin[t];
-    if (dx) m->ops->linear_backward(dx, dy, W(m, lv->w), N, lv->in, lv->out, acc ? 1.0f : 0.0f);
+    if (dx && m->base.bf) m->ops->linear_backward_bf16(dx, dy, W16(m, lv->w), N, lv->in, lv->out, acc ? 1.0f : 0.0f);
+    else if (dx) m->ops->linear_backward(dx, dy, W(m, lv->w), N, lv->in, lv->out, acc ? 1.0f : 0.0f);
     if (lv->ad >= 0) fx_adapter_backward(m, lv->ad, dx, dy, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
 }
 
@@ -688,15 +764,18 @@ static void lm_head_forward(fx_model *m, const float *xL /* (N, H) */, size_t fi
     else
         op->layernorm_forward(xf, w->meanf + first, w->rstdf + first, xs, W(m, m->emb.lnf_w), W(m, m->emb.lnf_b),
                               rows, H, c->layer_norm_eps);
-    op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, c->untied_head ? m->emb.head : m->emb.word), H, 0.0f, w->logits, V);
+    size_t head = c->untied_head ? m->emb.head : m->emb.word;
+    if (m->base.bf) op->linear_forward_bf16(w->logits, xf, W16(m, head), NULL, rows, H, V);
+    else op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, head), H, 0.0f, w->logits, V);
 }
 /* From dlogits (N, V): dout (N, H) at the last layer's output (wte is frozen: no gradient of its own). */
 static void lm_head_backward(fx_model *m, int N, const float *xL, float *dout) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     int H = m->c.hidden, V = m->c.vocab_size;
-    op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, m->c.untied_head ? m->emb.head : m->emb.word), H, 0.0f,
-               w->dres, H);
+    size_t head = m->c.untied_head ? m->emb.head : m->emb.word;
+    if (m->base.bf) op->linear_backward_bf16(w->dres, w->dlogits, W16(m, head), N, H, V, 0.0f);
+    else op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, head), H, 0.0f, w->dres, H);
     if (m->fam->norm == FX_NORM_RMSNORM) op->rmsnorm_backward(dout, w->dres, xL, w->rstdf, W(m, m->emb.lnf_w), N, H);
     else op->layernorm_backward(dout, w->dres, xL, w->meanf, w->rstdf, W(m, m->emb.lnf_w), N, H);
 }

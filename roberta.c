@@ -257,8 +257,15 @@ void fx_model_init_base(fx_model *m, uint64_t seed) {
     fx_rng g;
     fx_rng_seed(&g, seed);
     double sd = m->c.initializer_range;
-    for (int i = 0; i < m->base.nt; i++)
-        init_tensor(m->base.data + m->base.t[i].off, &m->base.t[i], base_spec(m->fam, i)->init, sd, &m->c, &g);
+    float *tmp = NULL; /* --precision bf16: a matrix drawn in fp32, then rounded */
+    for (int i = 0; i < m->base.nt; i++) {
+        const fx_tensor *t = &m->base.t[i];
+        if (!t->bf16) { init_tensor(m->base.data + t->off, t, base_spec(m->fam, i)->init, sd, &m->c, &g); continue; }
+        tmp = fx_realloc(tmp, t->n * sizeof *tmp);
+        init_tensor(tmp, t, base_spec(m->fam, i)->init, sd, &m->c, &g);
+        fx_base_write(m, t->off, t->n, tmp);
+    }
+    free(tmp);
     for (int j = 0; j < m->fam->nhead; j++) {
         const fx_tensor *t = &m->train.t[m->head.t + j];
         init_tensor(m->train.data + t->off, t, m->fam->head[j].init, sd, &m->c, &g);

@@ -711,6 +711,7 @@ static int setup_run(fx_run *R) {
     if (fx_model_create(&probe, &R->mc, &R->ac, NULL) != 0) return -1;
     R->P = probe.train.n;
     R->base_n = fx_base_numel(&R->mc);
+    R->base_bytes = fx_base_bytes(&R->mc);
     R->payload_n = fx_residual_msg_capacity(&probe, R->n);
     size_t smax = 1;
     int q = fx_agg_residual_rank(&probe, R->n);

@@ -77,7 +77,7 @@ static int shm_open_run(fx_run *R) {
     R->tp_state = S;
     size_t off_rep = align64(sizeof(fx_residual_msg));
     size_t off_base = align64(off_rep + sizeof(fx_report) * (size_t)R->n);
-    size_t off_glob = align64(off_base + sizeof(float) * R->base_n);
+    size_t off_glob = align64(off_base + R->base_bytes);
     size_t off_cl = align64(off_glob + sizeof(float) * R->P);
     size_t cl_stride = align64(sizeof(float) * R->P);
     size_t off_pay = off_cl + cl_stride * (size_t)R->n;
