@@ -144,6 +144,22 @@ typedef struct {
     int64_t shape[FX_ST_MAX_DIMS];
     const void *data;            /* numel x dtype size bytes */
 } fx_st_entry;
+/* A model folder's weights: DIR/model.safetensors, or the shards that DIR/model.safetensors.index.json's
+ * "weight_map" names (Hugging Face's layout for large checkpoints; the single file wins when both are
+ * there, as in transformers). Every shard is opened and checked once; every mapped tensor must be in its
+ * shard; shard names are plain file names inside DIR. */
+typedef struct { char *name; int file; } fx_st_shard_entry;
+typedef struct {
+    int nfiles; fx_st_file *files; char **shard_names;
+    char *index;                 /* the index's path (sharded), else NULL */
+    int n; fx_st_shard_entry *names; /* the weight map, sorted by name (sharded) */
+} fx_st_set;
+int fx_st_set_exists(const char *dir);   /* 1: model.safetensors, 2: the index, 0: neither; -1 */
+int fx_st_set_open(const char *dir, fx_st_set *s);
+/* the tensor NAME and the file holding it (*FILE), or NULL */
+const fx_st_tensor *fx_st_set_find(const fx_st_set *s, const char *name, const fx_st_file **file);
+const char *fx_st_set_path(const fx_st_set *s); /* the file or index, for messages */
+void fx_st_set_close(fx_st_set *s);
 /* Writes N tensors (in the given order) and optional metadata (key, value, ..., NULL) atomically. */
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
