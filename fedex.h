@@ -54,6 +54,8 @@ void fx_rng_seed(fx_rng *r, uint64_t seed);
 uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
+/* The stream as it is after K more fx_rng_u64 draws, in time independent of K (a normal is two draws). */
+void fx_rng_jump(fx_rng *r, uint64_t k);
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
 /* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
  * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
@@ -587,6 +589,9 @@ const fx_family *fx_config_family(const fx_config *c);
  * initializer_range) (padding_idx rows of the word and position embeddings zero), biases 0, LayerNorm
  * 1 / 0; one stream, table order; then the head likewise. */
 void fx_model_init_base(struct fx_model *m, uint64_t seed);
+/* fx_model_init_base leaving tensor i alone where KEEP[i] (base tensors in table order, then the head's;
+ * NULL keeps none): what it does draw is what fx_model_init_base draws for that tensor. */
+void fx_model_init_except(struct fx_model *m, uint64_t seed, const unsigned char *keep);
 /* Hugging Face's RoBERTa position ids: pad + running count of non-pad tokens, pad on pad tokens. */
 void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
 /* Config fields shared by the families' readers: KEY in [lo, hi] (absent or null: DFLT, or an error when
@@ -843,6 +848,9 @@ void fx_decoder_free(fx_decoder *d);
 /* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
 int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+/* fx_model_init_base(SEED) then fx_model_load, without drawing what the file then overwrites: the tensors
+ * DIR lacks (a head) come out as fx_model_init_base(SEED) draws them. Returns as fx_model_load. */
+int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed);
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
  * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length

@@ -445,8 +445,8 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
  * ============================================================================================ */
 
 int fx_run_init_weights(const fx_settings *c, fx_model *m) {
-    fx_model_init_base(m, (uint64_t)c->seed);
-    if (c->model && fx_model_load(m, c->model) < 0) return -1;
+    if (!c->model) fx_model_init_base(m, (uint64_t)c->seed);
+    else if (fx_model_load_init(m, c->model, (uint64_t)c->seed) < 0) return -1;
     fx_model_init_adapters(m, (uint64_t)c->seed);
     return 0;
 }
