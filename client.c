@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct fx_client {
     fx_model m;                  /* its base: the shared frozen weights, or its own copy */
@@ -20,6 +21,8 @@ struct fx_client {
     int own_residual;            /* GPU clients, and CPU clients that check the shared weights */
     int check_frozen;
     float *wtmp;                 /* one adapted layer's frozen weight */
+    int (*pace)(void *);         /* the transport's hook before each CPU step (its thread count) */
+    void *pace_ctx;
     int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R kills it in round R, */
     int gone_round;              /* gone:C:R makes it leave after answering round R, open:C fails its start */
     int drift;                   /* FEDEX_FAULT=drift:C: its own R_acc moves a frozen weight by one ulp (the
@@ -35,6 +38,13 @@ static uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
     fx_rng r;
     fx_rng_seed(&r, seed ^ (a * 0x9e3779b97f4a7c15ULL) ^ (b * 0xc2b2ae3d27d4eb4fULL) ^ (c * 0x165667b19e3779f9ULL));
     return fx_rng_u64(&r);
+}
+
+/* CPU seconds of this process, all its threads together. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* FEDEX_FAULT's injected faults that concern client ID (tests). */
@@ -61,6 +71,7 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     cl->order = fx_malloc(sizeof(int) * (size_t)(s->nrows ? s->nrows : 1));
     cl->acc = fx_malloc(sizeof(float) * cl->m.train.n);
     cl->check_frozen = s->check_frozen;
+    cl->pace = s->pace; cl->pace_ctx = s->pace_ctx;
     faults(cl, s->id);
     const char *f = getenv("FEDEX_FAULT");
     int fc;
@@ -151,7 +162,7 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
                     const float *payload, float *state, fx_report *rep) {
     fx_model *m = &cl->m;
     size_t P = m->train.n;
-    double t0 = fx_now();
+    double t0 = fx_now(), cpu0 = cpu_now();
     void *g = NULL;
 #ifdef FEDEX_CUDA
     g = cl->g;
@@ -174,7 +185,10 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
     int per_epoch = (nrows + bs - 1) / bs;
     int total = per_epoch * job->local_epochs;
     int warmup = (int)ceil(job->warmup_ratio * total);
-    rep->samples = nrows; rep->steps_done = 0; rep->steps_total = total; rep->loss_sum = 0;
+    rep->samples = nrows; rep->steps_done = 0; rep->steps_total = total; rep->loss_sum = 0; rep->cpu_seconds = 0;
+    rep->thread_seconds = 0;
+    double t_mark = t0;
+    int threads = cl->pace && !g ? cl->pace(cl->pace_ctx) : 0;
     rep->samples_done = 0; rep->t_start = t0; rep->err[0] = 0;
     int step = 0;
     for (int e = 0; e < job->local_epochs; e++) {
@@ -201,6 +215,12 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
                     continue;
                 }
 #endif
+                if (cl->pace) { /* the thread count may change between steps; results do not */
+                    double now = fx_now();
+                    rep->thread_seconds += threads * (now - t_mark);
+                    t_mark = now;
+                    threads = cl->pace(cl->pace_ctx);
+                }
                 loss += (double)un / bn * fx_model_step(m, &cl->batch, 1, NULL);
                 if (un == bn) break;
                 float f = (float)un / (float)bn;
@@ -227,7 +247,10 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
 #endif
     memcpy(state, m->train.data, sizeof(float) * P);
     rep->train_loss = step ? rep->loss_sum / step : NAN;
-    rep->seconds = fx_now() - t0;
+    double t1 = fx_now();
+    rep->seconds = t1 - t0;
+    rep->thread_seconds += threads * (t1 - t_mark);
+    rep->cpu_seconds = cpu_now() - cpu0;
     return 0;
 fail:
     snprintf(rep->err, sizeof rep->err, "%s", fx_err());

@@ -1092,6 +1092,9 @@ typedef struct {
     double t_start;                  /* fx_now() when the round began (CLOCK_MONOTONIC: one clock for all) */
     double loss_sum;                 /* sum of batch losses so far this round */
     double train_loss, seconds;      /* of the finished round */
+    double cpu_seconds;              /* CPU time its process (all its threads) spent in the round */
+    double thread_seconds;           /* sum over its steps of threads held x the step's wall time (0 when
+                                        the transport gives no pace hook) */
     char err[256];                   /* why the client failed */
 } fx_report;
 typedef struct {
@@ -1104,6 +1107,10 @@ typedef struct {
     const char *device, *precision; int gpu;
     int check_frozen;            /* also rebuild the frozen weights from the messages and compare them
                                     bit for bit with BASE every round (FEDEX_CHECK_FROZEN=1) */
+    int (*pace)(void *ctx);      /* NULL, or called before each CPU training step (micro-batch): where the
+                                    transport sets the client's thread count (shm.c: its share of the cores);
+                                    returns the count the step runs with */
+    void *pace_ctx;
 } fx_client_setup;
 typedef struct fx_client fx_client;
 fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() */
@@ -1260,6 +1267,8 @@ struct fx_run {
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
     int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
+    int client_cores;                /* the cores the clients share (shm: the run's threads); 0: unknown (MPI),
+                                        and metrics.jsonl's client_idle is null */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
@@ -1383,6 +1392,10 @@ int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+/* The threads of client RANK (0-based, among the RUNNING clients still training this round) when they
+ * share CORES: cores / running, the first cores % running one more, so that they add up to CORES; at
+ * least 1 (more clients than cores: one each). RUNNING <= 0: all CORES. */
+int fx_thread_share(int cores, int running, int rank);
 
 /* ============================================================================================
  * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)
