@@ -21,7 +21,7 @@ struct fx_client {
     int own_residual;            /* GPU clients, and CPU clients that check the shared weights */
     int check_frozen;
     float *wtmp;                 /* one adapted layer's frozen weight */
-    int (*pace)(void *);         /* the transport's hook before each CPU step (its thread count) */
+    double (*pace)(void *);      /* the transport's hook before each CPU step (its thread count) */
     void *pace_ctx;
     int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R kills it in round R, */
     int gone_round;              /* gone:C:R makes it leave after answering round R, open:C fails its start */
@@ -186,9 +186,8 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
     int total = per_epoch * job->local_epochs;
     int warmup = (int)ceil(job->warmup_ratio * total);
     rep->samples = nrows; rep->steps_done = 0; rep->steps_total = total; rep->loss_sum = 0; rep->cpu_seconds = 0;
-    rep->thread_seconds = 0;
-    double t_mark = t0;
-    int threads = cl->pace && !g ? cl->pace(cl->pace_ctx) : 0;
+    rep->core_seconds = 0;
+    double t_mark = t0, held = cl->pace && !g ? cl->pace(cl->pace_ctx) : 0;
     rep->samples_done = 0; rep->t_start = t0; rep->err[0] = 0;
     int step = 0;
     for (int e = 0; e < job->local_epochs; e++) {
@@ -217,9 +216,9 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
 #endif
                 if (cl->pace) { /* the thread count may change between steps; results do not */
                     double now = fx_now();
-                    rep->thread_seconds += threads * (now - t_mark);
+                    rep->core_seconds += held * (now - t_mark);
                     t_mark = now;
-                    threads = cl->pace(cl->pace_ctx);
+                    held = cl->pace(cl->pace_ctx);
                 }
                 loss += (double)un / bn * fx_model_step(m, &cl->batch, 1, NULL);
                 if (un == bn) break;
@@ -249,7 +248,7 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
     rep->train_loss = step ? rep->loss_sum / step : NAN;
     double t1 = fx_now();
     rep->seconds = t1 - t0;
-    rep->thread_seconds += threads * (t1 - t_mark);
+    rep->core_seconds += held * (t1 - t_mark);
     rep->cpu_seconds = cpu_now() - cpu0;
     return 0;
 fail:

@@ -1093,8 +1093,8 @@ typedef struct {
     double loss_sum;                 /* sum of batch losses so far this round */
     double train_loss, seconds;      /* of the finished round */
     double cpu_seconds;              /* CPU time its process (all its threads) spent in the round */
-    double thread_seconds;           /* sum over its steps of threads held x the step's wall time (0 when
-                                        the transport gives no pace hook) */
+    double core_seconds;             /* sum over its steps of the cores it held x the step's wall time (0
+                                        when the transport gives no pace hook) */
     char err[256];                   /* why the client failed */
 } fx_report;
 typedef struct {
@@ -1107,9 +1107,10 @@ typedef struct {
     const char *device, *precision; int gpu;
     int check_frozen;            /* also rebuild the frozen weights from the messages and compare them
                                     bit for bit with BASE every round (FEDEX_CHECK_FROZEN=1) */
-    int (*pace)(void *ctx);      /* NULL, or called before each CPU training step (micro-batch): where the
+    double (*pace)(void *ctx);   /* NULL, or called before each CPU training step (micro-batch): where the
                                     transport sets the client's thread count (shm.c: its share of the cores);
-                                    returns the count the step runs with */
+                                    returns the cores the step holds (its threads, less when the clients
+                                    together run more threads than there are cores) */
     void *pace_ctx;
 } fx_client_setup;
 typedef struct fx_client fx_client;

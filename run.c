@@ -385,15 +385,15 @@ static void layer_values(FILE *f, const fx_run *R, const double *v) {
 }
 
 /* The share of the client phase's core-seconds (cores x its wall time) that no training client held:
- * 1 - sum_c thread_seconds_c / (cores x wall), client c holding its thread count through each of its
- * steps. A client that has finished holds nothing, so with fixed threads its cores count as idle until
- * the last one ends. Negative when the clients held more threads than the cores (at least one each);
- * NAN when the transport does not know the cores (MPI). Each client's CPU time (seconds_cpu) says how
- * much of what it held it used, which a machine busy with other work lowers. */
+ * 1 - sum_c core_seconds_c / (cores x wall), client c holding its threads through each of its steps
+ * (scaled down while the clients' threads outnumber the cores). A client that has finished holds
+ * nothing, so with fixed threads its cores count as idle until the last one ends. NAN when the
+ * transport does not know the cores (MPI). Each client's CPU time (seconds_cpu) says how much of what it
+ * held it used, which a machine busy with other work lowers. */
 static double client_idle(const fx_run *R, const int *done, double wall) {
     if (R->client_cores <= 0 || !(wall > 0)) return NAN;
     double held = 0;
-    for (int c = 0; c < R->n; c++) if (done[c]) held += R->report[c].thread_seconds;
+    for (int c = 0; c < R->n; c++) if (done[c]) held += R->report[c].core_seconds;
     return 1.0 - held / ((double)R->client_cores * wall);
 }
 
@@ -410,8 +410,8 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
         if (!done[c]) continue;
         fprintf(f, "%s{\"id\": %d, \"samples\": %lld, \"train_loss\": ", first ? "" : ", ", c, (long long)R->report[c].samples);
         fx_json_num(f, R->report[c].train_loss);
-        fprintf(f, ", \"seconds\": %.3f, \"seconds_cpu\": %.3f, \"seconds_threads\": %.3f}", R->report[c].seconds,
-                R->report[c].cpu_seconds, R->report[c].thread_seconds);
+        fprintf(f, ", \"seconds\": %.3f, \"seconds_cpu\": %.3f, \"seconds_cores\": %.3f}", R->report[c].seconds,
+                R->report[c].cpu_seconds, R->report[c].core_seconds);
         first = 0;
     }
     fprintf(f, "], \"dead_clients\": [");

@@ -164,16 +164,21 @@ int fx_thread_share(int cores, int running, int rank) {
     return t > 0 ? t : 1;
 }
 
-/* Before each step: this client's share of the cores among the clients still training (itself one). */
-static int pace(void *ctx) {
+/* Before each step: this client's share of the cores among the clients still training (itself one).
+ * Returns the cores it holds: its threads, scaled down when all the clients' threads outnumber the cores
+ * (more clients than cores; fixed threads). */
+static double pace(void *ctx) {
     shm_pace *p = ctx;
-    if (p->fixed) return p->threads;
     int running = 0, rank = 0;
     for (int c = 0; c < p->n; c++)
         if (atomic_load_explicit(&p->training[c], memory_order_relaxed)) { running++; rank += c < p->me; }
-    int t = fx_thread_share(p->cores, running, rank);
-    if (t != p->threads) { fx_set_threads(t); p->threads = t; }
-    return t;
+    int total = p->threads * running; /* fixed: every one at THREADS */
+    if (!p->fixed) {
+        int t = fx_thread_share(p->cores, running, rank);
+        if (t != p->threads) { fx_set_threads(t); p->threads = t; }
+        total = running < p->cores ? p->cores : running;
+    }
+    return total > p->cores ? (double)p->threads * p->cores / total : p->threads;
 }
 
 static _Noreturn void client_process(fx_run *R, int c, int in, int out, int threads, int cores, pid_t server) {

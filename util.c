@@ -245,11 +245,16 @@ void fx_rng_seed(fx_rng *r, uint64_t seed) {
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t fx_rng_u64(fx_rng *r) {
-    uint64_t *s = r->s;
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+/* xoshiro256's state transition (Blackman and Vigna 2018) */
+static void rng_step(uint64_t *s) {
+    uint64_t t = s[1] << 17;
     s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
     s[2] ^= t; s[3] = rotl(s[3], 45);
+}
+
+uint64_t fx_rng_u64(fx_rng *r) {
+    uint64_t result = rotl(r->s[1] * 5, 7) * 9; /* the ** scrambler */
+    rng_step(r->s);
     return result;
 }
 
@@ -263,12 +268,6 @@ double fx_rng_uniform(fx_rng *r) { return (double)(fx_rng_u64(r) >> 11) * 0x1.0p
  * generator has full period 2^256 - 1). A polynomial of degree < 256 is four words, bit j of word j / 64
  * the coefficient of x^j. */
 typedef struct { uint64_t w[4]; } poly256;
-
-static void rng_step(uint64_t *s) {
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
-    s[2] ^= t; s[3] = rotl(s[3], 45);
-}
 
 /* p without its leading x^256: x^256 = LOW (mod p). */
 static poly256 rng_charpoly_low(void) {
