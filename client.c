@@ -53,8 +53,8 @@ static double cpu_now(void) {
  * Pacing: the transport's hook, before every product of a step
  * ============================================================================================
  * OpenMP's thread count can change between parallel regions only, and a step of a large model is
- * long (seconds): so the hook runs before each of the step's products, linear layers and attention
- * (nearly all its time), through a copy of the CPU ops table whose product entries call it first. The
+ * long (seconds): so the hook runs before each of the step's products (the linear layers' products are
+ * nearly all its time), through a copy of the CPU ops table whose product entries call it first. The
  * client whose round runs in this process is PACED; its report accumulates the cores it held. */
 static struct { fx_client *cl; fx_report *rep; } paced;
 
@@ -80,19 +80,6 @@ static void paced_linear_backward(float *dx, const float *dy, const float *W, in
     pace_now();
     fx_cpu_ops.linear_backward(dx, dy, W, N, in, out, beta);
 }
-static void paced_attention_forward(float *ctx, float *att, float *att_drop, const float *q, const float *k,
-                                    const float *v, const uint8_t *mask, int n, int T, int H, int nh, int causal,
-                                    float p, uint64_t site) {
-    pace_now();
-    fx_cpu_ops.attention_forward(ctx, att, att_drop, q, k, v, mask, n, T, H, nh, causal, p, site);
-}
-static void paced_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dctx, const float *q,
-                                     const float *k, const float *v, const float *att, const float *att_drop, int n,
-                                     int T, int H, int nh, float p) {
-    pace_now();
-    fx_cpu_ops.attention_backward(dq, dk, dv, datt, dctx, q, k, v, att, att_drop, n, T, H, nh, p);
-}
-
 /* FEDEX_FAULT's injected faults that concern client ID (tests). */
 static void faults(fx_client *cl, int id) {
     const char *f = getenv("FEDEX_FAULT");
@@ -123,8 +110,6 @@ fx_client *fx_client_open(const fx_client_setup *s) {
         cl->paced_ops.matmul = paced_matmul;
         cl->paced_ops.linear_forward = paced_linear_forward;
         cl->paced_ops.linear_backward = paced_linear_backward;
-        cl->paced_ops.attention_forward = paced_attention_forward;
-        cl->paced_ops.attention_backward = paced_attention_backward;
         cl->m.ops = &cl->paced_ops;
     }
     faults(cl, s->id);

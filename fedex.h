@@ -53,6 +53,8 @@ typedef struct { uint64_t s[4]; } fx_rng;
 void fx_rng_seed(fx_rng *r, uint64_t seed);
 uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
+/* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
+void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 /* The stream as it is after K more fx_rng_u64 draws, in time independent of K (a normal is two draws). */
 void fx_rng_jump(fx_rng *r, uint64_t k);
@@ -238,8 +240,8 @@ typedef struct {
                                     (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
-    int lm;                      /* 1: language modelling on per-token targets (E2E, e2e.c's data), no
-                                    classes; num_labels 0 */
+    int lm;                      /* FX_LM_*: language modelling on per-token targets (E2E: e2e.c's data;
+                                    instruct, gsm8k, mc: instruct.c's), no classes; num_labels 0. 0: classes */
 } fx_task;
 
 const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */
@@ -352,6 +354,57 @@ int fx_e2e_dataset(const fx_e2e_rows *r, const char *path, fx_tokenizer *tok, in
 int fx_e2e_load(const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d); /* read + dataset */
 
 /* ============================================================================================
+ * jinja.c, instruct.c: instruction data (JSON Lines) for causal LMs, chat templates, GSM8K, multiple choice
+ * ============================================================================================ */
+
+/* fx_task.lm: which language-model task. E2E is e2e.c's; the others read JSON Lines (instruct.c). */
+enum { FX_LM_E2E = 1, FX_LM_INSTRUCT = 2, FX_LM_GSM8K = 3, FX_LM_MC = 4 };
+extern const fx_task fx_instruct_task, fx_gsm8k_task, fx_mc_task; /* "instruct", "gsm8k", "mc" */
+
+/* A chat template (Jinja2's subset that chat templates use; jinja.c's header lists it), parsed once. LABEL
+ * names it in errors ("LABEL: line L: what is not supported"). Rendering: MSGS as `messages` (role,
+ * content), bos_token, eos_token, add_generation_prompt; the text malloc'd, NULL with fx_err() (an
+ * unsupported operation on the values, raise_exception). */
+typedef struct fx_jinja fx_jinja;
+typedef struct { const char *role, *content; } fx_chat_msg;
+fx_jinja *fx_jinja_parse(const char *src, size_t len, const char *label);
+char *fx_jinja_render(const fx_jinja *t, const fx_chat_msg *msgs, int n, const char *bos, const char *eos,
+                      int add_generation_prompt);
+void fx_jinja_free(fx_jinja *t);
+
+/* The model's prompt format: DIR/tokenizer_config.json's chat_template (MODE "auto", when it has one) or
+ * the plain format (Alpaca's; MODE "none", or no template). */
+typedef struct { fx_jinja *tpl; char *bos, *eos; } fx_chat;
+int fx_chat_load(const char *model_dir, const char *mode, fx_chat *c);
+void fx_chat_free(fx_chat *c);
+char *fx_chat_prompt(const fx_chat *c, const char *user); /* the prompt of one user message, malloc'd */
+
+/* Rows of one JSON Lines file, validated with path:line errors (the shapes are in instruct.c). */
+typedef struct {
+    int n;
+    char **prompt;               /* (n) the text the model continues (template or plain format applied) */
+    int *raw;                    /* (n) 1: the prompt is plain text, opened by the tokenizer's BOS when it has one */
+    char **completion;           /* (n) what is learnt: the completion, the output, the answer, the right choice */
+    int *line;                   /* (n) 1-based */
+    char **ref;                  /* gsm8k: (n) the reference's final answer, normalised; NULL otherwise */
+    int *nchoice; char ***choice; int *answer; /* mc: (n) the choices and the right one's index; NULL otherwise */
+} fx_inst_rows;
+int fx_inst_read(const char *path, const fx_task *t, const fx_chat *chat, fx_inst_rows *r);
+void fx_inst_rows_free(fx_inst_rows *r);
+/* DATA_DIR/train.jsonl or dev.jsonl; TRAIN_FILE (when not NULL) replaces the first. */
+int fx_inst_path(const char *data_dir, const char *split, const char *train_file, char *out, size_t cap);
+/* Row I's prompt ids (appended to *ids; *n, *cap as fx_tok_encode_tpl), and TEXT's ids with no specials added. */
+int fx_inst_prompt_ids(fx_tokenizer *tok, const fx_inst_rows *r, int i, int32_t **ids, int *n, int *cap);
+int fx_inst_text_ids(fx_tokenizer *tok, const char *text, int32_t **ids, int *n, int *cap);
+/* Training sequences: prompt ids, completion ids, the end token; targets FX_IGNORE on the prompt; cut on
+ * the right to MAX_LEN; a prompt of MAX_LEN tokens or more is refused with its line. */
+int fx_inst_dataset(const fx_inst_rows *r, const char *path, const fx_task *t, fx_tokenizer *tok, int max_len,
+                    fx_dataset *d);
+/* GSM8K's final answer of TEXT into OUT: after the last "####", else (REFERENCE 0) the last number; "$"
+ * and "," removed, a trailing "." dropped. 1 when one was found, 0 otherwise (OUT ""). */
+int fx_gsm8k_extract(const char *text, int reference, char *out, size_t cap);
+
+/* ============================================================================================
  * matmul.c: the one matrix product of the CPU backend
  * ============================================================================================ */
 
@@ -397,13 +450,27 @@ const char *fx_matmul_bf16_kernel(void);
 int fx_matmul_bf16_force(const char *name);
 
 /* ============================================================================================
+ * vmath.c: erf and exp over float arrays (the CPU ops' GELU and SiLU)
+ * ============================================================================================ */
+/* y[i] = erf(x[i]) or exp(x[i]), within 1 ulp of libm's erff/expf (vmath.c says why); y == x allowed.
+ * AVX-512 where the CPU has it, plain C otherwise; fx_vmath_force("avx512" or "c") switches (tests),
+ * -1 with fx_seterr when unknown or not runnable here. */
+void fx_erf(float *y, const float *x, size_t n);
+void fx_exp(float *y, const float *x, size_t n);
+const char *fx_vmath_path(void);
+int fx_vmath_force(const char *name);
+
+/* ============================================================================================
  * cpu.c: the CPU ops table: every layer op's forward and backward in plain fp32 C (the specification)
  * ============================================================================================
  * model.c writes the transformer once as calls on a table of ops; a backend supplies the table. Every
  * pointer an op takes is the backend's memory: the workspace it allocated through alloc, and the weight
  * buffers at the offsets the model's views give. model.c reads no float behind these pointers. Shapes
- * are row-major; N = n*T tokens of n rows of T; H hidden, nh heads, hd = H/nh. Ops run one at a time in
- * call order (a GPU backend: on one stream). The CPU ops give the same bits for any thread count. */
+ * are row-major; H hidden, nh heads, hd = H/nh. Activations are packed: a batch's n rows keep only their
+ * real tokens (mask != 0), row after row, N = the sum of the rows' lengths (no padding anywhere), row b
+ * being tokens off[b] .. off[b+1]) with off (n + 1) int32 in the backend's memory; T is the longest row.
+ * Every op but attention is per token and sees N rows alone. Ops run one at a time in call order (a GPU
+ * backend: on one stream). The CPU ops give the same bits for any thread count. */
 
 /* AdamW's scalars for step t, formed once by model.c (fx_adamw_update) in double and used as fp32. */
 typedef struct {
@@ -435,7 +502,8 @@ typedef struct fx_ops {
     /* out (n)[i] = s[i % cols] * x[i]; and y[i] += s[i % cols] * x[i] */
     void (*scale_cols)(float *out, const float *s /* (cols) */, const float *x, size_t n, int cols);
     void (*scale_cols_add)(float *y, const float *s /* (cols) */, const float *x, size_t n, int cols);
-    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream); out = in * keep / (1 - p),
+    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream: a packed token's mask depends on
+     * its index among the real tokens, never on padding); out = in * keep / (1 - p),
      * or a copy when KEEP is NULL (in place allowed; also the backward); dx += dropout(d) with KEEP */
     void (*dropout_mask)(uint8_t *keep, size_t rows, size_t cols, float p, uint64_t site);
     void (*dropout_apply)(float *out, const float *in, const uint8_t *keep, float p, size_t n);
@@ -480,23 +548,29 @@ typedef struct fx_ops {
     void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols);
     void (*tanh_forward)(float *x, size_t n);                             /* in place */
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
-    /* ctx (N, H) = dropout(softmax(q k^T / sqrt(hd) + mask)) v per row and head; att, att_drop
-     * (n, nh, T, T) kept for backward (att_drop == att without dropout). CAUSAL: key j > query i has
-     * probability 0 as well */
-    void (*attention_forward)(float *ctx, float *att, float *att_drop, const float *q, const float *k,
-                              const float *v, const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh,
-                              int causal, float p, uint64_t site);
-    void (*attention_backward)(float *dq, float *dk, float *dv, float *datt /* scratch (n, nh, T, T) */,
-                               const float *dctx, const float *q, const float *k, const float *v,
-                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p);
+    /* Self-attention per sequence on the packed layout: for row b (tokens off[b] .. off[b+1]), head h,
+     * ctx (N, H) = dropout(softmax(q k^T / sqrt(hd))) v over the row's own keys (no masked key is
+     * computed). CAUSAL: key j > query i has probability 0 as well. Dropout on the probabilities: query i
+     * of row b, head h draws its keep mask from SITE's stream (off[b] + i) nh + h, independent of
+     * padding; the backward, given the forward's CAUSAL, P and SITE, draws it again. KEEP (attention_keep(n, T, N, nh, p > 0) floats) receives
+     * what the backward needs, its layout the backend's: the CPU keeps the softmax's row maximum and
+     * 1 / sum per (token, head), (N, nh, 2), and recomputes the probabilities block by block in backward
+     * (its score scratch per thread is O(T), no (n, nh, T, T) buffer). dq, dk, dv (N, H) are written. */
+    size_t (*attention_keep)(int n, int T, int N, int nh, int drop);
+    void (*attention_forward)(float *ctx, float *keep, const float *q, const float *k, const float *v,
+                              const int32_t *off /* (n + 1) */, int n, int T, int H, int nh, int causal,
+                              float p, uint64_t site);
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dctx, const float *q,
+                               const float *k, const float *v, const float *keep, const int32_t *off, int n,
+                               int T, int H, int nh, int causal, float p, uint64_t site);
     /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
     double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
-    /* The causal LM's loss over logits (n, T, V) and targets (n, T) aligned with the ids (-100 ignored):
-     * position t predicts targets[t + 1]; COUNT supervised positions (> 0) share the mean; with smoothing
-     * eps, (1 - eps) nll + eps mean_v(-log p). dlogits (n, T, V) may be LOGITS itself (overwritten in
-     * place); rows predicting nothing get zeros. */
-    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int n, int T, int V,
-                      float eps, int count);
+    /* The causal LM's loss over the packed tokens' logits (N, V) and targets (N), each the token the
+     * position predicts (model.c shifts them: the padded row's next position's, -100 for none); COUNT
+     * supervised positions (> 0) share the mean; with smoothing eps, (1 - eps) nll + eps mean_v(-log p).
+     * dlogits (N, V) may be LOGITS itself (overwritten in place); positions predicting nothing get zeros. */
+    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int N, int V, float eps,
+                      int count);
     /* sum of x^2 (accumulated in double), and x *= a: gradient clipping */
     double (*sumsq)(const float *x, size_t n);
     void (*scale)(float *x, float a, size_t n);
@@ -819,7 +893,7 @@ typedef struct {
     int cap, pos;                /* positions each slot holds; the step's position (-1: prefill of slot 0) */
     float *scores;               /* (ns, heads, pos + 1) attention scratch */
 } fx_decode_at;
-/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask; no dropout) through every
+/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask all 1; no dropout) through every
  * layer, layer l's keys and values also into AT[l]'s cache and, when AT[l].pos >= 0, its attention over
  * the cache (AT NULL: neither); then the final norm and the LM head on ROWS rows from FIRST, LOGITS
  * (rows, vocab) on the host. */
@@ -832,14 +906,17 @@ void fx_model_free(fx_model *m);
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
-/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
- * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), its loss the mean over the
- * positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does; label smoothing
- * c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
+/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss. The
+ * batch's real tokens (mask != 0) are packed row after row and only they are computed: padding changes
+ * no result beyond fp32 summation order (README, "Packed batches"); every row needs a real token (the
+ * classifier reads its first), a causal LM's batch one at least.
+ * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), zero on padding, its loss the mean
+ * over the real positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does;
+ * label smoothing c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with
  * fx_err() set. TRAIN overwrites grad for every trainable tensor (zero for frozen ones). Dropout masks
- * come from m->drop, one draw per dropout site, each row of a site from its own stream, so they do not
- * depend on the thread count. */
+ * come from m->drop, one draw per dropout site, each packed token of a site from its own stream (and each
+ * (token, head) of attention's), so they depend neither on the thread count nor on the padding. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
 /* optim.c: the optimizer step on the model's ops */
 void fx_adamw_reset(fx_model *m);
@@ -873,6 +950,8 @@ typedef struct {
  * at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
 int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
 void fx_decoder_free(fx_decoder *d);
+/* log p(CONT | CTX) on D's slot 0, the sum of the continuation tokens' float64 log-softmaxes. */
+int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *cont, int ncont, double *ll);
 
 /* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
@@ -1069,6 +1148,9 @@ typedef struct {
     /* E2E: generation on the test MRs, scored every eval_every rounds and at the last (generate.c) */
     const char *test_file, *early_stopping, *no_repeat_scope;
     int eval_every, test_mrs, num_beams, no_repeat_ngram, max_new_tokens;
+    /* instruct, gsm8k, mc (instruct.c): the prompt format; the dev rows generated (gsm8k) or scored (mc) */
+    const char *chat_template;
+    int eval_rows;
     double length_penalty;
     fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
@@ -1325,6 +1407,7 @@ struct fx_run {
     int settings_written;            /* with the first round's outputs */
     /* E2E: the test MRs the global model continues (e2e_run.c) */
     struct fx_e2e_test *e2e;         /* NULL: no test generation (not an lm task, or --eval-every -1) */
+    struct fx_inst_eval *inst;       /* gsm8k, mc: the dev rows generated or scored (instruct_run.c); NULL otherwise */
     double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
     int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
@@ -1357,6 +1440,26 @@ int fx_run_e2e_open(fx_run *R);
 int fx_run_e2e_round(fx_run *R, int round);      /* generates and scores when ROUND is due; -1 with fx_err() */
 void fx_run_e2e_json(const fx_run *R, FILE *f);  /* `, "test": {...}, "best_bleu": x, "best_bleu_round": r` */
 void fx_run_e2e_close(fx_run *R);
+/* instruct_run.c: the instruction tasks in a run: train and dev from DATA/train.jsonl (or --train-file) and
+ * DATA/dev.jsonl in the model's prompt format (fx_run_inst_load, from load_data); for gsm8k and mc the
+ * dev rows' test metric at the rounds due (every --eval-every and the last), with the best round, in the
+ * round's metrics line as "gsm8k": {"exact_match"} or "mc": {"acc", "acc_norm"}; gsm8k's answers in
+ * OUT/gsm8k_predictions_round<N>.jsonl. */
+int fx_run_inst_load(fx_run *R);
+int fx_run_inst_open(fx_run *R);
+int fx_run_inst_round(fx_run *R, int round);
+void fx_run_inst_json(const fx_run *R, FILE *f);
+void fx_run_inst_close(fx_run *R);
+/* The test metric of the model behind D on the first N rows of R (task T): gsm8k's exact match of greedy
+ * answers of up to MAX_NEW tokens (each answer a JSON line into PRED when not NULL), or mc's acc and
+ * acc_norm (every choice's log-likelihood, row by row, into LL when not NULL). -1 with fx_err() naming
+ * the row's line. */
+typedef struct { int rows; double exact_match, acc, acc_norm; } fx_inst_scores;
+/* The choice picked among N by their log-likelihoods LL: the largest LL (LEN NULL: acc) or LL / LEN
+ * (acc_norm, LEN the choices' lengths in characters); the first of equals. */
+int fx_mc_pick(const double *ll, const double *len, int n);
+int fx_inst_evaluate(const fx_decoder *d, fx_tokenizer *tok, const fx_task *t, const fx_inst_rows *r, int n, int max_new,
+                     FILE *pred, double *ll, fx_inst_scores *s);
 /* Base weights as a run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
 int fx_run_init_weights(const fx_settings *c, fx_model *m);
 /* LOGITS (n, L) of every row of D, in D's order, and the mean loss (NAN with fx_err() on a bad batch).
