@@ -85,7 +85,7 @@ static int cmd_inspect(int argc, char **argv) {
 
 typedef struct { const char *model, *task, *file; int max_len; } tokenize_opts;
 static const fx_opt tokenize_opt[] = {
-    {"--model", NULL, FX_OPT_STR, OPT(tokenize_opts, model), NULL, "folder with vocab.json and merges.txt (required)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(tokenize_opts, model), NULL, "folder with tokenizer.json, or vocab.json and merges.txt (required)", 0, 0},
     {"--task", NULL, FX_OPT_STR, OPT(tokenize_opts, task), NULL, "GLUE task of --file", 0, 0},
     {"--file", NULL, FX_OPT_STR, OPT(tokenize_opts, file), NULL, "a GLUE TSV file: one line of ids per row", 0, 0},
     {"--max-length", NULL, FX_OPT_INT, OPT(tokenize_opts, max_len), "128", "truncate longest_first to N ids (0: no truncation)", 0, 1000000},
@@ -94,7 +94,8 @@ static const fx_cmdline tokenize_cl = {
     "tokenize", "--model DIR [--max-length N] TEXT [TEXT2]\n       fedex tokenize --model DIR --task TASK --file F.tsv [--max-length N]",
     "Prints the token ids of TEXT (or of the pair TEXT TEXT2) on one line, space separated, as Hugging\n"
     "Face's tokenizer of the vocabulary gives them: RoBERTa's <s> TEXT </s> (<s> TEXT </s></s> TEXT2 </s>),\n"
-    "GPT-2's without any special token (<|endoftext|> written in a text is its id). With --file, one such\n"
+    "GPT-2's without any special token (<|endoftext|> written in a text is its id), a tokenizer.json's\n"
+    "post-processor's (Llama-3: <|begin_of_text|> TEXT). With --file, one such\n"
     "line per row of a GLUE file, in file order.\n",
     sizeof(tokenize_opts), tokenize_opt, 4, 0, 2, "texts"};
 
@@ -122,7 +123,7 @@ static int cmd_tokenize(int argc, char **argv) {
     fx_tokenizer *tok = fx_tok_load(o.model);
     if (!tok) fx_die("%s", fx_err());
     const fx_text_template *tpl = fx_tok_template(tok);
-    int room = tpl->bos + tpl->eos_a + ((o.file ? 0 : ntext == 2) ? tpl->eos_b_lead + tpl->eos_b : 0);
+    int room = tpl->bos + tpl->eos_a + ((o.file ? 0 : ntext == 2) ? tpl->eos_b_lead + tpl->bos_b + tpl->eos_b : 0);
     if (o.max_len > 0 && o.max_len < room) {
         fprintf(stderr, "fedex tokenize: --max-length %d leaves no room for %d special tokens\n", o.max_len, room);
         fx_tok_free(tok);
@@ -140,7 +141,7 @@ static int cmd_tokenize(int argc, char **argv) {
         if (!t) { fx_tok_free(tok); fprintf(stderr, "fedex tokenize: unknown task '%s'\n", o.task); return 2; }
         fx_rows rows;
         if (fx_glue_read(t, o.file, &rows) != 0) fx_die("%s", fx_err());
-        int pair_room = room + (t->col_b >= 0 ? tpl->eos_b_lead + tpl->eos_b : 0);
+        int pair_room = room + (t->col_b >= 0 ? tpl->eos_b_lead + tpl->bos_b + tpl->eos_b : 0);
         if (o.max_len > 0 && o.max_len < pair_room)
             fx_die("tokenize: --max-length %d leaves no room for a pair's %d special tokens", o.max_len, pair_room);
         for (int r = 0; r < rows.n; r++) {
@@ -535,7 +536,7 @@ static int cmd_generate(int argc, char **argv) {
         if (o.prompt_ids) {
             if (parse_prompt_ids(prompts[i], where, d.vocab, &ids, &n, &cap) != 0) fx_die("generate: %s", fx_err());
         } else {
-            static const fx_text_template plain = {0, 0, 0, 0};
+            static const fx_text_template plain = {0, 0, 0, 0, 0};
             n = 0;
             if (fx_tok_encode_tpl(tok, &plain, prompts[i], NULL, 0, &ids, &n, &cap) != 0)
                 fx_die("generate: %s: %s", where, fx_err());

@@ -307,7 +307,7 @@ char *fx_gen_text(const fx_tokenizer *tok, const int *ids, int n) {
 
 int fx_e2e_generate(const fx_decoder *d, fx_tokenizer *tok, const fx_gen_cfg *g, const fx_e2e_rows *r, int ngroups,
                     char **pred) {
-    static const fx_text_template plain = {0, 0, 0, 0};
+    static const fx_text_template plain = {0, 0, 0, 0, 0};
     int32_t *ids = NULL;
     int cap = 0, rc = 0, *out = fx_malloc((size_t)g->max_new_tokens * sizeof *out);
     for (int k = 0; k < ngroups; k++) pred[k] = NULL;
