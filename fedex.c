@@ -169,12 +169,15 @@ static void dir_of(const char *file, char *buf, size_t cap) {
     else snprintf(buf, cap, "%.*s", slash == file ? 1 : (int)(slash - file), file);
 }
 
-/* Copies vocab.json and merges.txt from FROM to TO (those present), so TO is a complete model folder.
- * Returns how many it copied, -1 on error. */
+/* Copies the tokenizer's files from FROM to TO (those present), so TO is a complete model folder:
+ * tokenizer.json, vocab.json, merges.txt; and beside a tokenizer.json the tokenizer_config.json and
+ * special_tokens_map.json that name its bos and eos (they replace the family's stand-ins). Returns how
+ * many it copied, -1 on error. */
 static int copy_tokenizer(const char *from, const char *to) {
-    static const char *const names[2] = {"vocab.json", "merges.txt"};
-    int copied = 0;
-    for (int k = 0; k < 2; k++) {
+    static const char *const names[5] = {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                                         "special_tokens_map.json"};
+    int copied = 0, json = 0;
+    for (int k = 0; k < 5; k++) {
         char src[4096], dst[4096], *data;
         size_t len;
         if ((size_t)snprintf(src, sizeof src, "%s/%s", from, names[k]) >= sizeof src ||
@@ -182,7 +185,8 @@ static int copy_tokenizer(const char *from, const char *to) {
             fx_seterr("path too long: %s", to);
             return -1;
         }
-        if (access(src, F_OK) != 0) continue; /* absent: nothing to copy; unreadable: an error below */
+        if (access(src, F_OK) != 0 || (k >= 3 && !json)) continue; /* absent: nothing to copy; unreadable: an error below */
+        json |= k == 0;
         int rc = fx_read_file(src, &data, &len) == 0 ? fx_write_file_atomic(dst, data, len) : -1;
         if (rc == 0) free(data);
         if (rc != 0) return -1;
@@ -201,7 +205,8 @@ static const fx_opt init_opt[] = {
 static const fx_cmdline init_cl = CMDLINE("init", "--config FILE --out DIR [--seed S] [--labels N]",
     "Writes a randomly initialised RoBERTa of FILE's shapes as a Hugging Face folder: DIR/model.safetensors\n"
     "(weights drawn as Hugging Face initialises them: normal(0, initializer_range), LayerNorm 1 and 0, zero\n"
-    "biases), DIR/config.json, and vocab.json and merges.txt copied from beside FILE when they are there.\n",
+    "biases), DIR/config.json, and the tokenizer's files (tokenizer.json, or vocab.json and merges.txt)\n"
+    "copied from beside FILE when they are there.\n",
     init_opts, init_opt);
 
 static int cmd_init(int argc, char **argv) {
@@ -225,8 +230,8 @@ static int cmd_init(int argc, char **argv) {
     int copied = copy_tokenizer(dir, o.out);
     if (copied < 0) fx_die("%s", fx_err());
     printf("init: %s: %d layers, hidden %d, %d label%s, %zu base weights%s\n", o.out, c.layers, c.hidden,
-           c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied == 2 ? ", tokenizer copied" :
-           " (no vocab.json/merges.txt beside the config: add them to use the folder)");
+           c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied > 0 ? ", tokenizer copied" :
+           " (no tokenizer.json or vocab.json/merges.txt beside the config: add them to use the folder)");
     return 0;
 }
 
@@ -236,7 +241,7 @@ static int cmd_init(int argc, char **argv) {
 
 typedef struct { const char *model, *adapter, *residual, *task, *data, *logits; int max_len, batch, threads, rows; } eval_opts;
 static const fx_opt eval_opt[] = {
-    {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, vocab.json, merges.txt)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt)", 0, 0},
     {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task (e2e for a GPT-2)", 0, 0},
     {"--data", NULL, FX_OPT_STR, OPT(eval_opts, data), NULL, "folder holding the GLUE task folders", 0, 0},
     {"--adapter", NULL, FX_OPT_STR, OPT(eval_opts, adapter), NULL, "a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file", 0, 0},
@@ -405,7 +410,7 @@ typedef struct {
     double lp;
 } generate_opts;
 static const fx_opt generate_opt[] = {
-    {"--model", NULL, FX_OPT_STR, OPT(generate_opts, model), NULL, "a causal LM folder (config.json, model.safetensors; vocab.json and merges.txt for text)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(generate_opts, model), NULL, "a causal LM folder (config.json, model.safetensors; tokenizer.json or vocab.json + merges.txt for text)", 0, 0},
     {"--adapter", NULL, FX_OPT_STR, OPT(generate_opts, adapter), NULL, "a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file", 0, 0},
     {"--residual", NULL, FX_OPT_STR, OPT(generate_opts, residual), NULL, "tensors added into the base weights of the same names (a FedEx residual)", 0, 0},
     {"--file", NULL, FX_OPT_STR, OPT(generate_opts, file), NULL, "prompts, one per line (- reads standard input)", 0, 0},

@@ -453,6 +453,19 @@ static void test_cli(void) {
     CHECK(check_run(cmd, out, sizeof out) == 0 && !strcmp(out, want), "tokenize llama3 pair: %s want %s", out, want);
     snprintf(cmd, sizeof cmd, "%s tokenize --model " FIX "/llama3 --max-length 1 'a' 'b' 2>&1", fedex);
     CHECK(check_run(cmd, out, sizeof out) == 2 && strstr(out, "no room for 2 special tokens"), "room: %s", out);
+    /* fedex init copies tokenizer.json and its tokenizer_config.json beside the new model */
+    char dir[] = "/tmp/fedex-tokjson-init-XXXXXX";
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp failed"); free(ids); fx_tok_free(t); return; }
+    snprintf(cmd, sizeof cmd, "cp " FIX "/llama3/tokenizer.json " FIX "/llama3/tokenizer_config.json %s/ && "
+             "printf '{\"model_type\": \"llama\", \"vocab_size\": %d, \"hidden_size\": 8, \"intermediate_size\": 16, "
+             "\"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"num_key_value_heads\": 1, "
+             "\"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, "
+             "\"tie_word_embeddings\": true}' > %s/config.json && %s init --config %s/config.json --out %s/m > /dev/null && "
+             "%s tokenize --model %s/m 'Hello world<|eot_id|>' 'it'\\''s'", dir, fx_tok_vocab_size(t), dir, fedex, dir, dir,
+             fedex, dir);
+    CHECK(check_run(cmd, out, sizeof out) == 0 && !strcmp(out, want), "init copies the tokenizer: %s", out);
+    snprintf(cmd, sizeof cmd, "rm -r %s", dir);
+    CHECK(system(cmd) == 0, "rm %s", dir);
     free(ids);
     fx_tok_free(t);
 }
