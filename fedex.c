@@ -239,11 +239,13 @@ static int cmd_init(int argc, char **argv) {
  * eval
  * ============================================================================================ */
 
-typedef struct { const char *model, *adapter, *residual, *task, *data, *logits; int max_len, batch, threads, rows; } eval_opts;
+typedef struct { const char *model, *adapter, *residual, *task, *data, *logits, *chat_template; int max_len, batch, threads, rows, max_new; } eval_opts;
 static const fx_opt eval_opt[] = {
     {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt)", 0, 0},
-    {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task (e2e for a GPT-2)", 0, 0},
-    {"--data", NULL, FX_OPT_STR, OPT(eval_opts, data), NULL, "folder holding the GLUE task folders", 0, 0},
+    {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task (e2e, instruct, gsm8k or mc for a causal LM)", 0, 0},
+    {"--data", NULL, FX_OPT_STR, OPT(eval_opts, data), NULL, "folder holding the GLUE task folders (e2e: devset.csv; instruct, gsm8k, mc: dev.jsonl)", 0, 0},
+    {"--chat-template", NULL, FX_OPT_STR, OPT(eval_opts, chat_template), "auto", "instruct, gsm8k, mc: auto (the model's chat_template when it has one) | none (the plain prompt)", 0, 0},
+    {"--max-new-tokens", NULL, FX_OPT_INT, OPT(eval_opts, max_new), "256", "gsm8k: tokens generated at most per answer", 1, 1000000},
     {"--adapter", NULL, FX_OPT_STR, OPT(eval_opts, adapter), NULL, "a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file", 0, 0},
     {"--residual", NULL, FX_OPT_STR, OPT(eval_opts, residual), NULL, "tensors added into the base weights of the same names (a FedEx residual)", 0, 0},
     {"--max-length", NULL, FX_OPT_INT, OPT(eval_opts, max_len), "128", "truncate token sequences to this length", 4, 1000000},
@@ -253,8 +255,9 @@ static const fx_opt eval_opt[] = {
     {"--threads", NULL, FX_OPT_INT, OPT(eval_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
 };
 static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data DIR [--adapter PATH] [--residual FILE] [options]",
-    "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv) and prints its metrics on\n"
-    "one line.\n", eval_opts, eval_opt);
+    "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv; a causal LM: E2E's\n"
+    "DATA/devset.csv or DATA/dev.jsonl, with gsm8k's exact match and mc's acc and acc_norm) and prints its\n"
+    "metrics.\n", eval_opts, eval_opt);
 
 /* The label count of DIR's checkpoint's classifier (classifier.out_proj.weight (L, H)), 0 when it has
  * none, -1 with fx_err(). */
@@ -273,7 +276,7 @@ static int checkpoint_labels(const char *dir) {
  * label smoothing), and with --logits every position's logits of the first --rows rows, (tokens, vocab)
  * with the rows' offsets. */
 static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
-    if (!task->lm) fx_die("eval: %s is a causal LM; --task %s is a classification task (use --task e2e)", o->model, task->name);
+    if (!task->lm) fx_die("eval: %s is a causal LM; --task %s is a classification task (use --task e2e, instruct, gsm8k or mc)", o->model, task->name);
     if (o->max_len > c->max_positions)
         fx_die("eval: --max-length %d exceeds the model's %d positions", o->max_len, c->max_positions);
     fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
@@ -288,12 +291,31 @@ static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
     if (!tok) fx_die("%s", fx_err());
     char path[4096];
     fx_dataset d;
-    if (fx_e2e_path(o->data, "dev", NULL, path, sizeof path) != 0 || fx_e2e_load(path, tok, o->max_len, &d) != 0)
+    fx_chat chat = {0};
+    fx_inst_rows rows = {0};
+    if (task->lm == FX_LM_E2E) {
+        if (fx_e2e_path(o->data, "dev", NULL, path, sizeof path) != 0 || fx_e2e_load(path, tok, o->max_len, &d) != 0)
+            fx_die("%s", fx_err());
+    } else if (fx_chat_load(o->model, o->chat_template, &chat) != 0 || fx_inst_path(o->data, "dev", NULL, path, sizeof path) != 0 ||
+               fx_inst_read(path, task, &chat, &rows) != 0 || fx_inst_dataset(&rows, path, task, tok, o->max_len, &d) != 0)
         fx_die("%s", fx_err());
     double t0 = fx_now();
     double loss = fx_eval_split(&d, o->batch, fx_tok_pad(tok), 0, fx_eval_step_cpu, &m, NULL);
     if (isnan(loss)) fx_die("eval: %s", fx_err());
     printf("%s dev: n %d, loss %.4f (%.1f s)\n", task->name, d.n, loss, fx_now() - t0);
+    if (task->lm == FX_LM_GSM8K || task->lm == FX_LM_MC) {
+        fx_decoder dec;
+        fx_inst_scores sc;
+        t0 = fx_now();
+        if (fx_model_decoder(&m, 1, &dec) != 0 ||
+            fx_inst_evaluate(&dec, tok, task, &rows, rows.n, o->max_new, NULL, NULL, &sc) != 0)
+            fx_die("eval: %s", fx_err());
+        fx_decoder_free(&dec);
+        if (task->lm == FX_LM_GSM8K) printf("%s dev: exact_match %.4f on %d rows (%.1f s)\n", task->name, sc.exact_match, sc.rows, fx_now() - t0);
+        else printf("%s dev: acc %.4f, acc_norm %.4f on %d rows (%.1f s)\n", task->name, sc.acc, sc.acc_norm, sc.rows, fx_now() - t0);
+    }
+    fx_inst_rows_free(&rows);
+    fx_chat_free(&chat);
     if (o->logits) {
         int n = o->rows > 0 && o->rows < d.n ? o->rows : d.n, V = c->vocab_size;
         size_t tokens = d.off[n] - d.off[0], bytes;
@@ -330,7 +352,7 @@ static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
 
 static int cmd_eval(int argc, char **argv) {
     eval_opts o;
-    int set[10], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
+    int set[16], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
     if (rc >= 0) return rc;
     if (!o.model || !o.task || !o.data) return usage_error("eval", "--model, --task and --data are required");
     if (o.threads) fx_set_threads(o.threads);
