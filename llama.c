@@ -189,7 +189,7 @@ const fx_family fx_llama = {
     .act = FX_ACT_SWIGLU,
     .head_kind = FX_HEAD_LM,
     .tied_head = 0, /* by the config: fx_config.untied_head */
-    .text = {0, 0, 0, 0},
+    .text = {0, 0, 0, 0, 0},
     .target_path = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj",
                     "mlp.down_proj", NULL, "mlp.gate_proj"},
     .target_peft = {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", NULL, "gate_proj"},
