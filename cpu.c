@@ -9,7 +9,10 @@
 #include <string.h>
 
 /* Loops go parallel only above this many elements of work: a parallel region costs microseconds, and
- * the tiny models of the tests would spend their time in them. */
+ * the tiny models of the tests would spend their time in them. Above it, threads take chunks of rows or
+ * elements as they come free (schedule dynamic): a thread the OS preempts on a busy machine then delays
+ * the op by one chunk, not by its whole share. Every row or element is computed alone, so the results do
+ * not depend on who took which. */
 #define PAR_MIN 16384
 
 /* ============================================================================================
@@ -28,7 +31,7 @@ static void cpu_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, 
 
 /* y += alpha x (FedEx's W0 += alpha R). */
 static void cpu_axpy(float *y, float alpha, const float *x, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) y[i] += alpha * x[i];
 }
 
@@ -36,7 +39,7 @@ static void cpu_copy_rows(float *dst, size_t ds, const float *src, size_t ss, in
     for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * ds, src + (size_t)i * ss, (size_t)cols * sizeof(float));
 }
 static void cpu_add_rows(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)rows * cols >= PAR_MIN)
     for (long i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) dst[(size_t)i * ds + j] += src[(size_t)i * ss + j];
 }
@@ -49,7 +52,7 @@ static void cpu_add_rows(float *dst, size_t ds, const float *src, size_t ss, int
  * the result does not depend on the thread count. db[j] = sum_i a[i,j] (* b[i,j] when B is given). */
 static void column_dot(float *db /* (cols) */, const float *a /* (rows, cols) */, const float *b /* (rows, cols) or NULL */,
                        int rows, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 16) if ((long)rows * cols >= PAR_MIN)
     for (long j = 0; j < cols; j++) {
         double s = 0;
         for (long i = 0; i < rows; i++) s += b ? (double)a[i * cols + j] * b[i * cols + j] : a[i * cols + j];
@@ -59,11 +62,11 @@ static void column_dot(float *db /* (cols) */, const float *a /* (rows, cols) */
 
 /* out[i] = s[i % cols] * x[i] (VeRA's lambda scalings; fp32 products commute exactly). */
 static void scale_cols(float *out, const float *s, const float *x, size_t n, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) out[i] = s[i % cols] * x[i];
 }
 static void scale_cols_add(float *y, const float *s, const float *x, size_t n, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) y[i] += s[i % cols] * x[i];
 }
 
@@ -83,22 +86,22 @@ static void tanh_backward(float *d, const float *y, size_t n) {
 static void dropout_row(uint8_t *keep /* (cols) */, uint64_t site, size_t row, size_t cols, float p) {
     fx_rng g;
     fx_rng_seed(&g, site ^ (0x9e3779b97f4a7c15ULL * (row + 1)));
-    for (size_t j = 0; j < cols; j++) keep[j] = fx_rng_uniform(&g) >= p;
+    fx_rng_keep(&g, keep, cols, p);
 }
 static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t cols, float p, uint64_t site) {
-    #pragma omp parallel for schedule(static) if ((long)(rows * cols) >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)(rows * cols) >= PAR_MIN)
     for (long r = 0; r < (long)rows; r++) dropout_row(keep + r * cols, site, (size_t)r, cols, p);
 }
 /* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
 static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) out[i] = keep ? (keep[i] ? in[i] * scale : 0.0f) : in[i];
 }
 /* dx += d * keep / (1 - p): an adapter's input gradient through its dropout. */
 static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, float p, size_t n) {
     float scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) dx[i] += keep[i] ? d[i] * scale : 0.0f;
 }
 
@@ -111,7 +114,7 @@ static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, f
 static void linear_forward(float *y /* (N, out) */, const float *x /* (N, in) */, const float *W /* (out, in) */,
                            const float *b /* (out) or NULL */, int N, int in, int out) {
     if (!b) { fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out); return; }
-    #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * out >= PAR_MIN)
     for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
     fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
 }
@@ -140,7 +143,7 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
                                        const float *x /* (N, H) */, const float *g, const float *b,
                                        int N, int H, float eps) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         size_t o = (size_t)i * H;
         for (int j = 0; j < H; j++)
@@ -151,7 +154,7 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
 /* Pre-LN blocks: out = LayerNorm(x) alone, its moments kept for backward. In place allowed. */
 static void layernorm_forward(float *out /* (N, H) */, float *mean /* (N) */, float *rstd /* (N) */,
                               const float *x /* (N, H) */, const float *g, const float *b, int N, int H, float eps) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++)
         layernorm_row(out + (size_t)i * H, mean + i, rstd + i, x + (size_t)i * H, g, b, H, eps);
 }
@@ -159,7 +162,7 @@ static void layernorm_forward(float *out /* (N, H) */, float *mean /* (N) */, fl
  * xh = (x - mean) * rstd. */
 static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
                                const float *mean, const float *rstd, const float *g, int N, int H) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
         float *dxi = dx + (size_t)i * H;
@@ -184,7 +187,7 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
 static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
                                const float *ln_w, const float *ln_b, int N, int H, float eps, float p, uint64_t site) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         float *x = x0 + (size_t)i * H;
         const float *wr = we + (size_t)ids[i] * H, *pr = pe ? pe + (size_t)pos[i] * H : NULL;
@@ -201,7 +204,7 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     }
     if (p > 0) {
         float scale = 1.0f / (1.0f - p);
-        #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+        #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
         for (long i = 0; i < N; i++) {
             uint8_t keep[H];
             dropout_row(keep, site, (size_t)i, (size_t)H, p);
@@ -210,21 +213,41 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     }
 }
 
-/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x). */
+/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x).
+ * erf and exp come from vmath.c (within 1 ulp of libm's erff and expf), a chunk at a time so that the
+ * arguments and results stay in L1; the float arithmetic around them is the formula's, in its order. */
+enum { VCHUNK = 1024 };
+#define VCHUNKS(n) ((long)(((n) + VCHUNK - 1) / VCHUNK))
+
 static void gelu_forward(float *out, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float x = in[i];
-        out[i] = x * 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        const float *x = in + o;
+        float e[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) e[j] = x[j] * (float)M_SQRT1_2;
+        fx_erf(e, e, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) out[o + j] = x[j] * 0.5f * (1.0f + e[j]);
     }
 }
 static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float x = in[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)), pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
-        d[i] *= cdf + x * pdf;
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        const float *x = in + o;
+        float e[VCHUNK], g[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) { e[j] = x[j] * (float)M_SQRT1_2; g[j] = -0.5f * x[j] * x[j]; }
+        fx_erf(e, e, len);
+        fx_exp(g, g, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) {
+            float cdf = 0.5f * (1.0f + e[j]), pdf = g[j] * inv_sqrt_2pi;
+            d[o + j] *= cdf + x[j] * pdf;
+        }
     }
 }
 
@@ -234,14 +257,14 @@ static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *
 #define GELU_TANH_C 0.7978845608028654f
 #define GELU_TANH_K 0.044715f
 static void gelu_tanh_forward(float *out, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) {
         float x = in[i];
         out[i] = 0.5f * x * (1.0f + tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x)));
     }
 }
 static void gelu_tanh_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) {
         float x = in[i], t = tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x));
         d[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_K * x * x);
@@ -253,7 +276,7 @@ static void gelu_tanh_backward(float *d /* in: dL/dout, out: dL/din */, const fl
  *   dx = rstd * (dxh - xh * mean(dxh * xh)). */
 static void rmsnorm_forward(float *out /* (N, H) */, float *rstd /* (N) */, const float *x /* (N, H) */,
                             const float *g /* (H) */, int N, int H, float eps) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H;
         float *oi = out + (size_t)i * H;
@@ -266,7 +289,7 @@ static void rmsnorm_forward(float *out /* (N, H) */, float *rstd /* (N) */, cons
 }
 static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
                              const float *rstd /* (N) */, const float *g /* (H) */, int N, int H) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
         float *dxi = dx + (size_t)i * H;
@@ -283,7 +306,7 @@ static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) *
 static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd, float theta,
                  int inverse) {
     int half = hd / 2;
-    #pragma omp parallel for schedule(static) if ((long)N * nh * hd >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * nh * hd >= PAR_MIN)
     for (long t = 0; t < N; t++) {
         for (int i = 0; i < half; i++) {
             double a = (double)pos[t] * pow((double)theta, -2.0 * i / hd);
@@ -301,64 +324,109 @@ static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int 
 /* --- SwiGLU (LlamaMLP's act_fn(gate) * up with SiLU): silu(g) = g sigmoid(g);
  *   d gate = dout * up * sigmoid(g) (1 + g (1 - sigmoid(g))),  d up = dout * silu(g). */
 static void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        float e[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
+        fx_exp(e, e, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) out[o + j] = gate[o + j] / (1.0f + e[j]) * up[o + j];
     }
 }
 static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                             size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
-        dup[i] = d * (g * sg);
-        dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        float e[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
+        fx_exp(e, e, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) {
+            size_t i = o + j;
+            float g = gate[i], sg = 1.0f / (1.0f + e[j]), d = dout[i];
+            dup[i] = d * (g * sg);
+            dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+        }
     }
 }
 
-/* Where head h of row b (bh = b nh + h) starts in an (N, H) matrix: its (T, hd) block, row stride H. */
-static size_t head_block(long bh, int T, int H, int nh) {
-    long b = bh / nh, h = bh % nh;
-    return (size_t)b * T * H + (size_t)h * (H / nh);
+/* --- self-attention per sequence on the packed layout. Row b's tokens are off[b] .. off[b+1]) (len of
+ * them); per head h, Q, K, V are that row's (len, hd) column block h, rows H apart:
+ *   S = Q K^T / sqrt(hd),  P = softmax(S) over the row's own keys (CAUSAL: keys j <= i),
+ *   Pd = dropout(P),  ctx = Pd V.
+ * Only real keys exist here, so nothing is masked: Hugging Face's additive finfo.min on padded keys
+ * gives them exp() == 0 exactly, the same probabilities. The queries go in blocks of ATT_BQ rows, each
+ * block's scores (ATT_BQ, len) in a per-thread scratch; what is kept for backward is the softmax's row
+ * maximum and 1 / sum per (token, head), KEEP (N, nh, 2), from which the backward recomputes P with the
+ * same products in the same blocks (so the same bits). Attention dropout: query i of row b, head h draws
+ * its keys' mask from the stream (off[b] + i) nh + h of SITE. */
+/* 256 queries a block: a GLUE row (<= 256 tokens) is one block, the unblocked products; a long row keeps
+ * 3 (256, T) fp32 scratch blocks per thread (6 MB at T = 2048). */
+enum { ATT_BQ = 256 };
+static size_t attention_keep(int n, int T, int N, int nh, int drop) {
+    (void)n; (void)T; (void)drop;
+    return (size_t)N * nh * 2;
 }
-
-/* --- self-attention, per row b and head h (Q, K, V the (T, hd) column block h of row b):
- *   S = Q K^T / sqrt(hd) + (mask == 0 ? -FLT_MAX : 0),  P = softmax(S),  Pd = dropout(P),  ctx = Pd V.
- * -FLT_MAX is torch.finfo(float32).min, which Hugging Face adds on padded keys. CAUSAL: keys j > i
- * get probability exactly 0 (GPT-2 puts finfo.min there, whose exp underflows to 0 alike). */
-static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, T) */,
-                              float *att_drop /* (n, nh, T, T), == att without dropout */,
-                              const float *q, const float *k, const float *v /* (N, H) each */,
-                              const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh, int causal,
-                              float p, uint64_t site) {
+/* Work of all (row, head) tasks, to decide whether to go parallel. */
+static long attention_work(const int32_t *off, int n, int nh, int hd) {
+    long w = 0;
+    for (int b = 0; b < n; b++) w += (long)(off[b + 1] - off[b]) * (off[b + 1] - off[b]);
+    return w * nh * hd;
+}
+/* One query block's probabilities: S (rows, kl) holds Q K^T for the sequence's queries i0 .. i0+rows on
+ * entry and P on exit (zero past each query's last key); each row's maximum and 1 / sum go to STATS,
+ * row r at r nh 2 (the (token, head, 2) layout). */
+static void attention_softmax_block(float *S, int rows, int kl, int i0, int len, int causal, float inv, float *stats,
+                                    int nh) {
+    for (int r = 0; r < rows; r++) {
+        float *s = S + (size_t)r * kl, mx = -INFINITY;
+        int lim = causal ? i0 + r + 1 : len;
+        for (int j = 0; j < lim; j++) {
+            s[j] = s[j] / inv;
+            if (s[j] > mx) mx = s[j];
+        }
+        double sum = 0;
+        for (int j = 0; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        float rs = (float)(1.0 / sum);
+        for (int j = 0; j < lim; j++) s[j] *= rs;
+        for (int j = lim; j < kl; j++) s[j] = 0.0f;
+        stats[(size_t)r * nh * 2] = mx;
+        stats[(size_t)r * nh * 2 + 1] = rs;
+    }
+}
+static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2) */, const float *q, const float *k,
+                              const float *v /* (N, H) each */, const int32_t *off /* (n + 1) */, int n, int T, int H,
+                              int nh, int causal, float p, uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
-    for (long bh = 0; bh < (long)n * nh; bh++) {
-        long b = bh / nh;
-        size_t o = head_block(bh, T, H, nh);
-        float *S = att + (size_t)bh * T * T, *Pd = att_drop + (size_t)bh * T * T;
-        fx_matmul(0, 1, T, T, hd, 1.0f, q + o, H, k + o, H, 0.0f, S, T);
-        uint8_t keep[T];
-        for (int i = 0; i < T; i++) {
-            float *s = S + (size_t)i * T, mx = -INFINITY;
-            int lim = causal ? i + 1 : T;
-            for (int j = 0; j < lim; j++) {
-                s[j] = s[j] / inv + (mask[b * T + j] ? 0.0f : -FLT_MAX);
-                if (s[j] > mx) mx = s[j];
-            }
-            double sum = 0;
-            for (int j = 0; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-            float rs = (float)(1.0 / sum);
-            for (int j = 0; j < lim; j++) s[j] *= rs;
-            for (int j = lim; j < T; j++) s[j] = 0.0f;
-            if (Pd != S) {
-                dropout_row(keep, site, (size_t)bh * T + i, (size_t)T, p);
-                for (int j = 0; j < T; j++) Pd[(size_t)i * T + j] = keep[j] ? s[j] * scale : 0.0f;
+    #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
+    {
+        float *S = fx_malloc((size_t)ATT_BQ * (T ? T : 1) * sizeof *S);
+        uint8_t *kp = p > 0 ? fx_malloc((size_t)(T ? T : 1)) : NULL;
+        #pragma omp for schedule(dynamic, 1)
+        for (long bh = 0; bh < (long)n * nh; bh++) {
+            int b = (int)(bh / nh), h = (int)(bh % nh), o = off[b], len = off[b + 1] - o;
+            const float *qh = q + (size_t)o * H + (size_t)h * hd, *kh = k + (size_t)o * H + (size_t)h * hd;
+            const float *vh = v + (size_t)o * H + (size_t)h * hd;
+            for (int i0 = 0; i0 < len; i0 += ATT_BQ) {
+                int rows = len - i0 < ATT_BQ ? len - i0 : ATT_BQ, kl = causal ? i0 + rows : len;
+                fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
+                attention_softmax_block(S, rows, kl, i0, len, causal, inv, keep + ((size_t)(o + i0) * nh + h) * 2, nh);
+                if (kp)
+                    for (int r = 0; r < rows; r++) {
+                        float *s = S + (size_t)r * kl;
+                        dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        for (int j = 0; j < kl; j++) s[j] = kp[j] ? s[j] * scale : 0.0f;
+                    }
+                fx_matmul(0, 0, rows, hd, kl, 1.0f, S, kl, vh, H, 0.0f, ctx + (size_t)(o + i0) * H + (size_t)h * hd, H);
             }
         }
-        fx_matmul(0, 0, T, hd, T, 1.0f, Pd, T, v + o, H, 0.0f, ctx + o, H);
+        free(S);
+        free(kp);
     }
 }
 /* --- one query per slot against its key/value cache (the decode step), the same arithmetic as a row of
@@ -386,32 +454,68 @@ static void attention_decode(float *ctx /* (ns, H) */, float *scores /* (ns, nh,
     }
 }
 
-/* dPd = dctx V^T, dV = Pd^T dctx; dP = dPd * keep / (1 - p), where keep is Pd != 0 (exact: where P is 0
- * the softmax gradient below is 0 whatever dP is); dS = P * (dP - rowsum(dP * P)) / sqrt(hd);
- * dQ = dS K, dK = dS^T Q. */
-static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */, float *datt /* (n, nh, T, T) */,
-                               const float *dctx /* (N, H) */, const float *q, const float *k, const float *v,
-                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p) {
+/* Backward, per (row, head), query block by query block: P again from the kept row maximum and 1 / sum
+ * (the forward's products and operations, so the forward's bits), Pd with the forward's mask drawn again,
+ *   dPd = dctx V^T,  dV += Pd^T dctx,  dP = dPd * keep / (1 - p),
+ *   dS = P * (dP - rowsum(dP * P)) / sqrt(hd),  dQ = dS K,  dK += dS^T Q.
+ * dK and dV sum over the query blocks in order, so the thread count does not matter. */
+static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */, const float *dctx /* (N, H) */,
+                               const float *q, const float *k, const float *v, const float *keep /* (N, nh, 2) */,
+                               const int32_t *off, int n, int T, int H, int nh, int causal, float p, uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
-    for (long bh = 0; bh < (long)n * nh; bh++) {
-        size_t o = head_block(bh, T, H, nh);
-        const float *P = att + (size_t)bh * T * T, *Pd = att_drop + (size_t)bh * T * T;
-        float *dS = datt + (size_t)bh * T * T;
-        fx_matmul(0, 1, T, T, hd, 1.0f, dctx + o, H, v + o, H, 0.0f, dS, T);
-        fx_matmul(1, 0, T, hd, T, 1.0f, Pd, T, dctx + o, H, 0.0f, dv + o, H);
-        for (int i = 0; i < T; i++) {
-            float *ds = dS + (size_t)i * T;
-            const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
-            if (Pd != P)
-                for (int j = 0; j < T; j++) ds[j] = pd[j] != 0.0f ? ds[j] * scale : 0.0f;
-            double dot = 0;
-            for (int j = 0; j < T; j++) dot += (double)ds[j] * pr[j];
-            for (int j = 0; j < T; j++) ds[j] = pr[j] * (ds[j] - (float)dot) / inv;
+    #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
+    {
+        size_t blk = (size_t)ATT_BQ * (T ? T : 1);
+        float *S = fx_malloc(blk * sizeof *S), *dS = fx_malloc(blk * sizeof *dS);
+        float *Pd = p > 0 ? fx_malloc(blk * sizeof *Pd) : S;
+        uint8_t *kp = p > 0 ? fx_malloc((size_t)(T ? T : 1)) : NULL;
+        #pragma omp for schedule(dynamic, 1)
+        for (long bh = 0; bh < (long)n * nh; bh++) {
+            int b = (int)(bh / nh), h = (int)(bh % nh), o = off[b], len = off[b + 1] - o;
+            size_t base = (size_t)o * H + (size_t)h * hd;
+            const float *qh = q + base, *kh = k + base, *vh = v + base, *dch = dctx + base;
+            float *dkh = dk + base, *dvh = dv + base;
+            for (int i = 0; i < len; i++) {
+                memset(dkh + (size_t)i * H, 0, (size_t)hd * sizeof *dkh);
+                memset(dvh + (size_t)i * H, 0, (size_t)hd * sizeof *dvh);
+            }
+            for (int i0 = 0; i0 < len; i0 += ATT_BQ) {
+                int rows = len - i0 < ATT_BQ ? len - i0 : ATT_BQ, kl = causal ? i0 + rows : len;
+                const float *st = keep + ((size_t)(o + i0) * nh + h) * 2;
+                fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
+                fx_matmul(0, 1, rows, kl, hd, 1.0f, dch + (size_t)i0 * H, H, vh, H, 0.0f, dS, kl);
+                for (int r = 0; r < rows; r++) {
+                    float *s = S + (size_t)r * kl, *pd = Pd + (size_t)r * kl, *ds = dS + (size_t)r * kl;
+                    float mx = st[(size_t)r * nh * 2], rs = st[(size_t)r * nh * 2 + 1];
+                    int lim = causal ? i0 + r + 1 : len;
+                    for (int j = 0; j < lim; j++) s[j] = expf(s[j] / inv - mx) * rs;
+                    for (int j = lim; j < kl; j++) s[j] = 0.0f;
+                    if (kp) {
+                        dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        for (int j = 0; j < kl; j++) {
+                            pd[j] = kp[j] ? s[j] * scale : 0.0f;
+                            ds[j] = kp[j] ? ds[j] * scale : 0.0f;
+                        }
+                    }
+                }
+                /* dV += Pd^T dctx over this block's queries, before dS overwrites dP */
+                fx_matmul(1, 0, kl, hd, rows, 1.0f, Pd, kl, dch + (size_t)i0 * H, H, 1.0f, dvh, H);
+                for (int r = 0; r < rows; r++) {
+                    const float *pr = S + (size_t)r * kl;
+                    float *ds = dS + (size_t)r * kl;
+                    double dot = 0;
+                    for (int j = 0; j < kl; j++) dot += (double)ds[j] * pr[j];
+                    for (int j = 0; j < kl; j++) ds[j] = pr[j] * (ds[j] - (float)dot) / inv;
+                }
+                fx_matmul(0, 0, rows, hd, kl, 1.0f, dS, kl, kh, H, 0.0f, dq + base + (size_t)i0 * H, H);
+                fx_matmul(1, 0, kl, hd, rows, 1.0f, dS, kl, qh + (size_t)i0 * H, H, 1.0f, dkh, H);
+            }
         }
-        fx_matmul(0, 0, T, hd, T, 1.0f, dS, T, k + o, H, 0.0f, dq + o, H);
-        fx_matmul(1, 0, T, hd, T, 1.0f, dS, T, q + o, H, 0.0f, dk + o, H);
+        free(S);
+        free(dS);
+        if (Pd != S) free(Pd);
+        free(kp);
     }
 }
 
@@ -444,19 +548,19 @@ static double loss_forward_backward(float *dlogits, const float *logits, const f
 }
 
 /* --- the causal LM's loss (GPT2LMHeadModel's shift, transformers' LabelSmoother):
- *   position t of row i predicts y = targets[i, t + 1] (-100: nothing); over the COUNT that predict,
+ *   packed position i predicts y = targets[i] (model.c shifted them; -100: nothing); over the COUNT that predict,
  *   loss = (1 - eps) mean nll + eps mean (sum_v -log p_v) / V,   nll = lse(z) - z_y,
  *   dz_v = (p_v - (1 - eps) [v == y] - eps / V) / COUNT.
  * Each position's share is summed in double in position order, so the thread count does not matter. */
-static double lm_loss(float *dlogits /* (n, T, V), may be LOGITS */, const float *logits /* (n, T, V) */,
-                      const int32_t *targets /* (n, T) */, int n, int T, int V, float eps, int count) {
-    long N = (long)n * T;
+static double lm_loss(float *dlogits /* (N, V), may be LOGITS */, const float *logits /* (N, V) */,
+                      const int32_t *targets /* (N) */, int Ntok, int V, float eps, int count) {
+    long N = Ntok;
     double *part = fx_malloc((size_t)N * sizeof *part);
-    #pragma omp parallel for schedule(static) if (N * V >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if (N * V >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *z = logits + (size_t)i * V;
         float *d = dlogits + (size_t)i * V;
-        int y = i % T < T - 1 ? targets[i + 1] : -100;
+        int y = targets[i];
         part[i] = 0;
         if (y < 0) { memset(d, 0, (size_t)V * sizeof *d); continue; }
         double mx = z[0], s = 0, zsum = 0;
@@ -480,7 +584,7 @@ static double sumsq(const float *x, size_t n) {
     return s;
 }
 static void scale(float *x, float a, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) x[i] *= a;
 }
 
@@ -491,7 +595,7 @@ static void adamw(float *p, const float *g, float *mm, float *vv, size_t n, cons
     float step = s->step, bc2s = s->bc2s, decay = s->decay, fb1 = s->b1, fb2 = s->b2, c1 = s->c1, c2 = s->c2,
           feps = s->eps;
     int decay_on = s->decay_on;
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long j = 0; j < (long)n; j++) {
         if (decay_on) p[j] *= decay;
         mm[j] = mm[j] * fb1 + g[j] * c1;
@@ -539,6 +643,7 @@ const fx_ops fx_cpu_ops = {
     .add_rows = cpu_add_rows,
     .tanh_forward = tanh_forward,
     .tanh_backward = tanh_backward,
+    .attention_keep = attention_keep,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
     .attention_decode = attention_decode,

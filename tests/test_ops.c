@@ -9,6 +9,26 @@
 #include <string.h>
 #include <unistd.h>
 
+/* ---------------------------------------------------------------- dropout draws */
+
+/* fx_rng_keep (the dropout masks' draws) is fx_rng_uniform(r) >= p, draw for draw, for any p: the
+ * usual rates, both ends, p just either side of a 2^-53 step, out of range and NaN; and it leaves the
+ * stream where as many fx_rng_uniform calls would. */
+static void check_rng_keep(void) {
+    static const float P[] = {0.1f, 0.5f, 0.0f, 1.0f, 0.3f, 1e-8f, 0.99999994f, -0.5f, 2.0f, NAN};
+    for (size_t i = 0; i < sizeof P / sizeof P[0]; i++) {
+        fx_rng a, b;
+        fx_rng_seed(&a, 42 + i);
+        b = a;
+        uint8_t keep[1000];
+        fx_rng_keep(&a, keep, sizeof keep, P[i]);
+        int same = 1;
+        for (size_t j = 0; j < sizeof keep; j++) same &= keep[j] == (fx_rng_uniform(&b) >= P[i]);
+        CHECK(same && fx_rng_u64(&a) == fx_rng_u64(&b), "fx_rng_keep(p = %g) differs from fx_rng_uniform >= p",
+              (double)P[i]);
+    }
+}
+
 /* Every tensor of a tiny RoBERTa with all six targets adapted. */
 static fx_config tiny(void) {
     fx_config c = {.vocab_size = 50, .hidden = 16, .layers = 3, .heads = 2, .intermediate = 32,
@@ -31,7 +51,8 @@ static void check_ops_complete(void) {
         (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
         (void *)o->gelu_tanh_backward, (void *)o->rmsnorm_forward, (void *)o->rmsnorm_backward, (void *)o->rope,
         (void *)o->swiglu_forward, (void *)o->swiglu_backward, (void *)o->add_rows, (void *)o->tanh_forward, (void *)o->tanh_backward,
-        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->lm_loss,
+        (void *)o->attention_keep, (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss,
+        (void *)o->lm_loss,
         (void *)o->sumsq, (void *)o->scale, (void *)o->attention_decode, (void *)o->adamw, (void *)o->fwht,
         (void *)o->permute_cols, (void *)o->gamma_apply, (void *)o->givens_build, (void *)o->givens_backward};
     int n = (int)(sizeof entry / sizeof entry[0]);
@@ -286,6 +307,7 @@ static void check_template(void) {
 }
 
 int main(void) {
+    check_rng_keep();
     check_ops_complete();
     check_views(FX_LORA);
     check_views(FX_VERA);
