@@ -166,27 +166,38 @@ void fx_st_set_close(fx_st_set *s);
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
 /* ============================================================================================
- * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa tokenizers
+ * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa / Llama-3 tokenizers
  * ============================================================================================ */
 
 typedef struct fx_tokenizer fx_tokenizer;
 
-/* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
- * GPT-2's <|endoftext|> serves as all three. Encoding writes to a cache of words inside the tokenizer:
- * one tokenizer per thread. */
+/* Loads DIR/tokenizer.json when there is one (as Hugging Face's fast tokenizers prefer it), else
+ * DIR/vocab.json and DIR/merges.txt. From vocab.json, RoBERTa's specials are <s>=bos/cls, </s>=eos/sep,
+ * <pad>; GPT-2's <|endoftext|> serves as all three. A tokenizer.json must be byte-level BPE (GPT-2's
+ * ByteLevel pre-tokenizer or Llama-3's Split pattern, ignore_merges, added tokens, TemplateProcessing /
+ * RobertaProcessing / BertProcessing); its bos, eos and pad are those tokenizer_config.json (then
+ * special_tokens_map.json, then config.json's ids) names, else the post-processor's, and pad falls back
+ * to eos. SentencePiece-style files (tokenizer.model, byte_fallback, Metaspace) are refused by name.
+ * Encoding writes to a cache of words inside the tokenizer: one tokenizer per thread. */
 fx_tokenizer *fx_tok_load(const char *dir);
 void fx_tok_free(fx_tokenizer *t);
-int fx_tok_bos(const fx_tokenizer *t);
-int fx_tok_eos(const fx_tokenizer *t);
+int fx_tok_bos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
+int fx_tok_eos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
 int fx_tok_pad(const fx_tokenizer *t);
 int fx_tok_vocab_size(const fx_tokenizer *t);
+/* The id of token S: an added or special token's text ("<|eot_id|>", "<s>"), else the vocabulary token
+ * whose bytes are exactly S (" world"); -1 if there is none. */
+int fx_tok_token_id(const fx_tokenizer *t, const char *s);
+/* 1 if ID is a special token (dropped by fx_tok_decode's skip_special). */
+int fx_tok_is_special(const fx_tokenizer *t, int id);
 /* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
 /* Where a family's template puts the specials around one text A or a pair A, B: bos tokens, A, eos
- * tokens, then (pair) eos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>, {1, 1, 1, 1};
- * BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1}. The family holds it (fx_family.text). */
-typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
+ * tokens, then (pair) eos tokens, bos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>,
+ * {1, 1, 1, 1, 0}; BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1, 0}; Llama-3's <|begin_of_text|> A and
+ * <|begin_of_text|> A <|begin_of_text|> B is {1, 0, 0, 0, 1}. The family holds it (fx_family.text). */
+typedef struct { int bos, eos_a, eos_b_lead, eos_b, bos_b; } fx_text_template;
 /* The template's sequence appended to *ids (realloc'd, *cap tracks capacity; *n the new count), truncated
  * longest_first to max_len (0: no truncation; else room for the specials at least). As Hugging Face's
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
@@ -194,7 +205,10 @@ int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *
                       int32_t **ids, int *n, int *cap);
 /* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
  * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
- * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+ * <|endoftext|> in it the special token; a pair is A's ids then B's); a tokenizer.json's post-processor
+ * (or the one transformers' LlamaTokenizerFast builds from add_bos_token / add_eos_token). Its bos and eos
+ * positions hold the post-processor's tokens. A template with no specials ({0}) encodes a text as
+ * encode(add_special_tokens=False) does: special and added tokens written in it still become their ids. */
 const fx_text_template *fx_tok_template(const fx_tokenizer *t);
 /* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
  * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
@@ -209,6 +223,8 @@ char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_s
 /* Pre-tokenisation alone (the GPT-2 pattern): the byte offset where each piece ends, appended to *ends
  * (realloc'd, *cap tracks capacity). -1 on invalid UTF-8. */
 int fx_tok_pretokenize(const char *text, size_t len, size_t **ends, int *n, int *cap);
+/* The same with T's own pre-tokenizer (GPT-2's pattern, or Llama-3's for such a tokenizer.json). */
+int fx_tok_pieces(const fx_tokenizer *t, const char *text, size_t len, size_t **ends, int *n, int *cap);
 
 /* unicode_tables.c, generated by tools/gen_unicode.py: the pre-tokenizer's character classes as sorted,
  * disjoint ranges; a code point in none is "other". */
@@ -464,8 +480,11 @@ int fx_vmath_force(const char *name);
  * model.c writes the transformer once as calls on a table of ops; a backend supplies the table. Every
  * pointer an op takes is the backend's memory: the workspace it allocated through alloc, and the weight
  * buffers at the offsets the model's views give. model.c reads no float behind these pointers. Shapes
- * are row-major; N = n*T tokens of n rows of T; H hidden, nh heads, hd = H/nh. Ops run one at a time in
- * call order (a GPU backend: on one stream). The CPU ops give the same bits for any thread count. */
+ * are row-major; H hidden, nh heads, hd = H/nh. Activations are packed: a batch's n rows keep only their
+ * real tokens (mask != 0), row after row, N = the sum of the rows' lengths (no padding anywhere), row b
+ * being tokens off[b] .. off[b+1]) with off (n + 1) int32 in the backend's memory; T is the longest row.
+ * Every op but attention is per token and sees N rows alone. Ops run one at a time in call order (a GPU
+ * backend: on one stream). The CPU ops give the same bits for any thread count. */
 
 /* AdamW's scalars for step t, formed once by model.c (fx_adamw_update) in double and used as fp32. */
 typedef struct {
@@ -497,7 +516,8 @@ typedef struct fx_ops {
     /* out (n)[i] = s[i % cols] * x[i]; and y[i] += s[i % cols] * x[i] */
     void (*scale_cols)(float *out, const float *s /* (cols) */, const float *x, size_t n, int cols);
     void (*scale_cols_add)(float *y, const float *s /* (cols) */, const float *x, size_t n, int cols);
-    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream); out = in * keep / (1 - p),
+    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream: a packed token's mask depends on
+     * its index among the real tokens, never on padding); out = in * keep / (1 - p),
      * or a copy when KEEP is NULL (in place allowed; also the backward); dx += dropout(d) with KEEP */
     void (*dropout_mask)(uint8_t *keep, size_t rows, size_t cols, float p, uint64_t site);
     void (*dropout_apply)(float *out, const float *in, const uint8_t *keep, float p, size_t n);
@@ -542,23 +562,29 @@ typedef struct fx_ops {
     void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols);
     void (*tanh_forward)(float *x, size_t n);                             /* in place */
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
-    /* ctx (N, H) = dropout(softmax(q k^T / sqrt(hd) + mask)) v per row and head; att, att_drop
-     * (n, nh, T, T) kept for backward (att_drop == att without dropout). CAUSAL: key j > query i has
-     * probability 0 as well */
-    void (*attention_forward)(float *ctx, float *att, float *att_drop, const float *q, const float *k,
-                              const float *v, const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh,
-                              int causal, float p, uint64_t site);
-    void (*attention_backward)(float *dq, float *dk, float *dv, float *datt /* scratch (n, nh, T, T) */,
-                               const float *dctx, const float *q, const float *k, const float *v,
-                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p);
+    /* Self-attention per sequence on the packed layout: for row b (tokens off[b] .. off[b+1]), head h,
+     * ctx (N, H) = dropout(softmax(q k^T / sqrt(hd))) v over the row's own keys (no masked key is
+     * computed). CAUSAL: key j > query i has probability 0 as well. Dropout on the probabilities: query i
+     * of row b, head h draws its keep mask from SITE's stream (off[b] + i) nh + h, independent of
+     * padding; the backward, given the forward's CAUSAL, P and SITE, draws it again. KEEP (attention_keep(n, T, N, nh, p > 0) floats) receives
+     * what the backward needs, its layout the backend's: the CPU keeps the softmax's row maximum and
+     * 1 / sum per (token, head), (N, nh, 2), and recomputes the probabilities block by block in backward
+     * (its score scratch per thread is O(T), no (n, nh, T, T) buffer). dq, dk, dv (N, H) are written. */
+    size_t (*attention_keep)(int n, int T, int N, int nh, int drop);
+    void (*attention_forward)(float *ctx, float *keep, const float *q, const float *k, const float *v,
+                              const int32_t *off /* (n + 1) */, int n, int T, int H, int nh, int causal,
+                              float p, uint64_t site);
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dctx, const float *q,
+                               const float *k, const float *v, const float *keep, const int32_t *off, int n,
+                               int T, int H, int nh, int causal, float p, uint64_t site);
     /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
     double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
-    /* The causal LM's loss over logits (n, T, V) and targets (n, T) aligned with the ids (-100 ignored):
-     * position t predicts targets[t + 1]; COUNT supervised positions (> 0) share the mean; with smoothing
-     * eps, (1 - eps) nll + eps mean_v(-log p). dlogits (n, T, V) may be LOGITS itself (overwritten in
-     * place); rows predicting nothing get zeros. */
-    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int n, int T, int V,
-                      float eps, int count);
+    /* The causal LM's loss over the packed tokens' logits (N, V) and targets (N), each the token the
+     * position predicts (model.c shifts them: the padded row's next position's, -100 for none); COUNT
+     * supervised positions (> 0) share the mean; with smoothing eps, (1 - eps) nll + eps mean_v(-log p).
+     * dlogits (N, V) may be LOGITS itself (overwritten in place); positions predicting nothing get zeros. */
+    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int N, int V, float eps,
+                      int count);
     /* sum of x^2 (accumulated in double), and x *= a: gradient clipping */
     double (*sumsq)(const float *x, size_t n);
     void (*scale)(float *x, float a, size_t n);
@@ -878,7 +904,7 @@ typedef struct {
     int cap, pos;                /* positions each slot holds; the step's position (-1: prefill of slot 0) */
     float *scores;               /* (ns, heads, pos + 1) attention scratch */
 } fx_decode_at;
-/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask; no dropout) through every
+/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask all 1; no dropout) through every
  * layer, layer l's keys and values also into AT[l]'s cache and, when AT[l].pos >= 0, its attention over
  * the cache (AT NULL: neither); then the final norm and the LM head on ROWS rows from FIRST, LOGITS
  * (rows, vocab) on the host. */
@@ -891,14 +917,17 @@ void fx_model_free(fx_model *m);
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
-/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
- * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), its loss the mean over the
- * positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does; label smoothing
- * c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
+/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss. The
+ * batch's real tokens (mask != 0) are packed row after row and only they are computed: padding changes
+ * no result beyond fp32 summation order (README, "Packed batches"); every row needs a real token (the
+ * classifier reads its first), a causal LM's batch one at least.
+ * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), zero on padding, its loss the mean
+ * over the real positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does;
+ * label smoothing c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with
  * fx_err() set. TRAIN overwrites grad for every trainable tensor (zero for frozen ones). Dropout masks
- * come from m->drop, one draw per dropout site, each row of a site from its own stream, so they do not
- * depend on the thread count. */
+ * come from m->drop, one draw per dropout site, each packed token of a site from its own stream (and each
+ * (token, head) of attention's), so they depend neither on the thread count nor on the padding. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
 /* optim.c: the optimizer step on the model's ops */
 void fx_adamw_reset(fx_model *m);

@@ -51,7 +51,8 @@ static void check_ops_complete(void) {
         (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
         (void *)o->gelu_tanh_backward, (void *)o->rmsnorm_forward, (void *)o->rmsnorm_backward, (void *)o->rope,
         (void *)o->swiglu_forward, (void *)o->swiglu_backward, (void *)o->add_rows, (void *)o->tanh_forward, (void *)o->tanh_backward,
-        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->lm_loss,
+        (void *)o->attention_keep, (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss,
+        (void *)o->lm_loss,
         (void *)o->sumsq, (void *)o->scale, (void *)o->attention_decode, (void *)o->adamw, (void *)o->fwht,
         (void *)o->permute_cols, (void *)o->gamma_apply, (void *)o->givens_build, (void *)o->givens_backward};
     int n = (int)(sizeof entry / sizeof entry[0]);
@@ -294,7 +295,7 @@ static void check_template(void) {
           !memcmp(ids, out, (size_t)k * sizeof *ids), "RoBERTa's template is fx_tok_encode's");
     CHECK(k >= 6 && out[0] == 0 && out[k - 1] == 2 && out[k - 3] == 2 && out[k - 4] == 2, "<s> a b </s></s> c </s>");
     /* a BERT-like template: one separator between the texts */
-    fx_text_template bert = {1, 1, 0, 1};
+    fx_text_template bert = {1, 1, 0, 1, 0};
     n = 0;
     CHECK(fx_tok_encode_tpl(t, &bert, "a b", "c", 32, &ids, &n, &cap) == 0 && n == k - 1 && ids[0] == 0 &&
           ids[n - 3] == 2 && ids[n - 3 - 1] != 2 && ids[n - 1] == 2, "<s> a b </s> c </s>: %d ids", n);
