@@ -168,27 +168,38 @@ void fx_st_set_close(fx_st_set *s);
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
 /* ============================================================================================
- * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa tokenizers
+ * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa / Llama-3 tokenizers
  * ============================================================================================ */
 
 typedef struct fx_tokenizer fx_tokenizer;
 
-/* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
- * GPT-2's <|endoftext|> serves as all three. Encoding writes to a cache of words inside the tokenizer:
- * one tokenizer per thread. */
+/* Loads DIR/tokenizer.json when there is one (as Hugging Face's fast tokenizers prefer it), else
+ * DIR/vocab.json and DIR/merges.txt. From vocab.json, RoBERTa's specials are <s>=bos/cls, </s>=eos/sep,
+ * <pad>; GPT-2's <|endoftext|> serves as all three. A tokenizer.json must be byte-level BPE (GPT-2's
+ * ByteLevel pre-tokenizer or Llama-3's Split pattern, ignore_merges, added tokens, TemplateProcessing /
+ * RobertaProcessing / BertProcessing); its bos, eos and pad are those tokenizer_config.json (then
+ * special_tokens_map.json, then config.json's ids) names, else the post-processor's, and pad falls back
+ * to eos. SentencePiece-style files (tokenizer.model, byte_fallback, Metaspace) are refused by name.
+ * Encoding writes to a cache of words inside the tokenizer: one tokenizer per thread. */
 fx_tokenizer *fx_tok_load(const char *dir);
 void fx_tok_free(fx_tokenizer *t);
-int fx_tok_bos(const fx_tokenizer *t);
-int fx_tok_eos(const fx_tokenizer *t);
+int fx_tok_bos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
+int fx_tok_eos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
 int fx_tok_pad(const fx_tokenizer *t);
 int fx_tok_vocab_size(const fx_tokenizer *t);
+/* The id of token S: an added or special token's text ("<|eot_id|>", "<s>"), else the vocabulary token
+ * whose bytes are exactly S (" world"); -1 if there is none. */
+int fx_tok_token_id(const fx_tokenizer *t, const char *s);
+/* 1 if ID is a special token (dropped by fx_tok_decode's skip_special). */
+int fx_tok_is_special(const fx_tokenizer *t, int id);
 /* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
 /* Where a family's template puts the specials around one text A or a pair A, B: bos tokens, A, eos
- * tokens, then (pair) eos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>, {1, 1, 1, 1};
- * BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1}. The family holds it (fx_family.text). */
-typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
+ * tokens, then (pair) eos tokens, bos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>,
+ * {1, 1, 1, 1, 0}; BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1, 0}; Llama-3's <|begin_of_text|> A and
+ * <|begin_of_text|> A <|begin_of_text|> B is {1, 0, 0, 0, 1}. The family holds it (fx_family.text). */
+typedef struct { int bos, eos_a, eos_b_lead, eos_b, bos_b; } fx_text_template;
 /* The template's sequence appended to *ids (realloc'd, *cap tracks capacity; *n the new count), truncated
  * longest_first to max_len (0: no truncation; else room for the specials at least). As Hugging Face's
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
@@ -196,7 +207,10 @@ int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *
                       int32_t **ids, int *n, int *cap);
 /* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
  * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
- * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+ * <|endoftext|> in it the special token; a pair is A's ids then B's); a tokenizer.json's post-processor
+ * (or the one transformers' LlamaTokenizerFast builds from add_bos_token / add_eos_token). Its bos and eos
+ * positions hold the post-processor's tokens. A template with no specials ({0}) encodes a text as
+ * encode(add_special_tokens=False) does: special and added tokens written in it still become their ids. */
 const fx_text_template *fx_tok_template(const fx_tokenizer *t);
 /* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
  * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
@@ -211,6 +225,8 @@ char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_s
 /* Pre-tokenisation alone (the GPT-2 pattern): the byte offset where each piece ends, appended to *ends
  * (realloc'd, *cap tracks capacity). -1 on invalid UTF-8. */
 int fx_tok_pretokenize(const char *text, size_t len, size_t **ends, int *n, int *cap);
+/* The same with T's own pre-tokenizer (GPT-2's pattern, or Llama-3's for such a tokenizer.json). */
+int fx_tok_pieces(const fx_tokenizer *t, const char *text, size_t len, size_t **ends, int *n, int *cap);
 
 /* unicode_tables.c, generated by tools/gen_unicode.py: the pre-tokenizer's character classes as sorted,
  * disjoint ranges; a code point in none is "other". */
