@@ -56,6 +56,8 @@ double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 /* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
 void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
+/* The stream as it is after K more fx_rng_u64 draws, in time independent of K (a normal is two draws). */
+void fx_rng_jump(fx_rng *r, uint64_t k);
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
 /* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
  * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
@@ -166,27 +168,38 @@ void fx_st_set_close(fx_st_set *s);
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
 /* ============================================================================================
- * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa tokenizers
+ * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa / Llama-3 tokenizers
  * ============================================================================================ */
 
 typedef struct fx_tokenizer fx_tokenizer;
 
-/* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
- * GPT-2's <|endoftext|> serves as all three. Encoding writes to a cache of words inside the tokenizer:
- * one tokenizer per thread. */
+/* Loads DIR/tokenizer.json when there is one (as Hugging Face's fast tokenizers prefer it), else
+ * DIR/vocab.json and DIR/merges.txt. From vocab.json, RoBERTa's specials are <s>=bos/cls, </s>=eos/sep,
+ * <pad>; GPT-2's <|endoftext|> serves as all three. A tokenizer.json must be byte-level BPE (GPT-2's
+ * ByteLevel pre-tokenizer or Llama-3's Split pattern, ignore_merges, added tokens, TemplateProcessing /
+ * RobertaProcessing / BertProcessing); its bos, eos and pad are those tokenizer_config.json (then
+ * special_tokens_map.json, then config.json's ids) names, else the post-processor's, and pad falls back
+ * to eos. SentencePiece-style files (tokenizer.model, byte_fallback, Metaspace) are refused by name.
+ * Encoding writes to a cache of words inside the tokenizer: one tokenizer per thread. */
 fx_tokenizer *fx_tok_load(const char *dir);
 void fx_tok_free(fx_tokenizer *t);
-int fx_tok_bos(const fx_tokenizer *t);
-int fx_tok_eos(const fx_tokenizer *t);
+int fx_tok_bos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
+int fx_tok_eos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
 int fx_tok_pad(const fx_tokenizer *t);
 int fx_tok_vocab_size(const fx_tokenizer *t);
+/* The id of token S: an added or special token's text ("<|eot_id|>", "<s>"), else the vocabulary token
+ * whose bytes are exactly S (" world"); -1 if there is none. */
+int fx_tok_token_id(const fx_tokenizer *t, const char *s);
+/* 1 if ID is a special token (dropped by fx_tok_decode's skip_special). */
+int fx_tok_is_special(const fx_tokenizer *t, int id);
 /* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
 /* Where a family's template puts the specials around one text A or a pair A, B: bos tokens, A, eos
- * tokens, then (pair) eos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>, {1, 1, 1, 1};
- * BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1}. The family holds it (fx_family.text). */
-typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
+ * tokens, then (pair) eos tokens, bos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>,
+ * {1, 1, 1, 1, 0}; BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1, 0}; Llama-3's <|begin_of_text|> A and
+ * <|begin_of_text|> A <|begin_of_text|> B is {1, 0, 0, 0, 1}. The family holds it (fx_family.text). */
+typedef struct { int bos, eos_a, eos_b_lead, eos_b, bos_b; } fx_text_template;
 /* The template's sequence appended to *ids (realloc'd, *cap tracks capacity; *n the new count), truncated
  * longest_first to max_len (0: no truncation; else room for the specials at least). As Hugging Face's
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
@@ -194,7 +207,10 @@ int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *
                       int32_t **ids, int *n, int *cap);
 /* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
  * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
- * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+ * <|endoftext|> in it the special token; a pair is A's ids then B's); a tokenizer.json's post-processor
+ * (or the one transformers' LlamaTokenizerFast builds from add_bos_token / add_eos_token). Its bos and eos
+ * positions hold the post-processor's tokens. A template with no specials ({0}) encodes a text as
+ * encode(add_special_tokens=False) does: special and added tokens written in it still become their ids. */
 const fx_text_template *fx_tok_template(const fx_tokenizer *t);
 /* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
  * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
@@ -209,6 +225,8 @@ char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_s
 /* Pre-tokenisation alone (the GPT-2 pattern): the byte offset where each piece ends, appended to *ends
  * (realloc'd, *cap tracks capacity). -1 on invalid UTF-8. */
 int fx_tok_pretokenize(const char *text, size_t len, size_t **ends, int *n, int *cap);
+/* The same with T's own pre-tokenizer (GPT-2's pattern, or Llama-3's for such a tokenizer.json). */
+int fx_tok_pieces(const fx_tokenizer *t, const char *text, size_t len, size_t **ends, int *n, int *cap);
 
 /* unicode_tables.c, generated by tools/gen_unicode.py: the pre-tokenizer's character classes as sorted,
  * disjoint ranges; a code point in none is "other". */
@@ -707,6 +725,9 @@ const fx_family *fx_config_family(const fx_config *c);
  * initializer_range) (padding_idx rows of the word and position embeddings zero), biases 0, LayerNorm
  * 1 / 0; one stream, table order; then the head likewise. */
 void fx_model_init_base(struct fx_model *m, uint64_t seed);
+/* fx_model_init_base leaving tensor i alone where KEEP[i] (base tensors in table order, then the head's;
+ * NULL keeps none): what it does draw is what fx_model_init_base draws for that tensor. */
+void fx_model_init_except(struct fx_model *m, uint64_t seed, const unsigned char *keep);
 /* Hugging Face's RoBERTa position ids: pad + running count of non-pad tokens, pad on pad tokens. */
 void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
 /* Config fields shared by the families' readers: KEY in [lo, hi] (absent or null: DFLT, or an error when
@@ -987,6 +1008,9 @@ int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *
 /* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
 int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+/* fx_model_init_base(SEED) then fx_model_load, without drawing what the file then overwrites: the tensors
+ * DIR lacks (a head) come out as fx_model_init_base(SEED) draws them. Returns as fx_model_load. */
+int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed);
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
  * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length
@@ -1236,6 +1260,9 @@ typedef struct {
     double t_start;                  /* fx_now() when the round began (CLOCK_MONOTONIC: one clock for all) */
     double loss_sum;                 /* sum of batch losses so far this round */
     double train_loss, seconds;      /* of the finished round */
+    double cpu_seconds;              /* CPU time its process (all its threads) spent in the round */
+    double core_seconds;             /* sum over its steps of the cores it held x the step's wall time (0
+                                        when the transport gives no pace hook) */
     char err[256];                   /* why the client failed */
 } fx_report;
 typedef struct {
@@ -1248,6 +1275,11 @@ typedef struct {
     const char *device, *precision; int gpu;
     int check_frozen;            /* also rebuild the frozen weights from the messages and compare them
                                     bit for bit with BASE every round (FEDEX_CHECK_FROZEN=1) */
+    double (*pace)(void *ctx);   /* NULL, or called before each CPU training step (micro-batch): where the
+                                    transport sets the client's thread count (shm.c: its share of the cores);
+                                    returns the cores the step holds (its threads, less when the clients
+                                    together run more threads than there are cores) */
+    void *pace_ctx;
 } fx_client_setup;
 typedef struct fx_client fx_client;
 fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() */
@@ -1405,6 +1437,8 @@ struct fx_run {
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
     int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
+    int client_cores;                /* the cores the clients share (shm: the run's threads); 0: unknown (MPI),
+                                        and metrics.jsonl's client_idle is null */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
@@ -1549,6 +1583,10 @@ int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+/* The threads of client RANK (0-based, among the RUNNING clients still training this round) when they
+ * share CORES: cores / running, the first cores % running one more, so that they add up to CORES; at
+ * least 1 (more clients than cores: one each). RUNNING <= 0: all CORES. */
+int fx_thread_share(int cores, int running, int rank);
 
 /* ============================================================================================
  * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)

@@ -152,7 +152,7 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f) {
 
 #define RC(f) offsetof(fx_settings, f)
 static const fx_opt train_opts[] = {
-    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model", 0, 0},
+    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt); none: the embedded demo model", 0, 0},
     {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI), e2e (a causal LM on E2E NLG), or instruct, gsm8k, mc (a causal LM on JSON Lines: instructions, GSM8K exact match, multiple choice); none: the built-in synthetic task", 0, 0},
     {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders; for e2e trainset.csv, devset.csv and testset_w_refs.csv; for instruct, gsm8k, mc train.jsonl and dev.jsonl", 0, 0},
     {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv (instruct, gsm8k, mc: the JSON Lines, in place of DATA/train.jsonl)", 0, 0},

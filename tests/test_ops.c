@@ -296,7 +296,7 @@ static void check_template(void) {
           !memcmp(ids, out, (size_t)k * sizeof *ids), "RoBERTa's template is fx_tok_encode's");
     CHECK(k >= 6 && out[0] == 0 && out[k - 1] == 2 && out[k - 3] == 2 && out[k - 4] == 2, "<s> a b </s></s> c </s>");
     /* a BERT-like template: one separator between the texts */
-    fx_text_template bert = {1, 1, 0, 1};
+    fx_text_template bert = {1, 1, 0, 1, 0};
     n = 0;
     CHECK(fx_tok_encode_tpl(t, &bert, "a b", "c", 32, &ids, &n, &cap) == 0 && n == k - 1 && ids[0] == 0 &&
           ids[n - 3] == 2 && ids[n - 3 - 1] != 2 && ids[n - 1] == 2, "<s> a b </s> c </s>: %d ids", n);
