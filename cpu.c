@@ -278,15 +278,16 @@ static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) *
 }
 
 /* --- rotary positions as Hugging Face's Llama applies them (rotate_half): per head, for i < hd/2,
- *   a = pos * theta^(-2i/hd),  y_i = x_i cos a - x_{i+hd/2} sin a,  y_{i+hd/2} = x_{i+hd/2} cos a + x_i sin a.
- * The rotation is orthogonal, so its backward is the same rotation by -a. Angles in double. */
-static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd, float theta,
-                 int inverse) {
+ *   a = pos * inv_freq[i],  y_i = x_i cos a - x_{i+hd/2} sin a,  y_{i+hd/2} = x_{i+hd/2} cos a + x_i sin a,
+ * inv_freq[i] = theta^(-2i/hd) under rope_scaling's rule (fx_rope_inv_freq). The rotation is orthogonal,
+ * so its backward is the same rotation by -a. Angles in double. */
+static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd,
+                 const double *inv_freq /* (hd / 2) */, int inverse) {
     int half = hd / 2;
     #pragma omp parallel for schedule(static) if ((long)N * nh * hd >= PAR_MIN)
     for (long t = 0; t < N; t++) {
         for (int i = 0; i < half; i++) {
-            double a = (double)pos[t] * pow((double)theta, -2.0 * i / hd);
+            double a = (double)pos[t] * inv_freq[i];
             float c = (float)cos(a), s = (float)(inverse ? -sin(a) : sin(a));
             for (int h = 0; h < nh; h++) {
                 float *xh = x + (size_t)t * nh * hd + (size_t)h * hd;
@@ -326,12 +327,13 @@ static size_t head_block(long bh, int T, int H, int nh) {
 /* --- self-attention, per row b and head h (Q, K, V the (T, hd) column block h of row b):
  *   S = Q K^T / sqrt(hd) + (mask == 0 ? -FLT_MAX : 0),  P = softmax(S),  Pd = dropout(P),  ctx = Pd V.
  * -FLT_MAX is torch.finfo(float32).min, which Hugging Face adds on padded keys. CAUSAL: keys j > i
- * get probability exactly 0 (GPT-2 puts finfo.min there, whose exp underflows to 0 alike). */
+ * get probability exactly 0 (GPT-2 puts finfo.min there, whose exp underflows to 0 alike); WINDOW > 0
+ * (Mistral's sliding window) likewise keys j <= i - WINDOW. */
 static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, T) */,
                               float *att_drop /* (n, nh, T, T), == att without dropout */,
                               const float *q, const float *k, const float *v /* (N, H) each */,
                               const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh, int causal,
-                              float p, uint64_t site) {
+                              int window, float p, uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
     #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
@@ -343,15 +345,16 @@ static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, 
         uint8_t keep[T];
         for (int i = 0; i < T; i++) {
             float *s = S + (size_t)i * T, mx = -INFINITY;
-            int lim = causal ? i + 1 : T;
-            for (int j = 0; j < lim; j++) {
+            int lim = causal ? i + 1 : T, first = causal && window > 0 && i >= window ? i - window + 1 : 0;
+            for (int j = first; j < lim; j++) {
                 s[j] = s[j] / inv + (mask[b * T + j] ? 0.0f : -FLT_MAX);
                 if (s[j] > mx) mx = s[j];
             }
             double sum = 0;
-            for (int j = 0; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+            for (int j = first; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
             float rs = (float)(1.0 / sum);
-            for (int j = 0; j < lim; j++) s[j] *= rs;
+            for (int j = first; j < lim; j++) s[j] *= rs;
+            for (int j = 0; j < first; j++) s[j] = 0.0f;
             for (int j = lim; j < T; j++) s[j] = 0.0f;
             if (Pd != S) {
                 dropout_row(keep, site, (size_t)bh * T + i, (size_t)T, p);
@@ -362,11 +365,17 @@ static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, 
     }
 }
 /* --- one query per slot against its key/value cache (the decode step), the same arithmetic as a row of
- * attention_forward: s_j = (q . k_j) / sqrt(hd) for j < len, P = softmax(s), ctx = P V. */
+ * attention_forward: s_j = (q . k_j) / sqrt(hd) for first <= j < len, P = softmax(s), ctx = P V; first 0,
+ * or len - WINDOW with a sliding window (the query sits at position len - 1). */
 static void attention_decode(float *ctx /* (ns, H) */, float *scores /* (ns, nh, len) */, const float *q /* (ns, H) */,
                              const float *kc, const float *vc /* (slots, max_len, H) */, int ns, int len, int max_len,
-                             int H, int nh) {
-    int hd = H / nh;
+                             int H, int nh, int window) {
+    int hd = H / nh, first = window > 0 && len > window ? len - window : 0;
+    if (first) { /* the window's keys alone: the same rows of the cache from FIRST */
+        kc += (size_t)first * H;
+        vc += (size_t)first * H;
+        len -= first;
+    }
     float inv = sqrtf((float)hd);
     #pragma omp parallel for schedule(static) if ((long)ns * nh * len * hd >= PAR_MIN)
     for (long sh = 0; sh < (long)ns * nh; sh++) {
