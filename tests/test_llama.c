@@ -1,11 +1,12 @@
 /* tests/test_llama.c: Llama (llama.c on model.c's Llama block) against a float64 PyTorch LlamaForCausalLM
- * (golden values made by tests/make_llama_fixtures.py) on three tiny shapes read from F32 and BF16
+ * (golden values made by tests/make_llama_fixtures.py) on six tiny shapes read from F32 and BF16
  * checkpoints in Hugging Face's layout: grouped-query and multi-head attention, tied and untied heads, a
- * head_dim of its own, a Mistral config; logits, the label-smoothed shifted loss, every adapter gradient,
- * AdamW steps with gradient clipping, and a greedy continuation through the KV-cache decoder. Then the
- * decoder against the full forward (steps, slots, reorder), the files (merged checkpoints with lm_head
- * outside the prefix, residual files, PEFT adapters with Llama's target names), the config keys and
- * refusals (rope_scaling kinds, biases, the sliding window). */
+ * head_dim of its own, Mistral configs (a sliding window shorter than the rows), llama3 and linear
+ * rope_scaling, attention and MLP biases; logits, the label-smoothed shifted loss, every adapter
+ * gradient, AdamW steps with gradient clipping, and a greedy continuation through the KV-cache decoder.
+ * Then the decoder against the full forward (steps, slots, reorder; past the window), the files (merged
+ * checkpoints with lm_head outside the prefix and the biases, residual files, PEFT adapters with Llama's
+ * target names), the config keys (rope_scaling's, worked llama3 frequencies) and refusals. */
 #include "fedex.h"
 #include "check.h"
 
