@@ -130,26 +130,28 @@ static int write_family_file(const fx_config *c, const char *dir, const char *na
  * ============================================================================================ */
 
 int fx_model_has_weights(const char *dir) {
-    char path[PATH_MAX_LEN];
-    if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
-    if (access(path, F_OK) == 0) return 0;
-    fx_seterr("%s: no such file: the folder has no weights (download them, or make random ones of its "
-              "shapes with `fedex init --config %s/config.json --out NEWDIR`)", path, dir);
+    int kind = fx_st_set_exists(dir);
+    if (kind > 0) return 0;
+    if (kind == 0)
+        fx_seterr("%s/model.safetensors: no such file (nor model.safetensors.index.json): the folder has no "
+                  "weights (download them, or make random ones of its shapes with `fedex init --config "
+                  "%s/config.json --out NEWDIR`)", dir, dir);
     return -1;
 }
 
 int fx_model_load(fx_model *m, const char *dir) {
-    char path[PATH_MAX_LEN], name[160];
-    if (fmt(path, sizeof path, dir, "%s/model.safetensors", dir) != 0) return -1;
+    char name[160];
     if (fx_model_has_weights(dir) != 0) return -1;
-    fx_st_file f;
-    if (fx_st_open(path, &f) != 0) return -1;
+    fx_st_set set;
+    if (fx_st_set_open(dir, &set) != 0) return -1;
+    const char *path = fx_st_set_path(&set);
+    const fx_st_file *f;
     int rc = -1;
     for (int i = 0; i < m->base.nt; i++) {
         const fx_tensor *bt = &m->base.t[i];
         if (fmt(name, sizeof name, path, "%s%s", m->fam->prefix, bt->name) != 0) goto done;
-        const fx_st_tensor *t = fx_st_find(&f, name);
-        if (!t) t = fx_st_find(&f, bt->name);
+        const fx_st_tensor *t = fx_st_set_find(&set, name, &f);
+        if (!t) t = fx_st_set_find(&set, bt->name, &f);
         if (!t) {
             fx_seterr("%s: no tensor '%s' (nor '%s'): not a %s checkpoint of config.json's shape",
                       path, name, bt->name, m->fam->architecture);
@@ -159,27 +161,28 @@ int fx_model_load(fx_model *m, const char *dir) {
         file_shape(bt, shape);
         if (check_shape(path, t, bt->ndim, shape, bt->conv1d ? "config.json says (Conv1D: in, out)"
                                                              : "config.json says") != 0) goto done;
-        if (read_base(&f, t, bt, m->base.data + bt->off) != 0) goto done;
+        if (read_base(f, t, bt, m->base.data + bt->off) != 0) goto done;
     }
     /* The head, when the checkpoint has one of this model's shape (a fine-tuned classifier); a masked-LM
      * checkpoint (lm_head.*) or one fine-tuned for another label count keeps the fresh head. GPT-2's
      * head is wte itself (lm_head.weight, when a file carries it, is the same tensor and is not read), as
      * are older files' attn.bias / attn.masked_bias buffers. */
     const fx_st_tensor *ht[FX_HEAD_COUNT];
+    const fx_st_file *hf[FX_HEAD_COUNT];
     const fx_tensor *mt[FX_HEAD_COUNT];
     int head = 1;
     for (int j = 0; j < m->fam->nhead; j++) {
         mt[j] = head_tensor(m, j);
-        ht[j] = fx_st_find(&f, mt[j]->name);
+        ht[j] = fx_st_set_find(&set, mt[j]->name, &hf[j]);
         if (!ht[j] || check_shape(path, ht[j], mt[j]->ndim, mt[j]->shape, "the model has") != 0)
             head = 0;
     }
     if (head)
         for (int j = 0; j < m->fam->nhead; j++)
-            if (read_into(&f, ht[j], m->train.data + mt[j]->off) != 0) goto done;
+            if (read_into(hf[j], ht[j], m->train.data + mt[j]->off) != 0) goto done;
     rc = head;
 done:
-    fx_st_close(&f);
+    fx_st_set_close(&set);
     return rc;
 }
 

@@ -250,17 +250,16 @@ static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data D
     "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv) and prints its metrics on\n"
     "one line.\n", eval_opts, eval_opt);
 
-/* The label count of DIR/model.safetensors' classifier (classifier.out_proj.weight (L, H)), 0 when it has
+/* The label count of DIR's checkpoint's classifier (classifier.out_proj.weight (L, H)), 0 when it has
  * none, -1 with fx_err(). */
 static int checkpoint_labels(const char *dir) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    fx_st_file f;
-    if (fx_st_open(path, &f) != 0) return -1;
-    const fx_st_tensor *t = fx_st_find(&f, "classifier.out_proj.weight");
-    if (!t) t = fx_st_find(&f, "roberta.classifier.out_proj.weight");
+    fx_st_set s;
+    const fx_st_file *f;
+    if (fx_st_set_open(dir, &s) != 0) return -1;
+    const fx_st_tensor *t = fx_st_set_find(&s, "classifier.out_proj.weight", &f);
+    if (!t) t = fx_st_set_find(&s, "roberta.classifier.out_proj.weight", &f);
     int n = t && t->ndim == 2 && t->shape[0] > 0 && t->shape[0] <= 1000 ? (int)t->shape[0] : 0;
-    fx_st_close(&f);
+    fx_st_set_close(&s);
     return n;
 }
 

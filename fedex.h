@@ -144,6 +144,22 @@ typedef struct {
     int64_t shape[FX_ST_MAX_DIMS];
     const void *data;            /* numel x dtype size bytes */
 } fx_st_entry;
+/* A model folder's weights: DIR/model.safetensors, or the shards that DIR/model.safetensors.index.json's
+ * "weight_map" names (Hugging Face's layout for large checkpoints; the single file wins when both are
+ * there, as in transformers). Every shard is opened and checked once; every mapped tensor must be in its
+ * shard; shard names are plain file names inside DIR. */
+typedef struct { char *name; int file; } fx_st_shard_entry;
+typedef struct {
+    int nfiles; fx_st_file *files; char **shard_names;
+    char *index;                 /* the index's path (sharded), else NULL */
+    int n; fx_st_shard_entry *names; /* the weight map, sorted by name (sharded) */
+} fx_st_set;
+int fx_st_set_exists(const char *dir);   /* 1: model.safetensors, 2: the index, 0: neither; -1 */
+int fx_st_set_open(const char *dir, fx_st_set *s);
+/* the tensor NAME and the file holding it (*FILE), or NULL */
+const fx_st_tensor *fx_st_set_find(const fx_st_set *s, const char *name, const fx_st_file **file);
+const char *fx_st_set_path(const fx_st_set *s); /* the file or index, for messages */
+void fx_st_set_close(fx_st_set *s);
 /* Writes N tensors (in the given order) and optional metadata (key, value, ..., NULL) atomically. */
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
@@ -355,6 +371,28 @@ int fx_matmul_force(const char *name);
 typedef struct { int ta, tb, M, N, K, nested; long calls; } fx_matmul_shape;
 void fx_matmul_log_start(void);
 int fx_matmul_log_stop(fx_matmul_shape *out, int max);
+
+/* ============================================================================================
+ * matmul_bf16.c: products with bf16 frozen weights (--precision bf16), and bf16 numbers
+ * ============================================================================================ */
+
+/* bf16: the top 16 bits of an fp32. fx_bf16_round rounds to nearest, ties to even (torch's
+ * .to(torch.bfloat16); NaN stays NaN); widening is exact. */
+uint16_t fx_bf16_round(float x);
+float fx_bf16_widen(uint16_t h);
+void fx_bf16_from_f32(uint16_t *dst, const float *src, size_t n);
+void fx_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+/* C (M x N) = A (M x K) op(B) + beta C, row-major: A fp32 with each element rounded to bf16 (RNE) first,
+ * B bf16, op(B) = B (K x N, ldb >= N) or B^T when tb (B stored N x K, ldb >= K); the products summed in
+ * fp32. beta == 0 writes C without reading it. The results do not depend on the thread count; the two
+ * kernels ("avx512bf16": VDPBF16PS, when the CPU has it; "fallback": B widened, fx_matmul) agree up to the
+ * order of the fp32 sums (and VDPBF16PS flushing subnormals). FEDEX_BF16_KERNEL=fallback, or
+ * fx_matmul_bf16_force, picks the fallback; force returns -1 with fx_seterr on an unknown name or a CPU
+ * without the instructions. */
+void fx_matmul_bf16(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float beta,
+                    float *C, int ldc);
+const char *fx_matmul_bf16_kernel(void);
+int fx_matmul_bf16_force(const char *name);
 
 /* ============================================================================================
  * cpu.c: the CPU ops table: every layer op's forward and backward in plain fp32 C (the specification)

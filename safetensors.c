@@ -576,3 +576,136 @@ int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const
     free(buf); free(h.p); free(sizes);
     return rc;
 }
+
+/* ============================================================================================
+ * a folder's weights: one file, or Hugging Face's shards
+ * ============================================================================================
+ * save_pretrained writes DIR/model.safetensors, or, above its max_shard_size, shards named in
+ * DIR/model.safetensors.index.json: {"metadata": {...}, "weight_map": {tensor name: shard file name}}.
+ * As transformers does, the single file wins when both are there. Every shard the map names is opened
+ * (mmap'ed, validated) once, and every tensor the map names must be in its shard; shard names are plain
+ * file names inside DIR (no '/', no "..") so an index can never reach outside its folder. */
+
+#define ST_SINGLE "model.safetensors"
+#define ST_INDEX "model.safetensors.index.json"
+
+static int dir_file(char *buf, size_t cap, const char *dir, const char *name) {
+    if ((size_t)snprintf(buf, cap, "%s/%s", dir, name) < cap) return 0;
+    fx_seterr("%s: path too long", dir);
+    return -1;
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const fx_st_shard_entry *)a)->name, ((const fx_st_shard_entry *)b)->name);
+}
+
+int fx_st_set_exists(const char *dir) {
+    char path[4096];
+    if (dir_file(path, sizeof path, dir, ST_SINGLE) != 0) return -1;
+    if (access(path, F_OK) == 0) return 1;
+    if (dir_file(path, sizeof path, dir, ST_INDEX) != 0) return -1;
+    return access(path, F_OK) == 0 ? 2 : 0;
+}
+
+static int shard_of(fx_st_set *s, const char *dir, const char *index, const char *key, const fx_json *v) {
+    if (v->type != FX_JSTR || v->slen == 0 || strlen(v->str) != v->slen || strchr(v->str, '/') ||
+        !strcmp(v->str, ".") || !strcmp(v->str, "..")) {
+        fx_seterr("%s: weight_map['%s'] must name a shard file in the folder (a plain file name)", index, key);
+        return -1;
+    }
+    for (int i = 0; i < s->nfiles; i++)
+        if (!strcmp(s->shard_names[i], v->str)) return i;
+    char path[4096];
+    if (dir_file(path, sizeof path, dir, v->str) != 0) return -1;
+    s->files = realloc(s->files, (size_t)(s->nfiles + 1) * sizeof *s->files);
+    s->shard_names = realloc(s->shard_names, (size_t)(s->nfiles + 1) * sizeof *s->shard_names);
+    if (!s->files || !s->shard_names) { fx_seterr("%s: out of memory", index); return -1; }
+    if (fx_st_open(path, &s->files[s->nfiles]) != 0) {
+        char why[768];
+        snprintf(why, sizeof why, "%s", fx_err());
+        fx_seterr("%s: shard of weight_map['%s']: %s", index, key, why);
+        return -1;
+    }
+    s->shard_names[s->nfiles] = fx_strdup(v->str);
+    return s->nfiles++;
+}
+
+int fx_st_set_open(const char *dir, fx_st_set *s) {
+    memset(s, 0, sizeof *s);
+    int kind = fx_st_set_exists(dir);
+    if (kind < 0) return -1;
+    char path[4096];
+    if (kind == 0) {
+        fx_seterr("%s/%s: no such file (nor %s): the folder has no weights", dir, ST_SINGLE, ST_INDEX);
+        return -1;
+    }
+    if (kind == 1) {
+        if (dir_file(path, sizeof path, dir, ST_SINGLE) != 0) return -1;
+        s->files = fx_malloc(sizeof *s->files);
+        if (fx_st_open(path, &s->files[0]) != 0) { free(s->files); s->files = NULL; return -1; }
+        s->nfiles = 1;
+        return 0;
+    }
+    if (dir_file(path, sizeof path, dir, ST_INDEX) != 0) return -1;
+    s->index = fx_strdup(path);
+    fx_json j;
+    if (fx_json_load(path, &j) != 0) { fx_st_set_close(s); return -1; }
+    const fx_json *map = fx_json_get(&j, "weight_map");
+    int rc = -1;
+    if (j.type != FX_JOBJ) fx_seterr("%s: not a JSON object", path);
+    else if (!map || map->type != FX_JOBJ) fx_seterr("%s: no \"weight_map\" object (tensor name to shard file)", path);
+    else if (map->n == 0) fx_seterr("%s: \"weight_map\" is empty", path);
+    else {
+        s->n = (int)map->n;
+        s->names = fx_calloc(map->n, sizeof *s->names);
+        rc = 0;
+        for (size_t i = 0; i < map->n && rc == 0; i++) {
+            const char *key = map->keys[i];
+            if (strlen(key) != map->klens[i]) { fx_seterr("%s: weight_map key %zu holds a NUL byte", path, i); rc = -1; break; }
+            int f = shard_of(s, dir, path, key, &map->kids[i]);
+            if (f < 0) { rc = -1; break; }
+            s->names[i].name = fx_strdup(key);
+            s->names[i].file = f;
+            if (!fx_st_find(&s->files[f], key)) {
+                fx_seterr("%s: weight_map puts '%s' in %s, which has no such tensor", path, key, s->shard_names[f]);
+                rc = -1;
+            }
+        }
+        if (rc == 0) { /* sorted by name for lookups; JSON objects may repeat a key, an index may not */
+            qsort(s->names, (size_t)s->n, sizeof *s->names, by_name);
+            for (int i = 1; i < s->n && rc == 0; i++)
+                if (!strcmp(s->names[i - 1].name, s->names[i].name)) {
+                    fx_seterr("%s: weight_map names '%s' twice", path, s->names[i].name);
+                    rc = -1;
+                }
+        }
+    }
+    fx_json_free(&j);
+    if (rc != 0) fx_st_set_close(s);
+    return rc;
+}
+
+const fx_st_tensor *fx_st_set_find(const fx_st_set *s, const char *name, const fx_st_file **file) {
+    if (!s->index) {
+        *file = s->nfiles ? &s->files[0] : NULL;
+        return *file ? fx_st_find(*file, name) : NULL;
+    }
+    fx_st_shard_entry key = {.name = (char *)name};
+    const fx_st_shard_entry *e = bsearch(&key, s->names, (size_t)s->n, sizeof *s->names, by_name);
+    *file = e ? &s->files[e->file] : NULL;
+    return e ? fx_st_find(*file, name) : NULL;
+}
+
+const char *fx_st_set_path(const fx_st_set *s) {
+    return s->index ? s->index : s->nfiles ? s->files[0].path : "";
+}
+
+void fx_st_set_close(fx_st_set *s) {
+    for (int i = 0; i < s->nfiles; i++) {
+        fx_st_close(&s->files[i]);
+        if (s->shard_names) free(s->shard_names[i]);
+    }
+    for (int i = 0; i < s->n; i++) if (s->names) free(s->names[i].name);
+    free(s->files); free(s->shard_names); free(s->names); free(s->index);
+    memset(s, 0, sizeof *s);
+}

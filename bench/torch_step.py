@@ -4,18 +4,27 @@ bench/bench_step.c. Written independently of fedex (plain torch, no transformers
 same shapes (config.json, torch's default random init, dropout on). RoBERTa: LoRA on query/value, AdamW
 on the adapters and the classifier head. GPT-2 (config.json's model_type "gpt2"): LoRA on c_attn and both
 c_proj, the tied LM head, the shifted loss with label smoothing 0.1 over every token, gradients clipped
-at norm 1.0, AdamW on the adapters. It measures time only. Prints "torch_step_ms MEDIAN" last.
+at norm 1.0, AdamW on the adapters. It measures time only. One-shot, it prints "torch_step_ms MEDIAN";
+with --serve it stays up and times one step per command on stdin, so that bench_step can interleave its
+steps with fedex's (and try thread settings side by side in several such processes); --batches gives it
+real, padded batches (ids, mask, labels) to step on as well as the full random one.
 
-usage: torch_step.py CONFIG_JSON [--batch 8] [--tokens 128] [--rank 4] [--threads 2] [--steps 5]"""
+usage: torch_step.py CONFIG_JSON [--batch 8] [--tokens 128] [--rank 4] [--threads 1] [--steps 5]
+                     [--serve [--batches FILE]]"""
 import argparse
 import json
 import math
 import statistics
+import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError as e:  # bench_step reads this line as the reason to skip its PyTorch peer
+    print(f"error no torch ({e})", flush=True)
+    sys.exit(0)
 
 
 class LoRALinear(nn.Module):
@@ -146,14 +155,40 @@ class GPT2(nn.Module):
         return F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), label_smoothing=0.1)
 
 
+def read_batches(path):
+    """bench_step's batch file: "fedex-batches 1", the count, then per batch "n T", n rows of T ids, n
+    rows of T mask values and a row of n labels, all whitespace-separated integers."""
+    with open(path) as f:
+        tok = f.read().split()
+    if tok[:2] != ["fedex-batches", "1"]:
+        raise SystemExit(f"torch_step.py: {path}: not a fedex-batches 1 file")
+    vals = list(map(int, tok[2:]))
+    count, i, out = vals[0], 1, []
+    for _ in range(count):
+        n, T = vals[i], vals[i + 1]
+        i += 2
+        ids = torch.tensor(vals[i:i + n * T]).view(n, T)
+        mask = torch.tensor(vals[i + n * T:i + 2 * n * T]).view(n, T)
+        labels = torch.tensor(vals[i + 2 * n * T:i + 2 * n * T + n])
+        i += 2 * n * T + n
+        out.append((ids, mask, labels))
+    if i != len(vals):
+        raise SystemExit(f"torch_step.py: {path}: {len(vals) - i} values after the last batch")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rank", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--serve", action="store_true",
+                    help="answer commands on stdin: 'threads N', 'step full' or 'step K' (the K-th batch of "
+                         "--batches), 'quit'; each gets one line, 'ok ...' or 'error ...'")
+    ap.add_argument("--batches", help="real batches for 'step K' (bench_step writes them)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -169,19 +204,39 @@ def main():
     if gpt2:  # per-token labels, the first 32 of each row ignored (-100), as bench_step's batch
         labels = ids.clone()
         labels[:, :32] = -100
-    times = []
-    for step in range(a.steps + 1):
+    full = (ids, mask, labels)
+    real = read_batches(a.batches) if a.batches else []
+
+    def step(batch):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = m(ids, mask, labels)
+        loss = m(*batch)
         loss.backward()
         if gpt2:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if step > 0:  # the first step warms the allocator and the thread pool
-            times.append(time.perf_counter() - t0)
-    print("trainable %d, loss %.4f" % (sum(p.numel() for p in params), loss.item()))
-    print("torch_step_ms %.3f" % (1e3 * statistics.median(times)))
+        return time.perf_counter() - t0, loss.item()
+
+    if not a.serve:
+        times = [step(full)[0] for _ in range(a.steps + 1)][1:]  # the first warms the allocator and pool
+        print("torch_step_ms %.3f" % (1e3 * statistics.median(times)))
+        return
+    mkl = torch.backends.mkl.is_available()
+    print(f"ok torch {torch.__version__}, {torch.get_num_threads()} threads, MKL {'yes' if mkl else 'none'}, "
+          f"{sum(p.numel() for p in params)} trainable, {len(real)} real batches", flush=True)
+    for line in sys.stdin:
+        w = line.split()
+        if w == ["quit"]:
+            break
+        if len(w) == 2 and w[0] == "threads" and w[1].isdigit() and int(w[1]) > 0:
+            torch.set_num_threads(int(w[1]))
+            reply = f"ok {torch.get_num_threads()}"
+        elif len(w) == 2 and w[0] == "step" and (w[1] == "full" or (w[1].isdigit() and int(w[1]) < len(real))):
+            sec, loss = step(full if w[1] == "full" else real[int(w[1])])
+            reply = f"ok {sec:.6f} {loss:.6f}"
+        else:
+            reply = f"error bad command {line.strip()!r}"
+        print(reply, flush=True)
 
 
 if __name__ == "__main__":

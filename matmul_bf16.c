@@ -1,0 +1,255 @@
+/* matmul_bf16.c: the products with bf16 frozen weights (--precision bf16): C = A op(B) + beta C with A fp32
+ * activations rounded to bf16, B bf16, fp32 accumulation; and the fp32 <-> bf16 conversions. An AVX-512 BF16
+ * kernel (VDPBF16PS) when the CPU has it, else a fallback that widens B and calls fx_matmul. Only the
+ * kernel is compiled for those instructions (a target attribute), so the build stays portable. */
+#include "fedex.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang_analyzer__)
+#include <immintrin.h>
+#define FX_BF16_X86 1
+#endif
+
+/* ============================================================================================
+ * bf16 numbers
+ * ============================================================================================
+ * bf16 is the top half of an fp32: sign, the same 8 exponent bits, 7 mantissa bits. Widening is exact;
+ * narrowing rounds to nearest, ties to even, as torch's .to(torch.bfloat16): add 0x7fff plus the bit that
+ * becomes the last kept one, then drop the low half (a carry into the exponent is the correct rounding up,
+ * to infinity at the top). NaN is kept a (quiet) NaN. */
+
+uint16_t fx_bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float fx_bf16_widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+void fx_bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
+    #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+    for (size_t i = 0; i < n; i++) dst[i] = fx_bf16_round(src[i]);
+}
+
+void fx_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
+    #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+    for (size_t i = 0; i < n; i++) dst[i] = fx_bf16_widen(src[i]);
+}
+
+/* A's rows rounded to bf16 into DST (Mp, Kp), zero beyond M rows and K columns (the kernel's padding). */
+static void round_rows(uint16_t *dst, int Mp, int Kp, const float *A, int lda, int M, int K) {
+    #pragma omp parallel for schedule(static) if ((long)M * K >= (1L << 16))
+    for (int i = 0; i < Mp; i++) {
+        uint16_t *d = dst + (size_t)i * Kp;
+        int k = 0;
+        if (i < M)
+            for (const float *a = A + (size_t)i * lda; k < K; k++) d[k] = fx_bf16_round(a[k]);
+        for (; k < Kp; k++) d[k] = 0;
+    }
+}
+
+/* ============================================================================================
+ * The fallback: B widened to fp32 panel by panel, A rounded to bf16 and widened, then fx_matmul
+ * ============================================================================================
+ * The same products as the fast kernel (bf16 x bf16 is exact in fp32), summed in fx_matmul's order. */
+
+static void matmul_fallback(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
+                            float beta, float *C, int ldc) {
+    float *Ar = fx_malloc(sizeof(float) * (size_t)M * K);
+    #pragma omp parallel for schedule(static) if ((long)M * K >= (1L << 16))
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) Ar[(size_t)i * K + k] = fx_bf16_widen(fx_bf16_round(A[(size_t)i * lda + k]));
+    /* panels of NC columns of op(B), K x NC fp32 each, at most 4M floats */
+    int nc = (int)((4u << 20) / (size_t)K);
+    nc = nc < 64 ? 64 : nc > N ? N : nc;
+    float *Bw = fx_malloc(sizeof(float) * (size_t)K * nc);
+    for (int j0 = 0; j0 < N; j0 += nc) {
+        int w = N - j0 < nc ? N - j0 : nc;
+        #pragma omp parallel for schedule(static) if ((long)K * w >= (1L << 16))
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < w; j++)
+                Bw[(size_t)k * w + j] = fx_bf16_widen(tb ? B[(size_t)(j0 + j) * ldb + k] : B[(size_t)k * ldb + j0 + j]);
+        fx_matmul(0, 0, M, w, K, 1.0f, Ar, K, Bw, w, beta, C + j0, ldc);
+    }
+    free(Bw);
+    free(Ar);
+}
+
+/* ============================================================================================
+ * The AVX-512 BF16 kernel
+ * ============================================================================================
+ * VDPBF16PS acc, a, b: for each of 16 fp32 lanes, acc += a[2i] b[2i] + a[2i+1] b[2i+1] (bf16 pairs). So
+ * the micro-kernel is an outer product over k in pairs: B packed as (kp, 32 columns, 2) bf16, i.e. one
+ * 32-bit pair (B(2kp, j), B(2kp+1, j)) per column; A as bf16 rows, the pair (A(i, 2kp), A(i, 2kp+1)) of
+ * row i broadcast to every lane. An MR x 32 tile of C lives in 2 MR registers over a KC slice.
+ *
+ *   tasks: column panels of NC (and row blocks of MC when M is large), split among the threads
+ *     for each K slice of KC:   pack B[slice, panel] (private to the thread)
+ *       for each MR rows:        for each 32 columns: the tile += A rows x B panel; into C
+ *
+ * Determinism: each C element sums its K products in one order (k pairs ascending inside a slice, the
+ * slices added into C in order), whatever the thread count. Rows and columns past M and N are zero
+ * padding, never stored. VDPBF16PS flushes subnormal inputs and outputs to zero (fp32's own range is
+ * kept), which only moves results below 2^-126. */
+
+enum { MR = 8, NR = 32, KC = 512, NC = 128, MC = 256 };
+
+#ifdef FX_BF16_X86
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl")))
+static void tile_bf16(int kp, const uint16_t *a, size_t lda /* bf16 elements */, const uint32_t *b,
+                      float *c, size_t ldc, int rows, int cols, int first, float beta) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int p = 0; p < kp; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
+        #pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            int32_t pair;
+            memcpy(&pair, a + i * lda + 2 * (size_t)p, sizeof pair);
+            __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x, b1);
+        }
+    }
+    __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+    __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    for (int i = 0; i < rows; i++) {
+        float *ci = c + i * ldc;
+        __m512 r0 = acc[i][0], r1 = acc[i][1];
+        if (!first) {
+            r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
+            r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
+        } else if (beta != 0.0f) {
+            __m512 bv = _mm512_set1_ps(beta);
+            r0 = _mm512_add_ps(r0, _mm512_mul_ps(bv, _mm512_maskz_loadu_ps(m0, ci)));
+            r1 = _mm512_add_ps(r1, _mm512_mul_ps(bv, _mm512_maskz_loadu_ps(m1, ci + 16)));
+        }
+        _mm512_mask_storeu_ps(ci, m0, r0);
+        _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
+}
+#endif
+
+/* op(B)[k0 .. k0 + 2 kp) x [j0 .. j0 + w) into the kernel's order: per 32 columns, kp x 32 pairs. */
+static void pack_b(uint32_t *dst, int tb, const uint16_t *B, int ldb, int K, int k0, int kp, int j0, int w) {
+    for (int s = 0; s < w; s += NR) {
+        uint32_t *d = dst + (size_t)(s / NR) * kp * NR;
+        int cols = w - s < NR ? w - s : NR, full = k0 + 2 * kp <= K;
+        if (tb) /* W rows: each column's k run is contiguous */
+            for (int j = 0; j < NR; j++) {
+                const uint16_t *row = B + (size_t)(j0 + s + j) * ldb;
+                for (int p = 0; p < kp; p++) {
+                    int k = k0 + 2 * p;
+                    uint32_t lo = j < cols && k < K ? row[k] : 0, hi = j < cols && k + 1 < K ? row[k + 1] : 0;
+                    d[(size_t)p * NR + j] = lo | hi << 16;
+                }
+            }
+        else /* two rows of B side by side, interleaved */
+            for (int p = 0; p < kp; p++) {
+                int k = k0 + 2 * p;
+                const uint16_t *r0 = B + (size_t)k * ldb + j0 + s, *r1 = r0 + ldb;
+                uint32_t *dp = d + (size_t)p * NR;
+                if (full && cols == NR)
+                    for (int j = 0; j < NR; j++) dp[j] = (uint32_t)r0[j] | (uint32_t)r1[j] << 16;
+                else
+                    for (int j = 0; j < NR; j++)
+                        dp[j] = j < cols && k < K ? (uint32_t)r0[j] | (k + 1 < K ? (uint32_t)r1[j] << 16 : 0) : 0;
+            }
+    }
+}
+
+#ifdef FX_BF16_X86
+static void matmul_fast(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
+                        float beta, float *C, int ldc) {
+    int Kp = (K + 1) & ~1, Mp = (M + MR - 1) / MR * MR;
+    uint16_t *Ab = fx_malloc(sizeof(uint16_t) * (size_t)Mp * Kp);
+    round_rows(Ab, Mp, Kp, A, lda, M, K);
+    int mc = M <= 2 * MC ? Mp : MC; /* one row block unless M is large */
+    int nm = (Mp + mc - 1) / mc, nn = (N + NC - 1) / NC;
+    #pragma omp parallel
+    {
+        uint32_t *bp = fx_malloc(sizeof(uint32_t) * (size_t)(KC / 2) * NC);
+        #pragma omp for schedule(static) collapse(2)
+        for (int jb = 0; jb < nn; jb++)
+            for (int ib = 0; ib < nm; ib++) {
+                int j0 = jb * NC, w = N - j0 < NC ? N - j0 : NC;
+                int i0 = ib * mc, i1 = i0 + mc < Mp ? i0 + mc : Mp;
+                for (int k0 = 0; k0 < Kp; k0 += KC) {
+                    int kp = (Kp - k0 < KC ? Kp - k0 : KC) / 2;
+                    pack_b(bp, tb, B, ldb, K, k0, kp, j0, w);
+                    for (int i = i0; i < i1 && i < M; i += MR)
+                        for (int s = 0; s < w; s += NR)
+                            tile_bf16(kp, Ab + (size_t)i * Kp + k0, (size_t)Kp, bp + (size_t)(s / NR) * kp * NR,
+                                      C + (size_t)i * ldc + j0 + s, (size_t)ldc, M - i < MR ? M - i : MR,
+                                      w - s < NR ? w - s : NR, k0 == 0, beta);
+                }
+            }
+        free(bp);
+    }
+    free(Ab);
+}
+#endif
+
+/* ============================================================================================
+ * Dispatch
+ * ============================================================================================ */
+
+static int kernel_choice = -1; /* -1: not chosen yet; 0: fallback; 1: avx512bf16 */
+
+static int cpu_has_bf16(void) {
+#ifdef FX_BF16_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+const char *fx_matmul_bf16_kernel(void) {
+    if (kernel_choice < 0) {
+        const char *e = getenv("FEDEX_BF16_KERNEL");
+        kernel_choice = cpu_has_bf16() && !(e && strcmp(e, "fallback") == 0);
+    }
+    return kernel_choice ? "avx512bf16" : "fallback";
+}
+
+int fx_matmul_bf16_force(const char *name) {
+    if (strcmp(name, "fallback") == 0) { kernel_choice = 0; return 0; }
+    if (strcmp(name, "avx512bf16") == 0) {
+        if (!cpu_has_bf16()) { fx_seterr("matmul_bf16: this CPU has no AVX-512 BF16 (VDPBF16PS)"); return -1; }
+        kernel_choice = 1;
+        return 0;
+    }
+    fx_seterr("matmul_bf16: unknown kernel \"%s\" (avx512bf16 | fallback)", name);
+    return -1;
+}
+
+void fx_matmul_bf16(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float beta,
+                    float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* an empty sum: C = beta C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    fx_matmul_bf16_kernel();
+#ifdef FX_BF16_X86
+    if (kernel_choice == 1) { matmul_fast(tb, M, N, K, A, lda, B, ldb, beta, C, ldc); return; }
+#endif
+    matmul_fallback(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
