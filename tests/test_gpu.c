@@ -423,7 +423,7 @@ static void emulate_lm(const int *mode_of, terr *worst, char (*where)[256]) {
         float *lc = malloc(sizeof(float) * nl), *le = malloc(sizeof(float) * nl);
         float *gc = malloc(sizeof(float) * tn), *ge = malloc(sizeof(float) * tn);
         float loss_c = cpu_step(&L.m, &L.b, EMU_OFF, lc, gc);
-        for (int p = FX_GPU_FP32; p <= FX_GPU_TF32; p++) {
+        for (int p = 0; p <= 1; p++) {            /* PRECS[0], [1]: fp32, tf32 */
             float loss_e = cpu_step(&L.m, &L.b, mode_of[p], le, ge);
             step_err s = compare_step(&L.m, le, lc, nl, loss_e, loss_c, ge, gc, LM_CASES[i], PRECS[p].tol, 0);
             printf("emulated %-4s %-14s normwise error: logits %.2e, loss %.2e, worst gradient %.2e (%s); "
