@@ -318,50 +318,83 @@ static void swiglu_backward(float *dgate, float *dup, const float *dout, const f
     }
 }
 
-/* Where head h of row b (bh = b nh + h) starts in an (N, H) matrix: its (T, hd) block, row stride H. */
-static size_t head_block(long bh, int T, int H, int nh) {
-    long b = bh / nh, h = bh % nh;
-    return (size_t)b * T * H + (size_t)h * (H / nh);
+/* --- self-attention per sequence on the packed layout. Row b's tokens are off[b] .. off[b+1]) (len of
+ * them); per head h, Q, K, V are that row's (len, hd) column block h, rows H apart:
+ *   S = Q K^T / sqrt(hd),  P = softmax(S) over the row's own keys (CAUSAL: keys j <= i; a sliding
+ *   WINDOW > 0: i - WINDOW < j as well),
+ *   Pd = dropout(P),  ctx = Pd V.
+ * Only real keys exist here, so nothing is masked: Hugging Face's additive finfo.min on padded keys
+ * gives them exp() == 0 exactly, the same probabilities. The queries go in blocks of ATT_BQ rows, each
+ * block's scores (ATT_BQ, len) in a per-thread scratch; what is kept for backward is the softmax's row
+ * maximum and 1 / sum per (token, head), KEEP (N, nh, 2), from which the backward recomputes P with the
+ * same products in the same blocks (so the same bits). Attention dropout: query i of row b, head h draws
+ * its keys' mask from the stream (off[b] + i) nh + h of SITE. */
+/* 256 queries a block: a GLUE row (<= 256 tokens) is one block, the unblocked products; a long row keeps
+ * 3 (256, T) fp32 scratch blocks per thread (6 MB at T = 2048). */
+enum { ATT_BQ = 256 };
+static size_t attention_keep(int n, int T, int N, int nh, int drop) {
+    (void)n; (void)T; (void)drop;
+    return (size_t)N * nh * 2;
 }
-
-/* --- self-attention, per row b and head h (Q, K, V the (T, hd) column block h of row b):
- *   S = Q K^T / sqrt(hd) + (mask == 0 ? -FLT_MAX : 0),  P = softmax(S),  Pd = dropout(P),  ctx = Pd V.
- * -FLT_MAX is torch.finfo(float32).min, which Hugging Face adds on padded keys. CAUSAL: keys j > i
- * get probability exactly 0 (GPT-2 puts finfo.min there, whose exp underflows to 0 alike); WINDOW > 0
- * (Mistral's sliding window) likewise keys j <= i - WINDOW. */
-static void attention_forward(float *ctx /* (N, H) */, float *att /* (n, nh, T, T) */,
-                              float *att_drop /* (n, nh, T, T), == att without dropout */,
-                              const float *q, const float *k, const float *v /* (N, H) each */,
-                              const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh, int causal,
-                              int window, float p, uint64_t site) {
+/* Work of all (row, head) tasks, to decide whether to go parallel. */
+static long attention_work(const int32_t *off, int n, int nh, int hd) {
+    long w = 0;
+    for (int b = 0; b < n; b++) w += (long)(off[b + 1] - off[b]) * (off[b + 1] - off[b]);
+    return w * nh * hd;
+}
+/* One query block's probabilities: S (rows, kl) holds Q K^T for the sequence's queries i0 .. i0+rows on
+ * entry and P on exit (zero past each query's last key); each row's maximum and 1 / sum go to STATS,
+ * row r at r nh 2 (the (token, head, 2) layout). */
+/* The keys query I reads: [first, lim), FIRST past Mistral's sliding window WINDOW (causal only). */
+static int window_first(int i, int causal, int window) { return causal && window > 0 && i >= window ? i - window + 1 : 0; }
+static void attention_softmax_block(float *S, int rows, int kl, int i0, int len, int causal, int window, float inv,
+                                    float *stats, int nh) {
+    for (int r = 0; r < rows; r++) {
+        float *s = S + (size_t)r * kl, mx = -INFINITY;
+        int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
+        for (int j = first; j < lim; j++) {
+            s[j] = s[j] / inv;
+            if (s[j] > mx) mx = s[j];
+        }
+        double sum = 0;
+        for (int j = first; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        float rs = (float)(1.0 / sum);
+        for (int j = first; j < lim; j++) s[j] *= rs;
+        for (int j = 0; j < first; j++) s[j] = 0.0f;
+        for (int j = lim; j < kl; j++) s[j] = 0.0f;
+        stats[(size_t)r * nh * 2] = mx;
+        stats[(size_t)r * nh * 2 + 1] = rs;
+    }
+}
+static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2) */, const float *q, const float *k,
+                              const float *v /* (N, H) each */, const int32_t *off /* (n + 1) */, int n, int T, int H,
+                              int nh, int causal, int window, float p, uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
-    for (long bh = 0; bh < (long)n * nh; bh++) {
-        long b = bh / nh;
-        size_t o = head_block(bh, T, H, nh);
-        float *S = att + (size_t)bh * T * T, *Pd = att_drop + (size_t)bh * T * T;
-        fx_matmul(0, 1, T, T, hd, 1.0f, q + o, H, k + o, H, 0.0f, S, T);
-        uint8_t keep[T];
-        for (int i = 0; i < T; i++) {
-            float *s = S + (size_t)i * T, mx = -INFINITY;
-            int lim = causal ? i + 1 : T, first = causal && window > 0 && i >= window ? i - window + 1 : 0;
-            for (int j = first; j < lim; j++) {
-                s[j] = s[j] / inv + (mask[b * T + j] ? 0.0f : -FLT_MAX);
-                if (s[j] > mx) mx = s[j];
-            }
-            double sum = 0;
-            for (int j = first; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-            float rs = (float)(1.0 / sum);
-            for (int j = first; j < lim; j++) s[j] *= rs;
-            for (int j = 0; j < first; j++) s[j] = 0.0f;
-            for (int j = lim; j < T; j++) s[j] = 0.0f;
-            if (Pd != S) {
-                dropout_row(keep, site, (size_t)bh * T + i, (size_t)T, p);
-                for (int j = 0; j < T; j++) Pd[(size_t)i * T + j] = keep[j] ? s[j] * scale : 0.0f;
+    #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
+    {
+        float *S = fx_malloc((size_t)ATT_BQ * (T ? T : 1) * sizeof *S);
+        uint8_t *kp = p > 0 ? fx_malloc((size_t)(T ? T : 1)) : NULL;
+        #pragma omp for schedule(dynamic, 1)
+        for (long bh = 0; bh < (long)n * nh; bh++) {
+            int b = (int)(bh / nh), h = (int)(bh % nh), o = off[b], len = off[b + 1] - o;
+            const float *qh = q + (size_t)o * H + (size_t)h * hd, *kh = k + (size_t)o * H + (size_t)h * hd;
+            const float *vh = v + (size_t)o * H + (size_t)h * hd;
+            for (int i0 = 0; i0 < len; i0 += ATT_BQ) {
+                int rows = len - i0 < ATT_BQ ? len - i0 : ATT_BQ, kl = causal ? i0 + rows : len;
+                fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
+                attention_softmax_block(S, rows, kl, i0, len, causal, window, inv, keep + ((size_t)(o + i0) * nh + h) * 2, nh);
+                if (kp)
+                    for (int r = 0; r < rows; r++) {
+                        float *s = S + (size_t)r * kl;
+                        dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        for (int j = 0; j < kl; j++) s[j] = kp[j] ? s[j] * scale : 0.0f;
+                    }
+                fx_matmul(0, 0, rows, hd, kl, 1.0f, S, kl, vh, H, 0.0f, ctx + (size_t)(o + i0) * H + (size_t)h * hd, H);
             }
         }
-        fx_matmul(0, 0, T, hd, T, 1.0f, Pd, T, v + o, H, 0.0f, ctx + o, H);
+        free(S);
+        free(kp);
     }
 }
 /* --- one query per slot against its key/value cache (the decode step), the same arithmetic as a row of
@@ -395,32 +428,70 @@ static void attention_decode(float *ctx /* (ns, H) */, float *scores /* (ns, nh,
     }
 }
 
-/* dPd = dctx V^T, dV = Pd^T dctx; dP = dPd * keep / (1 - p), where keep is Pd != 0 (exact: where P is 0
- * the softmax gradient below is 0 whatever dP is); dS = P * (dP - rowsum(dP * P)) / sqrt(hd);
- * dQ = dS K, dK = dS^T Q. */
-static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */, float *datt /* (n, nh, T, T) */,
-                               const float *dctx /* (N, H) */, const float *q, const float *k, const float *v,
-                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p) {
+/* Backward, per (row, head), query block by query block: P again from the kept row maximum and 1 / sum
+ * (the forward's products and operations, so the forward's bits), Pd with the forward's mask drawn again,
+ *   dPd = dctx V^T,  dV += Pd^T dctx,  dP = dPd * keep / (1 - p),
+ *   dS = P * (dP - rowsum(dP * P)) / sqrt(hd),  dQ = dS K,  dK += dS^T Q.
+ * dK and dV sum over the query blocks in order, so the thread count does not matter. */
+static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */, const float *dctx /* (N, H) */,
+                               const float *q, const float *k, const float *v, const float *keep /* (N, nh, 2) */,
+                               const int32_t *off, int n, int T, int H, int nh, int causal, int window, float p,
+                               uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if ((long)n * nh * T * T >= PAR_MIN)
-    for (long bh = 0; bh < (long)n * nh; bh++) {
-        size_t o = head_block(bh, T, H, nh);
-        const float *P = att + (size_t)bh * T * T, *Pd = att_drop + (size_t)bh * T * T;
-        float *dS = datt + (size_t)bh * T * T;
-        fx_matmul(0, 1, T, T, hd, 1.0f, dctx + o, H, v + o, H, 0.0f, dS, T);
-        fx_matmul(1, 0, T, hd, T, 1.0f, Pd, T, dctx + o, H, 0.0f, dv + o, H);
-        for (int i = 0; i < T; i++) {
-            float *ds = dS + (size_t)i * T;
-            const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
-            if (Pd != P)
-                for (int j = 0; j < T; j++) ds[j] = pd[j] != 0.0f ? ds[j] * scale : 0.0f;
-            double dot = 0;
-            for (int j = 0; j < T; j++) dot += (double)ds[j] * pr[j];
-            for (int j = 0; j < T; j++) ds[j] = pr[j] * (ds[j] - (float)dot) / inv;
+    #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
+    {
+        size_t blk = (size_t)ATT_BQ * (T ? T : 1);
+        float *S = fx_malloc(blk * sizeof *S), *dS = fx_malloc(blk * sizeof *dS);
+        float *Pd = p > 0 ? fx_malloc(blk * sizeof *Pd) : S;
+        uint8_t *kp = p > 0 ? fx_malloc((size_t)(T ? T : 1)) : NULL;
+        #pragma omp for schedule(dynamic, 1)
+        for (long bh = 0; bh < (long)n * nh; bh++) {
+            int b = (int)(bh / nh), h = (int)(bh % nh), o = off[b], len = off[b + 1] - o;
+            size_t base = (size_t)o * H + (size_t)h * hd;
+            const float *qh = q + base, *kh = k + base, *vh = v + base, *dch = dctx + base;
+            float *dkh = dk + base, *dvh = dv + base;
+            for (int i = 0; i < len; i++) {
+                memset(dkh + (size_t)i * H, 0, (size_t)hd * sizeof *dkh);
+                memset(dvh + (size_t)i * H, 0, (size_t)hd * sizeof *dvh);
+            }
+            for (int i0 = 0; i0 < len; i0 += ATT_BQ) {
+                int rows = len - i0 < ATT_BQ ? len - i0 : ATT_BQ, kl = causal ? i0 + rows : len;
+                const float *st = keep + ((size_t)(o + i0) * nh + h) * 2;
+                fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
+                fx_matmul(0, 1, rows, kl, hd, 1.0f, dch + (size_t)i0 * H, H, vh, H, 0.0f, dS, kl);
+                for (int r = 0; r < rows; r++) {
+                    float *s = S + (size_t)r * kl, *pd = Pd + (size_t)r * kl, *ds = dS + (size_t)r * kl;
+                    float mx = st[(size_t)r * nh * 2], rs = st[(size_t)r * nh * 2 + 1];
+                    int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
+                    for (int j = 0; j < first; j++) s[j] = 0.0f;
+                    for (int j = first; j < lim; j++) s[j] = expf(s[j] / inv - mx) * rs;
+                    for (int j = lim; j < kl; j++) s[j] = 0.0f;
+                    if (kp) {
+                        dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        for (int j = 0; j < kl; j++) {
+                            pd[j] = kp[j] ? s[j] * scale : 0.0f;
+                            ds[j] = kp[j] ? ds[j] * scale : 0.0f;
+                        }
+                    }
+                }
+                /* dV += Pd^T dctx over this block's queries, before dS overwrites dP */
+                fx_matmul(1, 0, kl, hd, rows, 1.0f, Pd, kl, dch + (size_t)i0 * H, H, 1.0f, dvh, H);
+                for (int r = 0; r < rows; r++) {
+                    const float *pr = S + (size_t)r * kl;
+                    float *ds = dS + (size_t)r * kl;
+                    double dot = 0;
+                    for (int j = 0; j < kl; j++) dot += (double)ds[j] * pr[j];
+                    for (int j = 0; j < kl; j++) ds[j] = pr[j] * (ds[j] - (float)dot) / inv;
+                }
+                fx_matmul(0, 0, rows, hd, kl, 1.0f, dS, kl, kh, H, 0.0f, dq + base + (size_t)i0 * H, H);
+                fx_matmul(1, 0, kl, hd, rows, 1.0f, dS, kl, qh + (size_t)i0 * H, H, 1.0f, dkh, H);
+            }
         }
-        fx_matmul(0, 0, T, hd, T, 1.0f, dS, T, k + o, H, 0.0f, dq + o, H);
-        fx_matmul(1, 0, T, hd, T, 1.0f, dS, T, q + o, H, 0.0f, dk + o, H);
+        free(S);
+        free(dS);
+        if (Pd != S) free(Pd);
+        free(kp);
     }
 }
 
@@ -453,19 +524,19 @@ static double loss_forward_backward(float *dlogits, const float *logits, const f
 }
 
 /* --- the causal LM's loss (GPT2LMHeadModel's shift, transformers' LabelSmoother):
- *   position t of row i predicts y = targets[i, t + 1] (-100: nothing); over the COUNT that predict,
+ *   packed position i predicts y = targets[i] (model.c shifted them; -100: nothing); over the COUNT that predict,
  *   loss = (1 - eps) mean nll + eps mean (sum_v -log p_v) / V,   nll = lse(z) - z_y,
  *   dz_v = (p_v - (1 - eps) [v == y] - eps / V) / COUNT.
  * Each position's share is summed in double in position order, so the thread count does not matter. */
-static double lm_loss(float *dlogits /* (n, T, V), may be LOGITS */, const float *logits /* (n, T, V) */,
-                      const int32_t *targets /* (n, T) */, int n, int T, int V, float eps, int count) {
-    long N = (long)n * T;
+static double lm_loss(float *dlogits /* (N, V), may be LOGITS */, const float *logits /* (N, V) */,
+                      const int32_t *targets /* (N) */, int Ntok, int V, float eps, int count) {
+    long N = Ntok;
     double *part = fx_malloc((size_t)N * sizeof *part);
     #pragma omp parallel for schedule(static) if (N * V >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *z = logits + (size_t)i * V;
         float *d = dlogits + (size_t)i * V;
-        int y = i % T < T - 1 ? targets[i + 1] : -100;
+        int y = targets[i];
         part[i] = 0;
         if (y < 0) { memset(d, 0, (size_t)V * sizeof *d); continue; }
         double mx = z[0], s = 0, zsum = 0;
@@ -548,6 +619,7 @@ const fx_ops fx_cpu_ops = {
     .add_rows = cpu_add_rows,
     .tanh_forward = tanh_forward,
     .tanh_backward = tanh_backward,
+    .attention_keep = attention_keep,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
     .attention_decode = attention_decode,

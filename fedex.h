@@ -400,8 +400,11 @@ int fx_matmul_bf16_force(const char *name);
  * model.c writes the transformer once as calls on a table of ops; a backend supplies the table. Every
  * pointer an op takes is the backend's memory: the workspace it allocated through alloc, and the weight
  * buffers at the offsets the model's views give. model.c reads no float behind these pointers. Shapes
- * are row-major; N = n*T tokens of n rows of T; H hidden, nh heads, hd = H/nh. Ops run one at a time in
- * call order (a GPU backend: on one stream). The CPU ops give the same bits for any thread count. */
+ * are row-major; H hidden, nh heads, hd = H/nh. Activations are packed: a batch's n rows keep only their
+ * real tokens (mask != 0), row after row, N = the sum of the rows' lengths (no padding anywhere), row b
+ * being tokens off[b] .. off[b+1]) with off (n + 1) int32 in the backend's memory; T is the longest row.
+ * Every op but attention is per token and sees N rows alone. Ops run one at a time in call order (a GPU
+ * backend: on one stream). The CPU ops give the same bits for any thread count. */
 
 /* AdamW's scalars for step t, formed once by model.c (fx_adamw_update) in double and used as fp32. */
 typedef struct {
@@ -433,7 +436,8 @@ typedef struct fx_ops {
     /* out (n)[i] = s[i % cols] * x[i]; and y[i] += s[i % cols] * x[i] */
     void (*scale_cols)(float *out, const float *s /* (cols) */, const float *x, size_t n, int cols);
     void (*scale_cols_add)(float *y, const float *s /* (cols) */, const float *x, size_t n, int cols);
-    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream); out = in * keep / (1 - p),
+    /* dropout: keep (rows, cols) drawn for SITE (row r from its own stream: a packed token's mask depends on
+     * its index among the real tokens, never on padding); out = in * keep / (1 - p),
      * or a copy when KEEP is NULL (in place allowed; also the backward); dx += dropout(d) with KEEP */
     void (*dropout_mask)(uint8_t *keep, size_t rows, size_t cols, float p, uint64_t site);
     void (*dropout_apply)(float *out, const float *in, const uint8_t *keep, float p, size_t n);
@@ -479,23 +483,30 @@ typedef struct fx_ops {
     void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols);
     void (*tanh_forward)(float *x, size_t n);                             /* in place */
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
-    /* ctx (N, H) = dropout(softmax(q k^T / sqrt(hd) + mask)) v per row and head; att, att_drop
-     * (n, nh, T, T) kept for backward (att_drop == att without dropout). CAUSAL: key j > query i has
-     * probability 0 as well; WINDOW > 0 (Mistral's sliding window, causal only): so has key j <= i - WINDOW */
-    void (*attention_forward)(float *ctx, float *att, float *att_drop, const float *q, const float *k,
-                              const float *v, const uint8_t *mask /* (n, T) */, int n, int T, int H, int nh,
-                              int causal, int window, float p, uint64_t site);
-    void (*attention_backward)(float *dq, float *dk, float *dv, float *datt /* scratch (n, nh, T, T) */,
-                               const float *dctx, const float *q, const float *k, const float *v,
-                               const float *att, const float *att_drop, int n, int T, int H, int nh, float p);
+    /* Self-attention per sequence on the packed layout: for row b (tokens off[b] .. off[b+1]), head h,
+     * ctx (N, H) = dropout(softmax(q k^T / sqrt(hd))) v over the row's own keys (no masked key is
+     * computed). CAUSAL: key j > query i has probability 0 as well; WINDOW > 0 (Mistral's sliding window,
+     * causal only): so has key j <= i - WINDOW. Dropout on the probabilities: query i
+     * of row b, head h draws its keep mask from SITE's stream (off[b] + i) nh + h, independent of
+     * padding; the backward, given the forward's CAUSAL, P and SITE, draws it again. KEEP (attention_keep(n, T, N, nh, p > 0) floats) receives
+     * what the backward needs, its layout the backend's: the CPU keeps the softmax's row maximum and
+     * 1 / sum per (token, head), (N, nh, 2), and recomputes the probabilities block by block in backward
+     * (its score scratch per thread is O(T), no (n, nh, T, T) buffer). dq, dk, dv (N, H) are written. */
+    size_t (*attention_keep)(int n, int T, int N, int nh, int drop);
+    void (*attention_forward)(float *ctx, float *keep, const float *q, const float *k, const float *v,
+                              const int32_t *off /* (n + 1) */, int n, int T, int H, int nh, int causal,
+                              int window, float p, uint64_t site);
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dctx, const float *q,
+                               const float *k, const float *v, const float *keep, const int32_t *off, int n,
+                               int T, int H, int nh, int causal, int window, float p, uint64_t site);
     /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
     double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
-    /* The causal LM's loss over logits (n, T, V) and targets (n, T) aligned with the ids (-100 ignored):
-     * position t predicts targets[t + 1]; COUNT supervised positions (> 0) share the mean; with smoothing
-     * eps, (1 - eps) nll + eps mean_v(-log p). dlogits (n, T, V) may be LOGITS itself (overwritten in
-     * place); rows predicting nothing get zeros. */
-    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int n, int T, int V,
-                      float eps, int count);
+    /* The causal LM's loss over the packed tokens' logits (N, V) and targets (N), each the token the
+     * position predicts (model.c shifts them: the padded row's next position's, -100 for none); COUNT
+     * supervised positions (> 0) share the mean; with smoothing eps, (1 - eps) nll + eps mean_v(-log p).
+     * dlogits (N, V) may be LOGITS itself (overwritten in place); positions predicting nothing get zeros. */
+    double (*lm_loss)(float *dlogits, const float *logits, const int32_t *targets, int N, int V, float eps,
+                      int count);
     /* sum of x^2 (accumulated in double), and x *= a: gradient clipping */
     double (*sumsq)(const float *x, size_t n);
     void (*scale)(float *x, float a, size_t n);
@@ -825,7 +836,7 @@ typedef struct {
     int cap, pos;                /* positions each slot holds; the step's position (-1: prefill of slot 0) */
     float *scores;               /* (ns, heads, pos + 1) attention scratch */
 } fx_decode_at;
-/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask; no dropout) through every
+/* The forward decode.c runs: NS rows of T tokens (host ids, positions, mask all 1; no dropout) through every
  * layer, layer l's keys and values also into AT[l]'s cache and, when AT[l].pos >= 0, its attention over
  * the cache (AT NULL: neither); then the final norm and the LM head on ROWS rows from FIRST, LOGITS
  * (rows, vocab) on the host. */
@@ -838,14 +849,17 @@ void fx_model_free(fx_model *m);
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
 int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide);
-/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss.
- * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), its loss the mean over the
- * positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does; label smoothing
- * c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
+/* Forward (and backward into grad when TRAIN, dropout on) over a batch; returns the mean loss. The
+ * batch's real tokens (mask != 0) are packed row after row and only they are computed: padding changes
+ * no result beyond fp32 summation order (README, "Packed batches"); every row needs a real token (the
+ * classifier reads its first), a causal LM's batch one at least.
+ * LOGITS (n, num_labels) may be NULL; a causal LM's are (n, T, vocab), zero on padding, its loss the mean
+ * over the real positions that predict a target (b->targets, shifted by one as GPT2LMHeadModel does;
+ * label smoothing c.label_smoothing), 0 when none does. Labels may be NULL when !TRAIN (loss 0). Bad input (a token id
  * out of range, a position past max_positions, a class label not in [0, num_labels)) returns NAN with
  * fx_err() set. TRAIN overwrites grad for every trainable tensor (zero for frozen ones). Dropout masks
- * come from m->drop, one draw per dropout site, each row of a site from its own stream, so they do not
- * depend on the thread count. */
+ * come from m->drop, one draw per dropout site, each packed token of a site from its own stream (and each
+ * (token, head) of attention's), so they depend neither on the thread count nor on the padding. */
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits);
 /* optim.c: the optimizer step on the model's ops */
 void fx_adamw_reset(fx_model *m);

@@ -442,6 +442,28 @@ __global__ void to_bf16_kernel(bf16 *out, const float *in, size_t n) {   /* roun
     if (i < n) out[i] = __float2bfloat16_rn(in[i]);
 }
 
+/* Attention runs on a padded copy of the packed rows (the products are batched over rows of one length):
+ * PAD (n, T, H) from the packed X (N, H), row b's token t at off[b] + t, zeros past its length; UNPAD
+ * back (padded positions dropped); MASK (n, T) 1 on real positions. One thread per padded element. */
+__global__ void pad_rows_kernel(float *pad, const float *x, const int32_t *off, int T, int H, size_t total) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t row = i / H;
+    int j = (int)(i % H), b = (int)(row / T), t = (int)(row % T);
+    pad[i] = t < off[b + 1] - off[b] ? x[((size_t)off[b] + t) * H + j] : 0.0f;
+}
+__global__ void unpad_rows_kernel(float *x, const float *pad, const int32_t *off, int T, int H, size_t total) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t row = i / H;
+    int j = (int)(i % H), b = (int)(row / T), t = (int)(row % T);
+    if (t < off[b + 1] - off[b]) x[((size_t)off[b] + t) * H + j] = pad[i];
+}
+__global__ void pad_mask_kernel(uint8_t *mask, const int32_t *off, int T, size_t total) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) mask[i] = (int)(i % T) < off[i / T + 1] - off[i / T];
+}
+
 /* ============================================================================================
  * kernels: attention's softmax, forward and backward
  * ============================================================================================
@@ -544,15 +566,15 @@ __global__ void loss_kernel(float *loss /* (n) */, float *dlogits, const float *
     for (int c = 0; c < L; c++) d[c] = (expf(z[c] - mx) / s - (c == y)) / n;
 }
 
-/* The causal LM's loss (cpu.c's lm_loss), one block per position: LOSS[i] its share, dlogits in place
- * allowed. Position i of a row predicts targets[i + 1] unless it is the row's last (i % T == T - 1). */
+/* The causal LM's loss (cpu.c's lm_loss), one block per packed position: LOSS[i] its share, dlogits in
+ * place allowed. Position i predicts targets[i] (model.c shifted them). */
 __global__ void lm_loss_kernel(float *loss /* (N) */, float *dlogits, const float *logits /* (N, V) */,
-                               const int32_t *targets /* (N) */, int T, int V, float eps, int count) {
+                               const int32_t *targets /* (N) */, int V, float eps, int count) {
     __shared__ float red[THREADS];
     size_t i = blockIdx.x;
     const float *z = logits + i * V;
     float *d = dlogits + i * V;
-    int y = (int)(i % T) < T - 1 ? targets[i + 1] : -100;
+    int y = targets[i];
     if (y < 0) {
         for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
         if (threadIdx.x == 0) loss[i] = 0.0f;
@@ -644,6 +666,8 @@ struct fx_gpu {
     int loss_cap;
     double *gscr;                /* SORF-VeRA's Lambda_d scratch (gscr_cap bytes) */
     size_t gscr_cap;
+    float *apad;                 /* attention's padded copies of the packed rows and dS (apad_cap bytes) */
+    size_t apad_cap;
 };
 
 static void *dmalloc(size_t bytes) {
@@ -756,34 +780,79 @@ static void gemm_heads(int ta, int tb, int M, int N, int K, bop A, bop B, float 
                                                 C + h * chead, CUDA_R_32F, ldc, cseq, n, ct, CUBLAS_GEMM_DEFAULT));
 }
 
-static void gpu_attention_forward(float *ctx, float *att, float *att_drop, const float *q, const float *k,
-                                  const float *v, const uint8_t *mask, int n, int T, int H, int nh, int causal,
-                                  int window, float p, uint64_t site) {
+/* The padded scratch of one attention call: NPAD (n, T, H) blocks, then the (n, T) mask and, with DS,
+ * an (n, nh, T, T) score buffer; grown (rarely) and never shrunk. */
+static float *att_scratch(int npad, size_t nth, size_t ds, uint8_t **mask, const int32_t *off, int n, int T) {
+    size_t bytes = (npad * nth + ds) * sizeof(float) + (size_t)n * T;
+    if (bytes > cur->apad_cap) {
+        dfree(cur->apad);
+        cur->apad = (float *)dmalloc(bytes);
+        cur->apad_cap = bytes;
+    }
+    *mask = (uint8_t *)(cur->apad + npad * nth + ds);
+    size_t nt = (size_t)n * T;
+    LAUNCH(pad_mask_kernel, nblocks(nt), THREADS, 0, *mask, off, T, nt);
+    return cur->apad;
+}
+static void pad_rows(float *pad, const float *x, const int32_t *off, int n, int T, int H) {
+    size_t total = (size_t)n * T * H;
+    LAUNCH(pad_rows_kernel, nblocks(total), THREADS, 0, pad, x, off, T, H, total);
+}
+static void unpad_rows(float *x, const float *pad, const int32_t *off, int n, int T, int H) {
+    size_t total = (size_t)n * T * H;
+    LAUNCH(unpad_rows_kernel, nblocks(total), THREADS, 0, x, pad, off, T, H, total);
+}
+
+/* What the backward reads: P and, with dropout, P' ((n, nh, T, T) each, T the longest row). */
+static size_t gpu_attention_keep(int n, int T, int N, int nh, int drop) {
+    (void)N;
+    return (size_t)n * nh * T * T * (drop ? 2 : 1);
+}
+
+/* The packed rows are padded to T (the longest row) and run as before on (n, T) with the mask; the
+ * padded queries' results are dropped again. */
+static void gpu_attention_forward(float *ctx, float *keep, const float *q_, const float *k_, const float *v_,
+                                  const int32_t *off, int n, int T, int H, int nh, int causal, int window,
+                                  float p, uint64_t site) {
     if (T > ATT_TMAX) fx_die("gpu.cu: attention over %d tokens (the softmax kernels hold %d)", T, ATT_TMAX);
     int hd = H / nh;
     size_t NH = (size_t)n * T * H, rows = (size_t)n * nh * T;
+    uint8_t *mask;
+    float *sc = att_scratch(4, NH, 0, &mask, off, n, T);
+    float *q = sc, *k = sc + NH, *v = sc + 2 * NH, *cp = sc + 3 * NH;
+    pad_rows(q, q_, off, n, T, H); pad_rows(k, k_, off, n, T, H); pad_rows(v, v_, off, n, T, H);
+    float *att = keep, *att_drop = p > 0 ? keep + rows * T : keep;
     long long tt = (long long)T * T, ss = nh * tt, th = (long long)T * H;   /* strides: head, row */
-    const void *q_ = att_operand(SCR_Q, q, NH), *k_ = att_operand(SCR_K, k, NH), *v_ = att_operand(SCR_V, v, NH);
+    const void *q16 = att_operand(SCR_Q, q, NH), *k16 = att_operand(SCR_K, k, NH), *v16 = att_operand(SCR_V, v, NH);
     bf16 *p16 = cur->prec == FX_GPU_BF16 ? scratch16(SCR_P, rows * T) : NULL;
-    bop Q = {q_, H, th, hd}, K = {k_, H, th, hd}, V = {v_, H, th, hd};
+    bop Q = {q16, H, th, hd}, K = {k16, H, th, hd}, V = {v16, H, th, hd};
     bop P = {p16 ? (const void *)p16 : (const void *)att_drop, T, ss, tt};
     gemm_heads(0, 1, T, T, hd, Q, K, att, T, ss, tt, n, nh);                        /* S = Q K^T */
     LAUNCH(softmax_forward_kernel, (unsigned)((rows + ATT_ROWS - 1) / ATT_ROWS), ATT_ROWS * 32, 0, att, att_drop,
            p16, mask, rows, nh, T, causal, window, sqrtf((float)hd), p, site);
-    gemm_heads(0, 0, T, hd, T, P, V, ctx, H, th, hd, n, nh);                        /* ctx = P' V */
+    gemm_heads(0, 0, T, hd, T, P, V, cp, H, th, hd, n, nh);                         /* ctx = P' V */
+    unpad_rows(ctx, cp, off, n, T, H);
 }
 
-static void gpu_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dctx,
-                                   const float *q, const float *k, const float *v, const float *att,
-                                   const float *att_drop, int n, int T, int H, int nh, float p) {
+static void gpu_attention_backward(float *dq_, float *dk_, float *dv_, const float *dctx_, const float *q_,
+                                   const float *k_, const float *v_, const float *keep, const int32_t *off, int n,
+                                   int T, int H, int nh, int causal, int window, float p, uint64_t site) {
+    (void)causal; (void)window; (void)site;            /* P and P' are kept: nothing is drawn again */
     if (T > ATT_TMAX) fx_die("gpu.cu: attention over %d tokens (the softmax kernels hold %d)", T, ATT_TMAX);
     int hd = H / nh;
     size_t NH = (size_t)n * T * H, rows = (size_t)n * nh * T;
+    uint8_t *mask;
+    float *sc = att_scratch(7, NH, rows * T, &mask, off, n, T);
+    float *q = sc, *k = sc + NH, *v = sc + 2 * NH, *dctx = sc + 3 * NH, *dq = sc + 4 * NH, *dk = sc + 5 * NH,
+          *dv = sc + 6 * NH, *datt = sc + 7 * NH;
+    pad_rows(q, q_, off, n, T, H); pad_rows(k, k_, off, n, T, H); pad_rows(v, v_, off, n, T, H);
+    pad_rows(dctx, dctx_, off, n, T, H);
+    const float *att = keep, *att_drop = p > 0 ? keep + rows * T : keep;
     long long tt = (long long)T * T, ss = nh * tt, th = (long long)T * H;
-    const void *q_ = att_operand(SCR_Q, q, NH), *k_ = att_operand(SCR_K, k, NH), *v_ = att_operand(SCR_V, v, NH);
+    const void *q16 = att_operand(SCR_Q, q, NH), *k16 = att_operand(SCR_K, k, NH), *v16 = att_operand(SCR_V, v, NH);
     const void *dc = att_operand(SCR_DC, dctx, NH), *pd = att_operand(SCR_P, att_drop, rows * T);
     bf16 *ds16 = cur->prec == FX_GPU_BF16 ? cur->scr[SCR_P] : NULL;     /* P' there is read before dS */
-    bop Q = {q_, H, th, hd}, K = {k_, H, th, hd}, V = {v_, H, th, hd}, DC = {dc, H, th, hd};
+    bop Q = {q16, H, th, hd}, K = {k16, H, th, hd}, V = {v16, H, th, hd}, DC = {dc, H, th, hd};
     bop P = {pd, T, ss, tt}, DS = {ds16 ? (const void *)ds16 : (const void *)datt, T, ss, tt};
     gemm_heads(0, 1, T, T, hd, DC, V, datt, T, ss, tt, n, nh);                      /* dP' = dctx V^T */
     gemm_heads(1, 0, T, hd, T, P, DC, dv, H, th, hd, n, nh);                        /* dV = P'^T dctx */
@@ -791,6 +860,7 @@ static void gpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
            att, att_drop, rows, T, sqrtf((float)hd), p);
     gemm_heads(0, 0, T, hd, T, DS, K, dq, H, th, hd, n, nh);                        /* dQ = dS K */
     gemm_heads(1, 0, T, hd, T, DS, Q, dk, H, th, hd, n, nh);                        /* dK = dS^T Q */
+    unpad_rows(dq_, dq, off, n, T, H); unpad_rows(dk_, dk, off, n, T, H); unpad_rows(dv_, dv, off, n, T, H);
 }
 
 /* ============================================================================================
@@ -911,9 +981,8 @@ static double gpu_loss(float *dlogits, const float *logits, const float *labels,
     return total / n;
 }
 /* Per-position shares on the device, summed on the host in position order in double. */
-static double gpu_lm_loss(float *dlogits, const float *logits, const int32_t *targets, int n, int T, int V, float eps,
+static double gpu_lm_loss(float *dlogits, const float *logits, const int32_t *targets, int N, int V, float eps,
                           int count) {
-    int N = n * T;
     if (N > cur->loss_cap) {
         dfree(cur->losses);
         free(cur->h_losses);
@@ -921,7 +990,7 @@ static double gpu_lm_loss(float *dlogits, const float *logits, const int32_t *ta
         cur->h_losses = (float *)fx_malloc((size_t)N * sizeof(float));
         cur->loss_cap = N;
     }
-    LAUNCH(lm_loss_kernel, (unsigned)N, THREADS, 0, cur->losses, dlogits, logits, targets, T, V, eps, count);
+    LAUNCH(lm_loss_kernel, (unsigned)N, THREADS, 0, cur->losses, dlogits, logits, targets, V, eps, count);
     gpu_download(cur->h_losses, cur->losses, (size_t)N * sizeof(float));
     double total = 0;
     for (int i = 0; i < N; i++) total += cur->h_losses[i];
@@ -1018,7 +1087,7 @@ const fx_ops fx_gpu_ops = {
     .rmsnorm_forward = gpu_rmsnorm_forward, .rmsnorm_backward = gpu_rmsnorm_backward, .rope = gpu_rope,
     .swiglu_forward = gpu_swiglu_forward, .swiglu_backward = gpu_swiglu_backward, .add_rows = gpu_add_rows,
     .tanh_forward = gpu_tanh_forward, .tanh_backward = gpu_tanh_backward,
-    .attention_forward = gpu_attention_forward, .attention_backward = gpu_attention_backward,
+    .attention_keep = gpu_attention_keep, .attention_forward = gpu_attention_forward, .attention_backward = gpu_attention_backward,
     .loss = gpu_loss, .lm_loss = gpu_lm_loss, .sumsq = gpu_sumsq, .scale = gpu_scale,
     .attention_decode = gpu_attention_decode, .adamw = gpu_adamw,
     .fwht = gpu_fwht, .permute_cols = gpu_permute_cols, .gamma_apply = gpu_gamma_apply,
@@ -1177,6 +1246,7 @@ void fx_gpu_free(fx_gpu *g) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) { dfree(*dev[i]); *dev[i] = NULL; }
     for (int i = 0; i < t->nsorf; i++) { dfree(t->sorf[i].signs); dfree(t->sorf[i].perm); t->sorf[i].signs = NULL; t->sorf[i].perm = NULL; }
     dfree(g->gscr);
+    dfree(g->apad);
     fx_model_free(t);                     /* the host tables, and the workspace through gpu_release */
     void *more[] = {g->grad_mb, g->base16, g->vA16, g->vB16, g->losses};
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) dfree(more[i]);

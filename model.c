@@ -72,15 +72,16 @@ size_t fx_base_numel(const fx_config *c) {
  * workspace: activations kept for backward, and scratch; one buffer carved per step
  * ============================================================================================ */
 
-typedef struct {                /* one layer, N = n*T tokens */
+typedef struct {                /* one layer, N = the batch's real tokens, packed row after row */
     float *xn, *mean0, *rstd0;  /* pre-LN: (N, H) LayerNorm(x) before attention, its moments (N) */
     float *qkv;                 /* pre-LN: (N, 3H) the fused projection, q | k | v */
     float *q, *k, *v;           /* (N, H) projections; head h is columns [h*hd, (h+1)*hd). Llama: q (N, Hq),
                                    k, v (N, Hk) with Hq = heads hd, Hk = kv_heads hd, after RoPE */
     float *kf, *vf;             /* Llama: (N, Hq) k and v repeated to every query head (== k, v when
                                    kv_heads == heads), the attention's keys and values */
-    float *att;                 /* (n, nh, T, T) softmax probabilities */
-    float *att_drop;            /* (n, nh, T, T) after attention dropout (== att without dropout) */
+    uint64_t site;              /* attention dropout's site, drawn in forward, for backward's masks */
+    float *att;                 /* (ops->attention_keep floats) what attention's backward needs: on the
+                                   CPU the softmax's row maximum and 1 / sum per (token, head) */
     float *ctx;                 /* (N, H) attention output, heads side by side */
     uint8_t *keep1;             /* (N, H) hidden-dropout keep mask after attention.output.dense, or NULL */
     float *res1;                /* (N, H) dropout(dense(ctx)) + x: the first LayerNorm's input (post-LN),
@@ -100,10 +101,14 @@ typedef struct {                /* one layer, N = n*T tokens */
 
 typedef struct {
     char *mem; size_t cap;      /* the carved buffer (the backend's memory), grown on demand */
-    int32_t *hpos; size_t hcap; /* (N) position ids formed on the host, then uploaded */
+    int32_t *hpad; size_t hcap; /* (n, T) position ids of the padded batch, formed on the host */
+    int32_t *hids, *hpos, *htgt; /* (N) the packed ids, positions and shifted targets, formed on the host */
+    int32_t *hoff; int ocap;    /* (n + 1) where each row starts among the packed tokens, on the host */
+    int n, N, Tmax;             /* the step's rows, real tokens and longest row */
+    int drop_a;                 /* attention dropout on in this step */
     double *rope_freq;          /* (head_dim / 2) RoPE's inverse frequencies (host), or NULL */
     int32_t *ids, *pos;         /* (N) token and position ids */
-    uint8_t *mask;              /* (n, T) 1 on real tokens */
+    int32_t *off;               /* (n + 1) hoff in the backend's memory, for attention */
     float *labels;              /* (n) */
     float *x0;                  /* (N, H) embeddings output */
     layer_acts *L;              /* (layers): in training one slot per layer; in evaluation two slots
@@ -128,7 +133,6 @@ typedef struct {
     float *dks, *dvs;           /* Llama: (N, Hk) dk, dv summed over the heads sharing them (== dk, dv in MHA) */
     float *dup;                 /* (N, I) Llama: gradient at up_proj's output */
     float *dqkv;                /* (N, 3H) pre-LN's fused projection */
-    float *datt;                /* (n, nh, T, T) */
     float *dhx, *dht;           /* (n, H) the head's */
 } workspace;
 
@@ -138,12 +142,13 @@ static void *take(char *mem, size_t *used, size_t bytes) {
     *used = off + bytes;
     return mem ? mem + off : NULL;
 }
-/* The one table of the workspace's sizes, for a batch of n rows of T tokens: each TAKE names a pointer
- * and its element count. With MEM NULL it only measures; the backend allocates what it returns. */
-static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train, char *mem) {
+/* The one table of the workspace's sizes, for a batch of n rows holding N real tokens, the longest T:
+ * each TAKE names a pointer and its element count. With MEM NULL it only measures; the backend allocates
+ * what it returns. Nothing is sized by padding: every per-token tensor has N rows. */
+static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Ntok, int train, char *mem) {
     const fx_config *c = &m->c;
-    size_t N = (size_t)n * T, H = c->hidden, I = c->intermediate, r = m->a.r, nL = c->num_labels;
-    size_t att = (size_t)n * c->heads * T * T;
+    size_t N = (size_t)Ntok, H = c->hidden, I = c->intermediate, r = m->a.r, nL = c->num_labels;
+    size_t att = m->ops->attention_keep(n, Tmax, Ntok, c->heads, train && c->attention_dropout > 0);
     int pre = m->fam->norm_place == FX_NORM_PRE, lm = m->fam->head_kind == FX_HEAD_LM;
     int llama = m->fam->norm == FX_NORM_RMSNORM, gqa = llama && c->kv_heads && c->kv_heads != c->heads;
     size_t Hq = (size_t)c->heads * head_dim(c), Hk = (size_t)(c->kv_heads ? c->kv_heads : c->heads) * head_dim(c);
@@ -153,10 +158,11 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     size_t nlog = lm ? N * (size_t)c->vocab_size : (size_t)n * nL;
     int drop_h = train && c->hidden_dropout > 0, drop_a = train && c->attention_dropout > 0;
     int drop_c = train && c->classifier_dropout > 0, drop_ad = train && m->a.dropout > 0;
+    w->drop_a = drop_a;
     size_t used = 0;
 #define TAKE(ptr, count) ((ptr) = take(mem, &used, (count) * sizeof *(ptr)))
 #define TAKE_IF(cond, ptr, count) ((ptr) = (cond) ? take(mem, &used, (count) * sizeof *(ptr)) : NULL)
-    TAKE(w->ids, N); TAKE(w->pos, N); TAKE(w->mask, N); TAKE(w->labels, (size_t)n);
+    TAKE(w->ids, N); TAKE(w->pos, N); TAKE(w->off, (size_t)n + 1); TAKE(w->labels, (size_t)n);
     TAKE(w->x0, N * H);
     int slots = train ? c->layers : (c->layers < 2 ? c->layers : 2);
     for (int l = 0; l < c->layers; l++) {
@@ -168,8 +174,6 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
         TAKE_IF(gqa, A->kf, N * Hq); TAKE_IF(gqa, A->vf, N * Hq);
         if (!gqa) { A->kf = A->k; A->vf = A->v; }
         TAKE(A->att, att);
-        TAKE_IF(drop_a, A->att_drop, att);
-        if (!drop_a) A->att_drop = A->att;
         TAKE(A->ctx, N * Hq);
         TAKE_IF(drop_h, A->keep1, N * H);
         TAKE(A->res1, N * H); TAKE(A->mean1, N); TAKE(A->rstd1, N);
@@ -207,7 +211,6 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     if (!gqa) { w->dks = w->dk; w->dvs = w->dv; }
     TAKE_IF(train && llama, w->dup, N * I);
     TAKE_IF(train && pre, w->dqkv, N * 3 * H);
-    TAKE_IF(train, w->datt, att);
     TAKE_IF(train, w->as.dxd, N * in_max);
     TAKE_IF(train, w->as.dz, N * r); TAKE_IF(train, w->as.du, N * r);
     TAKE_IF(train, w->dhx, (size_t)n * H); TAKE_IF(train, w->dht, (size_t)n * H);
@@ -216,20 +219,59 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int T, int train,
     return used;
 }
 
-/* Lays the workspace out for this batch, growing the buffer when it is the largest seen. */
-static void ws_prepare(fx_model *m, int n, int T, int train) {
+/* Host room for a padded batch of n rows of T tokens: its positions, and the packed arrays. */
+static void ws_host(workspace *w, int n, int T) {
+    if ((size_t)n * T > w->hcap) {
+        w->hcap = (size_t)n * T;
+        w->hpad = fx_realloc(w->hpad, w->hcap * sizeof *w->hpad);
+        w->hids = fx_realloc(w->hids, w->hcap * sizeof *w->hids);
+        w->hpos = fx_realloc(w->hpos, w->hcap * sizeof *w->hpos);
+        w->htgt = fx_realloc(w->htgt, w->hcap * sizeof *w->htgt);
+    }
+    if (n + 1 > w->ocap) {
+        w->ocap = n + 1;
+        w->hoff = fx_realloc(w->hoff, (size_t)w->ocap * sizeof *w->hoff);
+    }
+}
+
+/* Packs a padded batch (n, T) of IDS, positions w->hpad and TARGETS (or NULL) into its real tokens
+ * (mask != 0) row after row: w->hids, w->hpos, w->hoff, n, N, Tmax; w->htgt[p] the target packed token p
+ * predicts (the padded row's next position's; FX_IGNORE past the row's end). Returns how many predict
+ * one. The packed layout depends on the rows' real tokens only, not on T. */
+static int ws_pack(workspace *w, const int32_t *ids, const uint8_t *mask, const int32_t *targets, int n, int T) {
+    int N = 0, Tmax = 0, count = 0;
+    for (int b = 0; b < n; b++) {
+        w->hoff[b] = N;
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            if (!mask[i]) continue;
+            int32_t y = targets && t + 1 < T ? targets[i + 1] : FX_IGNORE;
+            w->hids[N] = ids[i];
+            w->hpos[N] = w->hpad[i];
+            w->htgt[N++] = y;
+            count += y != FX_IGNORE;
+        }
+        if (N - w->hoff[b] > Tmax) Tmax = N - w->hoff[b];
+    }
+    w->hoff[n] = N;
+    w->n = n; w->N = N; w->Tmax = Tmax;
+    return count;
+}
+
+/* Lays the workspace out for the packed batch (ws_pack's n, N, Tmax), growing the buffer when it is the
+ * largest seen, and uploads the packed ids, positions and row offsets. */
+static void ws_prepare(fx_model *m, int train) {
     workspace *w = m->ws;
-    size_t need = ws_carve(m, w, n, T, train, NULL);
+    size_t need = ws_carve(m, w, w->n, w->Tmax, w->N, train, NULL);
     if (need > w->cap) {
         m->ops->release(w->mem);
         w->mem = m->ops->alloc(need);
         w->cap = need;
     }
-    ws_carve(m, w, n, T, train, w->mem);
-    if ((size_t)n * T > w->hcap) {
-        w->hcap = (size_t)n * T;
-        w->hpos = fx_realloc(w->hpos, w->hcap * sizeof *w->hpos);
-    }
+    ws_carve(m, w, w->n, w->Tmax, w->N, train, w->mem);
+    m->ops->upload(w->ids, w->hids, (size_t)w->N * sizeof *w->ids);
+    m->ops->upload(w->pos, w->hpos, (size_t)w->N * sizeof *w->pos);
+    m->ops->upload(w->off, w->hoff, ((size_t)w->n + 1) * sizeof *w->off);
 }
 
 /* ============================================================================================
@@ -394,7 +436,7 @@ void fx_model_free(fx_model *m) {
     workspace *w = m->ws;
     if (w) {
         free(w->L);
-        free(w->hpos);
+        free(w->hpad); free(w->hids); free(w->hpos); free(w->htgt); free(w->hoff);
         free(w->rope_freq);
         m->ops->release(w->mem);
         free(w);
@@ -446,19 +488,19 @@ static void dense_backward(fx_model *m, int l, int t, float *dx, const float *dy
  *   q, k, v = x Wq^T + bq, ...  (+ adapters)
  *   ctx = attention(q, k, v);   h1 = LayerNorm(dropout(ctx Wao^T + bao) + x)
  *   g = GELU(h1 Wi^T + bi);     out = LayerNorm(dropout(g Wo^T + bo) + h1) */
-static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */, int n, int T) {
+static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_layer_view *V = &m->layer[l];
     layer_acts *A = &w->L[l];
-    int N = n * T, H = c->hidden, I = c->intermediate;
+    int N = w->N, H = c->hidden, I = c->intermediate;
     dense_forward(m, l, FX_TI_QUERY, A->q, x, A, N);
     dense_forward(m, l, FX_TI_KEY, A->k, x, A, N);
     dense_forward(m, l, FX_TI_VALUE, A->v, x, A, N);
-    uint64_t site = A->att_drop != A->att ? fx_rng_u64(&m->drop) : 0;
-    op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->k, A->v, w->mask, n, T, H, c->heads, 0, 0,
-                          c->attention_dropout, site);
+    uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
+    op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 0, 0,
+                          w->drop_a ? c->attention_dropout : 0.0f, site);
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
     if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
     op->residual_layernorm_forward(A->h1, A->res1, A->mean1, A->rstd1, w->y, A->keep1, c->hidden_dropout, x,
@@ -474,13 +516,13 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */, int n
 /* The same layer backwards from dout (N, H). dx (N, H) receives the gradient at the layer's input, or is
  * NULL for the first layer (nothing before it is trainable). */
 static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N, H) */,
-                           const float *x /* (N, H) */, int n, int T) {
+                           const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_layer_view *V = &m->layer[l];
     const layer_acts *A = &w->L[l];
-    int N = n * T, H = c->hidden, I = c->intermediate;
+    int N = w->N, H = c->hidden, I = c->intermediate;
     size_t NH = (size_t)N * H;
     /* out = LayerNorm(res2), res2 = dropout(y2) + h1, y2 = dense(gelu) */
     op->layernorm_backward(w->dres, dout, A->res2, A->mean2, A->rstd2, W(m, V->ln2_w), N, H);
@@ -493,8 +535,8 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     op->layernorm_backward(w->dres, w->dh1, A->res1, A->mean1, A->rstd1, W(m, V->ln1_w), N, H);
     op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
-    op->attention_backward(w->dq, w->dk, w->dv, w->datt, w->dctx, A->q, A->k, A->v, A->att, A->att_drop, n, T, H,
-                           c->heads, c->attention_dropout);
+    op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
+                           c->heads, 0, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     /* x feeds the residual and the three projections */
     if (dx) op->copy(dx, w->dres, NH);
     dense_backward(m, l, FX_TI_QUERY, dx, w->dq, x, A, N, 1);
@@ -507,13 +549,13 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
  *   x1 = x + dropout(ctx Wp^T + bp)  (attn.c_proj);  h1 = LN2(x1)
  *   out = x1 + dropout(gelu_new(h1 Wfc^T + bfc) Wp2^T + bp2)  (mlp.c_fc, mlp.c_proj)
  * DEC (decoding, dropout off): k and v also go into the layer's cache; a step's queries attend to it. */
-static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, int n, int T, const fx_decode_at *dec) {
+static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, const fx_decode_at *dec) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_layer_view *V = &m->layer[l];
     layer_acts *A = &w->L[l];
-    int N = n * T, H = c->hidden, I = c->intermediate;
+    int N = w->N, H = c->hidden, I = c->intermediate;
     size_t NH = (size_t)N * H;
     op->layernorm_forward(A->xn, A->mean0, A->rstd0, x, W(m, V->ln1_w), W(m, V->ln1_b), N, H, c->layer_norm_eps);
     dense_forward(m, l, FX_TI_QKV, A->qkv, A->xn, A, N);
@@ -522,14 +564,14 @@ static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, i
     op->copy_rows(A->v, (size_t)H, A->qkv + 2 * H, 3 * (size_t)H, N, H);
     if (dec && dec->pos >= 0) { /* one token per slot at dec->pos */
         size_t stride = (size_t)dec->cap * H;
-        op->copy_rows(dec->kc + (size_t)dec->pos * H, stride, A->k, (size_t)H, n, H);
-        op->copy_rows(dec->vc + (size_t)dec->pos * H, stride, A->v, (size_t)H, n, H);
-        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, n, dec->pos + 1, dec->cap, H, c->heads, 0);
+        op->copy_rows(dec->kc + (size_t)dec->pos * H, stride, A->k, (size_t)H, N, H);
+        op->copy_rows(dec->vc + (size_t)dec->pos * H, stride, A->v, (size_t)H, N, H);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, H, c->heads, 0);
     } else {
         if (dec) { op->copy(dec->kc, A->k, NH); op->copy(dec->vc, A->v, NH); } /* slot 0, positions 0 .. T-1 */
-        uint64_t site = A->att_drop != A->att ? fx_rng_u64(&m->drop) : 0;
-        op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->k, A->v, w->mask, n, T, H, c->heads, 1, 0,
-                              c->attention_dropout, site);
+        uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
+        op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 1, 0,
+                              w->drop_a ? c->attention_dropout : 0.0f, site);
     }
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
     if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
@@ -545,13 +587,13 @@ static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, i
 
 /* Its backward from dout (N, H), the gradient at the residual stream after the layer; dx as above. */
 static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N, H) */,
-                               const float *x /* (N, H) */, int n, int T) {
+                               const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_layer_view *V = &m->layer[l];
     const layer_acts *A = &w->L[l];
-    int N = n * T, H = c->hidden, I = c->intermediate;
+    int N = w->N, H = c->hidden, I = c->intermediate;
     size_t NH = (size_t)N * H;
     /* out = x1 + dropout(y2), y2 = dense(gelu(dense(h1))), h1 = LN2(x1) */
     op->dropout_apply(w->dy, dout, A->keep2, c->hidden_dropout, NH);
@@ -563,8 +605,8 @@ static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL *
     /* x1 = x + dropout(y1), y1 = dense(ctx) */
     op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
-    op->attention_backward(w->dq, w->dk, w->dv, w->datt, w->dctx, A->q, A->k, A->v, A->att, A->att_drop, n, T, H,
-                           c->heads, c->attention_dropout);
+    op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
+                           c->heads, 1, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     op->copy_rows(w->dqkv, 3 * (size_t)H, w->dq, (size_t)H, N, H);
     op->copy_rows(w->dqkv + H, 3 * (size_t)H, w->dk, (size_t)H, N, H);
     op->copy_rows(w->dqkv + 2 * H, 3 * (size_t)H, w->dv, (size_t)H, N, H);
@@ -597,13 +639,13 @@ static void repeat_kv_backward(const fx_model *m, float *d /* (N, Hk) */, const 
         else m->ops->add_rows(dst, (size_t)nkv * hd, src, (size_t)nh * hd, N, hd);
     }
 }
-static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */, int n, int T, const fx_decode_at *dec) {
+static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */, const fx_decode_at *dec) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_layer_view *V = &m->layer[l];
     layer_acts *A = &w->L[l];
-    int N = n * T, H = c->hidden, I = c->intermediate, hd = head_dim(c), nh = c->heads;
+    int N = w->N, H = c->hidden, I = c->intermediate, hd = head_dim(c), nh = c->heads;
     int nkv = c->kv_heads ? c->kv_heads : nh, Hq = nh * hd;
     size_t NH = (size_t)N * H;
     op->rmsnorm_forward(A->xn, A->rstd0, x, W(m, V->ln1_w), N, H, c->layer_norm_eps);
@@ -615,15 +657,15 @@ static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */,
     if (A->kf != A->k) { repeat_kv(m, A->kf, A->k, N); repeat_kv(m, A->vf, A->v, N); }
     if (dec && dec->pos >= 0) { /* one token per slot at dec->pos */
         size_t stride = (size_t)dec->cap * Hq;
-        op->copy_rows(dec->kc + (size_t)dec->pos * Hq, stride, A->kf, (size_t)Hq, n, Hq);
-        op->copy_rows(dec->vc + (size_t)dec->pos * Hq, stride, A->vf, (size_t)Hq, n, Hq);
-        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, n, dec->pos + 1, dec->cap, Hq, nh,
+        op->copy_rows(dec->kc + (size_t)dec->pos * Hq, stride, A->kf, (size_t)Hq, N, Hq);
+        op->copy_rows(dec->vc + (size_t)dec->pos * Hq, stride, A->vf, (size_t)Hq, N, Hq);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, Hq, nh,
                              c->sliding_window);
     } else {
         if (dec) { op->copy(dec->kc, A->kf, (size_t)N * Hq); op->copy(dec->vc, A->vf, (size_t)N * Hq); }
-        uint64_t site = A->att_drop != A->att ? fx_rng_u64(&m->drop) : 0;
-        op->attention_forward(A->ctx, A->att, A->att_drop, A->q, A->kf, A->vf, w->mask, n, T, Hq, nh, 1,
-                              c->sliding_window, c->attention_dropout, site);
+        uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
+        op->attention_forward(A->ctx, A->att, A->q, A->kf, A->vf, w->off, w->n, w->Tmax, Hq, nh, 1,
+                              c->sliding_window, w->drop_a ? c->attention_dropout : 0.0f, site);
     }
     dense_forward(m, l, FX_TI_ATTN_OUT, A->res1, A->ctx, A, N);
     op->axpy(A->res1, 1.0f, x, NH); /* x1 = x + o_proj(ctx): one fp32 addition */
@@ -638,13 +680,13 @@ static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */,
 /* Its backward from dout (N, H); dx as layer_backward's. RoPE is a rotation, so its backward rotates the
  * gradient back (by minus the angle). */
 static void layer_backward_llama(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N, H) */,
-                                 const float *x /* (N, H) */, int n, int T) {
+                                 const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     const fx_layer_view *V = &m->layer[l];
     const layer_acts *A = &w->L[l];
-    int N = n * T, H = c->hidden, I = c->intermediate, hd = head_dim(c), nh = c->heads;
+    int N = w->N, H = c->hidden, I = c->intermediate, hd = head_dim(c), nh = c->heads;
     int nkv = c->kv_heads ? c->kv_heads : nh, Hq = nh * hd;
     size_t NH = (size_t)N * H;
     /* out = x1 + down(silu(gate(h1)) * up(h1)), h1 = RMSNorm2(x1) */
@@ -656,8 +698,8 @@ static void layer_backward_llama(fx_model *m, int l, float *dx /* (N, H) or NULL
     op->axpy(w->dres, 1.0f, dout, NH); /* dx1: the norm's share plus the residual's */
     /* x1 = x + o_proj(attention(RoPE(q), RoPE(k), v)) */
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dres, A->ctx, A, N, 0);
-    op->attention_backward(w->dq, w->dk, w->dv, w->datt, w->dctx, A->q, A->kf, A->vf, A->att, A->att_drop, n, T, Hq,
-                           nh, c->attention_dropout);
+    op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->kf, A->vf, A->att, w->off, w->n, w->Tmax, Hq,
+                           nh, 1, c->sliding_window, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     if (w->dks != w->dk) { repeat_kv_backward(m, w->dks, w->dk, N); repeat_kv_backward(m, w->dvs, w->dv, N); }
     op->rope(w->dq, w->pos, N, nh, hd, w->rope_freq, 1);
     op->rope(w->dks, w->pos, N, nkv, hd, w->rope_freq, 1);
@@ -672,13 +714,13 @@ static void layer_backward_llama(fx_model *m, int l, float *dx /* (N, H) or NULL
 }
 
 /* The decoder layer of the model's family. */
-static void block_forward(fx_model *m, int l, const float *x, int n, int T, const fx_decode_at *dec) {
-    if (m->fam->norm == FX_NORM_RMSNORM) layer_forward_llama(m, l, x, n, T, dec);
-    else layer_forward_pre(m, l, x, n, T, dec);
+static void block_forward(fx_model *m, int l, const float *x, const fx_decode_at *dec) {
+    if (m->fam->norm == FX_NORM_RMSNORM) layer_forward_llama(m, l, x, dec);
+    else layer_forward_pre(m, l, x, dec);
 }
-static void block_backward(fx_model *m, int l, float *dx, const float *dout, const float *x, int n, int T) {
-    if (m->fam->norm == FX_NORM_RMSNORM) layer_backward_llama(m, l, dx, dout, x, n, T);
-    else layer_backward_pre(m, l, dx, dout, x, n, T);
+static void block_backward(fx_model *m, int l, float *dx, const float *dout, const float *x) {
+    if (m->fam->norm == FX_NORM_RMSNORM) layer_backward_llama(m, l, dx, dout, x);
+    else layer_backward_pre(m, l, dx, dout, x);
 }
 
 /* ============================================================================================
@@ -712,26 +754,19 @@ static void lm_head_backward(fx_model *m, int N, const float *xL, float *dout) {
     else op->layernorm_backward(dout, w->dres, xL, w->meanf, w->rstdf, W(m, m->emb.lnf_w), N, H);
 }
 
-/* Positions that predict a token: t < T-1 whose next target is not -100. */
-static int lm_count(const fx_batch *b) {
-    int count = 0;
-    for (int i = 0; i < b->n; i++)
-        for (int t = 0; t + 1 < b->T; t++) count += b->targets[(size_t)i * b->T + t + 1] != -100;
-    return count;
-}
 
 /* ============================================================================================
  * the classification head and its loss
  * ============================================================================================ */
 
-/* --- RobertaClassificationHead on token 0:
+/* --- RobertaClassificationHead on token 0 (each row's first real token, at its packed offset):
  *   hx = dropout(cls), ht = tanh(hx Wd^T + bd), logits = dropout(ht) Wp^T + bp. */
-static void head_forward(fx_model *m, int n, int T, const float *xL /* (N, H) */) {
+static void head_forward(fx_model *m, const float *xL /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
-    int H = c->hidden, L = c->num_labels;
-    op->copy_rows(w->cls, (size_t)H, xL, (size_t)T * H, n, H);
+    int n = w->n, H = c->hidden, L = c->num_labels;
+    for (int b = 0; b < n; b++) op->copy_rows(w->cls + (size_t)b * H, (size_t)H, xL + (size_t)w->hoff[b] * H, (size_t)H, 1, H);
     if (w->hkeep1) op->dropout_mask(w->hkeep1, (size_t)n, (size_t)H, c->classifier_dropout, fx_rng_u64(&m->drop));
     op->dropout_apply(w->hx, w->cls, w->hkeep1, c->classifier_dropout, (size_t)n * H);
     op->linear_forward(w->ht, w->hx, P(m, m->head.dense_w), P(m, m->head.dense_b), n, H, H);
@@ -740,12 +775,13 @@ static void head_forward(fx_model *m, int n, int T, const float *xL /* (N, H) */
     op->dropout_apply(w->htd, w->ht, w->hkeep2, c->classifier_dropout, (size_t)n * H);
     op->linear_forward(w->logits, w->htd, P(m, m->head.out_w), P(m, m->head.out_b), n, H, L);
 }
-/* From dlogits (n, L): the head's gradients, and dout (N, H) of the last layer (zero but on token 0). */
-static void head_backward(fx_model *m, int n, int T, float *dout /* (N, H) */) {
+/* From dlogits (n, L): the head's gradients, and dout (N, H) of the last layer (zero but on each row's
+ * token 0). */
+static void head_backward(fx_model *m, float *dout /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
-    int H = c->hidden, L = c->num_labels;
+    int n = w->n, H = c->hidden, L = c->num_labels;
     const float *Wd = P(m, m->head.dense_w), *Wp = P(m, m->head.out_w);
     float *gWd = m->grad + m->head.dense_w, *gbd = m->grad + m->head.dense_b;
     float *gWp = m->grad + m->head.out_w, *gbp = m->grad + m->head.out_b;
@@ -758,8 +794,8 @@ static void head_backward(fx_model *m, int n, int T, float *dout /* (N, H) */) {
     op->column_dot(gbd, w->dht, NULL, n, H);
     op->matmul(0, 0, n, H, H, 1.0f, w->dht, H, Wd, H, 0.0f, w->dhx, H);
     op->dropout_apply(w->dhx, w->dhx, w->hkeep1, c->classifier_dropout, (size_t)n * H);
-    op->zero(dout, (size_t)n * T * H);
-    op->copy_rows(dout, (size_t)T * H, w->dhx, (size_t)H, n, H);
+    op->zero(dout, (size_t)w->N * H);
+    for (int b = 0; b < n; b++) op->copy_rows(dout + (size_t)w->hoff[b] * H, (size_t)H, w->dhx + (size_t)b * H, (size_t)H, 1, H);
 }
 
 /* ============================================================================================
@@ -792,7 +828,17 @@ int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide) {
         fx_seterr("batch: %d rows of %d tokens is empty or too large", n, T);
         return -1;
     }
-    if (fx_config_family(c)->head_kind == FX_HEAD_LM) return lm_batch_check(c, b, train);
+    /* rows are packed to their real tokens (mask != 0): the classifier reads each row's first, and a batch
+     * needs one at least */
+    int lm = fx_config_family(c)->head_kind == FX_HEAD_LM, real = 0;
+    for (int i = 0; i < n; i++) {
+        int k = 0;
+        for (int t = 0; t < T; t++) k += b->mask[(size_t)i * T + t] != 0;
+        if (!k && !lm) { fx_seterr("batch: row %d has no real token (mask all 0)", i); return -1; }
+        real += k;
+    }
+    if (!real) { fx_seterr("batch: no real token (mask all 0)"); return -1; }
+    if (lm) return lm_batch_check(c, b, train);
     if (train && !b->labels) { fx_seterr("batch: training needs labels"); return -1; }
     if (b->labels)
         for (int i = 0; i < n; i++) {
@@ -824,33 +870,53 @@ int fx_batch_check(const fx_config *c, const fx_batch *b, int train, int wide) {
  * one step: validate, forward, loss, backward
  * ============================================================================================ */
 
+/* The batch's positions by the family's rule on the padded rows, then its real tokens packed (ws_pack);
+ * returns the number of positions that predict a target. */
+static int pack_batch(fx_model *m, const fx_batch *b) {
+    workspace *w = m->ws;
+    ws_host(w, b->n, b->T);
+    m->fam->position_ids(&m->c, b, w->hpad);
+    return ws_pack(w, b->ids, b->mask, b->targets, b->n, b->T);
+}
+/* X holds the packed rows (N, cols) on entry and the padded batch's (n, T, cols) on exit, zero on padding:
+ * moved from the last token to the first, as a packed token never lies after its padded place. */
+static void unpack_rows(float *x, const fx_batch *b, size_t cols) {
+    size_t p = 0;
+    for (size_t i = 0; i < (size_t)b->n * b->T; i++) p += b->mask[i] != 0;
+    for (size_t i = (size_t)b->n * b->T; i-- > 0;) {
+        float *dst = x + i * cols;
+        if (b->mask[i]) { p--; if (p != i) memmove(dst, x + p * cols, cols * sizeof *x); }
+        else memset(dst, 0, cols * sizeof *x);
+    }
+}
+
 /* The causal LM's step: embeddings, pre-LN layers, ln_f and the tied head, the smoothed loss over the
  * shifted targets; backward through the same. LOGITS (n, T, V). */
 static float lm_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     const fx_ops *op = m->ops;
     const fx_config *c = &m->c;
-    int n = b->n, T = b->T, N = n * T, V = c->vocab_size;
-    ws_prepare(m, n, T, train);
+    int V = c->vocab_size;
     workspace *w = m->ws;
-    m->fam->position_ids(c, b, w->hpos);
-    op->upload(w->ids, b->ids, (size_t)N * sizeof *w->ids);
-    op->upload(w->pos, w->hpos, (size_t)N * sizeof *w->pos);
-    op->upload(w->mask, b->mask, (size_t)N * sizeof *w->mask);
-    if (b->targets) op->upload(w->targets, b->targets, (size_t)N * sizeof *w->targets);
+    int count = pack_batch(m, b);
+    ws_prepare(m, train);
+    int N = w->N;
+    if (b->targets) op->upload(w->targets, w->htgt, (size_t)N * sizeof *w->targets);
     embeddings_forward(m, N, train);
-    for (int l = 0; l < c->layers; l++) block_forward(m, l, l ? w->L[l - 1].out : w->x0, n, T, NULL);
+    for (int l = 0; l < c->layers; l++) block_forward(m, l, l ? w->L[l - 1].out : w->x0, NULL);
     const float *xL = w->L[c->layers - 1].out;
     lm_head_forward(m, xL, 0, N);
-    if (logits) op->download(logits, w->logits, (size_t)N * V * sizeof(float));
-    int count = b->targets ? lm_count(b) : 0;
+    if (logits) {
+        op->download(logits, w->logits, (size_t)N * V * sizeof(float));
+        unpack_rows(logits, b, (size_t)V);
+    }
     /* no position predicts anything: loss 0 and no gradient (transformers would give 0/0) */
-    double loss = count ? op->lm_loss(w->dlogits, w->logits, w->targets, n, T, V, c->label_smoothing, count) : 0;
+    double loss = count ? op->lm_loss(w->dlogits, w->logits, w->targets, N, V, c->label_smoothing, count) : 0;
     if (!train) return (float)loss;
     if (!count) op->zero(w->dlogits, (size_t)N * V);
     op->zero(m->grad, m->train.n);
     lm_head_backward(m, N, xL, w->dout);
     for (int l = c->layers - 1; l >= 0; l--) {
-        block_backward(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0, n, T);
+        block_backward(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0);
         float *t = w->dout; w->dout = w->din; w->din = t;
     }
     return (float)loss;
@@ -859,30 +925,27 @@ static float lm_step(fx_model *m, const fx_batch *b, int train, float *logits) {
 float fx_model_step(fx_model *m, const fx_batch *b, int train, float *logits) {
     const fx_ops *op = m->ops;
     const fx_config *c = &m->c;
-    int n = b->n, T = b->T, H = c->hidden, L = c->num_labels, N = n * T;
+    int n = b->n, H = c->hidden, L = c->num_labels;
     int wide = H > c->intermediate ? H : c->intermediate;
     if (m->fam->fused_qkv && 3 * H > wide) wide = 3 * H;
     if (c->heads * head_dim(c) > wide) wide = c->heads * head_dim(c);
     if (fx_batch_check(c, b, train, wide) != 0) return NAN;
     if (m->fam->head_kind == FX_HEAD_LM) return lm_step(m, b, train, logits);
-    ws_prepare(m, n, T, train);
     workspace *w = m->ws;
-    m->fam->position_ids(c, b, w->hpos);
-    op->upload(w->ids, b->ids, (size_t)N * sizeof *w->ids);
-    op->upload(w->pos, w->hpos, (size_t)N * sizeof *w->pos);
-    op->upload(w->mask, b->mask, (size_t)N * sizeof *w->mask);
+    pack_batch(m, b);
+    ws_prepare(m, train);
     if (b->labels) op->upload(w->labels, b->labels, (size_t)n * sizeof *w->labels);
-    embeddings_forward(m, N, train);
-    for (int l = 0; l < c->layers; l++) layer_forward(m, l, l ? w->L[l - 1].out : w->x0, n, T);
-    head_forward(m, n, T, w->L[c->layers - 1].out);
+    embeddings_forward(m, w->N, train);
+    for (int l = 0; l < c->layers; l++) layer_forward(m, l, l ? w->L[l - 1].out : w->x0);
+    head_forward(m, w->L[c->layers - 1].out);
     double loss = b->labels ? op->loss(w->dlogits, w->logits, w->labels, n, L) : 0;
     if (logits) op->download(logits, w->logits, (size_t)n * L * sizeof(float));
     if (!train) return (float)loss;
 
     op->zero(m->grad, m->train.n);
-    head_backward(m, n, T, w->dout);
+    head_backward(m, w->dout);
     for (int l = c->layers - 1; l >= 0; l--) {
-        layer_backward(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0, n, T);
+        layer_backward(m, l, l ? w->din : NULL, w->dout, l ? w->L[l - 1].out : w->x0);
         float *t = w->dout; w->dout = w->din; w->din = t;
     }
     return (float)loss;
@@ -897,14 +960,14 @@ int fx_model_head_dim(const fx_config *c) { return head_dim(c); }
 void fx_model_decode_forward(fx_model *m, const int32_t *ids, const int32_t *pos, const uint8_t *mask, int ns, int T,
                              const fx_decode_at *at, size_t first, int rows, float *logits) {
     const fx_ops *op = m->ops;
-    int N = ns * T;
-    ws_prepare(m, ns, T, 0);
     workspace *w = m->ws;
-    op->upload(w->ids, ids, (size_t)N * sizeof *w->ids);
-    op->upload(w->pos, pos, (size_t)N * sizeof *w->pos);
-    op->upload(w->mask, mask, (size_t)N);
-    embeddings_forward(m, N, 0);
-    for (int l = 0; l < m->c.layers; l++) block_forward(m, l, l ? w->L[l - 1].out : w->x0, ns, T, at ? &at[l] : NULL);
+    ws_host(w, ns, T);
+    memcpy(w->hpad, pos, (size_t)ns * T * sizeof *pos);
+    ws_pack(w, ids, mask, NULL, ns, T);
+    if (w->N != ns * T) fx_die("model.c: the decoder's batch is padded (%d of %d tokens real)", w->N, ns * T);
+    ws_prepare(m, 0);
+    embeddings_forward(m, w->N, 0);
+    for (int l = 0; l < m->c.layers; l++) block_forward(m, l, l ? w->L[l - 1].out : w->x0, at ? &at[l] : NULL);
     lm_head_forward(m, w->L[m->c.layers - 1].out, first, rows);
     op->download(logits, w->logits, (size_t)rows * m->c.vocab_size * sizeof(float));
 }

@@ -648,8 +648,8 @@ _Static_assert(FX_GPU_FP32 == 0 && FX_GPU_TF32 == 1 && FX_GPU_BF16 == 2, "PRECS 
 /* ---------------------------------------------------------------- the GPU ops table, without a device */
 
 /* Every entry of fx_gpu_ops is set: RoBERTa's, GPT-2's and Llama's blocks call them all. The assertion
- * keeps the list below complete (a name and 46 function pointers; a new entry must be added here). */
-_Static_assert(sizeof(fx_ops) == 47 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
+ * keeps the list below complete (a name and 47 function pointers; a new entry must be added here). */
+_Static_assert(sizeof(fx_ops) == 48 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
 static void check_gpu_ops(void) {
     const fx_ops *o = &fx_gpu_ops;
     CHECK(o->name && strcmp(o->name, "cuda") == 0, "fx_gpu_ops.name is %s", o->name ? o->name : "NULL");
@@ -658,7 +658,8 @@ static void check_gpu_ops(void) {
     OP(matmul); OP(column_dot); OP(scale_cols); OP(scale_cols_add); OP(dropout_mask); OP(dropout_apply);
     OP(dropout_accumulate); OP(embeddings_forward); OP(linear_forward); OP(linear_backward);
     OP(residual_layernorm_forward); OP(layernorm_backward); OP(gelu_forward); OP(gelu_backward);
-    OP(tanh_forward); OP(tanh_backward); OP(attention_forward); OP(attention_backward); OP(loss); OP(adamw);
+    OP(tanh_forward); OP(tanh_backward); OP(attention_keep); OP(attention_forward); OP(attention_backward);
+    OP(loss); OP(adamw);
     OP(layernorm_forward); OP(gelu_tanh_forward); OP(gelu_tanh_backward); OP(lm_loss); OP(sumsq); OP(scale);
     OP(attention_decode);
     OP(fwht); OP(permute_cols); OP(gamma_apply); OP(givens_build); OP(givens_backward);

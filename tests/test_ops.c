@@ -31,7 +31,8 @@ static void check_ops_complete(void) {
         (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
         (void *)o->gelu_tanh_backward, (void *)o->rmsnorm_forward, (void *)o->rmsnorm_backward, (void *)o->rope,
         (void *)o->swiglu_forward, (void *)o->swiglu_backward, (void *)o->add_rows, (void *)o->tanh_forward, (void *)o->tanh_backward,
-        (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss, (void *)o->lm_loss,
+        (void *)o->attention_keep, (void *)o->attention_forward, (void *)o->attention_backward, (void *)o->loss,
+        (void *)o->lm_loss,
         (void *)o->sumsq, (void *)o->scale, (void *)o->attention_decode, (void *)o->adamw, (void *)o->fwht,
         (void *)o->permute_cols, (void *)o->gamma_apply, (void *)o->givens_build, (void *)o->givens_backward};
     int n = (int)(sizeof entry / sizeof entry[0]);
