@@ -9,7 +9,10 @@
 #include <string.h>
 
 /* Loops go parallel only above this many elements of work: a parallel region costs microseconds, and
- * the tiny models of the tests would spend their time in them. */
+ * the tiny models of the tests would spend their time in them. Above it, threads take chunks of rows or
+ * elements as they come free (schedule dynamic): a thread the OS preempts on a busy machine then delays
+ * the op by one chunk, not by its whole share. Every row or element is computed alone, so the results do
+ * not depend on who took which. */
 #define PAR_MIN 16384
 
 /* ============================================================================================
@@ -28,7 +31,7 @@ static void cpu_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, 
 
 /* y += alpha x (FedEx's W0 += alpha R). */
 static void cpu_axpy(float *y, float alpha, const float *x, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) y[i] += alpha * x[i];
 }
 
@@ -36,7 +39,7 @@ static void cpu_copy_rows(float *dst, size_t ds, const float *src, size_t ss, in
     for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * ds, src + (size_t)i * ss, (size_t)cols * sizeof(float));
 }
 static void cpu_add_rows(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)rows * cols >= PAR_MIN)
     for (long i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) dst[(size_t)i * ds + j] += src[(size_t)i * ss + j];
 }
@@ -49,7 +52,7 @@ static void cpu_add_rows(float *dst, size_t ds, const float *src, size_t ss, int
  * the result does not depend on the thread count. db[j] = sum_i a[i,j] (* b[i,j] when B is given). */
 static void column_dot(float *db /* (cols) */, const float *a /* (rows, cols) */, const float *b /* (rows, cols) or NULL */,
                        int rows, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)rows * cols >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 16) if ((long)rows * cols >= PAR_MIN)
     for (long j = 0; j < cols; j++) {
         double s = 0;
         for (long i = 0; i < rows; i++) s += b ? (double)a[i * cols + j] * b[i * cols + j] : a[i * cols + j];
@@ -59,11 +62,11 @@ static void column_dot(float *db /* (cols) */, const float *a /* (rows, cols) */
 
 /* out[i] = s[i % cols] * x[i] (VeRA's lambda scalings; fp32 products commute exactly). */
 static void scale_cols(float *out, const float *s, const float *x, size_t n, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) out[i] = s[i % cols] * x[i];
 }
 static void scale_cols_add(float *y, const float *s, const float *x, size_t n, int cols) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) y[i] += s[i % cols] * x[i];
 }
 
@@ -83,22 +86,22 @@ static void tanh_backward(float *d, const float *y, size_t n) {
 static void dropout_row(uint8_t *keep /* (cols) */, uint64_t site, size_t row, size_t cols, float p) {
     fx_rng g;
     fx_rng_seed(&g, site ^ (0x9e3779b97f4a7c15ULL * (row + 1)));
-    for (size_t j = 0; j < cols; j++) keep[j] = fx_rng_uniform(&g) >= p;
+    fx_rng_keep(&g, keep, cols, p);
 }
 static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t cols, float p, uint64_t site) {
-    #pragma omp parallel for schedule(static) if ((long)(rows * cols) >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)(rows * cols) >= PAR_MIN)
     for (long r = 0; r < (long)rows; r++) dropout_row(keep + r * cols, site, (size_t)r, cols, p);
 }
 /* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
 static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) out[i] = keep ? (keep[i] ? in[i] * scale : 0.0f) : in[i];
 }
 /* dx += d * keep / (1 - p): an adapter's input gradient through its dropout. */
 static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, float p, size_t n) {
     float scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) dx[i] += keep[i] ? d[i] * scale : 0.0f;
 }
 
@@ -111,7 +114,7 @@ static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, f
 static void linear_forward(float *y /* (N, out) */, const float *x /* (N, in) */, const float *W /* (out, in) */,
                            const float *b /* (out) or NULL */, int N, int in, int out) {
     if (!b) { fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out); return; }
-    #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * out >= PAR_MIN)
     for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
     fx_matmul(0, 1, N, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
 }
@@ -140,7 +143,7 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
                                        const float *x /* (N, H) */, const float *g, const float *b,
                                        int N, int H, float eps) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         size_t o = (size_t)i * H;
         for (int j = 0; j < H; j++)
@@ -151,7 +154,7 @@ static void residual_layernorm_forward(float *out /* (N, H) */, float *res /* (N
 /* Pre-LN blocks: out = LayerNorm(x) alone, its moments kept for backward. In place allowed. */
 static void layernorm_forward(float *out /* (N, H) */, float *mean /* (N) */, float *rstd /* (N) */,
                               const float *x /* (N, H) */, const float *g, const float *b, int N, int H, float eps) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++)
         layernorm_row(out + (size_t)i * H, mean + i, rstd + i, x + (size_t)i * H, g, b, H, eps);
 }
@@ -159,7 +162,7 @@ static void layernorm_forward(float *out /* (N, H) */, float *mean /* (N) */, fl
  * xh = (x - mean) * rstd. */
 static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
                                const float *mean, const float *rstd, const float *g, int N, int H) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
         float *dxi = dx + (size_t)i * H;
@@ -184,7 +187,7 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
 static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
                                const float *ln_w, const float *ln_b, int N, int H, float eps, float p, uint64_t site) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         float *x = x0 + (size_t)i * H;
         const float *wr = we + (size_t)ids[i] * H, *pr = pe ? pe + (size_t)pos[i] * H : NULL;
@@ -201,7 +204,7 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     }
     if (p > 0) {
         float scale = 1.0f / (1.0f - p);
-        #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+        #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
         for (long i = 0; i < N; i++) {
             uint8_t keep[H];
             dropout_row(keep, site, (size_t)i, (size_t)H, p);
@@ -210,21 +213,41 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
     }
 }
 
-/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x). */
+/* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x).
+ * erf and exp come from vmath.c (within 1 ulp of libm's erff and expf), a chunk at a time so that the
+ * arguments and results stay in L1; the float arithmetic around them is the formula's, in its order. */
+enum { VCHUNK = 1024 };
+#define VCHUNKS(n) ((long)(((n) + VCHUNK - 1) / VCHUNK))
+
 static void gelu_forward(float *out, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float x = in[i];
-        out[i] = x * 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        const float *x = in + o;
+        float e[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) e[j] = x[j] * (float)M_SQRT1_2;
+        fx_erf(e, e, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) out[o + j] = x[j] * 0.5f * (1.0f + e[j]);
     }
 }
 static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float x = in[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)), pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
-        d[i] *= cdf + x * pdf;
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        const float *x = in + o;
+        float e[VCHUNK], g[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) { e[j] = x[j] * (float)M_SQRT1_2; g[j] = -0.5f * x[j] * x[j]; }
+        fx_erf(e, e, len);
+        fx_exp(g, g, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) {
+            float cdf = 0.5f * (1.0f + e[j]), pdf = g[j] * inv_sqrt_2pi;
+            d[o + j] *= cdf + x[j] * pdf;
+        }
     }
 }
 
@@ -234,14 +257,14 @@ static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *
 #define GELU_TANH_C 0.7978845608028654f
 #define GELU_TANH_K 0.044715f
 static void gelu_tanh_forward(float *out, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) {
         float x = in[i];
         out[i] = 0.5f * x * (1.0f + tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x)));
     }
 }
 static void gelu_tanh_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) {
         float x = in[i], t = tanhf(GELU_TANH_C * (x + GELU_TANH_K * x * x * x));
         d[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_K * x * x);
@@ -253,7 +276,7 @@ static void gelu_tanh_backward(float *d /* in: dL/dout, out: dL/din */, const fl
  *   dx = rstd * (dxh - xh * mean(dxh * xh)). */
 static void rmsnorm_forward(float *out /* (N, H) */, float *rstd /* (N) */, const float *x /* (N, H) */,
                             const float *g /* (H) */, int N, int H, float eps) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H;
         float *oi = out + (size_t)i * H;
@@ -266,7 +289,7 @@ static void rmsnorm_forward(float *out /* (N, H) */, float *rstd /* (N) */, cons
 }
 static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) */, const float *x /* (N, H) */,
                              const float *rstd /* (N) */, const float *g /* (H) */, int N, int H) {
-    #pragma omp parallel for schedule(static) if ((long)N * H >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
         float *dxi = dx + (size_t)i * H;
@@ -284,7 +307,7 @@ static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) *
 static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd,
                  const double *inv_freq /* (hd / 2) */, int inverse) {
     int half = hd / 2;
-    #pragma omp parallel for schedule(static) if ((long)N * nh * hd >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * nh * hd >= PAR_MIN)
     for (long t = 0; t < N; t++) {
         for (int i = 0; i < half; i++) {
             double a = (double)pos[t] * inv_freq[i];
@@ -302,19 +325,33 @@ static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int 
 /* --- SwiGLU (LlamaMLP's act_fn(gate) * up with SiLU): silu(g) = g sigmoid(g);
  *   d gate = dout * up * sigmoid(g) (1 + g (1 - sigmoid(g))),  d up = dout * silu(g). */
 static void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        float e[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
+        fx_exp(e, e, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) out[o + j] = gate[o + j] / (1.0f + e[j]) * up[o + j];
     }
 }
 static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                             size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) {
-        float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
-        dup[i] = d * (g * sg);
-        dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+    #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
+    for (long c = 0; c < VCHUNKS(n); c++) {
+        size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
+        float e[VCHUNK];
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) e[j] = -gate[o + j];
+        fx_exp(e, e, len);
+        #pragma omp simd
+        for (size_t j = 0; j < len; j++) {
+            size_t i = o + j;
+            float g = gate[i], sg = 1.0f / (1.0f + e[j]), d = dout[i];
+            dup[i] = d * (g * sg);
+            dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+        }
     }
 }
 
@@ -532,7 +569,7 @@ static double lm_loss(float *dlogits /* (N, V), may be LOGITS */, const float *l
                       const int32_t *targets /* (N) */, int Ntok, int V, float eps, int count) {
     long N = Ntok;
     double *part = fx_malloc((size_t)N * sizeof *part);
-    #pragma omp parallel for schedule(static) if (N * V >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8) if (N * V >= PAR_MIN)
     for (long i = 0; i < N; i++) {
         const float *z = logits + (size_t)i * V;
         float *d = dlogits + (size_t)i * V;
@@ -560,7 +597,7 @@ static double sumsq(const float *x, size_t n) {
     return s;
 }
 static void scale(float *x, float a, size_t n) {
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) x[i] *= a;
 }
 
@@ -571,7 +608,7 @@ static void adamw(float *p, const float *g, float *mm, float *vv, size_t n, cons
     float step = s->step, bc2s = s->bc2s, decay = s->decay, fb1 = s->b1, fb2 = s->b2, c1 = s->c1, c2 = s->c2,
           feps = s->eps;
     int decay_on = s->decay_on;
-    #pragma omp parallel for schedule(static) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long j = 0; j < (long)n; j++) {
         if (decay_on) p[j] *= decay;
         mm[j] = mm[j] * fb1 + g[j] * c1;

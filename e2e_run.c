@@ -37,7 +37,7 @@ static void resume_best(fx_run *R, struct fx_e2e_test *t) {
 int fx_run_e2e_open(fx_run *R) {
     const fx_settings *c = &R->cfg;
     R->e2e = NULL;
-    if (!R->task->lm || c->eval_every < 0) return 0;
+    if (R->task->lm != FX_LM_E2E || c->eval_every < 0) return 0;
     struct fx_e2e_test *t = fx_calloc(1, sizeof *t);
     char path[4096];
     if (c->test_file) snprintf(path, sizeof path, "%s", c->test_file);

@@ -53,6 +53,8 @@ typedef struct { uint64_t s[4]; } fx_rng;
 void fx_rng_seed(fx_rng *r, uint64_t seed);
 uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
+/* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
+void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
 /* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
@@ -164,27 +166,38 @@ void fx_st_set_close(fx_st_set *s);
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
 /* ============================================================================================
- * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa tokenizers
+ * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa / Llama-3 tokenizers
  * ============================================================================================ */
 
 typedef struct fx_tokenizer fx_tokenizer;
 
-/* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
- * GPT-2's <|endoftext|> serves as all three. Encoding writes to a cache of words inside the tokenizer:
- * one tokenizer per thread. */
+/* Loads DIR/tokenizer.json when there is one (as Hugging Face's fast tokenizers prefer it), else
+ * DIR/vocab.json and DIR/merges.txt. From vocab.json, RoBERTa's specials are <s>=bos/cls, </s>=eos/sep,
+ * <pad>; GPT-2's <|endoftext|> serves as all three. A tokenizer.json must be byte-level BPE (GPT-2's
+ * ByteLevel pre-tokenizer or Llama-3's Split pattern, ignore_merges, added tokens, TemplateProcessing /
+ * RobertaProcessing / BertProcessing); its bos, eos and pad are those tokenizer_config.json (then
+ * special_tokens_map.json, then config.json's ids) names, else the post-processor's, and pad falls back
+ * to eos. SentencePiece-style files (tokenizer.model, byte_fallback, Metaspace) are refused by name.
+ * Encoding writes to a cache of words inside the tokenizer: one tokenizer per thread. */
 fx_tokenizer *fx_tok_load(const char *dir);
 void fx_tok_free(fx_tokenizer *t);
-int fx_tok_bos(const fx_tokenizer *t);
-int fx_tok_eos(const fx_tokenizer *t);
+int fx_tok_bos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
+int fx_tok_eos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
 int fx_tok_pad(const fx_tokenizer *t);
 int fx_tok_vocab_size(const fx_tokenizer *t);
+/* The id of token S: an added or special token's text ("<|eot_id|>", "<s>"), else the vocabulary token
+ * whose bytes are exactly S (" world"); -1 if there is none. */
+int fx_tok_token_id(const fx_tokenizer *t, const char *s);
+/* 1 if ID is a special token (dropped by fx_tok_decode's skip_special). */
+int fx_tok_is_special(const fx_tokenizer *t, int id);
 /* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
 /* Where a family's template puts the specials around one text A or a pair A, B: bos tokens, A, eos
- * tokens, then (pair) eos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>, {1, 1, 1, 1};
- * BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1}. The family holds it (fx_family.text). */
-typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
+ * tokens, then (pair) eos tokens, bos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>,
+ * {1, 1, 1, 1, 0}; BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1, 0}; Llama-3's <|begin_of_text|> A and
+ * <|begin_of_text|> A <|begin_of_text|> B is {1, 0, 0, 0, 1}. The family holds it (fx_family.text). */
+typedef struct { int bos, eos_a, eos_b_lead, eos_b, bos_b; } fx_text_template;
 /* The template's sequence appended to *ids (realloc'd, *cap tracks capacity; *n the new count), truncated
  * longest_first to max_len (0: no truncation; else room for the specials at least). As Hugging Face's
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
@@ -192,7 +205,10 @@ int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *
                       int32_t **ids, int *n, int *cap);
 /* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
  * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
- * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+ * <|endoftext|> in it the special token; a pair is A's ids then B's); a tokenizer.json's post-processor
+ * (or the one transformers' LlamaTokenizerFast builds from add_bos_token / add_eos_token). Its bos and eos
+ * positions hold the post-processor's tokens. A template with no specials ({0}) encodes a text as
+ * encode(add_special_tokens=False) does: special and added tokens written in it still become their ids. */
 const fx_text_template *fx_tok_template(const fx_tokenizer *t);
 /* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
  * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
@@ -207,6 +223,8 @@ char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_s
 /* Pre-tokenisation alone (the GPT-2 pattern): the byte offset where each piece ends, appended to *ends
  * (realloc'd, *cap tracks capacity). -1 on invalid UTF-8. */
 int fx_tok_pretokenize(const char *text, size_t len, size_t **ends, int *n, int *cap);
+/* The same with T's own pre-tokenizer (GPT-2's pattern, or Llama-3's for such a tokenizer.json). */
+int fx_tok_pieces(const fx_tokenizer *t, const char *text, size_t len, size_t **ends, int *n, int *cap);
 
 /* unicode_tables.c, generated by tools/gen_unicode.py: the pre-tokenizer's character classes as sorted,
  * disjoint ranges; a code point in none is "other". */
@@ -236,8 +254,8 @@ typedef struct {
                                     (what an exported config.json's id2label says); NULL: none (STS-B) */
     const char *metric;          /* the paper's headline, which picks the best round: "mcc" (CoLA), "pearson"
                                     (STS-B), "f1" (MRPC, accuracy beside it) or "accuracy" */
-    int lm;                      /* 1: language modelling on per-token targets (E2E, e2e.c's data), no
-                                    classes; num_labels 0 */
+    int lm;                      /* FX_LM_*: language modelling on per-token targets (E2E: e2e.c's data;
+                                    instruct, gsm8k, mc: instruct.c's), no classes; num_labels 0. 0: classes */
 } fx_task;
 
 const fx_task *fx_task_find(const char *name);   /* case-insensitive, "sst2" and "SST-2" alike */
@@ -350,6 +368,57 @@ int fx_e2e_dataset(const fx_e2e_rows *r, const char *path, fx_tokenizer *tok, in
 int fx_e2e_load(const char *path, fx_tokenizer *tok, int max_len, fx_dataset *d); /* read + dataset */
 
 /* ============================================================================================
+ * jinja.c, instruct.c: instruction data (JSON Lines) for causal LMs, chat templates, GSM8K, multiple choice
+ * ============================================================================================ */
+
+/* fx_task.lm: which language-model task. E2E is e2e.c's; the others read JSON Lines (instruct.c). */
+enum { FX_LM_E2E = 1, FX_LM_INSTRUCT = 2, FX_LM_GSM8K = 3, FX_LM_MC = 4 };
+extern const fx_task fx_instruct_task, fx_gsm8k_task, fx_mc_task; /* "instruct", "gsm8k", "mc" */
+
+/* A chat template (Jinja2's subset that chat templates use; jinja.c's header lists it), parsed once. LABEL
+ * names it in errors ("LABEL: line L: what is not supported"). Rendering: MSGS as `messages` (role,
+ * content), bos_token, eos_token, add_generation_prompt; the text malloc'd, NULL with fx_err() (an
+ * unsupported operation on the values, raise_exception). */
+typedef struct fx_jinja fx_jinja;
+typedef struct { const char *role, *content; } fx_chat_msg;
+fx_jinja *fx_jinja_parse(const char *src, size_t len, const char *label);
+char *fx_jinja_render(const fx_jinja *t, const fx_chat_msg *msgs, int n, const char *bos, const char *eos,
+                      int add_generation_prompt);
+void fx_jinja_free(fx_jinja *t);
+
+/* The model's prompt format: DIR/tokenizer_config.json's chat_template (MODE "auto", when it has one) or
+ * the plain format (Alpaca's; MODE "none", or no template). */
+typedef struct { fx_jinja *tpl; char *bos, *eos; } fx_chat;
+int fx_chat_load(const char *model_dir, const char *mode, fx_chat *c);
+void fx_chat_free(fx_chat *c);
+char *fx_chat_prompt(const fx_chat *c, const char *user); /* the prompt of one user message, malloc'd */
+
+/* Rows of one JSON Lines file, validated with path:line errors (the shapes are in instruct.c). */
+typedef struct {
+    int n;
+    char **prompt;               /* (n) the text the model continues (template or plain format applied) */
+    int *raw;                    /* (n) 1: the prompt is plain text, opened by the tokenizer's BOS when it has one */
+    char **completion;           /* (n) what is learnt: the completion, the output, the answer, the right choice */
+    int *line;                   /* (n) 1-based */
+    char **ref;                  /* gsm8k: (n) the reference's final answer, normalised; NULL otherwise */
+    int *nchoice; char ***choice; int *answer; /* mc: (n) the choices and the right one's index; NULL otherwise */
+} fx_inst_rows;
+int fx_inst_read(const char *path, const fx_task *t, const fx_chat *chat, fx_inst_rows *r);
+void fx_inst_rows_free(fx_inst_rows *r);
+/* DATA_DIR/train.jsonl or dev.jsonl; TRAIN_FILE (when not NULL) replaces the first. */
+int fx_inst_path(const char *data_dir, const char *split, const char *train_file, char *out, size_t cap);
+/* Row I's prompt ids (appended to *ids; *n, *cap as fx_tok_encode_tpl), and TEXT's ids with no specials added. */
+int fx_inst_prompt_ids(fx_tokenizer *tok, const fx_inst_rows *r, int i, int32_t **ids, int *n, int *cap);
+int fx_inst_text_ids(fx_tokenizer *tok, const char *text, int32_t **ids, int *n, int *cap);
+/* Training sequences: prompt ids, completion ids, the end token; targets FX_IGNORE on the prompt; cut on
+ * the right to MAX_LEN; a prompt of MAX_LEN tokens or more is refused with its line. */
+int fx_inst_dataset(const fx_inst_rows *r, const char *path, const fx_task *t, fx_tokenizer *tok, int max_len,
+                    fx_dataset *d);
+/* GSM8K's final answer of TEXT into OUT: after the last "####", else (REFERENCE 0) the last number; "$"
+ * and "," removed, a trailing "." dropped. 1 when one was found, 0 otherwise (OUT ""). */
+int fx_gsm8k_extract(const char *text, int reference, char *out, size_t cap);
+
+/* ============================================================================================
  * matmul.c: the one matrix product of the CPU backend
  * ============================================================================================ */
 
@@ -393,6 +462,17 @@ void fx_matmul_bf16(int tb, int M, int N, int K, const float *A, int lda, const 
                     float *C, int ldc);
 const char *fx_matmul_bf16_kernel(void);
 int fx_matmul_bf16_force(const char *name);
+
+/* ============================================================================================
+ * vmath.c: erf and exp over float arrays (the CPU ops' GELU and SiLU)
+ * ============================================================================================ */
+/* y[i] = erf(x[i]) or exp(x[i]), within 1 ulp of libm's erff/expf (vmath.c says why); y == x allowed.
+ * AVX-512 where the CPU has it, plain C otherwise; fx_vmath_force("avx512" or "c") switches (tests),
+ * -1 with fx_seterr when unknown or not runnable here. */
+void fx_erf(float *y, const float *x, size_t n);
+void fx_exp(float *y, const float *x, size_t n);
+const char *fx_vmath_path(void);
+int fx_vmath_force(const char *name);
 
 /* ============================================================================================
  * cpu.c: the CPU ops table: every layer op's forward and backward in plain fp32 C (the specification)
@@ -893,6 +973,8 @@ typedef struct {
  * at the same positions, to rounding. -1 with fx_err() when M is no causal LM. */
 int fx_model_decoder(struct fx_model *m, int nslots, fx_decoder *d);
 void fx_decoder_free(fx_decoder *d);
+/* log p(CONT | CTX) on D's slot 0, the sum of the continuation tokens' float64 log-softmaxes. */
+int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *cont, int ncont, double *ll);
 
 /* ============================================================================================
  * checkpoint.c: Hugging Face checkpoints and PEFT adapters on disk
@@ -1086,6 +1168,9 @@ typedef struct {
     /* E2E: generation on the test MRs, scored every eval_every rounds and at the last (generate.c) */
     const char *test_file, *early_stopping, *no_repeat_scope;
     int eval_every, test_mrs, num_beams, no_repeat_ngram, max_new_tokens;
+    /* instruct, gsm8k, mc (instruct.c): the prompt format; the dev rows generated (gsm8k) or scored (mc) */
+    const char *chat_template;
+    int eval_rows;
     double length_penalty;
     fx_agg_method agg;           /* parsed from agg_name (and --vera) by fx_settings_check */
 } fx_settings;
@@ -1332,6 +1417,7 @@ struct fx_run {
     int settings_written;            /* with the first round's outputs */
     /* E2E: the test MRs the global model continues (e2e_run.c) */
     struct fx_e2e_test *e2e;         /* NULL: no test generation (not an lm task, or --eval-every -1) */
+    struct fx_inst_eval *inst;       /* gsm8k, mc: the dev rows generated or scored (instruct_run.c); NULL otherwise */
     double t_round, secs_rounds;     /* the current round's start; seconds of the rounds timed so far */
     int rounds_timed;                /* rounds this process ran to the end (the estimate of time left) */
 };
@@ -1364,6 +1450,26 @@ int fx_run_e2e_open(fx_run *R);
 int fx_run_e2e_round(fx_run *R, int round);      /* generates and scores when ROUND is due; -1 with fx_err() */
 void fx_run_e2e_json(const fx_run *R, FILE *f);  /* `, "test": {...}, "best_bleu": x, "best_bleu_round": r` */
 void fx_run_e2e_close(fx_run *R);
+/* instruct_run.c: the instruction tasks in a run: train and dev from DATA/train.jsonl (or --train-file) and
+ * DATA/dev.jsonl in the model's prompt format (fx_run_inst_load, from load_data); for gsm8k and mc the
+ * dev rows' test metric at the rounds due (every --eval-every and the last), with the best round, in the
+ * round's metrics line as "gsm8k": {"exact_match"} or "mc": {"acc", "acc_norm"}; gsm8k's answers in
+ * OUT/gsm8k_predictions_round<N>.jsonl. */
+int fx_run_inst_load(fx_run *R);
+int fx_run_inst_open(fx_run *R);
+int fx_run_inst_round(fx_run *R, int round);
+void fx_run_inst_json(const fx_run *R, FILE *f);
+void fx_run_inst_close(fx_run *R);
+/* The test metric of the model behind D on the first N rows of R (task T): gsm8k's exact match of greedy
+ * answers of up to MAX_NEW tokens (each answer a JSON line into PRED when not NULL), or mc's acc and
+ * acc_norm (every choice's log-likelihood, row by row, into LL when not NULL). -1 with fx_err() naming
+ * the row's line. */
+typedef struct { int rows; double exact_match, acc, acc_norm; } fx_inst_scores;
+/* The choice picked among N by their log-likelihoods LL: the largest LL (LEN NULL: acc) or LL / LEN
+ * (acc_norm, LEN the choices' lengths in characters); the first of equals. */
+int fx_mc_pick(const double *ll, const double *len, int n);
+int fx_inst_evaluate(const fx_decoder *d, fx_tokenizer *tok, const fx_task *t, const fx_inst_rows *r, int n, int max_new,
+                     FILE *pred, double *ll, fx_inst_scores *s);
 /* Base weights as a run starts: random (seeded, HF's initialisation) then the folder's checkpoint. */
 int fx_run_init_weights(const fx_settings *c, fx_model *m);
 /* LOGITS (n, L) of every row of D, in D's order, and the mean loss (NAN with fx_err() on a bad batch).

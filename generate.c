@@ -302,12 +302,42 @@ char *fx_gen_text(const fx_tokenizer *tok, const int *ids, int n) {
 }
 
 /* ============================================================================================
+ * A continuation's log-likelihood (multiple choice)
+ * ============================================================================================
+ * log p(cont | ctx) = sum_j log_softmax(logits after ctx and cont[0..j))[cont[j]], each in float64 as the
+ * search scores its steps. Slot 0 of D is used. */
+
+int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *cont, int ncont, double *ll) {
+    if (nctx < 1 || ncont < 1 || nctx + ncont - 1 > d->max_len) {
+        fx_seterr("a context of %d and a continuation of %d tokens do not fit the model's %d positions", nctx, ncont,
+                  d->max_len);
+        return -1;
+    }
+    for (int j = 0; j < ncont; j++)
+        if (cont[j] < 0 || cont[j] >= d->vocab) { fx_seterr("token %d outside the vocabulary of %d", cont[j], d->vocab); return -1; }
+    float *logits = fx_malloc(sizeof(float) * (size_t)d->vocab);
+    double *lp = fx_malloc(sizeof(double) * (size_t)d->vocab), sum = 0;
+    int *ids = fx_malloc(sizeof(int) * (size_t)nctx);
+    for (int k = 0; k < nctx; k++) ids[k] = ctx[k];
+    int rc = d->prefill(d->ctx, ids, nctx, logits);
+    for (int j = 0; j < ncont && rc == 0; j++) {
+        if (log_softmax(logits, d->vocab, lp) != 0) { fx_seterr("the model's logits are not finite"); rc = -1; break; }
+        sum += lp[cont[j]];
+        int tok = cont[j];
+        if (j + 1 < ncont) rc = d->step(d->ctx, 1, &tok, nctx + j, logits);
+    }
+    free(logits); free(lp); free(ids);
+    if (rc == 0) *ll = sum;
+    return rc;
+}
+
+/* ============================================================================================
  * E2E NLG: one generation per unique MR, the files e2e-metrics reads, their scores
  * ============================================================================================ */
 
 int fx_e2e_generate(const fx_decoder *d, fx_tokenizer *tok, const fx_gen_cfg *g, const fx_e2e_rows *r, int ngroups,
                     char **pred) {
-    static const fx_text_template plain = {0, 0, 0, 0};
+    static const fx_text_template plain = {0, 0, 0, 0, 0};
     int32_t *ids = NULL;
     int cap = 0, rc = 0, *out = fx_malloc((size_t)g->max_new_tokens * sizeof *out);
     for (int k = 0; k < ngroups; k++) pred[k] = NULL;

@@ -73,8 +73,13 @@ const fx_task *fx_task_find(const char *name) {
     if (!strcmp(want, have)) return &synthetic_task;
     task_key(fx_e2e_task.name, have, sizeof have);
     if (!strcmp(want, have) || !strcmp(want, "e2enlg")) return &fx_e2e_task;
+    const fx_task *const inst[] = {&fx_instruct_task, &fx_gsm8k_task, &fx_mc_task};
+    for (int k = 0; k < 3; k++) {
+        task_key(inst[k]->name, have, sizeof have);
+        if (!strcmp(want, have)) return inst[k];
+    }
     fx_seterr("unknown task '%s' (known: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-MM, QNLI, RTE, WNLI, "
-              "e2e, synthetic)", name);
+              "e2e, instruct, gsm8k, mc, synthetic)", name);
     return NULL;
 }
 

@@ -2,7 +2,7 @@
  * config.json's keys and writer, the tensor list with shapes and init rules, the block's shape (pre-norm
  * RMSNorm, separate q, k, v with grouped-query attention, rotary positions with rope_scaling's frequencies,
  * SwiGLU MLP, optional biases, model.norm, an LM head tied or not). No forward pass (model.c), no file I/O
- * (checkpoint.c), no tokenizer.json. */
+ * (checkpoint.c), no tokenizer (tokenizer.c). */
 #include "fedex.h"
 
 #include <math.h>
@@ -220,8 +220,8 @@ static void llama_config_write(FILE *f, const fx_config *c, const char *const *n
     fprintf(f, "  \"tie_word_embeddings\": %s,\n  \"use_cache\": true\n}\n", c->untied_head ? "false" : "true");
 }
 
-/* fedex reads no tokenizer.json yet, so a saved Llama folder names only its length; the tokenizer files
- * of the model it came from are to be copied beside it. */
+/* A saved Llama folder names only its length here; the tokenizer files of the model it came from
+ * (tokenizer.json and its tokenizer_config.json, which `fedex export` and `fedex init` copy) replace this. */
 static void llama_tokenizer_config_write(FILE *f, const fx_config *c) {
     fprintf(f, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"model_max_length\": %d\n}\n",
             c->max_positions);
@@ -285,7 +285,7 @@ const fx_family fx_llama = {
     .act = FX_ACT_SWIGLU,
     .head_kind = FX_HEAD_LM,
     .tied_head = 0, /* by the config: fx_config.untied_head */
-    .text = {0, 0, 0, 0},
+    .text = {0, 0, 0, 0, 0},
     .target_path = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj",
                     "mlp.down_proj", NULL, "mlp.gate_proj"},
     .target_peft = {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", NULL, "gate_proj"},

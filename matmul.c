@@ -57,6 +57,10 @@
  * a: (kc, MR) packed A panel; b: (kc, NR) packed B panel; c: (MR, ldc) tile of C. */
 typedef void (*kernel_fn)(int kc, const float *restrict a, const float *restrict b, float *restrict c,
                           size_t ldc, float alpha, float beta);
+/* The same sums for a ragged tile: only its first ROWS x COLS of C are written (and read when beta != 0),
+ * and B vectors wholly past COLS are not multiplied at all. Same order of operations as kernel_fn. */
+typedef void (*edge_fn)(int kc, const float *restrict a, const float *restrict b, float *restrict c,
+                        size_t ldc, float alpha, float beta, int rows, int cols);
 
 /* Blocking of one kernel. MR x NR is the register tile. KC bounds the two panels one kernel call reads
  * (A: KC x MR, B: KC x NR) to the inner caches and sets how often C is re-read (once per KC slice);
@@ -66,6 +70,7 @@ typedef struct {
     const char *name;
     int mr, nr, kc, mc, nc;
     kernel_fn fn;
+    edge_fn edge;                                /* NULL: ragged tiles go through a full tile and a copy */
     int (*available)(void);
 } kernel;
 
@@ -130,32 +135,57 @@ static int have_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_
 
 enum { A5_MR = 8, A5_NR = 48 };
 
-__attribute__((target("avx512f")))
-static void kernel_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                          size_t ldc, float alpha, float beta) {
+/* The kernel's body for NV of the 3 B vectors (NV * 16 columns) and ROWS stored rows of C, the last
+ * vector's columns masked by LAST. The full tile is NV 3, ROWS 8, LAST all ones; ragged tiles (attention's
+ * 128 and 64 columns, say) call it with fewer vectors instead of multiplying zero padding. */
+__attribute__((target("avx512f"), always_inline))
+static inline void avx512_body(int nv, int rows, __mmask16 last, int kc, const float *restrict a,
+                               const float *restrict b, float *restrict c, size_t ldc, float alpha, float beta) {
     __m512 acc[A5_MR][3];
     #pragma GCC unroll 8
     for (int i = 0; i < A5_MR; i++) acc[i][0] = acc[i][1] = acc[i][2] = _mm512_setzero_ps();
     for (int k = 0; k < kc; k++, a += A5_MR, b += A5_NR) {
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32);
+        __m512 b0 = _mm512_loadu_ps(b), b1 = b0, b2 = b0;
+        if (nv > 1) b1 = _mm512_loadu_ps(b + 16);
+        if (nv > 2) b2 = _mm512_loadu_ps(b + 32);
         #pragma GCC unroll 8
         for (int i = 0; i < A5_MR; i++) {
             __m512 ai = _mm512_set1_ps(a[i]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-            acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
+            if (nv > 1) acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+            if (nv > 2) acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
         }
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     #pragma GCC unroll 8
-    for (int i = 0; i < A5_MR; i++)
+    for (int i = 0; i < A5_MR; i++) {
+        if (i >= rows) break;
         #pragma GCC unroll 3
         for (int v = 0; v < 3; v++) {
+            if (v >= nv) break;
             float *p = c + i * ldc + 16 * v;
+            __mmask16 m = v == nv - 1 ? last : (__mmask16)0xFFFF;
             __m512 r = _mm512_mul_ps(va, acc[i][v]);
-            if (beta != 0.0f) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_loadu_ps(p)));
-            _mm512_storeu_ps(p, r);
+            if (beta != 0.0f) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
+            _mm512_mask_storeu_ps(p, m, r);
         }
+    }
+}
+
+__attribute__((target("avx512f")))
+static void kernel_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
+                          size_t ldc, float alpha, float beta) {
+    avx512_body(3, A5_MR, 0xFFFF, kc, a, b, c, ldc, alpha, beta);
+}
+
+__attribute__((target("avx512f")))
+static void edge_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
+                        size_t ldc, float alpha, float beta, int rows, int cols) {
+    int nv = (cols + 15) / 16;
+    __mmask16 last = (__mmask16)((1u << (cols - 16 * (nv - 1))) - 1);
+    if (nv == 1) avx512_body(1, rows, last, kc, a, b, c, ldc, alpha, beta);
+    else if (nv == 2) avx512_body(2, rows, last, kc, a, b, c, ldc, alpha, beta);
+    else avx512_body(3, rows, last, kc, a, b, c, ldc, alpha, beta);
 }
 
 static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
@@ -169,10 +199,10 @@ static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
  *   scalar  small blocks; it is the portable fallback, not a fast path. */
 static const kernel KERNELS[] = {
 #ifdef FX_X86
-    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, have_avx512},
-    {"avx2", A2_MR, A2_NR, 256, 144, 3072, kernel_avx2, have_avx2},
+    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, have_avx512},
+    {"avx2", A2_MR, A2_NR, 256, 144, 3072, kernel_avx2, NULL, have_avx2},
 #endif
-    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, always},
+    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, always},
 };
 enum { NKERNELS = sizeof KERNELS / sizeof KERNELS[0] };
 enum { MAX_TILE = 8 * 48 };                      /* the largest MR x NR above */
@@ -215,17 +245,108 @@ void fx_set_threads(int n) { omp_set_num_threads(n > 0 ? n : 1); }
  * Packing
  * ============================================================================================ */
 
+/* Packing only copies, so any way of moving the values gives the same panels; the transposing cases
+ * (op(A) = A, op(B) = B^T: a panel's rows are strided in memory) go through 16 x 16 register transposes
+ * where the CPU has AVX-512, the contiguous ones through memcpy. */
+
+#ifdef FX_X86
+static int pack512 = -1;                         /* AVX-512 transposes for packing: -1 until first asked */
+
+static int use_pack512(void) {
+    int v = __atomic_load_n(&pack512, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        __atomic_store_n(&pack512, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* r[i] = row i of a 16 x 16 block; afterwards r[j] = its column j. */
+__attribute__((target("avx512f"), always_inline))
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + m], 128-bit lane l: column 4l + m of rows 4i..4i+3 */
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int m = 0; m < 4; m++) {
+        __m512 x0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), y0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+        __m512 x1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), y1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+        r[m] = _mm512_shuffle_f32x4(x0, x1, 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(x0, x1, 0xDD);
+        r[4 + m] = _mm512_shuffle_f32x4(y0, y1, 0x88);
+        r[12 + m] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
+    }
+}
+
+/* Loads NROWS rows of SRC (row stride LD), their first KN values each (the rest and the rows past NROWS
+ * zero: masked loads read nothing past them), and transposes the block. */
+__attribute__((target("avx512f"), always_inline))
+static inline void load_transpose16(__m512 r[16], const float *src, size_t ld, int nrows, int kn) {
+    __mmask16 km = (__mmask16)((1u << kn) - 1);
+    for (int i = 0; i < 16; i++) r[i] = i < nrows ? _mm512_maskz_loadu_ps(km, src + (size_t)i * ld) : _mm512_setzero_ps();
+    transpose16(r);
+}
+
+/* op(A) = A into 8-row panels (the AVX-512 kernel's MR), two panels per 16-row transpose. */
+__attribute__((target("avx512f")))
+static void pack_a_rows512(const float *A, size_t lda, int i0, int mc, int p0, int kc, float *out) {
+    for (int ip = 0; ip < mc; ip += 16) {
+        int rows = mc - ip < 16 ? mc - ip : 16;
+        float *o0 = out + (size_t)(ip / 8) * kc * 8, *o1 = o0 + (size_t)kc * 8;
+        for (int kb = 0; kb < kc; kb += 16) {
+            int kn = kc - kb < 16 ? kc - kb : 16;
+            __m512 r[16];
+            load_transpose16(r, A + (size_t)(i0 + ip) * lda + p0 + kb, lda, rows, kn);
+            for (int k = 0; k < kn; k++) {
+                _mm256_storeu_ps(o0 + (size_t)(kb + k) * 8, _mm512_castps512_ps256(r[k]));
+                if (rows > 8)
+                    _mm256_storeu_ps(o1 + (size_t)(kb + k) * 8,
+                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r[k]), 1)));
+            }
+        }
+    }
+}
+
+/* op(B) = B^T into one panel NR wide (a multiple of 16): 16 columns by 16 k per transpose. */
+__attribute__((target("avx512f")))
+static void pack_b_cols512(const float *B, size_t ldb, int p0, int kc, int j0, int cols, int nr, float *out) {
+    for (int kb = 0; kb < kc; kb += 16) {
+        int kn = kc - kb < 16 ? kc - kb : 16;
+        for (int jb = 0; jb < nr; jb += 16) {
+            __m512 r[16];
+            int nj = cols - jb < 16 ? (cols - jb > 0 ? cols - jb : 0) : 16;
+            load_transpose16(r, B + (size_t)(j0 + jb) * ldb + p0 + kb, ldb, nj, kn);
+            for (int k = 0; k < kn; k++) _mm512_storeu_ps(out + (size_t)(kb + k) * nr + jb, r[k]);
+        }
+    }
+}
+#else
+static int use_pack512(void) { return 0; }
+#endif
+
 /* op(A)[i0:i0+mc, p0:p0+kc] into ceil(mc/MR) panels, each (kc, MR): out[(panel*kc + k)*MR + i].
  * Rows past mc are zero: they only feed the discarded rows of an edge tile. */
 static void pack_a(int ta, const float *A, size_t lda, int i0, int mc, int p0, int kc, int mr, float *out) {
+#ifdef FX_X86
+    if (!ta && mr == 8 && use_pack512()) { pack_a_rows512(A, lda, i0, mc, p0, kc, out); return; }
+#endif
     for (int ip = 0; ip < mc; ip += mr, out += (size_t)kc * mr) {
         int rows = mc - ip < mr ? mc - ip : mr;
         if (ta) { /* op(A)[i][k] = A[k][i]: each k gives a contiguous run of rows */
             for (int k = 0; k < kc; k++) {
                 const float *src = A + (size_t)(p0 + k) * lda + i0 + ip;
                 float *dst = out + (size_t)k * mr;
-                for (int i = 0; i < rows; i++) dst[i] = src[i];
-                for (int i = rows; i < mr; i++) dst[i] = 0.0f;
+                if (rows == 8 && mr == 8) { memcpy(dst, src, 8 * sizeof *dst); continue; } /* inlined: 32 bytes */
+                memcpy(dst, src, (size_t)rows * sizeof *dst);
+                if (rows < mr) memset(dst + rows, 0, (size_t)(mr - rows) * sizeof *dst);
             }
         } else {
             for (int i = 0; i < rows; i++) {
@@ -242,6 +363,9 @@ static void pack_a(int ta, const float *A, size_t lda, int i0, int mc, int p0, i
 static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int j0, int cols, int nr,
                          float *out) {
     if (tb) { /* op(B)[k][j] = B[j][k]: each column is a contiguous run of k */
+#ifdef FX_X86
+        if (nr % 16 == 0 && use_pack512()) { pack_b_cols512(B, ldb, p0, kc, j0, cols, nr, out); return; }
+#endif
         for (int j = 0; j < cols; j++) {
             const float *src = B + (size_t)(j0 + j) * ldb + p0;
             for (int k = 0; k < kc; k++) out[(size_t)k * nr + j] = src[k];
@@ -252,8 +376,8 @@ static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int
         for (int k = 0; k < kc; k++) {
             const float *src = B + (size_t)(p0 + k) * ldb + j0;
             float *dst = out + (size_t)k * nr;
-            for (int j = 0; j < cols; j++) dst[j] = src[j];
-            for (int j = cols; j < nr; j++) dst[j] = 0.0f;
+            memcpy(dst, src, (size_t)cols * sizeof *dst);
+            if (cols < nr) memset(dst + cols, 0, (size_t)(nr - cols) * sizeof *dst);
         }
     }
 }
@@ -309,74 +433,109 @@ static void scale_c(int M, int N, float beta, float *C, size_t ldc) {
  * (milliseconds) on a busy one, and small products cannot win that back. Depends on the shape alone. */
 #define PARALLEL_MIN_MACS (128.0 * 128.0 * 256.0)
 
-/* The blocked loops above, on C with element (i, j) at C[i*rs + j*cs]: (rs, cs) = (ldc, 1) for C itself,
- * (1, ldc) when the caller computes C^T = op(B)^T op(A)^T instead (see fx_matmul). */
-static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float alpha, const float *A, size_t lda,
-                 const float *B, size_t ldb, float beta, float *C, size_t rs, size_t cs) {
+/* One product as the threads see it: C with element (i, j) at C[i*rs + j*cs], (rs, cs) = (ldc, 1) for C
+ * itself, (1, ldc) when the caller computes C^T = op(B)^T op(A)^T instead (see fx_matmul); op(B) packed
+ * whole into BPACK, (npanels, K, NR). */
+typedef struct {
+    const kernel *kn;
+    int ta, tb, M, N, K, npanels;
+    int split_m;                                 /* rectangles of whole rows (1) or whole columns (0) */
+    float alpha, beta;
+    const float *A, *B;
+    size_t lda, ldb;
+    float *C;
+    size_t rs, cs;
+    float *bpack;
+} product;
+
+static void pack_b_one(const product *g, int p) {
+    int NR = g->kn->nr, cols = g->N - p * NR < NR ? g->N - p * NR : NR;
+    pack_b_panel(g->tb, g->B, g->ldb, 0, g->K, p * NR, cols, NR, g->bpack + (size_t)p * g->K * NR);
+}
+
+/* The blocked loops above over one rectangle of C: row tiles LO..HI (all columns) when the product is
+ * split along M, column panels LO..HI (all rows) when along N. Tiles sit on the one MR x NR grid whatever
+ * the rectangle, and each C element is summed by the same kernel in the same order, so how C is cut into
+ * rectangles, and which thread takes which, changes no bit. */
+static void gemm_part(const product *g, int lo, int hi) {
+    const kernel *kn = g->kn;
     const int MR = kn->mr, NR = kn->nr, KC = kn->kc, MC = kn->mc, NC = kn->nc;
-    int npanels = (N + NR - 1) / NR;
-    scratch *mine = my_scratch();
-    float *bpack = grow(&mine->b, &mine->nb, (size_t)npanels * K * NR); /* (npanels, K, NR) */
+    const int M = g->M, N = g->N, K = g->K;
+    const size_t rs = g->rs, cs = g->cs;
+    int m0 = 0, m1 = M, n0 = 0, n1 = N;          /* the rectangle of C */
+    if (g->split_m) { m0 = lo * MR; m1 = hi * MR < M ? hi * MR : M; }
+    else { n0 = lo * NR; n1 = hi * NR < N ? hi * NR : N; }
     int kcb = K < KC ? K : KC;
+    int mcb = m1 - m0 < MC ? (m1 - m0 + MR - 1) / MR * MR : MC;
+    scratch *own = my_scratch();
+    float *apack = grow(&own->a, &own->na, (size_t)kcb * (mcb > 0 ? mcb : MR)); /* (kcb, mcb) */
+    float tile[MAX_TILE];                        /* (MR, NR) */
 
-    /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
-     * else's parallel region (one per attention head, say): we are one of its threads already.
-     * Threads split the tiles of C along M, or along N when C has fewer row tiles than column tiles. */
-    int mtiles = (M + MR - 1) / MR;
-    int split_m = mtiles >= npanels;
-
-    #pragma omp parallel num_threads((double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 \
-                                                                                     : omp_get_max_threads())
-    {
-        #pragma omp for schedule(static)
-        for (int p = 0; p < npanels; p++) {
-            int cols = N - p * NR < NR ? N - p * NR : NR;
-            pack_b_panel(tb, B, ldb, 0, K, p * NR, cols, NR, bpack + (size_t)p * K * NR);
-        }
-        /* (the implied barrier: every panel is packed before anyone reads one; the only one) */
-
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int tiles = split_m ? mtiles : npanels;
-        int lo = (int)((long)tiles * t / nt), hi = (int)((long)tiles * (t + 1) / nt);
-        int m0 = 0, m1 = M, n0 = 0, n1 = N;          /* this thread's rectangle of C */
-        if (split_m) { m0 = lo * MR; m1 = hi * MR < M ? hi * MR : M; }
-        else { n0 = lo * NR; n1 = hi * NR < N ? hi * NR : N; }
-        int mcb = m1 - m0 < MC ? (m1 - m0 + MR - 1) / MR * MR : MC;
-        scratch *own = my_scratch();
-        float *apack = grow(&own->a, &own->na, (size_t)kcb * (mcb > 0 ? mcb : MR)); /* (kcb, mcb) */
-        float tile[MAX_TILE];                        /* (MR, NR) */
-
-        for (int jc = n0; jc < n1; jc += NC) {
-            int jhi = jc + NC < n1 ? jc + NC : n1;
-            for (int pc = 0; pc < K; pc += KC) {
-                int kc = K - pc < KC ? K - pc : KC;
-                float beta_eff = pc == 0 ? beta : 1.0f;
-                for (int ic = m0; ic < m1; ic += MC) {
-                    int mc = m1 - ic < MC ? m1 - ic : MC;
-                    pack_a(ta, A, lda, ic, mc, pc, kc, MR, apack);
-                    for (int jr = jc; jr < jhi; jr += NR) {
-                        int cols = jhi - jr < NR ? jhi - jr : NR;
-                        const float *bp = bpack + ((size_t)(jr / NR) * K + pc) * NR;
-                        for (int ir = 0; ir < mc; ir += MR) {
-                            int rows = mc - ir < MR ? mc - ir : MR;
-                            const float *ap = apack + (size_t)ir * kc;
-                            float *c = C + (size_t)(ic + ir) * rs + (size_t)jr * cs;
-                            if (rows == MR && cols == NR && cs == 1) {
-                                kn->fn(kc, ap, bp, c, rs, alpha, beta_eff);
-                            } else { /* ragged or transposed tile: the kernel's sums, then its epilogue */
-                                kn->fn(kc, ap, bp, tile, (size_t)NR, 1.0f, 0.0f);
-                                for (int i = 0; i < rows; i++)
-                                    for (int j = 0; j < cols; j++) {
-                                        float v = alpha * tile[i * NR + j];
-                                        float *cij = c + i * rs + j * cs;
-                                        *cij = beta_eff == 0.0f ? v : v + beta_eff * *cij;
-                                    }
-                            }
+    for (int jc = n0; jc < n1; jc += NC) {
+        int jhi = jc + NC < n1 ? jc + NC : n1;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC;
+            float beta_eff = pc == 0 ? g->beta : 1.0f;
+            for (int ic = m0; ic < m1; ic += MC) {
+                int mc = m1 - ic < MC ? m1 - ic : MC;
+                pack_a(g->ta, g->A, g->lda, ic, mc, pc, kc, MR, apack);
+                for (int jr = jc; jr < jhi; jr += NR) {
+                    int cols = jhi - jr < NR ? jhi - jr : NR;
+                    const float *bp = g->bpack + ((size_t)(jr / NR) * K + pc) * NR;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        int rows = mc - ir < MR ? mc - ir : MR;
+                        const float *ap = apack + (size_t)ir * kc;
+                        float *c = g->C + (size_t)(ic + ir) * rs + (size_t)jr * cs;
+                        if (rows == MR && cols == NR && cs == 1) {
+                            kn->fn(kc, ap, bp, c, rs, g->alpha, beta_eff);
+                        } else if (kn->edge && cs == 1) {
+                            kn->edge(kc, ap, bp, c, rs, g->alpha, beta_eff, rows, cols);
+                        } else { /* ragged or transposed tile: the kernel's sums, then its epilogue */
+                            kn->fn(kc, ap, bp, tile, (size_t)NR, 1.0f, 0.0f);
+                            for (int i = 0; i < rows; i++)
+                                for (int j = 0; j < cols; j++) {
+                                    float v = g->alpha * tile[i * NR + j];
+                                    float *cij = c + i * rs + j * cs;
+                                    *cij = beta_eff == 0.0f ? v : v + beta_eff * *cij;
+                                }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float alpha, const float *A, size_t lda,
+                 const float *B, size_t ldb, float beta, float *C, size_t rs, size_t cs) {
+    int npanels = (N + kn->nr - 1) / kn->nr, mtiles = (M + kn->mr - 1) / kn->mr;
+    scratch *mine = my_scratch();
+    /* C is cut along M, or along N when it has fewer row tiles than column panels */
+    product g = {kn, ta, tb, M, N, K, npanels, mtiles >= npanels, alpha, beta, A, B, lda, ldb, C, rs, cs,
+                 grow(&mine->b, &mine->nb, (size_t)npanels * K * kn->nr)};
+    int tiles = g.split_m ? mtiles : npanels;
+
+    /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
+     * else's parallel region (one per attention head, say): we are one of its threads already. Those
+     * open no parallel region at all (even a team of one costs a fork and a join). */
+    int nt = (double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt == 1) {
+        for (int p = 0; p < npanels; p++) pack_b_one(&g, p);
+        gemm_part(&g, 0, tiles);
+        return;
+    }
+    /* Threads take rectangles of PER tiles (about 8 per thread, at most an A block's rows) as they come
+     * free, so one that the OS preempts holds up the other by one rectangle, not by half the product. */
+    int per = (tiles + 8 * nt - 1) / (8 * nt), cap = g.split_m ? kn->mc / kn->mr : tiles;
+    per = per < 1 ? 1 : per > cap ? cap : per;
+    int units = (tiles + per - 1) / per;
+    #pragma omp parallel num_threads(nt)
+    {
+        #pragma omp for schedule(dynamic, 1)
+        for (int p = 0; p < npanels; p++) pack_b_one(&g, p);
+        /* (the implied barrier: every panel is packed before anyone reads one; the only one) */
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (int u = 0; u < units; u++) gemm_part(&g, u * per, (u + 1) * per < tiles ? (u + 1) * per : tiles);
     }
 }
 

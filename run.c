@@ -426,6 +426,7 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
     fx_json_num(f, R->best);
     fprintf(f, ", \"best_round\": %d", R->best_round);
     fx_run_e2e_json(R, f);
+    fx_run_inst_json(R, f);
     fprintf(f, ", \"agg_error\": ");
     layer_values(f, R, err);
     fprintf(f, ", \"deviation\": ");
@@ -569,8 +570,8 @@ static int load_data(fx_run *R) {
     if (c->model) {
         if (fx_model_has_weights(c->model) != 0) return -1; /* say so before minutes of tokenising */
         const fx_family *fam = fx_config_family(&R->mc);
-        if (R->task->lm != (fam->head_kind == FX_HEAD_LM)) {
-            fx_seterr(R->task->lm ? "--task %s trains a language model: %s is a %s, not a causal LM (GPT-2)"
+        if ((R->task->lm != 0) != (fam->head_kind == FX_HEAD_LM)) {
+            fx_seterr(R->task->lm ? "--task %s trains a language model: %s is a %s, not a causal LM (GPT-2, Llama)"
                                   : "--task %s classifies: %s is a %s language model", R->task->name, c->model,
                       fam->model_type);
             return -1;
@@ -592,7 +593,9 @@ static int load_data(fx_run *R) {
         R->pad_id = fx_tok_pad(R->tok);
         printf("tokenising %s train and dev (max length %d)...\n", R->task->name, c->max_len);
         fflush(stdout);
-        if (R->task->lm) {
+        if (R->task->lm && R->task->lm != FX_LM_E2E) {
+            if (fx_run_inst_load(R) != 0) return -1;
+        } else if (R->task->lm) {
             char path[4096];
             if (fx_e2e_path(c->data, "train", c->train_file, path, sizeof path) != 0 ||
                 fx_e2e_load(path, R->tok, c->max_len, &R->train) != 0 ||
@@ -739,7 +742,7 @@ static int setup_run(fx_run *R) {
         load_lines(R, R->round0);
         printf("resuming %s after round %d\n", c->out, R->round0);
     }
-    if (fx_run_e2e_open(R) != 0) return -1;
+    if (fx_run_e2e_open(R) != 0 || fx_run_inst_open(R) != 0) return -1;
     return split_shards(R) != 0 || client_gpus(R) != 0 ? -1 : 0;
 }
 
@@ -758,6 +761,7 @@ static void teardown_run(fx_run *R) {
     if (R->srv_gpu) fx_gpu_free(R->srv_gpu);
 #endif
     fx_run_e2e_close(R);
+    fx_run_inst_close(R);
     fx_model_free(&R->srv);
     if (R->res.off) fx_residual_free(&R->res);
     R->tp->close(R);
@@ -862,6 +866,7 @@ int fx_run_federated(fx_run *R) {
         fx_metrics mt;
         double dev_loss = evaluate(R, &mt);
         if (fx_run_e2e_round(R, round) != 0) { fprintf(stderr, "fedex: test generation: %s\n", fx_err()); status = 1; break; }
+        if (fx_run_inst_round(R, round) != 0) { fprintf(stderr, "fedex: %s evaluation: %s\n", R->task->name, fx_err()); status = 1; break; }
         double eval_s = fx_now() - te;
         if ((R->task->lm ? mt.main < R->best : mt.main > R->best) || R->best_round == 0) { R->best = mt.main; R->best_round = round; }
         double mx = 0;

@@ -152,19 +152,21 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f) {
 
 #define RC(f) offsetof(fx_settings, f)
 static const fx_opt train_opts[] = {
-    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model", 0, 0},
-    {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI) or e2e (GPT-2 on E2E NLG); none: the built-in synthetic task", 0, 0},
-    {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders, or for e2e trainset.csv, devset.csv and testset_w_refs.csv", 0, 0},
-    {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv", 0, 0},
+    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt); none: the embedded demo model", 0, 0},
+    {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI), e2e (a causal LM on E2E NLG), or instruct, gsm8k, mc (a causal LM on JSON Lines: instructions, GSM8K exact match, multiple choice); none: the built-in synthetic task", 0, 0},
+    {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders; for e2e trainset.csv, devset.csv and testset_w_refs.csv; for instruct, gsm8k, mc train.jsonl and dev.jsonl", 0, 0},
+    {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv (instruct, gsm8k, mc: the JSON Lines, in place of DATA/train.jsonl)", 0, 0},
+    {"--chat-template", NULL, FX_OPT_STR, RC(chat_template), "auto", "instruct, gsm8k, mc: auto (the model's tokenizer_config.json chat_template when it has one, else Alpaca's plain prompt) | none (the plain prompt)", 0, 0},
+    {"--eval-rows", NULL, FX_OPT_INT, RC(eval_rows), "0", "gsm8k, mc: generate (gsm8k, greedy) or score (mc) the first N dev rows at the rounds --eval-every says (0: all)", 0, 0},
     {"--test-file", NULL, FX_OPT_STR, RC(test_file), NULL, "e2e: the test CSV whose MRs are generated and scored, in place of DATA/testset_w_refs.csv", 0, 0},
-    {"--eval-every", NULL, FX_OPT_INT, RC(eval_every), "0", "e2e: generate and score the test MRs every N rounds and at the last (0: the last only, when the test file is there; -1: never)", 0, 0},
+    {"--eval-every", NULL, FX_OPT_INT, RC(eval_every), "0", "e2e: generate and score the test MRs every N rounds and at the last (0: the last only, when the test file is there; -1: never); gsm8k, mc: likewise the dev rows (their default 1: every round)", 0, 0},
     {"--test-mrs", NULL, FX_OPT_INT, RC(test_mrs), "0", "e2e: generate for the first N test MRs only (0: all)", 0, 0},
     {"--num-beams", NULL, FX_OPT_INT, RC(num_beams), "10", "e2e generation: beams (1: greedy)", 0, 0},
     {"--length-penalty", NULL, FX_OPT_REAL, RC(length_penalty), "0.8", "e2e generation: a finished beam scores sum log p / generated_length^X", 0, 0},
     {"--early-stopping", NULL, FX_OPT_STR, RC(early_stopping), "false", "e2e generation: false (HF's heuristic) | true | never", 0, 0},
     {"--no-repeat-ngram-size", NULL, FX_OPT_INT, RC(no_repeat_ngram), "4", "e2e generation: no N-gram twice (0: off)", 0, 0},
     {"--no-repeat-scope", NULL, FX_OPT_STR, RC(no_repeat_scope), "generated", "e2e generation: generated (the prompt's n-grams may recur) | row (HF's: prompt included)", 0, 0},
-    {"--max-new-tokens", NULL, FX_OPT_INT, RC(max_new_tokens), "64", "e2e generation: tokens generated at most per MR", 0, 0},
+    {"--max-new-tokens", NULL, FX_OPT_INT, RC(max_new_tokens), "64", "e2e generation: tokens generated at most per MR (gsm8k: per answer, default 256)", 0, 0},
     {"--agg", "--agg_type", FX_OPT_STR, RC(agg_name), "fedex", "fedex|fedit|ffa|fedex-vera|fedit-vera|ffa-vera|sorf-vera|fedex-sorf-vera|centralized (also ours|normal|ffa|ours_vera|normal_vera|ffa_vera|sorf_vera|ours_sorf_vera)", 0, 0},
     {"--num-clients", "--num_clients", FX_OPT_INT, RC(num_clients), "3", "number of clients", 0, 0},
     {"--rounds", NULL, FX_OPT_INT, RC(rounds), "50", "federated rounds", 0, 0},
@@ -258,6 +260,8 @@ static const struct { const char *task, *opt, *value; } task_defaults[] = {
     {"e2e", "--weight-decay", "0.01"}, {"e2e", "--warmup-ratio", "0.1"}, {"e2e", "--num-clients", "3"},
     {"e2e", "--local-epochs", "5"}, {"e2e", "--lr", "1e-3"}, {"e2e", "--max-seq-length", "512"},
     {"e2e", "--label-smoothing", "0.1"}, {"e2e", "--max-grad-norm", "1.0"},
+    /* GSM8K's and multiple choice's test metric every round; GSM8K's worked answers are long */
+    {"gsm8k", "--eval-every", "1"}, {"gsm8k", "--max-new-tokens", "256"}, {"mc", "--eval-every", "1"},
 };
 
 int fx_settings_task_defaults(fx_settings *c, const int *set) {
@@ -374,7 +378,7 @@ int fx_settings_check(fx_settings *c, const int *set) {
     if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
     if (fork_options(c, set) != 0) return -1;
     const fx_task *task = c->task ? fx_task_find(c->task) : NULL;
-    int lm = task && task->lm;
+    int lm = task ? task->lm : 0;
     int vera = fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg);
     struct { int bad; const char *msg; } rules[] = {
         {c->num_clients < 1 || c->num_clients > 256, "--num-clients must be between 1 and 256"},
@@ -424,9 +428,19 @@ int fx_settings_check(fx_settings *c, const int *set) {
          "--task needs --model: the embedded model trains only on the built-in synthetic task"},
         {c->model && !c->task, "--model needs --task"},
         {c->task && strcasecmp(c->task, "synthetic") && !c->data && (lm || !(c->data = default_data(c->task))),
-         lm ? "--task e2e needs --data (the folder of devset.csv and testset_w_refs.csv)"
+         lm ? "--task e2e, instruct, gsm8k and mc need --data (e2e: the folder of devset.csv and testset_w_refs.csv; the others: of train.jsonl and dev.jsonl)"
             : "--task needs --data (the folder of GLUE task folders; without it, data/glue or data when they hold the task)"},
-        {c->train_file && !lm, "--train-file applies to --task e2e (GLUE reads DATA/TASK/train.tsv)"},
+        {c->train_file && !lm, "--train-file applies to --task e2e, instruct, gsm8k and mc (GLUE reads DATA/TASK/train.tsv)"},
+        {lm && lm != FX_LM_E2E && (WAS_SET("--test-file") || WAS_SET("--test-mrs") || WAS_SET("--num-beams") ||
+                                   WAS_SET("--length-penalty") || WAS_SET("--early-stopping") ||
+                                   WAS_SET("--no-repeat-ngram-size") || WAS_SET("--no-repeat-scope")),
+         "--test-file, --test-mrs and the beam search's options apply to --task e2e (gsm8k generates greedily from "
+         "the dev rows: --eval-rows, --max-new-tokens)"},
+        {(!lm || lm == FX_LM_E2E) && (WAS_SET("--chat-template") || WAS_SET("--eval-rows")),
+         "--chat-template and --eval-rows apply to --task instruct, gsm8k and mc"},
+        {lm == FX_LM_INSTRUCT && WAS_SET("--max-new-tokens"), "--max-new-tokens applies to --task e2e and gsm8k"},
+        {strcmp(c->chat_template, "auto") && strcmp(c->chat_template, "none"), "--chat-template must be auto or none"},
+        {c->eval_rows < 0, "--eval-rows must be 0 (all) or more"},
         {!lm && (WAS_SET("--test-file") || WAS_SET("--eval-every") || WAS_SET("--test-mrs") || WAS_SET("--num-beams") ||
                  WAS_SET("--length-penalty") || WAS_SET("--early-stopping") || WAS_SET("--no-repeat-ngram-size") ||
                  WAS_SET("--no-repeat-scope") || WAS_SET("--max-new-tokens")),

@@ -245,15 +245,26 @@ void fx_rng_seed(fx_rng *r, uint64_t seed) {
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t fx_rng_u64(fx_rng *r) {
-    uint64_t *s = r->s;
+static inline uint64_t next(uint64_t *s) {
     uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
     s[2] ^= t; s[3] = rotl(s[3], 45);
     return result;
 }
 
+uint64_t fx_rng_u64(fx_rng *r) { return next(r->s); }
+
 double fx_rng_uniform(fx_rng *r) { return (double)(fx_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+/* uniform >= p is (u >> 11) 2^-53 >= p with both sides exact in double (p is a float), that is
+ * (u >> 11) >= p 2^53, an integer against a real: (u >> 11) >= ceil(p 2^53). */
+void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p) {
+    uint64_t s[4] = {r->s[0], r->s[1], r->s[2], r->s[3]};
+    double t = ceil((double)p * 0x1.0p53);
+    uint64_t thr = !(t <= 0x1.0p53) ? UINT64_MAX : t > 0 ? (uint64_t)t : 0; /* NaN or p > 1: keep none */
+    for (size_t j = 0; j < n; j++) keep[j] = (next(s) >> 11) >= thr;
+    memcpy(r->s, s, sizeof s);
+}
 
 double fx_rng_normal(fx_rng *r) {
     double u1 = fx_rng_uniform(r), u2 = fx_rng_uniform(r);

@@ -64,6 +64,43 @@ static inline int rm_one(const char *p, const struct stat *st, int flag, struct 
 }
 
 /* The first N lines (N < 0: all) of SRC into DST. */
+/* GPT-2's byte-level vocabulary without merges: token b is byte b, written as GPT-2's byte-to-unicode table
+ * maps it (printable Latin-1 as itself, the other bytes to U+0100 onwards in byte order); 256 is
+ * <|endoftext|>. A real GPT-2 tokenizer, every text one token per byte. */
+static inline int write_byte_vocab(const char *dir) {
+    char *buf = NULL; size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return -1;
+    fputc('{', f);
+    int next = 256;
+    uint32_t cp[256];
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        cp[b] = printable ? (uint32_t)b : (uint32_t)next++;
+    }
+    for (int b = 0; b < 256; b++) {
+        char u[5] = {0};
+        fx_utf8_put(u, cp[b]);
+        char *q = fx_json_quote(u);
+        fprintf(f, "%s%s: %d", b ? ", " : "", q, b);
+        free(q);
+    }
+    fprintf(f, ", \"<|endoftext|>\": 256}\n");
+    return fx_write_memstream_atomic(f, &buf, &len, P("%s/vocab.json", dir)) ||
+           fx_write_file_atomic(P("%s/merges.txt", dir), "#version: 0.2\n", 14) ? -1 : 0;
+}
+
+/* tools/check_agg.py RUN: 1 (and its worst errors) when it ran, 0 when python3 with numpy is absent. */
+static inline int check_agg(const char *run, const char *tag, double *mean_err, double *res_err) {
+    char cmd[2048], out[8192];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import numpy' 2>/dev/null && /usr/bin/python3 tools/check_agg.py %s "
+             "2>&1 | tail -1", run);
+    if (check_run(cmd, out, sizeof out) != 0 || !*out) return 0;
+    const char *w = strstr(out, "global adapter ");
+    CHECK(w && sscanf(w, "global adapter %lf, residual %lf", mean_err, res_err) == 2, "%s: check_agg.py: %s", tag, out);
+    return 1;
+}
+
 static inline int copy_lines(const char *src, const char *dst, int n) {
     char *d; size_t len;
     if (fx_read_file(src, &d, &len) != 0) return -1;

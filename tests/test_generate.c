@@ -481,7 +481,7 @@ static void text_mode(void) {
     /* fx_gen_text: specials dropped, line breaks as spaces, the ends trimmed. */
     int32_t *ids = NULL;
     int n = 0, cap = 0;
-    static const fx_text_template plain = {0, 0, 0, 0};
+    static const fx_text_template plain = {0, 0, 0, 0, 0};
     CHECK(fx_tok_encode_tpl(tok, &plain, " The Eagle\nis a pub.<|endoftext|>", NULL, 0, &ids, &n, &cap) == 0, "%s", fx_err());
     CHECK(n > 2 && ids[n - 1] == 50256, "<|endoftext|> is the end token");
     char *s = fx_gen_text(tok, ids, n);

@@ -9,6 +9,26 @@
 #include <string.h>
 #include <unistd.h>
 
+/* ---------------------------------------------------------------- dropout draws */
+
+/* fx_rng_keep (the dropout masks' draws) is fx_rng_uniform(r) >= p, draw for draw, for any p: the
+ * usual rates, both ends, p just either side of a 2^-53 step, out of range and NaN; and it leaves the
+ * stream where as many fx_rng_uniform calls would. */
+static void check_rng_keep(void) {
+    static const float P[] = {0.1f, 0.5f, 0.0f, 1.0f, 0.3f, 1e-8f, 0.99999994f, -0.5f, 2.0f, NAN};
+    for (size_t i = 0; i < sizeof P / sizeof P[0]; i++) {
+        fx_rng a, b;
+        fx_rng_seed(&a, 42 + i);
+        b = a;
+        uint8_t keep[1000];
+        fx_rng_keep(&a, keep, sizeof keep, P[i]);
+        int same = 1;
+        for (size_t j = 0; j < sizeof keep; j++) same &= keep[j] == (fx_rng_uniform(&b) >= P[i]);
+        CHECK(same && fx_rng_u64(&a) == fx_rng_u64(&b), "fx_rng_keep(p = %g) differs from fx_rng_uniform >= p",
+              (double)P[i]);
+    }
+}
+
 /* Every tensor of a tiny RoBERTa with all six targets adapted. */
 static fx_config tiny(void) {
     fx_config c = {.vocab_size = 50, .hidden = 16, .layers = 3, .heads = 2, .intermediate = 32,
@@ -275,7 +295,7 @@ static void check_template(void) {
           !memcmp(ids, out, (size_t)k * sizeof *ids), "RoBERTa's template is fx_tok_encode's");
     CHECK(k >= 6 && out[0] == 0 && out[k - 1] == 2 && out[k - 3] == 2 && out[k - 4] == 2, "<s> a b </s></s> c </s>");
     /* a BERT-like template: one separator between the texts */
-    fx_text_template bert = {1, 1, 0, 1};
+    fx_text_template bert = {1, 1, 0, 1, 0};
     n = 0;
     CHECK(fx_tok_encode_tpl(t, &bert, "a b", "c", 32, &ids, &n, &cap) == 0 && n == k - 1 && ids[0] == 0 &&
           ids[n - 3] == 2 && ids[n - 3 - 1] != 2 && ids[n - 1] == 2, "<s> a b </s> c </s>: %d ids", n);
@@ -287,6 +307,7 @@ static void check_template(void) {
 }
 
 int main(void) {
+    check_rng_keep();
     check_ops_complete();
     check_views(FX_LORA);
     check_views(FX_VERA);

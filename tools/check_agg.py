@@ -192,7 +192,7 @@ def main():
             out_in = acc.shape[::-1] if conv1d else acc.shape  # the layer's W (out, in)
             if sorf:
                 A, B = glob["base_model.vera_A"], glob["base_model.vera_B"]
-                out, inn = acc.shape
+                out, inn = out_in  # the layer's (out, in): GPT-2's Conv1D residuals are stored (in, out)
                 Bs, As, S = B[:out, :r], A[:r, :inn], mixers[out]
                 bb = lambda t: np.concatenate([t[mod + ".sorf_b_real"], t[mod + ".sorf_b_imag"]])
                 lam = lambda t: t[mod + ".sorf_d_scale"].reshape(-1)[0] * givens(t[mod + ".sorf_d_angles"], r)
