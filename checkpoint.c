@@ -186,6 +186,18 @@ done:
     return rc;
 }
 
+int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed) {
+    int head = fx_model_load(m, dir);
+    if (head < 0) return -1;
+    /* every base tensor was read (a missing one is an error); the head when HEAD */
+    unsigned char *keep = fx_malloc((size_t)m->base.nt + (size_t)m->fam->nhead + 1);
+    memset(keep, 1, (size_t)m->base.nt);
+    memset(keep + m->base.nt, head, (size_t)m->fam->nhead);
+    fx_model_init_except(m, seed, keep);
+    free(keep);
+    return head;
+}
+
 /* model.safetensors and config.json (id2label from LABEL_NAMES, or LABEL_i when NULL). */
 static int model_save(const fx_model *m, const char *dir, int merged, const char *const *label_names) {
     char path[PATH_MAX_LEN];

@@ -283,8 +283,7 @@ static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
     if (o->adapter && fx_adapter_config_load(o->adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
     if (fx_model_create(&m, c, &a, NULL) != 0) fx_die("%s: %s", o->model, fx_err());
-    fx_model_init_base(&m, 0);
-    if (fx_model_load(&m, o->model) < 0) fx_die("%s", fx_err());
+    if (fx_model_load_init(&m, o->model, 0) < 0) fx_die("%s", fx_err());
     if (o->adapter && fx_adapter_load(&m, o->adapter) != 0) fx_die("%s", fx_err());
     if (o->residual && fx_residual_load(&m, o->residual) != 0) fx_die("%s", fx_err());
     fx_tokenizer *tok = fx_tok_load(o->model);
@@ -383,8 +382,7 @@ static int cmd_eval(int argc, char **argv) {
     if (o.adapter && fx_adapter_config_load(o.adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", path, fx_err());
-    fx_model_init_base(&m, 0);
-    int head = fx_model_load(&m, o.model);
+    int head = fx_model_load_init(&m, o.model, 0);
     if (head < 0) fx_die("%s", fx_err());
     if (o.adapter && fx_adapter_load(&m, o.adapter) != 0) fx_die("%s", fx_err());
     if (o.residual && fx_residual_load(&m, o.residual) != 0) fx_die("%s", fx_err());
@@ -514,8 +512,7 @@ static int cmd_generate(int argc, char **argv) {
     if (o.adapter && fx_adapter_config_load(o.adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", path, fx_err());
-    fx_model_init_base(&m, 0);
-    if (fx_model_load(&m, o.model) < 0) fx_die("%s", fx_err());
+    if (fx_model_load_init(&m, o.model, 0) < 0) fx_die("%s", fx_err());
     if (o.adapter && fx_adapter_load(&m, o.adapter) != 0) fx_die("%s", fx_err());
     if (o.residual && fx_residual_load(&m, o.residual) != 0) fx_die("%s", fx_err());
     fx_decoder d;

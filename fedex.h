@@ -56,6 +56,8 @@ double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 /* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
 void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
+/* The stream as it is after K more fx_rng_u64 draws, in time independent of K (a normal is two draws). */
+void fx_rng_jump(fx_rng *r, uint64_t k);
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
 /* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
  * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
@@ -727,6 +729,9 @@ const fx_family *fx_config_family(const fx_config *c);
  * initializer_range) (padding_idx rows of the word and position embeddings zero), biases 0, LayerNorm
  * 1 / 0; one stream, table order; then the head likewise. */
 void fx_model_init_base(struct fx_model *m, uint64_t seed);
+/* fx_model_init_base leaving tensor i alone where KEEP[i] (base tensors in table order, then the head's;
+ * NULL keeps none): what it does draw is what fx_model_init_base draws for that tensor. */
+void fx_model_init_except(struct fx_model *m, uint64_t seed, const unsigned char *keep);
 /* Hugging Face's RoBERTa position ids: pad + running count of non-pad tokens, pad on pad tokens. */
 void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
 /* Config fields shared by the families' readers: KEY in [lo, hi] (absent or null: DFLT, or an error when
@@ -988,6 +993,9 @@ int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *
 /* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
 int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+/* fx_model_init_base(SEED) then fx_model_load, without drawing what the file then overwrites: the tensors
+ * DIR lacks (a head) come out as fx_model_init_base(SEED) draws them. Returns as fx_model_load. */
+int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed);
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
  * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length
@@ -1232,6 +1240,9 @@ typedef struct {
     double t_start;                  /* fx_now() when the round began (CLOCK_MONOTONIC: one clock for all) */
     double loss_sum;                 /* sum of batch losses so far this round */
     double train_loss, seconds;      /* of the finished round */
+    double cpu_seconds;              /* CPU time its process (all its threads) spent in the round */
+    double core_seconds;             /* sum over its steps of the cores it held x the step's wall time (0
+                                        when the transport gives no pace hook) */
     char err[256];                   /* why the client failed */
 } fx_report;
 typedef struct {
@@ -1244,6 +1255,11 @@ typedef struct {
     const char *device, *precision; int gpu;
     int check_frozen;            /* also rebuild the frozen weights from the messages and compare them
                                     bit for bit with BASE every round (FEDEX_CHECK_FROZEN=1) */
+    double (*pace)(void *ctx);   /* NULL, or called before each CPU training step (micro-batch): where the
+                                    transport sets the client's thread count (shm.c: its share of the cores);
+                                    returns the cores the step holds (its threads, less when the clients
+                                    together run more threads than there are cores) */
+    void *pace_ctx;
 } fx_client_setup;
 typedef struct fx_client fx_client;
 fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() */
@@ -1400,6 +1416,8 @@ struct fx_run {
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
     int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
+    int client_cores;                /* the cores the clients share (shm: the run's threads); 0: unknown (MPI),
+                                        and metrics.jsonl's client_idle is null */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
@@ -1544,6 +1562,10 @@ int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+/* The threads of client RANK (0-based, among the RUNNING clients still training this round) when they
+ * share CORES: cores / running, the first cores % running one more, so that they add up to CORES; at
+ * least 1 (more clients than cores: one each). RUNNING <= 0: all CORES. */
+int fx_thread_share(int cores, int running, int rank);
 
 /* ============================================================================================
  * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)
