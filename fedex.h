@@ -560,8 +560,9 @@ typedef struct fx_ops {
     void (*rmsnorm_backward)(float *dx, const float *dy, const float *x, const float *rstd, const float *g,
                              int N, int H);
     /* RoPE in place on x (N, nh * hd) at positions pos (N), HF's rotate-half pairing (i, i + hd/2), angle
-     * pos * theta^(-2i/hd); INVERSE rotates by minus the angle (the backward, as the rotation is orthogonal) */
-    void (*rope)(float *x, const int32_t *pos, int N, int nh, int hd, float theta, int inverse);
+     * pos * inv_freq[i] (INV_FREQ (hd/2) in host memory, fx_rope_inv_freq's); INVERSE rotates by minus the
+     * angle (the backward, as the rotation is orthogonal) */
+    void (*rope)(float *x, const int32_t *pos, int N, int nh, int hd, const double *inv_freq, int inverse);
     /* SwiGLU: out (n) = silu(gate) * up; backward: dgate, dup (n) from dout (n) */
     void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
     void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
@@ -573,7 +574,8 @@ typedef struct fx_ops {
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
     /* Self-attention per sequence on the packed layout: for row b (tokens off[b] .. off[b+1]), head h,
      * ctx (N, H) = dropout(softmax(q k^T / sqrt(hd))) v over the row's own keys (no masked key is
-     * computed). CAUSAL: key j > query i has probability 0 as well. Dropout on the probabilities: query i
+     * computed). CAUSAL: key j > query i has probability 0 as well; WINDOW > 0 (Mistral's sliding window,
+     * causal only): so has key j <= i - WINDOW. Dropout on the probabilities: query i
      * of row b, head h draws its keep mask from SITE's stream (off[b] + i) nh + h, independent of
      * padding; the backward, given the forward's CAUSAL, P and SITE, draws it again. KEEP (attention_keep(n, T, N, nh, p > 0) floats) receives
      * what the backward needs, its layout the backend's: the CPU keeps the softmax's row maximum and
@@ -582,10 +584,10 @@ typedef struct fx_ops {
     size_t (*attention_keep)(int n, int T, int N, int nh, int drop);
     void (*attention_forward)(float *ctx, float *keep, const float *q, const float *k, const float *v,
                               const int32_t *off /* (n + 1) */, int n, int T, int H, int nh, int causal,
-                              float p, uint64_t site);
+                              int window, float p, uint64_t site);
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dctx, const float *q,
                                const float *k, const float *v, const float *keep, const int32_t *off, int n,
-                               int T, int H, int nh, int causal, float p, uint64_t site);
+                               int T, int H, int nh, int causal, int window, float p, uint64_t site);
     /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
     double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
     /* The causal LM's loss over the packed tokens' logits (N, V) and targets (N), each the token the
@@ -598,10 +600,10 @@ typedef struct fx_ops {
     double (*sumsq)(const float *x, size_t n);
     void (*scale)(float *x, float a, size_t n);
     /* One query per slot against its cache: ctx (ns, H) = softmax(q k^T / sqrt(hd)) v over the cached
-     * positions 0 .. len-1 of slot s, per head; q (ns, H); kc, vc (slots, max_len, H); scores (ns, nh, len)
-     * scratch */
+     * positions 0 .. len-1 of slot s (WINDOW > 0: only the last WINDOW of them), per head; q (ns, H); kc, vc
+     * (slots, max_len, H); scores (ns, nh, len) scratch */
     void (*attention_decode)(float *ctx, float *scores, const float *q, const float *kc, const float *vc, int ns,
-                             int len, int max_len, int H, int nh);
+                             int len, int max_len, int H, int nh, int window);
     /* one AdamW step on p, g, m, v (n) */
     void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s);
     /* SORF-VeRA (sorf.c has the math): x (rows, d) in place, each greedy power-of-two block of each row
@@ -641,7 +643,12 @@ typedef struct {
     int kv_heads;                /* grouped-query attention's key/value heads; 0: = heads (RoBERTa) */
     int head_dim;                /* per-head width; 0: hidden / heads (Llama's "head_dim" may differ) */
     float rope_theta;            /* RoPE's base (Llama); unused by learned positions */
-    int sliding_window;          /* Mistral's window; 0 none. Sequences longer than it are refused */
+    /* rope_scaling (fx_rope_inv_freq has the math): FX_ROPE_DEFAULT, _LINEAR (factor), _LLAMA3 (factor,
+     * low and high frequency factors, original_max_position_embeddings) */
+    int rope_kind, rope_original_max;
+    float rope_factor, rope_low_freq, rope_high_freq;
+    int attention_bias, mlp_bias; /* Llama: q, k, v, o_proj carry biases; gate, up, down_proj do */
+    int sliding_window;          /* Mistral's window: query i sees keys i - window < j <= i; 0 none */
     int untied_head;             /* the LM head has its own weight (lm_head.weight), not the embedding */
     int precision;               /* FX_PREC_*: how the base's matrices are held (--precision, CPU); 0 fp32 */
     const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
@@ -671,9 +678,12 @@ typedef struct {
     char init;                   /* FX_INIT_*: the family's _init_weights rule for it */
     char conv1d;                 /* stored (in, out) in checkpoints (GPT-2's Conv1D): transposed where
                                     files are read and written, never inside the model */
-    char untied;                 /* the untied LM head (Llama's lm_head.weight): present only when
-                                    c.untied_head, and named outside the body's prefix in checkpoints */
+    char when;                   /* FX_WHEN_*: present only when the config has it. _UNTIED: the untied LM
+                                    head (Llama's lm_head.weight), named outside the body's prefix in
+                                    checkpoints; _ATTENTION_BIAS, _MLP_BIAS: Llama's optional biases */
 } fx_tensor_spec;
+enum { FX_WHEN_ALWAYS, FX_WHEN_UNTIED, FX_WHEN_ATTENTION_BIAS, FX_WHEN_MLP_BIAS };
+enum { FX_ROPE_DEFAULT, FX_ROPE_LINEAR, FX_ROPE_LLAMA3 };
 
 typedef enum { FX_NORM_POST, FX_NORM_PRE } fx_norm_place;     /* LayerNorm after / before the residual */
 typedef enum { FX_NORM_LAYERNORM, FX_NORM_RMSNORM } fx_norm_kind;
@@ -719,6 +729,8 @@ typedef struct fx_family {
 extern const fx_family fx_roberta;
 extern const fx_family fx_gpt2;  /* gpt2.c */
 extern const fx_family fx_llama; /* llama.c */
+/* RoPE's inverse frequencies (hd/2) under C's rope_scaling, as transformers' ROPE_INIT_FUNCTIONS (llama.c) */
+void fx_rope_inv_freq(const fx_config *c, int hd, double *inv_freq);
 /* The family of C (fx_roberta when c->family is NULL). */
 const fx_family *fx_config_family(const fx_config *c);
 /* As HF's _init_weights, by each tensor's init rule in the family's list: matrices N(0,

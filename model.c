@@ -36,8 +36,12 @@ const fx_tensor *fx_params_find(const fx_params *p, const char *name) {
 }
 
 static int head_dim(const fx_config *c) { return c->head_dim ? c->head_dim : c->hidden / c->heads; }
-/* A tensor of the list this config has: the untied LM head only when the config unties it. */
-static int spec_present(const fx_config *c, const fx_tensor_spec *s) { return !s->untied || c->untied_head; }
+/* A tensor of the list this config has: the untied LM head only when the config unties it, Llama's
+ * biases only when attention_bias or mlp_bias turns them on. */
+static int spec_present(const fx_config *c, const fx_tensor_spec *s) {
+    return s->when == FX_WHEN_UNTIED ? c->untied_head : s->when == FX_WHEN_ATTENTION_BIAS ? c->attention_bias
+         : s->when == FX_WHEN_MLP_BIAS ? c->mlp_bias : 1;
+}
 
 /* A dimension letter of the family's tensor list (fx_tensor_spec) as a size. */
 static int spec_dim(const fx_config *c, char d) {
@@ -154,6 +158,7 @@ typedef struct {
     int32_t *hoff; int ocap;    /* (n + 1) where each row starts among the packed tokens, on the host */
     int n, N, Tmax;             /* the step's rows, real tokens and longest row */
     int drop_a;                 /* attention dropout on in this step */
+    double *rope_freq;          /* (head_dim / 2) RoPE's inverse frequencies (host), or NULL */
     int32_t *ids, *pos;         /* (N) token and position ids */
     int32_t *off;               /* (n + 1) hoff in the backend's memory, for attention */
     float *labels;              /* (n) */
@@ -388,7 +393,7 @@ static int add_specs(fx_params *p, const fx_config *c, const fx_tensor_spec *s, 
         fx_params_add(p, name, spec_dim(c, s[i].d0), s[i].d1 ? spec_dim(c, s[i].d1) : 0, frozen);
         *dst = p->t[p->nt - 1].off;
         p->t[p->nt - 1].conv1d = s[i].conv1d;
-        p->t[p->nt - 1].untied = s[i].untied;
+        p->t[p->nt - 1].untied = s[i].when == FX_WHEN_UNTIED;
     }
     return 0;
 }
@@ -462,6 +467,10 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     workspace *w = fx_calloc(1, sizeof *w);
     m->ws = w;
     w->L = fx_calloc((size_t)c->layers, sizeof *w->L);
+    if (f->positions == FX_POS_ROPE) {
+        w->rope_freq = fx_malloc((size_t)(head_dim(c) / 2 + 1) * sizeof *w->rope_freq);
+        fx_rope_inv_freq(c, head_dim(c), w->rope_freq);
+    }
     m->base_owned = base == NULL;
     m->base.data = base ? base : fx_calloc(fx_base_bytes(c), 1);
     if (m->base.bf16) m->base.bf = (uint16_t *)((char *)m->base.data + align64(m->base.n * sizeof(float)));
@@ -492,6 +501,7 @@ void fx_model_free(fx_model *m) {
     if (w) {
         free(w->L);
         free(w->hpad); free(w->hids); free(w->hpos); free(w->htgt); free(w->hoff);
+        free(w->rope_freq);
         m->ops->release(w->mem);
         free(w);
     }
@@ -565,7 +575,7 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     dense_forward(m, l, FX_TI_KEY, A->k, x, A, N);
     dense_forward(m, l, FX_TI_VALUE, A->v, x, A, N);
     uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
-    op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 0,
+    op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 0, 0,
                           w->drop_a ? c->attention_dropout : 0.0f, site);
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
     if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
@@ -602,7 +612,7 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
-                           c->heads, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
+                           c->heads, 0, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     /* x feeds the residual and the three projections */
     if (dx) op->copy(dx, w->dres, NH);
     dense_backward(m, l, FX_TI_QUERY, dx, w->dq, x, A, N, 1);
@@ -632,11 +642,11 @@ static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, c
         size_t stride = (size_t)dec->cap * H;
         op->copy_rows(dec->kc + (size_t)dec->pos * H, stride, A->k, (size_t)H, N, H);
         op->copy_rows(dec->vc + (size_t)dec->pos * H, stride, A->v, (size_t)H, N, H);
-        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, H, c->heads);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, H, c->heads, 0);
     } else {
         if (dec) { op->copy(dec->kc, A->k, NH); op->copy(dec->vc, A->v, NH); } /* slot 0, positions 0 .. T-1 */
         uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
-        op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 1,
+        op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 1, 0,
                               w->drop_a ? c->attention_dropout : 0.0f, site);
     }
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
@@ -672,7 +682,7 @@ static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL *
     op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
-                           c->heads, 1, w->drop_a ? c->attention_dropout : 0.0f, A->site);
+                           c->heads, 1, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     op->copy_rows(w->dqkv, 3 * (size_t)H, w->dq, (size_t)H, N, H);
     op->copy_rows(w->dqkv + H, 3 * (size_t)H, w->dk, (size_t)H, N, H);
     op->copy_rows(w->dqkv + 2 * H, 3 * (size_t)H, w->dv, (size_t)H, N, H);
@@ -688,8 +698,8 @@ static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL *
  *   k, v repeated to every query head (HF's repeat_kv: query head h reads key/value head h / (nh / nkv))
  *   x1 = x + causal attention(q, k, v) Wo^T;  h1 = RMSNorm2(x1)
  *   out = x1 + (silu(h1 Wg^T) * (h1 Wu^T)) Wd^T  (gate_proj, up_proj, down_proj)
- * No biases and no dropout but attention's. DEC as layer_forward_pre's (the cache holds repeated, rotated
- * keys: (slots, cap, Hq)). */
+ * Biases where the config has them, no dropout but attention's, Mistral's sliding window in its mask. DEC as
+ * layer_forward_pre's (the cache holds repeated, rotated keys: (slots, cap, Hq)). */
 static void repeat_kv(const fx_model *m, float *full /* (N, Hq) */, const float *kv /* (N, Hk) */, int N) {
     int hd = head_dim(&m->c), nh = m->c.heads, nkv = m->c.kv_heads, rep = nh / nkv;
     for (int h = 0; h < nh; h++)
@@ -718,19 +728,20 @@ static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */,
     dense_forward(m, l, FX_TI_QUERY, A->q, A->xn, A, N);
     dense_forward(m, l, FX_TI_KEY, A->k, A->xn, A, N);
     dense_forward(m, l, FX_TI_VALUE, A->v, A->xn, A, N);
-    op->rope(A->q, w->pos, N, nh, hd, c->rope_theta, 0);
-    op->rope(A->k, w->pos, N, nkv, hd, c->rope_theta, 0);
+    op->rope(A->q, w->pos, N, nh, hd, w->rope_freq, 0);
+    op->rope(A->k, w->pos, N, nkv, hd, w->rope_freq, 0);
     if (A->kf != A->k) { repeat_kv(m, A->kf, A->k, N); repeat_kv(m, A->vf, A->v, N); }
     if (dec && dec->pos >= 0) { /* one token per slot at dec->pos */
         size_t stride = (size_t)dec->cap * Hq;
         op->copy_rows(dec->kc + (size_t)dec->pos * Hq, stride, A->kf, (size_t)Hq, N, Hq);
         op->copy_rows(dec->vc + (size_t)dec->pos * Hq, stride, A->vf, (size_t)Hq, N, Hq);
-        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, Hq, nh);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, Hq, nh,
+                             c->sliding_window);
     } else {
         if (dec) { op->copy(dec->kc, A->kf, (size_t)N * Hq); op->copy(dec->vc, A->vf, (size_t)N * Hq); }
         uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
         op->attention_forward(A->ctx, A->att, A->q, A->kf, A->vf, w->off, w->n, w->Tmax, Hq, nh, 1,
-                              w->drop_a ? c->attention_dropout : 0.0f, site);
+                              c->sliding_window, w->drop_a ? c->attention_dropout : 0.0f, site);
     }
     dense_forward(m, l, FX_TI_ATTN_OUT, A->res1, A->ctx, A, N);
     op->axpy(A->res1, 1.0f, x, NH); /* x1 = x + o_proj(ctx): one fp32 addition */
@@ -764,10 +775,10 @@ static void layer_backward_llama(fx_model *m, int l, float *dx /* (N, H) or NULL
     /* x1 = x + o_proj(attention(RoPE(q), RoPE(k), v)) */
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dres, A->ctx, A, N, 0);
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->kf, A->vf, A->att, w->off, w->n, w->Tmax, Hq,
-                           nh, 1, w->drop_a ? c->attention_dropout : 0.0f, A->site);
+                           nh, 1, c->sliding_window, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     if (w->dks != w->dk) { repeat_kv_backward(m, w->dks, w->dk, N); repeat_kv_backward(m, w->dvs, w->dv, N); }
-    op->rope(w->dq, w->pos, N, nh, hd, c->rope_theta, 1);
-    op->rope(w->dks, w->pos, N, nkv, hd, c->rope_theta, 1);
+    op->rope(w->dq, w->pos, N, nh, hd, w->rope_freq, 1);
+    op->rope(w->dks, w->pos, N, nkv, hd, w->rope_freq, 1);
     /* xn = RMSNorm1(x) feeds q, k, v; x also feeds x1 directly */
     float *dxn = dx ? w->dh1 : NULL;
     dense_backward(m, l, FX_TI_QUERY, dxn, w->dq, A->xn, A, N, 0);
@@ -875,11 +886,6 @@ static void head_backward(fx_model *m, float *dout /* (N, H) */) {
 static int lm_batch_check(const fx_config *c, const fx_batch *b, int train) {
     if (b->T > c->max_positions) {
         fx_seterr("batch: %d tokens exceed n_positions %d", b->T, c->max_positions);
-        return -1;
-    }
-    if (c->sliding_window && b->T > c->sliding_window) {
-        fx_seterr("batch: %d tokens exceed sliding_window %d (attention beyond the window is not implemented)", b->T,
-                  c->sliding_window);
         return -1;
     }
     if (train && !b->targets) { fx_seterr("batch: training a causal LM needs per-token targets"); return -1; }

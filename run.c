@@ -598,11 +598,6 @@ static int load_data(fx_run *R) {
                 fx_seterr("--max-seq-length %d exceeds %s's %d positions", c->max_len, c->model, R->mc.max_positions);
                 return -1;
             }
-            if (R->mc.sliding_window && c->max_len > R->mc.sliding_window) {
-                fx_seterr("--max-seq-length %d exceeds %s's sliding_window %d (attention past the window is not "
-                          "implemented)", c->max_len, c->model, R->mc.sliding_window);
-                return -1;
-            }
         }
         /* RoBERTa's positions start after pad_id, so a row of T tokens needs pad_id + T < max_positions */
         else if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {

@@ -357,7 +357,7 @@ int main(void) {
     test_golden("a");
     test_golden("b");
     test_golden("c");
-    test_decoder();
+    test_decoder("a");
     test_orientation();
     test_config();
     test_eval_cli();
