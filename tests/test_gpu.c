@@ -649,7 +649,7 @@ _Static_assert(FX_GPU_FP32 == 0 && FX_GPU_TF32 == 1 && FX_GPU_BF16 == 2, "PRECS 
 
 /* Every entry of fx_gpu_ops is set: RoBERTa's, GPT-2's and Llama's blocks call them all. The assertion
  * keeps the list below complete (a name and 47 function pointers; a new entry must be added here). */
-_Static_assert(sizeof(fx_ops) == 48 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
+_Static_assert(sizeof(fx_ops) == 51 * sizeof(void *), "fx_ops changed: update check_gpu_ops");
 static void check_gpu_ops(void) {
     const fx_ops *o = &fx_gpu_ops;
     CHECK(o->name && strcmp(o->name, "cuda") == 0, "fx_gpu_ops.name is %s", o->name ? o->name : "NULL");
@@ -665,6 +665,9 @@ static void check_gpu_ops(void) {
     OP(fwht); OP(permute_cols); OP(gamma_apply); OP(givens_build); OP(givens_backward);
     OP(rmsnorm_forward); OP(rmsnorm_backward); OP(rope); OP(swiglu_forward); OP(swiglu_backward); OP(add_rows);
 #undef OP
+    /* the GPU takes fp32 host models only (its bf16 is its own --precision): no bf16-base ops */
+    CHECK(!o->linear_forward_bf16 && !o->linear_backward_bf16 && !o->embeddings_forward_bf16,
+          "fx_gpu_ops has bf16-base ops, yet fx_gpu_create refuses a bf16 host model");
 }
 
 static void poison(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = NAN; }
