@@ -215,6 +215,11 @@ int fx_agg_residual_factors(const fx_model *m, int k, const float *const *client
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n) {
     for (size_t j = 0; j < n; j++) W[j] = W0[j] + R[j];
 }
+/* --precision bf16: the same fp32 sum, then rounded once to bf16. R_acc itself is never rounded, so the
+ * frozen weight is within half a bf16 ulp of fl(W0 + R_acc) every round and the error does not grow. */
+void fx_frozen_weight_bf16(uint16_t *W, const float *W0, const float *R, size_t n) {
+    for (size_t j = 0; j < n; j++) W[j] = fx_bf16_round(W0[j] + R[j]);
+}
 
 int fx_residual_init(fx_residual *r, const fx_model *m) {
     memset(r, 0, sizeof *r);
@@ -224,8 +229,7 @@ int fx_residual_init(fx_residual *r, const fx_model *m) {
     size_t len = r->off[r->n] ? r->off[r->n] : 1;
     r->w0 = fx_malloc(sizeof(float) * len);
     r->acc = fx_calloc(len, sizeof(float));
-    for (int k = 0; k < r->n; k++)
-        memcpy(r->w0 + r->off[k], m->base.data + m->ad[k].w_off, sizeof(float) * (r->off[k + 1] - r->off[k]));
+    for (int k = 0; k < r->n; k++) fx_base_read(m, m->ad[k].w_off, r->off[k + 1] - r->off[k], r->w0 + r->off[k]);
     return 0;
 }
 
@@ -250,7 +254,12 @@ void fx_residual_frozen(const fx_residual *r, int k, float *W) {
 }
 
 void fx_residual_set_frozen(const fx_residual *r, fx_model *m) {
-    for (int k = 0; k < r->n; k++) fx_residual_frozen(r, k, m->base.data + m->ad[k].w_off);
+    for (int k = 0; k < r->n; k++) {
+        if (m->base.bf)
+            fx_frozen_weight_bf16(m->base.bf + m->ad[k].w_off, r->w0 + r->off[k], r->acc + r->off[k],
+                                  r->off[k + 1] - r->off[k]);
+        else fx_residual_frozen(r, k, m->base.data + m->ad[k].w_off);
+    }
 }
 
 /* Floats of layer K's payload: U (out, q) and V (q, in) for LoRA, U alone for VeRA (V is the shared
@@ -552,9 +561,21 @@ static uint64_t fnv_words(uint64_t h, const float *x, size_t n) {
     return h;
 }
 
+/* bf16 words, two to a 32-bit word (an odd one alone) */
+static uint64_t fnv_halves(uint64_t h, const uint16_t *x, size_t n) {
+    for (size_t i = 0; i < n; i += 2) {
+        uint32_t w = x[i] | (i + 1 < n ? (uint32_t)x[i + 1] << 16 : 0);
+        h = (h ^ w) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
 uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r) {
     uint64_t h = 0xcbf29ce484222325ULL;
     size_t at = 0;
+    /* bf16: the fp32 vectors first, then the matrices (where the adapted layers lie) */
+    if (m->base.bf) h = fnv_words(h, m->base.data, m->base.n);
+    size_t nall = m->base.bf ? m->base.nbf : m->base.n;
     /* the adapted layers' ranges in the order they lie in the base */
     for (int done = 0; done < m->nadapted; done++) {
         int k = -1;
@@ -562,11 +583,11 @@ uint64_t fx_frozen_hash(const fx_model *m, const fx_residual *r) {
             if (m->ad[j].w_off >= at && (k < 0 || m->ad[j].w_off < m->ad[k].w_off)) k = j;
         if (k < 0) break;
         size_t w = m->ad[k].w_off, len = r->off[k + 1] - r->off[k];
-        h = fnv_words(h, m->base.data + at, w - at);
+        h = m->base.bf ? fnv_halves(h, m->base.bf + at, w - at) : fnv_words(h, m->base.data + at, w - at);
         h = fnv_words(h, r->w0 + r->off[k], len);
         at = w + len;
     }
-    h = fnv_words(h, m->base.data + at, m->base.n - at);
+    h = m->base.bf ? fnv_halves(h, m->base.bf + at, nall - at) : fnv_words(h, m->base.data + at, nall - at);
     if (m->vera_A) h = fnv_words(h, m->vera_A, (size_t)m->a.r * m->vera_in);
     if (m->vera_B) h = fnv_words(h, m->vera_B, (size_t)m->vera_out * m->a.r);
     return h;

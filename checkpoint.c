@@ -105,6 +105,36 @@ static int read_base(const fx_st_file *f, const fx_st_tensor *t, const fx_tensor
     return rc;
 }
 
+/* read_base for a base tensor held in bf16 (--precision bf16): a BF16 tensor of the file is copied as it
+ * is, never widened into an fp32 copy; another dtype is read as fp32 and rounded (nearest even). Non-finite
+ * weights are refused alike. */
+static int read_base_bf16(const fx_st_file *f, const fx_st_tensor *t, const fx_tensor *bt, uint16_t *dst) {
+    if (t->dtype != FX_BF16) {
+        float *tmp = fx_malloc(bt->n * sizeof(float));
+        int rc = read_base(f, t, bt, tmp);
+        if (rc == 0) fx_bf16_from_f32(dst, tmp, bt->n);
+        free(tmp);
+        return rc;
+    }
+    uint16_t *h = bt->conv1d ? fx_malloc(bt->n * sizeof *h) : dst;
+    memcpy(h, f->data + t->begin, bt->n * sizeof *h);
+    int rc = 0;
+    for (size_t i = 0; i < bt->n; i++)
+        if ((h[i] & 0x7f80) == 0x7f80) {
+            fx_seterr("%s: tensor '%s' holds %g at element %zu: a non-finite weight would poison every "
+                      "output", f->path, t->name, (double)fx_bf16_widen(h[i]), i);
+            rc = -1;
+            break;
+        }
+    if (bt->conv1d) { /* (in, out) in the file, (out, in) here */
+        int out = bt->shape[0], in = bt->shape[1];
+        for (int i = 0; rc == 0 && i < in; i++)
+            for (int o = 0; o < out; o++) dst[(size_t)o * in + i] = h[(size_t)i * out + o];
+        free(h);
+    }
+    return rc;
+}
+
 /* ============================================================================================
  * config.json
  * ============================================================================================ */
@@ -161,7 +191,8 @@ int fx_model_load(fx_model *m, const char *dir) {
         file_shape(bt, shape);
         if (check_shape(path, t, bt->ndim, shape, bt->conv1d ? "config.json says (Conv1D: in, out)"
                                                              : "config.json says") != 0) goto done;
-        if (read_base(f, t, bt, m->base.data + bt->off) != 0) goto done;
+        if ((bt->bf16 ? read_base_bf16(f, t, bt, m->base.bf + bt->off)
+                      : read_base(f, t, bt, m->base.data + bt->off)) != 0) goto done;
     }
     /* The head, when the checkpoint has one of this model's shape (a fine-tuned classifier); a masked-LM
      * checkpoint (lm_head.*) or one fine-tuned for another label count keeps the fresh head. GPT-2's
@@ -186,6 +217,18 @@ done:
     return rc;
 }
 
+int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed) {
+    int head = fx_model_load(m, dir);
+    if (head < 0) return -1;
+    /* every base tensor was read (a missing one is an error); the head when HEAD */
+    unsigned char *keep = fx_malloc((size_t)m->base.nt + (size_t)m->fam->nhead + 1);
+    memset(keep, 1, (size_t)m->base.nt);
+    memset(keep + m->base.nt, head, (size_t)m->fam->nhead);
+    fx_model_init_except(m, seed, keep);
+    free(keep);
+    return head;
+}
+
 /* model.safetensors and config.json (id2label from LABEL_NAMES, or LABEL_i when NULL). */
 static int model_save(const fx_model *m, const char *dir, int merged, const char *const *label_names) {
     char path[PATH_MAX_LEN];
@@ -194,7 +237,7 @@ static int model_save(const fx_model *m, const char *dir, int merged, const char
     int n = m->base.nt + m->fam->nhead, rc = -1;
     fx_st_entry *e = fx_calloc((size_t)n, sizeof *e);
     char **names = fx_calloc((size_t)n, sizeof *names);
-    float **merged_w = fx_calloc((size_t)m->base.nt, sizeof *merged_w);
+    void **merged_w = fx_calloc((size_t)m->base.nt, sizeof *merged_w); /* tensors written from copies */
     double *dW = NULL;
     for (int i = 0; i < m->base.nt; i++) {
         const fx_tensor *bt = &m->base.t[i];
@@ -203,10 +246,10 @@ static int model_save(const fx_model *m, const char *dir, int merged, const char
         strcpy(names[i], pre);
         strcat(names[i], bt->name);
         e[i].name = names[i];
-        e[i].dtype = FX_F32;
+        e[i].dtype = bt->bf16 ? FX_BF16 : FX_F32; /* --precision bf16: written as held */
         e[i].ndim = bt->ndim;
         for (int d = 0; d < bt->ndim; d++) e[i].shape[d] = bt->shape[d];
-        e[i].data = m->base.data + bt->off;
+        e[i].data = bt->bf16 ? (const void *)(m->base.bf + bt->off) : (const void *)(m->base.data + bt->off);
         if (bt->conv1d) { e[i].shape[0] = bt->shape[1]; e[i].shape[1] = bt->shape[0]; }
     }
     /* Merged: W = W0 + dW for each adapted layer (W0 already holds any FedEx residual), so the folder is a
@@ -214,22 +257,34 @@ static int model_save(const fx_model *m, const char *dir, int merged, const char
     for (int k = 0; merged && k < m->nadapted; k++) {
         const fx_adapted *ad = &m->ad[k];
         int i = 0;
-        while (i < m->base.nt && m->base.t[i].off != ad->w_off) i++;
+        while (i < m->base.nt && (m->base.t[i].off != ad->w_off || m->base.t[i].ndim != 2)) i++;
         if (i == m->base.nt) { fx_seterr("%s: no base tensor at the offset of %s's weight", path, ad->name); goto done; }
         size_t nw = (size_t)ad->out * (size_t)ad->in;
         dW = fx_realloc(dW, nw * sizeof *dW);
         fx_delta_w(m, k, m->train.data, dW);
-        merged_w[i] = fx_malloc(nw * sizeof(float));
-        const float *W0 = m->base.data + ad->w_off;
-        for (size_t j = 0; j < nw; j++) merged_w[i][j] = (float)((double)W0[j] + dW[j]);
-        e[i].data = merged_w[i];
+        float *W = fx_malloc(nw * sizeof(float));
+        fx_base_read(m, ad->w_off, nw, W); /* W0 */
+        for (size_t j = 0; j < nw; j++) W[j] = (float)((double)W[j] + dW[j]);
+        merged_w[i] = W;
+        e[i].data = W;
+        e[i].dtype = FX_F32;
     }
     /* Conv1D weights go out (in, out): transposed copies (of the merged weight where there is one). */
     for (int i = 0; i < m->base.nt; i++) {
         const fx_tensor *bt = &m->base.t[i];
         if (!bt->conv1d) continue;
-        float *tw = fx_malloc(bt->n * sizeof(float));
-        fx_transpose(tw, e[i].data, bt->shape[0], bt->shape[1]);
+        void *tw;
+        if (e[i].dtype == FX_BF16) {
+            const uint16_t *src = e[i].data;
+            uint16_t *th = fx_malloc(bt->n * sizeof *th);
+            for (int o = 0; o < bt->shape[0]; o++)
+                for (int c = 0; c < bt->shape[1]; c++) th[(size_t)c * bt->shape[0] + o] = src[(size_t)o * bt->shape[1] + c];
+            tw = th;
+        } else {
+            float *tf = fx_malloc(bt->n * sizeof(float));
+            fx_transpose(tf, e[i].data, bt->shape[0], bt->shape[1]);
+            tw = tf;
+        }
         free(merged_w[i]);
         merged_w[i] = tw;
         e[i].data = tw;
@@ -1062,8 +1117,15 @@ int fx_residual_load(fx_model *m, const char *path) {
     }
     p = R;
     for (int i = 0; i < f.n; i++) { /* W holds W0: the frozen weight fl(W0 + R), as every party forms it */
-        float *W = m->base.data + dst[i]->off;
-        fx_frozen_weight(W, W, p, dst[i]->n);
+        if (dst[i]->bf16) { /* --precision bf16: bf16(fl(W0 + R)) */
+            float *W0 = fx_malloc(dst[i]->n * sizeof(float));
+            fx_base_read(m, dst[i]->off, dst[i]->n, W0);
+            fx_frozen_weight_bf16(m->base.bf + dst[i]->off, W0, p, dst[i]->n);
+            free(W0);
+        } else {
+            float *W = m->base.data + dst[i]->off;
+            fx_frozen_weight(W, W, p, dst[i]->n);
+        }
         p += dst[i]->n;
     }
     rc = 0;

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct fx_client {
     fx_model m;                  /* its base: the shared frozen weights, or its own copy */
@@ -20,6 +21,10 @@ struct fx_client {
     int own_residual;            /* GPU clients, and CPU clients that check the shared weights */
     int check_frozen;
     float *wtmp;                 /* one adapted layer's frozen weight */
+    double (*pace)(void *);      /* the transport's hook (its thread count), before each product */
+    void *pace_ctx;
+    fx_ops paced_ops;            /* the CPU ops whose products call it first (see pace_now) */
+    double held, t_mark;         /* the cores it holds, since when (fx_now()) */
     int kill_round;              /* fault injection (tests): FEDEX_FAULT=kill:C:R kills it in round R, */
     int gone_round;              /* gone:C:R makes it leave after answering round R, open:C fails its start */
     int drift;                   /* FEDEX_FAULT=drift:C: its own R_acc moves a frozen weight by one ulp (the
@@ -37,6 +42,44 @@ static uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
     return fx_rng_u64(&r);
 }
 
+/* CPU seconds of this process, all its threads together. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ============================================================================================
+ * Pacing: the transport's hook, before every product of a step
+ * ============================================================================================
+ * OpenMP's thread count can change between parallel regions only, and a step of a large model is
+ * long (seconds): so the hook runs before each of the step's products (the linear layers' products are
+ * nearly all its time), through a copy of the CPU ops table whose product entries call it first. The
+ * client whose round runs in this process is PACED; its report accumulates the cores it held. */
+static struct { fx_client *cl; fx_report *rep; } paced;
+
+static void pace_now(void) {
+    fx_client *cl = paced.cl;
+    if (!cl) return;
+    double now = fx_now();
+    paced.rep->core_seconds += cl->held * (now - cl->t_mark);
+    cl->t_mark = now;
+    cl->held = cl->pace(cl->pace_ctx);
+}
+
+static void paced_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                         int ldb, float beta, float *C, int ldc) {
+    pace_now();
+    fx_cpu_ops.matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+static void paced_linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
+    pace_now();
+    fx_cpu_ops.linear_forward(y, x, W, b, N, in, out);
+}
+static void paced_linear_backward(float *dx, const float *dy, const float *W, int N, int in, int out, float beta) {
+    pace_now();
+    fx_cpu_ops.linear_backward(dx, dy, W, N, in, out, beta);
+}
 /* FEDEX_FAULT's injected faults that concern client ID (tests). */
 static void faults(fx_client *cl, int id) {
     const char *f = getenv("FEDEX_FAULT");
@@ -61,6 +104,14 @@ fx_client *fx_client_open(const fx_client_setup *s) {
     cl->order = fx_malloc(sizeof(int) * (size_t)(s->nrows ? s->nrows : 1));
     cl->acc = fx_malloc(sizeof(float) * cl->m.train.n);
     cl->check_frozen = s->check_frozen;
+    cl->pace = s->pace; cl->pace_ctx = s->pace_ctx;
+    if (cl->pace && cl->m.ops == &fx_cpu_ops) {
+        cl->paced_ops = fx_cpu_ops;
+        cl->paced_ops.matmul = paced_matmul;
+        cl->paced_ops.linear_forward = paced_linear_forward;
+        cl->paced_ops.linear_backward = paced_linear_backward;
+        cl->m.ops = &cl->paced_ops;
+    }
     faults(cl, s->id);
     const char *f = getenv("FEDEX_FAULT");
     int fc;
@@ -134,7 +185,11 @@ static int follow_residual(fx_client *cl, const fx_residual_msg *msg, const floa
             continue;
         }
 #endif
-        if (cl->check_frozen && memcmp(cl->wtmp, cl->m.base.data + ad->w_off, sizeof(float) * len) != 0) {
+        int same = 1;
+        if (cl->m.base.bf) /* --precision bf16: the shared weight is bf16(fl(W0 + R_acc)) */
+            for (size_t j = 0; same && j < len; j++) same = fx_bf16_round(cl->wtmp[j]) == cl->m.base.bf[ad->w_off + j];
+        else same = memcmp(cl->wtmp, cl->m.base.data + ad->w_off, sizeof(float) * len) == 0;
+        if (cl->check_frozen && !same) {
             fx_seterr("the frozen weight of %s rebuilt from the residual messages differs from the server's "
                       "(round %d)", ad->name, cl->res.round);
             return -1;
@@ -151,7 +206,7 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
                     const float *payload, float *state, fx_report *rep) {
     fx_model *m = &cl->m;
     size_t P = m->train.n;
-    double t0 = fx_now();
+    double t0 = fx_now(), cpu0 = cpu_now();
     void *g = NULL;
 #ifdef FEDEX_CUDA
     g = cl->g;
@@ -174,7 +229,11 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
     int per_epoch = (nrows + bs - 1) / bs;
     int total = per_epoch * job->local_epochs;
     int warmup = (int)ceil(job->warmup_ratio * total);
-    rep->samples = nrows; rep->steps_done = 0; rep->steps_total = total; rep->loss_sum = 0;
+    rep->samples = nrows; rep->steps_done = 0; rep->steps_total = total; rep->loss_sum = 0; rep->cpu_seconds = 0;
+    rep->core_seconds = 0;
+    cl->t_mark = t0;
+    cl->held = cl->pace && !g ? cl->pace(cl->pace_ctx) : 0;
+    if (cl->pace && !g) { paced.cl = cl; paced.rep = rep; }
     rep->samples_done = 0; rep->t_start = t0; rep->err[0] = 0;
     int step = 0;
     for (int e = 0; e < job->local_epochs; e++) {
@@ -201,6 +260,7 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
                     continue;
                 }
 #endif
+                pace_now(); /* the thread count may change between products; results do not */
                 loss += (double)un / bn * fx_model_step(m, &cl->batch, 1, NULL);
                 if (un == bn) break;
                 float f = (float)un / (float)bn;
@@ -227,9 +287,14 @@ int fx_client_round(fx_client *cl, const fx_job *job, const float *global, const
 #endif
     memcpy(state, m->train.data, sizeof(float) * P);
     rep->train_loss = step ? rep->loss_sum / step : NAN;
-    rep->seconds = fx_now() - t0;
+    double t1 = fx_now();
+    rep->seconds = t1 - t0;
+    if (paced.cl) rep->core_seconds += cl->held * (t1 - cl->t_mark);
+    paced.cl = NULL;
+    rep->cpu_seconds = cpu_now() - cpu0;
     return 0;
 fail:
+    paced.cl = NULL;
     snprintf(rep->err, sizeof rep->err, "%s", fx_err());
     return -1;
 }

@@ -123,6 +123,18 @@ static void linear_backward(float *dx /* (N, in) */, const float *dy /* (N, out)
                             int N, int in, int out, float beta) {
     fx_matmul(0, 0, N, in, out, 1.0f, dy, out, W, in, beta, dx, in);
 }
+/* The pair with W in bf16 (--precision bf16): x and dy rounded to bf16 by fx_matmul_bf16, fp32 sums. */
+static void linear_forward_bf16(float *y /* (N, out) */, const float *x /* (N, in) */, const uint16_t *W /* (out, in) */,
+                                const float *b /* (out) or NULL */, int N, int in, int out) {
+    if (!b) { fx_matmul_bf16(1, N, out, in, x, in, W, in, 0.0f, y, out); return; }
+    #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
+    for (long i = 0; i < N; i++) memcpy(y + i * out, b, (size_t)out * sizeof *y);
+    fx_matmul_bf16(1, N, out, in, x, in, W, in, 1.0f, y, out);
+}
+static void linear_backward_bf16(float *dx /* (N, in) */, const float *dy /* (N, out) */,
+                                 const uint16_t *W /* (out, in) */, int N, int in, int out, float beta) {
+    fx_matmul_bf16(0, N, in, out, dy, out, W, in, beta, dx, in);
+}
 
 /* --- LayerNorm over the last dimension: out = (x - mean) * rstd * g + b, rstd = 1/sqrt(var + eps),
  * var the biased variance. Moments in double. */
@@ -184,6 +196,17 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
  * LN_W (GPT-2) x0 = dropout(word[id] + pos[position]), or without PE as well (Llama, whose positions
  * are rotations inside attention) x0 = word[id]. Nothing before them is trainable, so there is no
  * backward and no LayerNorm state is kept. */
+/* x0 (N, H) = dropout(x0), row i's mask from its own stream of SITE; p = 0: unchanged. */
+static void embeddings_dropout(float *x0, int N, int H, float p, uint64_t site) {
+    if (p <= 0) return;
+    float scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        uint8_t keep[H];
+        dropout_row(keep, site, (size_t)i, (size_t)H, p);
+        for (int j = 0; j < H; j++) x0[(size_t)i * H + j] = keep[j] ? x0[(size_t)i * H + j] * scale : 0.0f;
+    }
+}
 static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N) */, const int32_t *pos /* (N) */,
                                const float *we /* (V, H) */, const float *pe /* (P, H) */, const float *te /* (TV, H) */,
                                const float *ln_w, const float *ln_b, int N, int H, float eps, float p, uint64_t site) {
@@ -202,15 +225,25 @@ static void embeddings_forward(float *x0 /* (N, H) */, const int32_t *ids /* (N)
         for (int j = 0; j < H; j++) x[j] = (wr[j] + te[j]) + pr[j];
         if (ln_w) layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
     }
-    if (p > 0) {
-        float scale = 1.0f / (1.0f - p);
-        #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
-        for (long i = 0; i < N; i++) {
-            uint8_t keep[H];
-            dropout_row(keep, site, (size_t)i, (size_t)H, p);
-            for (int j = 0; j < H; j++) x0[(size_t)i * H + j] = keep[j] ? x0[(size_t)i * H + j] * scale : 0.0f;
+    embeddings_dropout(x0, N, H, p, site);
+}
+/* The same with bf16 tables: each row widened (exactly), then the same fp32 sums, LayerNorm, dropout. */
+static void embeddings_forward_bf16(float *x0 /* (N, H) */, const int32_t *ids, const int32_t *pos,
+                                    const uint16_t *we /* (V, H) */, const uint16_t *pe /* (P, H) */,
+                                    const uint16_t *te /* (TV, H) */, const float *ln_w, const float *ln_b, int N,
+                                    int H, float eps, float p, uint64_t site) {
+    #pragma omp parallel for schedule(dynamic, 8) if ((long)N * H >= PAR_MIN)
+    for (long i = 0; i < N; i++) {
+        float *x = x0 + (size_t)i * H;
+        const uint16_t *wr = we + (size_t)ids[i] * H, *pr = pe ? pe + (size_t)pos[i] * H : NULL;
+        if (!pe) for (int j = 0; j < H; j++) x[j] = fx_bf16_widen(wr[j]);
+        else if (!te) for (int j = 0; j < H; j++) x[j] = fx_bf16_widen(wr[j]) + fx_bf16_widen(pr[j]);
+        else {
+            for (int j = 0; j < H; j++) x[j] = (fx_bf16_widen(wr[j]) + fx_bf16_widen(te[j])) + fx_bf16_widen(pr[j]);
+            if (ln_w) layernorm_row(x, NULL, NULL, x, ln_w, ln_b, H, eps);
         }
     }
+    embeddings_dropout(x0, N, H, p, site);
 }
 
 /* --- exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x).
@@ -301,15 +334,16 @@ static void rmsnorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H) *
 }
 
 /* --- rotary positions as Hugging Face's Llama applies them (rotate_half): per head, for i < hd/2,
- *   a = pos * theta^(-2i/hd),  y_i = x_i cos a - x_{i+hd/2} sin a,  y_{i+hd/2} = x_{i+hd/2} cos a + x_i sin a.
- * The rotation is orthogonal, so its backward is the same rotation by -a. Angles in double. */
-static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd, float theta,
-                 int inverse) {
+ *   a = pos * inv_freq[i],  y_i = x_i cos a - x_{i+hd/2} sin a,  y_{i+hd/2} = x_{i+hd/2} cos a + x_i sin a,
+ * inv_freq[i] = theta^(-2i/hd) under rope_scaling's rule (fx_rope_inv_freq). The rotation is orthogonal,
+ * so its backward is the same rotation by -a. Angles in double. */
+static void rope(float *x /* (N, nh * hd) */, const int32_t *pos /* (N) */, int N, int nh, int hd,
+                 const double *inv_freq /* (hd / 2) */, int inverse) {
     int half = hd / 2;
     #pragma omp parallel for schedule(dynamic, 8) if ((long)N * nh * hd >= PAR_MIN)
     for (long t = 0; t < N; t++) {
         for (int i = 0; i < half; i++) {
-            double a = (double)pos[t] * pow((double)theta, -2.0 * i / hd);
+            double a = (double)pos[t] * inv_freq[i];
             float c = (float)cos(a), s = (float)(inverse ? -sin(a) : sin(a));
             for (int h = 0; h < nh; h++) {
                 float *xh = x + (size_t)t * nh * hd + (size_t)h * hd;
@@ -356,7 +390,8 @@ static void swiglu_backward(float *dgate, float *dup, const float *dout, const f
 
 /* --- self-attention per sequence on the packed layout. Row b's tokens are off[b] .. off[b+1]) (len of
  * them); per head h, Q, K, V are that row's (len, hd) column block h, rows H apart:
- *   S = Q K^T / sqrt(hd),  P = softmax(S) over the row's own keys (CAUSAL: keys j <= i),
+ *   S = Q K^T / sqrt(hd),  P = softmax(S) over the row's own keys (CAUSAL: keys j <= i; a sliding
+ *   WINDOW > 0: i - WINDOW < j as well),
  *   Pd = dropout(P),  ctx = Pd V.
  * Only real keys exist here, so nothing is masked: Hugging Face's additive finfo.min on padded keys
  * gives them exp() == 0 exactly, the same probabilities. The queries go in blocks of ATT_BQ rows, each
@@ -380,19 +415,22 @@ static long attention_work(const int32_t *off, int n, int nh, int hd) {
 /* One query block's probabilities: S (rows, kl) holds Q K^T for the sequence's queries i0 .. i0+rows on
  * entry and P on exit (zero past each query's last key); each row's maximum and 1 / sum go to STATS,
  * row r at r nh 2 (the (token, head, 2) layout). */
-static void attention_softmax_block(float *S, int rows, int kl, int i0, int len, int causal, float inv, float *stats,
-                                    int nh) {
+/* The keys query I reads: [first, lim), FIRST past Mistral's sliding window WINDOW (causal only). */
+static int window_first(int i, int causal, int window) { return causal && window > 0 && i >= window ? i - window + 1 : 0; }
+static void attention_softmax_block(float *S, int rows, int kl, int i0, int len, int causal, int window, float inv,
+                                    float *stats, int nh) {
     for (int r = 0; r < rows; r++) {
         float *s = S + (size_t)r * kl, mx = -INFINITY;
-        int lim = causal ? i0 + r + 1 : len;
-        for (int j = 0; j < lim; j++) {
+        int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
+        for (int j = first; j < lim; j++) {
             s[j] = s[j] / inv;
             if (s[j] > mx) mx = s[j];
         }
         double sum = 0;
-        for (int j = 0; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        for (int j = first; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
         float rs = (float)(1.0 / sum);
-        for (int j = 0; j < lim; j++) s[j] *= rs;
+        for (int j = first; j < lim; j++) s[j] *= rs;
+        for (int j = 0; j < first; j++) s[j] = 0.0f;
         for (int j = lim; j < kl; j++) s[j] = 0.0f;
         stats[(size_t)r * nh * 2] = mx;
         stats[(size_t)r * nh * 2 + 1] = rs;
@@ -400,7 +438,7 @@ static void attention_softmax_block(float *S, int rows, int kl, int i0, int len,
 }
 static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2) */, const float *q, const float *k,
                               const float *v /* (N, H) each */, const int32_t *off /* (n + 1) */, int n, int T, int H,
-                              int nh, int causal, float p, uint64_t site) {
+                              int nh, int causal, int window, float p, uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
     #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
@@ -415,7 +453,7 @@ static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2)
             for (int i0 = 0; i0 < len; i0 += ATT_BQ) {
                 int rows = len - i0 < ATT_BQ ? len - i0 : ATT_BQ, kl = causal ? i0 + rows : len;
                 fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
-                attention_softmax_block(S, rows, kl, i0, len, causal, inv, keep + ((size_t)(o + i0) * nh + h) * 2, nh);
+                attention_softmax_block(S, rows, kl, i0, len, causal, window, inv, keep + ((size_t)(o + i0) * nh + h) * 2, nh);
                 if (kp)
                     for (int r = 0; r < rows; r++) {
                         float *s = S + (size_t)r * kl;
@@ -430,11 +468,17 @@ static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2)
     }
 }
 /* --- one query per slot against its key/value cache (the decode step), the same arithmetic as a row of
- * attention_forward: s_j = (q . k_j) / sqrt(hd) for j < len, P = softmax(s), ctx = P V. */
+ * attention_forward: s_j = (q . k_j) / sqrt(hd) for first <= j < len, P = softmax(s), ctx = P V; first 0,
+ * or len - WINDOW with a sliding window (the query sits at position len - 1). */
 static void attention_decode(float *ctx /* (ns, H) */, float *scores /* (ns, nh, len) */, const float *q /* (ns, H) */,
                              const float *kc, const float *vc /* (slots, max_len, H) */, int ns, int len, int max_len,
-                             int H, int nh) {
-    int hd = H / nh;
+                             int H, int nh, int window) {
+    int hd = H / nh, first = window > 0 && len > window ? len - window : 0;
+    if (first) { /* the window's keys alone: the same rows of the cache from FIRST */
+        kc += (size_t)first * H;
+        vc += (size_t)first * H;
+        len -= first;
+    }
     float inv = sqrtf((float)hd);
     #pragma omp parallel for schedule(static) if ((long)ns * nh * len * hd >= PAR_MIN)
     for (long sh = 0; sh < (long)ns * nh; sh++) {
@@ -461,7 +505,8 @@ static void attention_decode(float *ctx /* (ns, H) */, float *scores /* (ns, nh,
  * dK and dV sum over the query blocks in order, so the thread count does not matter. */
 static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */, const float *dctx /* (N, H) */,
                                const float *q, const float *k, const float *v, const float *keep /* (N, nh, 2) */,
-                               const int32_t *off, int n, int T, int H, int nh, int causal, float p, uint64_t site) {
+                               const int32_t *off, int n, int T, int H, int nh, int causal, int window, float p,
+                               uint64_t site) {
     int hd = H / nh;
     float inv = sqrtf((float)hd), scale = 1.0f / (1.0f - p);
     #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
@@ -488,8 +533,9 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                 for (int r = 0; r < rows; r++) {
                     float *s = S + (size_t)r * kl, *pd = Pd + (size_t)r * kl, *ds = dS + (size_t)r * kl;
                     float mx = st[(size_t)r * nh * 2], rs = st[(size_t)r * nh * 2 + 1];
-                    int lim = causal ? i0 + r + 1 : len;
-                    for (int j = 0; j < lim; j++) s[j] = expf(s[j] / inv - mx) * rs;
+                    int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
+                    for (int j = 0; j < first; j++) s[j] = 0.0f;
+                    for (int j = first; j < lim; j++) s[j] = expf(s[j] / inv - mx) * rs;
                     for (int j = lim; j < kl; j++) s[j] = 0.0f;
                     if (kp) {
                         dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
@@ -628,6 +674,9 @@ const fx_ops fx_cpu_ops = {
     .embeddings_forward = embeddings_forward,
     .linear_forward = linear_forward,
     .linear_backward = linear_backward,
+    .linear_forward_bf16 = linear_forward_bf16,
+    .linear_backward_bf16 = linear_backward_bf16,
+    .embeddings_forward_bf16 = embeddings_forward_bf16,
     .residual_layernorm_forward = residual_layernorm_forward,
     .layernorm_forward = layernorm_forward,
     .layernorm_backward = layernorm_backward,

@@ -82,12 +82,8 @@ static int dec_host(decoder *d, int n, const int *ids, int pos0, int step) {
     return 0;
 }
 
-/* Positions a sequence may hold: n_positions, or Mistral's sliding window when smaller (attention past
- * it is not implemented). */
-static int dec_limit(const fx_model *m) {
-    int w = m->c.sliding_window;
-    return w && w < m->c.max_positions ? w : m->c.max_positions;
-}
+/* Positions a sequence may hold: n_positions (a sliding window only narrows what each query reads). */
+static int dec_limit(const fx_model *m) { return m->c.max_positions; }
 
 /* ============================================================================================
  * the fx_decoder table

@@ -267,7 +267,7 @@ char *fx_e2e_text(const char *mr, const char *ref) {
  * so the reference, the space before the end token (its own token, 220) and the end token are learnt. */
 static int row_sequence(fx_tokenizer *tok, const char *mr, const char *ref, int max_len, int32_t **ids, int *n,
                         int *cap, int *prompt) {
-    static const fx_text_template none = {0, 0, 0, 0};
+    static const fx_text_template none = {0, 0, 0, 0, 0};
     char *text = fx_e2e_text(mr, ref), *p = fx_e2e_prompt(mr);
     int start = *n, rc = fx_tok_encode_tpl(tok, &none, text, NULL, 0, ids, n, cap);
     int full = *n - start;

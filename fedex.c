@@ -85,7 +85,7 @@ static int cmd_inspect(int argc, char **argv) {
 
 typedef struct { const char *model, *task, *file; int max_len; } tokenize_opts;
 static const fx_opt tokenize_opt[] = {
-    {"--model", NULL, FX_OPT_STR, OPT(tokenize_opts, model), NULL, "folder with vocab.json and merges.txt (required)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(tokenize_opts, model), NULL, "folder with tokenizer.json, or vocab.json and merges.txt (required)", 0, 0},
     {"--task", NULL, FX_OPT_STR, OPT(tokenize_opts, task), NULL, "GLUE task of --file", 0, 0},
     {"--file", NULL, FX_OPT_STR, OPT(tokenize_opts, file), NULL, "a GLUE TSV file: one line of ids per row", 0, 0},
     {"--max-length", NULL, FX_OPT_INT, OPT(tokenize_opts, max_len), "128", "truncate longest_first to N ids (0: no truncation)", 0, 1000000},
@@ -94,7 +94,8 @@ static const fx_cmdline tokenize_cl = {
     "tokenize", "--model DIR [--max-length N] TEXT [TEXT2]\n       fedex tokenize --model DIR --task TASK --file F.tsv [--max-length N]",
     "Prints the token ids of TEXT (or of the pair TEXT TEXT2) on one line, space separated, as Hugging\n"
     "Face's tokenizer of the vocabulary gives them: RoBERTa's <s> TEXT </s> (<s> TEXT </s></s> TEXT2 </s>),\n"
-    "GPT-2's without any special token (<|endoftext|> written in a text is its id). With --file, one such\n"
+    "GPT-2's without any special token (<|endoftext|> written in a text is its id), a tokenizer.json's\n"
+    "post-processor's (Llama-3: <|begin_of_text|> TEXT). With --file, one such\n"
     "line per row of a GLUE file, in file order.\n",
     sizeof(tokenize_opts), tokenize_opt, 4, 0, 2, "texts"};
 
@@ -122,7 +123,7 @@ static int cmd_tokenize(int argc, char **argv) {
     fx_tokenizer *tok = fx_tok_load(o.model);
     if (!tok) fx_die("%s", fx_err());
     const fx_text_template *tpl = fx_tok_template(tok);
-    int room = tpl->bos + tpl->eos_a + ((o.file ? 0 : ntext == 2) ? tpl->eos_b_lead + tpl->eos_b : 0);
+    int room = tpl->bos + tpl->eos_a + ((o.file ? 0 : ntext == 2) ? tpl->eos_b_lead + tpl->bos_b + tpl->eos_b : 0);
     if (o.max_len > 0 && o.max_len < room) {
         fprintf(stderr, "fedex tokenize: --max-length %d leaves no room for %d special tokens\n", o.max_len, room);
         fx_tok_free(tok);
@@ -140,7 +141,7 @@ static int cmd_tokenize(int argc, char **argv) {
         if (!t) { fx_tok_free(tok); fprintf(stderr, "fedex tokenize: unknown task '%s'\n", o.task); return 2; }
         fx_rows rows;
         if (fx_glue_read(t, o.file, &rows) != 0) fx_die("%s", fx_err());
-        int pair_room = room + (t->col_b >= 0 ? tpl->eos_b_lead + tpl->eos_b : 0);
+        int pair_room = room + (t->col_b >= 0 ? tpl->eos_b_lead + tpl->bos_b + tpl->eos_b : 0);
         if (o.max_len > 0 && o.max_len < pair_room)
             fx_die("tokenize: --max-length %d leaves no room for a pair's %d special tokens", o.max_len, pair_room);
         for (int r = 0; r < rows.n; r++) {
@@ -168,12 +169,15 @@ static void dir_of(const char *file, char *buf, size_t cap) {
     else snprintf(buf, cap, "%.*s", slash == file ? 1 : (int)(slash - file), file);
 }
 
-/* Copies vocab.json and merges.txt from FROM to TO (those present), so TO is a complete model folder.
- * Returns how many it copied, -1 on error. */
+/* Copies the tokenizer's files from FROM to TO (those present), so TO is a complete model folder:
+ * tokenizer.json, vocab.json, merges.txt; and beside a tokenizer.json the tokenizer_config.json and
+ * special_tokens_map.json that name its bos and eos (they replace the family's stand-ins). Returns how
+ * many it copied, -1 on error. */
 static int copy_tokenizer(const char *from, const char *to) {
-    static const char *const names[2] = {"vocab.json", "merges.txt"};
-    int copied = 0;
-    for (int k = 0; k < 2; k++) {
+    static const char *const names[5] = {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                                         "special_tokens_map.json"};
+    int copied = 0, json = 0;
+    for (int k = 0; k < 5; k++) {
         char src[4096], dst[4096], *data;
         size_t len;
         if ((size_t)snprintf(src, sizeof src, "%s/%s", from, names[k]) >= sizeof src ||
@@ -181,7 +185,8 @@ static int copy_tokenizer(const char *from, const char *to) {
             fx_seterr("path too long: %s", to);
             return -1;
         }
-        if (access(src, F_OK) != 0) continue; /* absent: nothing to copy; unreadable: an error below */
+        if (access(src, F_OK) != 0 || (k >= 3 && !json)) continue; /* absent: nothing to copy; unreadable: an error below */
+        json |= k == 0;
         int rc = fx_read_file(src, &data, &len) == 0 ? fx_write_file_atomic(dst, data, len) : -1;
         if (rc == 0) free(data);
         if (rc != 0) return -1;
@@ -200,7 +205,8 @@ static const fx_opt init_opt[] = {
 static const fx_cmdline init_cl = CMDLINE("init", "--config FILE --out DIR [--seed S] [--labels N]",
     "Writes a randomly initialised RoBERTa of FILE's shapes as a Hugging Face folder: DIR/model.safetensors\n"
     "(weights drawn as Hugging Face initialises them: normal(0, initializer_range), LayerNorm 1 and 0, zero\n"
-    "biases), DIR/config.json, and vocab.json and merges.txt copied from beside FILE when they are there.\n",
+    "biases), DIR/config.json, and the tokenizer's files (tokenizer.json, or vocab.json and merges.txt)\n"
+    "copied from beside FILE when they are there.\n",
     init_opts, init_opt);
 
 static int cmd_init(int argc, char **argv) {
@@ -224,8 +230,8 @@ static int cmd_init(int argc, char **argv) {
     int copied = copy_tokenizer(dir, o.out);
     if (copied < 0) fx_die("%s", fx_err());
     printf("init: %s: %d layers, hidden %d, %d label%s, %zu base weights%s\n", o.out, c.layers, c.hidden,
-           c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied == 2 ? ", tokenizer copied" :
-           " (no vocab.json/merges.txt beside the config: add them to use the folder)");
+           c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied > 0 ? ", tokenizer copied" :
+           " (no tokenizer.json or vocab.json/merges.txt beside the config: add them to use the folder)");
     return 0;
 }
 
@@ -233,9 +239,9 @@ static int cmd_init(int argc, char **argv) {
  * eval
  * ============================================================================================ */
 
-typedef struct { const char *model, *adapter, *residual, *task, *data, *logits, *chat_template; int max_len, batch, threads, rows, max_new; } eval_opts;
+typedef struct { const char *model, *adapter, *residual, *task, *data, *logits, *chat_template, *precision; int max_len, batch, threads, rows, max_new; } eval_opts;
 static const fx_opt eval_opt[] = {
-    {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, vocab.json, merges.txt)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(eval_opts, model), NULL, "a Hugging Face folder (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt)", 0, 0},
     {"--task", NULL, FX_OPT_STR, OPT(eval_opts, task), NULL, "GLUE task (e2e, instruct, gsm8k or mc for a causal LM)", 0, 0},
     {"--data", NULL, FX_OPT_STR, OPT(eval_opts, data), NULL, "folder holding the GLUE task folders (e2e: devset.csv; instruct, gsm8k, mc: dev.jsonl)", 0, 0},
     {"--chat-template", NULL, FX_OPT_STR, OPT(eval_opts, chat_template), "auto", "instruct, gsm8k, mc: auto (the model's chat_template when it has one) | none (the plain prompt)", 0, 0},
@@ -247,6 +253,7 @@ static const fx_opt eval_opt[] = {
     {"--logits", NULL, FX_OPT_STR, OPT(eval_opts, logits), NULL, "also write the logits (n, num_labels) as tensor 'logits' of a safetensors file; a causal LM's (tokens, vocab) of every row's positions, row i's from offsets[i] to offsets[i+1]", 0, 0},
     {"--rows", NULL, FX_OPT_INT, OPT(eval_opts, rows), "0", "a causal LM's --logits: of the first N rows only (0: all; each token's logits are the whole vocabulary)", 0, 1000000000},
     {"--threads", NULL, FX_OPT_INT, OPT(eval_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
+    {"--precision", NULL, FX_OPT_STR, OPT(eval_opts, precision), "fp32", "fp32 | bf16: the frozen base held in bf16, its products in bf16 with fp32 sums", 0, 0},
 };
 static const fx_cmdline eval_cl = CMDLINE("eval", "--model DIR --task T --data DIR [--adapter PATH] [--residual FILE] [options]",
     "Evaluates a Hugging Face folder on the task's dev split (DATA/<task>/dev.tsv; a causal LM: E2E's\n"
@@ -277,8 +284,7 @@ static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
     if (o->adapter && fx_adapter_config_load(o->adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
     if (fx_model_create(&m, c, &a, NULL) != 0) fx_die("%s: %s", o->model, fx_err());
-    fx_model_init_base(&m, 0);
-    if (fx_model_load(&m, o->model) < 0) fx_die("%s", fx_err());
+    if (fx_model_load_init(&m, o->model, 0) < 0) fx_die("%s", fx_err());
     if (o->adapter && fx_adapter_load(&m, o->adapter) != 0) fx_die("%s", fx_err());
     if (o->residual && fx_residual_load(&m, o->residual) != 0) fx_die("%s", fx_err());
     fx_tokenizer *tok = fx_tok_load(o->model);
@@ -346,7 +352,7 @@ static int eval_lm(const eval_opts *o, fx_config *c, const fx_task *task) {
 
 static int cmd_eval(int argc, char **argv) {
     eval_opts o;
-    int set[16], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
+    int set[sizeof eval_opt / sizeof eval_opt[0]], rc = parse_or_exit(&eval_cl, argc, argv, &o, set, NULL, NULL);
     if (rc >= 0) return rc;
     if (!o.model || !o.task || !o.data) return usage_error("eval", "--model, --task and --data are required");
     if (o.threads) fx_set_threads(o.threads);
@@ -357,6 +363,8 @@ static int cmd_eval(int argc, char **argv) {
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("eval: path too long");
     fx_config c;
     if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    if (fx_precision_parse(o.precision, &c.precision) != 0) { fprintf(stderr, "fedex eval: %s\n", fx_err()); return 2; }
+    fx_precision_note(c.precision, stderr);
     if (fx_config_family(&c)->head_kind == FX_HEAD_LM) return eval_lm(&o, &c, task);
     /* A base without a classifier (a stock masked-LM checkpoint) gets a fresh head of the task's labels,
      * as Hugging Face creates it; a checkpoint's own head must match the task. */
@@ -377,8 +385,7 @@ static int cmd_eval(int argc, char **argv) {
     if (o.adapter && fx_adapter_config_load(o.adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", path, fx_err());
-    fx_model_init_base(&m, 0);
-    int head = fx_model_load(&m, o.model);
+    int head = fx_model_load_init(&m, o.model, 0);
     if (head < 0) fx_die("%s", fx_err());
     if (o.adapter && fx_adapter_load(&m, o.adapter) != 0) fx_die("%s", fx_err());
     if (o.residual && fx_residual_load(&m, o.residual) != 0) fx_die("%s", fx_err());
@@ -420,12 +427,12 @@ static int cmd_eval(int argc, char **argv) {
  * ============================================================================================ */
 
 typedef struct {
-    const char *model, *adapter, *residual, *file, *stop, *scope;
+    const char *model, *adapter, *residual, *file, *stop, *scope, *precision;
     int beams, max_new, ngram, eos, ids, prompt_ids, threads;
     double lp;
 } generate_opts;
 static const fx_opt generate_opt[] = {
-    {"--model", NULL, FX_OPT_STR, OPT(generate_opts, model), NULL, "a causal LM folder (config.json, model.safetensors; vocab.json and merges.txt for text)", 0, 0},
+    {"--model", NULL, FX_OPT_STR, OPT(generate_opts, model), NULL, "a causal LM folder (config.json, model.safetensors; tokenizer.json or vocab.json + merges.txt for text)", 0, 0},
     {"--adapter", NULL, FX_OPT_STR, OPT(generate_opts, adapter), NULL, "a PEFT adapter: its folder (adapter_config.json + adapter_model.safetensors) or file", 0, 0},
     {"--residual", NULL, FX_OPT_STR, OPT(generate_opts, residual), NULL, "tensors added into the base weights of the same names (a FedEx residual)", 0, 0},
     {"--file", NULL, FX_OPT_STR, OPT(generate_opts, file), NULL, "prompts, one per line (- reads standard input)", 0, 0},
@@ -439,6 +446,7 @@ static const fx_opt generate_opt[] = {
     {"--max-new-tokens", NULL, FX_OPT_INT, OPT(generate_opts, max_new), "64", "tokens generated at most per prompt", 1, 1000000},
     {"--eos", NULL, FX_OPT_INT, OPT(generate_opts, eos), NULL, "end token id, -1 for none [default: config.json's eos_token_id, else the tokenizer's]", -1, 1 << 30},
     {"--threads", NULL, FX_OPT_INT, OPT(generate_opts, threads), NULL, "CPU threads (default: OpenMP's)", 1, 4096},
+    {"--precision", NULL, FX_OPT_STR, OPT(generate_opts, precision), "fp32", "fp32 | bf16: the frozen base held in bf16, its products in bf16 with fp32 sums", 0, 0},
 };
 static const fx_cmdline generate_cl = {
     "generate", "--model DIR [options] PROMPT...\n       fedex generate --model DIR --file F|- [options]\n"
@@ -504,12 +512,17 @@ static int cmd_generate(int argc, char **argv) {
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", o.model) >= sizeof path) fx_die("generate: path too long");
     fx_config c;
     if (fx_config_load(path, &c) != 0) fx_die("%s", fx_err());
+    if (fx_precision_parse(o.precision, &c.precision) != 0) {
+        fprintf(stderr, "fedex generate: %s\n", fx_err());
+        free(prompts);
+        return 2;
+    }
+    fx_precision_note(c.precision, stderr);
     fx_adapter_cfg a = {.kind = FX_LORA, .targets = 0, .r = 1, .alpha = 1};
     if (o.adapter && fx_adapter_config_load(o.adapter, &a) != 0) fx_die("%s", fx_err());
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", path, fx_err());
-    fx_model_init_base(&m, 0);
-    if (fx_model_load(&m, o.model) < 0) fx_die("%s", fx_err());
+    if (fx_model_load_init(&m, o.model, 0) < 0) fx_die("%s", fx_err());
     if (o.adapter && fx_adapter_load(&m, o.adapter) != 0) fx_die("%s", fx_err());
     if (o.residual && fx_residual_load(&m, o.residual) != 0) fx_die("%s", fx_err());
     fx_decoder d;
@@ -556,7 +569,7 @@ static int cmd_generate(int argc, char **argv) {
         if (o.prompt_ids) {
             if (parse_prompt_ids(prompts[i], where, d.vocab, &ids, &n, &cap) != 0) fx_die("generate: %s", fx_err());
         } else {
-            static const fx_text_template plain = {0, 0, 0, 0};
+            static const fx_text_template plain = {0, 0, 0, 0, 0};
             n = 0;
             if (fx_tok_encode_tpl(tok, &plain, prompts[i], NULL, 0, &ids, &n, &cap) != 0)
                 fx_die("generate: %s: %s", where, fx_err());
@@ -623,6 +636,7 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
     if (!R.cfg.resume) fx_settings_notes(&R.cfg, set, stdout);
+    fx_precision_note(fx_settings_precision(&R.cfg), stdout);
 #ifndef FEDEX_CUDA
     if (!strcmp(R.cfg.device, "cuda")) {
         fprintf(stderr, "fedex train: --device cuda needs the CUDA build, fedex-cuda, beside this program "

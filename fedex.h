@@ -56,6 +56,8 @@ double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 /* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
 void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
+/* The stream as it is after K more fx_rng_u64 draws, in time independent of K (a normal is two draws). */
+void fx_rng_jump(fx_rng *r, uint64_t k);
 double fx_rng_gamma(fx_rng *r, double shape); /* Gamma(shape, 1), Marsaglia-Tsang */
 /* MT19937, PyTorch's CPU generator: torch.Generator().manual_seed(seed) and Tensor.uniform_(lo, hi) on
  * float32, bit for bit (PEFT's VeRA projections; tests/make_vera_fixtures.py checks it against torch). */
@@ -166,27 +168,38 @@ void fx_st_set_close(fx_st_set *s);
 int fx_st_write(const char *path, const fx_st_entry *e, int n, const char *const *meta);
 
 /* ============================================================================================
- * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa tokenizers
+ * tokenizer.c: byte-level BPE, exactly as Hugging Face's GPT-2 / RoBERTa / Llama-3 tokenizers
  * ============================================================================================ */
 
 typedef struct fx_tokenizer fx_tokenizer;
 
-/* Loads DIR/vocab.json and DIR/merges.txt. RoBERTa's specials are <s>=bos/cls, </s>=eos/sep, <pad>;
- * GPT-2's <|endoftext|> serves as all three. Encoding writes to a cache of words inside the tokenizer:
- * one tokenizer per thread. */
+/* Loads DIR/tokenizer.json when there is one (as Hugging Face's fast tokenizers prefer it), else
+ * DIR/vocab.json and DIR/merges.txt. From vocab.json, RoBERTa's specials are <s>=bos/cls, </s>=eos/sep,
+ * <pad>; GPT-2's <|endoftext|> serves as all three. A tokenizer.json must be byte-level BPE (GPT-2's
+ * ByteLevel pre-tokenizer or Llama-3's Split pattern, ignore_merges, added tokens, TemplateProcessing /
+ * RobertaProcessing / BertProcessing); its bos, eos and pad are those tokenizer_config.json (then
+ * special_tokens_map.json, then config.json's ids) names, else the post-processor's, and pad falls back
+ * to eos. SentencePiece-style files (tokenizer.model, byte_fallback, Metaspace) are refused by name.
+ * Encoding writes to a cache of words inside the tokenizer: one tokenizer per thread. */
 fx_tokenizer *fx_tok_load(const char *dir);
 void fx_tok_free(fx_tokenizer *t);
-int fx_tok_bos(const fx_tokenizer *t);
-int fx_tok_eos(const fx_tokenizer *t);
+int fx_tok_bos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
+int fx_tok_eos(const fx_tokenizer *t); /* -1 where a tokenizer.json folder names none */
 int fx_tok_pad(const fx_tokenizer *t);
 int fx_tok_vocab_size(const fx_tokenizer *t);
+/* The id of token S: an added or special token's text ("<|eot_id|>", "<s>"), else the vocabulary token
+ * whose bytes are exactly S (" world"); -1 if there is none. */
+int fx_tok_token_id(const fx_tokenizer *t, const char *s);
+/* 1 if ID is a special token (dropped by fx_tok_decode's skip_special). */
+int fx_tok_is_special(const fx_tokenizer *t, int id);
 /* Plain BPE of TEXT[0..len) (UTF-8, validated), no special tokens: appends to *ids (realloc'd, *cap
  * tracks capacity), sets *n to the new count. -1 on invalid UTF-8. */
 int fx_tok_encode_text(fx_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap);
 /* Where a family's template puts the specials around one text A or a pair A, B: bos tokens, A, eos
- * tokens, then (pair) eos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>, {1, 1, 1, 1};
- * BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1}. The family holds it (fx_family.text). */
-typedef struct { int bos, eos_a, eos_b_lead, eos_b; } fx_text_template;
+ * tokens, then (pair) eos tokens, bos tokens, B, eos tokens. RoBERTa: <s> A </s> and <s> A </s></s> B </s>,
+ * {1, 1, 1, 1, 0}; BERT's [CLS] A [SEP] B [SEP] would be {1, 1, 0, 1, 0}; Llama-3's <|begin_of_text|> A and
+ * <|begin_of_text|> A <|begin_of_text|> B is {1, 0, 0, 0, 1}. The family holds it (fx_family.text). */
+typedef struct { int bos, eos_a, eos_b_lead, eos_b, bos_b; } fx_text_template;
 /* The template's sequence appended to *ids (realloc'd, *cap tracks capacity; *n the new count), truncated
  * longest_first to max_len (0: no truncation; else room for the specials at least). As Hugging Face's
  * tokenize(), special tokens written in A or B ("<s>", "<mask>") become their ids. -1 on error. */
@@ -194,7 +207,10 @@ int fx_tok_encode_tpl(fx_tokenizer *t, const fx_text_template *tpl, const char *
                       int32_t **ids, int *n, int *cap);
 /* The template Hugging Face's tokenizer of T's vocabulary applies: RoBERTa's (fx_roberta.text) for a
  * vocabulary with <s> and </s>; none for GPT-2's (add_bos_token is false: a text is its own ids, with
- * <|endoftext|> in it the special token; a pair is A's ids then B's). */
+ * <|endoftext|> in it the special token; a pair is A's ids then B's); a tokenizer.json's post-processor
+ * (or the one transformers' LlamaTokenizerFast builds from add_bos_token / add_eos_token). Its bos and eos
+ * positions hold the post-processor's tokens. A template with no specials ({0}) encodes a text as
+ * encode(add_special_tokens=False) does: special and added tokens written in it still become their ids. */
 const fx_text_template *fx_tok_template(const fx_tokenizer *t);
 /* The vocabulary's template (RoBERTa: <s> A </s> or <s> A </s></s> B </s>; B may be NULL), truncated
  * longest_first to max_len (> 0; room for the specials at least). OUT must hold max_len ids. Returns the
@@ -209,6 +225,8 @@ char *fx_tok_decode(const fx_tokenizer *t, const int32_t *ids, int n, int skip_s
 /* Pre-tokenisation alone (the GPT-2 pattern): the byte offset where each piece ends, appended to *ends
  * (realloc'd, *cap tracks capacity). -1 on invalid UTF-8. */
 int fx_tok_pretokenize(const char *text, size_t len, size_t **ends, int *n, int *cap);
+/* The same with T's own pre-tokenizer (GPT-2's pattern, or Llama-3's for such a tokenizer.json). */
+int fx_tok_pieces(const fx_tokenizer *t, const char *text, size_t len, size_t **ends, int *n, int *cap);
 
 /* unicode_tables.c, generated by tools/gen_unicode.py: the pre-tokenizer's character classes as sorted,
  * disjoint ranges; a code point in none is "other". */
@@ -515,6 +533,13 @@ typedef struct fx_ops {
     /* frozen linear: y (N, out) = x (N, in) W^T + b, W (out, in); dx (N, in) = dy W + beta dx */
     void (*linear_forward)(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
     void (*linear_backward)(float *dx, const float *dy, const float *W, int N, int in, int out, float beta);
+    /* the same three with the frozen tables in bf16 (FX_PREC_BF16): products as fx_matmul_bf16 (x, dy
+     * rounded to bf16), embedding rows widened; NULL where the backend has no bf16 base (the GPU's) */
+    void (*linear_forward_bf16)(float *y, const float *x, const uint16_t *W, const float *b, int N, int in, int out);
+    void (*linear_backward_bf16)(float *dx, const float *dy, const uint16_t *W, int N, int in, int out, float beta);
+    void (*embeddings_forward_bf16)(float *x0, const int32_t *ids, const int32_t *pos, const uint16_t *word,
+                                    const uint16_t *posw, const uint16_t *type, const float *ln_w, const float *ln_b,
+                                    int N, int H, float eps, float p, uint64_t site);
     /* res (N, H) = dropout(y) + x, out = LayerNorm(res) with its mean, rstd (N); g, b (H) */
     void (*residual_layernorm_forward)(float *out, float *res, float *mean, float *rstd, const float *y,
                                        const uint8_t *keep, float p, const float *x, const float *g,
@@ -535,8 +560,9 @@ typedef struct fx_ops {
     void (*rmsnorm_backward)(float *dx, const float *dy, const float *x, const float *rstd, const float *g,
                              int N, int H);
     /* RoPE in place on x (N, nh * hd) at positions pos (N), HF's rotate-half pairing (i, i + hd/2), angle
-     * pos * theta^(-2i/hd); INVERSE rotates by minus the angle (the backward, as the rotation is orthogonal) */
-    void (*rope)(float *x, const int32_t *pos, int N, int nh, int hd, float theta, int inverse);
+     * pos * inv_freq[i] (INV_FREQ (hd/2) in host memory, fx_rope_inv_freq's); INVERSE rotates by minus the
+     * angle (the backward, as the rotation is orthogonal) */
+    void (*rope)(float *x, const int32_t *pos, int N, int nh, int hd, const double *inv_freq, int inverse);
     /* SwiGLU: out (n) = silu(gate) * up; backward: dgate, dup (n) from dout (n) */
     void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
     void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
@@ -548,7 +574,8 @@ typedef struct fx_ops {
     void (*tanh_backward)(float *d /* in place */, const float *y /* tanh(x) */, size_t n);
     /* Self-attention per sequence on the packed layout: for row b (tokens off[b] .. off[b+1]), head h,
      * ctx (N, H) = dropout(softmax(q k^T / sqrt(hd))) v over the row's own keys (no masked key is
-     * computed). CAUSAL: key j > query i has probability 0 as well. Dropout on the probabilities: query i
+     * computed). CAUSAL: key j > query i has probability 0 as well; WINDOW > 0 (Mistral's sliding window,
+     * causal only): so has key j <= i - WINDOW. Dropout on the probabilities: query i
      * of row b, head h draws its keep mask from SITE's stream (off[b] + i) nh + h, independent of
      * padding; the backward, given the forward's CAUSAL, P and SITE, draws it again. KEEP (attention_keep(n, T, N, nh, p > 0) floats) receives
      * what the backward needs, its layout the backend's: the CPU keeps the softmax's row maximum and
@@ -557,10 +584,10 @@ typedef struct fx_ops {
     size_t (*attention_keep)(int n, int T, int N, int nh, int drop);
     void (*attention_forward)(float *ctx, float *keep, const float *q, const float *k, const float *v,
                               const int32_t *off /* (n + 1) */, int n, int T, int H, int nh, int causal,
-                              float p, uint64_t site);
+                              int window, float p, uint64_t site);
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dctx, const float *q,
                                const float *k, const float *v, const float *keep, const int32_t *off, int n,
-                               int T, int H, int nh, int causal, float p, uint64_t site);
+                               int T, int H, int nh, int causal, int window, float p, uint64_t site);
     /* mean loss over n rows and dlogits (n, L): MSE when L == 1, else cross-entropy; labels (n) */
     double (*loss)(float *dlogits, const float *logits, const float *labels, int n, int L);
     /* The causal LM's loss over the packed tokens' logits (N, V) and targets (N), each the token the
@@ -573,10 +600,10 @@ typedef struct fx_ops {
     double (*sumsq)(const float *x, size_t n);
     void (*scale)(float *x, float a, size_t n);
     /* One query per slot against its cache: ctx (ns, H) = softmax(q k^T / sqrt(hd)) v over the cached
-     * positions 0 .. len-1 of slot s, per head; q (ns, H); kc, vc (slots, max_len, H); scores (ns, nh, len)
-     * scratch */
+     * positions 0 .. len-1 of slot s (WINDOW > 0: only the last WINDOW of them), per head; q (ns, H); kc, vc
+     * (slots, max_len, H); scores (ns, nh, len) scratch */
     void (*attention_decode)(float *ctx, float *scores, const float *q, const float *kc, const float *vc, int ns,
-                             int len, int max_len, int H, int nh);
+                             int len, int max_len, int H, int nh, int window);
     /* one AdamW step on p, g, m, v (n) */
     void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s);
     /* SORF-VeRA (sorf.c has the math): x (rows, d) in place, each greedy power-of-two block of each row
@@ -616,8 +643,14 @@ typedef struct {
     int kv_heads;                /* grouped-query attention's key/value heads; 0: = heads (RoBERTa) */
     int head_dim;                /* per-head width; 0: hidden / heads (Llama's "head_dim" may differ) */
     float rope_theta;            /* RoPE's base (Llama); unused by learned positions */
-    int sliding_window;          /* Mistral's window; 0 none. Sequences longer than it are refused */
+    /* rope_scaling (fx_rope_inv_freq has the math): FX_ROPE_DEFAULT, _LINEAR (factor), _LLAMA3 (factor,
+     * low and high frequency factors, original_max_position_embeddings) */
+    int rope_kind, rope_original_max;
+    float rope_factor, rope_low_freq, rope_high_freq;
+    int attention_bias, mlp_bias; /* Llama: q, k, v, o_proj carry biases; gate, up, down_proj do */
+    int sliding_window;          /* Mistral's window: query i sees keys i - window < j <= i; 0 none */
     int untied_head;             /* the LM head has its own weight (lm_head.weight), not the embedding */
+    int precision;               /* FX_PREC_*: how the base's matrices are held (--precision, CPU); 0 fp32 */
     const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
 } fx_config;
 int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
@@ -645,9 +678,12 @@ typedef struct {
     char init;                   /* FX_INIT_*: the family's _init_weights rule for it */
     char conv1d;                 /* stored (in, out) in checkpoints (GPT-2's Conv1D): transposed where
                                     files are read and written, never inside the model */
-    char untied;                 /* the untied LM head (Llama's lm_head.weight): present only when
-                                    c.untied_head, and named outside the body's prefix in checkpoints */
+    char when;                   /* FX_WHEN_*: present only when the config has it. _UNTIED: the untied LM
+                                    head (Llama's lm_head.weight), named outside the body's prefix in
+                                    checkpoints; _ATTENTION_BIAS, _MLP_BIAS: Llama's optional biases */
 } fx_tensor_spec;
+enum { FX_WHEN_ALWAYS, FX_WHEN_UNTIED, FX_WHEN_ATTENTION_BIAS, FX_WHEN_MLP_BIAS };
+enum { FX_ROPE_DEFAULT, FX_ROPE_LINEAR, FX_ROPE_LLAMA3 };
 
 typedef enum { FX_NORM_POST, FX_NORM_PRE } fx_norm_place;     /* LayerNorm after / before the residual */
 typedef enum { FX_NORM_LAYERNORM, FX_NORM_RMSNORM } fx_norm_kind;
@@ -693,12 +729,17 @@ typedef struct fx_family {
 extern const fx_family fx_roberta;
 extern const fx_family fx_gpt2;  /* gpt2.c */
 extern const fx_family fx_llama; /* llama.c */
+/* RoPE's inverse frequencies (hd/2) under C's rope_scaling, as transformers' ROPE_INIT_FUNCTIONS (llama.c) */
+void fx_rope_inv_freq(const fx_config *c, int hd, double *inv_freq);
 /* The family of C (fx_roberta when c->family is NULL). */
 const fx_family *fx_config_family(const fx_config *c);
 /* As HF's _init_weights, by each tensor's init rule in the family's list: matrices N(0,
  * initializer_range) (padding_idx rows of the word and position embeddings zero), biases 0, LayerNorm
  * 1 / 0; one stream, table order; then the head likewise. */
 void fx_model_init_base(struct fx_model *m, uint64_t seed);
+/* fx_model_init_base leaving tensor i alone where KEEP[i] (base tensors in table order, then the head's;
+ * NULL keeps none): what it does draw is what fx_model_init_base draws for that tensor. */
+void fx_model_init_except(struct fx_model *m, uint64_t seed, const unsigned char *keep);
 /* Hugging Face's RoBERTa position ids: pad + running count of non-pad tokens, pad on pad tokens. */
 void fx_batch_positions(const fx_config *c, const fx_batch *b, int32_t *pos /* (n, T) */);
 /* Config fields shared by the families' readers: KEY in [lo, hi] (absent or null: DFLT, or an error when
@@ -820,8 +861,11 @@ typedef struct {
                                     vera_lambda_d under freeze_d */
     int conv1d;                  /* a (out, in) weight the checkpoint stores as (in, out) (GPT-2) */
     int untied;                  /* named without the family's prefix in checkpoints (lm_head.weight) */
+    int bf16;                    /* held in bf16: off counts in fx_params.bf, not data */
 } fx_tensor;
-typedef struct { float *data; size_t n; int nt; fx_tensor *t; } fx_params;
+/* BF16 set before the table is built (FX_PREC_BF16): every 2-D tensor is held in bf16, in BF (NBF
+ * elements); vectors stay fp32 in DATA (N floats). Views keep one size_t offset into whichever buffer. */
+typedef struct { float *data; size_t n; int nt; fx_tensor *t; int bf16; uint16_t *bf; size_t nbf; } fx_params;
 /* Lookup by name: for files (checkpoints, residuals, tests), never for a step. */
 const fx_tensor *fx_params_find(const fx_params *p, const char *name);
 /* Appends a tensor (d1 0: a vector) at the end of P's layout (P starts zeroed). */
@@ -880,6 +924,21 @@ typedef struct fx_model {
 } fx_model;
 
 size_t fx_base_numel(const fx_config *c);
+/* --precision on the CPU. FX_PREC_BF16: the base's matrices (every linear's weight, the embeddings, an
+ * untied LM head) held in bf16, once, and every product with them run by fx_matmul_bf16 (activations rounded
+ * to bf16, fp32 sums); norms' weights and biases, adapters, gradients, optimizer state and the residual stay
+ * fp32. The frozen weight of an adapted layer is then bf16(fl(W0 + R_acc)) for every party. */
+enum { FX_PREC_FP32 = 0, FX_PREC_BF16 = 1 };
+int fx_precision_parse(const char *s, int *prec);   /* "fp32" | "bf16"; -1 with fx_err() */
+/* One line on F when PREC is bf16 and this CPU lacks AVX-512 BF16 (the products then run by the fallback). */
+void fx_precision_note(int prec, FILE *f);
+/* Bytes of the buffer fx_model_create takes as BASE: the fp32 vectors, then (bf16) the matrices at the next
+ * 64-byte boundary. fp32: fx_base_numel() floats. */
+size_t fx_base_bytes(const fx_config *c);
+/* A 2-D base tensor's elements [OFF, OFF + N) (OFF: its fx_tensor.off, or an adapted layer's w_off) as
+ * fp32 into DST (widened from bf16 where it is held so), and back from SRC (rounded to bf16, nearest even). */
+void fx_base_read(const struct fx_model *m, size_t off, size_t n, float *dst);
+void fx_base_write(struct fx_model *m, size_t off, size_t n, const float *src);
 /* heads' width: head_dim, or hidden / heads when the config gives none */
 int fx_model_head_dim(const fx_config *c);
 /* What one layer's attention reads and writes while decoding (decode.c keeps the caches). */
@@ -894,9 +953,10 @@ typedef struct {
  * (rows, vocab) on the host. */
 void fx_model_decode_forward(fx_model *m, const int32_t *ids, const int32_t *pos, const uint8_t *mask, int ns,
                              int T, const fx_decode_at *at, size_t first, int rows, float *logits);
-/* Builds the tables. BASE: NULL to allocate it here, or fx_base_numel() floats used in place. */
+/* Builds the tables. BASE: NULL to allocate it here, or fx_base_bytes() bytes used in place. */
 int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, float *base);
 void fx_model_free(fx_model *m);
+size_t fx_model_workspace_bytes(const fx_model *m); /* activations and scratch of the largest step so far */
 /* Checks a batch against a model's configuration (rows and tokens, WIDE = the widest activation row,
  * token ids in the vocabulary, positions within max_positions, labels valid for the head; TRAIN needs
  * labels): 0, or -1 with fx_err(). Both backends call it, so they refuse the same batches alike. */
@@ -960,6 +1020,9 @@ int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *
 /* 0 if DIR/model.safetensors exists, else -1 with an error that says how to make random weights. */
 int fx_model_has_weights(const char *dir);
 int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensors: base, and head if any */
+/* fx_model_init_base(SEED) then fx_model_load, without drawing what the file then overwrites: the tensors
+ * DIR lacks (a head) come out as fx_model_init_base(SEED) draws them. Returns as fx_model_load. */
+int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed);
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
 /* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
  * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length
@@ -1069,6 +1132,7 @@ enum { FX_RESIDUAL_FACTORED = 0, FX_RESIDUAL_DENSE = 1, FX_RESIDUAL_AUTO = 2 };
 int fx_residual_form_parse(const char *s, int *form); /* auto | factored | dense; -1 with fx_err() */
 int fx_residual_layer_dense(const fx_model *m, int k, int form, int q);
 void fx_frozen_weight(float *W, const float *W0, const float *R, size_t n); /* W = fl(W0 + R) */
+void fx_frozen_weight_bf16(uint16_t *W, const float *W0, const float *R, size_t n); /* bf16(fl(W0 + R)) */
 int fx_residual_init(fx_residual *r, const fx_model *m); /* W0 from M's base, R_acc = 0 */
 void fx_residual_copy(fx_residual *dst, const fx_residual *src); /* a deep copy: a receiver's own */
 void fx_residual_free(fx_residual *r);
@@ -1162,7 +1226,11 @@ int fx_settings_task_defaults(fx_settings *c, const int *set);
 void fx_settings_adapter(const fx_settings *c, fx_adapter_cfg *a);
 /* The factor on the VeRA residual: 1 (exact), or the VeRA fork's lr or alpha/r (--vera-scale). */
 float fx_settings_residual_scale(const fx_settings *c);
-/* The model's configuration: the folder's config.json with the task's label count, or the embedded one. */
+/* FX_PREC_BF16 for --precision bf16 on the CPU (the base held in bf16), else FX_PREC_FP32 (the GPU's
+ * precision is its own: fx_gpu_precision_parse). */
+int fx_settings_precision(const fx_settings *c);
+/* The model's configuration: the folder's config.json with the task's label count, or the embedded one;
+ * its precision from fx_settings_precision. */
 int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task);
 /* The embedded model (no --model): a small random RoBERTa for the built-in synthetic task. */
 #define FX_SYNTH_TRAIN 1200
@@ -1204,6 +1272,9 @@ typedef struct {
     double t_start;                  /* fx_now() when the round began (CLOCK_MONOTONIC: one clock for all) */
     double loss_sum;                 /* sum of batch losses so far this round */
     double train_loss, seconds;      /* of the finished round */
+    double cpu_seconds;              /* CPU time its process (all its threads) spent in the round */
+    double core_seconds;             /* sum over its steps of the cores it held x the step's wall time (0
+                                        when the transport gives no pace hook) */
     char err[256];                   /* why the client failed */
 } fx_report;
 typedef struct {
@@ -1216,6 +1287,11 @@ typedef struct {
     const char *device, *precision; int gpu;
     int check_frozen;            /* also rebuild the frozen weights from the messages and compare them
                                     bit for bit with BASE every round (FEDEX_CHECK_FROZEN=1) */
+    double (*pace)(void *ctx);   /* NULL, or called before each CPU training step (micro-batch): where the
+                                    transport sets the client's thread count (shm.c: its share of the cores);
+                                    returns the cores the step holds (its threads, less when the clients
+                                    together run more threads than there are cores) */
+    void *pace_ctx;
 } fx_client_setup;
 typedef struct fx_client fx_client;
 fx_client *fx_client_open(const fx_client_setup *s);      /* NULL with fx_err() */
@@ -1361,6 +1437,7 @@ struct fx_run {
     int *gpu_of;                     /* (n) device of each client (--client-gpus) */
     /* sizes of the buffers */
     size_t P, base_n, payload_n;     /* trainable floats, base floats, residual payload floats */
+    size_t base_bytes;               /* fx_base_bytes: the base buffer (bf16 matrices under --precision bf16) */
     /* the transport and the buffers it owns */
     const fx_transport *tp;
     void *tp_state;
@@ -1372,6 +1449,8 @@ struct fx_run {
     float *payload;                  /* (payload_n) its factors or dense matrices */
     int *alive;                      /* (n) */
     int *selected;                   /* (n) this round's participants (--clients-per-round), set by run.c */
+    int client_cores;                /* the cores the clients share (shm: the run's threads); 0: unknown (MPI),
+                                        and metrics.jsonl's client_idle is null */
     /* server */
     fx_model srv;                    /* base = the buffer above; evaluates the global model */
     fx_residual res;                 /* W0 and R_acc of every adapted layer */
@@ -1516,6 +1595,10 @@ int fx_lower_cps(const uint32_t *cp, int n, int java, uint32_t *out);
  * ============================================================================================ */
 
 extern const fx_transport fx_transport_shm;    /* the default */
+/* The threads of client RANK (0-based, among the RUNNING clients still training this round) when they
+ * share CORES: cores / running, the first cores % running one more, so that they add up to CORES; at
+ * least 1 (more clients than cores: one each). RUNNING <= 0: all CORES. */
+int fx_thread_share(int cores, int running, int rank);
 
 /* ============================================================================================
  * mpi.c: the transport of clients on other machines, the ranks of mpirun (built where mpicc is found)

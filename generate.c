@@ -337,7 +337,7 @@ int fx_loglik(const fx_decoder *d, const int32_t *ctx, int nctx, const int32_t *
 
 int fx_e2e_generate(const fx_decoder *d, fx_tokenizer *tok, const fx_gen_cfg *g, const fx_e2e_rows *r, int ngroups,
                     char **pred) {
-    static const fx_text_template plain = {0, 0, 0, 0};
+    static const fx_text_template plain = {0, 0, 0, 0, 0};
     int32_t *ids = NULL;
     int cap = 0, rc = 0, *out = fx_malloc((size_t)g->max_new_tokens * sizeof *out);
     for (int k = 0; k < ngroups; k++) pred[k] = NULL;

@@ -167,7 +167,7 @@ const fx_family fx_gpt2 = {
     .act = FX_ACT_GELU_TANH,
     .head_kind = FX_HEAD_LM,
     .tied_head = 1,
-    .text = {0, 0, 0, 0}, /* GPT-2's tokenizer adds no special tokens */
+    .text = {0, 0, 0, 0, 0}, /* GPT-2's tokenizer adds no special tokens */
     .target_path = {NULL, NULL, NULL, "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "attn.c_attn"},
     .target_peft = {NULL, NULL, NULL, "attn.c_proj", "c_fc", "mlp.c_proj", "c_attn"},
     .modules = gpt2_modules, .layer_modules = gpt2_layer_modules,

@@ -121,7 +121,8 @@ __device__ float block_max_f(float v, float *part) {
  * kernels: embeddings and LayerNorm (one warp per row)
  * ============================================================================================ */
 
-/* x0 = (word[id] + type[0]) + pos[position], HF's order of the sums; without TYPE (GPT-2) word + pos. */
+/* x0 = (word[id] + type[0]) + pos[position], HF's order of the sums; without TYPE (GPT-2) word + pos;
+ * without POSW as well (Llama, whose positions are rotations in attention) word alone. */
 __global__ void embeddings_kernel(float *x0 /* (N, H) */, const int32_t *ids, const int32_t *pos /* (N) */,
                                   const float *word /* (V, H) */, const float *posw /* (P, H) */,
                                   const float *type /* (TV, H): row 0, or NULL */, int N, int H) {
@@ -129,7 +130,7 @@ __global__ void embeddings_kernel(float *x0 /* (N, H) */, const int32_t *ids, co
     if (i >= (size_t)N * H) return;
     size_t t = i / H, c = i % H;
     float w = word[(size_t)ids[t] * H + c];
-    x0[i] = (type ? w + type[c] : w) + posw[(size_t)pos[t] * H + c];
+    x0[i] = posw ? (type ? w + type[c] : w) + posw[(size_t)pos[t] * H + c] : w;
 }
 
 /* res = dropout(y) + x (Y NULL: RES already holds the input), out = (res - mean) rstd g + b with
@@ -169,6 +170,83 @@ __global__ void layernorm_backward_kernel(float *dx, const float *dy, const floa
     s1 = warp_sum(s1) / C;
     s2 = warp_sum(s2) / C;
     for (int c = lane; c < C; c += 32) dx[o + c] = rs * (dy[o + c] * g[c] - s1 - (x[o + c] - mu) * rs * s2);
+}
+
+/* RMSNorm (cpu.c's rmsnorm_forward): out = g (x rstd), rstd = 1 / sqrt(mean(x^2) + eps), one warp per
+ * row; the mean of squares in fp32 here (a lane's partial sums, then the warp's tree), in double on the
+ * CPU. OUT may be X. RSTD (rows) kept when not NULL. */
+__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *x /* (rows, C) */, const float *g,
+                                       int rows, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t o = (size_t)row * C;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += 32) ss += x[o + c] * x[o + c];
+    float rs = 1.0f / sqrtf(warp_sum(ss) / C + eps);
+    for (int c = lane; c < C; c += 32) out[o + c] = g[c] * (x[o + c] * rs);
+    if (lane == 0 && rstd) rstd[row] = rs;
+}
+
+/* g frozen: dx = rstd (dxh - xh mean(dxh xh)), dxh = dy g, xh = x rstd. DX may be DY. */
+__global__ void rmsnorm_backward_kernel(float *dx, const float *dy, const float *x /* (rows, C) */,
+                                        const float *rstd /* (rows) */, const float *g /* (C) */, int rows, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t o = (size_t)row * C;
+    float rs = rstd[row], s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += dy[o + c] * g[c] * (x[o + c] * rs);
+    s = warp_sum(s) / C;
+    for (int c = lane; c < C; c += 32) dx[o + c] = rs * (dy[o + c] * g[c] - x[o + c] * rs * s);
+}
+
+/* ============================================================================================
+ * kernels: Llama's rotary positions, SwiGLU, row sums
+ * ============================================================================================ */
+
+/* RoPE's inverse frequencies travel by value in the launch (no device buffer to keep in step with the
+ * host's table): head_dim / 2 <= ROPE_MAX, which fx_gpu_create checks. */
+enum { ROPE_MAX = 256 };
+typedef struct { double f[ROPE_MAX]; } rope_freqs;
+
+/* cpu.c's rope: per (token t, head h, pair i < hd/2), a = pos[t] inv_freq[i] in double, cos and sin in
+ * double rounded to fp32, then the same four fp32 products; the same rotation, bit for bit up to the
+ * device's cos/sin (correctly rounded in double to within 1 ulp, so fp32 results agree). SG -1: inverse. */
+__global__ void rope_kernel(float *x /* (N, nh hd) */, const int32_t *pos /* (N) */, size_t npairs, int nh, int hd,
+                            rope_freqs fr, float sg) {
+    size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= npairs) return;
+    int half = hd / 2, i = (int)(k % half);
+    size_t th = k / half, t = th / nh;                       /* th = t nh + h */
+    double a = (double)pos[t] * fr.f[i];
+    float c = (float)cos(a), sn = sg * (float)sin(a);
+    float *xh = x + th * hd, x1 = xh[i], x2 = xh[i + half];
+    xh[i] = x1 * c - x2 * sn;
+    xh[i + half] = x2 * c + x1 * sn;
+}
+
+/* SwiGLU, cpu.c's: out = silu(g) up, silu(g) = g sigmoid(g); backward dup = dout silu(g),
+ * dgate = dout up sigmoid(g) (1 + g (1 - sigmoid(g))). DGATE may be DOUT. */
+__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate,
+                                       const float *up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
+    dup[i] = d * (g * sg);
+    dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+}
+
+/* dst[r, c] += src[r, c] for ROWS x COLS, rows ds and ss apart: one fp32 addition per element, as cpu.c's. */
+__global__ void add_rows_kernel(float *dst, size_t ds, const float *src, size_t ss, size_t n, int cols) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    size_t r = i / cols, c = i % cols;
+    dst[r * ds + c] += src[r * ss + c];
 }
 
 /* ============================================================================================
@@ -390,7 +468,8 @@ __global__ void pad_mask_kernel(uint8_t *mask, const int32_t *off, int T, size_t
  * kernels: attention's softmax, forward and backward
  * ============================================================================================
  * Per (row b, head h), as cpu.c's attention: S = Q K^T, P = softmax(S / sqrt(hd) + M), P' = dropout(P),
- * ctx = P' V, M = finfo(float32).min on padded keys (HF's additive mask). The products run on the
+ * ctx = P' V, M = finfo(float32).min on padded keys (HF's additive mask); causal rows see keys j <= i, and
+ * with a sliding window W > 0 only i - W < j as well (the others probability 0, as cpu.c's). The products run on the
  * tensor cores (below); these kernels are the row-wise part between them, one warp per row of T scores,
  * lane j reading keys j, j + 32, ... (coalesced), the row in registers (T <= ATT_TMAX). Score row
  * r = (b nh + h) T + i of the (n, nh, T, T) buffers; dropout element r T + j. Backward, as cpu.c's:
@@ -401,7 +480,8 @@ enum { ATT_TMAX = 512, ATT_PER_LANE = ATT_TMAX / 32, ATT_ROWS = 8 /* warps (rows
 /* ATT holds S on entry and P on exit; ATT_DROP (== ATT without dropout) gets P'; P16, when not NULL,
  * a bf16 copy of P' for the product P' V. */
 __global__ void softmax_forward_kernel(float *att, float *att_drop, bf16 *p16, const uint8_t *mask /* (n, T) */,
-                                       size_t rows, int nh, int T, int causal, float sq, float p, uint64_t site) {
+                                       size_t rows, int nh, int T, int causal, int window, float sq, float p,
+                                       uint64_t site) {
     int lane = threadIdx.x % 32;
     size_t r = (size_t)blockIdx.x * ATT_ROWS + threadIdx.x / 32;
     if (r >= rows) return;                                         /* a whole warp, no barrier below */
@@ -409,10 +489,14 @@ __global__ void softmax_forward_kernel(float *att, float *att_drop, bf16 *p16, c
     const uint8_t *mk = mask + r / ((size_t)nh * T) * T;
     float v[ATT_PER_LANE], mx = -INFINITY, sum = 0.0f, scale = 1.0f / (1.0f - p);
     int lim = causal ? (int)(r % T) + 1 : T;                       /* causal: keys after the query get 0 */
+    int first = causal && window > 0 && lim > window ? lim - window : 0;   /* the window: keys before it too */
 #pragma unroll
     for (int k = 0; k < ATT_PER_LANE; k++) {
         int j = lane + 32 * k;
-        if (j < T) { v[k] = j < lim ? s[j] / sq + (mk[j] ? 0.0f : -FLT_MAX) : -INFINITY; mx = fmaxf(mx, v[k]); }
+        if (j < T) {
+            v[k] = j >= first && j < lim ? s[j] / sq + (mk[j] ? 0.0f : -FLT_MAX) : -INFINITY;
+            mx = fmaxf(mx, v[k]);
+        }
     }
     mx = warp_max(mx);
 #pragma unroll
@@ -728,8 +812,8 @@ static size_t gpu_attention_keep(int n, int T, int N, int nh, int drop) {
 /* The packed rows are padded to T (the longest row) and run as before on (n, T) with the mask; the
  * padded queries' results are dropped again. */
 static void gpu_attention_forward(float *ctx, float *keep, const float *q_, const float *k_, const float *v_,
-                                  const int32_t *off, int n, int T, int H, int nh, int causal, float p,
-                                  uint64_t site) {
+                                  const int32_t *off, int n, int T, int H, int nh, int causal, int window,
+                                  float p, uint64_t site) {
     if (T > ATT_TMAX) fx_die("gpu.cu: attention over %d tokens (the softmax kernels hold %d)", T, ATT_TMAX);
     int hd = H / nh;
     size_t NH = (size_t)n * T * H, rows = (size_t)n * nh * T;
@@ -745,15 +829,15 @@ static void gpu_attention_forward(float *ctx, float *keep, const float *q_, cons
     bop P = {p16 ? (const void *)p16 : (const void *)att_drop, T, ss, tt};
     gemm_heads(0, 1, T, T, hd, Q, K, att, T, ss, tt, n, nh);                        /* S = Q K^T */
     LAUNCH(softmax_forward_kernel, (unsigned)((rows + ATT_ROWS - 1) / ATT_ROWS), ATT_ROWS * 32, 0, att, att_drop,
-           p16, mask, rows, nh, T, causal, sqrtf((float)hd), p, site);
+           p16, mask, rows, nh, T, causal, window, sqrtf((float)hd), p, site);
     gemm_heads(0, 0, T, hd, T, P, V, cp, H, th, hd, n, nh);                         /* ctx = P' V */
     unpad_rows(ctx, cp, off, n, T, H);
 }
 
 static void gpu_attention_backward(float *dq_, float *dk_, float *dv_, const float *dctx_, const float *q_,
                                    const float *k_, const float *v_, const float *keep, const int32_t *off, int n,
-                                   int T, int H, int nh, int causal, float p, uint64_t site) {
-    (void)causal; (void)site;            /* P and P' are kept: nothing is drawn again */
+                                   int T, int H, int nh, int causal, int window, float p, uint64_t site) {
+    (void)causal; (void)window; (void)site;            /* P and P' are kept: nothing is drawn again */
     if (T > ATT_TMAX) fx_die("gpu.cu: attention over %d tokens (the softmax kernels hold %d)", T, ATT_TMAX);
     int hd = H / nh;
     size_t NH = (size_t)n * T * H, rows = (size_t)n * nh * T;
@@ -837,10 +921,11 @@ static void gpu_embeddings_forward(float *x0, const int32_t *ids, const int32_t 
                (const float *)NULL, (const uint8_t *)NULL, 1.0f, (const float *)NULL, ln_w, ln_b, N, H, eps);
     if (p > 0) LAUNCH(dropout_hash_kernel, nblocks(n), THREADS, 0, x0, n, p, 1.0f / (1.0f - p), site);
 }
-/* y = b, then y += x W^T: the bias first, as cpu.c and PyTorch's addmm. */
+/* y = b, then y += x W^T: the bias first, as cpu.c and PyTorch's addmm; B NULL (Llama's bias-free
+ * linears): y = x W^T. */
 static void gpu_linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
-    LAUNCH(bias_rows_kernel, nblocks((size_t)N * out), THREADS, 0, y, b, (size_t)N * out, out);
-    gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
+    if (b) LAUNCH(bias_rows_kernel, nblocks((size_t)N * out), THREADS, 0, y, b, (size_t)N * out, out);
+    gemm(0, 1, N, out, in, 1.0f, x, in, W, in, b ? 1.0f : 0.0f, y, out);
 }
 static void gpu_linear_backward(float *dx, const float *dy, const float *W, int N, int in, int out, float beta) {
     gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, beta, dx, in);
@@ -921,9 +1006,38 @@ static double gpu_sumsq(const float *x, size_t n) {
 static void gpu_scale(float *x, float a, size_t n) {
     if (n) LAUNCH(scale_kernel, nblocks(n), THREADS, 0, x, a, n);
 }
+/* A sliding window reads the cache's last WINDOW positions alone, from FIRST (as cpu.c's). */
 static void gpu_attention_decode(float *ctx, float *scores, const float *q, const float *kc, const float *vc, int ns,
-                                 int len, int max_len, int H, int nh) {
-    LAUNCH(attention_decode_kernel, (unsigned)(ns * nh), THREADS, 0, ctx, scores, q, kc, vc, len, max_len, H, nh);
+                                 int len, int max_len, int H, int nh, int window) {
+    int first = window > 0 && len > window ? len - window : 0;
+    LAUNCH(attention_decode_kernel, (unsigned)(ns * nh), THREADS, 0, ctx, scores, q, kc + (size_t)first * H,
+           vc + (size_t)first * H, len - first, max_len, H, nh);
+}
+static void gpu_rmsnorm_forward(float *out, float *rstd, const float *x, const float *g, int N, int H, float eps) {
+    if (N > 0) LAUNCH(rmsnorm_forward_kernel, row_blocks(N), THREADS, 0, out, rstd, x, g, N, H, eps);
+}
+static void gpu_rmsnorm_backward(float *dx, const float *dy, const float *x, const float *rstd, const float *g, int N,
+                                 int H) {
+    if (N > 0) LAUNCH(rmsnorm_backward_kernel, row_blocks(N), THREADS, 0, dx, dy, x, rstd, g, N, H);
+}
+static void gpu_rope(float *x, const int32_t *pos, int N, int nh, int hd, const double *inv_freq, int inverse) {
+    if (hd / 2 > ROPE_MAX) fx_die("gpu.cu: RoPE over head_dim %d (the launch carries %d frequencies)", hd, ROPE_MAX);
+    rope_freqs fr;
+    memset(&fr, 0, sizeof fr);
+    memcpy(fr.f, inv_freq, (size_t)(hd / 2) * sizeof *inv_freq);
+    size_t n = (size_t)N * nh * (hd / 2);
+    if (n) LAUNCH(rope_kernel, nblocks(n), THREADS, 0, x, pos, n, nh, hd, fr, inverse ? -1.0f : 1.0f);
+}
+static void gpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    if (n) LAUNCH(swiglu_forward_kernel, nblocks(n), THREADS, 0, out, gate, up, n);
+}
+static void gpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                size_t n) {
+    if (n) LAUNCH(swiglu_backward_kernel, nblocks(n), THREADS, 0, dgate, dup, dout, gate, up, n);
+}
+static void gpu_add_rows(float *dst, size_t ds, const float *src, size_t ss, int rows, int cols) {
+    size_t n = (size_t)rows * cols;
+    if (rows > 0 && cols > 0) LAUNCH(add_rows_kernel, nblocks(n), THREADS, 0, dst, ds, src, ss, n, cols);
 }
 static void gpu_adamw(float *p, const float *g, float *m, float *v, size_t n, const fx_adamw_scalars *s) {
     if (n) LAUNCH(adamw_kernel, nblocks(n), THREADS, 0, p, g, m, v, n, *s);
@@ -966,13 +1080,13 @@ const fx_ops fx_gpu_ops = {
     .dropout_mask = gpu_dropout_mask, .dropout_apply = gpu_dropout_apply, .dropout_accumulate = gpu_dropout_accumulate,
     .embeddings_forward = gpu_embeddings_forward,
     .linear_forward = gpu_linear_forward, .linear_backward = gpu_linear_backward,
+    .linear_forward_bf16 = NULL, .linear_backward_bf16 = NULL, .embeddings_forward_bf16 = NULL, /* no bf16 host base */
     .residual_layernorm_forward = gpu_residual_layernorm_forward, .layernorm_forward = gpu_layernorm_forward,
     .layernorm_backward = gpu_layernorm_backward,
     .gelu_forward = gpu_gelu_forward, .gelu_backward = gpu_gelu_backward,
     .gelu_tanh_forward = gpu_gelu_tanh_forward, .gelu_tanh_backward = gpu_gelu_tanh_backward,
-    /* Llama's ops are CPU-only so far: fx_gpu_create refuses an RMSNorm family before any runs */
-    .rmsnorm_forward = NULL, .rmsnorm_backward = NULL, .rope = NULL, .swiglu_forward = NULL,
-    .swiglu_backward = NULL, .add_rows = NULL,
+    .rmsnorm_forward = gpu_rmsnorm_forward, .rmsnorm_backward = gpu_rmsnorm_backward, .rope = gpu_rope,
+    .swiglu_forward = gpu_swiglu_forward, .swiglu_backward = gpu_swiglu_backward, .add_rows = gpu_add_rows,
     .tanh_forward = gpu_tanh_forward, .tanh_backward = gpu_tanh_backward,
     .attention_keep = gpu_attention_keep, .attention_forward = gpu_attention_forward, .attention_backward = gpu_attention_backward,
     .loss = gpu_loss, .lm_loss = gpu_lm_loss, .sumsq = gpu_sumsq, .scale = gpu_scale,
@@ -1044,6 +1158,11 @@ static void to_device(float **p, const float *src, size_t n) {
 }
 
 fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
+    if (m->base.bf) { /* the twin uploads an fp32 base; --precision is the device's own there */
+        fx_seterr("gpu: this model's base is held in bf16 on the host (--precision bf16 --device cpu); "
+                  "the GPU takes an fp32 host model and its own --precision");
+        return NULL;
+    }
     if (precision < FX_GPU_FP32 || precision > FX_GPU_BF16) {
         fx_seterr("gpu: unknown precision %d (0 fp32, 1 tf32, 2 bf16)", precision);
         return NULL;
@@ -1062,9 +1181,9 @@ fx_gpu *fx_gpu_create(const fx_model *m, int device, int precision) {
                   prop.major, prop.minor, MIN_MAJOR);
         return NULL;
     }
-    if (fx_config_family(&m->c)->norm == FX_NORM_RMSNORM) {
-        fx_seterr("gpu: the %s family's ops (RMSNorm, RoPE, SwiGLU, grouped-query attention) run on the CPU "
-                  "only so far: use --device cpu", fx_config_family(&m->c)->model_type);
+    if (fx_config_family(&m->c)->positions == FX_POS_ROPE && fx_model_head_dim(&m->c) / 2 > ROPE_MAX) {
+        fx_seterr("gpu: head_dim %d: the RoPE kernel carries at most %d frequencies (head_dim %d); use --device cpu",
+                  fx_model_head_dim(&m->c), ROPE_MAX, 2 * ROPE_MAX);
         return NULL;
     }
     fx_gpu *g = (fx_gpu *)fx_calloc(1, sizeof *g);
@@ -1159,6 +1278,8 @@ static float step(fx_gpu *g, const fx_batch *b, int train, float *logits, float 
     /* fx_model_step's own checks first, so that the softmax kernels' limit is only the last reason */
     int wide = t->c.hidden > t->c.intermediate ? t->c.hidden : t->c.intermediate;
     if (t->fam->fused_qkv && 3 * t->c.hidden > wide) wide = 3 * t->c.hidden;
+    int hq = t->c.heads * fx_model_head_dim(&t->c);                 /* Llama's query width may be wider */
+    if (hq > wide) wide = hq;
     if (fx_batch_check(&t->c, b, train, wide) != 0) return NAN;
     if (b->T > ATT_TMAX) {
         fx_seterr("batch: %d tokens per row exceed the GPU softmax kernels' %d (registers per lane)", b->T, ATT_TMAX);

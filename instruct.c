@@ -345,12 +345,12 @@ int fx_inst_read(const char *path, const fx_task *t, const fx_chat *chat, fx_ins
  * no completion token inside max_len is refused with its line. */
 
 int fx_inst_prompt_ids(fx_tokenizer *tok, const fx_inst_rows *r, int i, int32_t **ids, int *n, int *cap) {
-    fx_text_template t = {r->raw[i] ? fx_tok_template(tok)->bos : 0, 0, 0, 0};
+    fx_text_template t = {r->raw[i] ? fx_tok_template(tok)->bos : 0, 0, 0, 0, 0};
     return fx_tok_encode_tpl(tok, &t, r->prompt[i], NULL, 0, ids, n, cap);
 }
 
 int fx_inst_text_ids(fx_tokenizer *tok, const char *text, int32_t **ids, int *n, int *cap) {
-    static const fx_text_template none = {0, 0, 0, 0};
+    static const fx_text_template none = {0, 0, 0, 0, 0};
     return fx_tok_encode_tpl(tok, &none, text, NULL, 0, ids, n, cap);
 }
 
@@ -364,6 +364,12 @@ int fx_inst_dataset(const fx_inst_rows *r, const char *path, const fx_task *t, f
     d->nclass = 1;
     int *prompt = fx_malloc((size_t)(r->n ? r->n : 1) * sizeof *prompt);
     int n = 0, cap = 0, eos = fx_tok_eos(tok);
+    if (eos < 0) { /* a tokenizer.json folder whose configs name no eos_token */
+        fx_seterr("%s: the tokenizer names no end token (eos_token in tokenizer_config.json) to end completions", path);
+        free(prompt);
+        fx_dataset_free(d);
+        return -1;
+    }
     d->off[0] = 0;
     for (int i = 0; i < r->n; i++) {
         int start = n, rc = fx_inst_prompt_ids(tok, r, i, &d->ids, &n, &cap);

@@ -22,9 +22,11 @@ void fx_params_add(fx_params *p, const char *name, int d0, int d1, int frozen) {
     t->shape[0] = d0;
     t->shape[1] = d1;
     t->n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
-    t->off = p->n;
     t->frozen = frozen;
-    p->n += t->n;
+    t->bf16 = p->bf16 && d1;
+    size_t *at = t->bf16 ? &p->nbf : &p->n;
+    t->off = *at;
+    *at += t->n;
 }
 
 const fx_tensor *fx_params_find(const fx_params *p, const char *name) {
@@ -34,8 +36,12 @@ const fx_tensor *fx_params_find(const fx_params *p, const char *name) {
 }
 
 static int head_dim(const fx_config *c) { return c->head_dim ? c->head_dim : c->hidden / c->heads; }
-/* A tensor of the list this config has: the untied LM head only when the config unties it. */
-static int spec_present(const fx_config *c, const fx_tensor_spec *s) { return !s->untied || c->untied_head; }
+/* A tensor of the list this config has: the untied LM head only when the config unties it, Llama's
+ * biases only when attention_bias or mlp_bias turns them on. */
+static int spec_present(const fx_config *c, const fx_tensor_spec *s) {
+    return s->when == FX_WHEN_UNTIED ? c->untied_head : s->when == FX_WHEN_ATTENTION_BIAS ? c->attention_bias
+         : s->when == FX_WHEN_MLP_BIAS ? c->mlp_bias : 1;
+}
 
 /* A dimension letter of the family's tensor list (fx_tensor_spec) as a size. */
 static int spec_dim(const fx_config *c, char d) {
@@ -62,6 +68,56 @@ static size_t spec_numel(const fx_config *c, const fx_tensor_spec *s, int n) {
 size_t fx_base_numel(const fx_config *c) {
     const fx_family *f = fx_config_family(c);
     return spec_numel(c, f->embed, f->nembed) + (size_t)c->layers * spec_numel(c, f->layer, f->nlayer);
+}
+
+/* ============================================================================================
+ * the base's storage under --precision
+ * ============================================================================================ */
+
+int fx_precision_parse(const char *s, int *prec) {
+    if (s && !strcmp(s, "fp32")) { *prec = FX_PREC_FP32; return 0; }
+    if (s && !strcmp(s, "bf16")) { *prec = FX_PREC_BF16; return 0; }
+    fx_seterr("--precision must be fp32 or bf16 on the CPU, not \"%s\"", s ? s : "");
+    return -1;
+}
+
+void fx_precision_note(int prec, FILE *f) {
+    if (prec == FX_PREC_BF16 && strcmp(fx_matmul_bf16_kernel(), "avx512bf16"))
+        fprintf(f, "fedex: --precision bf16: this CPU has no AVX-512 BF16 (or FEDEX_BF16_KERNEL=fallback), so the "
+                   "bf16 products run by the fallback: the same products, widened to fp32, slower\n");
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+/* fp32 elements and bf16 elements of C's base (the vectors and the matrices under bf16). */
+static void base_split(const fx_config *c, size_t *n32, size_t *n16) {
+    *n32 = fx_base_numel(c);
+    *n16 = 0;
+    if (c->precision != FX_PREC_BF16) return;
+    const fx_family *f = fx_config_family(c);
+    for (int pass = 0; pass < 2; pass++) {
+        const fx_tensor_spec *s = pass ? f->layer : f->embed;
+        int n = pass ? f->nlayer : f->nembed;
+        size_t times = pass ? (size_t)c->layers : 1;
+        for (int i = 0; i < n; i++)
+            if (s[i].d1 && spec_present(c, &s[i])) *n16 += times * spec_dim(c, s[i].d0) * spec_dim(c, s[i].d1);
+    }
+    *n32 -= *n16;
+}
+
+size_t fx_base_bytes(const fx_config *c) {
+    size_t n32, n16;
+    base_split(c, &n32, &n16);
+    return n16 ? align64(n32 * sizeof(float)) + n16 * sizeof(uint16_t) : n32 * sizeof(float);
+}
+
+void fx_base_read(const fx_model *m, size_t off, size_t n, float *dst) {
+    if (m->base.bf) fx_bf16_to_f32(dst, m->base.bf + off, n);
+    else memcpy(dst, m->base.data + off, n * sizeof(float));
+}
+
+void fx_base_write(fx_model *m, size_t off, size_t n, const float *src) {
+    if (m->base.bf) fx_bf16_from_f32(m->base.bf + off, src, n);
+    else memcpy(m->base.data + off, src, n * sizeof(float));
 }
 
 /* ============================================================================================
@@ -102,6 +158,7 @@ typedef struct {
     int32_t *hoff; int ocap;    /* (n + 1) where each row starts among the packed tokens, on the host */
     int n, N, Tmax;             /* the step's rows, real tokens and longest row */
     int drop_a;                 /* attention dropout on in this step */
+    double *rope_freq;          /* (head_dim / 2) RoPE's inverse frequencies (host), or NULL */
     int32_t *ids, *pos;         /* (N) token and position ids */
     int32_t *off;               /* (n + 1) hoff in the backend's memory, for attention */
     float *labels;              /* (n) */
@@ -332,11 +389,11 @@ static int add_specs(fx_params *p, const fx_config *c, const fx_tensor_spec *s, 
             fx_seterr("model: tensor %s%s (unknown role) is not one this model.c runs", pre, s[i].name);
             return -1;
         }
-        *dst = p->n;
         snprintf(name, sizeof name, "%s%s", pre, s[i].name);
         fx_params_add(p, name, spec_dim(c, s[i].d0), s[i].d1 ? spec_dim(c, s[i].d1) : 0, frozen);
+        *dst = p->t[p->nt - 1].off;
         p->t[p->nt - 1].conv1d = s[i].conv1d;
-        p->t[p->nt - 1].untied = s[i].untied;
+        p->t[p->nt - 1].untied = s[i].when == FX_WHEN_UNTIED;
     }
     return 0;
 }
@@ -380,13 +437,22 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     m->layer = fx_calloc((size_t)c->layers, sizeof *m->layer);
     for (int l = 0; l < c->layers; l++)
         for (int t = 0; t < FX_NTARGETS; t++) m->layer[l].lin[t].b = NO_BIAS; /* until the list gives one */
+    if (c->precision != FX_PREC_FP32 && c->precision != FX_PREC_BF16) {
+        fx_seterr("model config: unknown precision %d", c->precision);
+        fx_model_free(m);
+        return -1;
+    }
+    m->base.bf16 = c->precision == FX_PREC_BF16;
     int rc = add_specs(&m->base, c, f->embed, f->nembed, -1, 1, embed_slot_v, &m->emb, NULL);
     for (int l = 0; rc == 0 && l < c->layers; l++) {
         rc = add_specs(&m->base, c, f->layer, f->nlayer, l, 1, layer_slot_v, &m->layer[l], f->layer_fmt);
         for (int t = 0; t < FX_NTARGETS; t++) fx_target_dims(c, t, &m->layer[l].lin[t].out, &m->layer[l].lin[t].in);
     }
     if (rc != 0) { fx_model_free(m); return -1; }
-    if (m->base.n != fx_base_numel(c)) fx_die("model.c: base table (%zu) and fx_base_numel disagree", m->base.n);
+    size_t n32, n16;
+    base_split(c, &n32, &n16);
+    if (m->base.n != n32 || m->base.nbf != n16)
+        fx_die("model.c: base table (%zu + %zu) and fx_base_numel disagree", m->base.n, m->base.nbf);
 
     /* Trainable table: adapters layer by layer, target by target, then the head. */
     if (fx_adapter_build(m) != 0) { fx_model_free(m); return -1; }
@@ -401,8 +467,13 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     workspace *w = fx_calloc(1, sizeof *w);
     m->ws = w;
     w->L = fx_calloc((size_t)c->layers, sizeof *w->L);
+    if (f->positions == FX_POS_ROPE) {
+        w->rope_freq = fx_malloc((size_t)(head_dim(c) / 2 + 1) * sizeof *w->rope_freq);
+        fx_rope_inv_freq(c, head_dim(c), w->rope_freq);
+    }
     m->base_owned = base == NULL;
-    m->base.data = base ? base : fx_calloc(m->base.n, sizeof(float));
+    m->base.data = base ? base : fx_calloc(fx_base_bytes(c), 1);
+    if (m->base.bf16) m->base.bf = (uint16_t *)((char *)m->base.data + align64(m->base.n * sizeof(float)));
     m->train.data = fx_calloc(m->train.n, sizeof(float));
     m->grad = fx_calloc(m->train.n, sizeof(float));
     m->adam_m = fx_calloc(m->train.n, sizeof(float));
@@ -410,6 +481,8 @@ int fx_model_create(fx_model *m, const fx_config *c, const fx_adapter_cfg *a, fl
     fx_rng_seed(&m->drop, a->seed ^ 0xd50a0d50a0d50aULL);
     return 0;
 }
+
+size_t fx_model_workspace_bytes(const fx_model *m) { return m->ws ? ((const workspace *)m->ws)->cap : 0; }
 
 void fx_model_free(fx_model *m) {
     if (m->base_owned) free(m->base.data);
@@ -428,6 +501,7 @@ void fx_model_free(fx_model *m) {
     if (w) {
         free(w->L);
         free(w->hpad); free(w->hids); free(w->hpos); free(w->htgt); free(w->hoff);
+        free(w->rope_freq);
         m->ops->release(w->mem);
         free(w);
     }
@@ -443,6 +517,8 @@ void fx_model_free(fx_model *m) {
 static const float *W(const fx_model *m, size_t off) { return m->base.data + off; }
 static const float *Bias(const fx_model *m, size_t off) { return off == NO_BIAS ? NULL : m->base.data + off; }
 static const float *P(const fx_model *m, size_t off) { return m->train.data + off; }
+/* A base matrix held in bf16 (FX_PREC_BF16), or NULL when the base is fp32. */
+static const uint16_t *W16(const fx_model *m, size_t off) { return m->base.bf ? m->base.bf + off : NULL; }
 
 /* --- embeddings: x0 = dropout(LayerNorm((word[id] + type[0]) + pos[position])); pre-LN blocks (GPT-2)
  * take x0 = dropout(word[id] + pos[position]) with their own embedding dropout. Nothing before them is
@@ -454,7 +530,15 @@ static void embeddings_forward(fx_model *m, int N, int train) {
     int pre = m->fam->norm_place == FX_NORM_PRE;
     float p = pre ? c->embed_dropout : c->hidden_dropout;
     int drop = train && p > 0;
-    const float *posw = m->fam->positions == FX_POS_ROPE ? NULL : W(m, e->pos); /* RoPE: in attention */
+    int rope = m->fam->positions == FX_POS_ROPE; /* RoPE: positions in attention */
+    if (m->base.bf) {
+        m->ops->embeddings_forward_bf16(w->x0, w->ids, w->pos, W16(m, e->word), rope ? NULL : W16(m, e->pos),
+                                        pre ? NULL : W16(m, e->type), pre ? NULL : W(m, e->ln_w),
+                                        pre ? NULL : W(m, e->ln_b), N, c->hidden, c->layer_norm_eps,
+                                        drop ? p : 0.0f, drop ? fx_rng_u64(&m->drop) : 0);
+        return;
+    }
+    const float *posw = rope ? NULL : W(m, e->pos);
     m->ops->embeddings_forward(w->x0, w->ids, w->pos, W(m, e->word), posw, pre ? NULL : W(m, e->type),
                                pre ? NULL : W(m, e->ln_w), pre ? NULL : W(m, e->ln_b), N, c->hidden,
                                c->layer_norm_eps, drop ? p : 0.0f, drop ? fx_rng_u64(&m->drop) : 0);
@@ -463,14 +547,16 @@ static void embeddings_forward(fx_model *m, int N, int train) {
 /* A dense layer of encoder layer L, target T: frozen y = x W^T + b, plus the adapter when there is one. */
 static void dense_forward(fx_model *m, int l, int t, float *y, const float *x, layer_acts *A, int N) {
     const fx_linear_view *lv = &m->layer[l].lin[t];
-    m->ops->linear_forward(y, x, W(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
+    if (m->base.bf) m->ops->linear_forward_bf16(y, x, W16(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
+    else m->ops->linear_forward(y, x, W(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
     if (lv->ad >= 0) fx_adapter_forward(m, lv->ad, y, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
 }
 /* dx = dy W (+ dx when ACC) plus the adapter's share; adapter gradients. DX NULL: adapter gradients only. */
 static void dense_backward(fx_model *m, int l, int t, float *dx, const float *dy, const float *x,
                            const layer_acts *A, int N, int acc) {
     const fx_linear_view *lv = &m->layer[l].lin[t];
-    if (dx) m->ops->linear_backward(dx, dy, W(m, lv->w), N, lv->in, lv->out, acc ? 1.0f : 0.0f);
+    if (dx && m->base.bf) m->ops->linear_backward_bf16(dx, dy, W16(m, lv->w), N, lv->in, lv->out, acc ? 1.0f : 0.0f);
+    else if (dx) m->ops->linear_backward(dx, dy, W(m, lv->w), N, lv->in, lv->out, acc ? 1.0f : 0.0f);
     if (lv->ad >= 0) fx_adapter_backward(m, lv->ad, dx, dy, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
 }
 
@@ -489,7 +575,7 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     dense_forward(m, l, FX_TI_KEY, A->k, x, A, N);
     dense_forward(m, l, FX_TI_VALUE, A->v, x, A, N);
     uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
-    op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 0,
+    op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 0, 0,
                           w->drop_a ? c->attention_dropout : 0.0f, site);
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
     if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
@@ -526,7 +612,7 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
-                           c->heads, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
+                           c->heads, 0, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     /* x feeds the residual and the three projections */
     if (dx) op->copy(dx, w->dres, NH);
     dense_backward(m, l, FX_TI_QUERY, dx, w->dq, x, A, N, 1);
@@ -556,11 +642,11 @@ static void layer_forward_pre(fx_model *m, int l, const float *x /* (N, H) */, c
         size_t stride = (size_t)dec->cap * H;
         op->copy_rows(dec->kc + (size_t)dec->pos * H, stride, A->k, (size_t)H, N, H);
         op->copy_rows(dec->vc + (size_t)dec->pos * H, stride, A->v, (size_t)H, N, H);
-        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, H, c->heads);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, H, c->heads, 0);
     } else {
         if (dec) { op->copy(dec->kc, A->k, NH); op->copy(dec->vc, A->v, NH); } /* slot 0, positions 0 .. T-1 */
         uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
-        op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 1,
+        op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 1, 0,
                               w->drop_a ? c->attention_dropout : 0.0f, site);
     }
     dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
@@ -596,7 +682,7 @@ static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL *
     op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
-                           c->heads, 1, w->drop_a ? c->attention_dropout : 0.0f, A->site);
+                           c->heads, 1, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     op->copy_rows(w->dqkv, 3 * (size_t)H, w->dq, (size_t)H, N, H);
     op->copy_rows(w->dqkv + H, 3 * (size_t)H, w->dk, (size_t)H, N, H);
     op->copy_rows(w->dqkv + 2 * H, 3 * (size_t)H, w->dv, (size_t)H, N, H);
@@ -612,8 +698,8 @@ static void layer_backward_pre(fx_model *m, int l, float *dx /* (N, H) or NULL *
  *   k, v repeated to every query head (HF's repeat_kv: query head h reads key/value head h / (nh / nkv))
  *   x1 = x + causal attention(q, k, v) Wo^T;  h1 = RMSNorm2(x1)
  *   out = x1 + (silu(h1 Wg^T) * (h1 Wu^T)) Wd^T  (gate_proj, up_proj, down_proj)
- * No biases and no dropout but attention's. DEC as layer_forward_pre's (the cache holds repeated, rotated
- * keys: (slots, cap, Hq)). */
+ * Biases where the config has them, no dropout but attention's, Mistral's sliding window in its mask. DEC as
+ * layer_forward_pre's (the cache holds repeated, rotated keys: (slots, cap, Hq)). */
 static void repeat_kv(const fx_model *m, float *full /* (N, Hq) */, const float *kv /* (N, Hk) */, int N) {
     int hd = head_dim(&m->c), nh = m->c.heads, nkv = m->c.kv_heads, rep = nh / nkv;
     for (int h = 0; h < nh; h++)
@@ -642,19 +728,20 @@ static void layer_forward_llama(fx_model *m, int l, const float *x /* (N, H) */,
     dense_forward(m, l, FX_TI_QUERY, A->q, A->xn, A, N);
     dense_forward(m, l, FX_TI_KEY, A->k, A->xn, A, N);
     dense_forward(m, l, FX_TI_VALUE, A->v, A->xn, A, N);
-    op->rope(A->q, w->pos, N, nh, hd, c->rope_theta, 0);
-    op->rope(A->k, w->pos, N, nkv, hd, c->rope_theta, 0);
+    op->rope(A->q, w->pos, N, nh, hd, w->rope_freq, 0);
+    op->rope(A->k, w->pos, N, nkv, hd, w->rope_freq, 0);
     if (A->kf != A->k) { repeat_kv(m, A->kf, A->k, N); repeat_kv(m, A->vf, A->v, N); }
     if (dec && dec->pos >= 0) { /* one token per slot at dec->pos */
         size_t stride = (size_t)dec->cap * Hq;
         op->copy_rows(dec->kc + (size_t)dec->pos * Hq, stride, A->kf, (size_t)Hq, N, Hq);
         op->copy_rows(dec->vc + (size_t)dec->pos * Hq, stride, A->vf, (size_t)Hq, N, Hq);
-        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, Hq, nh);
+        op->attention_decode(A->ctx, dec->scores, A->q, dec->kc, dec->vc, N, dec->pos + 1, dec->cap, Hq, nh,
+                             c->sliding_window);
     } else {
         if (dec) { op->copy(dec->kc, A->kf, (size_t)N * Hq); op->copy(dec->vc, A->vf, (size_t)N * Hq); }
         uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
         op->attention_forward(A->ctx, A->att, A->q, A->kf, A->vf, w->off, w->n, w->Tmax, Hq, nh, 1,
-                              w->drop_a ? c->attention_dropout : 0.0f, site);
+                              c->sliding_window, w->drop_a ? c->attention_dropout : 0.0f, site);
     }
     dense_forward(m, l, FX_TI_ATTN_OUT, A->res1, A->ctx, A, N);
     op->axpy(A->res1, 1.0f, x, NH); /* x1 = x + o_proj(ctx): one fp32 addition */
@@ -688,10 +775,10 @@ static void layer_backward_llama(fx_model *m, int l, float *dx /* (N, H) or NULL
     /* x1 = x + o_proj(attention(RoPE(q), RoPE(k), v)) */
     dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dres, A->ctx, A, N, 0);
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->kf, A->vf, A->att, w->off, w->n, w->Tmax, Hq,
-                           nh, 1, w->drop_a ? c->attention_dropout : 0.0f, A->site);
+                           nh, 1, c->sliding_window, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     if (w->dks != w->dk) { repeat_kv_backward(m, w->dks, w->dk, N); repeat_kv_backward(m, w->dvs, w->dv, N); }
-    op->rope(w->dq, w->pos, N, nh, hd, c->rope_theta, 1);
-    op->rope(w->dks, w->pos, N, nkv, hd, c->rope_theta, 1);
+    op->rope(w->dq, w->pos, N, nh, hd, w->rope_freq, 1);
+    op->rope(w->dks, w->pos, N, nkv, hd, w->rope_freq, 1);
     /* xn = RMSNorm1(x) feeds q, k, v; x also feeds x1 directly */
     float *dxn = dx ? w->dh1 : NULL;
     dense_backward(m, l, FX_TI_QUERY, dxn, w->dq, A->xn, A, N, 0);
@@ -730,15 +817,18 @@ static void lm_head_forward(fx_model *m, const float *xL /* (N, H) */, size_t fi
     else
         op->layernorm_forward(xf, w->meanf + first, w->rstdf + first, xs, W(m, m->emb.lnf_w), W(m, m->emb.lnf_b),
                               rows, H, c->layer_norm_eps);
-    op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, c->untied_head ? m->emb.head : m->emb.word), H, 0.0f, w->logits, V);
+    size_t head = c->untied_head ? m->emb.head : m->emb.word;
+    if (m->base.bf) op->linear_forward_bf16(w->logits, xf, W16(m, head), NULL, rows, H, V);
+    else op->matmul(0, 1, rows, V, H, 1.0f, xf, H, W(m, head), H, 0.0f, w->logits, V);
 }
 /* From dlogits (N, V): dout (N, H) at the last layer's output (wte is frozen: no gradient of its own). */
 static void lm_head_backward(fx_model *m, int N, const float *xL, float *dout) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     int H = m->c.hidden, V = m->c.vocab_size;
-    op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, m->c.untied_head ? m->emb.head : m->emb.word), H, 0.0f,
-               w->dres, H);
+    size_t head = m->c.untied_head ? m->emb.head : m->emb.word;
+    if (m->base.bf) op->linear_backward_bf16(w->dres, w->dlogits, W16(m, head), N, H, V, 0.0f);
+    else op->matmul(0, 0, N, H, V, 1.0f, w->dlogits, V, W(m, head), H, 0.0f, w->dres, H);
     if (m->fam->norm == FX_NORM_RMSNORM) op->rmsnorm_backward(dout, w->dres, xL, w->rstdf, W(m, m->emb.lnf_w), N, H);
     else op->layernorm_backward(dout, w->dres, xL, w->meanf, w->rstdf, W(m, m->emb.lnf_w), N, H);
 }
@@ -796,11 +886,6 @@ static void head_backward(fx_model *m, float *dout /* (N, H) */) {
 static int lm_batch_check(const fx_config *c, const fx_batch *b, int train) {
     if (b->T > c->max_positions) {
         fx_seterr("batch: %d tokens exceed n_positions %d", b->T, c->max_positions);
-        return -1;
-    }
-    if (c->sliding_window && b->T > c->sliding_window) {
-        fx_seterr("batch: %d tokens exceed sliding_window %d (attention beyond the window is not implemented)", b->T,
-                  c->sliding_window);
         return -1;
     }
     if (train && !b->targets) { fx_seterr("batch: training a causal LM needs per-token targets"); return -1; }

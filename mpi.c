@@ -98,7 +98,7 @@ static int mpi_open_run(fx_run *R) {
     MPI_Comm_size(MPI_COMM_WORLD, &S->size);
     R->msg = fx_calloc(1, sizeof *R->msg);
     R->report = fx_calloc((size_t)R->n, sizeof *R->report);
-    R->base = fx_calloc(R->base_n ? R->base_n : 1, sizeof(float));
+    R->base = fx_calloc(R->base_bytes ? R->base_bytes : 1, 1);
     R->global = fx_calloc(R->P, sizeof(float));
     R->client = fx_malloc(sizeof(float *) * (size_t)R->n);
     for (int c = 0; c < R->n; c++) R->client[c] = fx_calloc(R->P, sizeof(float));

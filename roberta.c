@@ -252,18 +252,37 @@ static void init_tensor(float *d, const fx_tensor *t, int init, double sd, const
     }
 }
 
-/* One stream from SEED, tensors in table order; the head follows the base. */
-void fx_model_init_base(fx_model *m, uint64_t seed) {
+/* One stream from SEED, tensors in table order; the head follows the base. A kept tensor is left as it
+ * is and the stream jumps over the draws it would have taken (two per element of a normal one), so the
+ * tensors drawn are those fx_model_init_base draws, bit for bit. */
+void fx_model_init_except(fx_model *m, uint64_t seed, const unsigned char *keep) {
     fx_rng g;
     fx_rng_seed(&g, seed);
     double sd = m->c.initializer_range;
-    for (int i = 0; i < m->base.nt; i++)
-        init_tensor(m->base.data + m->base.t[i].off, &m->base.t[i], base_spec(m->fam, i)->init, sd, &m->c, &g);
-    for (int j = 0; j < m->fam->nhead; j++) {
-        const fx_tensor *t = &m->train.t[m->head.t + j];
-        init_tensor(m->train.data + t->off, t, m->fam->head[j].init, sd, &m->c, &g);
+    uint64_t skip = 0; /* draws of the kept tensors since the last drawn one */
+    float *tmp = NULL;   /* --precision bf16: a matrix drawn in fp32, then rounded */
+    for (int i = 0; i < m->base.nt + m->fam->nhead; i++) {
+        int head = i >= m->base.nt;
+        const fx_tensor *t = head ? &m->train.t[m->head.t + i - m->base.nt] : &m->base.t[i];
+        int init = head ? m->fam->head[i - m->base.nt].init : base_spec(m->fam, i)->init;
+        if (keep && keep[i]) {
+            if (init == FX_INIT_NORMAL || init == FX_INIT_NORMAL_PAD || init == FX_INIT_NORMAL_RESID) skip += 2 * (uint64_t)t->n;
+            continue;
+        }
+        fx_rng_jump(&g, skip);
+        skip = 0;
+        if (!head && t->bf16) {
+            tmp = fx_realloc(tmp, t->n * sizeof *tmp);
+            init_tensor(tmp, t, init, sd, &m->c, &g);
+            fx_base_write(m, t->off, t->n, tmp);
+            continue;
+        }
+        init_tensor((head ? m->train.data : m->base.data) + t->off, t, init, sd, &m->c, &g);
     }
+    free(tmp);
 }
+
+void fx_model_init_base(fx_model *m, uint64_t seed) { fx_model_init_except(m, seed, NULL); }
 
 #define COUNT(a) ((int)(sizeof a / sizeof a[0]))
 

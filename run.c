@@ -384,6 +384,19 @@ static void layer_values(FILE *f, const fx_run *R, const double *v) {
     fprintf(f, "}}");
 }
 
+/* The share of the client phase's core-seconds (cores x its wall time) that no training client held:
+ * 1 - sum_c core_seconds_c / (cores x wall), client c holding its threads through each of its steps
+ * (scaled down while the clients' threads outnumber the cores). A client that has finished holds
+ * nothing, so with fixed threads its cores count as idle until the last one ends. NAN when the
+ * transport does not know the cores (MPI). Each client's CPU time (seconds_cpu) says how much of what it
+ * held it used, which a machine busy with other work lowers. */
+static double client_idle(const fx_run *R, const int *done, double wall) {
+    if (R->client_cores <= 0 || !(wall > 0)) return NAN;
+    double held = 0;
+    for (int c = 0; c < R->n; c++) if (done[c]) held += R->report[c].core_seconds;
+    return 1.0 - held / ((double)R->client_cores * wall);
+}
+
 static char *metrics_line(fx_run *R, int round, const int *done, const fx_metrics *mt, double dev_loss,
                           const double *err, const double *dev, double secs, double agg_s, double eval_s, double clients_s) {
     char *buf = NULL; size_t len = 0;
@@ -397,7 +410,8 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
         if (!done[c]) continue;
         fprintf(f, "%s{\"id\": %d, \"samples\": %lld, \"train_loss\": ", first ? "" : ", ", c, (long long)R->report[c].samples);
         fx_json_num(f, R->report[c].train_loss);
-        fprintf(f, ", \"seconds\": %.3f}", R->report[c].seconds);
+        fprintf(f, ", \"seconds\": %.3f, \"seconds_cpu\": %.3f, \"seconds_cores\": %.3f}", R->report[c].seconds,
+                R->report[c].cpu_seconds, R->report[c].core_seconds);
         first = 0;
     }
     fprintf(f, "], \"dead_clients\": [");
@@ -435,8 +449,11 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
             (long long)down, fx_agg_is_exact(R->cfg.agg) ? R->cfg.residual : "none");
     fprintf(f, "\"memory_mb\": ");
     fx_json_num(f, R->tp->memory_mb(R));
-    fprintf(f, ", \"seconds\": %.3f, \"seconds_clients\": %.3f, \"seconds_aggregate\": %.3f, \"seconds_eval\": %.3f}",
+    fprintf(f, ", \"seconds\": %.3f, \"seconds_clients\": %.3f, \"seconds_aggregate\": %.3f, \"seconds_eval\": %.3f",
             secs, clients_s, agg_s, eval_s);
+    fprintf(f, ", \"client_idle\": ");
+    fx_json_num(f, client_idle(R, done, clients_s));
+    fprintf(f, "}");
     fclose(f);
     return buf;
 }
@@ -446,8 +463,8 @@ static char *metrics_line(fx_run *R, int round, const int *done, const fx_metric
  * ============================================================================================ */
 
 int fx_run_init_weights(const fx_settings *c, fx_model *m) {
-    fx_model_init_base(m, (uint64_t)c->seed);
-    if (c->model && fx_model_load(m, c->model) < 0) return -1;
+    if (!c->model) fx_model_init_base(m, (uint64_t)c->seed);
+    else if (fx_model_load_init(m, c->model, (uint64_t)c->seed) < 0) return -1;
     fx_model_init_adapters(m, (uint64_t)c->seed);
     return 0;
 }
@@ -581,11 +598,6 @@ static int load_data(fx_run *R) {
                 fx_seterr("--max-seq-length %d exceeds %s's %d positions", c->max_len, c->model, R->mc.max_positions);
                 return -1;
             }
-            if (R->mc.sliding_window && c->max_len > R->mc.sliding_window) {
-                fx_seterr("--max-seq-length %d exceeds %s's sliding_window %d (attention past the window is not "
-                          "implemented)", c->max_len, c->model, R->mc.sliding_window);
-                return -1;
-            }
         }
         /* RoBERTa's positions start after pad_id, so a row of T tokens needs pad_id + T < max_positions */
         else if (c->max_len > R->mc.max_positions - R->mc.pad_id - 1) {
@@ -714,6 +726,7 @@ static int setup_run(fx_run *R) {
     if (fx_model_create(&probe, &R->mc, &R->ac, NULL) != 0) return -1;
     R->P = probe.train.n;
     R->base_n = fx_base_numel(&R->mc);
+    R->base_bytes = fx_base_bytes(&R->mc);
     R->payload_n = fx_residual_msg_capacity(&probe, R->n);
     size_t smax = 1;
     int q = fx_agg_residual_rank(&probe, R->n);

@@ -380,7 +380,6 @@ static float f16_to_f32(uint16_t h) {
 }
 
 /* bfloat16 is the top half of a float32: widening is a shift. */
-static float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
 const float *fx_st_f32(const fx_st_file *f, const fx_st_tensor *t, float **owned) {
     *owned = NULL;
@@ -397,7 +396,7 @@ const float *fx_st_f32(const fx_st_file *f, const fx_st_tensor *t, float **owned
     case FX_F32: memcpy(o, p, bytes); break;
     case FX_F64: for (size_t i = 0; i < n; i++) { double v; memcpy(&v, p + 8 * i, 8); o[i] = (float)v; } break;
     case FX_F16: for (size_t i = 0; i < n; i++) { uint16_t v; memcpy(&v, p + 2 * i, 2); o[i] = f16_to_f32(v); } break;
-    case FX_BF16: for (size_t i = 0; i < n; i++) { uint16_t v; memcpy(&v, p + 2 * i, 2); o[i] = bf16_to_f32(v); } break;
+    case FX_BF16: for (size_t i = 0; i < n; i++) { uint16_t v; memcpy(&v, p + 2 * i, 2); o[i] = fx_bf16_widen(v); } break;
     case FX_I64: for (size_t i = 0; i < n; i++) { int64_t v; memcpy(&v, p + 8 * i, 8); o[i] = (float)v; } break;
     case FX_I32: for (size_t i = 0; i < n; i++) { int32_t v; memcpy(&v, p + 4 * i, 4); o[i] = (float)v; } break;
     case FX_I16: for (size_t i = 0; i < n; i++) { int16_t v; memcpy(&v, p + 2 * i, 2); o[i] = (float)v; } break;

@@ -152,7 +152,7 @@ void fx_opts_help(const fx_cmdline *cl, FILE *f) {
 
 #define RC(f) offsetof(fx_settings, f)
 static const fx_opt train_opts[] = {
-    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, vocab.json, merges.txt); none: the embedded demo model", 0, 0},
+    {"--model", NULL, FX_OPT_STR, RC(model), NULL, "model folder (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt); none: the embedded demo model", 0, 0},
     {"--task", NULL, FX_OPT_STR, RC(task), NULL, "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI), e2e (a causal LM on E2E NLG), or instruct, gsm8k, mc (a causal LM on JSON Lines: instructions, GSM8K exact match, multiple choice); none: the built-in synthetic task", 0, 0},
     {"--data", NULL, FX_OPT_STR, RC(data), NULL, "folder holding the GLUE task folders; for e2e trainset.csv, devset.csv and testset_w_refs.csv; for instruct, gsm8k, mc train.jsonl and dev.jsonl", 0, 0},
     {"--train-file", "--train_file", FX_OPT_STR, RC(train_file), NULL, "e2e: the training CSV, in place of DATA/trainset.csv (instruct, gsm8k, mc: the JSON Lines, in place of DATA/train.jsonl)", 0, 0},
@@ -220,7 +220,7 @@ static const fx_opt train_opts[] = {
     {"--client-timeout", NULL, FX_OPT_REAL, RC(client_timeout), "900", "seconds a client may go without finishing a step before it is counted as dead (stopped or stuck) and killed", 0, 0},
     {"--save-clients", NULL, FX_OPT_FLAG, RC(save_clients), NULL, "also write each client's adapter and head every round", 0, 0},
     {"--device", NULL, FX_OPT_STR, RC(device), "cpu", "cpu | cuda", 0, 0},
-    {"--precision", NULL, FX_OPT_STR, RC(precision), "bf16", "GPU matrix products: fp32 | tf32 | bf16", 0, 0},
+    {"--precision", NULL, FX_OPT_STR, RC(precision), NULL, "cuda: matrix products fp32 | tf32 | bf16 (default bf16); cpu: fp32 | bf16 (default fp32: bf16 holds the frozen base in bf16)", 0, 0},
     {"--client-gpus", NULL, FX_OPT_STR, RC(client_gpus), NULL, "GPU of each client, e.g. 0,0,1 (default: all on GPU 0)", 0, 0},
     {"--server-gpu", NULL, FX_OPT_INT, RC(server_gpu), "-1", "GPU for the server's evaluation (-1: CPU)", 0, 0},
 };
@@ -375,6 +375,7 @@ void fx_settings_notes(const fx_settings *c, const int *set, FILE *f) {
 int fx_settings_check(fx_settings *c, const int *set) {
 #define WAS_SET(name) (set[fx_settings_opt(name)])
     if (!c->resume && fx_settings_task_defaults(c, set) < 0) return -1;
+    if (!c->precision) c->precision = c->device && !strcmp(c->device, "cuda") ? "bf16" : "fp32"; /* each device's own */
     if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
     if (fork_options(c, set) != 0) return -1;
     const fx_task *task = c->task ? fx_task_find(c->task) : NULL;
@@ -405,6 +406,7 @@ int fx_settings_check(fx_settings *c, const int *set) {
         {strcmp(c->device, "cpu") && strcmp(c->device, "cuda"), "--device must be cpu or cuda"},
         {strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"),
          "--precision must be fp32, tf32 or bf16"},
+        {!strcmp(c->device, "cpu") && !strcmp(c->precision, "tf32"), "--precision tf32 is a GPU mode (cpu: fp32 | bf16)"},
         {vera && (WAS_SET("--lora-r") || WAS_SET("--rslora") || WAS_SET("--lora-dropout")),
          "--lora-r, --lora-dropout and --rslora apply to LoRA; VeRA methods take --vera-r, --vera-dropout and --d-initial"},
         {vera && WAS_SET("--lora-alpha") && strcmp(c->vera_scale, "alpha/r"),
@@ -456,8 +458,6 @@ int fx_settings_check(fx_settings *c, const int *set) {
          "--no-repeat-scope must be generated or row"},
         {c->label_smoothing < 0 || c->label_smoothing >= 1, "--label-smoothing must be in [0, 1)"},
         {c->max_grad_norm < 0, "--max-grad-norm must be 0 (no clipping) or more"},
-        {(c->precision && WAS_SET("--precision") && !strcmp(c->device, "cpu")),
-         "--precision applies to --device cuda (the CPU path is fp32)"},
         {(WAS_SET("--client-gpus") || WAS_SET("--server-gpu")) && !strcmp(c->device, "cpu"),
          "--client-gpus and --server-gpu apply to --device cuda"},
     };
@@ -537,7 +537,13 @@ int fx_settings_model(const fx_settings *c, fx_config *mc, const fx_task **task)
     if (!(*task)->lm) mc->num_labels = (*task)->num_labels; /* a language model keeps its config's */
     mc->label_smoothing = (float)c->label_smoothing;         /* every client's model carries them */
     mc->max_grad_norm = (float)c->max_grad_norm;
+    mc->precision = fx_settings_precision(c);
     return 0;
+}
+
+int fx_settings_precision(const fx_settings *c) {
+    int cpu = !c->device || !strcmp(c->device, "cpu");
+    return cpu && c->precision && !strcmp(c->precision, "bf16") ? FX_PREC_BF16 : FX_PREC_FP32;
 }
 
 /* ============================================================================================

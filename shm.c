@@ -4,7 +4,7 @@
  *
  * The segment holds everything that moves between the processes:
  *
- *   [ residual message | reports (N) | base weights | global state | client states (N) | payload ]
+ *   [ residual message | reports (N) | training flags (N) | base weights | global state | client states (N) | payload ]
  *
  * The frozen base weights live there once, so N clients cost one model plus N x (adapters, optimiser
  * state, activations). It is unlinked right after it is mapped: forked clients inherit the mapping, and
@@ -12,10 +12,18 @@
  * client's pipe; the client answers one byte when its state is in its slot ('o') or it failed ('e',
  * the reason in its report). A client that dies closes its pipe, so the server sees end-of-file at once
  * (never a timeout). Nothing here may start an OpenMP team (nor a CUDA context) before the fork:
- * neither survives fork(). */
+ * neither survives fork().
+ *
+ * Cores follow the work: the server raises a client's training flag before it sends the round's job and
+ * the client lowers it when it has trained; before each step a client counts the flags raised and takes
+ * its share of the cores (fx_thread_share), so the threads of a client that finished early go to those
+ * still training. The thread count changes no result: every product and reduction gives the same bits
+ * for any count (fx_matmul splits C, never a sum; tests/test_threads checks a training step).
+ * FEDEX_FIXED_THREADS=1 keeps each client at cores / N threads for the whole run, as a comparison. */
 #include "fedex.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -36,7 +44,15 @@ typedef struct {
     int *pending;                    /* sent this round's job, not answered yet */
     int64_t *steps_seen;             /* each client's steps when last seen to move ... */
     double *since;                   /* ... and since when (fx_now()), for --client-timeout */
+    atomic_int *training;            /* (n) in the segment: 1 from the job sent to the round trained */
 } shm_state;
+
+/* A client's view of the training flags, for its pace hook. */
+typedef struct {
+    atomic_int *training;
+    int n, me, cores, threads;       /* threads: the count it set last */
+    int fixed;                       /* FEDEX_FIXED_THREADS=1: THREADS throughout */
+} shm_pace;
 
 /* How long a client that should be going (its pipe closed, or asked to stop) may take before it is killed. */
 #define GRACE_S 2.0
@@ -76,8 +92,9 @@ static int shm_open_run(fx_run *R) {
     shm_state *S = fx_calloc(1, sizeof *S);
     R->tp_state = S;
     size_t off_rep = align64(sizeof(fx_residual_msg));
-    size_t off_base = align64(off_rep + sizeof(fx_report) * (size_t)R->n);
-    size_t off_glob = align64(off_base + sizeof(float) * R->base_n);
+    size_t off_flags = align64(off_rep + sizeof(fx_report) * (size_t)R->n);
+    size_t off_base = align64(off_flags + sizeof(atomic_int) * (size_t)R->n);
+    size_t off_glob = align64(off_base + R->base_bytes);
     size_t off_cl = align64(off_glob + sizeof(float) * R->P);
     size_t cl_stride = align64(sizeof(float) * R->P);
     size_t off_pay = off_cl + cl_stride * (size_t)R->n;
@@ -109,6 +126,8 @@ static int shm_open_run(fx_run *R) {
     char *s = S->seg;
     R->msg = (fx_residual_msg *)s;
     R->report = (fx_report *)(s + off_rep);
+    S->training = (atomic_int *)(s + off_flags);
+    for (int i = 0; i < R->n; i++) atomic_init(&S->training[i], 0);
     R->base = (float *)(s + off_base);
     R->global = (float *)(s + off_glob);
     R->client = fx_malloc(sizeof(float *) * (size_t)R->n);
@@ -139,7 +158,30 @@ static void shm_close_run(fx_run *R) {
  * A client's process
  * ============================================================================================ */
 
-static _Noreturn void client_process(fx_run *R, int c, int in, int out, int threads, pid_t server) {
+int fx_thread_share(int cores, int running, int rank) {
+    if (running <= 0) return cores > 0 ? cores : 1;
+    int t = cores / running + (rank < cores % running);
+    return t > 0 ? t : 1;
+}
+
+/* Before each step: this client's share of the cores among the clients still training (itself one).
+ * Returns the cores it holds: its threads, scaled down when all the clients' threads outnumber the cores
+ * (more clients than cores; fixed threads). */
+static double pace(void *ctx) {
+    shm_pace *p = ctx;
+    int running = 0, rank = 0;
+    for (int c = 0; c < p->n; c++)
+        if (atomic_load_explicit(&p->training[c], memory_order_relaxed)) { running++; rank += c < p->me; }
+    int total = p->threads * running; /* fixed: every one at THREADS */
+    if (!p->fixed) {
+        int t = fx_thread_share(p->cores, running, rank);
+        if (t != p->threads) { fx_set_threads(t); p->threads = t; }
+        total = running < p->cores ? p->cores : running;
+    }
+    return total > p->cores ? (double)p->threads * p->cores / total : p->threads;
+}
+
+static _Noreturn void client_process(fx_run *R, int c, int in, int out, int threads, int cores, pid_t server) {
     /* A client dies with its server, whatever kills the server (kill -9 included): the kernel sends
      * SIGKILL when the parent goes; if it went before this line, the parent is no longer SERVER. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -150,6 +192,10 @@ static _Noreturn void client_process(fx_run *R, int c, int in, int out, int thre
     fx_report *rep = &R->report[c];
     fx_client_setup setup;
     fx_run_client_setup(R, c, &setup);
+    const char *fixed = getenv("FEDEX_FIXED_THREADS");
+    shm_pace pc = {((shm_state *)R->tp_state)->training, R->n, c, cores, threads, fixed && !strcmp(fixed, "1")};
+    setup.pace = pace;
+    setup.pace_ctx = &pc;
     fx_client *cl = fx_client_open(&setup);
     char answer = 'e';
     if (!cl) {
@@ -164,6 +210,7 @@ static _Noreturn void client_process(fx_run *R, int c, int in, int out, int thre
         int rc = job.local_epochs == 0 ? fx_client_follow(cl, R->msg, R->payload)
                                        : fx_client_round(cl, &job, R->global, R->msg, R->payload, R->client[c], rep);
         if (rc != 0 && job.local_epochs == 0) snprintf(rep->err, sizeof rep->err, "%s", fx_err());
+        atomic_store(&pc.training[c], 0); /* its cores go to the others from their next step */
         answer = rc == 0 ? 'o' : 'e';
         if (write(out, &answer, 1) != 1 || rc != 0) _exit(1);
         if (fx_client_leaves(cl, job.round)) _exit(0);
@@ -184,11 +231,12 @@ static int shm_start(fx_run *R, int threads_total) {
             /* keep only this client's ends, so that every other pipe sees EOF when its owner dies */
             for (int o = 0; o < c; o++) { close(S->cmd_fd[o]); close(S->res_fd[o]); }
             close(cmd[1]); close(res[0]);
-            client_process(R, c, cmd[0], res[1], per, server);
+            client_process(R, c, cmd[0], res[1], per, threads_total, server);
         }
         close(cmd[0]); close(res[1]);
         S->pid[c] = p; S->cmd_fd[c] = cmd[1]; S->res_fd[c] = res[0]; R->alive[c] = 1;
     }
+    R->client_cores = threads_total;
     return 0;
 }
 
@@ -206,6 +254,7 @@ static int client_gone(fx_run *R, int c, int round, const char *when) {
     int sig = describe_death(S->pid[c], why, sizeof why);
     R->alive[c] = 0;
     S->pending[c] = 0;
+    atomic_store(&S->training[c], 0);
     close(S->cmd_fd[c]); close(S->res_fd[c]);
     /* A client killed by SIGINT was hit by the terminal's Ctrl-C, which signals the whole process group:
      * the server's own copy may not have arrived yet, so it counts as the interrupt, not as a death. */
@@ -222,6 +271,8 @@ static int client_gone(fx_run *R, int c, int round, const char *when) {
 
 static int shm_send_round(fx_run *R, const fx_job *job) {
     shm_state *S = R->tp_state;
+    /* every flag before any job, so that the first to start does not take the cores of those to come */
+    for (int c = 0; c < R->n; c++) atomic_store(&S->training[c], R->alive[c] && R->selected[c] && job->local_epochs > 0);
     for (int c = 0; c < R->n; c++) {
         fx_job j = *job;
         j.client = c;
@@ -271,6 +322,7 @@ static int shm_collect(fx_run *R, int round, int *done) {
                 int st;
                 reap_within(S->pid[c], GRACE_S, &st);
                 R->alive[c] = 0;
+                atomic_store(&S->training[c], 0);
                 return -1;
             }
             if (client_gone(R, c, round, "in") != 0) return -1;

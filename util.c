@@ -245,16 +245,88 @@ void fx_rng_seed(fx_rng *r, uint64_t seed) {
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-static inline uint64_t next(uint64_t *s) {
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+/* xoshiro256's state transition (Blackman and Vigna 2018) */
+static inline void rng_step(uint64_t *s) {
+    uint64_t t = s[1] << 17;
     s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
     s[2] ^= t; s[3] = rotl(s[3], 45);
+}
+
+static inline uint64_t next(uint64_t *s) {
+    uint64_t result = rotl(s[1] * 5, 7) * 9; /* the ** scrambler */
+    rng_step(s);
     return result;
 }
 
 uint64_t fx_rng_u64(fx_rng *r) { return next(r->s); }
 
 double fx_rng_uniform(fx_rng *r) { return (double)(fx_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+/* Jumping ahead. xoshiro256's step is a linear map T on its 256 state bits over GF(2), so T^k is a
+ * polynomial in T: with p the characteristic polynomial of T (degree 256; p(T) = 0), T^k = (x^k mod p)(T),
+ * and the state after K draws is the sum (xor) of T^j s over the coefficients j of x^k mod p: 256 steps
+ * however large K is. p is found, rather than written down, by Berlekamp-Massey on 512 bits of one state
+ * word from a fixed state: that sequence's minimal polynomial, which is T's since T's is irreducible (the
+ * generator has full period 2^256 - 1). A polynomial of degree < 256 is four words, bit j of word j / 64
+ * the coefficient of x^j. */
+typedef struct { uint64_t w[4]; } poly256;
+
+/* p without its leading x^256: x^256 = LOW (mod p). */
+static poly256 rng_charpoly_low(void) {
+    enum { N = 512 };
+    unsigned char a[N], c[N + 1] = {1}, b[N + 1] = {1}, t[N + 1];
+    uint64_t s[4] = {1, 2, 3, 4};
+    for (int i = 0; i < N; i++) { a[i] = (unsigned char)(s[0] & 1); rng_step(s); }
+    int L = 0, m = 1;
+    for (int n = 0; n < N; n++) { /* c: the connection polynomial, a_n = sum_{i=1..L} c_i a_{n-i} */
+        unsigned char d = a[n];
+        for (int i = 1; i <= L; i++) d ^= c[i] & a[n - i];
+        if (!d) { m++; continue; }
+        memcpy(t, c, sizeof c);
+        for (int i = 0; i + m <= N; i++) c[i + m] ^= b[i];
+        if (2 * L <= n) { L = n + 1 - L; memcpy(b, t, sizeof b); m = 1; }
+        else m++;
+    }
+    if (L != 256) fx_die("rng: the characteristic polynomial has degree %d, not 256", L);
+    /* p(x) = x^L c(1/x) = x^256 + sum_i c_i x^(256 - i) */
+    poly256 low = {{0}};
+    for (int i = 1; i <= L; i++) if (c[i]) low.w[(256 - i) / 64] |= 1ULL << ((256 - i) % 64);
+    return low;
+}
+
+/* A x mod p */
+static poly256 poly_shift(poly256 a, const poly256 *low) {
+    uint64_t top = a.w[3] >> 63;
+    for (int i = 3; i > 0; i--) a.w[i] = (a.w[i] << 1) | (a.w[i - 1] >> 63);
+    a.w[0] <<= 1;
+    if (top) for (int i = 0; i < 4; i++) a.w[i] ^= low->w[i];
+    return a;
+}
+
+/* A B mod p, Horner over B's bits from the highest */
+static poly256 poly_mulmod(poly256 a, poly256 b, const poly256 *low) {
+    poly256 r = {{0}};
+    for (int j = 255; j >= 0; j--) {
+        r = poly_shift(r, low);
+        if (b.w[j / 64] >> (j % 64) & 1) for (int i = 0; i < 4; i++) r.w[i] ^= a.w[i];
+    }
+    return r;
+}
+
+void fx_rng_jump(fx_rng *r, uint64_t k) {
+    if (k < 512) { for (; k; k--) rng_step(r->s); return; }
+    poly256 low = rng_charpoly_low(), e = {{1}}, x = {{2}};
+    for (; k; k >>= 1) { /* e = x^k mod p by squaring */
+        if (k & 1) e = poly_mulmod(e, x, &low);
+        x = poly_mulmod(x, x, &low);
+    }
+    uint64_t acc[4] = {0}, *s = r->s;
+    for (int j = 0; j < 256; j++) {
+        if (e.w[j / 64] >> (j % 64) & 1) for (int i = 0; i < 4; i++) acc[i] ^= s[i];
+        rng_step(s);
+    }
+    memcpy(s, acc, sizeof acc);
+}
 
 /* uniform >= p is (u >> 11) 2^-53 >= p with both sides exact in double (p is a float), that is
  * (u >> 11) >= p 2^53, an integer against a real: (u >> 11) >= ceil(p 2^53). */

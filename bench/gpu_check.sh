@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/gpu_check.sh: all the GPU work of one device call, in one command: build there (make -j16: the
-# device image differs from this one), tests/test_gpu, bench/bench_gpu, compute-sanitizer (memcheck on a
-# small bench_gpu case and on test_gpu; racecheck and initcheck on small cases), bench/peft_step.py
+# device image differs from this one), tests/test_gpu (RoBERTa, GPT-2 and Llama parity), bench/bench_gpu,
+# compute-sanitizer (memcheck on a small bench_gpu case and on test_gpu; racecheck and initcheck on small
+# cases), bench/peft_step.py
 # (transformers + PEFT on the same GPU), and one federated RTE run end to end; a summary table last, with
 # every figure (test counts, sanitizer summaries, step times, samples/s, TFLOP/s and their fraction of the
 # bf16 GEMM ceiling measured in the same run, the ratio to PEFT). It does not judge speed: the numbers go
@@ -108,6 +109,11 @@ if has test; then
     if [ "$rc" -eq 0 ] && grep -q '^skipped: GPU tests' "$L"; then row "test_gpu GPU part" "FAILED: $(grep '^skipped: GPU tests' "$L")"; fail test-skipped; fi
     grep -E '^emulated (fp32|tf32|bf16):|dropout \(|normwise error|^parity:|^gpu tests:' "$L" | grep -v '^emulated [a-z0-9]* [a-z_]' | tee -a "$SUM"
     grep -E '^FAIL' "$L" | head -20 | tee -a "$SUM"
+    # Llama's ops (RMSNorm, RoPE with llama3 scaling, biases, grouped-query attention, the sliding window,
+    # SwiGLU) run in test_gpu's llama_d and llama_f parity, fp32 and tf32: all four must have run
+    n=$(grep -cE '^llama_[a-z] (fp32|tf32) +normwise' "$L")
+    row "test_gpu Llama parity" "$n of 4 runs (llama_d, llama_f; fp32, tf32)"
+    [ "$rc" -eq 0 ] && [ "$n" -ne 4 ] && fail test-llama
 fi
 
 SAN=$OUT/sanitizer.log

@@ -235,10 +235,10 @@ static void full_last(fx_model *m, const int *seq, int n, float *out) {
 
 /* Three slots grown from one prompt, diverging, reordered (a repeated source, a permutation), each step's
  * logits against the full forward of that slot's sequence. */
-static void test_decoder(void) {
+static void test_decoder(const char *name) {
     gcase g;
     fx_model m;
-    if (open_gcase(&g, "a") != 0) return;
+    if (open_gcase(&g, name) != 0) return;
     if (build(&g, &m, NULL) != 0) { fx_st_close(&g.f); return; }
     int V = g.c.vocab_size, S = 3, np = 5;
     fx_decoder d;

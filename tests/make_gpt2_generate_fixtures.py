@@ -54,7 +54,7 @@ class GPT2:
             k = k[len("transformer."):] if k.startswith("transformer.") else k
             if k.split(".")[-2:] not in (["attn", "bias"], ["attn", "masked_bias"]) and k != "lm_head.weight":
                 self.base[k] = v
-        self.V, self.P, self.memo = self.c["vocab_size"], self.c["n_positions"], {}
+        self.V, self.P, self.eos, self.memo = self.c["vocab_size"], self.c["n_positions"], self.c["eos_token_id"], {}
 
     def logits(self, row):
         key = tuple(row)
@@ -83,23 +83,25 @@ def run(model, prompt, cfg):
     return search.beam_search(model, prompt, cfg)
 
 
-def main():
-    rnd = random.Random(20261203)
-    lines = ["# gpt2_generate.txt, written by tests/make_gpt2_generate_fixtures.py; do not edit.",
+SETTINGS = [dict(beams=1, lp=1.0, early=0, nrep=0, genonly=0), dict(beams=1, lp=1.0, early=0, nrep=2, genonly=0),
+            dict(beams=2, lp=1.0, early=0, nrep=0, genonly=0), dict(beams=4, lp=0.8, early=0, nrep=2, genonly=1),
+            dict(beams=4, lp=0.8, early=0, nrep=2, genonly=0), dict(beams=3, lp=2.0, early=2, nrep=0, genonly=0),
+            dict(beams=5, lp=-0.5, early=1, nrep=3, genonly=1), dict(beams=10, lp=0.8, early=0, nrep=4, genonly=1)]
+
+
+def write_cases(family, models, path, rnd):
+    """Every setting on every model of MODELS ({shape: model with .V, .P, .eos, .logits(row)}), kept when
+    clear of float32 noise; written to PATH as tests/test_generate.c reads it."""
+    lines = [f"# {os.path.basename(path)}, written by tests/make_{family}_generate_fixtures.py; do not edit.",
              "# case NAME shape beams max_new lp early nrep genonly eos (early: 0 False, 1 True, 2 never)",
              "# prompt N ids / want N ids / score S"]
-    settings = [dict(beams=1, lp=1.0, early=0, nrep=0, genonly=0), dict(beams=1, lp=1.0, early=0, nrep=2, genonly=0),
-                dict(beams=2, lp=1.0, early=0, nrep=0, genonly=0), dict(beams=4, lp=0.8, early=0, nrep=2, genonly=1),
-                dict(beams=4, lp=0.8, early=0, nrep=2, genonly=0), dict(beams=3, lp=2.0, early=2, nrep=0, genonly=0),
-                dict(beams=5, lp=-0.5, early=1, nrep=3, genonly=1), dict(beams=10, lp=0.8, early=0, nrep=4, genonly=1)]
     kept = 0
-    for shape in ("a", "b", "c"):
-        model = GPT2(shape)
-        for k, base_cfg in enumerate(settings):
+    for shape, model in models.items():
+        for k, base_cfg in enumerate(SETTINGS):
             for attempt in range(40):
                 n = rnd.randint(1, 4)
                 prompt = [rnd.randrange(model.V) for _ in range(n)]
-                cfg = dict(base_cfg, max_new=min(10, model.P - n + 1), eos=model.c["eos_token_id"])
+                cfg = dict(base_cfg, max_new=min(10, model.P - n + 1), eos=model.eos)
                 # An end token the model does produce, so that hypotheses finish: the third token of the
                 # continuation without one (every other attempt).
                 if attempt % 2 == 0:
@@ -109,17 +111,24 @@ def main():
                 if all(run(Noisy(model, s, 1e-4), prompt, cfg)[0] == tokens for s in range(3)):
                     break
             else:
-                raise SystemExit(f"gpt2_{shape} setting {k}: no prompt clear of float32 noise")
-            lines.append(f"case gpt2_{shape}_{k} {shape} {cfg['beams']} {cfg['max_new']} {cfg['lp']!r} {cfg['early']} "
-                         f"{cfg['nrep']} {cfg['genonly']} {cfg['eos']}")
+                raise SystemExit(f"{family}_{shape} setting {k}: no prompt clear of float32 noise")
+            lines.append(f"case {family}_{shape}_{k} {shape} {cfg['beams']} {cfg['max_new']} {cfg['lp']!r} "
+                         f"{cfg['early']} {cfg['nrep']} {cfg['genonly']} {cfg['eos']}")
             lines.append(f"prompt {len(prompt)} " + " ".join(map(str, prompt)))
             lines.append(f"want {len(tokens)} " + " ".join(map(str, tokens)))
             lines.append(f"score {score!r}")
             kept += 1
-            print(f"gpt2_{shape} {cfg}: {prompt} -> {tokens}")
-    with open(os.path.join(FIX, "gpt2_generate.txt"), "w") as f:
+            print(f"{family}_{shape} {cfg}: {prompt} -> {tokens}")
+    with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {kept} cases")
+
+
+def main():
+    models = {}
+    for shape in ("a", "b", "c"):
+        models[shape] = GPT2(shape)
+    write_cases("gpt2", models, os.path.join(FIX, "gpt2_generate.txt"), random.Random(20261203))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """tests/make_llama_fixtures.py: golden values for tests/test_llama.c, from an independent float64 PyTorch
 Llama written here from Hugging Face's LlamaForCausalLM semantics (pre-norm RMSNorm computed on the
-hidden state, q/k/v/o projections without bias, rotary positions by rotate_half with inv_freq =
-theta^(-2i/hd), repeat_kv for grouped-query attention, causal attention with finfo.min on padded keys,
+hidden state, q/k/v/o projections with or without bias (attention_bias) and the MLP's likewise (mlp_bias),
+rotary positions by rotate_half with inv_freq = theta^(-2i/hd) rescaled by rope_scaling's "linear" or
+"llama3" rule (transformers' modeling_rope_utils), repeat_kv for grouped-query attention, causal attention
+with finfo.min on padded keys and Mistral's sliding window (key j seen by query i iff i - window < j <= i),
 the SiLU-gated MLP, model.norm, lm_head or the tied embedding) with LoRA as PEFT applies it to nn.Linear,
 the shifted, label-smoothed loss of transformers' LabelSmoother, clip_grad_norm_ and torch.optim.AdamW.
 No transformers/peft package and no C code is used; safetensors are written by hand.
@@ -45,6 +47,29 @@ SHAPES = {  # name: config, file dtype, the case
                rms_norm_eps=1e-5, rope_theta=1000.0, tie_word_embeddings=False), "F32",
           dict(targets=["o_proj", "up_proj", "down_proj", "k_proj"], r=4, alpha=8.0, rslora=False, freeze_a=True,
                eps=0.2, clip=0.05)),
+    # Llama 3.1's rope_scaling (head_dim 8: inv_freq 1, 0.1, 0.01, 0.001, wavelengths 6.3, 63, 628, 6283
+    # against L / high = 16 and L / low = 64: one high, one medium (smoothed), two low frequencies), every
+    # bias, grouped-query, untied head
+    "d": (dict(model_type="llama", vocab_size=43, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=40,
+               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+               rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                 original_max_position_embeddings=64)), "F32",
+          dict(targets=ALL, r=2, alpha=4.0, rslora=False, freeze_a=False, eps=0.0, clip=1.0)),
+    # linear rope_scaling under the older "type" key, multi-head, tied head, MLP biases only, BF16 file
+    "e": (dict(model_type="llama", vocab_size=39, hidden_size=12, intermediate_size=16, num_hidden_layers=2,
+               num_attention_heads=3, max_position_embeddings=20, rms_norm_eps=1e-6, rope_theta=100.0,
+               tie_word_embeddings=True, mlp_bias=True, rope_scaling=dict(type="linear", factor=4.0)), "BF16",
+          dict(targets=["q_proj", "k_proj", "down_proj"], r=3, alpha=6.0, rslora=False, freeze_a=False, eps=0.1,
+               clip=0.0)),
+    # Mistral with a sliding window of 6 over batches of 12 and a greedy continuation past it, grouped-query
+    # (2 key/value heads for 4), untied head. The window exceeds every row's padding, so that no padded
+    # query is left with padded keys alone (a row HF fills with finfo.min everywhere, undefined here)
+    "f": (dict(model_type="mistral", vocab_size=41, hidden_size=16, intermediate_size=20, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, sliding_window=6,
+               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False), "F32",
+          dict(targets=["q_proj", "v_proj", "o_proj", "gate_proj"], r=4, alpha=8.0, rslora=True, freeze_a=False,
+               eps=0.0, clip=0.5)),
 }
 ORDER = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj",
          "mlp.down_proj", "mlp.gate_proj"]  # model.c's target order (FX_TI_*)
@@ -69,9 +94,11 @@ def dims(c):
 def config_json(c):
     arch = "MistralForCausalLM" if c["model_type"] == "mistral" else "LlamaForCausalLM"
     eos = c["vocab_size"] - 1
-    return dict(architectures=[arch], hidden_act="silu", initializer_range=0.02, attention_bias=False,
-                mlp_bias=False, attention_dropout=0.0, rope_scaling=None, bos_token_id=0, eos_token_id=[eos],
-                use_cache=True, **c)
+    out = dict(architectures=[arch], hidden_act="silu", initializer_range=0.02, attention_bias=False,
+               mlp_bias=False, attention_dropout=0.0, rope_scaling=None, bos_token_id=0, eos_token_id=[eos],
+               use_cache=True)
+    out.update(c)
+    return out
 
 
 def make_base(c, dtype):
@@ -85,6 +112,8 @@ def make_base(c, dtype):
                           ("self_attn.v_proj", H, nkv * hd), ("self_attn.o_proj", nh * hd, H),
                           ("mlp.gate_proj", H, I), ("mlp.up_proj", H, I), ("mlp.down_proj", I, H)):
             b[p + mod + ".weight"] = randn(o, i, std=1.0 / math.sqrt(i))
+            if c.get("attention_bias" if mod.startswith("self_attn") else "mlp_bias"):
+                b[p + mod + ".bias"] = randn(o, std=0.3)
         b[p + "input_layernorm.weight"] = randn(H, std=0.1, mean=1.0)
         b[p + "post_attention_layernorm.weight"] = randn(H, std=0.1, mean=1.0)
     b["model.norm.weight"] = randn(H, std=0.1, mean=1.0)
@@ -98,10 +127,29 @@ def rms_norm(x, w, eps):
     return w * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps))
 
 
-def rope(x, theta):
+def inv_freq(c, hd):
+    """RoPE's inverse frequencies under rope_scaling, as transformers' ROPE_INIT_FUNCTIONS define them."""
+    inv = c["rope_theta"] ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    rs = c.get("rope_scaling") or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind == "linear":
+        return inv / rs["factor"]
+    if kind == "llama3":
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        L = rs["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > L / lo, inv / factor, inv)
+        smooth = (L / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < L / hi) & ~(wavelen > L / lo)
+        return torch.where(medium, smoothed, scaled)
+    assert kind == "default", kind
+    return inv
+
+
+def rope(x, inv):
     """x (n, heads, T, hd) at positions 0 .. T-1: x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)."""
     T, hd = x.shape[2], x.shape[3]
-    inv = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
     ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
     emb = torch.cat([ang, ang], dim=-1)
     x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
@@ -112,19 +160,23 @@ def forward(c, base, lora, scale, ids, mask):
     """LlamaForCausalLM's logits (n, T, V): y = x W^T plus PEFT's lora_B(lora_A(x)) * scaling."""
     n, T = ids.shape
     H, I, nh, nkv, hd = dims(c)
-    eps, theta = c["rms_norm_eps"], c["rope_theta"]
+    eps, inv = c["rms_norm_eps"], inv_freq(c, hd)
     dt = base["model.embed_tokens.weight"].dtype
     min_ = torch.finfo(dt).min
 
     def lin(l, mod, x):
         name = "layers.%d.%s" % (l, mod)
         y = x @ base["model." + name + ".weight"].T
+        if "model." + name + ".bias" in base:
+            y = y + base["model." + name + ".bias"]
         if name + ".lora_A" in lora:
             y = y + (x @ lora[name + ".lora_A"].T) @ lora[name + ".lora_B"].T * scale
         return y
 
     x = base["model.embed_tokens.weight"][ids]
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    if c.get("sliding_window"):  # Mistral: key j visible to query i iff i - window < j <= i
+        causal &= ~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-c["sliding_window"])
     addmask = (1.0 - mask.to(dt))[:, None, None, :] * min_
     for l in range(c["num_hidden_layers"]):
         p = "model.layers.%d." % l
@@ -132,7 +184,7 @@ def forward(c, base, lora, scale, ids, mask):
         q = lin(l, "self_attn.q_proj", h).reshape(n, T, nh, hd).transpose(1, 2)
         k = lin(l, "self_attn.k_proj", h).reshape(n, T, nkv, hd).transpose(1, 2)
         v = lin(l, "self_attn.v_proj", h).reshape(n, T, nkv, hd).transpose(1, 2)
-        q, k = rope(q, theta), rope(k, theta)
+        q, k = rope(q, inv), rope(k, inv)
         k = k[:, :, None].expand(n, nkv, nh // nkv, T, hd).reshape(n, nh, T, hd)  # repeat_kv
         v = v[:, :, None].expand(n, nkv, nh // nkv, T, hd).reshape(n, nh, T, hd)
         att = q @ k.transpose(-1, -2) * hd ** -0.5
@@ -199,7 +251,7 @@ def file_entry(name, t, dtype):
 def make_batch(c):
     """Three right-padded rows (pad = the end token), prompt and padding -100, the rest supervised."""
     V, eos = c["vocab_size"], c["vocab_size"] - 1
-    T = min(c["max_position_embeddings"], c.get("sliding_window") or 99, 12)
+    T = min(c["max_position_embeddings"], 12)
     lens, prompts = [T, T - 3, T - 5], [4, 3, 5]
     ids = torch.full((3, T), eos, dtype=torch.long)
     labels = torch.full((3, T), -100, dtype=torch.long)

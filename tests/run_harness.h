@@ -262,14 +262,14 @@ static inline int line_ok(const fx_json *l, int round, int nclients) {
            num(l, "seconds") >= 0;
 }
 
-/* metrics.jsonl's text with the value of every time or memory field ("seconds...", "memory_mb")
+/* metrics.jsonl's text with the value of every time or memory field ("seconds...", "memory_mb", "client_idle")
  * replaced by '_': what must be equal between two runs that did the same computation. */
 static inline char *metrics_untimed(const char *dir) {
     char *t = slurp(P("%s/metrics.jsonl", dir));
     if (!t) return NULL;
     char *out = fx_malloc(strlen(t) + 1), *o = out;
     for (const char *s = t; *s;) {
-        if (!strncmp(s, "\"seconds", 8) || !strncmp(s, "\"memory_mb\"", 11)) {
+        if (!strncmp(s, "\"seconds", 8) || !strncmp(s, "\"memory_mb\"", 11) || !strncmp(s, "\"client_idle\"", 13)) {
             const char *colon = strchr(s, ':');
             if (!colon) break;
             memcpy(o, s, (size_t)(colon + 1 - s));

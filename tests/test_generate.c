@@ -268,11 +268,13 @@ static void e2e_defaults(void) {
 
 
 /* ============================================================================================
- * The tiny random GPT-2s: the model's KV-cache decoder under the search, against the float64
- * reference's full forward with the same Python search (tests/make_gpt2_generate_fixtures.py)
+ * The tiny random GPT-2s and Llamas: the model's KV-cache decoder under the search, against the
+ * float64 reference's full forward with the same Python search (tests/make_gpt2_generate_fixtures.py,
+ * tests/make_llama_generate_fixtures.py: llama3 rope_scaling with biases, and a sliding window that
+ * the decoded rows pass)
  * ============================================================================================ */
 
-static int load_gpt2(const char *dir, fx_model *m) {
+static int load_lm(const char *dir, fx_model *m) {
     char path[512];
     snprintf(path, sizeof path, "%s/config.json", dir);
     fx_config c;
@@ -283,10 +285,12 @@ static int load_gpt2(const char *dir, fx_model *m) {
     return 0;
 }
 
-static void gpt2_cases(void) {
-    const char *path = "tests/fixtures/gpt2_generate.txt";
+/* FAMILY's cases (tests/fixtures/FAMILY_generate.txt), at least MIN_CASES of which MIN_BEAMS beam searches. */
+static void lm_cases(const char *family, int min_cases, int min_beams) {
+    char path[128];
+    snprintf(path, sizeof path, "tests/fixtures/%s_generate.txt", family);
     FILE *f = fopen(path, "r");
-    CHECK(f != NULL, "%s: cannot open (run tests/make_gpt2_generate_fixtures.py)", path);
+    CHECK(f != NULL, "%s: cannot open (run tests/make_%s_generate_fixtures.py)", path, family);
     if (!f) return;
     char line[4096], name[128], shape[8], loaded[8] = "";
     fx_model m;
@@ -304,10 +308,10 @@ static void gpt2_cases(void) {
         if (fgets(line, sizeof line, f) && !strncmp(line, "want ", 5)) { p = line + 5; nw = read_ids(&p, want, 64); }
         if (!fgets(line, sizeof line, f) || np < 1 || nw < 0 || max_new > 64) { CHECK(0, "%s: bad case %s", path, name); break; }
         char dir[64];
-        snprintf(dir, sizeof dir, "tests/fixtures/gpt2_%s", shape);
+        snprintf(dir, sizeof dir, "tests/fixtures/%s_%s", family, shape);
         if (strcmp(loaded, shape)) {
             if (have) fx_model_free(&m);
-            have = load_gpt2(dir, &m) == 0;
+            have = load_lm(dir, &m) == 0;
             CHECK(have, "%s: %s", dir, fx_err());
             if (!have) break;
             snprintf(loaded, sizeof loaded, "%s", shape);
@@ -338,8 +342,9 @@ static void gpt2_cases(void) {
     }
     if (have) fx_model_free(&m);
     fclose(f);
-    printf("%d GPT-2 cases (%d beam searches)%s\n", ncase, nbeam, bin ? "" : "; skipped: the command line (FEDEX is not set: run `make test`)");
-    CHECK(ncase >= 20 && nbeam >= 12, "the GPT-2 fixture covers too little");
+    printf("%d %s cases (%d beam searches)%s\n", ncase, family, nbeam,
+           bin ? "" : "; skipped: the command line (FEDEX is not set: run `make test`)");
+    CHECK(ncase >= min_cases && nbeam >= min_beams, "the %s fixture covers too little", family);
 }
 
 /* ============================================================================================
@@ -476,7 +481,7 @@ static void text_mode(void) {
     /* fx_gen_text: specials dropped, line breaks as spaces, the ends trimmed. */
     int32_t *ids = NULL;
     int n = 0, cap = 0;
-    static const fx_text_template plain = {0, 0, 0, 0};
+    static const fx_text_template plain = {0, 0, 0, 0, 0};
     CHECK(fx_tok_encode_tpl(tok, &plain, " The Eagle\nis a pub.<|endoftext|>", NULL, 0, &ids, &n, &cap) == 0, "%s", fx_err());
     CHECK(n > 2 && ids[n - 1] == 50256, "<|endoftext|> is the end token");
     char *s = fx_gen_text(tok, ids, n);
@@ -532,7 +537,8 @@ int main(void) {
     errors();
     not_finite();
     e2e_defaults();
-    gpt2_cases();
+    lm_cases("gpt2", 20, 12);
+    lm_cases("llama", 20, 12);
     cli_errors();
     text_mode();
     return check_done();

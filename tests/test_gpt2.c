@@ -109,8 +109,7 @@ static void test_orientation(void) {
     CHECK(fx_config_load(path, &c2) == 0 && c2.family == &fx_gpt2 && c2.intermediate == g.c.intermediate &&
           c2.max_positions == g.c.max_positions && c2.pad_id == g.c.pad_id, "saved config.json: %s", fx_err());
     if (fx_model_create(&plain, &g.c, &none, NULL) == 0) {
-        fx_model_init_base(&plain, 9);
-        CHECK(fx_model_load(&plain, dir) >= 0, "%s", fx_err());
+        CHECK(fx_model_load_init(&plain, dir, 9) >= 0, "%s", fx_err());
         float *got = logits_of(&plain, &g.b);
         CLOSE_SCALED("merged checkpoint = base + adapter", got, want, nl, T_MERGED);
         free(got);
@@ -358,7 +357,7 @@ int main(void) {
     test_golden("a");
     test_golden("b");
     test_golden("c");
-    test_decoder();
+    test_decoder("a");
     test_orientation();
     test_config();
     test_eval_cli();

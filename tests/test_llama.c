@@ -1,11 +1,12 @@
 /* tests/test_llama.c: Llama (llama.c on model.c's Llama block) against a float64 PyTorch LlamaForCausalLM
- * (golden values made by tests/make_llama_fixtures.py) on three tiny shapes read from F32 and BF16
+ * (golden values made by tests/make_llama_fixtures.py) on six tiny shapes read from F32 and BF16
  * checkpoints in Hugging Face's layout: grouped-query and multi-head attention, tied and untied heads, a
- * head_dim of its own, a Mistral config; logits, the label-smoothed shifted loss, every adapter gradient,
- * AdamW steps with gradient clipping, and a greedy continuation through the KV-cache decoder. Then the
- * decoder against the full forward (steps, slots, reorder), the files (merged checkpoints with lm_head
- * outside the prefix, residual files, PEFT adapters with Llama's target names), the config keys and
- * refusals (rope_scaling kinds, biases, the sliding window). */
+ * head_dim of its own, Mistral configs (a sliding window shorter than the rows), llama3 and linear
+ * rope_scaling, attention and MLP biases; logits, the label-smoothed shifted loss, every adapter
+ * gradient, AdamW steps with gradient clipping, and a greedy continuation through the KV-cache decoder.
+ * Then the decoder against the full forward (steps, slots, reorder; past the window), the files (merged
+ * checkpoints with lm_head outside the prefix and the biases, residual files, PEFT adapters with Llama's
+ * target names), the config keys (rope_scaling's, worked llama3 frequencies) and refusals. */
 #include "fedex.h"
 #include "check.h"
 
@@ -101,9 +102,12 @@ static void test_files(const char *name) {
         int hd = g.c.head_dim, kv = g.c.kv_heads;
         CHECK(k && k->shape[0] == kv * hd && k->shape[1] == g.c.hidden, "llama_%s: k_proj is not (kv_heads hd, H)", name);
         CHECK(fx_st_find(&f, "model.embed_tokens.weight") && fx_st_find(&f, "model.norm.weight") &&
-              !fx_st_find(&f, "model.lm_head.weight") && !fx_st_find(&f, "model.layers.0.self_attn.q_proj.bias") &&
+              !fx_st_find(&f, "model.lm_head.weight") &&
+              (fx_st_find(&f, "model.layers.0.self_attn.o_proj.bias") != NULL) == g.c.attention_bias &&
+              (fx_st_find(&f, "model.layers.0.mlp.down_proj.bias") != NULL) == g.c.mlp_bias &&
               (fx_st_find(&f, "lm_head.weight") != NULL) == g.c.untied_head,
-              "llama_%s: the saved names are not LlamaForCausalLM's (untied head %d)", name, g.c.untied_head);
+              "llama_%s: the saved names are not LlamaForCausalLM's (untied head %d, biases %d %d)", name,
+              g.c.untied_head, g.c.attention_bias, g.c.mlp_bias);
         fx_st_close(&f);
     }
     fx_config c2;
@@ -111,8 +115,11 @@ static void test_files(const char *name) {
     CHECK(fx_config_load(path, &c2) == 0 && c2.family == &fx_llama && c2.kv_heads == g.c.kv_heads &&
           c2.head_dim == g.c.head_dim && c2.untied_head == g.c.untied_head && c2.rope_theta == g.c.rope_theta &&
           c2.layer_norm_eps == g.c.layer_norm_eps && c2.sliding_window == g.c.sliding_window &&
-          c2.max_positions == g.c.max_positions && c2.pad_id == g.c.pad_id, "llama_%s: saved config.json: %s", name,
-          fx_err());
+          c2.max_positions == g.c.max_positions && c2.pad_id == g.c.pad_id && c2.rope_kind == g.c.rope_kind &&
+          c2.rope_factor == g.c.rope_factor && c2.rope_low_freq == g.c.rope_low_freq &&
+          c2.rope_high_freq == g.c.rope_high_freq && c2.rope_original_max == g.c.rope_original_max &&
+          c2.attention_bias == g.c.attention_bias && c2.mlp_bias == g.c.mlp_bias,
+          "llama_%s: saved config.json: %s", name, fx_err());
     if (fx_model_create(&plain, &g.c, &none, NULL) == 0) {
         fx_model_init_base(&plain, 9);
         CHECK(fx_model_load(&plain, dir) >= 0, "%s", fx_err());
@@ -215,14 +222,37 @@ static void test_config(void) {
     /* defaults: LlamaConfig's */
     CHECK(load_with("", &c) == 0 && c.kv_heads == 4 && c.head_dim == 2 && c.max_positions == 2048 && c.untied_head &&
           c.rope_theta == 10000.0f && fabsf(c.layer_norm_eps - 1e-6f) < 1e-12f, "LlamaConfig's defaults: %s", fx_err());
-    CHECK(load_with("\"rope_scaling\": null, \"attention_bias\": false", &c) == 0, "rope_scaling null: %s", fx_err());
+    CHECK(load_with("\"rope_scaling\": null, \"attention_bias\": false", &c) == 0 && c.rope_kind == FX_ROPE_DEFAULT &&
+          !c.attention_bias, "rope_scaling null: %s", fx_err());
+    CHECK(load_with("\"rope_scaling\": {\"rope_type\": \"default\"}", &c) == 0 && c.rope_kind == FX_ROPE_DEFAULT,
+          "rope_scaling default: %s", fx_err());
+    CHECK(load_with("\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}, \"mlp_bias\": true", &c) == 0 &&
+          c.rope_kind == FX_ROPE_LINEAR && c.rope_factor == 2.0f && c.mlp_bias && !c.attention_bias,
+          "linear scaling under the older \"type\" key: %s", fx_err());
+    CHECK(fx_config_load(FIX "llama_d/config.json", &c) == 0 && c.rope_kind == FX_ROPE_LLAMA3 && c.rope_factor == 8.0f &&
+          c.rope_low_freq == 1.0f && c.rope_high_freq == 4.0f && c.rope_original_max == 64 && c.attention_bias &&
+          c.mlp_bias, "llama_d: llama3 scaling and both biases: %s", fx_err());
+    /* llama3's frequencies at head_dim 8, theta 10000, factor 8, L 64, low 1, high 4: wavelengths 2 pi,
+     * 20 pi, 200 pi, 2000 pi; the second lies between L / high = 16 and L / low = 64, so s = 64 / (20 pi)
+     * - 1 over 3 blends f / 8 and f (HF's _compute_llama3_parameters, worked by hand) */
+    double f4[4], s1 = (64 / (20 * M_PI) - 1) / 3;
+    fx_rope_inv_freq(&c, 8, f4);
+    CHECK(fabs(f4[0] - 1) < 1e-15 && fabs(f4[1] - ((1 - s1) * 0.1 / 8 + s1 * 0.1)) < 1e-15 &&
+          fabs(f4[2] - 0.01 / 8) < 1e-15 && fabs(f4[3] - 0.001 / 8) < 1e-15,
+          "llama3 inv_freq %.17g %.17g %.17g %.17g", f4[0], f4[1], f4[2], f4[3]);
     /* refused, each by name */
     const struct { const char *extra, *says; } bad[] = {
-        {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}", "llama3"},
-        {"\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}", "linear"},
-        {"\"rope_scaling\": {\"rope_type\": \"yarn\"}", "yarn"},
-        {"\"attention_bias\": true", "attention_bias"},
-        {"\"mlp_bias\": true", "mlp_bias"},
+        {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}", "low_freq_factor"},
+        {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 4, "
+         "\"high_freq_factor\": 4, \"original_max_position_embeddings\": 64}", "exceed"},
+        {"\"rope_scaling\": {\"type\": \"linear\"}", "factor"},
+        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "yarn"},
+        {"\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0}", "dynamic"},
+        {"\"rope_scaling\": {\"rope_type\": \"longrope\"}", "longrope"},
+        {"\"rope_scaling\": {\"factor\": 2.0}", "rope_type"},
+        {"\"rope_scaling\": 2", "object"},
+        {"\"attention_bias\": 1", "attention_bias"},
+        {"\"mlp_bias\": \"yes\"", "mlp_bias"},
         {"\"hidden_act\": \"gelu\"", "hidden_act"},
         {"\"num_key_value_heads\": 3", "num_key_value_heads"},
         {"\"head_dim\": 3", "odd"},
@@ -247,27 +277,19 @@ static void test_config(void) {
     q.targets = FX_T_GATE;
     CHECK(fx_model_create(&m, &rc_, &q, NULL) != 0 && strstr(fx_err(), "gate_proj"), "gate_proj on RoBERTa: %s", fx_err());
 
-    /* the sliding window: longer batches and prompts refused; max_position_embeddings likewise */
+    /* the sliding window bounds nothing but attention: batches and prompts past it run */
     fx_adapter_cfg a = {.kind = FX_LORA, .targets = FX_T_QUERY, .r = 2, .alpha = 2};
     if (fx_model_create(&m, &c, &a, NULL) == 0) {
         int32_t ids[40] = {0}, tg[40];
         uint8_t mk[40];
         for (int i = 0; i < 40; i++) { tg[i] = i % 5; mk[i] = 1; }
-        fx_batch b = {.n = 1, .T = c.sliding_window, .ids = ids, .mask = mk, .targets = tg};
-        CHECK(isfinite(fx_model_step(&m, &b, 1, NULL)), "a batch as long as the window: %s", fx_err());
-        b.T = c.sliding_window + 1;
-        CHECK(isnan(fx_model_step(&m, &b, 1, NULL)) && strstr(fx_err(), "sliding_window"), "past the window: %s", fx_err());
+        fx_batch b = {.n = 1, .T = c.sliding_window + 3, .ids = ids, .mask = mk, .targets = tg};
+        CHECK(isfinite(fx_model_step(&m, &b, 1, NULL)), "a batch longer than the window: %s", fx_err());
         fx_decoder d;
-        float *z = fx_malloc((size_t)c.vocab_size * sizeof(float));
-        int p[40] = {0};
         if (fx_model_decoder(&m, 1, &d) == 0) {
-            CHECK(d.max_len == c.sliding_window, "decoder max_len %d, the window %d", d.max_len, c.sliding_window);
-            CHECK(d.prefill(d.ctx, p, c.sliding_window + 1, z) != 0, "a prompt past the window accepted");
-            CHECK(d.prefill(d.ctx, p, c.sliding_window - 1, z) == 0, "prefill: %s", fx_err());
-            CHECK(d.step(d.ctx, 1, p, c.sliding_window, z) != 0, "a step past the window accepted");
+            CHECK(d.max_len == c.max_positions, "decoder max_len %d, the positions %d", d.max_len, c.max_positions);
             fx_decoder_free(&d);
         }
-        free(z);
         fx_model_free(&m);
     }
 }
@@ -278,9 +300,15 @@ int main(void) {
     test_golden("a");
     test_golden("b");
     test_golden("c");
-    test_decoder();
+    test_golden("d");
+    test_golden("e");
+    test_golden("f");
+    test_decoder("a");
+    test_decoder("f"); /* a sliding window of 6: steps far past it */
     test_files("a");
     test_files("b");
+    test_files("d");
+    test_files("f");
     test_config();
     nftw(tmp_root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     return check_done();

@@ -47,7 +47,8 @@ static void check_ops_complete(void) {
         (void *)o->copy, (void *)o->axpy, (void *)o->copy_rows, (void *)o->matmul, (void *)o->column_dot,
         (void *)o->scale_cols, (void *)o->scale_cols_add, (void *)o->dropout_mask, (void *)o->dropout_apply,
         (void *)o->dropout_accumulate, (void *)o->embeddings_forward, (void *)o->linear_forward,
-        (void *)o->linear_backward, (void *)o->residual_layernorm_forward, (void *)o->layernorm_forward,
+        (void *)o->linear_backward, (void *)o->linear_forward_bf16, (void *)o->linear_backward_bf16,
+        (void *)o->embeddings_forward_bf16, (void *)o->residual_layernorm_forward, (void *)o->layernorm_forward,
         (void *)o->layernorm_backward, (void *)o->gelu_forward, (void *)o->gelu_backward, (void *)o->gelu_tanh_forward,
         (void *)o->gelu_tanh_backward, (void *)o->rmsnorm_forward, (void *)o->rmsnorm_backward, (void *)o->rope,
         (void *)o->swiglu_forward, (void *)o->swiglu_backward, (void *)o->add_rows, (void *)o->tanh_forward, (void *)o->tanh_backward,
@@ -295,7 +296,7 @@ static void check_template(void) {
           !memcmp(ids, out, (size_t)k * sizeof *ids), "RoBERTa's template is fx_tok_encode's");
     CHECK(k >= 6 && out[0] == 0 && out[k - 1] == 2 && out[k - 3] == 2 && out[k - 4] == 2, "<s> a b </s></s> c </s>");
     /* a BERT-like template: one separator between the texts */
-    fx_text_template bert = {1, 1, 0, 1};
+    fx_text_template bert = {1, 1, 0, 1, 0};
     n = 0;
     CHECK(fx_tok_encode_tpl(t, &bert, "a b", "c", 32, &ids, &n, &cap) == 0 && n == k - 1 && ids[0] == 0 &&
           ids[n - 3] == 2 && ids[n - 3 - 1] != 2 && ids[n - 1] == 2, "<s> a b </s> c </s>: %d ids", n);

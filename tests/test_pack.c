@@ -98,7 +98,7 @@ static void to_float(float *out, const double *x, size_t n) {
 static double att_objective(const fx_ops *op, float *ctx, float *keep, const float *q, const float *k, const float *v,
                             const float *G, const int32_t *off, int n, int T, int H, int nh, int causal, float p,
                             uint64_t site) {
-    op->attention_forward(ctx, keep, q, k, v, off, n, T, H, nh, causal, p, site);
+    op->attention_forward(ctx, keep, q, k, v, off, n, T, H, nh, causal, 0, p, site);
     double s = 0;
     for (size_t i = 0; i < (size_t)off[n] * H; i++) s += (double)ctx[i] * G[i];
     return s;
@@ -128,8 +128,8 @@ static void test_attention_op(void) {
     }
     for (int causal = 0; causal < 2; causal++) {
         ref_attention(rc, rq, rk, rv, q, k, v, G, off, n, H, nh, causal);
-        op->attention_forward(ctx, keep, q, k, v, off, n, T, H, nh, causal, 0.0f, 0);
-        op->attention_backward(dq, dk, dv, G, q, k, v, keep, off, n, T, H, nh, causal, 0.0f, 0);
+        op->attention_forward(ctx, keep, q, k, v, off, n, T, H, nh, causal, 0, 0.0f, 0);
+        op->attention_backward(dq, dk, dv, G, q, k, v, keep, off, n, T, H, nh, causal, 0, 0.0f, 0);
         const char *kind = causal ? "causal" : "bidirectional";
         char what[96];
         struct { const char *name; const float *got; const double *ref; } outs[] = {
@@ -146,8 +146,8 @@ static void test_attention_op(void) {
     const float p = 0.3f;
     const uint64_t site = 0x1234567u;
     for (int causal = 0; causal < 2; causal++) {
-        op->attention_forward(ctx, keep, q, k, v, off, n, T, H, nh, causal, p, site);
-        op->attention_backward(dq, dk, dv, G, q, k, v, keep, off, n, T, H, nh, causal, p, site);
+        op->attention_forward(ctx, keep, q, k, v, off, n, T, H, nh, causal, 0, p, site);
+        op->attention_backward(dq, dk, dv, G, q, k, v, keep, off, n, T, H, nh, causal, 0, p, site);
         float *xs[3] = {q, k, v}, *gs[3] = {dq, dk, dv};
         const size_t at[4] = {3, (size_t)599 * H + 11, (size_t)(601 + 5) * H + 2, (size_t)(601 + 299) * H + 15};
         for (int w = 0; w < 3; w++)
