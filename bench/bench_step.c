@@ -3,7 +3,7 @@
  * classification loss) and of GPT-2 small (LoRA r=4 on c_attn and c_proj, the causal LM loss with label
  * smoothing 0.1 over 96 supervised tokens a row, clipping at 1.0), on full batches of 8 x 128 random
  * tokens and, for RoBERTa, on real batches of 8 RTE training rows padded to their longest as training
- * pads them; fedex's step runs in fp32 (and in bf16 where the build has a bf16 precision). Its yardsticks
+ * pads them; fedex's step runs in fp32 and with the frozen base in bf16 (--precision bf16). Its yardsticks
  * run in the same process tree, paired and interleaved with fedex's steps (fedex fp32, bf16, PyTorch, bound,
  * peak; fedex fp32, ...): the same step in PyTorch (bench/torch_step.py kept running
  * over a pipe, in the fastest of the thread settings it tries first; skipped with a visible line without
@@ -138,13 +138,10 @@ static int write_batches(const char *path, const fx_batch *b, int count) {
 
 typedef struct { const char *name; fx_model m; int on; } variant;
 
-/* The bf16 variant: sets C to the model config's bf16 precision and returns 1, or returns 0 where this
- * build has none (then the bf16 line says so). BF16: once fx_config has its precision (--precision
- * bf16), this is `c->precision = FX_PREC_BF16; return 1;`, and the header line below names
- * fx_matmul_bf16_kernel() and calls fx_precision_note(cb.precision, stdout). */
+/* The bf16 variant (--precision bf16): the frozen base held in bf16, its products by fx_matmul_bf16. */
 static int bf16_config(fx_config *c) {
-    (void)c;
-    return 0;
+    c->precision = FX_PREC_BF16;
+    return 1;
 }
 
 static double step(fx_model *m, const fx_batch *b) {
@@ -587,7 +584,8 @@ static int bench_model(const char *model, int threads, int pairs) {
     printf("%s LoRA r=%d (%s), batch %d x %d tokens, %d threads, kernel %s, OpenBLAS %s; fedex fp32",
            lm ? "GPT-2 small" : "RoBERTa-base", RANK, lm ? "c_attn, c_proj; LM loss, smoothing 0.1, clip 1.0"
            : "query, value", BATCH, TOKENS, threads, fx_matmul_kernel(), openblas_get_corename());
-    printf(v[1].on ? " and bf16\n" : " (no bf16 precision in this build)\n");
+    printf(" and bf16 (kernel %s)\n", fx_matmul_bf16_kernel());
+    fx_precision_note(cb.precision, stdout);
 
     /* the fp32 model and the products of one full-batch step (each against fx_matmul below, once); the
      * peak memory of a process holding it alone; then the bf16 model beside it */
