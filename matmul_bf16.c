@@ -49,18 +49,6 @@ void fx_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = fx_bf16_widen(src[i]);
 }
 
-/* A's rows rounded to bf16 into DST (Mp, Kp), zero beyond M rows and K columns (the kernel's padding). */
-static void round_rows(uint16_t *dst, int Mp, int Kp, const float *A, int lda, int M, int K) {
-    #pragma omp parallel for schedule(static) if ((long)M * K >= (1L << 16))
-    for (int i = 0; i < Mp; i++) {
-        uint16_t *d = dst + (size_t)i * Kp;
-        int k = 0;
-        if (i < M)
-            for (const float *a = A + (size_t)i * lda; k < K; k++) d[k] = fx_bf16_round(a[k]);
-        for (; k < Kp; k++) d[k] = 0;
-    }
-}
-
 /* ============================================================================================
  * The fallback: B widened to fp32 panel by panel, A rounded to bf16 and widened, then fx_matmul
  * ============================================================================================
@@ -96,8 +84,10 @@ static void matmul_fallback(int tb, int M, int N, int K, const float *A, int lda
  * 32-bit pair (B(2kp, j), B(2kp+1, j)) per column; A as bf16 rows, the pair (A(i, 2kp), A(i, 2kp+1)) of
  * row i broadcast to every lane. An MR x 32 tile of C lives in 2 MR registers over a KC slice.
  *
- *   tasks: column panels of NC (and row blocks of MC when M is large), split among the threads
- *     for each K slice of KC:   pack B[slice, panel] (private to the thread)
+ *   A rounded to bf16 once (its rows split among the threads)
+ *   tasks: column panels of NC, split among the threads; each packs its panel's op(B) once:
+ *     M large (row blocks of MC): all K slices of the panel packed first, shared by the row blocks
+ *     for each row block, each K slice of KC (packed here when there is one row block):
  *       for each MR rows:        for each 32 columns: the tile += A rows x B panel; into C
  *
  * Determinism: each C element sums its K products in one order (k pairs ascending inside a slice, the
@@ -146,24 +136,32 @@ static void tile_bf16(int kp, const uint16_t *a, size_t lda /* bf16 elements */,
 
 /* op(B)[k0 .. k0 + 2 kp) x [j0 .. j0 + w) into the kernel's order: per 32 columns, kp x 32 pairs. */
 static void pack_b(uint32_t *dst, int tb, const uint16_t *B, int ldb, int K, int k0, int kp, int j0, int w) {
+    int full = k0 + 2 * kp <= K;
     for (int s = 0; s < w; s += NR) {
         uint32_t *d = dst + (size_t)(s / NR) * kp * NR;
-        int cols = w - s < NR ? w - s : NR, full = k0 + 2 * kp <= K;
-        if (tb) /* W rows: each column's k run is contiguous */
+        int cols = w - s < NR ? w - s : NR;
+        if (tb) /* W rows: each column's k run is contiguous, so a pair is one 32-bit load */
             for (int j = 0; j < NR; j++) {
                 const uint16_t *row = B + (size_t)(j0 + s + j) * ldb;
-                for (int p = 0; p < kp; p++) {
-                    int k = k0 + 2 * p;
-                    uint32_t lo = j < cols && k < K ? row[k] : 0, hi = j < cols && k + 1 < K ? row[k + 1] : 0;
-                    d[(size_t)p * NR + j] = lo | hi << 16;
-                }
+                if (j < cols && full)
+                    for (int p = 0; p < kp; p++) {
+                        uint32_t pair;
+                        memcpy(&pair, row + k0 + 2 * p, sizeof pair); /* little-endian: row[k] low, row[k+1] high */
+                        d[(size_t)p * NR + j] = pair;
+                    }
+                else
+                    for (int p = 0; p < kp; p++) {
+                        int k = k0 + 2 * p;
+                        uint32_t lo = j < cols && k < K ? row[k] : 0, hi = j < cols && k + 1 < K ? row[k + 1] : 0;
+                        d[(size_t)p * NR + j] = lo | hi << 16;
+                    }
             }
         else /* two rows of B side by side, interleaved */
             for (int p = 0; p < kp; p++) {
                 int k = k0 + 2 * p;
                 const uint16_t *r0 = B + (size_t)k * ldb + j0 + s, *r1 = r0 + ldb;
                 uint32_t *dp = d + (size_t)p * NR;
-                if (full && cols == NR)
+                if (k + 1 < K && cols == NR)
                     for (int j = 0; j < NR; j++) dp[j] = (uint32_t)r0[j] | (uint32_t)r1[j] << 16;
                 else
                     for (int j = 0; j < NR; j++)
@@ -176,28 +174,45 @@ static void pack_b(uint32_t *dst, int tb, const uint16_t *B, int ldb, int K, int
 static void matmul_fast(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
                         float beta, float *C, int ldc) {
     int Kp = (K + 1) & ~1, Mp = (M + MR - 1) / MR * MR;
-    uint16_t *Ab = fx_malloc(sizeof(uint16_t) * (size_t)Mp * Kp);
-    round_rows(Ab, Mp, Kp, A, lda, M, K);
     int mc = M <= 2 * MC ? Mp : MC; /* one row block unless M is large */
-    int nm = (Mp + mc - 1) / mc, nn = (N + NC - 1) / NC;
+    int nm = (Mp + mc - 1) / mc, nn = (N + NC - 1) / NC, nk = (Kp + KC - 1) / KC;
+    size_t blk = (size_t)(KC / 2) * NC; /* one packed (K slice, column panel) block, in pairs */
+    uint16_t *Ab = fx_malloc(sizeof(uint16_t) * (size_t)Mp * Kp);
     #pragma omp parallel
     {
-        uint32_t *bp = fx_malloc(sizeof(uint32_t) * (size_t)(KC / 2) * NC);
-        #pragma omp for schedule(static) collapse(2)
-        for (int jb = 0; jb < nn; jb++)
+        /* one row block: a task per (panel, K slice) block, packed as it is used; several: a task per
+         * panel, all its K slices packed once and shared by the row blocks */
+        uint32_t *bp = fx_malloc(sizeof(uint32_t) * blk * (nm > 1 ? (size_t)nk : 1));
+        #pragma omp for schedule(static)
+        for (int i = 0; i < Mp; i++) { /* A rounded once */
+            uint16_t *d = Ab + (size_t)i * Kp;
+            int k = 0;
+            if (i < M)
+                for (const float *a = A + (size_t)i * lda; k < K; k++) d[k] = fx_bf16_round(a[k]);
+            for (; k < Kp; k++) d[k] = 0;
+        }
+        #pragma omp for schedule(static)
+        for (int jb = 0; jb < nn; jb++) {
+            int j0 = jb * NC, w = N - j0 < NC ? N - j0 : NC;
+            if (nm > 1)
+                for (int kb = 0; kb < nk; kb++) {
+                    int k0 = kb * KC, kp = (Kp - k0 < KC ? Kp - k0 : KC) / 2;
+                    pack_b(bp + blk * (size_t)kb, tb, B, ldb, K, k0, kp, j0, w);
+                }
             for (int ib = 0; ib < nm; ib++) {
-                int j0 = jb * NC, w = N - j0 < NC ? N - j0 : NC;
                 int i0 = ib * mc, i1 = i0 + mc < Mp ? i0 + mc : Mp;
-                for (int k0 = 0; k0 < Kp; k0 += KC) {
-                    int kp = (Kp - k0 < KC ? Kp - k0 : KC) / 2;
-                    pack_b(bp, tb, B, ldb, K, k0, kp, j0, w);
+                for (int kb = 0; kb < nk; kb++) {
+                    int k0 = kb * KC, kp = (Kp - k0 < KC ? Kp - k0 : KC) / 2;
+                    const uint32_t *b = bp + (nm > 1 ? blk * (size_t)kb : 0);
+                    if (nm == 1) pack_b(bp, tb, B, ldb, K, k0, kp, j0, w);
                     for (int i = i0; i < i1 && i < M; i += MR)
                         for (int s = 0; s < w; s += NR)
-                            tile_bf16(kp, Ab + (size_t)i * Kp + k0, (size_t)Kp, bp + (size_t)(s / NR) * kp * NR,
+                            tile_bf16(kp, Ab + (size_t)i * Kp + k0, (size_t)Kp, b + (size_t)(s / NR) * kp * NR,
                                       C + (size_t)i * ldc + j0 + s, (size_t)ldc, M - i < MR ? M - i : MR,
                                       w - s < NR ? w - s : NR, k0 == 0, beta);
                 }
             }
+        }
         free(bp);
     }
     free(Ab);
