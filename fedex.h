@@ -17,6 +17,8 @@
  * wrong) and returns -1 (or NULL). The command line prints fx_err() and exits 1. Out of memory is the
  * one exception: fx_malloc() and friends print the size and exit, as nothing sensible can follow. */
 
+/* fx_seterr formats the whole message before it replaces the last one, so fx_err() may be one of its
+ * arguments: fx_seterr("%s:%d: %s", path, line, fx_err()) prefixes the error a callee recorded. */
 void fx_seterr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *fx_err(void);                                                     /* last message */
 _Noreturn void fx_die(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* "fedex: ..." */

@@ -287,10 +287,8 @@ int fx_inst_read(const char *path, const fx_task *t, const fx_chat *chat, fx_ins
         if (k == ll) continue;
         fx_json j;
         if (fx_json_parse(s, ll, &j) != 0) {
-            char why[512];
             const char *e = fx_err(), *c = strstr(e, "column");
-            snprintf(why, sizeof why, "%s", c ? c : e);
-            fx_seterr("%s:%d: %s", path, line, why);
+            fx_seterr("%s:%d: %s", path, line, c ? c : e);
             rc = -1;
             break;
         }
@@ -385,9 +383,7 @@ int fx_inst_dataset(const fx_inst_rows *r, const char *path, const fx_task *t, f
             }
         }
         if (rc != 0) {
-            char why[512];
-            snprintf(why, sizeof why, "%s", fx_err());
-            fx_seterr("%s:%d: %s", path, r->line[i], why);
+            fx_seterr("%s:%d: %s", path, r->line[i], fx_err());
             free(prompt);
             fx_dataset_free(d);
             return -1;

@@ -620,9 +620,7 @@ static int shard_of(fx_st_set *s, const char *dir, const char *index, const char
     s->shard_names = realloc(s->shard_names, (size_t)(s->nfiles + 1) * sizeof *s->shard_names);
     if (!s->files || !s->shard_names) { fx_seterr("%s: out of memory", index); return -1; }
     if (fx_st_open(path, &s->files[s->nfiles]) != 0) {
-        char why[768];
-        snprintf(why, sizeof why, "%s", fx_err());
-        fx_seterr("%s: shard of weight_map['%s']: %s", index, key, why);
+        fx_seterr("%s: shard of weight_map['%s']: %s", index, key, fx_err());
         return -1;
     }
     s->shard_names[s->nfiles] = fx_strdup(v->str);

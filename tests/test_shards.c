@@ -85,10 +85,7 @@ static int load(const char *dir, const fx_config *c, fx_model *m) {
     if (fx_model_create(m, c, &none, NULL) != 0) { CHECK(0, "%s", fx_err()); return 0; }
     fx_model_init_base(m, 7);
     if (fx_model_load(m, dir) >= 0) return 1;
-    char why[1024];
-    snprintf(why, sizeof why, "%s", fx_err());
-    fx_model_free(m);
-    fx_seterr("%s", why);
+    fx_model_free(m); /* fx_err() still says why */
     return 0;
 }
 
