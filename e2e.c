@@ -302,9 +302,7 @@ int fx_e2e_dataset(const fx_e2e_rows *r, const char *path, fx_tokenizer *tok, in
             rc = -1;
         }
         if (rc != 0) {
-            char why[512];
-            snprintf(why, sizeof why, "%s", fx_err());
-            fx_seterr("%s:%d: %s", path, r->line[i], why);
+            fx_seterr("%s:%d: %s", path, r->line[i], fx_err());
             free(prompt);
             fx_dataset_free(d);
             return -1;

@@ -236,9 +236,7 @@ int fx_dataset_build(const fx_task *t, const char *data_dir, const char *split, 
     for (int i = 0; i < r.n; i++) {
         int k = fx_tok_encode(tok, r.a[i], r.b ? r.b[i] : NULL, max_len, one);
         if (k < 0 || k > max_len) {
-            char why[512];
-            snprintf(why, sizeof why, "%s", k < 0 ? fx_err() : "token count out of range");
-            fx_seterr("%s:%d: %s", path, r.line[i], why);
+            fx_seterr("%s:%d: %s", path, r.line[i], k < 0 ? fx_err() : "token count out of range");
             free(one); fx_rows_free(&r); fx_dataset_free(d);
             return -1;
         }

@@ -261,9 +261,7 @@ static int parse_into(const uint8_t *buf, size_t len, const char *label, fx_st_f
 
     fx_json h;
     if (fx_json_parse((const char *)buf + 8, (size_t)hlen, &h) != 0) {
-        char why[1024];
-        snprintf(why, sizeof why, "%s", fx_err()); /* fx_seterr must not read its own buffer */
-        fx_seterr("%s: header: %s", label, why);
+        fx_seterr("%s: header: %s", label, fx_err());
         return -1;
     }
     int rc = -1;
