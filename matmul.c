@@ -247,7 +247,8 @@ void fx_set_threads(int n) { omp_set_num_threads(n > 0 ? n : 1); }
 
 /* Packing only copies, so any way of moving the values gives the same panels; the transposing cases
  * (op(A) = A, op(B) = B^T: a panel's rows are strided in memory) go through 16 x 16 register transposes
- * where the CPU has AVX-512, the contiguous ones through memcpy. */
+ * where the CPU has AVX-512 and 8 x 8 ones where it has AVX2, the contiguous ones through memcpy (of a
+ * constant size for a whole tile row, so the compiler inlines it instead of calling the library). */
 
 #ifdef FX_X86
 static int pack512 = -1;                         /* AVX-512 transposes for packing: -1 until first asked */
@@ -328,8 +329,84 @@ static void pack_b_cols512(const float *B, size_t ldb, int p0, int kc, int j0, i
         }
     }
 }
+
+/* The same for AVX2: 8 x 8 register transposes. */
+static int pack256 = -1;
+
+static int use_pack256(void) {
+    int v = __atomic_load_n(&pack256, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&pack256, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* r[i] = row i of an 8 x 8 block; afterwards r[j] = its column j. */
+__attribute__((target("avx2"), always_inline))
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) { /* u[4i + m], 128-bit lane l: column 4l + m of rows 4i..4i+3 */
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int m = 0; m < 4; m++) {
+        r[m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20);
+        r[4 + m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);
+    }
+}
+
+/* op(A) = A into 6-row panels (the AVX2 kernel's MR): per 8 k, the 6 rows (and 2 zero rows) transposed,
+ * each column's 6 values stored as 4 + 2. Rows past MC's end are zero; k past kc's last multiple of 8 are
+ * copied one by one. */
+__attribute__((target("avx2")))
+static void pack_a_rows256(const float *A, size_t lda, int i0, int mc, int p0, int kc, float *out) {
+    int k8 = kc & ~7;
+    for (int ip = 0; ip < mc; ip += 6, out += (size_t)kc * 6) {
+        int rows = mc - ip < 6 ? mc - ip : 6;
+        const float *src = A + (size_t)(i0 + ip) * lda + p0;
+        for (int kb = 0; kb < k8; kb += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = i < rows ? _mm256_loadu_ps(src + (size_t)i * lda + kb) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int k = 0; k < 8; k++) {
+                float *o = out + (size_t)(kb + k) * 6;
+                _mm_storeu_ps(o, _mm256_castps256_ps128(r[k]));
+                _mm_storel_pi((__m64 *)(o + 4), _mm256_extractf128_ps(r[k], 1));
+            }
+        }
+        for (int k = k8; k < kc; k++)
+            for (int i = 0; i < 6; i++) out[(size_t)k * 6 + i] = i < rows ? src[(size_t)i * lda + k] : 0.0f;
+    }
+}
+
+/* op(B) = B^T into one panel NR wide (a multiple of 8): 8 columns by 8 k per transpose. */
+__attribute__((target("avx2")))
+static void pack_b_cols256(const float *B, size_t ldb, int p0, int kc, int j0, int cols, int nr, float *out) {
+    int k8 = kc & ~7;
+    for (int jb = 0; jb < nr; jb += 8) {
+        int nj = cols - jb < 8 ? (cols - jb > 0 ? cols - jb : 0) : 8;
+        const float *src = B + (size_t)(j0 + jb) * ldb + p0;
+        for (int kb = 0; kb < k8; kb += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) r[j] = j < nj ? _mm256_loadu_ps(src + (size_t)j * ldb + kb) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + (size_t)(kb + k) * nr + jb, r[k]);
+        }
+        for (int k = k8; k < kc; k++)
+            for (int j = 0; j < 8; j++) out[(size_t)k * nr + jb + j] = j < nj ? src[(size_t)j * ldb + k] : 0.0f;
+    }
+}
 #else
 static int use_pack512(void) { return 0; }
+static int use_pack256(void) { return 0; }
 #endif
 
 /* op(A)[i0:i0+mc, p0:p0+kc] into ceil(mc/MR) panels, each (kc, MR): out[(panel*kc + k)*MR + i].
@@ -337,6 +414,7 @@ static int use_pack512(void) { return 0; }
 static void pack_a(int ta, const float *A, size_t lda, int i0, int mc, int p0, int kc, int mr, float *out) {
 #ifdef FX_X86
     if (!ta && mr == 8 && use_pack512()) { pack_a_rows512(A, lda, i0, mc, p0, kc, out); return; }
+    if (!ta && mr == 6 && use_pack256()) { pack_a_rows256(A, lda, i0, mc, p0, kc, out); return; }
 #endif
     for (int ip = 0; ip < mc; ip += mr, out += (size_t)kc * mr) {
         int rows = mc - ip < mr ? mc - ip : mr;
@@ -345,6 +423,7 @@ static void pack_a(int ta, const float *A, size_t lda, int i0, int mc, int p0, i
                 const float *src = A + (size_t)(p0 + k) * lda + i0 + ip;
                 float *dst = out + (size_t)k * mr;
                 if (rows == 8 && mr == 8) { memcpy(dst, src, 8 * sizeof *dst); continue; } /* inlined: 32 bytes */
+                if (rows == 6 && mr == 6) { memcpy(dst, src, 6 * sizeof *dst); continue; }
                 memcpy(dst, src, (size_t)rows * sizeof *dst);
                 if (rows < mr) memset(dst + rows, 0, (size_t)(mr - rows) * sizeof *dst);
             }
@@ -365,6 +444,7 @@ static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int
     if (tb) { /* op(B)[k][j] = B[j][k]: each column is a contiguous run of k */
 #ifdef FX_X86
         if (nr % 16 == 0 && use_pack512()) { pack_b_cols512(B, ldb, p0, kc, j0, cols, nr, out); return; }
+        if (nr % 8 == 0 && use_pack256()) { pack_b_cols256(B, ldb, p0, kc, j0, cols, nr, out); return; }
 #endif
         for (int j = 0; j < cols; j++) {
             const float *src = B + (size_t)(j0 + j) * ldb + p0;
@@ -376,6 +456,8 @@ static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int
         for (int k = 0; k < kc; k++) {
             const float *src = B + (size_t)(p0 + k) * ldb + j0;
             float *dst = out + (size_t)k * nr;
+            if (cols == 16 && nr == 16) { memcpy(dst, src, 16 * sizeof *dst); continue; } /* inlined */
+            if (cols == 48 && nr == 48) { memcpy(dst, src, 48 * sizeof *dst); continue; }
             memcpy(dst, src, (size_t)cols * sizeof *dst);
             if (cols < nr) memset(dst + cols, 0, (size_t)(nr - cols) * sizeof *dst);
         }
