@@ -495,10 +495,14 @@ static scratch *my_scratch(void) {
     return s;
 }
 
+/* 64-byte aligned, so that no vector load of a packed panel row straddles two cache lines (malloc's
+ * large blocks start 16 bytes past a page, which splits every other 32-byte load and every 64-byte one). */
 static float *grow(float **buf, size_t *have, size_t need) {
     if (need > *have) {
         free(*buf);
-        *buf = fx_malloc(need * sizeof **buf);
+        void *p = NULL;
+        if (posix_memalign(&p, 64, need * sizeof **buf) != 0) fx_die("out of memory allocating %zu floats", need);
+        *buf = p;
         *have = need;
     }
     return *buf;

@@ -171,18 +171,25 @@ static void pack_b(uint32_t *dst, int tb, const uint16_t *B, int ldb, int K, int
 }
 
 #ifdef FX_BF16_X86
+/* 64-byte aligned scratch: a packed row of 32 pairs is one cache line, never two. */
+static void *aligned64(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) fx_die("out of memory allocating %zu bytes", bytes);
+    return p;
+}
+
 static void matmul_fast(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
                         float beta, float *C, int ldc) {
     int Kp = (K + 1) & ~1, Mp = (M + MR - 1) / MR * MR;
     int mc = M <= 2 * MC ? Mp : MC; /* one row block unless M is large */
     int nm = (Mp + mc - 1) / mc, nn = (N + NC - 1) / NC, nk = (Kp + KC - 1) / KC;
     size_t blk = (size_t)(KC / 2) * NC; /* one packed (K slice, column panel) block, in pairs */
-    uint16_t *Ab = fx_malloc(sizeof(uint16_t) * (size_t)Mp * Kp);
+    uint16_t *Ab = aligned64(sizeof(uint16_t) * (size_t)Mp * Kp);
     #pragma omp parallel
     {
         /* one row block: a task per (panel, K slice) block, packed as it is used; several: a task per
          * panel, all its K slices packed once and shared by the row blocks */
-        uint32_t *bp = fx_malloc(sizeof(uint32_t) * blk * (nm > 1 ? (size_t)nk : 1));
+        uint32_t *bp = aligned64(sizeof(uint32_t) * blk * (nm > 1 ? (size_t)nk : 1));
         #pragma omp for schedule(static)
         for (int i = 0; i < Mp; i++) { /* A rounded once */
             uint16_t *d = Ab + (size_t)i * Kp;
