@@ -471,8 +471,8 @@ int fx_matmul_bf16_force(const char *name);
  * vmath.c: erf and exp over float arrays (the CPU ops' GELU and SiLU)
  * ============================================================================================ */
 /* y[i] = erf(x[i]) or exp(x[i]), within 1 ulp of libm's erff/expf (vmath.c says why); y == x allowed.
- * AVX-512 where the CPU has it, plain C otherwise; fx_vmath_force("avx512" or "c") switches (tests),
- * -1 with fx_seterr when unknown or not runnable here. */
+ * The first path the CPU runs of AVX-512, AVX2 + FMA and plain C; fx_vmath_force("avx512", "avx2" or "c")
+ * switches (tests), -1 with fx_seterr when unknown or not runnable here. */
 void fx_erf(float *y, const float *x, size_t n);
 void fx_exp(float *y, const float *x, size_t n);
 const char *fx_vmath_path(void);

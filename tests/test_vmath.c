@@ -143,12 +143,34 @@ static void test_path(const char *path) {
     }
 }
 
+/* Whether this CPU runs a path, asked of the CPU here rather than of vmath.c. */
+static int cpu_runs(const char *path) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (strcmp(path, "avx512") == 0) return __builtin_cpu_supports("avx512f");
+    if (strcmp(path, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    if (strcmp(path, "avx512") == 0 || strcmp(path, "avx2") == 0) return 0;
+#endif
+    return 1;
+}
+
 int main(void) {
+    static const char *PATHS[] = {"avx512", "avx2", "c"}; /* vmath.c's order, fastest first */
+    enum { NPATHS = sizeof PATHS / sizeof PATHS[0] };
     const char *best = fx_vmath_path();
+    int first = 0;
+    while (!cpu_runs(PATHS[first])) first++;
+    CHECK(strcmp(best, PATHS[first]) == 0, "the default path is %s, the fastest this CPU runs is %s", best,
+          PATHS[first]);
     CHECK(fx_vmath_force("no-such-path") == -1, "an unknown path name was accepted");
-    static const char *PATHS[] = {"avx512", "c"};
-    for (int i = 0; i < 2; i++) {
-        if (fx_vmath_force(PATHS[i]) != 0) { printf("skipped: path %s (%s)\n", PATHS[i], fx_err()); continue; }
+    for (int i = 0; i < NPATHS; i++) {
+        int forced = fx_vmath_force(PATHS[i]) == 0;
+        CHECK(forced == cpu_runs(PATHS[i]), "fx_vmath_force(%s) %s on a CPU that %s it", PATHS[i],
+              forced ? "succeeded" : "failed", cpu_runs(PATHS[i]) ? "runs" : "cannot run");
+        if (!forced) { printf("skipped: path %s (%s)\n", PATHS[i], fx_err()); continue; }
+        CHECK(strcmp(fx_vmath_path(), PATHS[i]) == 0, "forced %s, but the path in use is %s", PATHS[i],
+              fx_vmath_path());
         test_path(PATHS[i]);
     }
     CHECK(fx_vmath_force(best) == 0, "cannot return to path %s", best);
