@@ -147,7 +147,7 @@ static void test_path(const char *path) {
 static int cpu_runs(const char *path) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (strcmp(path, "avx512") == 0) return __builtin_cpu_supports("avx512f");
+    if (strcmp(path, "avx512") == 0) return __builtin_cpu_supports("avx512f") != 0; /* a nonzero mask, not 1 */
     if (strcmp(path, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     if (strcmp(path, "avx512") == 0 || strcmp(path, "avx2") == 0) return 0;
