@@ -206,13 +206,15 @@ void fx_model_init_adapters(fx_model *m, uint64_t seed) {
  * with xd = dropout(x) and z = xd A^T (N, r) kept for backward. */
 void fx_adapter_forward(fx_model *m, int k, float *y /* (N, out) */, const float *x /* (N, in) */,
                         uint8_t *keep /* (N, in) or NULL */, float *z /* (N, r) */, int N,
-                        const fx_adapter_scratch *w) {
+                        const int32_t *rows /* (N) or NULL */, const fx_adapter_scratch *w) {
     const fx_ops *op = m->ops;
     const fx_adapted *ad = &m->ad[k];
     int r = m->a.r, in = ad->in, out = ad->out;
     const float *xd = x;
     if (keep) {
-        op->dropout_mask(keep, (size_t)N, (size_t)in, m->a.dropout, fx_rng_u64(&m->drop));
+        uint64_t site = fx_rng_u64(&m->drop);
+        if (rows) op->dropout_mask_rows(keep, rows, (size_t)N, (size_t)in, m->a.dropout, site);
+        else op->dropout_mask(keep, (size_t)N, (size_t)in, m->a.dropout, site);
         op->dropout_apply(w->xd, x, keep, m->a.dropout, (size_t)N * in);
         xd = w->xd;
     }

@@ -92,6 +92,10 @@ static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t c
     #pragma omp parallel for schedule(dynamic, 8) if ((long)(rows * cols) >= PAR_MIN)
     for (long r = 0; r < (long)rows; r++) dropout_row(keep + r * cols, site, (size_t)r, cols, p);
 }
+/* Row i of KEEP drawn as row ROWS[i] of dropout_mask's (rows, cols) mask for the same site. */
+static void dropout_mask_rows(uint8_t *keep, const int32_t *rows, size_t n, size_t cols, float p, uint64_t site) {
+    for (size_t i = 0; i < n; i++) dropout_row(keep + i * cols, site, (size_t)rows[i], cols, p);
+}
 /* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
 static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
@@ -669,6 +673,7 @@ const fx_ops fx_cpu_ops = {
     .scale_cols = scale_cols,
     .scale_cols_add = scale_cols_add,
     .dropout_mask = dropout_mask,
+    .dropout_mask_rows = dropout_mask_rows,
     .dropout_apply = dropout_apply,
     .dropout_accumulate = dropout_accumulate,
     .embeddings_forward = embeddings_forward,

@@ -524,6 +524,9 @@ typedef struct fx_ops {
      * its index among the real tokens, never on padding); out = in * keep / (1 - p),
      * or a copy when KEEP is NULL (in place allowed; also the backward); dx += dropout(d) with KEEP */
     void (*dropout_mask)(uint8_t *keep, size_t rows, size_t cols, float p, uint64_t site);
+    /* keep (n, cols): row i as row ROWS[i] (host memory) of dropout_mask's for SITE. A backend without it
+     * (NULL) runs a classifier's last layer on every token instead of on the n tokens its head reads */
+    void (*dropout_mask_rows)(uint8_t *keep, const int32_t *rows, size_t n, size_t cols, float p, uint64_t site);
     void (*dropout_apply)(float *out, const float *in, const uint8_t *keep, float p, size_t n);
     void (*dropout_accumulate)(float *dx, const float *d, const uint8_t *keep, float p, size_t n);
     /* x0 (N, H) = dropout(LayerNorm((word[ids] + type[0]) + pos[pos])); p = 0: no dropout. TYPE NULL and
@@ -837,9 +840,10 @@ typedef struct {
 /* SORF-VeRA's mixer S (d, d): per stage t of 3 the diagonals D1, D2, D3 (signs[(3t + k) d ..], k = 0, 1, 2)
  * and the permutation perm[t d ..]. Host memory in a model, device memory in its GPU twin. */
 typedef struct { int d; float *signs; int32_t *perm; } fx_sorf_mixer;
-/* Adapted layer K on y (N, out) for input x (N, in): y += adapter(dropout(x)); z (N, r) kept. */
+/* Adapted layer K on y (N, out) for input x (N, in): y += adapter(dropout(x)); z (N, r) kept. ROWS (host,
+ * N) or NULL: x's row i is token ROWS[i] of the step (its dropout row, as dropout_mask_rows), else token i. */
 void fx_adapter_forward(struct fx_model *m, int k, float *y, const float *x, uint8_t *keep /* (N, in) or NULL */,
-                        float *z, int N, const fx_adapter_scratch *s);
+                        float *z, int N, const int32_t *rows, const fx_adapter_scratch *s);
 /* Gradients of K's tensors from dy (N, out) into m->grad, and dx (N, in) += its input share (DX NULL:
  * skipped). */
 void fx_adapter_backward(struct fx_model *m, int k, float *dx, const float *dy, const float *x,

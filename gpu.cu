@@ -1077,7 +1077,7 @@ const fx_ops fx_gpu_ops = {
     .alloc = gpu_alloc, .release = gpu_release, .upload = gpu_upload, .download = gpu_download,
     .zero = gpu_zero, .copy = gpu_copy, .axpy = gpu_axpy, .copy_rows = gpu_copy_rows,
     .matmul = gemm, .column_dot = gpu_column_dot, .scale_cols = gpu_scale_cols, .scale_cols_add = gpu_scale_cols_add,
-    .dropout_mask = gpu_dropout_mask, .dropout_apply = gpu_dropout_apply, .dropout_accumulate = gpu_dropout_accumulate,
+    .dropout_mask = gpu_dropout_mask, .dropout_mask_rows = NULL /* the classifier's last layer on every token */, .dropout_apply = gpu_dropout_apply, .dropout_accumulate = gpu_dropout_accumulate,
     .embeddings_forward = gpu_embeddings_forward,
     .linear_forward = gpu_linear_forward, .linear_backward = gpu_linear_backward,
     .linear_forward_bf16 = NULL, .linear_backward_bf16 = NULL, .embeddings_forward_bf16 = NULL, /* no bf16 host base */

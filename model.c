@@ -168,6 +168,7 @@ typedef struct {
     float *y;                   /* (N, H) scratch: a dense layer's output before dropout + residual */
     fx_adapter_scratch as;      /* xd, dxd (N, in_max); u, dz, du (N, r); w (N, out_max) */
     float *cls;                 /* (n, H) token 0 of the last layer */
+    float *pctx, *px;           /* (n, H) a pruned last layer's ctx and input on the rows the head reads */
     uint8_t *hkeep1, *hkeep2;   /* (n, H) the head's dropout keep masks, or NULL */
     float *hx;                  /* (n, H) dropout(cls) */
     float *ht;                  /* (n, H) tanh(dense(hx)) */
@@ -187,6 +188,14 @@ typedef struct {
     float *dqkv;                /* (N, 3H) pre-LN's fused projection */
     float *dhx, *dht;           /* (n, H) the head's */
 } workspace;
+
+/* A classifier's head reads each row's token 0 only, so its last layer runs the work after attention
+ * (attention.output, the MLP, both LayerNorms, their dropouts) on those n tokens, "pruned": their queries
+ * still attend to every token's keys and values. Exact: no other token's rows of those layers reach the
+ * head, and the n tokens draw the dropout rows they would draw among all N (dropout_mask_rows). Sums over
+ * tokens (the adapters' gradients) then add n rows instead of N rows of which N - n are zero, so their
+ * order may differ. A backend without dropout_mask_rows runs the layer on every token. */
+static int cls_pruned(const fx_model *m, int l) { return l == m->c.layers - 1 && m->ops->dropout_mask_rows; }
 
 /* The next 64-byte aligned block of BYTES; NULL while only measuring (MEM NULL). */
 static void *take(char *mem, size_t *used, size_t bytes) {
@@ -217,9 +226,12 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
     TAKE(w->ids, N); TAKE(w->pos, N); TAKE(w->off, (size_t)n + 1); TAKE(w->labels, (size_t)n);
     TAKE(w->x0, N * H);
     int slots = train ? c->layers : (c->layers < 2 ? c->layers : 2);
+    int prune = !lm && cls_pruned(m, c->layers - 1);
     for (int l = 0; l < c->layers; l++) {
         layer_acts *A = &w->L[l];
         if (l >= slots) { *A = w->L[l % 2]; continue; }
+        /* R: the rows after attention; a pruned last layer's own slot (training) holds the head's n only */
+        size_t R = prune && train && l == c->layers - 1 ? (size_t)n : N;
         TAKE_IF(pre, A->xn, N * H); TAKE_IF(pre, A->mean0, N); TAKE_IF(pre, A->rstd0, N);
         TAKE_IF(pre, A->qkv, N * 3 * H);
         TAKE(A->q, N * Hq); TAKE(A->k, N * Hk); TAKE(A->v, N * Hk);
@@ -227,17 +239,18 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
         if (!gqa) { A->kf = A->k; A->vf = A->v; }
         TAKE(A->att, att);
         TAKE(A->ctx, N * Hq);
-        TAKE_IF(drop_h, A->keep1, N * H);
-        TAKE(A->res1, N * H); TAKE(A->mean1, N); TAKE(A->rstd1, N);
-        TAKE(A->h1, N * H);
-        TAKE(A->pre, N * I); TAKE_IF(llama, A->up, N * I); TAKE(A->gelu, N * I);
-        TAKE_IF(drop_h, A->keep2, N * H);
-        TAKE_IF(!pre, A->res2, N * H); TAKE_IF(!pre, A->mean2, N); TAKE_IF(!pre, A->rstd2, N);
-        TAKE(A->out, N * H);
+        TAKE_IF(drop_h, A->keep1, R * H);
+        TAKE(A->res1, R * H); TAKE(A->mean1, R); TAKE(A->rstd1, R);
+        TAKE(A->h1, R * H);
+        TAKE(A->pre, R * I); TAKE_IF(llama, A->up, N * I); TAKE(A->gelu, R * I);
+        TAKE_IF(drop_h, A->keep2, R * H);
+        TAKE_IF(!pre, A->res2, R * H); TAKE_IF(!pre, A->mean2, R); TAKE_IF(!pre, A->rstd2, R);
+        TAKE(A->out, R * H);
         for (int t = 0; t < FX_NTARGETS; t++) {
             const fx_linear_view *lv = &m->layer[l].lin[t];
-            TAKE_IF(lv->ad >= 0 && drop_ad, A->akeep[t], N * (size_t)lv->in);
-            TAKE_IF(lv->ad >= 0, A->z[t], N * r);
+            size_t rows = t == FX_TI_QUERY || t == FX_TI_KEY || t == FX_TI_VALUE || t == FX_TI_QKV ? N : R;
+            TAKE_IF(lv->ad >= 0 && drop_ad, A->akeep[t], rows * (size_t)lv->in);
+            TAKE_IF(lv->ad >= 0, A->z[t], rows * r);
         }
     }
     TAKE(w->y, N * H);
@@ -246,6 +259,7 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
     int sorf = m->a.kind == FX_SORF;
     TAKE_IF(sorf, w->as.w2, N * out_max); TAKE_IF(sorf, w->as.lam, r * r); TAKE_IF(sorf && train, w->as.dlam, r * r);
     TAKE(w->cls, (size_t)n * H);
+    TAKE_IF(prune, w->pctx, (size_t)n * H); TAKE_IF(prune, w->px, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep1, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep2, (size_t)n * H);
     TAKE(w->hx, (size_t)n * H); TAKE(w->ht, (size_t)n * H); TAKE(w->htd, (size_t)n * H);
@@ -545,11 +559,15 @@ static void embeddings_forward(fx_model *m, int N, int train) {
 }
 
 /* A dense layer of encoder layer L, target T: frozen y = x W^T + b, plus the adapter when there is one. */
-static void dense_forward(fx_model *m, int l, int t, float *y, const float *x, layer_acts *A, int N) {
+static void dense_forward_rows(fx_model *m, int l, int t, float *y, const float *x, layer_acts *A, int N,
+                              const int32_t *rows /* (N) host: x's tokens, or NULL for 0 .. N-1 */) {
     const fx_linear_view *lv = &m->layer[l].lin[t];
     if (m->base.bf) m->ops->linear_forward_bf16(y, x, W16(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
     else m->ops->linear_forward(y, x, W(m, lv->w), Bias(m, lv->b), N, lv->in, lv->out);
-    if (lv->ad >= 0) fx_adapter_forward(m, lv->ad, y, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
+    if (lv->ad >= 0) fx_adapter_forward(m, lv->ad, y, x, A->akeep[t], A->z[t], N, rows, &((workspace *)m->ws)->as);
+}
+static void dense_forward(fx_model *m, int l, int t, float *y, const float *x, layer_acts *A, int N) {
+    dense_forward_rows(m, l, t, y, x, A, N, NULL);
 }
 /* dx = dy W (+ dx when ACC) plus the adapter's share; adapter gradients. DX NULL: adapter gradients only. */
 static void dense_backward(fx_model *m, int l, int t, float *dx, const float *dy, const float *x,
@@ -560,10 +578,32 @@ static void dense_backward(fx_model *m, int l, int t, float *dx, const float *dy
     if (lv->ad >= 0) fx_adapter_backward(m, lv->ad, dx, dy, x, A->akeep[t], A->z[t], N, &((workspace *)m->ws)->as);
 }
 
+/* Hidden dropout's mask for R rows: ROWS (host) their tokens, or NULL for tokens 0 .. R-1. */
+static void hidden_mask(fx_model *m, uint8_t *keep, const int32_t *rows, int R) {
+    uint64_t site = fx_rng_u64(&m->drop);
+    size_t H = (size_t)m->c.hidden;
+    if (rows) m->ops->dropout_mask_rows(keep, rows, (size_t)R, H, m->c.hidden_dropout, site);
+    else m->ops->dropout_mask(keep, (size_t)R, H, m->c.hidden_dropout, site);
+}
+/* The n rows the head reads (each row's token 0, at w->hoff) of X (N, H) into DST (n, H), and back into
+ * DST (N, H), zero elsewhere. */
+static void gather_heads(fx_model *m, float *dst, const float *x) {
+    workspace *w = m->ws;
+    size_t H = (size_t)m->c.hidden;
+    for (int b = 0; b < w->n; b++) m->ops->copy_rows(dst + b * H, H, x + (size_t)w->hoff[b] * H, H, 1, (int)H);
+}
+static void scatter_heads(fx_model *m, float *dst, const float *x) {
+    workspace *w = m->ws;
+    size_t H = (size_t)m->c.hidden;
+    m->ops->zero(dst, (size_t)w->N * H);
+    for (int b = 0; b < w->n; b++) m->ops->copy_rows(dst + (size_t)w->hoff[b] * H, H, x + b * H, H, 1, (int)H);
+}
+
 /* --- one encoder layer (RobertaLayer, post-LN):
  *   q, k, v = x Wq^T + bq, ...  (+ adapters)
  *   ctx = attention(q, k, v);   h1 = LayerNorm(dropout(ctx Wao^T + bao) + x)
- *   g = GELU(h1 Wi^T + bi);     out = LayerNorm(dropout(g Wo^T + bo) + h1) */
+ *   g = GELU(h1 Wi^T + bi);     out = LayerNorm(dropout(g Wo^T + bo) + h1)
+ * From ctx on, a pruned layer (cls_pruned) holds the head's n rows, in batch order. */
 static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
@@ -577,16 +617,24 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     uint64_t site = A->site = w->drop_a ? fx_rng_u64(&m->drop) : 0;
     op->attention_forward(A->ctx, A->att, A->q, A->k, A->v, w->off, w->n, w->Tmax, H, c->heads, 0, 0,
                           w->drop_a ? c->attention_dropout : 0.0f, site);
-    dense_forward(m, l, FX_TI_ATTN_OUT, w->y, A->ctx, A, N);
-    if (A->keep1) op->dropout_mask(A->keep1, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
-    op->residual_layernorm_forward(A->h1, A->res1, A->mean1, A->rstd1, w->y, A->keep1, c->hidden_dropout, x,
-                                   W(m, V->ln1_w), W(m, V->ln1_b), N, H, c->layer_norm_eps);
-    dense_forward(m, l, FX_TI_INTER, A->pre, A->h1, A, N);
-    op->gelu_forward(A->gelu, A->pre, (size_t)N * I);
-    dense_forward(m, l, FX_TI_OUTPUT, w->y, A->gelu, A, N);
-    if (A->keep2) op->dropout_mask(A->keep2, (size_t)N, (size_t)H, c->hidden_dropout, fx_rng_u64(&m->drop));
+    int R = N;                      /* the rows from here on */
+    const int32_t *rows = NULL;     /* their tokens (NULL: all, in order) */
+    const float *ctx = A->ctx, *xr = x;
+    if (cls_pruned(m, l)) {
+        R = w->n; rows = w->hoff;
+        gather_heads(m, w->pctx, A->ctx); gather_heads(m, w->px, x);
+        ctx = w->pctx; xr = w->px;
+    }
+    dense_forward_rows(m, l, FX_TI_ATTN_OUT, w->y, ctx, A, R, rows);
+    if (A->keep1) hidden_mask(m, A->keep1, rows, R);
+    op->residual_layernorm_forward(A->h1, A->res1, A->mean1, A->rstd1, w->y, A->keep1, c->hidden_dropout, xr,
+                                   W(m, V->ln1_w), W(m, V->ln1_b), R, H, c->layer_norm_eps);
+    dense_forward_rows(m, l, FX_TI_INTER, A->pre, A->h1, A, R, rows);
+    op->gelu_forward(A->gelu, A->pre, (size_t)R * I);
+    dense_forward_rows(m, l, FX_TI_OUTPUT, w->y, A->gelu, A, R, rows);
+    if (A->keep2) hidden_mask(m, A->keep2, rows, R);
     op->residual_layernorm_forward(A->out, A->res2, A->mean2, A->rstd2, w->y, A->keep2, c->hidden_dropout, A->h1,
-                                   W(m, V->ln2_w), W(m, V->ln2_b), N, H, c->layer_norm_eps);
+                                   W(m, V->ln2_w), W(m, V->ln2_b), R, H, c->layer_norm_eps);
 }
 
 /* The same layer backwards from dout (N, H). dx (N, H) receives the gradient at the layer's input, or is
@@ -599,22 +647,29 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     const fx_layer_view *V = &m->layer[l];
     const layer_acts *A = &w->L[l];
     int N = w->N, H = c->hidden, I = c->intermediate;
-    size_t NH = (size_t)N * H;
+    int pruned = cls_pruned(m, l), R = pruned ? w->n : N; /* DOUT has R rows, as the layer's output */
+    size_t NH = (size_t)N * H, RH = (size_t)R * H;
     /* out = LayerNorm(res2), res2 = dropout(y2) + h1, y2 = dense(gelu) */
-    op->layernorm_backward(w->dres, dout, A->res2, A->mean2, A->rstd2, W(m, V->ln2_w), N, H);
-    op->dropout_apply(w->dy, w->dres, A->keep2, c->hidden_dropout, NH);
-    dense_backward(m, l, FX_TI_OUTPUT, w->dI, w->dy, A->gelu, A, N, 0);
-    op->gelu_backward(w->dI, A->pre, (size_t)N * I);
-    op->copy(w->dh1, w->dres, NH); /* the residual's share */
-    dense_backward(m, l, FX_TI_INTER, w->dh1, w->dI, A->h1, A, N, 1);
+    op->layernorm_backward(w->dres, dout, A->res2, A->mean2, A->rstd2, W(m, V->ln2_w), R, H);
+    op->dropout_apply(w->dy, w->dres, A->keep2, c->hidden_dropout, RH);
+    dense_backward(m, l, FX_TI_OUTPUT, w->dI, w->dy, A->gelu, A, R, 0);
+    op->gelu_backward(w->dI, A->pre, (size_t)R * I);
+    op->copy(w->dh1, w->dres, RH); /* the residual's share */
+    dense_backward(m, l, FX_TI_INTER, w->dh1, w->dI, A->h1, A, R, 1);
     /* h1 = LayerNorm(res1), res1 = dropout(y1) + x, y1 = dense(ctx) */
-    op->layernorm_backward(w->dres, w->dh1, A->res1, A->mean1, A->rstd1, W(m, V->ln1_w), N, H);
-    op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, NH);
-    dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
+    op->layernorm_backward(w->dres, w->dh1, A->res1, A->mean1, A->rstd1, W(m, V->ln1_w), R, H);
+    op->dropout_apply(w->dy, w->dres, A->keep1, c->hidden_dropout, RH);
+    if (pruned) { /* back to every token: zero but on the head's rows */
+        dense_backward(m, l, FX_TI_ATTN_OUT, w->dh1, w->dy, w->pctx, A, R, 0);
+        scatter_heads(m, w->dctx, w->dh1);
+    } else {
+        dense_backward(m, l, FX_TI_ATTN_OUT, w->dctx, w->dy, A->ctx, A, N, 0);
+    }
     op->attention_backward(w->dq, w->dk, w->dv, w->dctx, A->q, A->k, A->v, A->att, w->off, w->n, w->Tmax, H,
                            c->heads, 0, 0, w->drop_a ? c->attention_dropout : 0.0f, A->site);
     /* x feeds the residual and the three projections */
-    if (dx) op->copy(dx, w->dres, NH);
+    if (dx && pruned) scatter_heads(m, dx, w->dres);
+    else if (dx) op->copy(dx, w->dres, NH);
     dense_backward(m, l, FX_TI_QUERY, dx, w->dq, x, A, N, 1);
     dense_backward(m, l, FX_TI_KEY, dx, w->dk, x, A, N, 1);
     dense_backward(m, l, FX_TI_VALUE, dx, w->dv, x, A, N, 1);
@@ -840,12 +895,13 @@ static void lm_head_backward(fx_model *m, int N, const float *xL, float *dout) {
 
 /* --- RobertaClassificationHead on token 0 (each row's first real token, at its packed offset):
  *   hx = dropout(cls), ht = tanh(hx Wd^T + bd), logits = dropout(ht) Wp^T + bp. */
-static void head_forward(fx_model *m, const float *xL /* (N, H) */) {
+static void head_forward(fx_model *m, const float *xL /* (N, H), or (n, H) when pruned */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     int n = w->n, H = c->hidden, L = c->num_labels;
-    for (int b = 0; b < n; b++) op->copy_rows(w->cls + (size_t)b * H, (size_t)H, xL + (size_t)w->hoff[b] * H, (size_t)H, 1, H);
+    if (cls_pruned(m, c->layers - 1)) op->copy(w->cls, xL, (size_t)n * H); /* xL holds those rows only */
+    else gather_heads(m, w->cls, xL);
     if (w->hkeep1) op->dropout_mask(w->hkeep1, (size_t)n, (size_t)H, c->classifier_dropout, fx_rng_u64(&m->drop));
     op->dropout_apply(w->hx, w->cls, w->hkeep1, c->classifier_dropout, (size_t)n * H);
     op->linear_forward(w->ht, w->hx, P(m, m->head.dense_w), P(m, m->head.dense_b), n, H, H);
@@ -854,8 +910,8 @@ static void head_forward(fx_model *m, const float *xL /* (N, H) */) {
     op->dropout_apply(w->htd, w->ht, w->hkeep2, c->classifier_dropout, (size_t)n * H);
     op->linear_forward(w->logits, w->htd, P(m, m->head.out_w), P(m, m->head.out_b), n, H, L);
 }
-/* From dlogits (n, L): the head's gradients, and dout (N, H) of the last layer (zero but on each row's
- * token 0). */
+/* From dlogits (n, L): the head's gradients, and dout of the last layer: (N, H), zero but on each row's
+ * token 0, or (n, H) when that layer is pruned. */
 static void head_backward(fx_model *m, float *dout /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
@@ -873,8 +929,8 @@ static void head_backward(fx_model *m, float *dout /* (N, H) */) {
     op->column_dot(gbd, w->dht, NULL, n, H);
     op->matmul(0, 0, n, H, H, 1.0f, w->dht, H, Wd, H, 0.0f, w->dhx, H);
     op->dropout_apply(w->dhx, w->dhx, w->hkeep1, c->classifier_dropout, (size_t)n * H);
-    op->zero(dout, (size_t)w->N * H);
-    for (int b = 0; b < n; b++) op->copy_rows(dout + (size_t)w->hoff[b] * H, (size_t)H, w->dhx + (size_t)b * H, (size_t)H, 1, H);
+    if (cls_pruned(m, c->layers - 1)) op->copy(dout, w->dhx, (size_t)n * H);
+    else scatter_heads(m, dout, w->dhx);
 }
 
 /* ============================================================================================

@@ -45,7 +45,7 @@ static void check_ops_complete(void) {
     const void *entry[] = {
         o->name, (void *)o->alloc, (void *)o->release, (void *)o->upload, (void *)o->download, (void *)o->zero,
         (void *)o->copy, (void *)o->axpy, (void *)o->copy_rows, (void *)o->matmul, (void *)o->column_dot,
-        (void *)o->scale_cols, (void *)o->scale_cols_add, (void *)o->dropout_mask, (void *)o->dropout_apply,
+        (void *)o->scale_cols, (void *)o->scale_cols_add, (void *)o->dropout_mask, (void *)o->dropout_mask_rows, (void *)o->dropout_apply,
         (void *)o->dropout_accumulate, (void *)o->embeddings_forward, (void *)o->linear_forward,
         (void *)o->linear_backward, (void *)o->linear_forward_bf16, (void *)o->linear_backward_bf16,
         (void *)o->embeddings_forward_bf16, (void *)o->residual_layernorm_forward, (void *)o->layernorm_forward,
@@ -61,6 +61,17 @@ static void check_ops_complete(void) {
           sizeof(fx_ops), n);
     for (int i = 0; i < n; i++) CHECK(entry[i] != NULL, "fx_cpu_ops entry %d is NULL", i);
     CHECK(!strcmp(o->name, "cpu"), "name %s", o->name);
+
+    /* dropout_mask_rows draws exactly dropout_mask's rows it names, in any order, repeated or not */
+    enum { MR = 10, MC = 37 };
+    uint8_t full[MR * MC], some[4 * MC];
+    const int32_t pick[4] = {3, 0, 9, 3};
+    o->dropout_mask(full, MR, MC, 0.3f, 77);
+    o->dropout_mask_rows(some, pick, 4, MC, 0.3f, 77);
+    int same = 1, kept = 0;
+    for (int i = 0; i < 4; i++) same &= memcmp(some + i * MC, full + pick[i] * MC, MC) == 0;
+    for (int i = 0; i < MR * MC; i++) kept += full[i];
+    CHECK(same && kept > 0 && kept < MR * MC, "dropout_mask_rows differs from dropout_mask's rows (%d kept)", kept);
 
     /* The small ops against their definitions, exactly (each is one fp32 operation per element). */
     float y[6] = {1, 2, 3, 4, 5, 6}, x[6] = {0.5f, -1, 2, 0.25f, 3, -2}, s[3] = {2, -1, 0.5f}, out[6];

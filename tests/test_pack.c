@@ -38,6 +38,7 @@
 #define ATT_FD_RTOL 3e-2
 #define ATT_FD_ATOL 3e-2
 #define ROW_TOL 1e-4
+#define PRUNE_TOL 1e-6
 
 /* ---------------------------------------------------------------- the attention op */
 
@@ -178,11 +179,12 @@ typedef struct {
     int kv_heads;
 } mcase;
 
+static int model_layers = 2; /* the models' depth */
 static int make_model(fx_model *m, const mcase *k, float drop) {
     fx_config c;
     memset(&c, 0, sizeof c);
     c.family = k->fam;
-    c.vocab_size = 40; c.hidden = 16; c.layers = 2; c.heads = 4; c.intermediate = 32;
+    c.vocab_size = 40; c.hidden = 16; c.layers = model_layers; c.heads = 4; c.intermediate = 32;
     c.max_positions = 48; c.type_vocab_size = 1; c.pad_id = 1; c.layer_norm_eps = 1e-5f;
     c.initializer_range = 0.02f; c.kv_heads = k->kv_heads; c.rope_theta = 10000.0f;
     c.num_labels = k->fam == &fx_roberta ? 3 : 1;
@@ -327,6 +329,56 @@ static void test_model_case(const mcase *k) {
     fx_model_free(&m);
 }
 
+/* A classifier's last layer runs on the rows its head reads (cls_pruned in model.c): against the same
+ * model on a table without dropout_mask_rows, which runs that layer on every token, every dropout on and
+ * every target adapted, 1 and 2 layers, LoRA, VeRA and SORF-VeRA. The same dropout rows are drawn, so
+ * the logits and loss agree to PRUNE_TOL and every gradient to PRUNE_TOL of its tensor's largest value;
+ * the pruned step's workspace is smaller (the pruning took place). */
+static void test_pruned_last_layer(void) {
+    const fx_adapter_kind kinds[3] = {FX_LORA, FX_VERA, FX_SORF};
+    const char *names[3] = {"LoRA", "VeRA", "SORF-VeRA"};
+    fx_ops full_ops = fx_cpu_ops;
+    full_ops.dropout_mask_rows = NULL;
+    for (int layers = 1; layers <= 2; layers++)
+        for (int k = 0; k < 3; k++) {
+            mcase mc = {names[k], &fx_roberta, kinds[k],
+                        FX_T_QUERY | FX_T_KEY | FX_T_VALUE | FX_T_ATTN_OUT | FX_T_INTER | FX_T_OUTPUT, 0};
+            fx_model m[2];
+            model_layers = layers;
+            int bad = make_model(&m[0], &mc, 0.1f) != 0 || make_model(&m[1], &mc, 0.1f) != 0;
+            model_layers = 2;
+            if (bad) return;
+            m[1].ops = &full_ops;
+            float z[2][NROWS * 3], loss[2];
+            for (int s = 0; s < 2; s++) {
+                fx_batch b;
+                make_batch(&b, &m[s], 0, NROWS, 14);
+                loss[s] = fx_model_step(&m[s], &b, 1, z[s]);
+                free_batch(&b);
+            }
+            char what[160];
+            snprintf(what, sizeof what, "%s, %d layer(s): logits of the pruned last layer", names[k], layers);
+            CHECK_CLOSE(what, z[0], z[1], NROWS * 3, PRUNE_TOL, 0);
+            CHECK(isfinite(loss[0]) && fabs(loss[0] - loss[1]) <= PRUNE_TOL, "%s, %d layer(s): loss %.9g, unpruned %.9g",
+                  names[k], layers, (double)loss[0], (double)loss[1]);
+            for (int t = 0; t < m[0].train.nt; t++) {
+                const fx_tensor *ts = &m[0].train.t[t];
+                if (ts->frozen) continue;
+                double mx = 0;
+                for (size_t i = 0; i < ts->n; i++) mx = fmax(mx, fabs((double)m[1].grad[ts->off + i]));
+                snprintf(what, sizeof what, "%s, %d layer(s): gradient %s, pruned vs every token", names[k], layers,
+                         ts->name);
+                CHECK(mx > 0, "%s is zero", what);
+                CHECK_CLOSE(what, m[0].grad + ts->off, m[1].grad + ts->off, ts->n, PRUNE_TOL * mx, 0);
+            }
+            CHECK(fx_model_workspace_bytes(&m[0]) < fx_model_workspace_bytes(&m[1]),
+                  "%s, %d layer(s): the pruned step's workspace (%zu bytes) is not below the full one's (%zu)", names[k],
+                  layers, fx_model_workspace_bytes(&m[0]), fx_model_workspace_bytes(&m[1]));
+            fx_model_free(&m[0]);
+            fx_model_free(&m[1]);
+        }
+}
+
 /* A batch whose row has no real token is refused (the classifier reads each row's first). */
 static void test_refusals(void) {
     mcase k = {"roberta", &fx_roberta, FX_LORA, FX_T_QUERY | FX_T_VALUE, 0};
@@ -348,6 +400,7 @@ int main(void) {
         {"llama (GQA) + SORF-VeRA", &fx_llama, FX_SORF, FX_T_QUERY | FX_T_VALUE | FX_T_GATE, 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_model_case(&cases[i]);
+    test_pruned_last_layer();
     test_refusals();
     return check_done();
 }
