@@ -432,6 +432,11 @@ int fx_gsm8k_extract(const char *text, int reference, char *out, size_t cap);
  * the number of threads is omp's (set by fx_set_threads). Results do not depend on the thread count. */
 void fx_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+/* The same product with B in bf16 and A rounded to bf16 (fx_matmul_bf16's operands, alpha 1, op(A) = A):
+ * B widened and A rounded as they are packed, so the sums are fx_matmul's on the rounded and widened
+ * matrices, bit for bit (fx_matmul_bf16's fallback). */
+void fx_matmul_b16(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float beta,
+                   float *C, int ldc);
 void fx_set_threads(int n);
 /* The micro-kernel in use: "avx512", "avx2" or "scalar", the best the CPU runs (chosen on first use).
  * fx_matmul_force(name) switches to another one (tests and benchmarks compare them); -1 with fx_seterr

@@ -467,6 +467,104 @@ static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int
     }
 }
 
+/* --- fx_matmul_b16's operands: bf16 widened while packing (exact), fp32 rounded to bf16 in the panels. */
+
+/* x = widen(round(x)), fx_bf16_round's rounding (to nearest, ties to even; NaN kept a quiet NaN) on the
+ * bits: keep the top half after adding 0x7fff and the last kept bit, or set the quiet bit of a NaN. */
+static inline uint32_t round_bits(uint32_t u) {
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) & 0xffff0000u
+                                           : (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+#ifdef FX_X86
+__attribute__((target("avx2")))
+static void round_bf16_avx2(float *x, size_t n) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u), half = _mm256_set1_epi32(0x7fff);
+    const __m256i one = _mm256_set1_epi32(1), quiet = _mm256_set1_epi32(0x00400000);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(x + i));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, half), _mm256_and_si256(_mm256_srli_epi32(u, 16), one));
+        r = _mm256_blendv_epi8(r, _mm256_or_si256(u, quiet), nan);
+        _mm256_storeu_si256((__m256i *)(x + i), _mm256_and_si256(r, hi));
+    }
+    for (; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        u = round_bits(u);
+        memcpy(x + i, &u, sizeof u);
+    }
+}
+#endif
+static void round_bf16(float *x, size_t n) {
+#ifdef FX_X86
+    if (use_pack256()) { round_bf16_avx2(x, n); return; }
+#endif
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        u = round_bits(u);
+        memcpy(x + i, &u, sizeof u);
+    }
+}
+static inline float widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+/* pack_a's panels from a bf16 op(A), widened. */
+static void pack_a16(int ta, const uint16_t *A, size_t lda, int i0, int mc, int p0, int kc, int mr, float *out) {
+    for (int ip = 0; ip < mc; ip += mr, out += (size_t)kc * mr) {
+        int rows = mc - ip < mr ? mc - ip : mr;
+        for (int i = 0; i < mr; i++)
+            for (int k = 0; k < kc; k++) {
+                size_t at = ta ? (size_t)(p0 + k) * lda + i0 + ip + i : (size_t)(i0 + ip + i) * lda + p0 + k;
+                out[(size_t)k * mr + i] = i < rows ? widen(A[at]) : 0.0f;
+            }
+    }
+}
+#ifdef FX_X86
+/* op(B) = B^T from bf16, NR a multiple of 8: 8 columns by 8 k widened and transposed at a time. */
+__attribute__((target("avx2")))
+static void pack_b16_cols256(const uint16_t *B, size_t ldb, int K, int j0, int cols, int nr, float *out) {
+    int k8 = K & ~7;
+    for (int jb = 0; jb < nr; jb += 8) {
+        int nj = cols - jb < 8 ? (cols - jb > 0 ? cols - jb : 0) : 8;
+        const uint16_t *src = B + (size_t)(j0 + jb) * ldb;
+        for (int kb = 0; kb < k8; kb += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) {
+                __m128i h = j < nj ? _mm_loadu_si128((const __m128i *)(src + (size_t)j * ldb + kb)) : _mm_setzero_si128();
+                r[j] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            }
+            transpose8(r);
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + (size_t)(kb + k) * nr + jb, r[k]);
+        }
+        for (int k = k8; k < K; k++)
+            for (int j = 0; j < 8; j++) out[(size_t)k * nr + jb + j] = j < nj ? widen(src[(size_t)j * ldb + k]) : 0.0f;
+    }
+}
+#endif
+/* pack_b_panel's panel (all K) from a bf16 op(B), widened: read along B's rows either way. */
+static void pack_b16(int tb, const uint16_t *B, size_t ldb, int K, int j0, int cols, int nr, float *out) {
+#ifdef FX_X86
+    if (tb && nr % 8 == 0 && use_pack256()) { pack_b16_cols256(B, ldb, K, j0, cols, nr, out); return; }
+#endif
+    if (tb) { /* op(B)[k][j] = B[j][k] */
+        for (int j = 0; j < nr; j++) {
+            const uint16_t *src = B + (size_t)(j0 + j) * ldb;
+            for (int k = 0; k < K; k++) out[(size_t)k * nr + j] = j < cols ? widen(src[k]) : 0.0f;
+        }
+    } else {
+        for (int k = 0; k < K; k++) {
+            const uint16_t *src = B + (size_t)k * ldb + j0;
+            for (int j = 0; j < nr; j++) out[(size_t)k * nr + j] = j < cols ? widen(src[j]) : 0.0f;
+        }
+    }
+}
+
 /* ============================================================================================
  * The product
  * ============================================================================================ */
@@ -535,11 +633,18 @@ typedef struct {
     float *C;
     size_t rs, cs;
     float *bpack;
+    /* fx_matmul_b16: an operand held in bf16 is widened as it is packed (A16 or B16, the other NULL), and
+     * the fp32 one rounded to bf16 in its packed panels (ROUND_A or ROUND_B) */
+    const uint16_t *A16, *B16;
+    int round_a, round_b;
 } product;
 
 static void pack_b_one(const product *g, int p) {
     int NR = g->kn->nr, cols = g->N - p * NR < NR ? g->N - p * NR : NR;
-    pack_b_panel(g->tb, g->B, g->ldb, 0, g->K, p * NR, cols, NR, g->bpack + (size_t)p * g->K * NR);
+    float *out = g->bpack + (size_t)p * g->K * NR;
+    if (g->B16) { pack_b16(g->tb, g->B16, g->ldb, g->K, p * NR, cols, NR, out); return; }
+    pack_b_panel(g->tb, g->B, g->ldb, 0, g->K, p * NR, cols, NR, out);
+    if (g->round_b) round_bf16(out, (size_t)g->K * NR);
 }
 
 /* The blocked loops above over one rectangle of C: row tiles LO..HI (all columns) when the product is
@@ -567,7 +672,9 @@ static void gemm_part(const product *g, int lo, int hi) {
             float beta_eff = pc == 0 ? g->beta : 1.0f;
             for (int ic = m0; ic < m1; ic += MC) {
                 int mc = m1 - ic < MC ? m1 - ic : MC;
-                pack_a(g->ta, g->A, g->lda, ic, mc, pc, kc, MR, apack);
+                if (g->A16) pack_a16(g->ta, g->A16, g->lda, ic, mc, pc, kc, MR, apack);
+                else pack_a(g->ta, g->A, g->lda, ic, mc, pc, kc, MR, apack);
+                if (g->round_a) round_bf16(apack, (size_t)(mc + MR - 1) / MR * MR * kc);
                 for (int jr = jc; jr < jhi; jr += NR) {
                     int cols = jhi - jr < NR ? jhi - jr : NR;
                     const float *bp = g->bpack + ((size_t)(jr / NR) * K + pc) * NR;
@@ -595,13 +702,15 @@ static void gemm_part(const product *g, int lo, int hi) {
     }
 }
 
-static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float alpha, const float *A, size_t lda,
-                 const float *B, size_t ldb, float beta, float *C, size_t rs, size_t cs) {
+/* OP16: the operand held in bf16 (0 none, 1 A, 2 B), the other one rounded (fx_matmul_b16). */
+static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float alpha, const void *A, size_t lda,
+                 const void *B, size_t ldb, float beta, float *C, size_t rs, size_t cs, int op16) {
     int npanels = (N + kn->nr - 1) / kn->nr, mtiles = (M + kn->mr - 1) / kn->mr;
     scratch *mine = my_scratch();
     /* C is cut along M, or along N when it has fewer row tiles than column panels */
-    product g = {kn, ta, tb, M, N, K, npanels, mtiles >= npanels, alpha, beta, A, B, lda, ldb, C, rs, cs,
-                 grow(&mine->b, &mine->nb, (size_t)npanels * K * kn->nr)};
+    product g = {kn, ta, tb, M, N, K, npanels, mtiles >= npanels, alpha, beta, op16 == 1 ? NULL : A,
+                 op16 == 2 ? NULL : B, lda, ldb, C, rs, cs, grow(&mine->b, &mine->nb, (size_t)npanels * K * kn->nr),
+                 op16 == 1 ? A : NULL, op16 == 2 ? B : NULL, op16 == 2, op16 == 1};
     int tiles = g.split_m ? mtiles : npanels;
 
     /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
@@ -668,8 +777,9 @@ static void log_product(int ta, int tb, int M, int N, int K) {
     }
 }
 
-void fx_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-               const float *B, int ldb, float beta, float *C, int ldc) {
+/* fx_matmul and fx_matmul_b16 (B16: B is bf16 and A is rounded to it). */
+static void product_of(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const void *B,
+                       int ldb, float beta, float *C, int ldc, int b16) {
     if (M <= 0 || N <= 0) return;
     if (__atomic_load_n(&log_on, __ATOMIC_RELAXED)) log_product(ta, tb, M, N, K);
     if (K <= 0 || alpha == 0.0f) { scale_c(M, N, beta, C, (size_t)ldc); return; }
@@ -678,7 +788,17 @@ void fx_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A,
      * C^T = op(B)^T op(A)^T, the thin side lands on the short MR side instead. The choice depends on the
      * shape alone, so it keeps results independent of the thread count. */
     if (padded(kn, N, M) < 0.75 * padded(kn, M, N))
-        gemm(kn, !tb, !ta, N, M, K, alpha, B, (size_t)ldb, A, (size_t)lda, beta, C, 1, (size_t)ldc);
+        gemm(kn, !tb, !ta, N, M, K, alpha, B, (size_t)ldb, A, (size_t)lda, beta, C, 1, (size_t)ldc, b16 ? 1 : 0);
     else
-        gemm(kn, ta, tb, M, N, K, alpha, A, (size_t)lda, B, (size_t)ldb, beta, C, (size_t)ldc, 1);
+        gemm(kn, ta, tb, M, N, K, alpha, A, (size_t)lda, B, (size_t)ldb, beta, C, (size_t)ldc, 1, b16 ? 2 : 0);
+}
+
+void fx_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc) {
+    product_of(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0);
+}
+
+void fx_matmul_b16(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float beta,
+                   float *C, int ldc) {
+    product_of(0, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, 1);
 }

@@ -1,7 +1,7 @@
 /* matmul_bf16.c: the products with bf16 frozen weights (--precision bf16): C = A op(B) + beta C with A fp32
  * activations rounded to bf16, B bf16, fp32 accumulation; and the fp32 <-> bf16 conversions. An AVX-512 BF16
- * kernel (VDPBF16PS) when the CPU has it, else a fallback that widens B and calls fx_matmul. Only the
- * kernel is compiled for those instructions (a target attribute), so the build stays portable. */
+ * kernel (VDPBF16PS) when the CPU has it, else a fallback: fx_matmul widening B and rounding A as it packs
+ * them. Only the kernel is compiled for those instructions (a target attribute), so the build stays portable. */
 #include "fedex.h"
 
 #include <stdlib.h>
@@ -50,31 +50,9 @@ void fx_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
 }
 
 /* ============================================================================================
- * The fallback: B widened to fp32 panel by panel, A rounded to bf16 and widened, then fx_matmul
+ * The fallback: fx_matmul_b16, fx_matmul widening B and rounding A as it packs them
  * ============================================================================================
  * The same products as the fast kernel (bf16 x bf16 is exact in fp32), summed in fx_matmul's order. */
-
-static void matmul_fallback(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
-                            float beta, float *C, int ldc) {
-    float *Ar = fx_malloc(sizeof(float) * (size_t)M * K);
-    #pragma omp parallel for schedule(static) if ((long)M * K >= (1L << 16))
-    for (int i = 0; i < M; i++)
-        for (int k = 0; k < K; k++) Ar[(size_t)i * K + k] = fx_bf16_widen(fx_bf16_round(A[(size_t)i * lda + k]));
-    /* panels of NC columns of op(B), K x NC fp32 each, at most 4M floats */
-    int nc = (int)((4u << 20) / (size_t)K);
-    nc = nc < 64 ? 64 : nc > N ? N : nc;
-    float *Bw = fx_malloc(sizeof(float) * (size_t)K * nc);
-    for (int j0 = 0; j0 < N; j0 += nc) {
-        int w = N - j0 < nc ? N - j0 : nc;
-        #pragma omp parallel for schedule(static) if ((long)K * w >= (1L << 16))
-        for (int k = 0; k < K; k++)
-            for (int j = 0; j < w; j++)
-                Bw[(size_t)k * w + j] = fx_bf16_widen(tb ? B[(size_t)(j0 + j) * ldb + k] : B[(size_t)k * ldb + j0 + j]);
-        fx_matmul(0, 0, M, w, K, 1.0f, Ar, K, Bw, w, beta, C + j0, ldc);
-    }
-    free(Bw);
-    free(Ar);
-}
 
 /* ============================================================================================
  * The AVX-512 BF16 kernel
@@ -273,5 +251,5 @@ void fx_matmul_bf16(int tb, int M, int N, int K, const float *A, int lda, const 
 #ifdef FX_BF16_X86
     if (kernel_choice == 1) { matmul_fast(tb, M, N, K, A, lda, B, ldb, beta, C, ldc); return; }
 #endif
-    matmul_fallback(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    fx_matmul_b16(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }

@@ -137,6 +137,7 @@ static int check(const problem *p, const float *C, const char *what) {
 static const int SHAPES[][3] = { /* M, N, K: edges of every blocking (MR 8, NR 32, KC 512, NC 128) */
     {1, 1, 1},   {1, 1, 2},   {3, 5, 7},    {8, 32, 2},   {9, 33, 3},    {7, 31, 513}, {17, 129, 1025},
     {64, 96, 64}, {2, 200, 511}, {257, 40, 30}, {600, 70, 33}, {13, 300, 700}, {1, 1000, 9},
+    {300, 4, 50}, {64, 3, 800}, /* thin: the fallback computes C^T */
 };
 
 static void test_products(const char *kernel) {
@@ -169,8 +170,42 @@ static void test_products(const char *kernel) {
     release(&p);
 }
 
+/* The fallback is fx_matmul_b16: fx_matmul's sums on A rounded to bf16 and B widened, bit for bit, with
+ * both done while packing. Against fx_matmul on matrices rounded and widened beforehand (fx_bf16_round,
+ * checked above): shapes that take the thin path (C^T computed, so the bf16 operand becomes the packed A
+ * and the rounded one the packed B), that cross the AVX2 and AVX-512 kernels' K slices (768, 256), both
+ * layouts of B, beta 0 and 1, and A with ties, values that round up to infinity, infinities and NaN. */
+static void test_fallback_definition(void) {
+    static const int shapes[][3] = {{300, 4, 50}, {7, 1000, 9}, {64, 3, 800}, {37, 45, 1700}, {200, 96, 260}};
+    fx_rng r;
+    fx_rng_seed(&r, 17);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int b = 0; b < 2; b++) {
+                problem p;
+                make(&p, &r, tb, shapes[s][0], shapes[s][1], shapes[s][2], (int)(s + tb) % 3, b ? 1.0f : 0.0f);
+                size_t nA = (size_t)p.M * p.lda, brows = (size_t)(tb ? p.N : p.K), nB = brows * p.ldb;
+                const float special[] = {1.00390625f, 1.01171875f, -3.3961e38f, INFINITY, NAN};
+                for (int k = 0; k < 5; k++) p.A[(size_t)(k * 7919) % nA] = special[k];
+                float *Ar = fx_malloc(nA * sizeof *Ar), *Bw = fx_malloc(nB * sizeof *Bw);
+                for (size_t i = 0; i < nA; i++) Ar[i] = fx_bf16_widen(fx_bf16_round(p.A[i]));
+                for (size_t i = 0; i < nB; i++) Bw[i] = fx_bf16_widen(p.B[i]);
+                size_t nC = (size_t)p.M * p.ldc;
+                float *C = fx_malloc(nC * sizeof *C), *want = fx_malloc(nC * sizeof *want);
+                memcpy(C, p.C0, nC * sizeof *C);
+                memcpy(want, p.C0, nC * sizeof *want);
+                fx_matmul_b16(tb, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, p.beta, C, p.ldc);
+                fx_matmul(0, tb, p.M, p.N, p.K, 1.0f, Ar, p.lda, Bw, p.ldb, p.beta, want, p.ldc);
+                CHECK(memcmp(C, want, nC * sizeof *C) == 0, "fx_matmul_b16 M %d N %d K %d tb %d beta %d differs from "
+                      "fx_matmul on the rounded operands", p.M, p.N, p.K, tb, b);
+                free(C); free(want); free(Ar); free(Bw);
+                release(&p);
+            }
+}
+
 int main(void) {
     test_rounding();
+    test_fallback_definition();
     printf("bf16 kernel on this CPU: %s\n", fx_matmul_bf16_kernel());
     test_products("avx512bf16");
     test_products("fallback");
