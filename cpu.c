@@ -256,12 +256,12 @@ static void embeddings_forward_bf16(float *x0 /* (N, H) */, const int32_t *ids, 
 enum { VCHUNK = 1024 };
 #define VCHUNKS(n) ((long)(((n) + VCHUNK - 1) / VCHUNK))
 
-static void gelu_forward(float *out, const float *in, size_t n) {
+static void gelu_forward(float *out, float *erf /* (n) or NULL */, const float *in, size_t n) {
     #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
     for (long c = 0; c < VCHUNKS(n); c++) {
         size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
         const float *x = in + o;
-        float e[VCHUNK];
+        float buf[VCHUNK], *e = erf ? erf + o : buf;
         #pragma omp simd
         for (size_t j = 0; j < len; j++) e[j] = x[j] * (float)M_SQRT1_2;
         fx_erf(e, e, len);
@@ -269,16 +269,22 @@ static void gelu_forward(float *out, const float *in, size_t n) {
         for (size_t j = 0; j < len; j++) out[o + j] = x[j] * 0.5f * (1.0f + e[j]);
     }
 }
-static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in, size_t n) {
+static void gelu_backward(float *d /* in: dL/dout, out: dL/din */, const float *in,
+                          const float *erf /* (n): the forward's, or NULL */, size_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
     #pragma omp parallel for schedule(dynamic, 4) if ((long)n >= PAR_MIN)
     for (long c = 0; c < VCHUNKS(n); c++) {
         size_t o = (size_t)c * VCHUNK, len = n - o < VCHUNK ? n - o : VCHUNK;
         const float *x = in + o;
-        float e[VCHUNK], g[VCHUNK];
+        float buf[VCHUNK], g[VCHUNK];
+        const float *e = erf ? erf + o : buf;
         #pragma omp simd
-        for (size_t j = 0; j < len; j++) { e[j] = x[j] * (float)M_SQRT1_2; g[j] = -0.5f * x[j] * x[j]; }
-        fx_erf(e, e, len);
+        for (size_t j = 0; j < len; j++) g[j] = -0.5f * x[j] * x[j];
+        if (!erf) {
+            #pragma omp simd
+            for (size_t j = 0; j < len; j++) buf[j] = x[j] * (float)M_SQRT1_2;
+            fx_erf(buf, buf, len);
+        }
         fx_exp(g, g, len);
         #pragma omp simd
         for (size_t j = 0; j < len; j++) {

@@ -560,8 +560,10 @@ typedef struct fx_ops {
     /* dx (N, H) from dy at LayerNorm(x), g frozen */
     void (*layernorm_backward)(float *dx, const float *dy, const float *x, const float *mean, const float *rstd,
                                const float *g, int N, int H);
-    void (*gelu_forward)(float *out, const float *in, size_t n);          /* exact (erf) GELU */
-    void (*gelu_backward)(float *d /* dout in, din out */, const float *in, size_t n);
+    /* exact (erf) GELU; ERF (n) or NULL receives erf(x / sqrt 2), which the backward then takes as it is
+     * instead of computing it again (ERF NULL there: computed) */
+    void (*gelu_forward)(float *out, float *erf, const float *in, size_t n);
+    void (*gelu_backward)(float *d /* dout in, din out */, const float *in, const float *erf, size_t n);
     void (*gelu_tanh_forward)(float *out, const float *in, size_t n);     /* gelu_new (tanh form) */
     void (*gelu_tanh_backward)(float *d /* dout in, din out */, const float *in, size_t n);
     /* Llama's pieces. RMSNorm: out (N, H) = g * (x * rstd), rstd (N) = 1 / sqrt(mean(x^2) + eps), in

@@ -259,17 +259,19 @@ __global__ void bias_rows_kernel(float *y, const float *b, size_t n, int C) { /*
 }
 
 /* exact GELU x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); derivative Phi(x) + x phi(x) */
-__global__ void gelu_forward_kernel(float *out, const float *in, size_t n) {
+/* (erf: erf(x / sqrt 2) kept by the forward, or NULL; the backward takes it, or computes it when NULL) */
+__global__ void gelu_forward_kernel(float *out, float *erf, const float *in, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float x = in[i];
-    out[i] = x * 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float x = in[i], e = erff(x * 0.70710678118654752f);
+    if (erf) erf[i] = e;
+    out[i] = x * 0.5f * (1.0f + e);
 }
-__global__ void gelu_backward_kernel(float *d, const float *in, size_t n) {
+__global__ void gelu_backward_kernel(float *d, const float *in, const float *erf, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float x = in[i];
-    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f)), pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
+    float x = in[i], e = erf ? erf[i] : erff(x * 0.70710678118654752f);
+    float cdf = 0.5f * (1.0f + e), pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
     d[i] *= cdf + x * pdf;
 }
 /* gelu_new: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi); cpu.c's derivative */
@@ -946,11 +948,11 @@ static void gpu_layernorm_backward(float *dx, const float *dy, const float *x, c
                                    const float *rstd, const float *g, int N, int H) {
     LAUNCH(layernorm_backward_kernel, row_blocks(N), THREADS, 0, dx, dy, x, mean, rstd, g, N, H);
 }
-static void gpu_gelu_forward(float *out, const float *in, size_t n) {
-    if (n) LAUNCH(gelu_forward_kernel, nblocks(n), THREADS, 0, out, in, n);
+static void gpu_gelu_forward(float *out, float *erf, const float *in, size_t n) {
+    if (n) LAUNCH(gelu_forward_kernel, nblocks(n), THREADS, 0, out, erf, in, n);
 }
-static void gpu_gelu_backward(float *d, const float *in, size_t n) {
-    if (n) LAUNCH(gelu_backward_kernel, nblocks(n), THREADS, 0, d, in, n);
+static void gpu_gelu_backward(float *d, const float *in, const float *erf, size_t n) {
+    if (n) LAUNCH(gelu_backward_kernel, nblocks(n), THREADS, 0, d, in, erf, n);
 }
 static void gpu_gelu_tanh_forward(float *out, const float *in, size_t n) {
     if (n) LAUNCH(gelu_tanh_forward_kernel, nblocks(n), THREADS, 0, out, in, n);

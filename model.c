@@ -142,7 +142,9 @@ typedef struct {                /* one layer, N = the batch's real tokens, packe
     float *h1;                  /* (N, H) that LayerNorm's output: the MLP's input */
     float *pre;                 /* (N, I) intermediate.dense output, before GELU (Llama: gate_proj's) */
     float *up;                  /* (N, I) Llama's up_proj output */
-    float *gelu;                /* (N, I) the activation's output (Llama: silu(gate) * up) */
+    float *gelu;                /* (N, I) the activation's output (Llama: silu(gate) * up); RoBERTa's in
+                                   training: the step's scratch w->gact, as erf holds what backward needs */
+    float *erf;                 /* (N, I) RoBERTa in training: erf(pre / sqrt 2), its GELU's, for backward */
     uint8_t *keep2;             /* (N, H) hidden-dropout keep mask after output.dense, or NULL */
     float *res2;                /* (N, H) dropout(dense(gelu)) + h1: the second LayerNorm's input (post-LN) */
     float *mean2, *rstd2;       /* (N) */
@@ -166,6 +168,7 @@ typedef struct {
     layer_acts *L;              /* (layers): in training one slot per layer; in evaluation two slots
                                    used in turn, as nothing is kept for backward */
     float *y;                   /* (N, H) scratch: a dense layer's output before dropout + residual */
+    float *gact;                /* (N, I) RoBERTa in training: GELU's output, output.dense's input */
     fx_adapter_scratch as;      /* xd, dxd (N, in_max); u, dz, du (N, r); w (N, out_max) */
     float *cls;                 /* (n, H) token 0 of the last layer */
     float *pctx, *px;           /* (n, H) a pruned last layer's ctx and input on the rows the head reads */
@@ -227,6 +230,8 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
     TAKE(w->x0, N * H);
     int slots = train ? c->layers : (c->layers < 2 ? c->layers : 2);
     int prune = !lm && cls_pruned(m, c->layers - 1);
+    /* RoBERTa's GELU in training keeps erf per layer (its backward's), its output is scratch */
+    int keep_erf = train && !pre && !llama;
     for (int l = 0; l < c->layers; l++) {
         layer_acts *A = &w->L[l];
         if (l >= slots) { *A = w->L[l % 2]; continue; }
@@ -242,7 +247,8 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
         TAKE_IF(drop_h, A->keep1, R * H);
         TAKE(A->res1, R * H); TAKE(A->mean1, R); TAKE(A->rstd1, R);
         TAKE(A->h1, R * H);
-        TAKE(A->pre, R * I); TAKE_IF(llama, A->up, N * I); TAKE(A->gelu, R * I);
+        TAKE(A->pre, R * I); TAKE_IF(llama, A->up, N * I);
+        TAKE_IF(keep_erf, A->erf, R * I); TAKE_IF(!keep_erf, A->gelu, R * I);
         TAKE_IF(drop_h, A->keep2, R * H);
         TAKE_IF(!pre, A->res2, R * H); TAKE_IF(!pre, A->mean2, R); TAKE_IF(!pre, A->rstd2, R);
         TAKE(A->out, R * H);
@@ -254,6 +260,9 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
         }
     }
     TAKE(w->y, N * H);
+    TAKE_IF(keep_erf, w->gact, N * I);
+    if (keep_erf)
+        for (int l = 0; l < c->layers; l++) w->L[l].gelu = w->gact;
     TAKE(w->as.xd, N * in_max);
     TAKE(w->as.u, N * r); TAKE(w->as.w, N * out_max);
     int sorf = m->a.kind == FX_SORF;
@@ -630,7 +639,7 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     op->residual_layernorm_forward(A->h1, A->res1, A->mean1, A->rstd1, w->y, A->keep1, c->hidden_dropout, xr,
                                    W(m, V->ln1_w), W(m, V->ln1_b), R, H, c->layer_norm_eps);
     dense_forward_rows(m, l, FX_TI_INTER, A->pre, A->h1, A, R, rows);
-    op->gelu_forward(A->gelu, A->pre, (size_t)R * I);
+    op->gelu_forward(A->gelu, A->erf, A->pre, (size_t)R * I);
     dense_forward_rows(m, l, FX_TI_OUTPUT, w->y, A->gelu, A, R, rows);
     if (A->keep2) hidden_mask(m, A->keep2, rows, R);
     op->residual_layernorm_forward(A->out, A->res2, A->mean2, A->rstd2, w->y, A->keep2, c->hidden_dropout, A->h1,
@@ -652,8 +661,10 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     /* out = LayerNorm(res2), res2 = dropout(y2) + h1, y2 = dense(gelu) */
     op->layernorm_backward(w->dres, dout, A->res2, A->mean2, A->rstd2, W(m, V->ln2_w), R, H);
     op->dropout_apply(w->dy, w->dres, A->keep2, c->hidden_dropout, RH);
+    /* output.dense's adapter reads its input, GELU's output: in the scratch of a later layer by now */
+    if (A->erf && V->lin[FX_TI_OUTPUT].ad >= 0) op->gelu_forward(A->gelu, NULL, A->pre, (size_t)R * I);
     dense_backward(m, l, FX_TI_OUTPUT, w->dI, w->dy, A->gelu, A, R, 0);
-    op->gelu_backward(w->dI, A->pre, (size_t)R * I);
+    op->gelu_backward(w->dI, A->pre, A->erf, (size_t)R * I);
     op->copy(w->dh1, w->dres, RH); /* the residual's share */
     dense_backward(m, l, FX_TI_INTER, w->dh1, w->dI, A->h1, A, R, 1);
     /* h1 = LayerNorm(res1), res1 = dropout(y1) + x, y1 = dense(ctx) */

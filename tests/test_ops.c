@@ -6,6 +6,7 @@
 #include "../fedex.h"
 #include "check.h"
 
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -61,6 +62,22 @@ static void check_ops_complete(void) {
           sizeof(fx_ops), n);
     for (int i = 0; i < n; i++) CHECK(entry[i] != NULL, "fx_cpu_ops entry %d is NULL", i);
     CHECK(!strcmp(o->name, "cpu"), "name %s", o->name);
+
+    /* GELU's kept erf: erf(x / sqrt 2) to libm's erff within 1 ulp (vmath's bound), and the backward
+     * given it gives the bits it gives computing it anew (the same value, the same operations) */
+    enum { NG = 3000 };
+    const float ulp_rel = 0x1p-23f; /* one ulp of a float is at most 2^-23 of its magnitude */
+    float gx[NG], gy[NG], ge[NG], d1[NG], d2[NG];
+    fx_rng gr;
+    fx_rng_seed(&gr, 91);
+    for (int i = 0; i < NG; i++) { gx[i] = (float)(6.0 * fx_rng_normal(&gr)); d1[i] = d2[i] = (float)fx_rng_normal(&gr); }
+    o->gelu_forward(gy, ge, gx, NG);
+    int close = 1;
+    for (int i = 0; i < NG; i++) close &= fabsf(ge[i] - erff(gx[i] * (float)M_SQRT1_2)) <= ulp_rel * fabsf(ge[i]);
+    CHECK(close, "gelu_forward's kept erf is not erff(x / sqrt 2) to 1 ulp");
+    o->gelu_backward(d1, gx, ge, NG);
+    o->gelu_backward(d2, gx, NULL, NG);
+    CHECK(memcmp(d1, d2, sizeof d1) == 0, "gelu_backward with the kept erf differs from computing it");
 
     /* dropout_mask_rows draws exactly dropout_mask's rows it names, in any order, repeated or not */
     enum { MR = 10, MC = 37 };
