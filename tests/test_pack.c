@@ -356,7 +356,7 @@ static void test_pruned_last_layer(void) {
                 loss[s] = fx_model_step(&m[s], &b, 1, z[s]);
                 free_batch(&b);
             }
-            char what[160];
+            char what[320];
             snprintf(what, sizeof what, "%s, %d layer(s): logits of the pruned last layer", names[k], layers);
             CHECK_CLOSE(what, z[0], z[1], NROWS * 3, PRUNE_TOL, 0);
             CHECK(isfinite(loss[0]) && fabs(loss[0] - loss[1]) <= PRUNE_TOL, "%s, %d layer(s): loss %.9g, unpruned %.9g",
