@@ -240,6 +240,8 @@ void fx_adapter_forward(fx_model *m, int k, float *y /* (N, out) */, const float
     }
 }
 
+int fx_adapter_backward_reads_x(const fx_model *m) { return m->a.kind == FX_LORA && !m->a.freeze_a; }
+
 /* Gradients of the adapter's trainable tensors from dy (N, out), and dx (N, in) += its share of the
  * input gradient (skipped when DX is NULL). LoRA: dB = s dy^T z, dz = s dy B, dA = dz^T xd,
  * dxd = dz A. VeRA: with u = lambda_d * z, v = u B_l^T: dlambda_b = colsum(dy * v), du = (dy * lambda_b) B_l,

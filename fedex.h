@@ -463,7 +463,7 @@ void fx_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
 /* C (M x N) = A (M x K) op(B) + beta C, row-major: A fp32 with each element rounded to bf16 (RNE) first,
  * B bf16, op(B) = B (K x N, ldb >= N) or B^T when tb (B stored N x K, ldb >= K); the products summed in
  * fp32. beta == 0 writes C without reading it. The results do not depend on the thread count; the two
- * kernels ("avx512bf16": VDPBF16PS, when the CPU has it; "fallback": B widened, fx_matmul) agree up to the
+ * kernels ("avx512bf16": VDPBF16PS, when the CPU has it; "fallback": fx_matmul_b16) agree up to the
  * order of the fp32 sums (and VDPBF16PS flushing subnormals). FEDEX_BF16_KERNEL=fallback, or
  * fx_matmul_bf16_force, picks the fallback; force returns -1 with fx_seterr on an unknown name or a CPU
  * without the instructions. */
@@ -852,7 +852,8 @@ typedef struct { int d; float *signs; int32_t *perm; } fx_sorf_mixer;
 void fx_adapter_forward(struct fx_model *m, int k, float *y, const float *x, uint8_t *keep /* (N, in) or NULL */,
                         float *z, int N, const int32_t *rows, const fx_adapter_scratch *s);
 /* Gradients of K's tensors from dy (N, out) into m->grad, and dx (N, in) += its input share (DX NULL:
- * skipped). */
+ * skipped). X is read only when fx_adapter_backward_reads_x (LoRA with A trained: dA = dz^T x). */
+int fx_adapter_backward_reads_x(const struct fx_model *m);
 void fx_adapter_backward(struct fx_model *m, int k, float *dx, const float *dy, const float *x,
                          const uint8_t *keep, const float *z, int N, const fx_adapter_scratch *s);
 

@@ -124,7 +124,8 @@ void fx_base_write(fx_model *m, size_t off, size_t n, const float *src) {
  * workspace: activations kept for backward, and scratch; one buffer carved per step
  * ============================================================================================ */
 
-typedef struct {                /* one layer, N = the batch's real tokens, packed row after row */
+typedef struct {                /* one layer, N = the batch's real tokens, packed row after row; a pruned
+                                   last layer's from keep1 on (and its later targets' akeep, z): n rows */
     float *xn, *mean0, *rstd0;  /* pre-LN: (N, H) LayerNorm(x) before attention, its moments (N) */
     float *qkv;                 /* pre-LN: (N, 3H) the fused projection, q | k | v */
     float *q, *k, *v;           /* (N, H) projections; head h is columns [h*hd, (h+1)*hd). Llama: q (N, Hq),
@@ -208,7 +209,8 @@ static void *take(char *mem, size_t *used, size_t bytes) {
 }
 /* The one table of the workspace's sizes, for a batch of n rows holding N real tokens, the longest T:
  * each TAKE names a pointer and its element count. With MEM NULL it only measures; the backend allocates
- * what it returns. Nothing is sized by padding: every per-token tensor has N rows. */
+ * what it returns. Nothing is sized by padding: every per-token tensor has N rows, but a pruned last
+ * layer's after attention (R = n in training; cls_pruned). */
 static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Ntok, int train, char *mem) {
     const fx_config *c = &m->c;
     size_t N = (size_t)Ntok, H = c->hidden, I = c->intermediate, r = m->a.r, nL = c->num_labels;
@@ -612,7 +614,8 @@ static void scatter_heads(fx_model *m, float *dst, const float *x) {
  *   q, k, v = x Wq^T + bq, ...  (+ adapters)
  *   ctx = attention(q, k, v);   h1 = LayerNorm(dropout(ctx Wao^T + bao) + x)
  *   g = GELU(h1 Wi^T + bi);     out = LayerNorm(dropout(g Wo^T + bo) + h1)
- * From ctx on, a pruned layer (cls_pruned) holds the head's n rows, in batch order. */
+ * From attention.output on, a pruned layer (cls_pruned) holds the head's n rows, in batch order (ctx keeps
+ * N; its n rows are gathered into w->pctx). */
 static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
@@ -648,7 +651,7 @@ static void layer_forward(fx_model *m, int l, const float *x /* (N, H) */) {
 
 /* The same layer backwards from dout (N, H). dx (N, H) receives the gradient at the layer's input, or is
  * NULL for the first layer (nothing before it is trainable). */
-static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N, H) */,
+static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, const float *dout /* (N or n, H) */,
                            const float *x /* (N, H) */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
@@ -661,8 +664,9 @@ static void layer_backward(fx_model *m, int l, float *dx /* (N, H) or NULL */, c
     /* out = LayerNorm(res2), res2 = dropout(y2) + h1, y2 = dense(gelu) */
     op->layernorm_backward(w->dres, dout, A->res2, A->mean2, A->rstd2, W(m, V->ln2_w), R, H);
     op->dropout_apply(w->dy, w->dres, A->keep2, c->hidden_dropout, RH);
-    /* output.dense's adapter reads its input, GELU's output: in the scratch of a later layer by now */
-    if (A->erf && V->lin[FX_TI_OUTPUT].ad >= 0) op->gelu_forward(A->gelu, NULL, A->pre, (size_t)R * I);
+    /* output.dense's adapter may read its input, GELU's output: in the scratch of a later layer by now */
+    if (A->erf && V->lin[FX_TI_OUTPUT].ad >= 0 && fx_adapter_backward_reads_x(m))
+        op->gelu_forward(A->gelu, NULL, A->pre, (size_t)R * I);
     dense_backward(m, l, FX_TI_OUTPUT, w->dI, w->dy, A->gelu, A, R, 0);
     op->gelu_backward(w->dI, A->pre, A->erf, (size_t)R * I);
     op->copy(w->dh1, w->dres, RH); /* the residual's share */
@@ -923,7 +927,7 @@ static void head_forward(fx_model *m, const float *xL /* (N, H), or (n, H) when 
 }
 /* From dlogits (n, L): the head's gradients, and dout of the last layer: (N, H), zero but on each row's
  * token 0, or (n, H) when that layer is pruned. */
-static void head_backward(fx_model *m, float *dout /* (N, H) */) {
+static void head_backward(fx_model *m, float *dout /* (N, H), or (n, H) when pruned */) {
     const fx_ops *op = m->ops;
     workspace *w = m->ws;
     const fx_config *c = &m->c;
