@@ -553,11 +553,22 @@ static void pack_b16_cols256(const uint16_t *B, size_t ldb, int K, int j0, int c
             for (int j = 0; j < 8; j++) out[(size_t)k * nr + jb + j] = j < nj ? widen(src[(size_t)j * ldb + k]) : 0.0f;
     }
 }
+/* op(B) = B from bf16, a whole panel of 16 columns: each row's 16 values widened by two 8-wide moves. */
+__attribute__((target("avx2")))
+static void pack_b16_rows256(const uint16_t *B, size_t ldb, int K, int j0, float *out) {
+    for (int k = 0; k < K; k++) {
+        const uint16_t *src = B + (size_t)k * ldb + j0;
+        __m128i lo = _mm_loadu_si128((const __m128i *)src), hi = _mm_loadu_si128((const __m128i *)(src + 8));
+        _mm256_storeu_si256((__m256i *)(out + (size_t)k * 16), _mm256_slli_epi32(_mm256_cvtepu16_epi32(lo), 16));
+        _mm256_storeu_si256((__m256i *)(out + (size_t)k * 16 + 8), _mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16));
+    }
+}
 #endif
 /* pack_b_panel's panel (all K) from a bf16 op(B), widened: read along B's rows either way. */
 static void pack_b16(int tb, const uint16_t *B, size_t ldb, int K, int j0, int cols, int nr, float *out) {
 #ifdef FX_X86
     if (tb && nr % 8 == 0 && use_pack256()) { pack_b16_cols256(B, ldb, K, j0, cols, nr, out); return; }
+    if (!tb && nr == 16 && cols == 16 && use_pack256()) { pack_b16_rows256(B, ldb, K, j0, out); return; }
 #endif
     if (tb) { /* op(B)[k][j] = B[j][k] */
         for (int j = 0; j < nr; j++) {
