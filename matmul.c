@@ -476,15 +476,11 @@ static void pack_b_panel(int tb, const float *B, size_t ldb, int p0, int kc, int
 
 /* --- fx_matmul_b16's operands: bf16 widened while packing (exact), fp32 rounded to bf16 in the panels. */
 
-/* x = widen(round(x)), fx_bf16_round's rounding (to nearest, ties to even; NaN kept a quiet NaN) on the
- * bits: keep the top half after adding 0x7fff and the last kept bit, or set the quiet bit of a NaN. */
-static inline uint32_t round_bits(uint32_t u) {
-    return (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) & 0xffff0000u
-                                           : (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-}
 #ifdef FX_X86
+/* fx_bf16_round's rounding on the bits, 8 at a time: keep the top half after adding 0x7fff and the last
+ * kept bit, or set the quiet bit of a NaN. Returns how many it did (the whole vectors of N). */
 __attribute__((target("avx2")))
-static void round_bf16_avx2(float *x, size_t n) {
+static size_t round_bf16_avx2(float *x, size_t n) {
     const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u), half = _mm256_set1_epi32(0x7fff);
     const __m256i one = _mm256_set1_epi32(1), quiet = _mm256_set1_epi32(0x00400000);
@@ -496,30 +492,16 @@ static void round_bf16_avx2(float *x, size_t n) {
         r = _mm256_blendv_epi8(r, _mm256_or_si256(u, quiet), nan);
         _mm256_storeu_si256((__m256i *)(x + i), _mm256_and_si256(r, hi));
     }
-    for (; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u);
-        u = round_bits(u);
-        memcpy(x + i, &u, sizeof u);
-    }
+    return i;
 }
 #endif
+/* x = widen(round(x)) (fx_bf16_round, fx_bf16_widen). */
 static void round_bf16(float *x, size_t n) {
+    size_t i = 0;
 #ifdef FX_X86
-    if (use_pack256()) { round_bf16_avx2(x, n); return; }
+    if (use_pack256()) i = round_bf16_avx2(x, n);
 #endif
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u);
-        u = round_bits(u);
-        memcpy(x + i, &u, sizeof u);
-    }
-}
-static inline float widen(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    for (; i < n; i++) x[i] = fx_bf16_widen(fx_bf16_round(x[i]));
 }
 /* pack_a's panels from a bf16 op(A), widened. */
 static void pack_a16(int ta, const uint16_t *A, size_t lda, int i0, int mc, int p0, int kc, int mr, float *out) {
@@ -528,7 +510,7 @@ static void pack_a16(int ta, const uint16_t *A, size_t lda, int i0, int mc, int 
         for (int i = 0; i < mr; i++)
             for (int k = 0; k < kc; k++) {
                 size_t at = ta ? (size_t)(p0 + k) * lda + i0 + ip + i : (size_t)(i0 + ip + i) * lda + p0 + k;
-                out[(size_t)k * mr + i] = i < rows ? widen(A[at]) : 0.0f;
+                out[(size_t)k * mr + i] = i < rows ? fx_bf16_widen(A[at]) : 0.0f;
             }
     }
 }
@@ -550,7 +532,7 @@ static void pack_b16_cols256(const uint16_t *B, size_t ldb, int K, int j0, int c
             for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + (size_t)(kb + k) * nr + jb, r[k]);
         }
         for (int k = k8; k < K; k++)
-            for (int j = 0; j < 8; j++) out[(size_t)k * nr + jb + j] = j < nj ? widen(src[(size_t)j * ldb + k]) : 0.0f;
+            for (int j = 0; j < 8; j++) out[(size_t)k * nr + jb + j] = j < nj ? fx_bf16_widen(src[(size_t)j * ldb + k]) : 0.0f;
     }
 }
 /* op(B) = B from bf16, a whole panel of 16 columns: each row's 16 values widened by two 8-wide moves. */
@@ -573,12 +555,12 @@ static void pack_b16(int tb, const uint16_t *B, size_t ldb, int K, int j0, int c
     if (tb) { /* op(B)[k][j] = B[j][k] */
         for (int j = 0; j < nr; j++) {
             const uint16_t *src = B + (size_t)(j0 + j) * ldb;
-            for (int k = 0; k < K; k++) out[(size_t)k * nr + j] = j < cols ? widen(src[k]) : 0.0f;
+            for (int k = 0; k < K; k++) out[(size_t)k * nr + j] = j < cols ? fx_bf16_widen(src[k]) : 0.0f;
         }
     } else {
         for (int k = 0; k < K; k++) {
             const uint16_t *src = B + (size_t)k * ldb + j0;
-            for (int j = 0; j < nr; j++) out[(size_t)k * nr + j] = j < cols ? widen(src[j]) : 0.0f;
+            for (int j = 0; j < nr; j++) out[(size_t)k * nr + j] = j < cols ? fx_bf16_widen(src[j]) : 0.0f;
         }
     }
 }
@@ -651,10 +633,9 @@ typedef struct {
     float *C;
     size_t rs, cs;
     float *bpack;
-    /* fx_matmul_b16: an operand held in bf16 is widened as it is packed (A16 or B16, the other NULL), and
-     * the fp32 one rounded to bf16 in its packed panels (ROUND_A or ROUND_B) */
+    /* fx_matmul_b16: the operand held in bf16 (A16 or B16; A or B NULL then) is widened as it is packed,
+     * and the other one, fp32, rounded to bf16 in its packed panels */
     const uint16_t *A16, *B16;
-    int round_a, round_b;
 } product;
 
 static void pack_b_one(const product *g, int p) {
@@ -662,7 +643,7 @@ static void pack_b_one(const product *g, int p) {
     float *out = g->bpack + (size_t)p * g->K * NR;
     if (g->B16) { pack_b16(g->tb, g->B16, g->ldb, g->K, p * NR, cols, NR, out); return; }
     pack_b_panel(g->tb, g->B, g->ldb, 0, g->K, p * NR, cols, NR, out);
-    if (g->round_b) round_bf16(out, (size_t)g->K * NR);
+    if (g->A16) round_bf16(out, (size_t)g->K * NR);
 }
 
 /* The blocked loops above over one rectangle of C: row tiles LO..HI (all columns) when the product is
@@ -692,7 +673,7 @@ static void gemm_part(const product *g, int lo, int hi) {
                 int mc = m1 - ic < MC ? m1 - ic : MC;
                 if (g->A16) pack_a16(g->ta, g->A16, g->lda, ic, mc, pc, kc, MR, apack);
                 else pack_a(g->ta, g->A, g->lda, ic, mc, pc, kc, MR, apack);
-                if (g->round_a) round_bf16(apack, (size_t)(mc + MR - 1) / MR * MR * kc);
+                if (g->B16) round_bf16(apack, (size_t)(mc + MR - 1) / MR * MR * kc);
                 for (int jr = jc; jr < jhi; jr += NR) {
                     int cols = jhi - jr < NR ? jhi - jr : NR;
                     const float *bp = g->bpack + ((size_t)(jr / NR) * K + pc) * NR;
@@ -728,7 +709,7 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
     /* C is cut along M, or along N when it has fewer row tiles than column panels */
     product g = {kn, ta, tb, M, N, K, npanels, mtiles >= npanels, alpha, beta, op16 == 1 ? NULL : A,
                  op16 == 2 ? NULL : B, lda, ldb, C, rs, cs, grow(&mine->b, &mine->nb, (size_t)npanels * K * kn->nr),
-                 op16 == 1 ? A : NULL, op16 == 2 ? B : NULL, op16 == 2, op16 == 1};
+                 op16 == 1 ? A : NULL, op16 == 2 ? B : NULL};
     int tiles = g.split_m ? mtiles : npanels;
 
     /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
