@@ -171,7 +171,7 @@ typedef struct {
     float *y;                   /* (N, H) scratch: a dense layer's output before dropout + residual */
     float *gact;                /* (N, I) RoBERTa in training: GELU's output, output.dense's input */
     fx_adapter_scratch as;      /* xd, dxd (N, in_max); u, dz, du (N, r); w (N, out_max) */
-    float *cls;                 /* (n, H) token 0 of the last layer */
+    float *cls;                 /* (n, H) token 0 of the last layer (NULL when it is pruned: its output) */
     float *pctx, *px;           /* (n, H) a pruned last layer's ctx and input on the rows the head reads */
     uint8_t *hkeep1, *hkeep2;   /* (n, H) the head's dropout keep masks, or NULL */
     float *hx;                  /* (n, H) dropout(cls) */
@@ -190,7 +190,7 @@ typedef struct {
     float *dks, *dvs;           /* Llama: (N, Hk) dk, dv summed over the heads sharing them (== dk, dv in MHA) */
     float *dup;                 /* (N, I) Llama: gradient at up_proj's output */
     float *dqkv;                /* (N, 3H) pre-LN's fused projection */
-    float *dhx, *dht;           /* (n, H) the head's */
+    float *dhx, *dht;           /* (n, H) the head's (dhx NULL when pruned: written into dout) */
 } workspace;
 
 /* A classifier's head reads each row's token 0 only, so its last layer runs the work after attention
@@ -269,7 +269,7 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
     TAKE(w->as.u, N * r); TAKE(w->as.w, N * out_max);
     int sorf = m->a.kind == FX_SORF;
     TAKE_IF(sorf, w->as.w2, N * out_max); TAKE_IF(sorf, w->as.lam, r * r); TAKE_IF(sorf && train, w->as.dlam, r * r);
-    TAKE(w->cls, (size_t)n * H);
+    TAKE_IF(!prune, w->cls, (size_t)n * H); /* pruned: the last layer's output is those rows */
     TAKE_IF(prune, w->pctx, (size_t)n * H); TAKE_IF(prune, w->px, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep1, (size_t)n * H);
     TAKE_IF(drop_c, w->hkeep2, (size_t)n * H);
@@ -290,7 +290,7 @@ static size_t ws_carve(const fx_model *m, workspace *w, int n, int Tmax, int Nto
     TAKE_IF(train && pre, w->dqkv, N * 3 * H);
     TAKE_IF(train, w->as.dxd, N * in_max);
     TAKE_IF(train, w->as.dz, N * r); TAKE_IF(train, w->as.du, N * r);
-    TAKE_IF(train, w->dhx, (size_t)n * H); TAKE_IF(train, w->dht, (size_t)n * H);
+    TAKE_IF(train && !prune, w->dhx, (size_t)n * H); TAKE_IF(train, w->dht, (size_t)n * H);
 #undef TAKE
 #undef TAKE_IF
     return used;
@@ -915,10 +915,10 @@ static void head_forward(fx_model *m, const float *xL /* (N, H), or (n, H) when 
     workspace *w = m->ws;
     const fx_config *c = &m->c;
     int n = w->n, H = c->hidden, L = c->num_labels;
-    if (cls_pruned(m, c->layers - 1)) op->copy(w->cls, xL, (size_t)n * H); /* xL holds those rows only */
-    else gather_heads(m, w->cls, xL);
+    const float *cls = xL; /* a pruned last layer holds those rows only */
+    if (!cls_pruned(m, c->layers - 1)) { gather_heads(m, w->cls, xL); cls = w->cls; }
     if (w->hkeep1) op->dropout_mask(w->hkeep1, (size_t)n, (size_t)H, c->classifier_dropout, fx_rng_u64(&m->drop));
-    op->dropout_apply(w->hx, w->cls, w->hkeep1, c->classifier_dropout, (size_t)n * H);
+    op->dropout_apply(w->hx, cls, w->hkeep1, c->classifier_dropout, (size_t)n * H);
     op->linear_forward(w->ht, w->hx, P(m, m->head.dense_w), P(m, m->head.dense_b), n, H, H);
     op->tanh_forward(w->ht, (size_t)n * H);
     if (w->hkeep2) op->dropout_mask(w->hkeep2, (size_t)n, (size_t)H, c->classifier_dropout, fx_rng_u64(&m->drop));
@@ -942,10 +942,11 @@ static void head_backward(fx_model *m, float *dout /* (N, H), or (n, H) when pru
     op->tanh_backward(w->dht, w->ht, (size_t)n * H);
     op->matmul(1, 0, H, H, n, 1.0f, w->dht, H, w->hx, H, 0.0f, gWd, H);
     op->column_dot(gbd, w->dht, NULL, n, H);
-    op->matmul(0, 0, n, H, H, 1.0f, w->dht, H, Wd, H, 0.0f, w->dhx, H);
-    op->dropout_apply(w->dhx, w->dhx, w->hkeep1, c->classifier_dropout, (size_t)n * H);
-    if (cls_pruned(m, c->layers - 1)) op->copy(dout, w->dhx, (size_t)n * H);
-    else scatter_heads(m, dout, w->dhx);
+    int pruned = cls_pruned(m, c->layers - 1);
+    float *dhx = pruned ? dout : w->dhx; /* a pruned last layer takes the n rows as they are */
+    op->matmul(0, 0, n, H, H, 1.0f, w->dht, H, Wd, H, 0.0f, dhx, H);
+    op->dropout_apply(dhx, dhx, w->hkeep1, c->classifier_dropout, (size_t)n * H);
+    if (!pruned) scatter_heads(m, dout, dhx);
 }
 
 /* ============================================================================================
