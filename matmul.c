@@ -40,7 +40,12 @@
  * packing) instead of two per K slice: a thread that the OS preempts then stalls the other only once.
  *
  * Packing copies each operand into the exact order the micro-kernel reads it (unit stride, zero-padded to
- * whole panels), so transposes, strides and ragged edges are all handled there and nowhere else.
+ * whole panels), so transposes, strides and ragged edges are all handled there and nowhere else. One
+ * exception: where op(A) = A (its rows contiguous in k) and the kernel has a direct form (AVX2), the whole
+ * row tiles read A where it lies, 6 rows at a time, and only a ragged last row panel is packed. The copy
+ * bought nothing there: the A block's rows are contiguous runs that stay in L2 just as the packed block
+ * does, and the packing pass was time with no multiply-adds in it (on a 2-core EPYC under AVX2 the
+ * RoBERTa-base step's large products ran 1-7% faster without it, the attention ones 8-17%).
  *
  * Determinism. Each C element is the sum of its K products in one fixed order: k ascending within a KC
  * slice (one fp32 accumulator per element, FMA where the kernel has it), then slice after slice into C as
@@ -61,6 +66,10 @@ typedef void (*kernel_fn)(int kc, const float *restrict a, const float *restrict
  * and B vectors wholly past COLS are not multiplied at all. Same order of operations as kernel_fn. */
 typedef void (*edge_fn)(int kc, const float *restrict a, const float *restrict b, float *restrict c,
                         size_t ldc, float alpha, float beta, int rows, int cols);
+/* kernel_fn with A read in place instead of from a packed panel: element (i, k) of the MR x kc block at
+ * a[i*lda + k] (op(A) = A, row-major). Same sums in the same order as kernel_fn, so the same bits. */
+typedef void (*direct_fn)(int kc, const float *restrict a, size_t lda, const float *restrict b,
+                          float *restrict c, size_t ldc, float alpha, float beta);
 
 /* Blocking of one kernel. MR x NR is the register tile. KC bounds the two panels one kernel call reads
  * (A: KC x MR, B: KC x NR) to the inner caches and sets how often C is re-read (once per KC slice);
@@ -71,6 +80,7 @@ typedef struct {
     int mr, nr, kc, mc, nc;
     kernel_fn fn;
     edge_fn edge;                                /* NULL: ragged tiles go through a full tile and a copy */
+    direct_fn direct;                            /* NULL: A is always packed */
     int (*available)(void);
 } kernel;
 
@@ -99,9 +109,11 @@ static int always(void) { return 1; }
 
 enum { A2_MR = 6, A2_NR = 16 };
 
-__attribute__((target("avx2,fma")))
-static void kernel_avx2(int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                        size_t ldc, float alpha, float beta) {
+/* The body of both AVX2 kernels: A's element (i, k) at a[i*ars + k*aks], a packed panel (ars 1, aks MR)
+ * or A itself, read in place (ars lda, aks 1). The sums are the same in the same order either way. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void avx2_body(int kc, const float *restrict a, size_t ars, size_t aks, const float *restrict b,
+                             float *restrict c, size_t ldc, float alpha, float beta) {
     __m256 acc[A2_MR][2];
     /* The tile of C is fetched while the sums run: its 6 rows (64 bytes each, maybe across two lines) are
      * far apart in memory, and loaded (beta != 0) or stored at the end they would each wait for memory.
@@ -112,11 +124,11 @@ static void kernel_avx2(int kc, const float *restrict a, const float *restrict b
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + A2_NR - 1), _MM_HINT_T0);
     }
-    for (int k = 0; k < kc; k++, a += A2_MR, b += A2_NR) {
+    for (int k = 0; k < kc; k++, a += aks, b += A2_NR) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         #pragma GCC unroll 8
         for (int i = 0; i < A2_MR; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + i);
+            __m256 ai = _mm256_broadcast_ss(a + i * ars);
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
@@ -131,6 +143,18 @@ static void kernel_avx2(int kc, const float *restrict a, const float *restrict b
             if (beta != 0.0f) r = _mm256_add_ps(r, _mm256_mul_ps(vb, _mm256_loadu_ps(p)));
             _mm256_storeu_ps(p, r);
         }
+}
+
+__attribute__((target("avx2,fma")))
+static void kernel_avx2(int kc, const float *restrict a, const float *restrict b, float *restrict c,
+                        size_t ldc, float alpha, float beta) {
+    avx2_body(kc, a, 1, A2_MR, b, c, ldc, alpha, beta);
+}
+
+__attribute__((target("avx2,fma")))
+static void direct_avx2(int kc, const float *restrict a, size_t lda, const float *restrict b, float *restrict c,
+                        size_t ldc, float alpha, float beta) {
+    avx2_body(kc, a, lda, 1, b, c, ldc, alpha, beta);
 }
 
 static int have_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
@@ -209,10 +233,10 @@ static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
  *   scalar  small blocks; it is the portable fallback, not a fast path. */
 static const kernel KERNELS[] = {
 #ifdef FX_X86
-    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, have_avx512},
-    {"avx2", A2_MR, A2_NR, 768, 144, 3072, kernel_avx2, NULL, have_avx2},
+    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, NULL, have_avx512},
+    {"avx2", A2_MR, A2_NR, 768, 144, 3072, kernel_avx2, NULL, direct_avx2, have_avx2},
 #endif
-    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, always},
+    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, NULL, always},
 };
 enum { NKERNELS = sizeof KERNELS / sizeof KERNELS[0] };
 enum { MAX_TILE = 8 * 48 };                      /* the largest MR x NR above */
@@ -664,29 +688,36 @@ static void gemm_part(const product *g, int lo, int hi) {
     float *apack = grow(&own->a, &own->na, (size_t)kcb * (mcb > 0 ? mcb : MR)); /* (kcb, mcb) */
     float tile[MAX_TILE];                        /* (MR, NR) */
 
+    /* A read in place (the kernel has a direct form, op(A) = A in fp32): only a ragged last row panel of
+     * each A block is packed, into APACK's first panel; the whole rows are read where they are. */
+    const int direct = kn->direct && !g->ta && g->A && !g->B16;
     for (int jc = n0; jc < n1; jc += NC) {
         int jhi = jc + NC < n1 ? jc + NC : n1;
         for (int pc = 0; pc < K; pc += KC) {
             int kc = K - pc < KC ? K - pc : KC;
             float beta_eff = pc == 0 ? g->beta : 1.0f;
             for (int ic = m0; ic < m1; ic += MC) {
-                int mc = m1 - ic < MC ? m1 - ic : MC;
+                int mc = m1 - ic < MC ? m1 - ic : MC, whole = direct ? mc / MR * MR : 0;
                 if (g->A16) pack_a16(g->ta, g->A16, g->lda, ic, mc, pc, kc, MR, apack);
-                else pack_a(g->ta, g->A, g->lda, ic, mc, pc, kc, MR, apack);
+                else if (whole < mc) pack_a(g->ta, g->A, g->lda, ic + whole, mc - whole, pc, kc, MR, apack);
                 if (g->B16) round_bf16(apack, (size_t)(mc + MR - 1) / MR * MR * kc);
                 for (int jr = jc; jr < jhi; jr += NR) {
                     int cols = jhi - jr < NR ? jhi - jr : NR;
                     const float *bp = g->bpack + ((size_t)(jr / NR) * K + pc) * NR;
                     for (int ir = 0; ir < mc; ir += MR) {
                         int rows = mc - ir < MR ? mc - ir : MR;
-                        const float *ap = apack + (size_t)ir * kc;
+                        int in_place = ir < whole;                 /* else packed, from APACK's row WHOLE */
+                        const float *ap = in_place ? g->A + (size_t)(ic + ir) * g->lda + pc
+                                                   : apack + (size_t)(ir - whole) * kc;
                         float *c = g->C + (size_t)(ic + ir) * rs + (size_t)jr * cs;
                         if (rows == MR && cols == NR && cs == 1) {
-                            kn->fn(kc, ap, bp, c, rs, g->alpha, beta_eff);
-                        } else if (kn->edge && cs == 1) {
+                            if (in_place) kn->direct(kc, ap, g->lda, bp, c, rs, g->alpha, beta_eff);
+                            else kn->fn(kc, ap, bp, c, rs, g->alpha, beta_eff);
+                        } else if (kn->edge && cs == 1 && !in_place) {
                             kn->edge(kc, ap, bp, c, rs, g->alpha, beta_eff, rows, cols);
                         } else { /* ragged or transposed tile: the kernel's sums, then its epilogue */
-                            kn->fn(kc, ap, bp, tile, (size_t)NR, 1.0f, 0.0f);
+                            if (in_place) kn->direct(kc, ap, g->lda, bp, tile, (size_t)NR, 1.0f, 0.0f);
+                            else kn->fn(kc, ap, bp, tile, (size_t)NR, 1.0f, 0.0f);
                             for (int i = 0; i < rows; i++)
                                 for (int j = 0; j < cols; j++) {
                                     float v = g->alpha * tile[i * NR + j];

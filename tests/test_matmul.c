@@ -171,6 +171,31 @@ static void test_threads(const char *kernel) {
     fx_set_threads(2);
 }
 
+/* op(A) = A is read where it lies by kernels that can (the rows of whole row tiles), op(A) = A^T always
+ * packed: the same product both ways must agree bit for bit, as both sum the same terms in the same
+ * order. The shapes cross every edge: M not a whole number of row tiles (and under one), N ragged or thin
+ * (computed as C^T, where A becomes the other operand), K over several K slices, small and parallel. */
+static void test_layouts(const char *kernel) {
+    static const int SHAPE[][3] = {{301, 530, 1537}, {5, 70, 900}, {1030, 4, 770}, {4, 1030, 770},
+                                   {97, 33, 40}, {1024, 768, 300}, {13, 2000, 2}};
+    fx_rng r; fx_rng_seed(&r, 11);
+    for (int s = 0; s < (int)(sizeof SHAPE / sizeof SHAPE[0]); s++)
+        for (int tb = 0; tb < 2; tb++) {
+            problem p;
+            make_problem(&p, &r, 0, tb, SHAPE[s][0], SHAPE[s][1], SHAPE[s][2], 1 + s % 3, 1.5f, s % 2 ? 0.0f : 0.5f);
+            problem q = p;                       /* the same op(A), stored transposed */
+            q.ta = 1; q.lda = p.M + 2;
+            q.A = fx_malloc((size_t)p.K * q.lda * sizeof(float));
+            for (int k = 0; k < p.K; k++)
+                for (int i = 0; i < q.lda; i++) q.A[(size_t)k * q.lda + i] = i < p.M ? p.A[(size_t)i * p.lda + k] : NAN;
+            float *c1 = run(&p), *c2 = run(&q);
+            CHECK(memcmp(c1, c2, (size_t)p.M * p.ldc * sizeof(float)) == 0,
+                  "%s M=%d N=%d K=%d tb=%d: op(A) = A and op(A) = A^T stored give different bits", kernel,
+                  p.M, p.N, p.K, tb);
+            free(c1); free(c2); free(q.A); free_problem(&p);
+        }
+}
+
 /* The product log counts calls per distinct shape, and only between start and stop. */
 static void test_log(void) {
     float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, 0, 1, 1, 1}, C[9];
@@ -205,6 +230,7 @@ int main(void) {
         CHECK(strcmp(fx_matmul_kernel(), KERNELS[i]) == 0, "forced %s, running %s", KERNELS[i], fx_matmul_kernel());
         test_kernel(KERNELS[i]);
         test_threads(KERNELS[i]);
+        test_layouts(KERNELS[i]);
         printf("kernel %s: checked\n", KERNELS[i]);
     }
     CHECK(fx_matmul_force(best) == 0, "cannot return to kernel %s", best);
