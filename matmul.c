@@ -639,10 +639,15 @@ static void scale_c(int M, int N, float beta, float *C, size_t ldc) {
         for (int j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
 }
 
-/* Below this many multiply-adds (a 128 x 128 x 256 product, ~30 us on one core) one thread does the
- * whole product. Waking a second thread costs microseconds on an idle machine but a scheduler time slice
- * (milliseconds) on a busy one, and small products cannot win that back. Depends on the shape alone. */
-#define PARALLEL_MIN_MACS (128.0 * 128.0 * 256.0)
+/* Below this much work (a 128 x 128 x 256 product's multiply-adds, ~30 us on one core) one thread does
+ * the whole product. Waking a second thread costs microseconds on an idle machine but a scheduler time
+ * slice (milliseconds) on a busy one, and small products cannot win that back. The work counts each
+ * element of A, B and C as PARALLEL_MOVE_COST multiply-adds besides the multiply-adds themselves: the thin
+ * products (a LoRA rank of 4 against 1024 x 768 activations, a decode step's 1 x 768 row against a
+ * weight) do few multiply-adds but move megabytes, memory-bound work that two cores share well (on a
+ * 2-core EPYC they ran in 0.60-0.75x the time on two threads). Depends on the shape alone. */
+#define PARALLEL_MIN_WORK (128.0 * 128.0 * 256.0)
+#define PARALLEL_MOVE_COST 8.0
 
 /* One product as the threads see it: C with element (i, j) at C[i*rs + j*cs], (rs, cs) = (ldc, 1) for C
  * itself, (1, ldc) when the caller computes C^T = op(B)^T op(A)^T instead (see fx_matmul); op(B) packed
@@ -743,10 +748,11 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
                  op16 == 1 ? A : NULL, op16 == 2 ? B : NULL};
     int tiles = g.split_m ? mtiles : npanels;
 
-    /* Small products run on one thread (PARALLEL_MIN_MACS), and so do products called inside someone
+    /* Small products run on one thread (PARALLEL_MIN_WORK), and so do products called inside someone
      * else's parallel region (one per attention head, say): we are one of its threads already. Those
      * open no parallel region at all (even a team of one costs a fork and a join). */
-    int nt = (double)M * N * K < PARALLEL_MIN_MACS || omp_in_parallel() ? 1 : omp_get_max_threads();
+    double work = (double)M * N * K + PARALLEL_MOVE_COST * ((double)M * K + (double)K * N + (double)M * N);
+    int nt = work < PARALLEL_MIN_WORK || omp_in_parallel() ? 1 : omp_get_max_threads();
     if (nt == 1) {
         for (int p = 0; p < npanels; p++) pack_b_one(&g, p);
         gemm_part(&g, 0, tiles);
