@@ -99,13 +99,17 @@ static void dropout_mask_rows(uint8_t *keep, const int32_t *rows, size_t n, size
 /* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
 static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
     float scale = keep ? 1.0f / (1.0f - p) : 1.0f;
-    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
-    for (long i = 0; i < (long)n; i++) out[i] = keep ? (keep[i] ? in[i] * scale : 0.0f) : in[i];
+    if (!keep) {
+        if (out != in) memcpy(out, in, n * sizeof *out);
+        return;
+    }
+    #pragma omp parallel for simd schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
+    for (long i = 0; i < (long)n; i++) out[i] = keep[i] ? in[i] * scale : 0.0f;
 }
 /* dx += d * keep / (1 - p): an adapter's input gradient through its dropout. */
 static void dropout_accumulate(float *dx, const float *d, const uint8_t *keep, float p, size_t n) {
     float scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
+    #pragma omp parallel for simd schedule(dynamic, 8192) if ((long)n >= PAR_MIN)
     for (long i = 0; i < (long)n; i++) dx[i] += keep[i] ? d[i] * scale : 0.0f;
 }
 
@@ -432,13 +436,14 @@ static void attention_softmax_block(float *S, int rows, int kl, int i0, int len,
     for (int r = 0; r < rows; r++) {
         float *s = S + (size_t)r * kl, mx = -INFINITY;
         int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
-        for (int j = first; j < lim; j++) {
-            s[j] = s[j] / inv;
+        #pragma omp simd
+        for (int j = first; j < lim; j++) s[j] = s[j] / inv;
+        for (int j = first; j < lim; j++)
             if (s[j] > mx) mx = s[j];
-        }
         double sum = 0;
         for (int j = first; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
         float rs = (float)(1.0 / sum);
+        #pragma omp simd
         for (int j = first; j < lim; j++) s[j] *= rs;
         for (int j = 0; j < first; j++) s[j] = 0.0f;
         for (int j = lim; j < kl; j++) s[j] = 0.0f;
@@ -468,6 +473,7 @@ static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2)
                     for (int r = 0; r < rows; r++) {
                         float *s = S + (size_t)r * kl;
                         dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        #pragma omp simd
                         for (int j = 0; j < kl; j++) s[j] = kp[j] ? s[j] * scale : 0.0f;
                     }
                 fx_matmul(0, 0, rows, hd, kl, 1.0f, S, kl, vh, H, 0.0f, ctx + (size_t)(o + i0) * H + (size_t)h * hd, H);
@@ -545,10 +551,15 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                     float mx = st[(size_t)r * nh * 2], rs = st[(size_t)r * nh * 2 + 1];
                     int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
                     for (int j = 0; j < first; j++) s[j] = 0.0f;
-                    for (int j = first; j < lim; j++) s[j] = expf(s[j] / inv - mx) * rs;
+                    #pragma omp simd
+                    for (int j = first; j < lim; j++) s[j] = s[j] / inv - mx;
+                    for (int j = first; j < lim; j++) s[j] = expf(s[j]);
+                    #pragma omp simd
+                    for (int j = first; j < lim; j++) s[j] *= rs;
                     for (int j = lim; j < kl; j++) s[j] = 0.0f;
                     if (kp) {
                         dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        #pragma omp simd
                         for (int j = 0; j < kl; j++) {
                             pd[j] = kp[j] ? s[j] * scale : 0.0f;
                             ds[j] = kp[j] ? ds[j] * scale : 0.0f;
@@ -562,7 +573,9 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                     float *ds = dS + (size_t)r * kl;
                     double dot = 0;
                     for (int j = 0; j < kl; j++) dot += (double)ds[j] * pr[j];
-                    for (int j = 0; j < kl; j++) ds[j] = pr[j] * (ds[j] - (float)dot) / inv;
+                    float dotf = (float)dot;
+                    #pragma omp simd
+                    for (int j = 0; j < kl; j++) ds[j] = pr[j] * (ds[j] - dotf) / inv;
                 }
                 fx_matmul(0, 0, rows, hd, kl, 1.0f, dS, kl, kh, H, 0.0f, dq + base + (size_t)i0 * H, H);
                 fx_matmul(1, 0, kl, hd, rows, 1.0f, dS, kl, qh + (size_t)i0 * H, H, 1.0f, dkh, H);
