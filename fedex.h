@@ -428,7 +428,8 @@ int fx_gsm8k_extract(const char *text, int reference, char *out, size_t cap);
 
 /* C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C, all row-major, fp32 accumulation.
  * op(A) = A (lda >= K) or A^T when ta (A stored K x M, lda >= M); likewise op(B) with tb.
- * beta == 0 means C is written without being read (so it may hold NaN garbage). Parallel with OpenMP;
+ * beta == 0 means C is written without being read (so it may hold NaN garbage). C must not overlap A
+ * or B (A may be read after parts of C are written). Parallel with OpenMP;
  * the number of threads is omp's (set by fx_set_threads). Results do not depend on the thread count. */
 void fx_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);

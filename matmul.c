@@ -42,7 +42,8 @@
  * Packing copies each operand into the exact order the micro-kernel reads it (unit stride, zero-padded to
  * whole panels), so transposes, strides and ragged edges are all handled there and nowhere else. One
  * exception: where op(A) = A (its rows contiguous in k) and the kernel has a direct form (AVX2), the whole
- * row tiles read A where it lies, 6 rows at a time, and only a ragged last row panel is packed. The copy
+ * row tiles read A where it lies, 6 rows at a time, and only a ragged last row panel is packed (not in
+ * fx_matmul_b16, whose fp32 operand is rounded as it is packed). The copy
  * bought nothing there: the A block's rows are contiguous runs that stay in L2 just as the packed block
  * does, and the packing pass was time with no multiply-adds in it (on a 2-core EPYC under AVX2 the
  * RoBERTa-base step's large products ran 1-7% faster without it, the attention ones 8-17%).
@@ -711,7 +712,7 @@ static void gemm_part(const product *g, int lo, int hi) {
                     const float *bp = g->bpack + ((size_t)(jr / NR) * K + pc) * NR;
                     for (int ir = 0; ir < mc; ir += MR) {
                         int rows = mc - ir < MR ? mc - ir : MR;
-                        int in_place = ir < whole;                 /* else packed, from APACK's row WHOLE */
+                        int in_place = ir < whole;   /* else packed: the block's rows from WHOLE, at APACK's start */
                         const float *ap = in_place ? g->A + (size_t)(ic + ir) * g->lda + pc
                                                    : apack + (size_t)(ir - whole) * kc;
                         float *c = g->C + (size_t)(ic + ir) * rs + (size_t)jr * cs;

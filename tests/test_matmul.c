@@ -174,28 +174,41 @@ static void test_threads(const char *kernel) {
 }
 
 /* op(A) = A is read where it lies by kernels that can (the rows of whole row tiles), op(A) = A^T always
- * packed: the same product both ways must agree bit for bit, as both sum the same terms in the same
+ * packed, and a thin product is computed as C^T, where B takes A's place: the same product from each of
+ * the four ways of storing A and B must agree bit for bit, as every way sums the same terms in the same
  * order. The shapes cross every edge: M not a whole number of row tiles (and under one), N ragged or thin
- * (computed as C^T, where A becomes the other operand), K over several K slices, small and parallel. */
+ * (the C^T route; with 6 or 7 columns, A' has whole row tiles), K over several K slices, small and parallel. */
+static float *transposed(const float *X, int rows, int cols, int ld, int *ldt) {
+    *ldt = rows + 2;                             /* (cols, rows) with 2 columns of NaN padding */
+    float *T = fx_malloc((size_t)cols * *ldt * sizeof(float));
+    for (int c = 0; c < cols; c++)
+        for (int r = 0; r < *ldt; r++) T[(size_t)c * *ldt + r] = r < rows ? X[(size_t)r * ld + c] : NAN;
+    return T;
+}
+
 static void test_layouts(const char *kernel) {
     static const int SHAPE[][3] = {{301, 530, 1537}, {5, 70, 900}, {1030, 4, 770}, {4, 1030, 770},
-                                   {97, 33, 40}, {1024, 768, 300}, {13, 2000, 2}};
+                                   {1030, 6, 770}, {1030, 7, 300}, {97, 33, 40}, {1024, 768, 300}, {13, 2000, 2}};
     fx_rng r; fx_rng_seed(&r, 11);
-    for (int s = 0; s < (int)(sizeof SHAPE / sizeof SHAPE[0]); s++)
-        for (int tb = 0; tb < 2; tb++) {
-            problem p;
-            make_problem(&p, &r, 0, tb, SHAPE[s][0], SHAPE[s][1], SHAPE[s][2], 1 + s % 3, 1.5f, s % 2 ? 0.0f : 0.5f);
-            problem q = p;                       /* the same op(A), stored transposed */
-            q.ta = 1; q.lda = p.M + 2;
-            q.A = fx_malloc((size_t)p.K * q.lda * sizeof(float));
-            for (int k = 0; k < p.K; k++)
-                for (int i = 0; i < q.lda; i++) q.A[(size_t)k * q.lda + i] = i < p.M ? p.A[(size_t)i * p.lda + k] : NAN;
-            float *c1 = run(&p), *c2 = run(&q);
-            CHECK(memcmp(c1, c2, (size_t)p.M * p.ldc * sizeof(float)) == 0,
-                  "%s M=%d N=%d K=%d tb=%d: op(A) = A and op(A) = A^T stored give different bits", kernel,
-                  p.M, p.N, p.K, tb);
-            free(c1); free(c2); free(q.A); free_problem(&p);
+    for (int s = 0; s < (int)(sizeof SHAPE / sizeof SHAPE[0]); s++) {
+        problem p;
+        make_problem(&p, &r, 0, 0, SHAPE[s][0], SHAPE[s][1], SHAPE[s][2], 1 + s % 3, 1.5f, s % 2 ? 0.0f : 0.5f);
+        problem q = p;
+        int ldat, ldbt;
+        float *At = transposed(p.A, p.M, p.K, p.lda, &ldat), *Bt = transposed(p.B, p.K, p.N, p.ldb, &ldbt);
+        float *c0 = run(&p);
+        for (int t = 1; t < 4; t++) {
+            q.ta = t & 1; q.tb = t >> 1;
+            q.A = q.ta ? At : p.A; q.lda = q.ta ? ldat : p.lda;
+            q.B = q.tb ? Bt : p.B; q.ldb = q.tb ? ldbt : p.ldb;
+            float *c = run(&q);
+            CHECK(memcmp(c0, c, (size_t)p.M * p.ldc * sizeof(float)) == 0,
+                  "%s M=%d N=%d K=%d: A and B stored as (ta %d, tb %d) give other bits than (0, 0)", kernel,
+                  p.M, p.N, p.K, q.ta, q.tb);
+            free(c);
         }
+        free(c0); free(At); free(Bt); free_problem(&p);
+    }
 }
 
 /* The product log counts calls per distinct shape, and only between start and stop. */
