@@ -646,7 +646,7 @@ static void scale_c(int M, int N, float beta, float *C, size_t ldc) {
  * element of A, B and C as PARALLEL_MOVE_COST multiply-adds besides the multiply-adds themselves: the thin
  * products (a LoRA rank of 4 against 1024 x 768 activations, a decode step's 1 x 768 row against a
  * weight) do few multiply-adds but move megabytes, memory-bound work that two cores share well (on a
- * 2-core EPYC they ran in 0.60-0.75x the time on two threads). Depends on the shape alone. */
+ * 2-core EPYC they ran in 0.60-0.76x the time on two threads). Depends on the shape alone. */
 #define PARALLEL_MIN_WORK (128.0 * 128.0 * 256.0)
 #define PARALLEL_MOVE_COST 8.0
 
