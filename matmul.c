@@ -43,10 +43,10 @@
  * whole panels), so transposes, strides and ragged edges are all handled there and nowhere else. One
  * exception: where op(A) = A (its rows contiguous in k) and the kernel has a direct form (AVX2), the whole
  * row tiles read A where it lies, 6 rows at a time, and only a ragged last row panel is packed (not in
- * fx_matmul_b16, whose fp32 operand is rounded as it is packed). The copy
- * bought nothing there: the A block's rows are contiguous runs that stay in L2 just as the packed block
- * does, and the packing pass was time with no multiply-adds in it (on a 2-core EPYC under AVX2 the
- * RoBERTa-base step's large products ran 1-7% faster without it, the attention ones 8-17%).
+ * fx_matmul_b16, whose fp32 operand is rounded as it is packed). The copy bought nothing there: the A
+ * block's rows are contiguous runs that stay in L2 just as the packed block does, and the packing pass
+ * was time with no multiply-adds in it (on a 2-core EPYC under AVX2 the RoBERTa-base step's large
+ * products ran 1-7% faster without it, the attention ones 8-17%).
  *
  * Determinism. Each C element is the sum of its K products in one fixed order: k ascending within a KC
  * slice (one fp32 accumulator per element, FMA where the kernel has it), then slice after slice into C as
