@@ -4,6 +4,7 @@
  * itself (that is client.c's). */
 #include "fedex.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -677,11 +678,34 @@ static int client_gpus(fx_run *R) {
 }
 
 /* The run folder: made, locked for this run alone, refused when it holds another run (unless resumed or
- * replaced), cleared of temporary files that a killed run left. */
+ * replaced), cleared of temporary files that a killed run left. Only fedex's own are removed: a name
+ * fx_write_file_atomic makes (an output's name, FX_TMP_SUFFIX, then mkstemp's 6 letters or digits), of
+ * an output kind fedex writes, at the folder's top or under its rounds/; anything else a user keeps
+ * there, at any depth, is left alone. */
+static size_t tmp_root_len;                      /* strlen of the run folder, for remove_tmp */
+
+static int is_own_tmp(const char *name) {
+    static const char *const kinds[] = {".safetensors", ".json", ".jsonl", ".txt"};
+    const char *t = strstr(name, FX_TMP_SUFFIX);
+    if (!t || t == name) return 0;
+    const char *x = t + strlen(FX_TMP_SUFFIX);
+    if (strlen(x) != 6) return 0;
+    for (int i = 0; i < 6; i++)
+        if (!isalnum((unsigned char)x[i])) return 0;
+    size_t stem = (size_t)(t - name);
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        size_t n = strlen(kinds[k]);
+        if (stem > n && !memcmp(t - n, kinds[k], n)) return 1;
+    }
+    return 0;
+}
+
 static int remove_tmp(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st; (void)ftw;
-    const char *t = flag == FTW_F ? strstr(p + ftw->base, FX_TMP_SUFFIX) : NULL;
-    if (t && strlen(t + strlen(FX_TMP_SUFFIX)) >= 1 && !strchr(t + strlen(FX_TMP_SUFFIX), '.')) remove(p);
+    (void)st;
+    const char *rel = p + tmp_root_len;          /* the path inside the run folder */
+    while (*rel == '/') rel++;
+    int where = ftw->level == 1 || !strncmp(rel, "rounds/", 7);
+    if (flag == FTW_F && where && is_own_tmp(p + ftw->base)) remove(p);
     return 0;
 }
 
@@ -710,6 +734,7 @@ static int claim_folder(fx_run *R) {
         fx_seterr("%s holds a run already: --resume %s continues it, --overwrite replaces it", c->out, c->out);
         return -1;
     }
+    tmp_root_len = strlen(c->out);
     nftw(c->out, remove_tmp, 16, FTW_PHYS);
     return 0;
 }

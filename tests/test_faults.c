@@ -266,6 +266,13 @@ static void test_run_folder(void) {
     /* temporary files a killed run left go at the next start */
     fx_write_file_atomic(P("%s/metrics.jsonl.tmp.123456", run_s), "x", 1);
     fx_write_file_atomic(P("%s/state.safetensors.tmp.AbCdEf", run_s), "x", 1);
+    fx_mkdir_p(P("%s/rounds/1/global", run_s));
+    fx_write_file_atomic(P("%s/rounds/1/global/residual.safetensors.tmp.x1Y2z3", run_s), "x", 1);
+    /* ... and nothing else: a user's files that merely look like them stay, at the top and below */
+    static const char *const keep[] = {"report.tmp.v1", "notes.tmp.abc123", "metrics.jsonl.tmp.1234567",
+                                       "photos/2023/holiday.tmp.jpg2", "photos/state.safetensors.tmp.AbCdEf"};
+    fx_mkdir_p(P("%s/photos/2023", run_s));
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) fx_write_file_atomic(P("%s/%s", run_s, keep[i]), "x", 1);
     rc = fedex("resume_old", NULL, "train", "--resume", run_s, "--rounds", "3", NULL);
     metrics m;
     CHECK(rc == 0 && metrics_load(run_s, &m) == 0 && m.n == 3, "the old run resumes after the replacing run died: "
@@ -273,6 +280,9 @@ static void test_run_folder(void) {
     if (rc == 0) metrics_free(&m);
     CHECK(!exists(P("%s/metrics.jsonl.tmp.123456", run_s)) && !exists(P("%s/state.safetensors.tmp.AbCdEf", run_s)),
           "stale temporary files are removed when the run starts again");
+    CHECK(!exists(P("%s/rounds/1/global/residual.safetensors.tmp.x1Y2z3", run_s)), "... under rounds/ too");
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        CHECK(exists(P("%s/%s", run_s, keep[i])), "a user's file %s is left alone by the run's cleanup", keep[i]);
     /* a replacing run that completes a round takes the folder over */
     rc = train("replace", NULL, "--rounds", "1", "--out", run_s, "--overwrite", "--lr", "2e-3", NULL);
     CHECK(rc == 0 && metrics_load(run_s, &m) == 0 && m.n == 1, "--overwrite replaces the run: exit %d", rc);
