@@ -61,7 +61,10 @@ static int set_value(const fx_opt *o, void *dst, const char *v) {
         *(double *)p = x;
         return 0;
     }
-    case FX_OPT_STR: *(const char **)p = v; return 0;
+    case FX_OPT_STR:
+        if (!*v) { fx_seterr("%s: an empty value (give a name, or leave the option out)", o->name); return -1; }
+        *(const char **)p = v;
+        return 0;
     case FX_OPT_FLAG: *(int *)p = 1; return 0;
     }
     return -1;
@@ -396,7 +399,7 @@ int fx_settings_check(fx_settings *c, const int *set) {
         {!(c->lora_alpha > 0), "--lora-alpha must be positive"},
         {c->lora_dropout < 0 || c->lora_dropout >= 1, "--lora-dropout must be in [0, 1)"},
         {c->warmup_ratio < 0 || c->warmup_ratio > 1, "--warmup-ratio must be in [0, 1]"},
-        {c->threads < 0, "--threads must be 0 (all cores) or more"},
+        {c->threads < 0 || c->threads > 4096, "--threads must be between 0 (all cores) and 4096"},
         {!(c->client_timeout > 0), "--client-timeout must be a positive number of seconds"},
         {strcmp(c->residual, "auto") && strcmp(c->residual, "factored") && strcmp(c->residual, "dense"),
          "--residual must be auto, factored or dense"},

@@ -186,6 +186,7 @@ int fx_write_memstream_atomic(FILE *f, char **buf, size_t *len, const char *path
 }
 
 int fx_mkdir_p(const char *dir) {
+    if (!*dir) { fx_seterr("an empty folder name"); return -1; }
     char *p = fx_strdup(dir);
     for (char *s = p + 1; ; s++) {
         if (*s == '/' || *s == 0) {

@@ -57,6 +57,8 @@ static void test_parser(void) {
         {{"toy"}, 1, "needs arguments"},
         {{"toy", "a", "b", "c"}, 4, "at most 2"},
         {{"toy", "--seed=-1", "p"}, 3, "not a seed"},
+        {{"toy", "--s=", "p"}, 3, "--s: an empty value"},
+        {{"toy", "--s", "", "p"}, 4, "--s: an empty value"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = parse(&t, pos, &np, bad[i].argc, bad[i].argv);
@@ -100,6 +102,11 @@ static void test_commands(const char *shared) {
     }
     CHECK(fx("tokenize --model=. --max-length=x hi") == 2 && strstr(out, "--max-length"), "--opt=value is parsed and "
           "checked: '%s'", out);
+    /* values no run can use are usage errors before anything starts: an empty path, a thread count past
+     * what any machine runs */
+    CHECK(fx("init --config x --out ''") == 2 && strstr(out, "--out: an empty value"), "init --out '': '%s'", out);
+    CHECK(fx("train --threads 100000 --rounds 1") == 2 && strstr(out, "--threads must be between 0"),
+          "train --threads 100000: '%s'", out);
     if (!shared) return;
     char model[1024], a[2048];
     snprintf(model, sizeof model, "%s/models/roberta-base", shared);
