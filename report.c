@@ -84,7 +84,7 @@ static int read_line(fx_runlog *L, const fx_json *j, const char *path, int linen
 int fx_runlog_read(const char *dir, fx_runlog *L) {
     memset(L, 0, sizeof *L);
     L->dir = fx_strdup(dir);
-    char path[4096], *text = NULL;
+    char path[4096], *text = NULL, *agg_name = NULL;
     size_t len;
     fx_json settings = {0};
     if (!fx_settings_find(dir, path, sizeof path)) {
@@ -96,7 +96,9 @@ int fx_runlog_read(const char *dir, fx_runlog *L) {
     L->task = fx_strdup(task ? task : "synthetic");
     double rounds = jnum(&settings, "rounds");
     L->rounds_planned = rounds >= 1 ? (int)rounds : 0;
+    agg_name = agg ? fx_strdup(agg) : NULL;      /* AGG points into SETTINGS, freed next */
     fx_json_free(&settings);
+    memset(&settings, 0, sizeof settings);
 
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     if (fx_read_file(path, &text, &len) != 0) goto fail;
@@ -119,7 +121,8 @@ int fx_runlog_read(const char *dir, fx_runlog *L) {
     }
     free(text);
     text = NULL;
-    if (!L->method) L->method = fx_strdup(agg ? agg : "?");
+    if (!L->method) L->method = fx_strdup(agg_name ? agg_name : "?");
+    free(agg_name);
     if (!L->metric) L->metric = fx_strdup("metric");
     L->dev = fx_malloc(sizeof(double) * ((size_t)L->nlayers * (size_t)L->n + 1));
     for (size_t k = 0; k < (size_t)L->nlayers * (size_t)L->n; k++) L->dev[k] = NAN;
@@ -129,6 +132,7 @@ int fx_runlog_read(const char *dir, fx_runlog *L) {
     return 0;
 fail:
     free(text);
+    free(agg_name);
     fx_json_free(&settings);
     fx_runlog_free(L);
     return -1;

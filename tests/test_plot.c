@@ -467,6 +467,17 @@ static void test_plot(void) {
     CHECK(rc == 2 && err_has("png", "not built in") && !exists(P("%s/x.png", tmp)), "--format png: exit %d, want a clear refusal", rc);
     rc = fedex("notrun", NULL, "plot", tmp, "--out", P("%s/y.svg", tmp), NULL);
     CHECK(rc == 1 && err_has("notrun", "not a run folder") && !exists(P("%s/y.svg", tmp)), "a folder that holds no run: exit %d", rc);
+    /* a run that has its settings but no round yet (an empty metrics.jsonl): refused cleanly, by plot and
+     * table alike (the sanitizer build checks that no freed memory is read on the way) */
+    const char *fresh = P("%s/run_fresh", tmp);
+    fx_mkdir_p(fresh);
+    copy_lines(P("%s/" FX_SETTINGS_FILE, run_x), P("%s/" FX_SETTINGS_FILE, fresh), -1);
+    fx_write_file_atomic(P("%s/metrics.jsonl", fresh), "", 0);
+    rc = fedex("fresh_plot", NULL, "plot", fresh, "--out", P("%s/z.svg", tmp), NULL);
+    CHECK(rc == 1 && err_has("fresh_plot", "no round finished yet") && !exists(P("%s/z.svg", tmp)),
+          "plot of a run with no round yet: exit %d", rc);
+    rc = fedex("fresh_table", NULL, "table", fresh, NULL);
+    CHECK(rc == 1 && err_has("fresh_table", "no round finished yet"), "table of a run with no round yet: exit %d", rc);
 }
 
 /* ---------------------------------------------------------------- the table */
