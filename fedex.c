@@ -657,7 +657,8 @@ static const fx_cmdline demo_about = {
     "demo", "[--rounds N] [--num-clients N] [--seed S] [--threads N] [train options]",
     "Runs fedit, ffa and fedex on the embedded model and the built-in synthetic task and prints,\n"
     "per round, each method's dev accuracy and its aggregation error against the exact mean of\n"
-    "the clients' models: fedex stays at float rounding, fedit does not.\n", 0, NULL, 0, 0, 0, NULL};
+    "the clients' models: fedex stays at float rounding, fedit does not. With --out DIR each\n"
+    "method's run is written as train writes one, to DIR/fedit, DIR/ffa and DIR/fedex.\n", 0, NULL, 0, 0, 0, NULL};
 
 static int cmd_demo(int argc, char **argv) {
     if (fx_opts_wants_help(argc, argv)) { fx_opts_help(&demo_about, stdout); return 0; }
@@ -698,6 +699,8 @@ static int cmd_demo(int argc, char **argv) {
             R.cfg = base;
             R.cfg.agg = ms[k];
             R.cfg.agg_name = fx_agg_name(ms[k]);
+            static char out[4096];                /* --out DIR: each method's run in DIR/METHOD */
+            if (base.out) { snprintf(out, sizeof out, "%s/%s", base.out, fx_agg_name(ms[k])); R.cfg.out = out; }
             R.hist_metric = res + (size_t)(2 * k) * base.rounds;
             R.hist_err = res + (size_t)(2 * k + 1) * base.rounds;
             R.quiet = 1;
@@ -771,6 +774,14 @@ static int cmd_export(int argc, char **argv) {
         goto out;
     }
     printf("wrote %s/model.safetensors (%s)\n", o.out, o.merged ? "residual and adapters merged" : "residual merged; adapter beside it");
+    if (o.merged) { /* an earlier export's adapter left beside merged weights would be applied twice */
+        static const char *const stale[] = {"adapter_config.json", "adapter_model.safetensors"};
+        for (int k = 0; k < 2; k++) {
+            char p[4096 + 32];
+            snprintf(p, sizeof p, "%s/%s", o.out, stale[k]);
+            if (unlink(p) == 0) printf("removed %s (an earlier export's adapter: the merged weights hold it)\n", p);
+        }
+    }
     fx_model_free(&m);
     rc = 0;
 out:
@@ -960,18 +971,22 @@ static int cmd_grid(int argc, char **argv) {
         snprintf(model, sizeof model, "%s/model", o.out);
         char st[4096 + 64];
         snprintf(st, sizeof st, "%s/model.safetensors", model);
-        if (o.dry_run) dir_of(o.config, model, sizeof model); /* its shapes suffice for the estimate */
-        else if (access(st, F_OK) != 0) {
+        if (o.dry_run) { /* the config's shapes suffice for the estimate: nothing is made */
+            if (access(o.config, R_OK) != 0) {
+                fprintf(stderr, "fedex grid: %s: cannot open: %s\n", o.config, strerror(errno));
+                return 1;
+            }
+        } else if (access(st, F_OK) != 0) {
             char *iv[] = {"init", "--config", (char *)o.config, "--out", model, "--seed", "1", NULL};
             if ((rc = cmd_init(7, iv)) != 0) return rc;
         }
         o.model = model;
     }
     fx_grid_opts g = {.out = o.out, .model = o.model, .data = o.data, .tasks = o.tasks, .methods = o.methods,
-                      .quick = o.quick, .dry_run = o.dry_run, .exe = self, .extra = (const char *const *)argv + dd + 1,
-                      .nextra = dd < argc ? argc - dd - 1 : 0};
+                      .quick = o.quick, .dry_run = o.dry_run, .config_file = o.dry_run ? o.config : NULL, .exe = self,
+                      .extra = (const char *const *)argv + dd + 1, .nextra = dd < argc ? argc - dd - 1 : 0};
     rc = fx_grid_run(&g);
-    if (rc < 0) { fprintf(stderr, "fedex grid: %s\n", fx_err()); return 1; }
+    if (rc < 0) { fprintf(stderr, "fedex grid: %s\n", fx_err()); return rc == -2 ? 2 : 1; }
     return rc ? 130 : 0;
 }
 

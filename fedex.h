@@ -1669,11 +1669,12 @@ typedef struct {
     const char *model, *data;        /* NULL model: the embedded one and the synthetic task */
     const char *tasks, *methods;     /* comma-separated; NULL: the paper's tasks, every method agg.c knows */
     int quick, dry_run;              /* quick: a few short rounds; dry_run: the plan and the estimate only */
+    const char *config_file;         /* --dry-run with --config: the shapes for the estimate (no model made) */
     const char *exe;                 /* the fedex program that runs each `fedex train` */
     const char *const *extra; int nextra; /* train options for every run (after `--`) */
 } fx_grid_opts;
 /* 0 when every run is complete and the results are written, 1 when interrupted (resumable), -1 with
- * fx_err() on an error. */
+ * fx_err() on an error, -2 with fx_err() on a usage error (the lists or a run's options; nothing ran). */
 int fx_grid_run(const fx_grid_opts *o);
 
 #endif

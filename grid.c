@@ -199,10 +199,41 @@ static int split_list(const char *list, const char **items, int cap, char **keep
     return n;
 }
 
+/* The `fedex train` arguments (from "train" on) of job J: its method, task and folder, then COMMON (the
+ * quick size, its VeRA rank for the VeRA methods only, then the options after `--`); a job with a
+ * checkpoint resumes it instead. Returns how many were written to ARGS. */
+static int job_args(const fx_grid_opts *o, const job *j, const char **common, int nc, int nquick, const int *set,
+                    char *rounds, char *threads, char **args) {
+    int na = 0;
+    args[na++] = "train";
+    if (j->has_state) {
+        /* a resumed run keeps its own settings: only the rounds and the threads may be given */
+        args[na++] = "--resume"; args[na++] = (char *)j->dir; args[na++] = "--rounds"; args[na++] = rounds;
+        if (set[fx_settings_opt("--threads")]) { args[na++] = "--threads"; args[na++] = threads; }
+        return na;
+    }
+    char sp[4096];
+    args[na++] = "--agg"; args[na++] = (char *)j->method;
+    if (o->model) {
+        args[na++] = "--model"; args[na++] = (char *)o->model; args[na++] = "--task"; args[na++] = (char *)j->task;
+        args[na++] = "--data"; args[na++] = (char *)o->data;
+    }
+    args[na++] = "--out"; args[na++] = (char *)j->dir;
+    if (fx_settings_find(j->dir, sp, sizeof sp)) args[na++] = "--overwrite"; /* settings, but no round saved */
+    fx_agg_method am;
+    fx_agg_parse(j->method, &am);
+    for (int c = 0; c < nc; c++) {
+        /* train refuses VeRA's options for the other methods */
+        if (c < nquick && !strcmp(common[c], "--vera-r") && !fx_agg_is_vera(am) && !fx_agg_is_sorf(am)) { c++; continue; }
+        args[na++] = (char *)common[c];
+    }
+    return na;
+}
+
 int fx_grid_run(const fx_grid_opts *o) {
     const char *tasks[64], *methods[64];
     char *tkeep = NULL, *mkeep = NULL;
-    int nt, nm, rc = -1;
+    int nt, nm, rc = -2;                         /* -2 until the options are checked: a usage error */
     job *jobs = NULL;
     /* every method agg.c knows, centralized (the upper bound) first: the table's rows */
     if (o->methods) nm = split_list(o->methods, methods, 64, &mkeep);
@@ -219,19 +250,29 @@ int fx_grid_run(const fx_grid_opts *o) {
     nt = split_list(o->tasks ? o->tasks : def_tasks, tasks, 64, &tkeep);
     if (nm <= 0 || nt <= 0) { fx_seterr("--tasks and --methods take up to 64 names separated by commas"); goto out; }
     for (int m = 0; m < nm; m++) {
-        fx_agg_method am;
+        fx_agg_method am, bm;
         if (fx_agg_parse(methods[m], &am) != 0) goto out;
+        for (int k = 0; k < m; k++)
+            if (fx_agg_parse(methods[k], &bm) == 0 && am == bm) {
+                fx_seterr("--methods names %s twice (%s, %s): give each method once", fx_agg_name(am), methods[k], methods[m]);
+                goto out;
+            }
     }
     for (int t = 0; t < nt; t++) {
         const fx_task *tk = fx_task_find(tasks[t]);
         if (!tk) { fx_seterr("unknown task '%s'", tasks[t]); goto out; }
+        for (int k = 0; k < t; k++)
+            if (fx_task_find(tasks[k]) == tk) {
+                fx_seterr("--tasks names %s twice (%s, %s): give each task once", tk->name, tasks[k], tasks[t]);
+                goto out;
+            }
         if (!o->model && strcmp(tasks[t], "synthetic")) {
             fx_seterr("task %s needs --model (or --config for a random-weight model) and --data", tasks[t]);
             goto out;
         }
-        if (o->model && !strcmp(tasks[t], "synthetic")) { fx_seterr("the synthetic task runs on the embedded model: leave out --model"); goto out; }
+        if (o->model && !strcmp(tasks[t], "synthetic")) { fx_seterr("the synthetic task runs on the embedded model: leave out --model (and --config)"); goto out; }
     }
-    if (o->model && !o->data) { fx_seterr("--model needs --data (the folder holding the task folders)"); goto out; }
+    if (o->model && !o->data) { fx_seterr("--model (or --config) needs --data (the folder holding the task folders)"); goto out; }
 
     /* The train options every run shares: the quick size, then those after `--` (checked as train checks
      * them, before anything runs). */
@@ -259,13 +300,18 @@ int fx_grid_run(const fx_grid_opts *o) {
         for (int i = 0; i < nc; i++) argv[argc++] = (char *)common[i];
         if (fx_opts_parse(&fx_train_cmdline, argc, argv, &cfg, set, NULL, NULL) != 0) goto out;
     }
+    rc = -1;
     fx_config mc;
     const fx_task *task0;
     {
         fx_settings c = cfg;
         c.model = o->model;
         c.task = o->model ? tasks[0] : NULL;
-        if (fx_settings_model(&c, &mc, &task0) != 0) goto out;
+        if (o->config_file) { /* --dry-run --config: no model is made; the estimate takes the file's shapes */
+            if (fx_config_load(o->config_file, &mc) != 0) goto out;
+            task0 = fx_task_find(c.task);
+            if (!task0->lm) mc.num_labels = task0->num_labels;
+        } else if (fx_settings_model(&c, &mc, &task0) != 0) goto out;
     }
 
     /* The jobs, method-major (the table's rows in order), with what each has saved. */
@@ -292,6 +338,24 @@ int fx_grid_run(const fx_grid_opts *o) {
                 flops_left += j->flops_round * (j->rounds - j->done_rounds);
             }
         }
+    /* each run that starts afresh: its own arguments checked as train checks them, before anything runs */
+    for (int i = 0; i < nj; i++) {
+        if (jobs[i].has_state) continue;
+        char *args[MAX_ARGS + 16], rounds[16], threads[16];
+        snprintf(rounds, sizeof rounds, "%d", jobs[i].rounds);
+        snprintf(threads, sizeof threads, "%d", cfg.threads);
+        int na = job_args(o, &jobs[i], common, nc, nquick, set, rounds, threads, args);
+        args[na] = NULL;
+        fx_settings c;
+        int cset[FX_SETTINGS_MAX] = {0};
+        if (fx_opts_parse(&fx_train_cmdline, na, args, &c, cset, NULL, NULL) != 0 || fx_settings_check(&c, cset) != 0) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", fx_err());
+            fx_seterr("the %s run on %s: %s", jobs[i].method, jobs[i].task, why);
+            rc = -2;
+            goto out;
+        }
+    }
     /* the pace of the rounds this grid has saved already, when it has some: it counts what the arithmetic
      * leaves out (processes, tokenising, aggregation, evaluation's padding) */
     double rate = flops_saved > 0 && secs_saved > 0 ? flops_saved / secs_saved : matmul_rate() / STEP_OVER_GEMM;
@@ -327,28 +391,7 @@ int fx_grid_run(const fx_grid_opts *o) {
         snprintf(rounds, sizeof rounds, "%d", j->rounds);
         snprintf(threads, sizeof threads, "%d", cfg.threads);
         args[na++] = (char *)o->exe;
-        args[na++] = "train";
-        if (j->has_state) {
-            /* a resumed run keeps its own settings: only the rounds and the threads may be given */
-            args[na++] = "--resume"; args[na++] = j->dir; args[na++] = "--rounds"; args[na++] = rounds;
-            if (set[fx_settings_opt("--threads")]) { args[na++] = "--threads"; args[na++] = threads; }
-        } else {
-            char sp[4096];
-            args[na++] = "--agg"; args[na++] = (char *)j->method;
-            if (o->model) {
-                args[na++] = "--model"; args[na++] = (char *)o->model; args[na++] = "--task"; args[na++] = (char *)j->task;
-                args[na++] = "--data"; args[na++] = (char *)o->data;
-            }
-            args[na++] = "--out"; args[na++] = j->dir;
-            if (fx_settings_find(j->dir, sp, sizeof sp)) args[na++] = "--overwrite"; /* settings, but no round saved */
-            fx_agg_method am;
-            fx_agg_parse(j->method, &am);
-            for (int c = 0; c < nc; c++) {
-                /* train refuses VeRA's options for the other methods */
-                if (c < nquick && !strcmp(common[c], "--vera-r") && !fx_agg_is_vera(am) && !fx_agg_is_sorf(am)) { c++; continue; }
-                args[na++] = (char *)common[c];
-            }
-        }
+        na += job_args(o, j, common, nc, nquick, set, rounds, threads, args + na);
         args[na] = NULL;
         if (j->has_state) printf("[%d/%d] %s %s: resuming after round %d\n", k, todo, j->task, j->method, j->done_rounds);
         else printf("[%d/%d] %s %s: starting\n", k, todo, j->task, j->method);

@@ -94,17 +94,40 @@ static void test_interrupted_then_resumed(void) {
 }
 
 static void test_refusals(void) {
+    /* usage errors exit 2 and run nothing */
     int rc = fedex("bad1", NULL, "grid", "--out", grid, "--methods", "fedex,bogus", NULL);
-    CHECK(rc == 1 && err_has("bad1", "unknown aggregation 'bogus'"), "an unknown method: exit %d", rc);
+    CHECK(rc == 2 && err_has("bad1", "unknown aggregation 'bogus'"), "an unknown method: exit %d", rc);
     rc = fedex("bad2", NULL, "grid", "--out", grid, "--", "--agg", "fedit", NULL);
-    CHECK(rc == 1 && err_has("bad2", "--agg is the grid's to set"), "--agg among the train options: exit %d", rc);
+    CHECK(rc == 2 && err_has("bad2", "--agg is the grid's to set"), "--agg among the train options: exit %d", rc);
     rc = fedex("bad3", NULL, "grid", "--out", grid, "--tasks", "RTE", NULL);
-    CHECK(rc == 1 && err_has("bad3", "needs --model"), "a GLUE task without a model: exit %d", rc);
+    CHECK(rc == 2 && err_has("bad3", "needs --model"), "a GLUE task without a model: exit %d", rc);
+    const char *fresh = P("%s/never", tmp);
+    rc = fedex("dup_m", NULL, "grid", "--out", fresh, "--methods", "fedex,fedit,ours", "--quick", NULL);
+    CHECK(rc == 2 && err_has("dup_m", "names fedex twice") && !exists(fresh), "a method named twice (once by its alias): exit %d", rc);
+    rc = fedex("dup_t", NULL, "grid", "--out", fresh, "--tasks", "synthetic,SYNTHETIC", "--quick", NULL);
+    CHECK(rc == 2 && err_has("dup_t", "names synthetic twice") && !exists(fresh), "a task named twice: exit %d", rc);
+    rc = fedex("rounds0", NULL, "grid", "--out", fresh, "--methods", "fedex", "--", "--rounds", "0", NULL);
+    CHECK(rc == 2 && err_has("rounds0", "--rounds must be at least 1") && !exists(fresh),
+          "a train option train refuses (--rounds 0): exit %d, or something ran", rc);
+    rc = fedex("lora_vera", NULL, "grid", "--out", fresh, "--methods", "fedex,fedex-vera", "--quick", "--", "--lora-r", "8", NULL);
+    CHECK(rc == 2 && err_has("lora_vera", "the fedex-vera run on synthetic") && !exists(fresh),
+          "an option one method's run refuses is refused before any run starts: exit %d", rc);
     rc = fedex("bad4", NULL, "grid", NULL);
     CHECK(rc == 2 && err_has("bad4", "--out DIR is required"), "no --out: exit %d", rc);
     rc = fedex("dry", NULL, "grid", "--out", P("%s/dry", tmp), "--quick", "--dry-run", NULL);
     char *o = slurp(P("%s/dry.out", tmp));
     CHECK(rc == 0 && o && strstr(o, "estimated time: ") && !exists(P("%s/dry", tmp)), "--dry-run: exit %d, or it ran something", rc);
+    free(o);
+    /* --dry-run --config FILE reads FILE itself, whatever its name and whatever lies beside it */
+    const char *cdir = P("%s/cfgx", tmp);
+    fx_mkdir_p(cdir);
+    fx_write_file_atomic(P("%s/tiny.json", cdir), tiny_config, strlen(tiny_config));
+    rc = fedex("dry_cfg", NULL, "grid", "--out", P("%s/dry2", tmp), "--config", P("%s/tiny.json", cdir), "--data", tmp,
+               "--tasks", "RTE", "--methods", "fedex", "--quick", "--dry-run", NULL);
+    o = slurp(P("%s/dry_cfg.out", tmp));
+    CHECK(rc == 0 && o && strstr(o, "estimated time: ") && !exists(P("%s/dry2", tmp)),
+          "--dry-run --config FILE: exit %d, or it ran something", rc);
+    if (rc) show_err("dry_cfg");
     free(o);
 }
 

@@ -413,6 +413,19 @@ static void test_demo(void) {
     }
     CHECK(rows == 2, "demo: %d table rows, want 2", rows);
     free(o);
+    /* --out DIR: each method's run in a folder of its own, as train writes one */
+    const char *out = P("%s/demo_runs", tmp);
+    rc = fedex("demo_out", NULL, "demo", "--rounds", "1", "--local-epochs", "1", "--out", out, NULL);
+    CHECK(rc == 0, "demo --out: exit status %d", rc);
+    if (rc != 0) show_err("demo_out");
+    static const char *const method[] = {"fedit", "ffa", "fedex"};
+    for (int k = 0; k < 3; k++) {
+        metrics m;
+        const char *dir = P("%s/%s", out, method[k]);
+        int ok = metrics_load(dir, &m) == 0;
+        CHECK(ok && m.n == 1 && exists(P("%s/adapter_model.safetensors", dir)), "demo --out: %s holds no 1-round run", dir);
+        if (ok) metrics_free(&m);
+    }
 }
 
 /* ---------------------------------------------------------------- export */
@@ -539,7 +552,13 @@ static void test_export(void) {
         char merged_dir[1100], plain_dir[1100];
         snprintf(merged_dir, sizeof merged_dir, "%s/merged", run);
         snprintf(plain_dir, sizeof plain_dir, "%s/plain", run);
+        /* the merged export goes over a plain one: the adapter files that one left must go, or an eval of
+         * the folder with --adapter (and PEFT, which finds them itself) would add the adapters twice */
+        int rc0 = fedex(P("export_m0_%d", k), NULL, "export", "--run", run, "--out", merged_dir, NULL);
+        CHECK(rc0 == 0 && exists(P("%s/adapter_config.json", merged_dir)), "export %s: exit %d", aggs[k], rc0);
         int rc1 = fedex(P("export_m_%d", k), NULL, "export", "--run", run, "--out", merged_dir, "--merged", NULL);
+        CHECK(!exists(P("%s/adapter_config.json", merged_dir)) && !exists(P("%s/adapter_model.safetensors", merged_dir)),
+              "export %s --merged over a plain export: the earlier adapter files are still there", aggs[k]);
         int rc2 = fedex(P("export_p_%d", k), NULL, "export", "--run", run, "--out", plain_dir, NULL);
         CHECK(rc1 == 0 && rc2 == 0, "export %s: exit status %d / %d", aggs[k], rc1, rc2);
         if (rc1 || rc2) continue;
