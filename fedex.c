@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -209,6 +211,47 @@ static const fx_cmdline init_cl = CMDLINE("init", "--config FILE --out DIR [--se
     "copied from beside FILE when they are there.\n",
     init_opts, init_opt);
 
+/* The files of folder TMP (no subfolders), then TMP itself, removed. */
+static void remove_flat(const char *tmp) {
+    DIR *d = opendir(tmp);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", tmp, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    rmdir(tmp);
+}
+
+/* Every file of the folder TMP into OUT, then TMP removed: OUT absent, TMP becomes it (one rename);
+ * else a rename per file, once no name is found to land on a folder, so that a failure leaves OUT as
+ * it was. 0, or -1 with fx_err() (TMP left for the caller to remove). */
+static int move_into(const char *tmp, const char *out) {
+    if (rename(tmp, out) == 0) return 0;
+    struct stat st;
+    if (stat(out, &st) != 0 || !S_ISDIR(st.st_mode)) { fx_seterr("%s: not a folder", out); return -1; }
+    for (int pass = 0; pass < 2; pass++) {
+        DIR *d = opendir(tmp);
+        if (!d) { fx_seterr("%s: cannot open: %s", tmp, strerror(errno)); return -1; }
+        for (struct dirent *e; (e = readdir(d));) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char from[8192], to[8192];
+            snprintf(from, sizeof from, "%s/%s", tmp, e->d_name);
+            snprintf(to, sizeof to, "%s/%s", out, e->d_name);
+            int bad = pass == 0 ? stat(to, &st) == 0 && S_ISDIR(st.st_mode) : rename(from, to) != 0;
+            if (bad) {
+                fx_seterr("%s: %s", to, pass == 0 ? "is a folder: cannot write the file there" : strerror(errno));
+                closedir(d);
+                return -1;
+            }
+        }
+        closedir(d);
+    }
+    rmdir(tmp);
+    return 0;
+}
+
 static int cmd_init(int argc, char **argv) {
     init_opts o;
     int set[4], rc = parse_or_exit(&init_cl, argc, argv, &o, set, NULL, NULL);
@@ -222,13 +265,27 @@ static int cmd_init(int argc, char **argv) {
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", o.config, fx_err());
     fx_model_init_base(&m, (uint64_t)o.seed);
-    if (fx_model_save(&m, o.out, 0) != 0) fx_die("%s", fx_err());
-    fx_model_free(&m);
-
+    /* Everything is written into a fresh folder beside OUT, then moved in: a failure on the way leaves OUT
+     * as it was, with nothing half-written in it. */
+    char tmp[4096 + 16], parent[4096];
+    size_t ol = strlen(o.out);
+    while (ol > 1 && o.out[ol - 1] == '/') ol--;
+    snprintf(tmp, sizeof tmp, "%.*s" FX_TMP_SUFFIX "XXXXXX", (int)ol, o.out);
+    dir_of(tmp, parent, sizeof parent);
+    if (fx_mkdir_p(parent) != 0) fx_die("%s", fx_err());
+    if (!mkdtemp(tmp)) fx_die("%s: cannot create: %s", tmp, strerror(errno));
+    mode_t mask = umask(0);
+    umask(mask);
+    chmod(tmp, 0755 & ~mask);                    /* mkdtemp's 0700 would become OUT's */
     char dir[4096];
     dir_of(o.config, dir, sizeof dir);
-    int copied = copy_tokenizer(dir, o.out);
-    if (copied < 0) fx_die("%s", fx_err());
+    int copied = fx_model_save(&m, tmp, 0) != 0 ? -1 : copy_tokenizer(dir, tmp);
+    fx_model_free(&m);
+    if (copied < 0 || move_into(tmp, o.out) != 0) {
+        fprintf(stderr, "fedex: %s\n", fx_err());
+        remove_flat(tmp);
+        return 1;
+    }
     printf("init: %s: %d layers, hidden %d, %d label%s, %zu base weights%s\n", o.out, c.layers, c.hidden,
            c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied > 0 ? ", tokenizer copied" :
            " (no tokenizer.json or vocab.json/merges.txt beside the config: add them to use the folder)");

@@ -172,14 +172,29 @@ static void roberta_special_tokens_write(FILE *f, const fx_config *c) {
     fprintf(f, "}\n");
 }
 
-/* The family is config.json's "model_type": "gpt2", "llama" (or "mistral"), else RoBERTa (the reader checks the keys; older
- * fedex folders named none). */
+/* The family is config.json's "model_type": "gpt2", "llama" (or "mistral"), "roberta", or none at all
+ * (RoBERTa: older fedex folders named none); any other is refused, as is a key given twice at the top
+ * (which of the two would count is a guess: Python's json takes the last, fedex's reader the first). */
 int fx_config_load(const char *path, fx_config *c) {
     fx_json root;
     if (fx_json_load(path, &root) != 0) return -1;
+    if (root.type != FX_JOBJ) { fx_json_free(&root); fx_seterr("%s: not a JSON object", path); return -1; }
+    for (size_t i = 0; i < root.n; i++)
+        for (size_t k = 0; k < i; k++)
+            if (root.klens[i] == root.klens[k] && !memcmp(root.keys[i], root.keys[k], root.klens[i])) {
+                fx_seterr("%s: \"%s\" is given twice", path, root.keys[i]);
+                fx_json_free(&root);
+                return -1;
+            }
     const fx_json *t = fx_json_get(&root, "model_type");
-    int gpt2 = t && t->type == FX_JSTR && !strcmp(t->str, fx_gpt2.model_type);
-    int llama = t && t->type == FX_JSTR && (!strcmp(t->str, fx_llama.model_type) || !strcmp(t->str, "mistral"));
+    if (t && t->type != FX_JSTR) { fx_json_free(&root); fx_seterr("%s: \"model_type\" is not a string", path); return -1; }
+    int gpt2 = t && !strcmp(t->str, fx_gpt2.model_type);
+    int llama = t && (!strcmp(t->str, fx_llama.model_type) || !strcmp(t->str, "mistral"));
+    if (t && !gpt2 && !llama && strcmp(t->str, fx_roberta.model_type)) {
+        fx_seterr("%s: model_type \"%s\" is not a family fedex runs (roberta, gpt2, llama, mistral)", path, t->str);
+        fx_json_free(&root);
+        return -1;
+    }
     fx_json_free(&root);
     return gpt2 ? fx_gpt2.config_load(path, c) : llama ? fx_llama.config_load(path, c) : roberta_config_load(path, c);
 }

@@ -16,6 +16,7 @@
 
 #include "run_harness.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 
 /* ---------------------------------------------------------------- outputs and inputs */
@@ -302,6 +303,38 @@ static void test_run_folder(void) {
 }
 
 /* Everything read back from a checkpoint is validated. */
+/* init writes its folder whole or not at all: a name it must write being a folder fails it before any
+ * file lands, and no temporary folder stays beside; into a folder that holds other files, they stay. */
+static void test_init_whole(void) {
+    const char *cfg = P("%s/config.json", cfgdir), *o = P("%s/init_o", tmp);
+    fx_mkdir_p(P("%s/config.json", o));
+    int rc = fedex("init_blocked", NULL, "init", "--config", cfg, "--out", o, NULL);
+    CHECK(rc == 1 && err_has("init_blocked", "is a folder") && !exists(P("%s/model.safetensors", o)) &&
+          !exists(P("%s/vocab.json", o)), "init where config.json is a folder: exit %d, or files written", rc);
+    char *ls = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&ls, &n);
+    DIR *d = opendir(tmp);
+    for (struct dirent *e; d && (e = readdir(d));) fprintf(f, "%s\n", e->d_name);
+    if (d) closedir(d);
+    fclose(f);
+    CHECK(!strstr(ls, "init_o" FX_TMP_SUFFIX), "a failed init left its temporary folder: %s", ls);
+    free(ls);
+    const char *o2 = P("%s/init_kept", tmp);
+    fx_mkdir_p(o2);
+    fx_write_file_atomic(P("%s/notes.txt", o2), "x", 1);
+    rc = fedex("init_kept", NULL, "init", "--config", cfg, "--out", o2, "--seed", "2", NULL);
+    CHECK(rc == 0 && exists(P("%s/notes.txt", o2)) && exists(P("%s/model.safetensors", o2)),
+          "init into a folder with other files: exit %d", rc);
+    /* a fresh folder gets a folder's usual mode (not the temporary folder's 0700) */
+    const char *o3 = P("%s/init_fresh", tmp), *ref = P("%s/init_ref", tmp);
+    rc = fedex("init_fresh", NULL, "init", "--config", cfg, "--out", o3, NULL);
+    mkdir(ref, 0755);
+    struct stat a, b;
+    CHECK(rc == 0 && stat(o3, &a) == 0 && stat(ref, &b) == 0 && (a.st_mode & 0777) == (b.st_mode & 0777),
+          "init's fresh folder: exit %d, mode %o, mkdir's %o", rc, (unsigned)(a.st_mode & 0777), (unsigned)(b.st_mode & 0777));
+}
+
 static void test_damaged_checkpoint(void) {
     struct { const char *key, *value; int poison; const char *want; } cases[] = {
         {"round", "-1", 0, "damaged metadata"},     {"round", "abc", 0, "damaged metadata"},
@@ -380,6 +413,7 @@ int main(void) {
         test_stopped_client();
         test_run_folder();
         test_damaged_checkpoint();
+        test_init_whole();
         test_model_limits();
         test_headless_regression(shared);
     } else if (shared) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());

@@ -264,6 +264,22 @@ static void test_config(void) {
         int rc = fx_config_load(p, &c);
         CHECK(rc != 0, "config with %s accepted", bad[i]);
     }
+    /* a family fedex does not run, and a key given twice, are refused by name (not read as RoBERTa, nor
+     * one of the two values picked) */
+    const struct { const char *text, *want; } refused[] = {
+        {"{\"model_type\": \"bert\", \"vocab_size\": 20, \"hidden_size\": 8}", "model_type \"bert\" is not a family"},
+        {"{\"model_type\": 7, \"vocab_size\": 20}", "\"model_type\" is not a string"},
+        {"{\"model_type\": \"gpt2\", \"vocab_size\": 20, \"n_embd\": 8, \"n_layer\": 1, \"n_head\": 4, "
+         "\"n_positions\": 8, \"n_embd\": 16}", "\"n_embd\" is given twice"},
+        {"[1, 2]", "not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        const char *p = tmp_path("bad_config.json");
+        fx_write_file_atomic(p, refused[i].text, strlen(refused[i].text));
+        int rc = fx_config_load(p, &c);
+        CHECK(rc != 0 && strstr(fx_err(), refused[i].want) && strstr(fx_err(), p), "config %s: rc %d, '%s'",
+              refused[i].text, rc, rc ? fx_err() : "");
+    }
     /* batches: a target outside the vocabulary, more tokens than n_positions, training without targets */
     fx_config_load(FIX "gpt2_c/config.json", &c);
     fx_adapter_cfg a = {.kind = FX_LORA, .targets = FX_T_QKV, .r = 2, .alpha = 2};
