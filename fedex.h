@@ -1481,6 +1481,7 @@ struct fx_run {
     int quiet;                       /* `fedex demo`: one line per round, no per-client lines */
     int lock_fd;                     /* the run folder's lock, held for the run */
     int settings_written;            /* with the first round's outputs */
+    uint64_t base_hash;              /* fx_frozen_hash of the base: in the checkpoint, checked on resume and export */
     /* E2E: the test MRs the global model continues (e2e_run.c) */
     struct fx_e2e_test *e2e;         /* NULL: no test generation (not an lm task, or --eval-every -1) */
     struct fx_inst_eval *inst;       /* gsm8k, mc: the dev rows generated or scored (instruct_run.c); NULL otherwise */

@@ -306,9 +306,10 @@ static int write_state(const fx_run *R, int round) {
     snprintf(rs, sizeof rs, "%d", round);
     snprintf(bs, sizeof bs, "%.17g", R->best);
     snprintf(br, sizeof br, "%d", R->best_round);
-    char id[24];
+    char id[24], bh[24];
     fx_settings_id(&R->cfg, id, sizeof id);
-    const char *meta[] = {"round", rs, "best", bs, "best_round", br, "settings_id", id, NULL};
+    snprintf(bh, sizeof bh, "%016llx", (unsigned long long)R->base_hash);
+    const char *meta[] = {"round", rs, "best", bs, "best_round", br, "settings_id", id, "base_hash", bh, NULL};
     snprintf(path, sizeof path, "%s/state.safetensors", R->cfg.out);
     int rc = fx_st_write(path, e, m->nadapted + 1, meta);
     free(names); free(e); free_owned(owned, m->nadapted);
@@ -496,7 +497,8 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
     if (fx_st_open(path, &f) != 0) return -1;
     int rc = -1;
     const fx_st_tensor *g = fx_st_find(&f, "global");
-    const char *rs = fx_st_meta(&f, "round"), *id = fx_st_meta(&f, "run_id");
+    const char *rs = fx_st_meta(&f, "round"), *id = fx_st_meta(&f, "settings_id"), *bh = fx_st_meta(&f, "base_hash");
+    if (!id) id = fx_st_meta(&f, "run_id");      /* the name checkpoints of older fedex versions used */
     const char *b = fx_st_meta(&f, "best"), *br = fx_st_meta(&f, "best_round");
     long long round = meta_int(rs, 1, 1000000000), bround = br ? meta_int(br, 0, round) : 0;
     char *end = NULL;
@@ -514,6 +516,15 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
         fx_seterr("%s is the checkpoint of other settings than those beside it: the run that replaced it "
                   "stopped before its first round was saved (start it again with --overwrite)", path);
         goto out;
+    }
+    if (bh) { /* the base the run trained on (checkpoints of older versions carry no fingerprint) */
+        char mine[24];
+        snprintf(mine, sizeof mine, "%016llx", (unsigned long long)fx_frozen_hash(m, res));
+        if (strcmp(bh, mine)) {
+            fx_seterr("%s: the base model's weights differ from those this run trained on (fingerprint %s, the run's "
+                      "%s): resume and export need the same model folder as the run had", path, mine, bh);
+            goto out;
+        }
     }
     float *owned;
     const float *p = fx_st_f32(&f, g, &owned);
@@ -771,6 +782,7 @@ static int setup_run(fx_run *R) {
     memcpy(R->global, R->srv.train.data, sizeof(float) * R->P);
     fx_residual_init(&R->res, &R->srv);
     fx_residual_set_frozen(&R->res, &R->srv);
+    R->base_hash = fx_frozen_hash(&R->srv, &R->res);
     R->best = -INFINITY;
     if (c->resume) {
         char id[24];

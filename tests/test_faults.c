@@ -258,6 +258,15 @@ static void test_run_folder(void) {
     CHECK(rc == 2 && err_has("bad_settings2", FX_SETTINGS_FILE), "--resume with unreadable settings: exit %d", rc);
     fx_write_file_atomic(P("%s/" FX_SETTINGS_FILE, run_s), settings0, strlen(settings0));
     free(bad1);
+    /* settings beside the checkpoint that are not the ones it was saved under (another seed): refused */
+    char *other = fx_strdup(settings0), *sd = strstr(other, "\"seed\": ");
+    if (sd) sd[8] = sd[8] == '9' ? '8' : '9';
+    fx_write_file_atomic(P("%s/" FX_SETTINGS_FILE, run_s), other, strlen(other));
+    rc = fedex("other_settings", NULL, "train", "--resume", run_s, "--rounds", "3", NULL);
+    CHECK(sd && rc == 1 && err_has("other_settings", "checkpoint of other settings"),
+          "--resume of a checkpoint under settings it was not saved with: exit %d", rc);
+    fx_write_file_atomic(P("%s/" FX_SETTINGS_FILE, run_s), settings0, strlen(settings0));
+    free(other);
     /* export into the run's own folder would overwrite what makes it resumable */
     rc = fedex("export_self", NULL, "export", "--run", run_s, "--out", run_s, NULL);
     CHECK(rc == 2 && err_has("export_self", "is a run's folder"), "export --out RUN: exit %d, want 2", rc);
@@ -333,6 +342,28 @@ static void test_init_whole(void) {
     struct stat a, b;
     CHECK(rc == 0 && stat(o3, &a) == 0 && stat(ref, &b) == 0 && (a.st_mode & 0777) == (b.st_mode & 0777),
           "init's fresh folder: exit %d, mode %o, mkdir's %o", rc, (unsigned)(a.st_mode & 0777), (unsigned)(b.st_mode & 0777));
+}
+
+/* A run's base model folder written again with other weights: resume and export refuse it (the checkpoint
+ * carries the fingerprint of the base it trained on), and say so; the same weights again pass. */
+static void test_base_changed(void) {
+    const char *cfg = P("%s/config.json", cfgdir), *mdir = P("%s/model_b", tmp), *run = P("%s/run_b", tmp);
+    char *m = fx_strdup(mdir), *r = fx_strdup(run);
+    int rc = fedex("base_init", NULL, "init", "--config", cfg, "--out", m, "--seed", "4", NULL);
+    rc = rc ? rc : fedex("base_train", NULL, "train", "--model", m, "--task", "RTE", "--data", glue, "--max-seq-length", "32",
+                         "--batch-size", "32", "--local-epochs", "1", "--threads", "2", "--rounds", "1", "--out", r, NULL);
+    CHECK(rc == 0, "a run on its own model: exit %d", rc);
+    rc = fedex("base_init2", NULL, "init", "--config", cfg, "--out", m, "--seed", "5", NULL);
+    int r1 = fedex("base_resume", NULL, "train", "--resume", r, "--rounds", "2", NULL);
+    int r2 = fedex("base_export", NULL, "export", "--run", r, "--out", P("%s/export_b", tmp), NULL);
+    CHECK(rc == 0 && r1 == 1 && err_has("base_resume", "differ from those this run trained on"),
+          "--resume on a re-drawn base: exit %d, want 1 naming the change", r1);
+    CHECK(r2 == 1 && err_has("base_export", "differ from those this run trained on"),
+          "export on a re-drawn base: exit %d, want 1 naming the change", r2);
+    rc = fedex("base_init3", NULL, "init", "--config", cfg, "--out", m, "--seed", "4", NULL);
+    r1 = fedex("base_resume2", NULL, "train", "--resume", r, "--rounds", "2", NULL);
+    CHECK(rc == 0 && r1 == 0, "--resume on the same base drawn again: exit %d", r1);
+    free(m); free(r);
 }
 
 static void test_damaged_checkpoint(void) {
@@ -414,6 +445,7 @@ int main(void) {
         test_run_folder();
         test_damaged_checkpoint();
         test_init_whole();
+        test_base_changed();
         test_model_limits();
         test_headless_regression(shared);
     } else if (shared) CHECK(0, "setting up the model and data in %s failed: %s", tmp, fx_err());
