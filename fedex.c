@@ -286,8 +286,11 @@ static int cmd_init(int argc, char **argv) {
         remove_flat(tmp);
         return 1;
     }
-    printf("init: %s: %d layers, hidden %d, %d label%s, %zu base weights%s\n", o.out, c.layers, c.hidden,
-           c.num_labels, c.num_labels == 1 ? " (regression)" : "s", fx_base_numel(&c), copied > 0 ? ", tokenizer copied" :
+    char head[64];
+    if (fx_config_family(&c)->head_kind == FX_HEAD_LM) snprintf(head, sizeof head, "a causal LM's head");
+    else snprintf(head, sizeof head, "%d label%s", c.num_labels, c.num_labels == 1 ? " (regression)" : "s");
+    printf("init: %s: %s, %d layers, hidden %d, %s, %zu base weights%s\n", o.out, fx_config_family(&c)->model_type,
+           c.layers, c.hidden, head, fx_base_numel(&c), copied > 0 ? ", tokenizer copied" :
            " (no tokenizer.json or vocab.json/merges.txt beside the config: add them to use the folder)");
     return 0;
 }
@@ -423,6 +426,9 @@ static int cmd_eval(int argc, char **argv) {
     if (fx_precision_parse(o.precision, &c.precision) != 0) { fprintf(stderr, "fedex eval: %s\n", fx_err()); return 2; }
     fx_precision_note(c.precision, stderr);
     if (fx_config_family(&c)->head_kind == FX_HEAD_LM) return eval_lm(&o, &c, task);
+    if (task->lm)
+        fx_die("eval: --task %s needs a causal LM (gpt2, llama, mistral); %s is a %s classifier", task->name, o.model,
+               fx_config_family(&c)->model_type);
     /* A base without a classifier (a stock masked-LM checkpoint) gets a fresh head of the task's labels,
      * as Hugging Face creates it; a checkpoint's own head must match the task. */
     int head_labels = checkpoint_labels(o.model);
@@ -557,7 +563,11 @@ static int cmd_generate(int argc, char **argv) {
     rc = 2;
     fx_gen_cfg g = {o.beams, o.max_new, -1, o.lp, FX_STOP_HEURISTIC, o.ngram, 1};
     if (!o.model) { free(prompts); return usage_error("generate", "--model DIR is required"); }
-    if (o.file ? np != 0 : np == 0) { free(prompts); return usage_error("generate", "give prompts as arguments or --file F, not both"); }
+    if (o.file ? np != 0 : np == 0) {
+        free(prompts);
+        return usage_error("generate", o.file ? "give prompts as arguments or --file F, not both"
+                                              : "no prompt: give prompts as arguments or --file F");
+    }
     if (fx_gen_stop_parse(o.stop, &g.early_stopping) != 0 || fx_gen_scope_parse(o.scope, &g.no_repeat_generated) != 0) {
         fprintf(stderr, "fedex generate: %s\n", fx_err());
         free(prompts);

@@ -109,7 +109,9 @@ int fx_runlog_read(const char *dir, fx_runlog *L) {
         lineno++; /* strtok_r skips empty lines; metrics.jsonl has none */
         fx_json j;
         if (fx_json_parse(line, strlen(line), &j) != 0) {
-            fx_seterr("%s:%d: %s", path, lineno, fx_err());
+            const char *why = fx_err();
+            if (!strncmp(why, "line 1, ", 8)) why += 8;  /* the line is the file's LINENO: only its column counts */
+            fx_seterr("%s:%d: %s", path, lineno, why);
             free(devv); free(devl);
             goto fail;
         }

@@ -658,7 +658,11 @@ static int split_shards(fx_run *R) {
         return -1;
     }
     for (int i = 0; i < R->n; i++)
-        if (R->counts[i] == 0) { fx_seterr("client %d got no training rows (split %s): use fewer clients or a larger alpha", i, c->split); return -1; }
+        if (R->counts[i] == 0) {
+            fx_seterr("client %d got no training rows (split %s, %d rows for %d clients): use fewer clients%s", i, c->split,
+                      R->train.n, R->n, strncmp(c->split, "dirichlet:", 10) ? "" : " or a larger alpha");
+            return -1;
+        }
     if (!R->quiet) fx_split_report(stdout, &R->train, R->n, R->rows, R->counts);
     return 0;
 }

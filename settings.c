@@ -36,8 +36,10 @@ static int set_value(const fx_opt *o, void *dst, const char *v) {
     case FX_OPT_INT: {
         errno = 0;
         long x = strtol(v, &end, 10);
-        if (errno || *end || end == v || x < INT32_MIN || x > INT32_MAX) {
-            fx_seterr("%s: '%s' is not a whole number", o->name, v);
+        if (*end || end == v) { fx_seterr("%s: '%s' is not a whole number", o->name, v); return -1; }
+        if (errno || x < INT32_MIN || x > INT32_MAX) {
+            if (ranged) fx_seterr("%s '%s' must be an integer in [%lld, %lld]", o->name, v, o->lo, o->hi);
+            else fx_seterr("%s: '%s' is out of range (at most %d)", o->name, v, INT32_MAX);
             return -1;
         }
         if (ranged && (x < o->lo || x > o->hi)) {
@@ -50,7 +52,10 @@ static int set_value(const fx_opt *o, void *dst, const char *v) {
     case FX_OPT_SEED: {
         errno = 0;
         long long x = strtoll(v, &end, 10);
-        if (errno || *end || end == v || x < 0) { fx_seterr("%s: '%s' is not a seed (0 or more)", o->name, v); return -1; }
+        if (errno || *end || end == v || x < 0) {
+            fx_seterr("%s: '%s' is not a seed (a whole number from 0 to %lld)", o->name, v, (long long)INT64_MAX);
+            return -1;
+        }
         *(long long *)p = x;
         return 0;
     }

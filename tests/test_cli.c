@@ -58,6 +58,8 @@ static void test_parser(void) {
         {{"toy", "a", "b", "c"}, 4, "at most 2"},
         {{"toy", "--seed=-1", "p"}, 3, "not a seed"},
         {{"toy", "--s=", "p"}, 3, "--s: an empty value"},
+        {{"toy", "--n=99999999999", "p"}, 3, "[1, 10]"},               /* past int: still the range it must be in */
+        {{"toy", "--seed=9223372036854775808", "p"}, 3, "from 0 to 9223372036854775807"},
         {{"toy", "--s", "", "p"}, 4, "--s: an empty value"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -356,7 +356,7 @@ static void cli_errors(void) {
     if (!bin) { printf("skipped: fedex generate's errors (FEDEX is not set: run `make test`)\n"); return; }
     struct { const char *args, *want; int status; } cases[] = {
         {"--prompt-ids --ids '1 2'", "--model DIR is required", 2},
-        {"--model tests/fixtures/gpt2_a --prompt-ids --ids", "give prompts", 2},
+        {"--model tests/fixtures/gpt2_a --prompt-ids --ids", "no prompt: give prompts", 2},
         {"--model tests/fixtures/gpt2_a --prompt-ids --ids --file - '1 2' </dev/null", "not both", 2},
         {"--model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 4 '1 x 2'", "prompt 1: 'x' is not a token id", 1},
         {"--model tests/fixtures/gpt2_a --prompt-ids --ids --max-new-tokens 4 '1 2' '53'", "prompt 2: token id 53 is outside the vocabulary of 53", 1},
