@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -224,11 +225,12 @@ static void remove_flat(const char *tmp) {
     rmdir(tmp);
 }
 
-/* Every file of the folder TMP into OUT, then TMP removed: OUT absent, TMP becomes it (one rename);
- * else a rename per file, once no name is found to land on a folder, so that a failure leaves OUT as
- * it was. 0, or -1 with fx_err() (TMP left for the caller to remove). */
-static int move_into(const char *tmp, const char *out) {
-    if (rename(tmp, out) == 0) return 0;
+/* Every file of the folder TMP into OUT, then TMP removed: TMP beside an absent OUT becomes it (one
+ * rename); TMP INSIDE OUT (which exists) is emptied into it, a rename per file once no name is found to
+ * land on a folder, so that a failure leaves OUT as it was. 0, or -1 with fx_err() (TMP left for the
+ * caller to remove). */
+static int move_into(const char *tmp, const char *out, int inside) {
+    if (!inside && rename(tmp, out) == 0) return 0;
     struct stat st;
     if (stat(out, &st) != 0 || !S_ISDIR(st.st_mode)) { fx_seterr("%s: not a folder", out); return -1; }
     for (int pass = 0; pass < 2; pass++) {
@@ -267,12 +269,20 @@ static int cmd_init(int argc, char **argv) {
     fx_model_init_base(&m, (uint64_t)o.seed);
     /* Everything is written into a fresh folder beside OUT, then moved in: a failure on the way leaves OUT
      * as it was, with nothing half-written in it. */
-    char tmp[4096 + 16], parent[4096];
+    /* An existing OUT gets its temporary folder inside (the same file system, whatever OUT is: a mount
+     * point, a link to another disk), an absent one beside it. */
+    char tmp[4096 + 32], parent[4096];
+    struct stat ost;
+    int inside = stat(o.out, &ost) == 0;
+    if (inside && !S_ISDIR(ost.st_mode)) fx_die("%s: not a folder", o.out);
     size_t ol = strlen(o.out);
     while (ol > 1 && o.out[ol - 1] == '/') ol--;
-    snprintf(tmp, sizeof tmp, "%.*s" FX_TMP_SUFFIX "XXXXXX", (int)ol, o.out);
-    dir_of(tmp, parent, sizeof parent);
-    if (fx_mkdir_p(parent) != 0) fx_die("%s", fx_err());
+    if (inside) snprintf(tmp, sizeof tmp, "%.*s/.fedex-init" FX_TMP_SUFFIX "XXXXXX", (int)ol, o.out);
+    else {
+        snprintf(tmp, sizeof tmp, "%.*s" FX_TMP_SUFFIX "XXXXXX", (int)ol, o.out);
+        dir_of(tmp, parent, sizeof parent);
+        if (fx_mkdir_p(parent) != 0) fx_die("%s", fx_err());
+    }
     if (!mkdtemp(tmp)) fx_die("%s: cannot create: %s", tmp, strerror(errno));
     mode_t mask = umask(0);
     umask(mask);
@@ -281,7 +291,7 @@ static int cmd_init(int argc, char **argv) {
     dir_of(o.config, dir, sizeof dir);
     int copied = fx_model_save(&m, tmp, 0) != 0 ? -1 : copy_tokenizer(dir, tmp);
     fx_model_free(&m);
-    if (copied < 0 || move_into(tmp, o.out) != 0) {
+    if (copied < 0 || move_into(tmp, o.out, inside) != 0) {
         fprintf(stderr, "fedex: %s\n", fx_err());
         remove_flat(tmp);
         return 1;
@@ -808,6 +818,28 @@ static const fx_cmdline export_cl = CMDLINE("export", "--run DIR --out DIR [--me
     "FedEx residual folded into the frozen weights and, with --merged, the adapters too (else the PEFT adapter\n"
     "is written beside it).\n", export_opts, export_opt);
 
+/* An earlier (plain) export's adapter in DIR, left beside merged weights, would be applied twice: it goes
+ * when it is one export wrote, its adapter_config.json naming DIR itself as the base; another adapter
+ * there is left alone. 0, or -1 with fx_err() when it cannot be removed. */
+static int remove_own_adapter(const char *dir) {
+    char cfg[4096 + 32], abs[PATH_MAX];
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    fx_json j;
+    if (access(cfg, F_OK) != 0 || !realpath(dir, abs) || fx_json_load(cfg, &j) != 0) return 0;
+    const fx_json *b = fx_json_get(&j, "base_model_name_or_path");
+    int own = b && b->type == FX_JSTR && !strcmp(b->str, abs);
+    fx_json_free(&j);
+    if (!own) return 0;
+    static const char *const names[] = {"adapter_model.safetensors", "adapter_config.json"};
+    for (int k = 0; k < 2; k++) {
+        char p[4096 + 32];
+        snprintf(p, sizeof p, "%s/%s", dir, names[k]);
+        if (unlink(p) == 0) printf("removed %s (an earlier export's adapter: the merged weights hold it)\n", p);
+        else if (errno != ENOENT) { fx_seterr("%s: cannot remove: %s", p, strerror(errno)); return -1; }
+    }
+    return 0;
+}
+
 static int cmd_export(int argc, char **argv) {
     export_opts o;
     int set[3], rc = parse_or_exit(&export_cl, argc, argv, &o, set, NULL, NULL);
@@ -841,14 +873,7 @@ static int cmd_export(int argc, char **argv) {
         goto out;
     }
     printf("wrote %s/model.safetensors (%s)\n", o.out, o.merged ? "residual and adapters merged" : "residual merged; adapter beside it");
-    if (o.merged) { /* an earlier export's adapter left beside merged weights would be applied twice */
-        static const char *const stale[] = {"adapter_config.json", "adapter_model.safetensors"};
-        for (int k = 0; k < 2; k++) {
-            char p[4096 + 32];
-            snprintf(p, sizeof p, "%s/%s", o.out, stale[k]);
-            if (unlink(p) == 0) printf("removed %s (an earlier export's adapter: the merged weights hold it)\n", p);
-        }
-    }
+    if (o.merged && remove_own_adapter(o.out) != 0) { fx_model_free(&m); goto out; }
     fx_model_free(&m);
     rc = 0;
 out:
@@ -1038,16 +1063,20 @@ static int cmd_grid(int argc, char **argv) {
         snprintf(model, sizeof model, "%s/model", o.out);
         char st[4096 + 64];
         snprintf(st, sizeof st, "%s/model.safetensors", model);
-        if (o.dry_run) { /* the config's shapes suffice for the estimate: nothing is made */
-            if (access(o.config, R_OK) != 0) {
-                fprintf(stderr, "fedex grid: %s: cannot open: %s\n", o.config, strerror(errno));
-                return 1;
-            }
-        } else if (access(st, F_OK) != 0) {
+        if (access(o.config, R_OK) != 0) {
+            fprintf(stderr, "fedex grid: %s: cannot open: %s\n", o.config, strerror(errno));
+            return 1;
+        }
+        o.model = model;
+        if (!o.dry_run && access(st, F_OK) != 0) {
+            /* the grid's lists and every run's options are checked before the model is made */
+            fx_grid_opts chk = {.out = o.out, .model = o.model, .data = o.data, .tasks = o.tasks, .methods = o.methods,
+                                .quick = o.quick, .config_file = o.config, .check_only = 1, .exe = self,
+                                .extra = (const char *const *)argv + dd + 1, .nextra = dd < argc ? argc - dd - 1 : 0};
+            if ((rc = fx_grid_run(&chk)) < 0) { fprintf(stderr, "fedex grid: %s\n", fx_err()); return rc == -2 ? 2 : 1; }
             char *iv[] = {"init", "--config", (char *)o.config, "--out", model, "--seed", "1", NULL};
             if ((rc = cmd_init(7, iv)) != 0) return rc;
         }
-        o.model = model;
     }
     fx_grid_opts g = {.out = o.out, .model = o.model, .data = o.data, .tasks = o.tasks, .methods = o.methods,
                       .quick = o.quick, .dry_run = o.dry_run, .config_file = o.dry_run ? o.config : NULL, .exe = self,

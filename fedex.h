@@ -1670,7 +1670,8 @@ typedef struct {
     const char *model, *data;        /* NULL model: the embedded one and the synthetic task */
     const char *tasks, *methods;     /* comma-separated; NULL: the paper's tasks, every method agg.c knows */
     int quick, dry_run;              /* quick: a few short rounds; dry_run: the plan and the estimate only */
-    const char *config_file;         /* --dry-run with --config: the shapes for the estimate (no model made) */
+    const char *config_file;         /* --config before its model is made: the shapes (the estimate, the checks) */
+    int check_only;                  /* check the lists and every run's options, then return 0 (nothing printed) */
     const char *exe;                 /* the fedex program that runs each `fedex train` */
     const char *const *extra; int nextra; /* train options for every run (after `--`) */
 } fx_grid_opts;

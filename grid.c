@@ -307,7 +307,7 @@ int fx_grid_run(const fx_grid_opts *o) {
         fx_settings c = cfg;
         c.model = o->model;
         c.task = o->model ? tasks[0] : NULL;
-        if (o->config_file) { /* --dry-run --config: no model is made; the estimate takes the file's shapes */
+        if (o->config_file) { /* --config, its model not made yet: the file's shapes */
             if (fx_config_load(o->config_file, &mc) != 0) goto out;
             task0 = fx_task_find(c.task);
             if (!task0->lm) mc.num_labels = task0->num_labels;
@@ -356,6 +356,7 @@ int fx_grid_run(const fx_grid_opts *o) {
             goto out;
         }
     }
+    if (o->check_only) { rc = 0; goto out; }
     /* the pace of the rounds this grid has saved already, when it has some: it counts what the arithmetic
      * leaves out (processes, tokenising, aggregation, evaluation's padding) */
     double rate = flops_saved > 0 && secs_saved > 0 ? flops_saved / secs_saved : matmul_rate() / STEP_OVER_GEMM;

@@ -97,6 +97,21 @@ static int roberta_config_load(const char *path, fx_config *c) {
             goto out;
         }
         k.num_labels = (int)id2label->n;
+        /* its keys are the classifier's output indices, 0 to N-1, each once (as HF turns them into ints) */
+        char *seen = fx_calloc((size_t)k.num_labels, 1);
+        for (size_t i = 0; i < id2label->n; i++) {
+            const char *key = id2label->keys[i];
+            char *end;
+            long v = strtol(key, &end, 10);
+            if (!*key || *end || v < 0 || v >= k.num_labels || seen[v]) {
+                fx_seterr("%s: \"id2label\" key \"%s\": the keys must be the label indices 0 to %d, each once", path,
+                          key, k.num_labels - 1);
+                free(seen);
+                goto out;
+            }
+            seen[v] = 1;
+        }
+        free(seen);
     } else {
         k.num_labels = 2;
     }
@@ -172,7 +187,8 @@ static void roberta_special_tokens_write(FILE *f, const fx_config *c) {
     fprintf(f, "}\n");
 }
 
-/* The family is config.json's "model_type": "gpt2", "llama" (or "mistral"), "roberta", or none at all
+/* The family is config.json's "model_type": "gpt2", "llama" (or "mistral"), "roberta" (or a name of its
+ * architecture below), or none at all
  * (RoBERTa: older fedex folders named none); any other is refused, as is a key given twice at the top
  * (which of the two would count is a guess: Python's json takes the last, fedex's reader the first). */
 int fx_config_load(const char *path, fx_config *c) {
@@ -190,8 +206,11 @@ int fx_config_load(const char *path, fx_config *c) {
     if (t && t->type != FX_JSTR) { fx_json_free(&root); fx_seterr("%s: \"model_type\" is not a string", path); return -1; }
     int gpt2 = t && !strcmp(t->str, fx_gpt2.model_type);
     int llama = t && (!strcmp(t->str, fx_llama.model_type) || !strcmp(t->str, "mistral"));
-    if (t && !gpt2 && !llama && strcmp(t->str, fx_roberta.model_type)) {
-        fx_seterr("%s: model_type \"%s\" is not a family fedex runs (roberta, gpt2, llama, mistral)", path, t->str);
+    /* XLM-R and CamemBERT are RoBERTa's architecture under other names (transformers subclasses it) */
+    if (t && !gpt2 && !llama && strcmp(t->str, fx_roberta.model_type) && strcmp(t->str, "xlm-roberta") &&
+        strcmp(t->str, "camembert")) {
+        fx_seterr("%s: model_type \"%s\" is not a family fedex runs (roberta, xlm-roberta, camembert, gpt2, llama, "
+                  "mistral)", path, t->str);
         fx_json_free(&root);
         return -1;
     }

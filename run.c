@@ -498,7 +498,6 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
     int rc = -1;
     const fx_st_tensor *g = fx_st_find(&f, "global");
     const char *rs = fx_st_meta(&f, "round"), *id = fx_st_meta(&f, "settings_id"), *bh = fx_st_meta(&f, "base_hash");
-    if (!id) id = fx_st_meta(&f, "run_id");      /* the name checkpoints of older fedex versions used */
     const char *b = fx_st_meta(&f, "best"), *br = fx_st_meta(&f, "best_round");
     long long round = meta_int(rs, 1, 1000000000), bround = br ? meta_int(br, 0, round) : 0;
     char *end = NULL;
@@ -512,7 +511,8 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
                   rs ? rs : "missing", b ? b : "missing", br ? br : "missing");
         goto out;
     }
-    if (want && id && strcmp(want, id)) {
+    /* checkpoints written before the base's fingerprint carry an id of another recipe: not compared */
+    if (want && id && bh && strcmp(want, id)) {
         fx_seterr("%s is the checkpoint of other settings than those beside it: the run that replaced it "
                   "stopped before its first round was saved (start it again with --overwrite)", path);
         goto out;

@@ -67,7 +67,12 @@ static int set_value(const fx_opt *o, void *dst, const char *v) {
         return 0;
     }
     case FX_OPT_STR:
-        if (!*v) { fx_seterr("%s: an empty value (give a name, or leave the option out)", o->name); return -1; }
+        /* (PEFT's three list options read an empty value as None, as the reference code's scripts pass it) */
+        if (!*v && strcmp(o->name, "--modules_to_save") && strcmp(o->name, "--layers_to_transform") &&
+            strcmp(o->name, "--layers_pattern")) {
+            fx_seterr("%s: an empty value (give a name, or leave the option out)", o->name);
+            return -1;
+        }
         *(const char **)p = v;
         return 0;
     case FX_OPT_FLAG: *(int *)p = 1; return 0;
@@ -559,7 +564,22 @@ int fx_settings_precision(const fx_settings *c) {
  * ============================================================================================ */
 
 /* The saved settings as JSON members; without --rounds when ID (what names the run). */
+static int at_default(const fx_opt *o, const void *p, const void *d) {
+    switch (o->kind) {
+    case FX_OPT_INT: case FX_OPT_FLAG: return *(const int *)p == *(const int *)d;
+    case FX_OPT_SEED: return *(const long long *)p == *(const long long *)d;
+    case FX_OPT_REAL: return *(const double *)p == *(const double *)d;
+    case FX_OPT_STR: {
+        const char *a = *(const char *const *)p, *b = *(const char *const *)d;
+        return a == b || (a && b && !strcmp(a, b));
+    }
+    }
+    return 0;
+}
+
 static void settings_members(FILE *f, const fx_settings *c, int id) {
+    fx_settings defs;
+    if (id) fx_opts_defaults(&fx_train_cmdline, &defs);
     for (int i = 0; i < fx_train_cmdline.nopt; i++) {
         const fx_opt *o = &train_opts[i];
         if (!strcmp(o->name, "--resume") || !strcmp(o->name, "--threads") || !strcmp(o->name, "--out") ||
@@ -572,12 +592,9 @@ static void settings_members(FILE *f, const fx_settings *c, int id) {
         int skip = 0;
         for (size_t k = 0; id && k < sizeof eval_only / sizeof eval_only[0]; k++) skip |= !strcmp(o->name, eval_only[k]);
         if (skip) continue;
-        /* Options that came after runs were first saved stay out of the id at their defaults, so the id of
-         * a run saved before them (whose file lacks them) is what it was. */
-        if (id && (!strcmp(o->name, "--train-file") || !strcmp(o->name, "--label-smoothing") ||
-                   !strcmp(o->name, "--max-grad-norm"))) {
-            if (o->kind == FX_OPT_STR ? *(const char *const *)p == NULL : *(const double *)p == 0) continue;
-        }
+        /* Every option at its default stays out of the id, so that an option added later (whose default
+         * is what runs before it did) leaves the ids of runs saved before it as they were. */
+        if (id && at_default(o, p, (const char *)&defs + o->off)) continue;
         fprintf(f, ",\n  \"%s\": ", o->name + 2);
         switch (o->kind) {
         case FX_OPT_INT: fprintf(f, "%d", *(const int *)p); break;

@@ -315,7 +315,7 @@ static void test_run_folder(void) {
 /* init writes its folder whole or not at all: a name it must write being a folder fails it before any
  * file lands, and no temporary folder stays beside; into a folder that holds other files, they stay. */
 static void test_init_whole(void) {
-    const char *cfg = P("%s/config.json", cfgdir), *o = P("%s/init_o", tmp);
+    char *cfg = fx_strdup(P("%s/config.json", cfgdir)), *o = fx_strdup(P("%s/init_o", tmp)); /* P's buffers rotate */
     fx_mkdir_p(P("%s/config.json", o));
     int rc = fedex("init_blocked", NULL, "init", "--config", cfg, "--out", o, NULL);
     CHECK(rc == 1 && err_has("init_blocked", "is a folder") && !exists(P("%s/model.safetensors", o)) &&
@@ -323,25 +323,32 @@ static void test_init_whole(void) {
     char *ls = NULL;
     size_t n = 0;
     FILE *f = open_memstream(&ls, &n);
-    DIR *d = opendir(tmp);
-    for (struct dirent *e; d && (e = readdir(d));) fprintf(f, "%s\n", e->d_name);
-    if (d) closedir(d);
+    const char *where[2] = {tmp, o};
+    for (int w = 0; w < 2; w++) {
+        DIR *d = opendir(where[w]);
+        for (struct dirent *e; d && (e = readdir(d));) fprintf(f, "%s\n", e->d_name);
+        if (d) closedir(d);
+    }
     fclose(f);
-    CHECK(!strstr(ls, "init_o" FX_TMP_SUFFIX), "a failed init left its temporary folder: %s", ls);
+    CHECK(!strstr(ls, "init_o" FX_TMP_SUFFIX) && !strstr(ls, ".fedex-init"), "a failed init left its temporary folder");
     free(ls);
-    const char *o2 = P("%s/init_kept", tmp);
+    char o2[1024];
+    snprintf(o2, sizeof o2, "%s/init_kept", tmp);
     fx_mkdir_p(o2);
     fx_write_file_atomic(P("%s/notes.txt", o2), "x", 1);
+    chmod(o2, 02750);                            /* a folder's own mode and group stay its own */
     rc = fedex("init_kept", NULL, "init", "--config", cfg, "--out", o2, "--seed", "2", NULL);
-    CHECK(rc == 0 && exists(P("%s/notes.txt", o2)) && exists(P("%s/model.safetensors", o2)),
-          "init into a folder with other files: exit %d", rc);
+    struct stat k;
+    CHECK(rc == 0 && exists(P("%s/notes.txt", o2)) && exists(P("%s/model.safetensors", o2)) && stat(o2, &k) == 0 &&
+          (k.st_mode & 07777) == 02750, "init into a folder with other files: exit %d, mode %o", rc, (unsigned)(k.st_mode & 07777));
     /* a fresh folder gets a folder's usual mode (not the temporary folder's 0700) */
-    const char *o3 = P("%s/init_fresh", tmp), *ref = P("%s/init_ref", tmp);
+    char *o3 = fx_strdup(P("%s/init_fresh", tmp)), *ref = fx_strdup(P("%s/init_ref", tmp));
     rc = fedex("init_fresh", NULL, "init", "--config", cfg, "--out", o3, NULL);
     mkdir(ref, 0755);
     struct stat a, b;
     CHECK(rc == 0 && stat(o3, &a) == 0 && stat(ref, &b) == 0 && (a.st_mode & 0777) == (b.st_mode & 0777),
           "init's fresh folder: exit %d, mode %o, mkdir's %o", rc, (unsigned)(a.st_mode & 0777), (unsigned)(b.st_mode & 0777));
+    free(cfg); free(o); free(o3); free(ref);
 }
 
 /* A run's base model folder written again with other weights: resume and export refuse it (the checkpoint

@@ -272,6 +272,9 @@ static void test_config(void) {
         {"{\"model_type\": \"gpt2\", \"vocab_size\": 20, \"n_embd\": 8, \"n_layer\": 1, \"n_head\": 4, "
          "\"n_positions\": 8, \"n_embd\": 16}", "\"n_embd\" is given twice"},
         {"[1, 2]", "not a JSON object"},
+        {"{\"model_type\": \"roberta\", \"vocab_size\": 20, \"hidden_size\": 8, \"num_hidden_layers\": 1, "
+         "\"num_attention_heads\": 2, \"intermediate_size\": 16, \"max_position_embeddings\": 12, "
+         "\"id2label\": {\"0\": \"a\", \"5\": \"b\"}}", "\"id2label\" key \"5\""},
     };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         const char *p = tmp_path("bad_config.json");

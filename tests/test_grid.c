@@ -129,6 +129,11 @@ static void test_refusals(void) {
           "--dry-run --config FILE: exit %d, or it ran something", rc);
     if (rc) show_err("dry_cfg");
     free(o);
+    /* ... and a usage error is found before --config's model is made */
+    rc = fedex("cfg_dup", NULL, "grid", "--out", P("%s/cfg_dup", tmp), "--config", P("%s/tiny.json", cdir), "--data", tmp,
+               "--tasks", "RTE", "--methods", "fedex,ours", "--quick", NULL);
+    CHECK(rc == 2 && err_has("cfg_dup", "names fedex twice") && !exists(P("%s/cfg_dup", tmp)),
+          "--config with a method named twice: exit %d, or the model was made first", rc);
 }
 
 /* Every method of the default list, one quick round each: all complete and all in the table (the VeRA and

@@ -559,6 +559,13 @@ static void test_export(void) {
         int rc1 = fedex(P("export_m_%d", k), NULL, "export", "--run", run, "--out", merged_dir, "--merged", NULL);
         CHECK(!exists(P("%s/adapter_config.json", merged_dir)) && !exists(P("%s/adapter_model.safetensors", merged_dir)),
               "export %s --merged over a plain export: the earlier adapter files are still there", aggs[k]);
+        /* ... but an adapter of another base kept in the folder is not export's to remove */
+        const char *foreign = "{\"peft_type\": \"LORA\", \"base_model_name_or_path\": \"roberta-base\"}";
+        fx_write_file_atomic(P("%s/adapter_config.json", merged_dir), foreign, strlen(foreign));
+        rc1 = rc1 ? rc1 : fedex(P("export_m2_%d", k), NULL, "export", "--run", run, "--out", merged_dir, "--merged", NULL);
+        CHECK(rc1 == 0 && exists(P("%s/adapter_config.json", merged_dir)), "export %s --merged: exit %d, or it removed "
+              "another base's adapter_config.json", aggs[k], rc1);
+        unlink(P("%s/adapter_config.json", merged_dir));
         int rc2 = fedex(P("export_p_%d", k), NULL, "export", "--run", run, "--out", plain_dir, NULL);
         CHECK(rc1 == 0 && rc2 == 0, "export %s: exit status %d / %d", aggs[k], rc1, rc2);
         if (rc1 || rc2) continue;
