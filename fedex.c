@@ -267,10 +267,9 @@ static int cmd_init(int argc, char **argv) {
     fx_model m;
     if (fx_model_create(&m, &c, &a, NULL) != 0) fx_die("%s: %s", o.config, fx_err());
     fx_model_init_base(&m, (uint64_t)o.seed);
-    /* Everything is written into a fresh folder beside OUT, then moved in: a failure on the way leaves OUT
-     * as it was, with nothing half-written in it. */
-    /* An existing OUT gets its temporary folder inside (the same file system, whatever OUT is: a mount
-     * point, a link to another disk), an absent one beside it. */
+    /* Everything is written into a fresh folder, then moved in: a failure on the way leaves OUT as it was,
+     * with nothing half-written in it. An existing OUT gets that folder inside (the same file system,
+     * whatever OUT is: a mount point, a link to another disk), an absent one beside it. */
     char tmp[4096 + 32], parent[4096];
     struct stat ost;
     int inside = stat(o.out, &ost) == 0;

@@ -90,6 +90,7 @@ typedef struct fx_json {
 int fx_json_parse(const char *text, size_t len, fx_json *out);
 void fx_json_free(fx_json *j);
 const fx_json *fx_json_get(const fx_json *obj, const char *key); /* NULL if absent or not an object */
+const char *fx_json_duplicate_key(const fx_json *obj); /* a key the object holds twice, or NULL */
 int fx_json_load(const char *path, fx_json *out); /* read + parse, errors prefixed with PATH */
 char *fx_json_quote(const char *s); /* "S" with JSON escapes, malloc'd: the one JSON string writer */
 void fx_json_num(FILE *f, double x); /* %.9g, or null when not finite (metrics, settings) */

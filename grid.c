@@ -249,20 +249,22 @@ int fx_grid_run(const fx_grid_opts *o) {
     const char *def_tasks = !o->model ? "synthetic" : o->quick ? "RTE,MRPC,CoLA,STS-B" : "CoLA,SST-2,MRPC,STS-B,QNLI,RTE";
     nt = split_list(o->tasks ? o->tasks : def_tasks, tasks, 64, &tkeep);
     if (nm <= 0 || nt <= 0) { fx_seterr("--tasks and --methods take up to 64 names separated by commas"); goto out; }
+    fx_agg_method ams[64];
     for (int m = 0; m < nm; m++) {
-        fx_agg_method am, bm;
-        if (fx_agg_parse(methods[m], &am) != 0) goto out;
+        if (fx_agg_parse(methods[m], &ams[m]) != 0) goto out;
         for (int k = 0; k < m; k++)
-            if (fx_agg_parse(methods[k], &bm) == 0 && am == bm) {
-                fx_seterr("--methods names %s twice (%s, %s): give each method once", fx_agg_name(am), methods[k], methods[m]);
+            if (ams[k] == ams[m]) {
+                fx_seterr("--methods names %s twice (%s, %s): give each method once", fx_agg_name(ams[m]), methods[k],
+                          methods[m]);
                 goto out;
             }
     }
+    const fx_task *tks[64];
     for (int t = 0; t < nt; t++) {
-        const fx_task *tk = fx_task_find(tasks[t]);
+        const fx_task *tk = tks[t] = fx_task_find(tasks[t]);
         if (!tk) { fx_seterr("unknown task '%s'", tasks[t]); goto out; }
         for (int k = 0; k < t; k++)
-            if (fx_task_find(tasks[k]) == tk) {
+            if (tks[k] == tk) {
                 fx_seterr("--tasks names %s twice (%s, %s): give each task once", tk->name, tasks[k], tasks[t]);
                 goto out;
             }

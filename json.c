@@ -419,6 +419,27 @@ void fx_json_free(fx_json *j) {
     memset(j, 0, sizeof *j);
 }
 
+/* Sorts member indices of an object by key, to find duplicates in O(n log n). */
+static int cmp_keys(const void *a, const void *b, void *ctx) {
+    const fx_json *h = ctx;
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    size_t li = h->klens[i], lj = h->klens[j];
+    int c = memcmp(h->keys[i], h->keys[j], li < lj ? li : lj);
+    return c ? c : (li > lj) - (li < lj);
+}
+
+const char *fx_json_duplicate_key(const fx_json *obj) {
+    if (obj->type != FX_JOBJ || obj->n < 2) return NULL;
+    size_t *ord = fx_malloc(obj->n * sizeof *ord);
+    for (size_t i = 0; i < obj->n; i++) ord[i] = i;
+    qsort_r(ord, obj->n, sizeof *ord, cmp_keys, (void *)obj);
+    const char *dup = NULL;
+    for (size_t i = 1; i < obj->n && !dup; i++)
+        if (cmp_keys(&ord[i - 1], &ord[i], (void *)obj) == 0) dup = obj->keys[ord[i]];
+    free(ord);
+    return dup;
+}
+
 const fx_json *fx_json_get(const fx_json *obj, const char *key) {
     if (!obj || obj->type != FX_JOBJ) return NULL;
     size_t kl = strlen(key);

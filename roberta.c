@@ -195,13 +195,12 @@ int fx_config_load(const char *path, fx_config *c) {
     fx_json root;
     if (fx_json_load(path, &root) != 0) return -1;
     if (root.type != FX_JOBJ) { fx_json_free(&root); fx_seterr("%s: not a JSON object", path); return -1; }
-    for (size_t i = 0; i < root.n; i++)
-        for (size_t k = 0; k < i; k++)
-            if (root.klens[i] == root.klens[k] && !memcmp(root.keys[i], root.keys[k], root.klens[i])) {
-                fx_seterr("%s: \"%s\" is given twice", path, root.keys[i]);
-                fx_json_free(&root);
-                return -1;
-            }
+    const char *dup = fx_json_duplicate_key(&root);
+    if (dup) {
+        fx_seterr("%s: \"%s\" is given twice", path, dup);
+        fx_json_free(&root);
+        return -1;
+    }
     const fx_json *t = fx_json_get(&root, "model_type");
     if (t && t->type != FX_JSTR) { fx_json_free(&root); fx_seterr("%s: \"model_type\" is not a string", path); return -1; }
     int gpt2 = t && !strcmp(t->str, fx_gpt2.model_type);

@@ -786,7 +786,7 @@ static int setup_run(fx_run *R) {
     memcpy(R->global, R->srv.train.data, sizeof(float) * R->P);
     fx_residual_init(&R->res, &R->srv);
     fx_residual_set_frozen(&R->res, &R->srv);
-    R->base_hash = fx_frozen_hash(&R->srv, &R->res);
+    if (c->out) R->base_hash = fx_frozen_hash(&R->srv, &R->res); /* for the checkpoints alone */
     R->best = -INFINITY;
     if (c->resume) {
         char id[24];

@@ -70,15 +70,6 @@ const char *fx_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap) 
  * reading: validation of the header
  * ============================================================================================ */
 
-/* Sorts member indices of the header object by key, to find duplicates in O(n log n). */
-static int cmp_keys(const void *a, const void *b, void *ctx) {
-    const fx_json *h = ctx;
-    size_t i = *(const size_t *)a, j = *(const size_t *)b;
-    size_t li = h->klens[i], lj = h->klens[j];
-    int c = memcmp(h->keys[i], h->keys[j], li < lj ? li : lj);
-    return c ? c : (li > lj) - (li < lj);
-}
-
 /* Sorts tensor indices by (begin, end): the order in which they must tile the data area. */
 static int cmp_offsets(const void *a, const void *b, void *ctx) {
     const fx_st_tensor *t = ctx;
@@ -87,22 +78,10 @@ static int cmp_offsets(const void *a, const void *b, void *ctx) {
     return (x->end > y->end) - (x->end < y->end);
 }
 
-/* A key that an object holds twice, or NULL. */
-static const char *duplicate_key(const fx_json *obj) {
-    size_t *ord = fx_malloc(obj->n * sizeof *ord);
-    for (size_t i = 0; i < obj->n; i++) ord[i] = i;
-    qsort_r(ord, obj->n, sizeof *ord, cmp_keys, (void *)obj);
-    const char *dup = NULL;
-    for (size_t i = 1; i < obj->n && !dup; i++)
-        if (cmp_keys(&ord[i - 1], &ord[i], (void *)obj) == 0) dup = obj->keys[ord[i]];
-    free(ord);
-    return dup;
-}
-
 static int read_metadata(const char *label, const fx_json *m, fx_st_file *f) {
     char b[96];
     if (m->type != FX_JOBJ) { fx_seterr("%s: " ST_META_KEY " is not an object", label); return -1; }
-    const char *dup = duplicate_key(m);
+    const char *dup = fx_json_duplicate_key(m);
     if (dup) { fx_seterr("%s: " ST_META_KEY " names '%s' twice", label, show(dup, b)); return -1; }
     f->meta_keys = fx_calloc(m->n, sizeof *f->meta_keys);
     f->meta_vals = fx_calloc(m->n, sizeof *f->meta_vals);
@@ -269,7 +248,7 @@ static int parse_into(const uint8_t *buf, size_t len, const char *label, fx_st_f
     if (h.type != FX_JOBJ) { fx_seterr("%s: header is not a JSON object", label); goto done; }
 
     /* Duplicate keys: JSON allows them, safetensors does not, and silently taking one would be wrong. */
-    const char *dup = duplicate_key(&h);
+    const char *dup = fx_json_duplicate_key(&h);
     if (dup) { fx_seterr("%s: header names '%s' twice", label, show(dup, b)); goto done; }
 
     f->t = fx_calloc(h.n, sizeof *f->t);

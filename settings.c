@@ -563,7 +563,7 @@ int fx_settings_precision(const fx_settings *c) {
  * The settings file (DIR/config.json): written when a run starts, read by --resume and export
  * ============================================================================================ */
 
-/* The saved settings as JSON members; without --rounds when ID (what names the run). */
+/* Whether option O's field P holds the value D, its default's. */
 static int at_default(const fx_opt *o, const void *p, const void *d) {
     switch (o->kind) {
     case FX_OPT_INT: case FX_OPT_FLAG: return *(const int *)p == *(const int *)d;
@@ -577,6 +577,7 @@ static int at_default(const fx_opt *o, const void *p, const void *d) {
     return 0;
 }
 
+/* The saved settings as JSON members; without --rounds when ID (what names the run). */
 static void settings_members(FILE *f, const fx_settings *c, int id) {
     fx_settings defs;
     if (id) fx_opts_defaults(&fx_train_cmdline, &defs);
