@@ -41,12 +41,13 @@
  *
  * Packing copies each operand into the exact order the micro-kernel reads it (unit stride, zero-padded to
  * whole panels), so transposes, strides and ragged edges are all handled there and nowhere else. One
- * exception: where op(A) = A (its rows contiguous in k) and the kernel has a direct form (AVX2), the whole
- * row tiles read A where it lies, 6 rows at a time, and only a ragged last row panel is packed (not in
+ * exception: where op(A) = A (its rows contiguous in k) and the kernel has a direct form (AVX-512, AVX2),
+ * the whole row tiles read A where it lies, MR rows at a time, and only a ragged last row panel is packed (not in
  * fx_matmul_b16, whose fp32 operand is rounded as it is packed). The copy bought nothing there: the A
  * block's rows are contiguous runs that stay in L2 just as the packed block does, and the packing pass
  * was time with no multiply-adds in it (on a 2-core EPYC under AVX2 the RoBERTa-base step's large
- * products ran 1-7% faster without it, the attention ones 8-17%).
+ * products ran 1-7% faster without it, the attention ones 8-17%; on a 2-core Zen 4 under AVX-512, 1-3%
+ * and 8-14%).
  *
  * Determinism. Each C element is the sum of its K products in one fixed order: k ascending within a KC
  * slice (one fp32 accumulator per element, FMA where the kernel has it), then slice after slice into C as
@@ -71,6 +72,9 @@ typedef void (*edge_fn)(int kc, const float *restrict a, const float *restrict b
  * a[i*lda + k] (op(A) = A, row-major). Same sums in the same order as kernel_fn, so the same bits. */
 typedef void (*direct_fn)(int kc, const float *restrict a, size_t lda, const float *restrict b,
                           float *restrict c, size_t ldc, float alpha, float beta);
+/* edge_fn with A read in place as in direct_fn (ROWS of it). */
+typedef void (*direct_edge_fn)(int kc, const float *restrict a, size_t lda, const float *restrict b,
+                               float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols);
 
 /* Blocking of one kernel. MR x NR is the register tile. KC bounds the two panels one kernel call reads
  * (A: KC x MR, B: KC x NR) to the inner caches and sets how often C is re-read (once per KC slice);
@@ -82,6 +86,7 @@ typedef struct {
     kernel_fn fn;
     edge_fn edge;                                /* NULL: ragged tiles go through a full tile and a copy */
     direct_fn direct;                            /* NULL: A is always packed */
+    direct_edge_fn direct_edge;                  /* NULL: ragged tiles with A in place as edge NULL */
     int (*available)(void);
 } kernel;
 
@@ -171,18 +176,19 @@ enum { A5_MR = 8, A5_NR = 48 };
  * vector's columns masked by LAST. The full tile is NV 3, ROWS 8, LAST all ones; ragged tiles (attention's
  * 128 and 64 columns, say) call it with fewer vectors instead of multiplying zero padding. */
 __attribute__((target("avx512f"), always_inline))
-static inline void avx512_body(int nv, int rows, __mmask16 last, int kc, const float *restrict a,
-                               const float *restrict b, float *restrict c, size_t ldc, float alpha, float beta) {
+static inline void avx512_body(int nv, int rows, __mmask16 last, int kc, const float *restrict a, size_t ars,
+                               size_t aks, const float *restrict b, float *restrict c, size_t ldc, float alpha,
+                               float beta) {
     __m512 acc[A5_MR][3];
     #pragma GCC unroll 8
     for (int i = 0; i < A5_MR; i++) acc[i][0] = acc[i][1] = acc[i][2] = _mm512_setzero_ps();
-    for (int k = 0; k < kc; k++, a += A5_MR, b += A5_NR) {
+    for (int k = 0; k < kc; k++, a += aks, b += A5_NR) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = b0, b2 = b0;
         if (nv > 1) b1 = _mm512_loadu_ps(b + 16);
         if (nv > 2) b2 = _mm512_loadu_ps(b + 32);
         #pragma GCC unroll 8
         for (int i = 0; i < A5_MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
+            __m512 ai = _mm512_set1_ps(a[i * ars]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             if (nv > 1) acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
             if (nv > 2) acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
@@ -207,17 +213,34 @@ static inline void avx512_body(int nv, int rows, __mmask16 last, int kc, const f
 __attribute__((target("avx512f")))
 static void kernel_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
                           size_t ldc, float alpha, float beta) {
-    avx512_body(3, A5_MR, 0xFFFF, kc, a, b, c, ldc, alpha, beta);
+    avx512_body(3, A5_MR, 0xFFFF, kc, a, 1, A5_MR, b, c, ldc, alpha, beta);
 }
 
 __attribute__((target("avx512f")))
-static void edge_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                        size_t ldc, float alpha, float beta, int rows, int cols) {
+static void direct_avx512(int kc, const float *restrict a, size_t lda, const float *restrict b,
+                          float *restrict c, size_t ldc, float alpha, float beta) {
+    avx512_body(3, A5_MR, 0xFFFF, kc, a, lda, 1, b, c, ldc, alpha, beta);
+}
+
+/* The ragged tiles, A packed (ars 1, aks MR) or in place (ars lda, aks 1). */
+__attribute__((target("avx512f")))
+static void ragged_avx512(int kc, const float *restrict a, size_t ars, size_t aks, const float *restrict b,
+                          float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols) {
     int nv = (cols + 15) / 16;
     __mmask16 last = (__mmask16)((1u << (cols - 16 * (nv - 1))) - 1);
-    if (nv == 1) avx512_body(1, rows, last, kc, a, b, c, ldc, alpha, beta);
-    else if (nv == 2) avx512_body(2, rows, last, kc, a, b, c, ldc, alpha, beta);
-    else avx512_body(3, rows, last, kc, a, b, c, ldc, alpha, beta);
+    if (nv == 1) avx512_body(1, rows, last, kc, a, ars, aks, b, c, ldc, alpha, beta);
+    else if (nv == 2) avx512_body(2, rows, last, kc, a, ars, aks, b, c, ldc, alpha, beta);
+    else avx512_body(3, rows, last, kc, a, ars, aks, b, c, ldc, alpha, beta);
+}
+
+static void edge_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
+                        size_t ldc, float alpha, float beta, int rows, int cols) {
+    ragged_avx512(kc, a, 1, A5_MR, b, c, ldc, alpha, beta, rows, cols);
+}
+
+static void edge_direct_avx512(int kc, const float *restrict a, size_t lda, const float *restrict b,
+                               float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols) {
+    ragged_avx512(kc, a, lda, 1, b, c, ldc, alpha, beta, rows, cols);
 }
 
 static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
@@ -234,10 +257,10 @@ static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
  *   scalar  small blocks; it is the portable fallback, not a fast path. */
 static const kernel KERNELS[] = {
 #ifdef FX_X86
-    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, NULL, have_avx512},
-    {"avx2", A2_MR, A2_NR, 768, 144, 3072, kernel_avx2, NULL, direct_avx2, have_avx2},
+    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, direct_avx512, edge_direct_avx512, have_avx512},
+    {"avx2", A2_MR, A2_NR, 768, 144, 3072, kernel_avx2, NULL, direct_avx2, NULL, have_avx2},
 #endif
-    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, NULL, always},
+    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, NULL, NULL, always},
 };
 enum { NKERNELS = sizeof KERNELS / sizeof KERNELS[0] };
 enum { MAX_TILE = 8 * 48 };                      /* the largest MR x NR above */
@@ -721,6 +744,8 @@ static void gemm_part(const product *g, int lo, int hi) {
                             else kn->fn(kc, ap, bp, c, rs, g->alpha, beta_eff);
                         } else if (kn->edge && cs == 1 && !in_place) {
                             kn->edge(kc, ap, bp, c, rs, g->alpha, beta_eff, rows, cols);
+                        } else if (kn->direct_edge && cs == 1 && in_place) {
+                            kn->direct_edge(kc, ap, g->lda, bp, c, rs, g->alpha, beta_eff, rows, cols);
                         } else { /* ragged or transposed tile: the kernel's sums, then its epilogue */
                             if (in_place) kn->direct(kc, ap, g->lda, bp, tile, (size_t)NR, 1.0f, 0.0f);
                             else kn->fn(kc, ap, bp, tile, (size_t)NR, 1.0f, 0.0f);
