@@ -83,18 +83,36 @@ static void tanh_backward(float *d, const float *y, size_t n) {
 
 /* Row r of a site draws from its own stream seeded by (site, r): the mask does not depend on how rows are
  * shared among threads. keep = 1 with probability 1 - p; kept values scale by 1/(1-p). */
+static uint64_t dropout_seed(uint64_t site, size_t row) { return site ^ (0x9e3779b97f4a7c15ULL * (row + 1)); }
 static void dropout_row(uint8_t *keep /* (cols) */, uint64_t site, size_t row, size_t cols, float p) {
     fx_rng g;
-    fx_rng_seed(&g, site ^ (0x9e3779b97f4a7c15ULL * (row + 1)));
+    fx_rng_seed(&g, dropout_seed(site, row));
     fx_rng_keep(&g, keep, cols, p);
 }
+/* N rows of masks into KEEP (row stride LD): row i is stream ROW0 + i STEP of SITE, as dropout_row draws
+ * it (fx_rng_keep_rows: 8 streams at once where the CPU can). */
+static void dropout_rows(uint8_t *keep, size_t ld, uint64_t site, size_t row0, size_t step, int n, size_t cols,
+                         float p) {
+    for (int i = 0; i < n; i += 8) {
+        int m = n - i < 8 ? n - i : 8;
+        uint64_t seeds[8];
+        for (int q = 0; q < m; q++) seeds[q] = dropout_seed(site, row0 + (size_t)(i + q) * step);
+        fx_rng_keep_rows(seeds, m, keep + (size_t)i * ld, ld, cols, p);
+    }
+}
 static void dropout_mask(uint8_t *keep /* (rows, cols) */, size_t rows, size_t cols, float p, uint64_t site) {
-    #pragma omp parallel for schedule(dynamic, 8) if ((long)(rows * cols) >= PAR_MIN)
-    for (long r = 0; r < (long)rows; r++) dropout_row(keep + r * cols, site, (size_t)r, cols, p);
+    #pragma omp parallel for schedule(dynamic, 1) if ((long)(rows * cols) >= PAR_MIN)
+    for (long r = 0; r < (long)rows; r += 8)
+        dropout_rows(keep + r * cols, cols, site, (size_t)r, 1, rows - r < 8 ? (int)(rows - r) : 8, cols, p);
 }
 /* Row i of KEEP drawn as row ROWS[i] of dropout_mask's (rows, cols) mask for the same site. */
 static void dropout_mask_rows(uint8_t *keep, const int32_t *rows, size_t n, size_t cols, float p, uint64_t site) {
-    for (size_t i = 0; i < n; i++) dropout_row(keep + i * cols, site, (size_t)rows[i], cols, p);
+    for (size_t i = 0; i < n; i += 8) {
+        int m = n - i < 8 ? (int)(n - i) : 8;
+        uint64_t seeds[8];
+        for (int q = 0; q < m; q++) seeds[q] = dropout_seed(site, (size_t)rows[i + q]);
+        fx_rng_keep_rows(seeds, m, keep + i * cols, cols, cols, p);
+    }
 }
 /* out = in * keep / (1 - p), or a copy when KEEP is NULL. In place allowed. Also the backward. */
 static void dropout_apply(float *out, const float *in, const uint8_t *keep, float p, size_t n) {
@@ -438,10 +456,14 @@ static void attention_softmax_block(float *S, int rows, int kl, int i0, int len,
         int lim = causal ? i0 + r + 1 : len, first = window_first(i0 + r, causal, window);
         #pragma omp simd
         for (int j = first; j < lim; j++) s[j] = s[j] / inv;
-        for (int j = first; j < lim; j++)
-            if (s[j] > mx) mx = s[j];
+        #pragma omp simd reduction(max : mx)
+        for (int j = first; j < lim; j++) mx = s[j] > mx ? s[j] : mx;
+        #pragma omp simd
+        for (int j = first; j < lim; j++) s[j] -= mx;
+        fx_exp(s + first, s + first, (size_t)(lim - first));
         double sum = 0;
-        for (int j = first; j < lim; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        #pragma omp simd reduction(+ : sum)
+        for (int j = first; j < lim; j++) sum += s[j];
         float rs = (float)(1.0 / sum);
         #pragma omp simd
         for (int j = first; j < lim; j++) s[j] *= rs;
@@ -459,7 +481,7 @@ static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2)
     #pragma omp parallel if (attention_work(off, n, nh, hd) >= PAR_MIN)
     {
         float *S = fx_malloc((size_t)ATT_BQ * (T ? T : 1) * sizeof *S);
-        uint8_t *kp = p > 0 ? fx_malloc((size_t)(T ? T : 1)) : NULL;
+        uint8_t *kp = p > 0 ? fx_malloc((size_t)ATT_BQ * (T ? T : 1)) : NULL;
         #pragma omp for schedule(dynamic, 1)
         for (long bh = 0; bh < (long)n * nh; bh++) {
             int b = (int)(bh / nh), h = (int)(bh % nh), o = off[b], len = off[b + 1] - o;
@@ -469,13 +491,15 @@ static void attention_forward(float *ctx /* (N, H) */, float *keep /* (N, nh, 2)
                 int rows = len - i0 < ATT_BQ ? len - i0 : ATT_BQ, kl = causal ? i0 + rows : len;
                 fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
                 attention_softmax_block(S, rows, kl, i0, len, causal, window, inv, keep + ((size_t)(o + i0) * nh + h) * 2, nh);
-                if (kp)
+                if (kp) {
+                    dropout_rows(kp, (size_t)kl, site, (size_t)(o + i0) * nh + h, (size_t)nh, rows, (size_t)kl, p);
                     for (int r = 0; r < rows; r++) {
                         float *s = S + (size_t)r * kl;
-                        dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        const uint8_t *kr = kp + (size_t)r * kl;
                         #pragma omp simd
-                        for (int j = 0; j < kl; j++) s[j] = kp[j] ? s[j] * scale : 0.0f;
+                        for (int j = 0; j < kl; j++) s[j] = kr[j] ? s[j] * scale : 0.0f;
                     }
+                }
                 fx_matmul(0, 0, rows, hd, kl, 1.0f, S, kl, vh, H, 0.0f, ctx + (size_t)(o + i0) * H + (size_t)h * hd, H);
             }
         }
@@ -530,7 +554,7 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
         size_t blk = (size_t)ATT_BQ * (T ? T : 1);
         float *S = fx_malloc(blk * sizeof *S), *dS = fx_malloc(blk * sizeof *dS);
         float *Pd = p > 0 ? fx_malloc(blk * sizeof *Pd) : S;
-        uint8_t *kp = p > 0 ? fx_malloc((size_t)(T ? T : 1)) : NULL;
+        uint8_t *kp = p > 0 ? fx_malloc(blk) : NULL;
         #pragma omp for schedule(dynamic, 1)
         for (long bh = 0; bh < (long)n * nh; bh++) {
             int b = (int)(bh / nh), h = (int)(bh % nh), o = off[b], len = off[b + 1] - o;
@@ -546,6 +570,7 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                 const float *st = keep + ((size_t)(o + i0) * nh + h) * 2;
                 fx_matmul(0, 1, rows, kl, hd, 1.0f, qh + (size_t)i0 * H, H, kh, H, 0.0f, S, kl);
                 fx_matmul(0, 1, rows, kl, hd, 1.0f, dch + (size_t)i0 * H, H, vh, H, 0.0f, dS, kl);
+                if (kp) dropout_rows(kp, (size_t)kl, site, (size_t)(o + i0) * nh + h, (size_t)nh, rows, (size_t)kl, p);
                 for (int r = 0; r < rows; r++) {
                     float *s = S + (size_t)r * kl, *pd = Pd + (size_t)r * kl, *ds = dS + (size_t)r * kl;
                     float mx = st[(size_t)r * nh * 2], rs = st[(size_t)r * nh * 2 + 1];
@@ -553,16 +578,16 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                     for (int j = 0; j < first; j++) s[j] = 0.0f;
                     #pragma omp simd
                     for (int j = first; j < lim; j++) s[j] = s[j] / inv - mx;
-                    for (int j = first; j < lim; j++) s[j] = expf(s[j]);
+                    fx_exp(s + first, s + first, (size_t)(lim - first));
                     #pragma omp simd
                     for (int j = first; j < lim; j++) s[j] *= rs;
                     for (int j = lim; j < kl; j++) s[j] = 0.0f;
                     if (kp) {
-                        dropout_row(kp, site, (size_t)(o + i0 + r) * nh + h, (size_t)len, p);
+                        const uint8_t *kr = kp + (size_t)r * kl;
                         #pragma omp simd
                         for (int j = 0; j < kl; j++) {
-                            pd[j] = kp[j] ? s[j] * scale : 0.0f;
-                            ds[j] = kp[j] ? ds[j] * scale : 0.0f;
+                            pd[j] = kr[j] ? s[j] * scale : 0.0f;
+                            ds[j] = kr[j] ? ds[j] * scale : 0.0f;
                         }
                     }
                 }
@@ -572,6 +597,7 @@ static void attention_backward(float *dq, float *dk, float *dv /* (N, H) each */
                     const float *pr = S + (size_t)r * kl;
                     float *ds = dS + (size_t)r * kl;
                     double dot = 0;
+                    #pragma omp simd reduction(+ : dot)
                     for (int j = 0; j < kl; j++) dot += (double)ds[j] * pr[j];
                     float dotf = (float)dot;
                     #pragma omp simd

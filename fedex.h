@@ -57,6 +57,9 @@ uint64_t fx_rng_u64(fx_rng *r);
 double fx_rng_uniform(fx_rng *r);     /* [0, 1), 53 bits */
 /* keep[j] = fx_rng_uniform(r) >= p for j < n, the same draws and the same test, done faster (dropout). */
 void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p);
+/* Row i < NROWS of KEEP (row stride LD) = fx_rng_keep's N draws of a generator seeded by SEEDS[i]: several
+ * rows' generators at once where the CPU has AVX-512, the same bits. */
+void fx_rng_keep_rows(const uint64_t *seeds, int nrows, uint8_t *keep, size_t ld, size_t n, float p);
 double fx_rng_normal(fx_rng *r);      /* N(0, 1), Box-Muller */
 /* The stream as it is after K more fx_rng_u64 draws, in time independent of K (a normal is two draws). */
 void fx_rng_jump(fx_rng *r, uint64_t k);

@@ -331,12 +331,95 @@ void fx_rng_jump(fx_rng *r, uint64_t k) {
 
 /* uniform >= p is (u >> 11) 2^-53 >= p with both sides exact in double (p is a float), that is
  * (u >> 11) >= p 2^53, an integer against a real: (u >> 11) >= ceil(p 2^53). */
+static uint64_t keep_threshold(float p) {
+    double t = ceil((double)p * 0x1.0p53);
+    return !(t <= 0x1.0p53) ? UINT64_MAX : t > 0 ? (uint64_t)t : 0; /* NaN or p > 1: keep none */
+}
+
 void fx_rng_keep(fx_rng *r, uint8_t *keep, size_t n, float p) {
     uint64_t s[4] = {r->s[0], r->s[1], r->s[2], r->s[3]};
-    double t = ceil((double)p * 0x1.0p53);
-    uint64_t thr = !(t <= 0x1.0p53) ? UINT64_MAX : t > 0 ? (uint64_t)t : 0; /* NaN or p > 1: keep none */
+    uint64_t thr = keep_threshold(p);
     for (size_t j = 0; j < n; j++) keep[j] = (next(s) >> 11) >= thr;
     memcpy(r->s, s, sizeof s);
+}
+
+/* fx_rng_keep_rows with AVX-512: the 8 rows' generators side by side, one per 64-bit lane (the scrambler's
+ * multiplications by 5 and 9 as shifts and adds, exact modulo 2^64), so each lane draws exactly what
+ * fx_rng_keep draws. Eight draws of the 8 rows give 64 bits, draw q of row i at bit 8q + i; an 8 x 8 bit
+ * transpose puts row i's eight in byte i, and pdep spreads them to eight 0/1 bytes. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define KEEP_ROWS_X86 1
+
+/* bit 8r + c <-> bit 8c + r (Hacker's Delight, transpose8rS64) */
+static uint64_t transpose_bits8(uint64_t x) {
+    x = (x & 0xAA55AA55AA55AA55ULL) | ((x & 0x00AA00AA00AA00AAULL) << 7) | ((x >> 7) & 0x00AA00AA00AA00AAULL);
+    x = (x & 0xCCCC3333CCCC3333ULL) | ((x & 0x0000CCCC0000CCCCULL) << 14) | ((x >> 14) & 0x0000CCCC0000CCCCULL);
+    x = (x & 0xF0F0F0F00F0F0F0FULL) | ((x & 0x00000000F0F0F0F0ULL) << 28) | ((x >> 28) & 0x00000000F0F0F0F0ULL);
+    return x;
+}
+
+__attribute__((target("avx512f,bmi2")))
+static void keep_rows8(const uint64_t *seeds, int nrows, uint8_t *keep, size_t ld, size_t n, uint64_t thr) {
+    uint64_t st[4][8] = {{0}};
+    for (int i = 0; i < nrows; i++) {
+        fx_rng g;
+        fx_rng_seed(&g, seeds[i]);
+        for (int w = 0; w < 4; w++) st[w][i] = g.s[w];
+    }
+    __m512i s0 = _mm512_loadu_si512(st[0]), s1 = _mm512_loadu_si512(st[1]);
+    __m512i s2 = _mm512_loadu_si512(st[2]), s3 = _mm512_loadu_si512(st[3]), vt = _mm512_set1_epi64((long long)thr);
+    size_t j = 0;
+    for (;;) {
+        uint64_t bits = 0;
+        int q = 0;
+        for (; q < 8 && j + (size_t)q < n; q++) {
+            __m512i x = _mm512_add_epi64(s1, _mm512_slli_epi64(s1, 2));   /* s1 * 5 */
+            x = _mm512_rol_epi64(x, 7);
+            x = _mm512_add_epi64(x, _mm512_slli_epi64(x, 3));            /* * 9 */
+            bits |= (uint64_t)_mm512_cmpge_epu64_mask(_mm512_srli_epi64(x, 11), vt) << (8 * q);
+            __m512i t = _mm512_slli_epi64(s1, 17);
+            s2 = _mm512_xor_si512(s2, s0);
+            s3 = _mm512_xor_si512(s3, s1);
+            s1 = _mm512_xor_si512(s1, s2);
+            s0 = _mm512_xor_si512(s0, s3);
+            s2 = _mm512_xor_si512(s2, t);
+            s3 = _mm512_rol_epi64(s3, 45);
+        }
+        if (q == 0) break;
+        bits = transpose_bits8(bits);
+        for (int i = 0; i < nrows; i++) {
+            uint64_t b = _pdep_u64((bits >> (8 * i)) & 0xff, 0x0101010101010101ULL);
+            memcpy(keep + (size_t)i * ld + j, &b, (size_t)q); /* little-endian: draw q's byte at j + q */
+        }
+        j += (size_t)q;
+    }
+}
+
+static int keep_rows_simd = -1;
+
+static int have_keep_rows_simd(void) {
+    int v = __atomic_load_n(&keep_rows_simd, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("bmi2");
+        __atomic_store_n(&keep_rows_simd, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#endif
+
+void fx_rng_keep_rows(const uint64_t *seeds, int nrows, uint8_t *keep, size_t ld, size_t n, float p) {
+    int i = 0;
+#ifdef KEEP_ROWS_X86
+    if (have_keep_rows_simd())
+        for (; i < nrows; i += 8) keep_rows8(seeds + i, nrows - i < 8 ? nrows - i : 8, keep + (size_t)i * ld, ld, n, keep_threshold(p));
+#endif
+    for (; i < nrows; i++) {
+        fx_rng g;
+        fx_rng_seed(&g, seeds[i]);
+        fx_rng_keep(&g, keep + (size_t)i * ld, n, p);
+    }
 }
 
 double fx_rng_normal(fx_rng *r) {

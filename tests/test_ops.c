@@ -30,6 +30,39 @@ static void check_rng_keep(void) {
     }
 }
 
+/* fx_rng_keep_rows (several streams at once where the CPU has AVX-512) gives each row exactly what
+ * fx_rng_keep gives from the same seed: row counts either side of the 8 streams a vector holds, lengths
+ * either side of 8 draws, a row stride wider than the rows (the gap left untouched), the rates above. */
+static void check_rng_keep_rows(void) {
+    static const int ROWS[] = {1, 3, 8, 9, 17};
+    static const size_t LEN[] = {0, 1, 7, 8, 13, 128, 771};
+    static const float P[] = {0.1f, 0.5f, 0.0f, 1.0f, 1e-8f, 0.99999994f, NAN};
+    enum { LD_PAD = 5, MAXR = 17, MAXN = 771 };
+    static uint8_t got[MAXR * (MAXN + LD_PAD)], want[MAXN];
+    int bad = 0, cases = 0;
+    for (size_t r = 0; r < sizeof ROWS / sizeof ROWS[0]; r++)
+        for (size_t l = 0; l < sizeof LEN / sizeof LEN[0]; l++)
+            for (size_t q = 0; q < sizeof P / sizeof P[0]; q++) {
+                int nr = ROWS[r];
+                size_t n = LEN[l], ld = n + LD_PAD;
+                uint64_t seeds[MAXR];
+                for (int i = 0; i < nr; i++) seeds[i] = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1) ^ (uint64_t)(r * 131 + l * 7 + q);
+                memset(got, 0xAB, sizeof got);
+                fx_rng_keep_rows(seeds, nr, got, ld, n, P[q]);
+                cases++;
+                for (int i = 0; i < nr && !bad; i++) {
+                    fx_rng g;
+                    fx_rng_seed(&g, seeds[i]);
+                    fx_rng_keep(&g, want, n, P[q]);
+                    if (memcmp(got + (size_t)i * ld, want, n) != 0) bad = 1;
+                    for (size_t j = n; j < ld; j++) bad |= got[(size_t)i * ld + j] != 0xAB;
+                    if (bad) CHECK(0, "fx_rng_keep_rows: %d rows of %zu, p %g: row %d differs from fx_rng_keep (or wrote past it)",
+                                   nr, n, (double)P[q], i);
+                }
+            }
+    if (!bad) CHECK(1, "fx_rng_keep_rows: %d cases", cases);
+}
+
 /* Every tensor of a tiny RoBERTa with all six targets adapted. */
 static fx_config tiny(void) {
     fx_config c = {.vocab_size = 50, .hidden = 16, .layers = 3, .heads = 2, .intermediate = 32,
@@ -337,6 +370,7 @@ static void check_template(void) {
 
 int main(void) {
     check_rng_keep();
+    check_rng_keep_rows();
     check_ops_complete();
     check_views(FX_LORA);
     check_views(FX_VERA);
