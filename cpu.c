@@ -163,14 +163,18 @@ static void linear_backward_bf16(float *dx /* (N, in) */, const float *dy /* (N,
 }
 
 /* --- LayerNorm over the last dimension: out = (x - mean) * rstd * g + b, rstd = 1/sqrt(var + eps),
- * var the biased variance. Moments in double. */
+ * var the biased variance. Moments in double, summed as vector lanes (an order that is fixed, the same
+ * for every thread count). */
 static void layernorm_row(float *out, float *mean, float *rstd, const float *x, const float *g, const float *b,
                           int H, float eps) {
     double s = 0, ss = 0;
+    #pragma omp simd reduction(+ : s)
     for (int j = 0; j < H; j++) s += x[j];
     double mu = s / H;
+    #pragma omp simd reduction(+ : ss)
     for (int j = 0; j < H; j++) ss += (x[j] - mu) * (x[j] - mu);
     float mf = (float)mu, rs = (float)(1.0 / sqrt(ss / H + eps));
+    #pragma omp simd
     for (int j = 0; j < H; j++) out[j] = (x[j] - mf) * rs * g[j] + b[j];
     if (mean) { *mean = mf; *rstd = rs; }
 }
@@ -205,6 +209,7 @@ static void layernorm_backward(float *dx /* (N, H) */, const float *dy /* (N, H)
         const float *xi = x + (size_t)i * H, *dyi = dy + (size_t)i * H;
         float *dxi = dx + (size_t)i * H;
         double s1 = 0, s2 = 0;
+        #pragma omp simd reduction(+ : s1, s2)
         for (int j = 0; j < H; j++) {
             double dxh = (double)dyi[j] * g[j], xh = (double)(xi[j] - mean[i]) * rstd[i];
             s1 += dxh;
