@@ -174,7 +174,8 @@ enum { A5_MR = 8, A5_NR = 48 };
 
 /* The kernel's body for NV of the 3 B vectors (NV * 16 columns) and ROWS stored rows of C, the last
  * vector's columns masked by LAST. The full tile is NV 3, ROWS 8, LAST all ones; ragged tiles (attention's
- * 128 and 64 columns, say) call it with fewer vectors instead of multiplying zero padding. */
+ * 128 and 64 columns, say) call it with fewer vectors instead of multiplying zero padding. A's element
+ * (i, k) is a[i*ars + k*aks]: a packed panel (ars 1, aks MR) or A itself, read in place (ars lda, aks 1). */
 __attribute__((target("avx512f"), always_inline))
 static inline void avx512_body(int nv, int rows, __mmask16 last, int kc, const float *restrict a, size_t ars,
                                size_t aks, const float *restrict b, float *restrict c, size_t ldc, float alpha,
