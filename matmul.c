@@ -64,17 +64,15 @@
  * a: (kc, MR) packed A panel; b: (kc, NR) packed B panel; c: (MR, ldc) tile of C. */
 typedef void (*kernel_fn)(int kc, const float *restrict a, const float *restrict b, float *restrict c,
                           size_t ldc, float alpha, float beta);
-/* The same sums for a ragged tile: only its first ROWS x COLS of C are written (and read when beta != 0),
- * and B vectors wholly past COLS are not multiplied at all. Same order of operations as kernel_fn. */
-typedef void (*edge_fn)(int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                        size_t ldc, float alpha, float beta, int rows, int cols);
 /* kernel_fn with A read in place instead of from a packed panel: element (i, k) of the MR x kc block at
  * a[i*lda + k] (op(A) = A, row-major). Same sums in the same order as kernel_fn, so the same bits. */
 typedef void (*direct_fn)(int kc, const float *restrict a, size_t lda, const float *restrict b,
                           float *restrict c, size_t ldc, float alpha, float beta);
-/* edge_fn with A read in place as in direct_fn (ROWS of it). */
-typedef void (*direct_edge_fn)(int kc, const float *restrict a, size_t lda, const float *restrict b,
-                               float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols);
+/* The same sums for a ragged tile: only its first ROWS x COLS of C are written (and read when beta != 0),
+ * and B vectors wholly past COLS are not multiplied at all. A's element (i, k) at a[i*ars + k*aks]: a
+ * packed panel (ars 1, aks MR) or A in place (ars lda, aks 1). Same order of operations as kernel_fn. */
+typedef void (*edge_fn)(int kc, const float *restrict a, size_t ars, size_t aks, const float *restrict b,
+                        float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols);
 
 /* Blocking of one kernel. MR x NR is the register tile. KC bounds the two panels one kernel call reads
  * (A: KC x MR, B: KC x NR) to the inner caches and sets how often C is re-read (once per KC slice);
@@ -86,7 +84,6 @@ typedef struct {
     kernel_fn fn;
     edge_fn edge;                                /* NULL: ragged tiles go through a full tile and a copy */
     direct_fn direct;                            /* NULL: A is always packed */
-    direct_edge_fn direct_edge;                  /* NULL: ragged tiles with A in place as edge NULL */
     int (*available)(void);
 } kernel;
 
@@ -223,25 +220,14 @@ static void direct_avx512(int kc, const float *restrict a, size_t lda, const flo
     avx512_body(3, A5_MR, 0xFFFF, kc, a, lda, 1, b, c, ldc, alpha, beta);
 }
 
-/* The ragged tiles, A packed (ars 1, aks MR) or in place (ars lda, aks 1). */
 __attribute__((target("avx512f")))
-static void ragged_avx512(int kc, const float *restrict a, size_t ars, size_t aks, const float *restrict b,
-                          float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols) {
+static void edge_avx512(int kc, const float *restrict a, size_t ars, size_t aks, const float *restrict b,
+                        float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols) {
     int nv = (cols + 15) / 16;
     __mmask16 last = (__mmask16)((1u << (cols - 16 * (nv - 1))) - 1);
     if (nv == 1) avx512_body(1, rows, last, kc, a, ars, aks, b, c, ldc, alpha, beta);
     else if (nv == 2) avx512_body(2, rows, last, kc, a, ars, aks, b, c, ldc, alpha, beta);
     else avx512_body(3, rows, last, kc, a, ars, aks, b, c, ldc, alpha, beta);
-}
-
-static void edge_avx512(int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                        size_t ldc, float alpha, float beta, int rows, int cols) {
-    ragged_avx512(kc, a, 1, A5_MR, b, c, ldc, alpha, beta, rows, cols);
-}
-
-static void edge_direct_avx512(int kc, const float *restrict a, size_t lda, const float *restrict b,
-                               float *restrict c, size_t ldc, float alpha, float beta, int rows, int cols) {
-    ragged_avx512(kc, a, lda, 1, b, c, ldc, alpha, beta, rows, cols);
 }
 
 static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
@@ -258,10 +244,10 @@ static int have_avx512(void) { return __builtin_cpu_supports("avx512f"); }
  *   scalar  small blocks; it is the portable fallback, not a fast path. */
 static const kernel KERNELS[] = {
 #ifdef FX_X86
-    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, direct_avx512, edge_direct_avx512, have_avx512},
-    {"avx2", A2_MR, A2_NR, 768, 144, 3072, kernel_avx2, NULL, direct_avx2, NULL, have_avx2},
+    {"avx512", A5_MR, A5_NR, 256, 256, 3072, kernel_avx512, edge_avx512, direct_avx512, have_avx512},
+    {"avx2", A2_MR, A2_NR, 768, 144, 3072, kernel_avx2, NULL, direct_avx2, have_avx2},
 #endif
-    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, NULL, NULL, always},
+    {"scalar", S_MR, S_NR, 256, 64, 1024, kernel_scalar, NULL, NULL, always},
 };
 enum { NKERNELS = sizeof KERNELS / sizeof KERNELS[0] };
 enum { MAX_TILE = 8 * 48 };                      /* the largest MR x NR above */
@@ -743,10 +729,9 @@ static void gemm_part(const product *g, int lo, int hi) {
                         if (rows == MR && cols == NR && cs == 1) {
                             if (in_place) kn->direct(kc, ap, g->lda, bp, c, rs, g->alpha, beta_eff);
                             else kn->fn(kc, ap, bp, c, rs, g->alpha, beta_eff);
-                        } else if (kn->edge && cs == 1 && !in_place) {
-                            kn->edge(kc, ap, bp, c, rs, g->alpha, beta_eff, rows, cols);
-                        } else if (kn->direct_edge && cs == 1 && in_place) {
-                            kn->direct_edge(kc, ap, g->lda, bp, c, rs, g->alpha, beta_eff, rows, cols);
+                        } else if (kn->edge && cs == 1) {
+                            kn->edge(kc, ap, in_place ? g->lda : 1, in_place ? 1 : (size_t)MR, bp, c, rs, g->alpha,
+                                     beta_eff, rows, cols);
                         } else { /* ragged or transposed tile: the kernel's sums, then its epilogue */
                             if (in_place) kn->direct(kc, ap, g->lda, bp, tile, (size_t)NR, 1.0f, 0.0f);
                             else kn->fn(kc, ap, bp, tile, (size_t)NR, 1.0f, 0.0f);

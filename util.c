@@ -412,8 +412,10 @@ static int have_keep_rows_simd(void) {
 void fx_rng_keep_rows(const uint64_t *seeds, int nrows, uint8_t *keep, size_t ld, size_t n, float p) {
     int i = 0;
 #ifdef KEEP_ROWS_X86
-    if (have_keep_rows_simd())
-        for (; i < nrows; i += 8) keep_rows8(seeds + i, nrows - i < 8 ? nrows - i : 8, keep + (size_t)i * ld, ld, n, keep_threshold(p));
+    if (have_keep_rows_simd()) {
+        uint64_t thr = keep_threshold(p);
+        for (; i < nrows; i += 8) keep_rows8(seeds + i, nrows - i < 8 ? nrows - i : 8, keep + (size_t)i * ld, ld, n, thr);
+    }
 #endif
     for (; i < nrows; i++) {
         fx_rng g;
