@@ -149,6 +149,22 @@ static void pack_b(uint32_t *dst, int tb, const uint16_t *B, int ldb, int K, int
 }
 
 #ifdef FX_BF16_X86
+/* A row rounded to bf16, zero from K to KP (all of it when A is NULL, a padding row). VCVTNE2PS2BF16
+ * rounds as fx_bf16_round does (nearest even, NaN kept quiet) but flushes subnormals to zero, which the
+ * kernel's VDPBF16PS would do to them anyway: the products are the same. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl")))
+static void round_row(uint16_t *d, const float *a, int K, int Kp) {
+    int k = 0;
+    if (a) {
+        for (; k + 32 <= K; k += 32) {
+            __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(a + k));
+            _mm512_storeu_si512(d + k, (__m512i)h);
+        }
+        for (; k < K; k++) d[k] = fx_bf16_round(a[k]);
+    }
+    for (; k < Kp; k++) d[k] = 0;
+}
+
 /* 64-byte aligned scratch: a packed row of 32 pairs is one cache line, never two. */
 static void *aligned64(size_t bytes) {
     void *p = NULL;
@@ -169,13 +185,7 @@ static void matmul_fast(int tb, int M, int N, int K, const float *A, int lda, co
          * panel, all its K slices packed once and shared by the row blocks */
         uint32_t *bp = aligned64(sizeof(uint32_t) * blk * (nm > 1 ? (size_t)nk : 1));
         #pragma omp for schedule(static)
-        for (int i = 0; i < Mp; i++) { /* A rounded once */
-            uint16_t *d = Ab + (size_t)i * Kp;
-            int k = 0;
-            if (i < M)
-                for (const float *a = A + (size_t)i * lda; k < K; k++) d[k] = fx_bf16_round(a[k]);
-            for (; k < Kp; k++) d[k] = 0;
-        }
+        for (int i = 0; i < Mp; i++) round_row(Ab + (size_t)i * Kp, i < M ? A + (size_t)i * lda : NULL, K, Kp);
         #pragma omp for schedule(static)
         for (int jb = 0; jb < nn; jb++) {
             int j0 = jb * NC, w = N - j0 < NC ? N - j0 : NC;
