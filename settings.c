@@ -303,30 +303,35 @@ static int unset_str(const char *v) { return !v || !*v || !strcasecmp(v, "none")
 /* The VeRA fork's and PEFT's spellings: --vera turns a LoRA method into its VeRA twin, --r is the rank of
  * whichever adapter the method trains, --vera_scale is --vera-scale alpha/r, and PEFT's pass-through
  * settings are honoured where fedex has the setting and refused by name where it has not. */
-static int fork_options(fx_settings *c, const int *set) {
-#define WAS_SET(name) (set[fx_settings_opt(name)])
+/* What the fork's spellings mean, applied to settings already checked: the same on the command line
+ * and on a run's saved settings (which keep the spellings as given, so that export, a resumed run and
+ * an MPI client build the model the run trained). Applying it twice changes nothing. */
+static void fork_meaning(fx_settings *c) {
     if (c->vera) {
         static const fx_agg_method from[] = {FX_AGG_FEDEX, FX_AGG_FEDIT, FX_AGG_FFA},
                                    to[] = {FX_AGG_FEDEX_VERA, FX_AGG_FEDIT_VERA, FX_AGG_FFA_VERA};
-        if (c->agg == FX_AGG_CENTRAL) { fx_seterr("--vera: --agg centralized trains LoRA only"); return -1; }
         for (int i = 0; i < 3; i++)
             if (c->agg == from[i]) c->agg = to[i];
     }
-    if (c->fork_vera_scale) {
-        if (WAS_SET("--vera-scale") && strcmp(c->vera_scale, "alpha/r")) {
-            fx_seterr("--vera_scale means --vera-scale alpha/r, but --vera-scale %s was given", c->vera_scale);
-            return -1;
-        }
-        c->vera_scale = "alpha/r";
+    if (c->fork_vera_scale) c->vera_scale = "alpha/r";
+    if (c->r_any > 0) {
+        if (fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg)) c->vera_r = c->r_any;
+        else c->lora_r = c->r_any;
+    }
+}
+
+static int fork_options(fx_settings *c, const int *set) {
+#define WAS_SET(name) (set[fx_settings_opt(name)])
+    if (c->vera && c->agg == FX_AGG_CENTRAL) { fx_seterr("--vera: --agg centralized trains LoRA only"); return -1; }
+    if (c->fork_vera_scale && WAS_SET("--vera-scale") && strcmp(c->vera_scale, "alpha/r")) {
+        fx_seterr("--vera_scale means --vera-scale alpha/r, but --vera-scale %s was given", c->vera_scale);
+        return -1;
     }
     if (WAS_SET("--r")) {
         if (c->r_any < 1 || c->r_any > 65536) { fx_seterr("--r must be between 1 and 65536"); return -1; }
         if (WAS_SET("--lora-r") || WAS_SET("--vera-r")) { fx_seterr("--r is --lora-r or --vera-r: give one of them"); return -1; }
     }
-    if (c->r_any > 0) {
-        if (fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg)) c->vera_r = c->r_any;
-        else c->lora_r = c->r_any;
-    }
+    fork_meaning(c);
     int b;
     if ((b = peft_bool(c->save_projection)) < 0) { fx_seterr("--save-projection must be true or false, not '%s'", c->save_projection); return -1; }
     if (peft_bool(c->fan_in_fan_out) < 0) { fx_seterr("--fan_in_fan_out must be true or false, not '%s'", c->fan_in_fan_out); return -1; }
@@ -688,5 +693,7 @@ static int settings_from_json(const fx_json *j, const char *path, fx_settings *c
         }
         if (!ok) { fx_seterr("%s: \"%s\" has the wrong type", path, o->name + 2); return -1; }
     }
-    return fx_agg_parse(c->agg_name, &c->agg);
+    if (fx_agg_parse(c->agg_name, &c->agg) != 0) return -1;
+    fork_meaning(c);
+    return 0;
 }

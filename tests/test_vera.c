@@ -194,6 +194,18 @@ static void test_fork_command(const char *shared) {
                P("%s/scaled", tmp), "--threads", "2", NULL);
     e = max_err(P("%s/scaled", tmp));
     CHECK(rc == 0 && e > 1e-3, "--vera_scale: exit %d, aggregation error %g (the residual's missing 15/16 expected)", rc, e);
+    /* --vera on a LoRA method and --r: the saved settings keep those spellings, and export (which reads
+     * them back) builds the VeRA model the run trained, of rank 8, not LoRA's default */
+    rc = fedex("spelled", NULL, "train", P("--model=%s", model), "--task=rte", "--agg_type=ours", "--vera", "--r=8",
+               "--rounds=1", "--local_epochs=1", "--max-seq-length", "16", "--out", P("%s/spelled", tmp), "--threads",
+               "2", NULL);
+    CHECK(rc == 0, "--agg_type ours --vera --r 8: exit %d", rc);
+    rc = rc ? rc : fedex("spelled_export", NULL, "export", "--run", P("%s/spelled", tmp), "--out", P("%s/spelled_hf", tmp), NULL);
+    cfg = rc ? NULL : slurp(P("%s/spelled_hf/adapter_config.json", tmp));
+    CHECK(rc == 0 && cfg && strstr(cfg, "\"peft_type\": \"VERA\"") && strstr(cfg, "\"r\": 8,"),
+          "export of a run trained with --vera --r 8: exit %d, its adapter_config.json a VeRA of rank 8", rc);
+    if (rc) show_err("spelled_export");
+    free(cfg);
     if (chdir(cwd) != 0) CHECK(0, "chdir back to %s", cwd);
 }
 
