@@ -400,6 +400,7 @@ int fx_settings_check(fx_settings *c, const int *set) {
     int lm = task ? task->lm : 0;
     int vera = fx_agg_is_vera(c->agg) || fx_agg_is_sorf(c->agg);
     struct { int bad; const char *msg; } rules[] = {
+        {c->overwrite && !c->out, "--overwrite replaces the run saved in --out: give --out DIR (without --out nothing is saved)"},
         {c->num_clients < 1 || c->num_clients > 256, "--num-clients must be between 1 and 256"},
         {c->rounds < 1, "--rounds must be at least 1"},
         {c->local_epochs < 1, "--local-epochs must be at least 1"},

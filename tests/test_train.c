@@ -831,6 +831,7 @@ static void test_parser(void) {
         {0, {"--seed", "-3"}, "--seed"},
         {1, {"--model", "@model"}, "--task"},
         {1, {"--task", "RTE"}, "--model"},
+        {0, {"--overwrite"}, "--out"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         const char *args[24];
