@@ -308,6 +308,9 @@ done:
 }
 
 int fx_model_save(const fx_model *m, const char *dir, int merged) { return model_save(m, dir, merged, NULL); }
+int fx_model_save_labels(const fx_model *m, const char *dir, const char *const *label_names) {
+    return model_save(m, dir, 0, label_names);
+}
 
 int fx_model_export(const fx_model *m, const char *dir, int merged, const fx_task *task) {
     const char *const *names = task && task->names[0] && task->num_labels == m->c.num_labels ? task->names : NULL;

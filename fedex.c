@@ -288,7 +288,22 @@ static int cmd_init(int argc, char **argv) {
     chmod(tmp, 0755 & ~mask);                    /* mkdtemp's 0700 would become OUT's */
     char dir[4096];
     dir_of(o.config, dir, sizeof dir);
-    int copied = fx_model_save(&m, tmp, 0) != 0 ? -1 : copy_tokenizer(dir, tmp);
+    /* the config's label names, kept where its id2label still counts the labels (no other --labels) */
+    fx_json cj = {0};
+    const char **names = NULL;
+    if (fx_config_family(&c)->head_kind != FX_HEAD_LM && fx_json_load(o.config, &cj) == 0) {
+        const fx_json *id2label = fx_json_get(&cj, "id2label");
+        if (id2label && id2label->type == FX_JOBJ && id2label->n == (size_t)c.num_labels) {
+            names = fx_calloc(id2label->n, sizeof *names);
+            for (size_t i = 0; i < id2label->n; i++) /* fx_config_load checked the keys: 0..n-1, each once */
+                names[strtol(id2label->keys[i], NULL, 10)] = id2label->kids[i].type == FX_JSTR ? id2label->kids[i].str : NULL;
+            for (size_t i = 0; i < id2label->n && names; i++)
+                if (!names[i] || !*names[i]) { free(names); names = NULL; } /* not all named: LABEL_i */
+        }
+    }
+    int copied = fx_model_save_labels(&m, tmp, names) != 0 ? -1 : copy_tokenizer(dir, tmp);
+    free(names);
+    fx_json_free(&cj);
     fx_model_free(&m);
     if (copied < 0 || move_into(tmp, o.out, inside) != 0) {
         fprintf(stderr, "fedex: %s\n", fx_err());

@@ -1043,6 +1043,9 @@ int fx_model_load(fx_model *m, const char *dir);         /* DIR/model.safetensor
  * DIR lacks (a head) come out as fx_model_init_base(SEED) draws them. Returns as fx_model_load. */
 int fx_model_load_init(fx_model *m, const char *dir, uint64_t seed);
 int fx_model_save(const fx_model *m, const char *dir, int merged); /* HF checkpoint (+ config.json) */
+/* fx_model_save (unmerged) with config.json's id2label and label2id naming the labels LABEL_NAMES[i]
+ * (num_labels of them; NULL: LABEL_i) */
+int fx_model_save_labels(const fx_model *m, const char *dir, const char *const *label_names);
 /* fx_model_save for a task's model as transformers loads it whole: config.json's id2label and label2id
  * with TASK's names (LABEL_i when it has none, as STS-B), tokenizer_config.json (its model_max_length
  * from the positions) and special_tokens_map.json. */

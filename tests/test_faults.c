@@ -351,6 +351,30 @@ static void test_init_whole(void) {
     free(cfg); free(o); free(o3); free(ref);
 }
 
+/* init writes the config's label names into the folder's config.json (id2label and label2id, as
+ * transformers reads them), and LABEL_i where --labels gives another count. */
+static void test_init_names(void) {
+    char *dir = fx_strdup(P("%s/cfg_named", tmp));
+    size_t n = strlen(tiny_config);
+    char *text = fx_malloc(n + 128);
+    memcpy(text, tiny_config, n);
+    snprintf(text + n - 2, 128, ",\n  \"id2label\": {\"1\": \"not_entailment\", \"0\": \"entail\\\"ment\"}\n}\n");
+    int rc = fx_mkdir_p(dir) != 0 || fx_write_file_atomic(P("%s/config.json", dir), text, strlen(text)) != 0;
+    CHECK(rc == 0, "cannot write %s/config.json: %s", dir, fx_err());
+    rc = rc ? rc : fedex("init_named", NULL, "init", "--config", P("%s/config.json", dir), "--out", P("%s/m_named", tmp), NULL);
+    char *c = rc ? NULL : slurp(P("%s/m_named/config.json", tmp));
+    CHECK(c && strstr(c, "\"id2label\": {\"0\": \"entail\\\"ment\", \"1\": \"not_entailment\"}") &&
+          strstr(c, "\"label2id\": {\"entail\\\"ment\": 0, \"not_entailment\": 1}"),
+          "init from a config naming its labels: exit %d, config.json %s", rc, c ? c : "(none)");
+    free(c);
+    rc = fedex("init_named3", NULL, "init", "--config", P("%s/config.json", dir), "--out", P("%s/m_named3", tmp), "--labels",
+               "3", NULL);
+    c = rc ? NULL : slurp(P("%s/m_named3/config.json", tmp));
+    CHECK(c && strstr(c, "\"id2label\": {\"0\": \"LABEL_0\", \"1\": \"LABEL_1\", \"2\": \"LABEL_2\"}"),
+          "init --labels 3 from a config naming 2: exit %d, config.json %s", rc, c ? c : "(none)");
+    free(c); free(text); free(dir);
+}
+
 /* A run's base model folder written again with other weights: resume and export refuse it (the checkpoint
  * carries the fingerprint of the base it trained on), and say so; the same weights again pass. */
 static void test_base_changed(void) {
@@ -452,6 +476,7 @@ int main(void) {
         test_run_folder();
         test_damaged_checkpoint();
         test_init_whole();
+        test_init_names();
         test_base_changed();
         test_model_limits();
         test_headless_regression(shared);
