@@ -880,7 +880,7 @@ static int cmd_export(int argc, char **argv) {
     char id[24];
     fx_settings_id(&c, id, sizeof id);
     int bad = fx_run_init_weights(&c, &m) != 0 || fx_residual_init(&res, &m) != 0 ||
-              fx_run_load_state(o.run, &m, m.train.data, &res, &best, &best_round, id) < 0;
+              fx_run_load_state(o.run, &m, m.train.data, &res, &best, &best_round, id, NULL) < 0;
     if (bad || fx_mkdir_p(o.out) != 0 || fx_model_export(&m, o.out, o.merged, task) != 0 ||
         (!o.merged && fx_adapter_save(&m, o.out, o.out) != 0) || (c.model && copy_tokenizer(c.model, o.out) < 0)) {
         fx_model_free(&m);

@@ -1514,7 +1514,8 @@ void fx_run_client_setup(const fx_run *R, int c, fx_client_setup *s);
  * fl(W0 + R_acc). Everything read is validated (metadata, sizes, finite values). Returns the round, -1
  * with fx_err(). */
 int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round,
-                      const char *id /* fx_settings_id of the settings beside it, checked when the checkpoint has one */);
+                      const char *id /* fx_settings_id of the settings beside it, checked when the checkpoint has one */,
+                      const uint64_t *base_hash /* fx_frozen_hash(M, RES) when the caller has it, or NULL */);
 /* e2e_run.c: the server's test generation for E2E runs: the test MRs read once (fx_run_e2e_open; nothing
  * for other tasks or --eval-every -1), then at the rounds due (every --eval-every and the last) one beam
  * search per MR with the global model, scored (BLEU, NIST, ROUGE-L, CIDEr), OUT/e2e_predictions_round<N>.txt

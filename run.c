@@ -490,7 +490,7 @@ static int copy_finite(float *dst, const float *p, size_t n, const char *path, c
 }
 
 int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *res, double *best, int *best_round,
-                      const char *want) {
+                      const char *want, const uint64_t *base_hash) {
     char path[4096];
     snprintf(path, sizeof path, "%s/state.safetensors", dir);
     fx_st_file f;
@@ -519,7 +519,7 @@ int fx_run_load_state(const char *dir, fx_model *m, float *global, fx_residual *
     }
     if (bh) { /* the base the run trained on (checkpoints of older versions carry no fingerprint) */
         char mine[24];
-        snprintf(mine, sizeof mine, "%016llx", (unsigned long long)fx_frozen_hash(m, res));
+        snprintf(mine, sizeof mine, "%016llx", (unsigned long long)(base_hash ? *base_hash : fx_frozen_hash(m, res)));
         if (strcmp(bh, mine)) {
             fx_seterr("%s: the base model's weights differ from those this run trained on (fingerprint %s, the run's "
                       "%s): resume and export need the same model folder as the run had", path, mine, bh);
@@ -791,7 +791,7 @@ static int setup_run(fx_run *R) {
     if (c->resume) {
         char id[24];
         fx_settings_id(c, id, sizeof id);
-        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round, id);
+        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round, id, &R->base_hash);
         if (R->round0 < 0) return -1;
         if (R->round0 >= c->rounds) {
             fx_seterr("%s has completed %d round%s already: give --rounds more than that to continue it", c->out,
