@@ -295,10 +295,17 @@ static int cmd_init(int argc, char **argv) {
         const fx_json *id2label = fx_json_get(&cj, "id2label");
         if (id2label && id2label->type == FX_JOBJ && id2label->n == (size_t)c.num_labels) {
             names = fx_calloc(id2label->n, sizeof *names);
-            for (size_t i = 0; i < id2label->n; i++) /* fx_config_load checked the keys: 0..n-1, each once */
-                names[strtol(id2label->keys[i], NULL, 10)] = id2label->kids[i].type == FX_JSTR ? id2label->kids[i].str : NULL;
-            for (size_t i = 0; i < id2label->n && names; i++)
-                if (!names[i] || !*names[i]) { free(names); names = NULL; } /* not all named: LABEL_i */
+            /* keys 0..n-1, each once (fx_config_load checks them only where num_labels is absent) */
+            int ok = 1;
+            for (size_t i = 0; i < id2label->n && ok; i++) {
+                const char *key = id2label->keys[i];
+                char *end;
+                long v = strtol(key, &end, 10);
+                ok = *key && !*end && v >= 0 && v < (long)id2label->n && !names[v] && id2label->kids[i].type == FX_JSTR &&
+                     *id2label->kids[i].str;
+                if (ok) names[v] = id2label->kids[i].str;
+            }
+            if (!ok) { free(names); names = NULL; } /* not every label named: LABEL_i */
         }
     }
     int copied = fx_model_save_labels(&m, tmp, names) != 0 ? -1 : copy_tokenizer(dir, tmp);
@@ -762,9 +769,9 @@ static int cmd_demo(int argc, char **argv) {
         return 2;
     }
     if (set[fx_settings_opt("--agg")] || set[fx_settings_opt("--model")] || set[fx_settings_opt("--task")] ||
-        set[fx_settings_opt("--resume")] || set[fx_settings_opt("--transport")]) {
-        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex on the embedded model with forked clients; use `fedex "
-                "train` for --agg, --model, --task, --resume or --transport\n");
+        set[fx_settings_opt("--resume")] || set[fx_settings_opt("--transport")] || set[fx_settings_opt("--vera")]) {
+        fprintf(stderr, "fedex demo: runs fedit, ffa and fedex (LoRA) on the embedded model with forked clients; use "
+                "`fedex train` for --agg, --vera, --model, --task, --resume or --transport\n");
         return 2;
     }
     /* the demo's own defaults: a short run that learns the synthetic task in about a minute */

@@ -102,6 +102,8 @@ static void test_commands(const char *shared) {
         int rc = fx(missing[i]);
         CHECK(rc == 2, "fedex %s: exit %d, want 2: '%s'", missing[i], rc, out);
     }
+    /* the demo trains LoRA methods: --vera would be saved into its runs' settings and read back as VeRA */
+    CHECK(fx("demo --vera --rounds 1") == 2 && strstr(out, "--vera"), "demo --vera: '%s'", out);
     CHECK(fx("tokenize --model=. --max-length=x hi") == 2 && strstr(out, "--max-length"), "--opt=value is parsed and "
           "checked: '%s'", out);
     /* values no run can use are usage errors before anything starts: an empty path, a thread count past

@@ -372,7 +372,23 @@ static void test_init_names(void) {
     c = rc ? NULL : slurp(P("%s/m_named3/config.json", tmp));
     CHECK(c && strstr(c, "\"id2label\": {\"0\": \"LABEL_0\", \"1\": \"LABEL_1\", \"2\": \"LABEL_2\"}"),
           "init --labels 3 from a config naming 2: exit %d, config.json %s", rc, c ? c : "(none)");
-    free(c); free(text); free(dir);
+    free(c);
+    /* with num_labels given, the config loader leaves id2label's keys alone: a key past the labels (or
+     * not a number) names nothing, and every label is LABEL_i */
+    static const char *const bad_keys[] = {"\"100000\": \"b\"", "\"-1\": \"b\"", "\"x\": \"b\"", "\"0\": \"b\""};
+    for (int i = 0; i < 4; i++) {
+        memcpy(text, tiny_config, n);
+        snprintf(text + n - 2, 128, ",\n  \"num_labels\": 2, \"id2label\": {\"0\": \"a\", %s}\n}\n", bad_keys[i]);
+        char cfg[1024], o[1024];                 /* copies: P's buffers rotate */
+        snprintf(cfg, sizeof cfg, "%s/config_bad%d.json", dir, i);
+        snprintf(o, sizeof o, "%s/m_badkey%d", tmp, i);
+        rc = fx_write_file_atomic(cfg, text, strlen(text)) != 0 ? -1 : fedex("init_badkey", NULL, "init", "--config", cfg, "--out", o, NULL);
+        c = rc ? NULL : slurp(P("%s/config.json", o));
+        CHECK(c && strstr(c, "\"id2label\": {\"0\": \"LABEL_0\", \"1\": \"LABEL_1\"}"),
+              "init, num_labels 2 and id2label key %s: exit %d, config.json %s", bad_keys[i], rc, c ? c : "(none)");
+        free(c);
+    }
+    free(text); free(dir);
 }
 
 /* A run's base model folder written again with other weights: resume and export refuse it (the checkpoint
