@@ -791,7 +791,8 @@ static int setup_run(fx_run *R) {
     if (c->resume) {
         char id[24];
         fx_settings_id(c, id, sizeof id);
-        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round, id, c->out ? &R->base_hash : NULL);
+        R->round0 = fx_run_load_state(c->out, &R->srv, R->global, &R->res, &R->best, &R->best_round, id,
+                                      &R->base_hash); /* c->out is the run resumed, so setup hashed the base */
         if (R->round0 < 0) return -1;
         if (R->round0 >= c->rounds) {
             fx_seterr("%s has completed %d round%s already: give --rounds more than that to continue it", c->out,
