@@ -298,11 +298,8 @@ static int cmd_init(int argc, char **argv) {
             /* keys 0..n-1, each once (fx_config_load checks them only where num_labels is absent) */
             int ok = 1;
             for (size_t i = 0; i < id2label->n && ok; i++) {
-                const char *key = id2label->keys[i];
-                char *end;
-                long v = strtol(key, &end, 10);
-                ok = *key && !*end && v >= 0 && v < (long)id2label->n && !names[v] && id2label->kids[i].type == FX_JSTR &&
-                     *id2label->kids[i].str;
+                int v = fx_id2label_index(id2label->keys[i], c.num_labels);
+                ok = v >= 0 && !names[v] && id2label->kids[i].type == FX_JSTR && *id2label->kids[i].str;
                 if (ok) names[v] = id2label->kids[i].str;
             }
             if (!ok) { free(names); names = NULL; } /* not every label named: LABEL_i */

@@ -671,6 +671,7 @@ typedef struct {
     const struct fx_family *family; /* NULL: RoBERTa (fx_roberta) */
 } fx_config;
 int fx_config_load(const char *path, fx_config *c); /* HF config.json; num_labels from id2label, else 2 */
+int fx_id2label_index(const char *key, int n); /* an id2label key's label index 0..N-1, or -1 */
 
 /* Roles of the tensors a family lists: the views (model.c) are filled by role, never by name. */
 enum { FX_EMB_WORD, FX_EMB_POS, FX_EMB_TYPE, FX_EMB_LN_W, FX_EMB_LN_B,

@@ -52,6 +52,14 @@ int fx_cfg_only(const char *path, const fx_json *root, const char *key, const ch
     return 0;
 }
 
+
+/* An id2label key as the label index it names, 0 to N-1 (a decimal integer, as HF turns the keys into
+ * ints), or -1. */
+int fx_id2label_index(const char *key, int n) {
+    char *end;
+    long v = strtol(key, &end, 10);
+    return *key && !*end && v >= 0 && v < n ? (int)v : -1;
+}
 static int roberta_config_load(const char *path, fx_config *c) {
     fx_json root;
     if (fx_json_load(path, &root) != 0) return -1;
@@ -101,9 +109,8 @@ static int roberta_config_load(const char *path, fx_config *c) {
         char *seen = fx_calloc((size_t)k.num_labels, 1);
         for (size_t i = 0; i < id2label->n; i++) {
             const char *key = id2label->keys[i];
-            char *end;
-            long v = strtol(key, &end, 10);
-            if (!*key || *end || v < 0 || v >= k.num_labels || seen[v]) {
+            int v = fx_id2label_index(key, k.num_labels);
+            if (v < 0 || seen[v]) {
                 fx_seterr("%s: \"id2label\" key \"%s\": the keys must be the label indices 0 to %d, each once", path,
                           key, k.num_labels - 1);
                 free(seen);

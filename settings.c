@@ -300,9 +300,6 @@ static int peft_bool(const char *v) {
 }
 static int unset_str(const char *v) { return !v || !*v || !strcasecmp(v, "none") || !strcmp(v, "null"); }
 
-/* The VeRA fork's and PEFT's spellings: --vera turns a LoRA method into its VeRA twin, --r is the rank of
- * whichever adapter the method trains, --vera_scale is --vera-scale alpha/r, and PEFT's pass-through
- * settings are honoured where fedex has the setting and refused by name where it has not. */
 /* What the fork's spellings mean, applied to settings already checked: the same on the command line
  * and on a run's saved settings (which keep the spellings as given, so that export, a resumed run and
  * an MPI client build the model the run trained). Applying it twice changes nothing. */
@@ -320,6 +317,9 @@ static void fork_meaning(fx_settings *c) {
     }
 }
 
+/* The VeRA fork's and PEFT's spellings: --vera turns a LoRA method into its VeRA twin, --r is the rank of
+ * whichever adapter the method trains, --vera_scale is --vera-scale alpha/r, and PEFT's pass-through
+ * settings are honoured where fedex has the setting and refused by name where it has not. */
 static int fork_options(fx_settings *c, const int *set) {
 #define WAS_SET(name) (set[fx_settings_opt(name)])
     if (c->vera && c->agg == FX_AGG_CENTRAL) { fx_seterr("--vera: --agg centralized trains LoRA only"); return -1; }
