@@ -52,7 +52,6 @@ int fx_cfg_only(const char *path, const fx_json *root, const char *key, const ch
     return 0;
 }
 
-
 /* An id2label key as the label index it names, 0 to N-1 (a decimal integer, as HF turns the keys into
  * ints), or -1. */
 int fx_id2label_index(const char *key, int n) {
