@@ -819,6 +819,178 @@ static void gemm(const kernel *kn, int ta, int tb, int M, int N, int K, float al
     }
 }
 
+/* ============================================================================================
+ * Thin products (AVX-512)
+ * ============================================================================================
+ * A LoRA rank against activations: x A^T and dy B (N = r), dy^T z (N = r) and dz^T x (M = r). They do
+ * few multiply-adds and read megabytes, and the blocked GEMM serves them badly: a tile 48 wide holds r = 4
+ * columns, or, computed as C^T, the activations are packed (a 3 MB copy) to be read once. Here the long
+ * operand is read once, where it lies, and the short side's sums sit in registers:
+ *
+ *   dots   op(A) = A, N <= THIN: 16 rows of A at a time, transposed in registers 16 k at a time, so a
+ *          vector holds one k of 16 rows; it meets op(B)(k, j) broadcast, for each of the N columns;
+ *   outer  op(A) = A^T, op(B) = B, M or N <= THIN: row k of the long operand (64 or 32 values of it)
+ *          meets each of the short one's values in row k, broadcast.
+ *
+ * Both sum each C element's products exactly as the GEMM does: one FMA chain from zero over k ascending
+ * within each KC slice of the kernel in use, then C = alpha * acc + beta * C on the first slice (alpha *
+ * acc alone when beta == 0) and C = alpha * acc + C on the later ones. So a thin product gives the GEMM's
+ * bits, for any layout of A and B and any thread count (threads split rows or the long side, never k). */
+
+enum { THIN = 8 };
+
+#ifdef FX_X86
+/* C = alpha * acc + (first slice ? beta : 1) * C for one vector of C values ending up at C + e * step, e
+ * < n; the GEMM's epilogue, multiply and add rounded separately. */
+__attribute__((target("avx512f"), always_inline))
+static inline void thin_store(__m512 acc, float alpha, float beta, int first, float *c, size_t step, int n) {
+    float t[16];
+    _mm512_storeu_ps(t, _mm512_mul_ps(_mm512_set1_ps(alpha), acc));
+    float b = first ? beta : 1.0f;
+    for (int e = 0; e < n; e++) {
+        float *ce = c + (size_t)e * step;
+        *ce = b == 0.0f ? t[e] : t[e] + b * *ce;
+    }
+}
+
+/* dots over rows [i0, i1) (i1 - i0 <= 16) for N = NB columns; op(B)(k, j) at B[k*bk + j*bj]. */
+__attribute__((target("avx512f"), always_inline))
+static inline void dots_body(int NB, int i0, int i1, int K, int KC, float alpha, const float *A, size_t lda,
+                             const float *B, size_t bk, size_t bj, float beta, float *C, size_t ldc) {
+    int rows = i1 - i0;
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC;
+        __m512 acc[THIN];
+        #pragma GCC unroll 8
+        for (int j = 0; j < NB; j++) acc[j] = _mm512_setzero_ps();
+        for (int kb = 0; kb < kc; kb += 16) {
+            int kn = kc - kb < 16 ? kc - kb : 16;
+            __m512 col[16];
+            load_transpose16(col, A + (size_t)i0 * lda + pc + kb, lda, rows, kn);
+            const float *bp = B + (size_t)(pc + kb) * bk;
+            for (int k = 0; k < kn; k++, bp += bk)
+                #pragma GCC unroll 8
+                for (int j = 0; j < NB; j++) acc[j] = _mm512_fmadd_ps(col[k], _mm512_set1_ps(bp[j * bj]), acc[j]);
+        }
+        for (int j = 0; j < NB; j++) thin_store(acc[j], alpha, beta, pc == 0, C + (size_t)i0 * ldc + j, ldc, rows);
+    }
+}
+
+__attribute__((target("avx512f")))
+static void dots512(int N, int i0, int i1, int K, int KC, float alpha, const float *A, size_t lda, const float *B,
+                    size_t bk, size_t bj, float beta, float *C, size_t ldc) {
+    switch (N) {
+    case 1: dots_body(1, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    case 2: dots_body(2, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    case 3: dots_body(3, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    case 4: dots_body(4, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    case 5: dots_body(5, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    case 6: dots_body(6, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    case 7: dots_body(7, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    default: dots_body(8, i0, i1, K, KC, alpha, A, lda, B, bk, bj, beta, C, ldc); break;
+    }
+}
+
+/* outer over the long side's [l0, l1) (at most 16 LV values) for NS short values a row: S(k, s) at
+ * S[k*lds + s], L(k, l) at L[k*ldl + l], C(s, l) at C[s*css + l*csl]. */
+__attribute__((target("avx512f"), always_inline))
+static inline void outer_body(int NS, int LV, int l0, int l1, int K, int KC, float alpha, const float *S,
+                              size_t lds, const float *L, size_t ldl, float beta, float *C, size_t css, size_t csl) {
+    __mmask16 mk[4];
+    #pragma GCC unroll 4
+    for (int v = 0; v < LV; v++) {
+        int left = l1 - l0 - 16 * v;
+        mk[v] = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    }
+    for (int pc = 0; pc < K; pc += KC) {
+        int kend = K - pc < KC ? K : pc + KC;
+        __m512 acc[THIN][4];
+        #pragma GCC unroll 8
+        for (int s = 0; s < NS; s++)
+            #pragma GCC unroll 4
+            for (int v = 0; v < LV; v++) acc[s][v] = _mm512_setzero_ps();
+        for (int k = pc; k < kend; k++) {
+            const float *lr = L + (size_t)k * ldl + l0, *sr = S + (size_t)k * lds;
+            __m512 x[4];
+            #pragma GCC unroll 4
+            for (int v = 0; v < LV; v++) x[v] = _mm512_maskz_loadu_ps(mk[v], lr + 16 * v);
+            #pragma GCC unroll 8
+            for (int s = 0; s < NS; s++) {
+                __m512 b = _mm512_set1_ps(sr[s]);
+                #pragma GCC unroll 4
+                for (int v = 0; v < LV; v++) acc[s][v] = _mm512_fmadd_ps(b, x[v], acc[s][v]);
+            }
+        }
+        for (int s = 0; s < NS; s++)
+            for (int v = 0; v < LV; v++) {
+                int left = l1 - l0 - 16 * v;
+                if (left <= 0) break;
+                float *c = C + (size_t)s * css + (size_t)(l0 + 16 * v) * csl;
+                if (csl == 1) { /* a run of C's row: vector loads and stores */
+                    __m512 r = _mm512_mul_ps(_mm512_set1_ps(alpha), acc[s][v]);
+                    float b = pc == 0 ? beta : 1.0f;
+                    if (b != 0.0f) r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(b), _mm512_maskz_loadu_ps(mk[v], c)));
+                    _mm512_mask_storeu_ps(c, mk[v], r);
+                } else {
+                    thin_store(acc[s][v], alpha, beta, pc == 0, c, csl, left < 16 ? left : 16);
+                }
+            }
+    }
+}
+
+/* 4 vectors (64 values of L) a block for NS <= 4, 2 for NS <= 8: 16 accumulators either way. */
+__attribute__((target("avx512f")))
+static void outer512(int NS, int l0, int l1, int K, int KC, float alpha, const float *S, size_t lds, const float *L,
+                     size_t ldl, float beta, float *C, size_t css, size_t csl) {
+    switch (NS) {
+    case 1: outer_body(1, 4, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    case 2: outer_body(2, 4, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    case 3: outer_body(3, 4, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    case 4: outer_body(4, 4, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    case 5: outer_body(5, 2, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    case 6: outer_body(6, 2, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    case 7: outer_body(7, 2, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    default: outer_body(8, 2, l0, l1, K, KC, alpha, S, lds, L, ldl, beta, C, css, csl); break;
+    }
+}
+#endif
+
+/* Runs a thin product and returns 1, or returns 0 (not thin, or not the AVX-512 kernel) having done
+ * nothing. Threads as gemm's: one below PARALLEL_MIN_WORK or inside a parallel region, else 16-row blocks
+ * (dots) or blocks of the long side (outer) handed out as they come free. */
+static int thin(const kernel *kn, int ta, int tb, int M, int N, int K, float alpha, const float *A, size_t lda,
+                const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+#ifdef FX_X86
+    if (kn->fn != kernel_avx512 || !use_pack512()) return 0;
+    int dots = !ta && N <= THIN, outer = ta && !tb && (M <= THIN || N <= THIN);
+    if (!dots && !outer) return 0;
+    double work = (double)M * N * K + PARALLEL_MOVE_COST * ((double)M * K + (double)K * N + (double)M * N);
+    int nt = work < PARALLEL_MIN_WORK || omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (dots) {
+        size_t bk = tb ? 1 : ldb, bj = tb ? ldb : 1; /* op(B)(k, j) at B[k*bk + j*bj] */
+        int units = (M + 15) / 16;
+        #pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1)
+        for (int u = 0; u < units; u++)
+            dots512(N, u * 16, (u + 1) * 16 < M ? (u + 1) * 16 : M, K, kn->kc, alpha, A, lda, B, bk, bj, beta, C, ldc);
+        return 1;
+    }
+    /* outer: the short side is M (S = A, L = B, C as it is) or N (S = B, L = A, C read as C^T) */
+    int short_m = M <= THIN, ns = short_m ? M : N, nl = short_m ? N : M, width = ns <= 4 ? 64 : 32;
+    const float *S = short_m ? A : B, *L = short_m ? B : A;
+    size_t lds = short_m ? lda : ldb, ldl = short_m ? ldb : lda, css = short_m ? ldc : 1, csl = short_m ? 1 : ldc;
+    int units = (nl + width - 1) / width;
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+    for (int u = 0; u < units; u++)
+        outer512(ns, u * width, (u + 1) * width < nl ? (u + 1) * width : nl, K, kn->kc, alpha, S, lds, L, ldl, beta,
+                 C, css, csl);
+    return 1;
+#else
+    (void)kn; (void)ta; (void)tb; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
+    (void)beta; (void)C; (void)ldc;
+    return 0;
+#endif
+}
+
 /* Multiply-adds the kernel really does on an M x N result: both sides rounded up to whole tiles. */
 static double padded(const kernel *kn, int M, int N) {
     return (double)((M + kn->mr - 1) / kn->mr * kn->mr) * ((N + kn->nr - 1) / kn->nr * kn->nr);
@@ -866,6 +1038,7 @@ static void product_of(int ta, int tb, int M, int N, int K, float alpha, const f
     if (__atomic_load_n(&log_on, __ATOMIC_RELAXED)) log_product(ta, tb, M, N, K);
     if (K <= 0 || alpha == 0.0f) { scale_c(M, N, beta, C, (size_t)ldc); return; }
     const kernel *kn = pick();
+    if (!b16 && thin(kn, ta, tb, M, N, K, alpha, A, (size_t)lda, B, (size_t)ldb, beta, C, (size_t)ldc)) return;
     /* A thin C (N = 4 for a LoRA rank) would waste most of a wide NR tile; computed as
      * C^T = op(B)^T op(A)^T, the thin side lands on the short MR side instead. The choice depends on the
      * shape alone, so it keeps results independent of the thread count. */

@@ -177,7 +177,9 @@ static void test_threads(const char *kernel) {
  * packed, and a thin product is computed as C^T, where B takes A's place: the same product from each of
  * the four ways of storing A and B must agree bit for bit, as every way sums the same terms in the same
  * order. The shapes cross every edge: M not a whole number of row tiles (and under one), N ragged or thin
- * (the C^T route; with 6 or 7 columns, A' has whole row tiles), K over several K slices, small and parallel. */
+ * (the C^T route; with 6 or 7 columns, A' has whole row tiles), K over several K slices, small and parallel.
+ * With the AVX-512 kernel, (ta 0) and N <= 8 or (ta 1, tb 0) and M or N <= 8 are thin products, (ta 1,
+ * tb 1) never: so this also holds the thin kernels to the GEMM's bits. */
 static float *transposed(const float *X, int rows, int cols, int ld, int *ldt) {
     *ldt = rows + 2;                             /* (cols, rows) with 2 columns of NaN padding */
     float *T = fx_malloc((size_t)cols * *ldt * sizeof(float));
@@ -188,7 +190,10 @@ static float *transposed(const float *X, int rows, int cols, int ld, int *ldt) {
 
 static void test_layouts(const char *kernel) {
     static const int SHAPE[][3] = {{301, 530, 1537}, {5, 70, 900}, {1030, 4, 770}, {4, 1030, 770},
-                                   {1030, 6, 770}, {1030, 7, 300}, {97, 33, 40}, {1024, 768, 300}, {13, 2000, 2}};
+                                   {1030, 6, 770}, {1030, 7, 300}, {97, 33, 40}, {1024, 768, 300}, {13, 2000, 2},
+                                   /* the thin products' every short width (1 to 8, and 9 past it), ragged rows */
+                                   {1030, 1, 530}, {45, 2, 600}, {70, 3, 17}, {8, 1030, 770}, {1, 300, 520},
+                                   {3, 77, 1030}, {1030, 5, 16}, {1030, 8, 300}, {600, 9, 300}, {9, 600, 300}};
     fx_rng r; fx_rng_seed(&r, 11);
     for (int s = 0; s < (int)(sizeof SHAPE / sizeof SHAPE[0]); s++) {
         problem p;
