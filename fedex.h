@@ -442,6 +442,11 @@ void fx_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A,
  * matrices, bit for bit (fx_matmul_bf16's fallback). */
 void fx_matmul_b16(int tb, int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float beta,
                    float *C, int ldc);
+/* A 16 x 16 block of 32-bit values transposed (fx_matmul's packing transpose, for matmul_bf16.c's
+ * bf16 pairs): dst row k (at dst + k * dst_stride bytes, 16 values) = column k of the NROWS rows at
+ * src + i * src_stride bytes, their first KN (<= 16) values read, rows past NROWS read as zeros. x86 with
+ * AVX-512F only (callers check); the values are moved, never converted. */
+void fx_transpose16_32(void *dst, size_t dst_stride, const void *src, size_t src_stride, int nrows, int kn);
 void fx_set_threads(int n);
 /* The micro-kernel in use: "avx512", "avx2" or "scalar", the best the CPU runs (chosen on first use).
  * fx_matmul_force(name) switches to another one (tests and benchmarks compare them); -1 with fx_seterr

@@ -341,6 +341,16 @@ static inline void load_transpose16(__m512 r[16], const float *src, size_t ld, i
     transpose16(r);
 }
 
+__attribute__((target("avx512f")))
+void fx_transpose16_32(void *dst, size_t dst_stride, const void *src, size_t src_stride, int nrows, int kn) {
+    __mmask16 km = (__mmask16)((1u << kn) - 1);
+    __m512 r[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = i < nrows ? _mm512_maskz_loadu_ps(km, (const char *)src + (size_t)i * src_stride) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int k = 0; k < kn; k++) _mm512_storeu_ps((char *)dst + (size_t)k * dst_stride, r[k]);
+}
+
 /* op(A) = A into 8-row panels (the AVX-512 kernel's MR), two panels per 16-row transpose. */
 __attribute__((target("avx512f")))
 static void pack_a_rows512(const float *A, size_t lda, int i0, int mc, int p0, int kc, float *out) {

